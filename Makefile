@@ -1,0 +1,176 @@
+# conclua: Lua 5.4 with threads and processes.
+#
+#   make demo      build, then run scripts/demo.lua
+#   make test      build, then run the whole suite
+#   make asan      the suite under AddressSanitizer + UBSan
+#   make tsan      the thread and channel tests under ThreadSanitizer
+#   make stress    concurrency tests in loops of many runs
+#   make fuzz      the decoder under libFuzzer (FUZZ_SECONDS=60)
+#   make bench     benchmarks, with baselines measured in the same run
+#   make install PREFIX=/usr/local
+#   make clean
+#
+# demo and test install missing Debian packages when run as root, and
+# otherwise print the apt-get line to run.
+
+PREFIX ?= /usr/local
+BUILD ?= build
+CC ?= gcc
+SAN ?=
+OPT ?= -O2
+WERROR ?=
+
+DEBS = liblua5.4-dev libreadline-dev pkg-config
+TEST_DEBS = lua5.4 tmux
+BENCH_DEBS = python3
+
+LUA_CFLAGS = $(shell pkg-config --cflags lua5.4)
+LUA_LIBS = $(shell pkg-config --libs lua5.4)
+RL_LIBS = $(shell pkg-config --libs readline 2>/dev/null || echo -lreadline)
+
+CFLAGS = -std=gnu11 $(OPT) -g -Wall -Wextra $(if $(WERROR),-Werror) \
+         -fPIC -fvisibility=hidden -pthread -D_GNU_SOURCE \
+         -DCONCLUA_BINDIR='"$(PREFIX)/bin"' $(LUA_CFLAGS) $(SAN)
+LDFLAGS = -pthread $(SAN)
+
+LIB_SRC = $(filter-out vm/main.c vm/repl.c,$(wildcard vm/*.c))
+LIB_OBJ = $(patsubst vm/%.c,$(BUILD)/obj/%.o,$(LIB_SRC)) $(BUILD)/obj/stdlib_gen.o
+BIN_OBJ = $(BUILD)/obj/main.o $(BUILD)/obj/repl.o
+STDLIB = $(shell find stdlib -name '*.lua' | sort)
+CTESTS = $(patsubst tests/c/%.c,$(BUILD)/tests/%,$(wildcard tests/c/test_*.c))
+HEADERS = $(wildcard vm/*.h)
+
+.PHONY: all deps test-deps demo test check asan tsan stress fuzz bench \
+        install uninstall clean
+
+all: $(BUILD)/conclua $(BUILD)/libconclua.a $(BUILD)/libconclua.so \
+     $(BUILD)/conc.so $(CTESTS)
+
+$(BUILD)/obj/%.o: vm/%.c $(HEADERS) | $(BUILD)/obj
+	$(CC) $(CFLAGS) -c $< -o $@
+
+$(BUILD)/obj/stdlib_gen.o: $(BUILD)/stdlib_gen.c $(HEADERS)
+	$(CC) $(CFLAGS) -Ivm -c $< -o $@
+
+$(BUILD)/stdlib_gen.c: $(STDLIB) $(BUILD)/embed
+	$(BUILD)/embed $@ stdlib $(STDLIB)
+
+$(BUILD)/embed: vm/tools/embed.c | $(BUILD)/obj
+	$(CC) -O1 -Wall -Wextra vm/tools/embed.c -o $@
+
+$(BUILD)/obj:
+	mkdir -p $(BUILD)/obj $(BUILD)/tests
+
+$(BUILD)/libconclua.a: $(LIB_OBJ)
+	rm -f $@
+	ar rcs $@ $(LIB_OBJ)
+
+$(BUILD)/libconclua.so: $(LIB_OBJ)
+	$(CC) -shared -Wl,-soname,libconclua.so -o $@ $(LIB_OBJ) $(LDFLAGS) \
+	  $(LUA_LIBS) -ldl -lm
+
+# the module for lua5.4: Lua's symbols come from the interpreter
+$(BUILD)/conc.so: $(LIB_OBJ)
+	$(CC) -shared -o $@ $(LIB_OBJ) $(LDFLAGS) -ldl -lm
+
+$(BUILD)/conclua: $(BIN_OBJ) $(BUILD)/libconclua.a
+	$(CC) -o $@ $(BIN_OBJ) $(BUILD)/libconclua.a $(LDFLAGS) $(LUA_LIBS) \
+	  $(RL_LIBS) -ldl -lm
+
+$(BUILD)/tests/%: tests/c/%.c $(BUILD)/libconclua.a $(HEADERS)
+	$(CC) $(CFLAGS) -Ivm $< -o $@ $(BUILD)/libconclua.a $(LDFLAGS) \
+	  $(LUA_LIBS) -ldl -lm
+
+# ------------------------------------------------------------ set-up
+
+define need_debs
+	@missing=""; \
+	for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	      apt-get install -y -qq --no-install-recommends $$missing >/dev/null || exit 1; \
+	  else \
+	    echo "missing Debian packages; run:"; \
+	    echo "  sudo apt-get install -y$$missing"; exit 1; \
+	  fi; \
+	fi
+endef
+
+deps:
+	$(call need_debs,$(DEBS))
+
+test-deps: deps
+	$(call need_debs,$(TEST_DEBS))
+
+demo: deps
+	@$(MAKE) --no-print-directory all
+	$(BUILD)/conclua scripts/demo.lua
+
+# ------------------------------------------------------------ tests
+
+test: test-deps
+	@$(MAKE) --no-print-directory all
+	@CONCLUA_BUILD=$(BUILD) $(BUILD)/conclua tests/run.lua
+
+check: test
+
+asan: test-deps
+	@$(MAKE) --no-print-directory BUILD=build/asan OPT=-O1 \
+	  SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" all
+	@ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:halt_on_error=1 \
+	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	  CONCLUA_BUILD=build/asan CONCLUA_SANITIZER=asan \
+	  build/asan/conclua tests/run.lua
+
+tsan: test-deps
+	@$(MAKE) --no-print-directory BUILD=build/tsan OPT=-O1 \
+	  SAN="-fsanitize=thread" all
+	@TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" \
+	  CONCLUA_BUILD=build/tsan CONCLUA_SANITIZER=tsan \
+	  build/tsan/conclua tests/run.lua threads channel sync shared select
+
+stress: test-deps
+	@$(MAKE) --no-print-directory all
+	@CONCLUA_BUILD=$(BUILD) $(BUILD)/conclua tests/stress.lua
+
+fuzz: test-deps
+	@mkdir -p build/fuzz
+	clang -g -O1 -fsanitize=fuzzer,address,undefined -D_GNU_SOURCE \
+	  -fvisibility=hidden -Ivm $(LUA_CFLAGS) tests/fuzz/fuzz_decode.c \
+	  $(LIB_SRC) $(BUILD)/stdlib_gen.c -o build/fuzz/fuzz_decode \
+	  $(LUA_LIBS) -ldl -lm -pthread
+	build/fuzz/fuzz_decode -max_total_time=$${FUZZ_SECONDS:-60} \
+	  -max_len=4096 tests/fuzz/corpus
+
+bench: deps
+	@$(MAKE) --no-print-directory all
+	$(call need_debs,$(BENCH_DEBS))
+	@CONCLUA_BUILD=$(BUILD) tests/bench/run.sh
+
+# ------------------------------------------------------------ install
+
+install: all
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib \
+	  $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib/pkgconfig \
+	  $(DESTDIR)$(PREFIX)/lib/lua/5.4 $(DESTDIR)$(PREFIX)/share/lua/5.4/conc
+	install -m 755 $(BUILD)/conclua $(DESTDIR)$(PREFIX)/bin/conclua
+	install -m 644 $(BUILD)/libconclua.a $(DESTDIR)$(PREFIX)/lib/libconclua.a
+	install -m 755 $(BUILD)/libconclua.so $(DESTDIR)$(PREFIX)/lib/libconclua.so
+	install -m 644 vm/conclua.h $(DESTDIR)$(PREFIX)/include/conclua.h
+	install -m 755 $(BUILD)/conc.so $(DESTDIR)$(PREFIX)/lib/lua/5.4/conc.so
+	for f in $(STDLIB); do \
+	  install -m 644 $$f $(DESTDIR)$(PREFIX)/share/lua/5.4/$${f#stdlib/}; done
+	sed -e 's|@PREFIX@|$(PREFIX)|g' vm/tools/conclua.pc.in \
+	  > $(DESTDIR)$(PREFIX)/lib/pkgconfig/conclua.pc
+
+uninstall:
+	rm -f $(DESTDIR)$(PREFIX)/bin/conclua $(DESTDIR)$(PREFIX)/lib/libconclua.a \
+	  $(DESTDIR)$(PREFIX)/lib/libconclua.so $(DESTDIR)$(PREFIX)/include/conclua.h \
+	  $(DESTDIR)$(PREFIX)/lib/lua/5.4/conc.so \
+	  $(DESTDIR)$(PREFIX)/lib/pkgconfig/conclua.pc
+	rm -rf $(DESTDIR)$(PREFIX)/share/lua/5.4/conc
+
+clean:
+	rm -rf build

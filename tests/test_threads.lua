@@ -1,0 +1,371 @@
+-- spawn_thread and thread handles (SPEC section 3).
+local T = require "t"
+
+T.test("join returns every value, nils and count kept", function()
+  local t = spawn_thread(function(a, b) return a + b, nil, "x", nil end, 1, 2)
+  local r = table.pack(t:join())
+  T.eq(r.n, 4)
+  T.eq(r[1], 3)
+  T.eq(r[2], nil)
+  T.eq(r[3], "x")
+  T.eq(r[4], nil)
+  local r2 = table.pack(t:join())          -- join again: same outcome
+  T.eq(r2.n, 4)
+  T.eq(r2[1], 3)
+end)
+
+T.test("no results and many results", function()
+  T.eq(select("#", spawn_thread(function() end):join()), 0)
+  local t = spawn_thread(function() return table.unpack((function()
+    local v = {} for i = 1, 200 do v[i] = i end return v end)()) end)
+  local r = table.pack(t:join())
+  T.eq(r.n, 200)
+  T.eq(r[200], 200)
+end)
+
+T.test("a fresh state with the standard libraries", function()
+  local t = spawn_thread(function()
+    return string.format("%05.1f", math.pi), ("abc"):upper(), "10" + 5,
+           table.concat({1, 2}, "-"), utf8.char(233), type(io.write),
+           type(os.time()), type(coroutine.wrap), type(debug.traceback),
+           type(package.path), type(require), type(conc), type(spawn_thread),
+           type(spawn_process), _G == _ENV, #arg
+  end)
+  local r = table.pack(pcall(t.join, t))
+  T.eq(r[1], false, "arg is not copied into threads")
+  local t2 = spawn_thread(function()
+    return string.format("%05.1f", math.pi), ("abc"):upper(), "10" + 5,
+           table.concat({1, 2}, "-"), utf8.char(233), type(io.write),
+           type(os.time()), type(coroutine.wrap), type(debug.traceback),
+           type(package.path), type(require), type(conc), type(spawn_thread),
+           type(spawn_process), _G == _ENV, rawget(_G, "x_from_main")
+  end)
+  x_from_main = 1
+  T.same({t2:join()}, {"003.1", "ABC", 15, "1-2", "é", "function", "number",
+                       "function", "function", "string", "function", "table",
+                       "function", "function", true, nil})
+  x_from_main = nil
+end)
+
+T.test("a worker's own globals win over the libraries", function()
+  local t = spawn_thread(function()
+    print = function() return "mine" end
+    return print(), math.abs(-2)
+  end)
+  T.same({t:join()}, {"mine", 2})
+end)
+
+T.test("globals of the spawner are not shared", function()
+  shared_global = 5
+  local t = spawn_thread(function()
+    local before = shared_global
+    shared_global = 6
+    return before
+  end)
+  T.eq(t:join(), nil)
+  T.eq(shared_global, 5)
+  shared_global = nil
+end)
+
+T.test("package.path and cpath are inherited", function()
+  local saved = package.path
+  package.path = "/nowhere/?.lua;" .. saved
+  local t = spawn_thread(function() return package.path, package.cpath end)
+  local p, cp = t:join()
+  T.eq(p, package.path)
+  T.eq(cp, package.cpath)
+  package.path = saved
+end)
+
+T.test("require of the stdlib and of files works in a thread", function()
+  local dir = os.tmpname()
+  os.remove(dir)
+  os.execute("mkdir -p " .. T.q(dir))
+  local f = assert(io.open(dir .. "/mymod_t.lua", "w"))
+  f:write("return {answer = 42}")
+  f:close()
+  local saved = package.path
+  package.path = dir .. "/?.lua;" .. saved
+  local t = spawn_thread(function() return require("mymod_t").answer end)
+  T.eq(t:join(), 42)
+  package.path = saved
+  os.remove(dir .. "/mymod_t.lua")
+  os.remove(dir)
+end)
+
+T.test("string errors: thread id, name, message and traceback", function()
+  local t = spawn_thread({name = "worker"}, function() error("boom") end)
+  local err = T.raises("boom", t.join, t)
+  T.ok(err:find("^thread %d+ %(worker%): ") ~= nil, err)
+  T.ok(err:find("stack traceback:", 1, true), err)
+  T.eq(t:status(), "failed")
+  local err2 = T.raises("boom", t.join, t)    -- the same outcome again
+  T.eq(err2, err)
+end)
+
+T.test("non-string errors are copied", function()
+  local t = spawn_thread(function() error({code = 7, tags = {"a"}}) end)
+  local ok, e = pcall(t.join, t)
+  T.eq(ok, false)
+  T.eq(type(e), "table")
+  T.eq(e.code, 7)
+  T.eq(e.tags[1], "a")
+  local t2 = spawn_thread(function() error(42) end)
+  local ok2, e2 = pcall(t2.join, t2)
+  T.eq(ok2, false)
+  T.eq(e2, 42)
+end)
+
+T.test("results that cannot be copied fail the thread", function()
+  local t = spawn_thread(function() return 1, io.stdout end)
+  local err = T.raises("cannot transfer a value of type 'userdata' (results[2])",
+                       t.join, t)
+  T.eq(t:status(), "failed")
+  T.ok(err:find("^thread %d+"))
+end)
+
+T.test("options: name and daemon; bad options", function()
+  local t = spawn_thread({name = "alpha"}, function() return conc.self() end)
+  local id, name = t:join()
+  T.eq(id, t.id)
+  T.eq(name, "alpha")
+  T.eq(t.name, "alpha")
+  local d = spawn_thread({daemon = true}, function() return 1 end)
+  T.eq(d:join(), 1)
+  T.raises("unknown option 'bogus'", spawn_thread, {bogus = 1}, print)
+  T.raises("bad option 'name'", spawn_thread, {name = 1}, print)
+  T.raises("bad option 'daemon'", spawn_thread, {daemon = "yes"}, print)
+  T.raises("bad argument #1 to 'spawn_thread' (function expected, got number)",
+           spawn_thread, 42)
+  T.raises("bad argument #2 to 'spawn_thread' (function expected, got no value)",
+           spawn_thread, {name = "x"})
+  T.raises("function expected", spawn_thread)
+end)
+
+T.test("ids are unique, the main thread is 0", function()
+  local id, name = conc.self()
+  T.eq(id, 0)
+  T.eq(name, "main")
+  local seen = {}
+  local ts = {}
+  for i = 1, 20 do ts[i] = spawn_thread(function() return conc.self() end) end
+  for i = 1, 20 do
+    local tid = ts[i]:join()
+    T.eq(tid, ts[i].id)
+    T.ok(not seen[tid], "duplicate id")
+    seen[tid] = true
+  end
+  T.eq(ts[1].name, "thread-" .. ts[1].id)
+end)
+
+T.test("wait, status, alive", function()
+  local ev = conc.event()
+  local t = spawn_thread(function() ev:wait() return "done" end)
+  T.eq(t:status(), "running")
+  T.eq(t:alive(), true)
+  T.eq(t:wait(0.05), false)
+  T.eq(t:wait(0), false)
+  ev:set()
+  T.eq(t:wait(), true)
+  T.eq(t:status(), "done")
+  T.eq(t:alive(), false)
+  T.eq(t:wait(0), true)
+  T.eq(t:join(), "done")
+  T.raises("timeout must be a non-negative number", t.wait, t, -1)
+  T.raises("number expected", t.wait, t, "x")
+end)
+
+T.test("tostring of a handle", function()
+  local t = spawn_thread({name = "w"}, function() end)
+  t:join()
+  T.eq(tostring(t), '<thread ' .. t.id .. ' "w" done>')
+end)
+
+T.test("threads run in parallel", function()
+  -- two busy threads of ~0.2 s each finish together well under 0.4 s on
+  -- two cores; only checked when the machine has two free cores
+  if conc.cpu_count() < 2 then return end
+  local function spin(n) local s = 0 for i = 1, n do s = s + i % 7 end return s end
+  local t0 = conc.now()
+  spin(3e6)
+  local one = conc.now() - t0
+  t0 = conc.now()
+  local a, b = spawn_thread(spin, 3e6), spawn_thread(spin, 3e6)
+  T.eq(a:join(), b:join())
+  local two = conc.now() - t0
+  T.ok(two < one * 1.9, string.format("no overlap: %.3f vs %.3f", two, one))
+end)
+
+T.test("cancel a pure Lua loop", function()
+  local t = spawn_thread(function() while true do end end)
+  conc.sleep(0.02)
+  T.eq(t:cancel(), true)
+  T.raises("cancelled", t.join, t)
+  T.eq(t:status(), "cancelled")
+  T.eq(t:cancel(), false)                  -- not running any more
+end)
+
+T.test("cancel cannot be swallowed by pcall", function()
+  local t = spawn_thread(function()
+    local caught = 0
+    while true do
+      local ok = pcall(function() while true do end end)
+      caught = caught + 1
+    end
+  end)
+  conc.sleep(0.02)
+  t:cancel()
+  T.raises("cancelled", t.join, t)
+  T.eq(t:status(), "cancelled")
+end)
+
+T.test("cancel wakes blocking calls", function()
+  local ev, ev2 = conc.event(), conc.event()
+  local ch = conc.channel()
+  local lk = conc.lock()
+  lk:acquire()
+  local workers = {
+    spawn_thread(function() ev:wait() end),
+    spawn_thread(function() ch:recv() end),
+    spawn_thread(function() conc.sleep(100) end),
+    spawn_thread(function() lk:acquire() end),
+    spawn_thread(function() spawn_thread(function() ev2:wait() end):join() end),
+    spawn_thread(function() conc.select({conc.channel()}, 100) end),
+  }
+  conc.sleep(0.05)
+  for _, t in ipairs(workers) do t:cancel() end
+  for i, t in ipairs(workers) do
+    T.raises("cancelled", t.join, t)
+    T.eq(t:status(), "cancelled", "worker " .. i)
+  end
+  lk:release()
+  ev2:set()         -- the grandchild: cancelling its joiner left it running
+end)
+
+T.test("cancel inside coroutines", function()
+  local t1 = spawn_thread(function()
+    local co = coroutine.wrap(function() while true do end end)
+    co()
+  end)
+  local t2 = spawn_thread(function()
+    local co = coroutine.create(function() while true do coroutine.yield() end end)
+    while true do coroutine.resume(co) end
+  end)
+  conc.sleep(0.02)
+  t1:cancel()
+  t2:cancel()
+  T.raises("cancelled", t1.join, t1)
+  T.raises("cancelled", t2.join, t2)
+end)
+
+T.test("a collected handle leaves the thread running and awaited", function()
+  local ch = conc.channel()
+  do
+    spawn_thread(function() conc.sleep(0.1) ch:send("still here") end)
+  end
+  collectgarbage()
+  collectgarbage()
+  T.eq(ch:recv(2), "still here")
+end)
+
+T.test("a thread cannot join itself", function()
+  local ch = conc.channel()
+  local t = spawn_thread(function()
+    local me = ch:recv()
+    return pcall(me.join, me)
+  end)
+  ch:send(t)
+  local ok, err = t:join()
+  T.eq(ok, false)
+  T.ok(err:find("cannot join itself", 1, true), err)
+end)
+
+T.test("handles cross to other threads", function()
+  local inner = spawn_thread(function() return "inner" end)
+  local outer = spawn_thread(function(h) return h:join() end, inner)
+  T.eq(outer:join(), "inner")
+end)
+
+T.test("nested threads", function()
+  local t = spawn_thread(function()
+    local a = spawn_thread(function() return 1 end)
+    local b = spawn_thread(function()
+      return spawn_thread(function() return 2 end):join()
+    end)
+    return a:join() + b:join()
+  end)
+  T.eq(t:join(), 3)
+end)
+
+T.test("conc.sleep, conc.now, conc.cpu_count", function()
+  local t0 = conc.now()
+  conc.sleep(0.05)
+  local dt = conc.now() - t0
+  T.ok(dt >= 0.05 and dt < 2, dt)
+  T.eq(math.type(conc.now()), "float")
+  T.ok(conc.cpu_count() >= 1)
+  T.eq(math.type(conc.cpu_count()), "integer")
+  conc.sleep(0)
+  T.raises("non-negative", conc.sleep, -1)
+  T.raises("number expected", conc.sleep, "x")
+end)
+
+T.test("events", function()
+  local ev = conc.event()
+  T.eq(ev:is_set(), false)
+  T.eq(ev:wait(0), false)
+  T.eq(ev:wait(0.01), false)
+  local ts = {}
+  for i = 1, 4 do ts[i] = spawn_thread(function() return ev:wait(5) end) end
+  conc.sleep(0.02)
+  ev:set()
+  for i = 1, 4 do T.eq(ts[i]:join(), true) end
+  T.eq(ev:is_set(), true)
+  T.eq(ev:wait(), true)
+  ev:clear()
+  T.eq(ev:is_set(), false)
+  T.eq(tostring(ev), "<event clear>")
+end)
+
+T.test("many threads at once", function()
+  local n = T.sanitizer and 300 or 2000
+  local ev = conc.event()
+  local ts = {}
+  for i = 1, n do ts[i] = spawn_thread(function(k) ev:wait() return k end, i) end
+  ev:set()
+  local sum = 0
+  for i = 1, n do sum = sum + ts[i]:join() end
+  T.eq(sum, n * (n + 1) // 2)
+end)
+
+T.test("workers() lists live threads with what they wait on", function()
+  local ev = conc.event()
+  local t = spawn_thread({name = "sleeper"}, function() ev:wait() end)
+  conc.sleep(0.05)
+  local found
+  for _, w in ipairs(conc.workers()) do
+    if w.id == t.id then found = w end
+  end
+  T.ok(found, "not listed")
+  T.eq(found.name, "sleeper")
+  T.eq(found.kind, "thread")
+  T.eq(found.status, "running")
+  T.eq(found.waiting_on, "event")
+  ev:set()
+  t:join()
+  for _, w in ipairs(conc.workers()) do T.ok(w.id ~= t.id, "still listed") end
+end)
+
+T.test("spawn from a thread while others run", function()
+  local ts = {}
+  for i = 1, 8 do
+    ts[i] = spawn_thread(function()
+      local s = 0
+      for j = 1, 20 do s = s + spawn_thread(function(x) return x end, j):join() end
+      return s
+    end)
+  end
+  for i = 1, 8 do T.eq(ts[i]:join(), 210) end
+end)
+
+T.done()

@@ -1,0 +1,90 @@
+/*
+** fdio.c
+** File descriptors the runtime makes: always O_CLOEXEC (set at creation:
+** setting it later races with a fork in another thread), reads and writes
+** that retry on EINTR and finish short counts, and writes to sockets that
+** give EPIPE instead of SIGPIPE.
+*/
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+int fd_pipe(int fds[2]) {
+  return pipe2(fds, O_CLOEXEC);
+}
+
+int fd_socketpair(int fds[2]) {
+  return socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds);
+}
+
+/* Writes all n bytes. On a socket, send() with MSG_NOSIGNAL so a closed
+** peer is EPIPE, not a signal; on anything else write(). */
+int fd_write_all(int fd, const void *p, size_t n) {
+  const char *c = p;
+  int sock = 1;
+  while (n > 0) {
+    ssize_t w;
+    if (sock) {
+      w = send(fd, c, n, MSG_NOSIGNAL);
+      if (w < 0 && errno == ENOTSOCK) {
+        sock = 0;
+        continue;
+      }
+    } else {
+      w = write(fd, c, n);
+    }
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      return -1;
+    }
+    c += w;
+    n -= (size_t)w;
+  }
+  return 0;
+}
+
+ssize_t fd_read_full(int fd, void *p, size_t n) {
+  char *c = p;
+  size_t got = 0;
+  while (got < n) {
+    ssize_t r = read(fd, c + got, n - got);
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      return -1;
+    }
+    if (r == 0) break;
+    got += (size_t)r;
+  }
+  return (ssize_t)got;
+}
+
+int fd_set_nonblock(int fd, int on) {
+  int fl = fcntl(fd, F_GETFL);
+  if (fl < 0) return -1;
+  fl = on ? (fl | O_NONBLOCK) : (fl & ~O_NONBLOCK);
+  return fcntl(fd, F_SETFL, fl);
+}
+
+void fd_close(int fd) {
+  int saved = errno;
+  if (fd >= 0) close(fd);
+  errno = saved;
+}
+
+/* Counts the entries of /proc/self/fd, minus the one opendir uses. */
+int fd_count(void) {
+  DIR *d = opendir("/proc/self/fd");
+  struct dirent *e;
+  int n = 0;
+  if (d == NULL) return -1;
+  while ((e = readdir(d)) != NULL)
+    if (e->d_name[0] != '.') n++;
+  closedir(d);
+  return n - 1;
+}

@@ -1,0 +1,365 @@
+/*
+** init.c
+** What opens what: the conc table, the globals, the stdlib searcher, and
+** the public entry points (conclua_open, luaopen_conc, conclua_on_state,
+** conclua_wait).
+**
+** DESIGN. A host state (the conclua command's, an embedder's, or the
+** stock lua5.4's after require "conc") gets a runtime and a cstate kept
+** in a userdata box in its registry; the box's __gc, run when the host
+** closes the state, waits for the non-daemon workers (as at the end of a
+** Python program), cancels the daemon threads and signals the daemon
+** processes, then drops the state's hold on the runtime: workers still
+** running keep it alive, so nothing they use is freed under them.
+** Worker states get the same table lazily (runtime.c).
+*/
+
+#include <errno.h>
+#include <dlfcn.h>
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "internal.h"
+#include <lualib.h>
+
+/* ------------------------------------------------------------ conc.* */
+
+static int conc_sleep(lua_State *L) {
+  cstate *cs = conc_cs(L);
+  lua_Number s = luaL_checknumber(L, 1);
+  deadline d;
+  const char *why = NULL;
+  luaL_argcheck(L, s >= 0 && !isnan(s), 1, "non-negative number expected");
+  deadline_in(&d, s == HUGE_VAL ? -1 : (double)s);
+  cs_waiting(cs, "sleep");
+  for (;;) {
+    uint32_t seen = park_seq(&cs->park);
+    if ((why = cs_stopreason(cs)) != NULL) break;
+    if (deadline_passed(&d)) break;
+    park_sleep(&cs->park, seen, &d);
+  }
+  cs_waiting(cs, NULL);
+  if (why) return cs_raisestop(L, cs, why);
+  return 0;
+}
+
+static int conc_nowf(lua_State *L) {
+  lua_pushnumber(L, (lua_Number)conc_now());
+  return 1;
+}
+
+static int conc_cpu_count(lua_State *L) {
+  long n = sysconf(_SC_NPROCESSORS_ONLN);
+  lua_pushinteger(L, n > 0 ? n : 1);
+  return 1;
+}
+
+static int conc_self(lua_State *L) {
+  cstate *cs = conc_cs(L);
+  if (cs->self) {
+    lua_pushinteger(L, cs->self->id);
+    lua_pushstring(L, cs->self->name);
+  } else {
+    lua_pushinteger(L, 0);
+    lua_pushliteral(L, "main");
+  }
+  return 2;
+}
+
+static int conc_workers(lua_State *L) {
+  worker_list(L, conc_cs(L));
+  return 1;
+}
+
+/* Internal counters for tests: open fds, live threads, unreaped children. */
+static int conc_stats(lua_State *L) {
+  FILE *f;
+  char line[256];
+  lua_newtable(L);
+  lua_pushinteger(L, fd_count());
+  lua_setfield(L, -2, "fds");
+  lua_pushinteger(L, threadpool_idle());
+  lua_setfield(L, -2, "idle");
+  lua_pushinteger(L, process_reaper_running());
+  lua_setfield(L, -2, "reaper");
+  f = fopen("/proc/self/status", "re");
+  if (f) {
+    while (fgets(line, sizeof line, f)) {
+      long v;
+      if (sscanf(line, "Threads: %ld", &v) == 1) {
+        lua_pushinteger(L, v);
+        lua_setfield(L, -2, "threads");
+      } else if (sscanf(line, "VmRSS: %ld", &v) == 1) {
+        lua_pushinteger(L, v);
+        lua_setfield(L, -2, "rss_kb");
+      }
+    }
+    fclose(f);
+  }
+  {
+    char path[64];
+    int children = 0, zombies = 0;
+    snprintf(path, sizeof path, "/proc/self/task/%d/children", (int)getpid());
+    f = fopen(path, "re");
+    if (f) {
+      int pid;
+      while (fscanf(f, "%d", &pid) == 1) {
+        char sp[64];
+        FILE *s;
+        children++;
+        snprintf(sp, sizeof sp, "/proc/%d/stat", pid);
+        s = fopen(sp, "re");
+        if (s) {
+          char st = 0;
+          if (fscanf(s, "%*d (%*[^)]) %c", &st) == 1 && st == 'Z') zombies++;
+          fclose(s);
+        }
+      }
+      fclose(f);
+    }
+    lua_pushinteger(L, children);
+    lua_setfield(L, -2, "children");
+    lua_pushinteger(L, zombies);
+    lua_setfield(L, -2, "zombies");
+  }
+  return 1;
+}
+
+const luaL_Reg conc_funcs[] = {
+    {"spawn_thread", thread_spawn},
+    {"spawn_process", process_spawn},
+    {"channel", chan_new},
+    {"select", conc_select},
+    {"lock", sync_lock},
+    {"semaphore", sync_semaphore},
+    {"event", sync_event},
+    {"barrier", sync_barrier},
+    {"shared", shared_new},
+    {"pipe", pipe_new},
+    {"queue", queue_new},
+    {"sleep", conc_sleep},
+    {"now", conc_nowf},
+    {"cpu_count", conc_cpu_count},
+    {"self", conc_self},
+    {"workers", conc_workers},
+    {"_stats", conc_stats},
+    {NULL, NULL}};
+
+/* ------------------------------------------------------------ stdlib */
+
+/* package.searchers entry: modules built into the library. */
+int conc_searcher(lua_State *L) {
+  const char *name = luaL_checkstring(L, 1);
+  for (const stdlib_mod *m = conc_stdlib; m->name; m++) {
+    if (strcmp(m->name, name) == 0) {
+      char chunk[128];
+      snprintf(chunk, sizeof chunk, "=[conclua stdlib %s]", name);
+      if (luaL_loadbuffer(L, m->src, m->len, chunk) != LUA_OK)
+        return lua_error(L);
+      lua_pushfstring(L, ":conclua:%s", name);
+      return 2;
+    }
+  }
+  lua_pushfstring(L, "no built-in module '%s'", name);
+  return 1;
+}
+
+/* Puts the searcher second, after package.preload's. */
+static void add_searcher(lua_State *L) {
+  lua_Integer n;
+  lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+  if (lua_getfield(L, -1, LUA_LOADLIBNAME) != LUA_TTABLE ||
+      lua_getfield(L, -1, "searchers") != LUA_TTABLE) {
+    lua_settop(L, lua_gettop(L) - 3);
+    return;
+  }
+  n = (lua_Integer)lua_rawlen(L, -1);
+  for (lua_Integer i = 1; i <= n; i++) {     /* installed already? */
+    lua_rawgeti(L, -1, i);
+    if (lua_tocfunction(L, -1) == conc_searcher) {
+      lua_pop(L, 4);
+      return;
+    }
+    lua_pop(L, 1);
+  }
+  for (lua_Integer i = n; i >= 2; i--) {
+    lua_rawgeti(L, -1, i);
+    lua_rawseti(L, -2, i + 1);
+  }
+  lua_pushcfunction(L, conc_searcher);
+  lua_rawseti(L, -2, n >= 1 ? 2 : 1);
+  lua_pop(L, 3);
+}
+
+/* The map from standard library tables to their names (marshal.c). */
+static void make_libmap(lua_State *L) {
+  static const char *const libs[] = {
+      "_G", "string", "table", "math", "io", "os", "coroutine", "utf8",
+      "debug", "package", "conc", NULL};
+  lua_newtable(L);
+  lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+  for (int i = 0; libs[i]; i++) {
+    if (lua_getfield(L, -1, libs[i]) == LUA_TTABLE && i > 0) {
+      lua_pushstring(L, libs[i]);
+      lua_rawset(L, -4);
+    } else {
+      lua_pop(L, 1);
+    }
+  }
+  lua_pop(L, 1);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &conc_libskey);
+}
+
+void conc_install(lua_State *L, cstate *cs) {
+  luaL_checkstack(L, 8, NULL);
+  lua_createtable(L, 0, 24);
+  cs_setfuncs(L, cs, conc_funcs);
+  lua_pushliteral(L, CONCLUA_VERSION);
+  lua_setfield(L, -2, "version");
+  /* the globals are closures of their own, so that an error names them
+  ** 'spawn_thread' rather than 'conc.spawn_thread' */
+  lua_pushlightuserdata(L, cs);
+  lua_pushcclosure(L, thread_spawn, 1);
+  lua_setglobal(L, "spawn_thread");
+  lua_pushlightuserdata(L, cs);
+  lua_pushcclosure(L, process_spawn, 1);
+  lua_setglobal(L, "spawn_process");
+  lua_pushvalue(L, -1);
+  lua_setglobal(L, "conc");
+  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+  lua_pushvalue(L, -2);
+  lua_setfield(L, -2, "conc");
+  /* coroutine.resume and wrap that keep track of the running coroutine */
+  if (lua_getfield(L, -1, LUA_COLIBNAME) == LUA_TTABLE) {
+    lua_pushcfunction(L, thread_co_resume);
+    lua_setfield(L, -2, "resume");
+    lua_pushcfunction(L, thread_co_wrap);
+    lua_setfield(L, -2, "wrap");
+  }
+  /* the package paths a worker inherited */
+  if (lua_getfield(L, -2, LUA_LOADLIBNAME) == LUA_TTABLE) {
+    if (cs->path) {
+      lua_pushstring(L, cs->path);
+      lua_setfield(L, -2, "path");
+    }
+    if (cs->cpath) {
+      lua_pushstring(L, cs->cpath);
+      lua_setfield(L, -2, "cpath");
+    }
+  }
+  lua_pop(L, 4);
+  add_searcher(L);
+  make_libmap(L);
+}
+
+/* ------------------------------------------------------------ hosts */
+
+static const char BOX_KEY = 'b';
+
+typedef struct hostbox {
+  cstate *cs;
+} hostbox;
+
+/* The host state closes: wait like Python does at exit, stop daemons,
+** let go of the runtime. */
+static int hostbox_gc(lua_State *L) {
+  hostbox *b = lua_touserdata(L, 1);
+  cstate *cs = b->cs;
+  if (cs == NULL) return 0;
+  b->cs = NULL;
+  if (cs->rt->pid == conc_getpid()) {
+    rt_waitall(cs->rt, NULL);
+    rt_shutdown(cs->rt);
+  }
+  pthread_mutex_lock(&cs->rt->mu);
+  cs->rt->closed = 1;
+  pthread_mutex_unlock(&cs->rt->mu);
+  conc_interrupt_target(NULL);
+  cs_free(cs);
+  return 0;
+}
+
+static cstate *host_open(lua_State *L) {
+  hostbox *b;
+  rt *r;
+  cstate *cs = cs_of(L);
+  if (cs) return cs;
+  b = lua_newuserdatauv(L, sizeof *b, 0);
+  b->cs = NULL;
+  lua_createtable(L, 0, 1);
+  lua_pushcfunction(L, hostbox_gc);
+  lua_setfield(L, -2, "__gc");
+  lua_setmetatable(L, -2);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &BOX_KEY);
+  r = rt_new();
+  cs = r ? cs_new(r, NULL) : NULL;
+  if (r) rt_release(r);                 /* the cstate holds it */
+  if (cs == NULL) luaL_error(L, "not enough memory");
+  cs->ishost = 1;
+  b->cs = cs;
+  state_bind(L, cs);
+  thread_cancel_install();
+  process_atfork_install();
+  conc_install(L, cs);
+  return cs;
+}
+
+static int open_protected(lua_State *L) {
+  host_open(L);
+  return 0;
+}
+
+int conclua_open(lua_State *L) {
+  lua_pushcfunction(L, open_protected);
+  lua_call(L, 0, 0);
+  return 0;
+}
+
+/* A conc.so loaded by lua5.4 must never be unloaded: its threads (idle
+** ones in the pool, daemons) may still run its code at exit. */
+static void pin_module(void) {
+  Dl_info info;
+  if (dladdr((void *)pin_module, &info) && info.dli_fname)
+    dlopen(info.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE);
+}
+
+int luaopen_conc(lua_State *L) {
+  pin_module();
+  host_open(L);
+  lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+  lua_getfield(L, -1, "conc");
+  return 1;
+}
+
+/* Not under lua_pcall: nothing here may raise. */
+void conclua_on_state(lua_State *L, conclua_hook hook, void *ud) {
+  cstate *cs = cs_of(L);
+  rt *r;
+  if (cs == NULL || hook == NULL) return;
+  r = cs->rt;
+  pthread_mutex_lock(&r->mu);
+  if (r->nhooks == r->hookcap) {
+    int cap = r->hookcap ? r->hookcap * 2 : 4;
+    hookent *nh = realloc(r->hooks, sizeof *nh * (size_t)cap);
+    if (nh == NULL) {
+      pthread_mutex_unlock(&r->mu);
+      return;
+    }
+    r->hooks = nh;
+    r->hookcap = cap;
+  }
+  r->hooks[r->nhooks].fn = hook;
+  r->hooks[r->nhooks].ud = ud;
+  r->nhooks++;
+  pthread_mutex_unlock(&r->mu);
+}
+
+int conclua_wait(lua_State *L) {
+  cstate *cs = cs_of(L);
+  if (cs == NULL) return 0;
+  return rt_waitall_cs(cs->rt, cs->self, cs->self ? NULL : cs);
+}

@@ -1,0 +1,487 @@
+/*
+** internal.h
+** Declarations shared by the files of vm/; none of this is exported from
+** libconclua (everything is built with -fvisibility=hidden, and only
+** conclua.h marks symbols default).
+**
+** Lock order, outermost first (a thread never takes an earlier lock while
+** holding a later one):
+**   fork lock (process.c) > runtime list lock (rt->mu) > object locks
+**   (chan->mu, worker->mu, shared->mu, pool lock) > cstate->mu.
+** Object locks are leaves among themselves: no code holds two at once,
+** except the fork, which takes them all in registry order while no other
+** runtime lock can be taken (objreg_lockall).
+*/
+
+#ifndef conc_internal_h
+#define conc_internal_h
+
+#include <lua.h>
+#include <lauxlib.h>
+#include <lualib.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include <time.h>
+
+#include "conclua.h"
+
+#define CONC_UNUSED(x) ((void)(x))
+
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define CONC_SANITIZED 1
+#endif
+
+/* ------------------------------------------------------------ fdio.c */
+
+/* Every fd the runtime makes has O_CLOEXEC. Reads and writes retry on
+** EINTR and on short counts. */
+int fd_pipe(int fds[2]);                       /* 0, or -1 and errno */
+int fd_socketpair(int fds[2]);                 /* SOCK_STREAM, 0 or -1 */
+int fd_write_all(int fd, const void *p, size_t n);   /* 0, or -1 + errno */
+/* Reads exactly n bytes: returns n, fewer at end of file, -1 on error. */
+ssize_t fd_read_full(int fd, void *p, size_t n);
+int fd_set_nonblock(int fd, int on);
+void fd_close(int fd);                         /* keeps errno */
+int fd_count(void);                            /* open fds of the process */
+
+/* ------------------------------------------------------------ wait.c */
+
+double conc_now(void);                 /* CLOCK_MONOTONIC, seconds */
+
+/* An absolute CLOCK_MONOTONIC deadline, or none (wait forever). */
+typedef struct deadline {
+  int forever;
+  struct timespec at;
+} deadline;
+
+void deadline_in(deadline *d, double seconds);   /* seconds < 0: forever */
+int deadline_passed(const deadline *d);
+double deadline_left(const deadline *d);         /* seconds, >= 0 */
+/* Reads an optional timeout argument: nil/none -> -1 (forever); a
+** non-negative number (math.huge: forever); anything else raises. */
+double conc_opttimeout(lua_State *L, int arg);
+
+/* Futexes. 'shared' selects a process-shared futex (for words in
+** MAP_SHARED memory). futex_wait returns 0 when woken (maybe spuriously),
+** ETIMEDOUT at the deadline, EAGAIN if *w != v, EINTR on a signal. */
+int futex_wait(_Atomic uint32_t *w, uint32_t v, const deadline *d, int shared);
+void futex_wake(_Atomic uint32_t *w, int n, int shared);
+
+/* A parker: what one OS thread sleeps on inside a blocking conc call.
+** A waiter reads park_seq, checks its condition, then park_sleep(seen);
+** any waker that changed the condition before calling park_wake makes
+** park_sleep return. park_wake is async-signal-safe. */
+typedef struct parker {
+  _Atomic uint32_t seq;
+  _Atomic int efd;          /* an eventfd for park_poll, made lazily */
+  _Atomic int polling;      /* the owner sleeps in park_poll */
+} parker;
+
+void park_init(parker *p);
+void park_destroy(parker *p);
+uint32_t park_seq(parker *p);
+int park_sleep(parker *p, uint32_t seen, const deadline *d); /* 0/ETIMEDOUT */
+void park_wake(parker *p);
+/* Sleeps in poll() on fds plus the parker: returns poll's result (0 on
+** timeout), -1 with errno on error. 'seen' as for park_sleep. */
+struct pollfd;
+int park_poll(parker *p, uint32_t seen, struct pollfd *fds, int nfds,
+              const deadline *d);
+
+/* ------------------------------------------------------------ objects */
+
+/* The kinds of runtime objects that Lua handles refer to. */
+enum {
+  K_CHANNEL, K_THREAD, K_PROCESS, K_LOCK, K_SEMAPHORE, K_EVENT,
+  K_BARRIER, K_SHARED, K_PIPE, K_QUEUE, K_NKINDS
+};
+
+/* The header of every refcounted runtime object. 'refs' counts the Lua
+** handles, messages and workers that hold it. */
+typedef struct cobj {
+  _Atomic int refs;
+  int kind;
+  uint64_t uid;           /* unique in the process tree (see obj_newuid) */
+} cobj;
+
+struct cstate;
+struct selnode;
+struct msg;
+
+/* What each kind provides. Unused entries are NULL. */
+typedef struct kindinfo {
+  const char *tname;      /* metatable name: "conc.channel" */
+  const char *name;       /* short name: "channel" */
+  int shm;                /* lives in MAP_SHARED memory: crosses fork */
+  int local;              /* meaningful in this process only */
+  void (*destroy)(cobj *o);
+  const luaL_Reg *methods;
+  int (*index)(lua_State *L);      /* __index for fields, or NULL */
+  int (*tostring)(lua_State *L);
+  /* conc.select: take a ready value without blocking, or enlist 'n' to be
+  ** told; see select.c for the protocol. */
+  int (*sel_try)(cobj *o, struct selnode *n);
+  void (*sel_delist)(cobj *o, struct selnode *n);
+  int (*sel_fd)(cobj *o);          /* an fd to poll instead, or -1 */
+  /* adds to the kind's metatable (on top of the stack), or NULL */
+  void (*meta)(lua_State *L, struct cstate *cs);
+} kindinfo;
+
+extern const kindinfo *conc_kinds[K_NKINDS];
+
+void obj_init(cobj *o, int kind);
+void obj_retain(cobj *o);
+void obj_release(cobj *o);
+uint64_t obj_newuid(void);
+
+/* Pushes a handle for 'o' (taking one more reference); the same object
+** pushed twice in one state gives the same userdata. */
+void obj_push(lua_State *L, struct cstate *cs, cobj *o);
+/* The object behind argument 'arg' of kind 'kind', or raises
+** "bad argument #arg to 'f' (conc.channel expected, got ...)". */
+cobj *obj_check(lua_State *L, int arg, int kind);
+/* The object behind any conc handle at idx, or NULL. */
+cobj *obj_test(lua_State *L, struct cstate *cs, int idx);
+void obj_newmetatable(lua_State *L, struct cstate *cs, int kind);
+
+/* Fork safety of process-local objects: every object whose lock must not
+** be held across fork registers here. */
+typedef struct objlink {
+  struct objlink *prev, *next;
+  pthread_mutex_t *mu;
+} objlink;
+void objreg_add(objlink *l, pthread_mutex_t *mu);
+void objreg_remove(objlink *l);
+void objreg_lockall(void);        /* before fork */
+void objreg_unlockall(int child); /* after fork, in parent and child */
+
+/* ------------------------------------------------------------ marshal.c */
+
+/* A growing byte buffer plus the references to runtime objects that the
+** bytes name by index. Owned by one thread. */
+typedef struct mbuf {
+  char *p;
+  size_t n, cap;
+  cobj **refs;
+  int nrefs, refcap;
+} mbuf;
+
+/* A sealed message: what travels through a channel or to a thread. */
+typedef struct msg {
+  struct msg *next;       /* for the owner's lists */
+  size_t n;
+  int nrefs;
+  cobj **refs;
+  char *data;             /* points into 'inl' or to a separate block */
+  int owndata;            /* data is a block of its own */
+  char inl[];
+} msg;
+
+enum {
+  MARSHAL_REMOTE = 1,     /* for another process: no local object refs */
+  MARSHAL_NOSHM = 2       /* for an unrelated process: no objects at all */
+};
+
+void mbuf_init(mbuf *b);
+void mbuf_free(mbuf *b);          /* releases the refs it holds */
+void mbuf_reset(mbuf *b);         /* ditto, keeps the memory */
+
+/* Encodes the 'n' values at L[first..first+n-1]. 'root' names them for
+** errors: "args" gives args[1], args[2]...; "fn" names a single value.
+** Returns 0, or -1 with an error message in 'err' and 'b' reset. Raises
+** only on memory errors (b stays owned by the caller, so keep b in
+** storage that is freed even then, like a cstate's scratch buffer). */
+int marshal_encode(lua_State *L, struct cstate *cs, int first, int n,
+                   mbuf *b, int flags, const char *root,
+                   char *err, size_t errsz);
+/* Decodes a buffer made by marshal_encode, pushing its values. Returns
+** how many, or -1 with a message in err (nothing pushed). Safe against
+** any bytes. 'refs' must be the buffer's refs (local) or NULL (remote). */
+int marshal_decode(lua_State *L, struct cstate *cs, const char *p, size_t n,
+                   cobj **refs, int nrefs, int flags, char *err, size_t errsz);
+/* A message holding a copy of n bytes (no references), or NULL. */
+msg *msg_copy(const void *p, size_t n);
+/* A copy of m holding its own references; NULL on out of memory. */
+msg *msg_dup(const msg *m);
+/* If m holds one number: 1 integer (in *i), 2 float (in *f); else 0. */
+int msg_tonumber(const msg *m, lua_Integer *i, lua_Number *f);
+msg *msg_fromnumber(int isint, lua_Integer i, lua_Number f);
+/* Seals b into a message (b is left empty); NULL on out of memory. */
+msg *msg_seal(mbuf *b);
+void msg_free(msg *m);
+/* Decodes m into L and frees it; on failure raises with the message
+** (m is freed either way). Returns the number of values pushed. */
+int msg_push(lua_State *L, struct cstate *cs, msg *m);
+/* Encodes n values into a message, raising a Lua error on failure. */
+msg *msg_encode(lua_State *L, struct cstate *cs, int first, int n,
+                const char *root);
+
+/* The keyed hash that guards bytecode; the key is per process tree. */
+void marshal_key(unsigned char key[16]);
+void marshal_setkey(const unsigned char key[16]);
+uint64_t siphash24(const unsigned char key[16], const void *p, size_t n);
+
+/* Registry key of a state's map from standard library tables to their
+** names (string, math...): those cross by name. */
+extern const char conc_libskey;
+
+/* Names of the C functions that may cross: standard libraries and conc. */
+const char *cfunc_name(lua_CFunction f, int *isconc);
+lua_CFunction cfunc_lookup(const char *name, size_t len, int *isconc);
+
+/* ------------------------------------------------------------ runtime.c */
+
+typedef struct hookent {
+  conclua_hook fn;
+  void *ud;
+} hookent;
+
+/* One runtime per host state (and per conclua command). Workers of the
+** runtime hold references to it, so it outlives its host state while
+** they run. */
+typedef struct rt {
+  _Atomic int refs;
+  pthread_mutex_t mu;          /* guards everything below */
+  struct worker *head;         /* registered workers, newest first */
+  hookent *hooks;
+  int nhooks, hookcap;
+  pid_t pid;                   /* the process the list belongs to */
+  int closed;                  /* the host state is gone */
+  int exited;                  /* the exit handler took care of it */
+  objlink link;
+  struct rt *allnext;          /* the process's list of runtimes */
+} rt;
+
+/* Per-state context: every conc C function of a state gets it as upvalue
+** 1. For a worker it lives as long as the worker's state. */
+typedef struct cstate {
+  rt *rt;
+  struct worker *self;         /* NULL in a host or main state */
+  lua_State *L;
+  parker park;
+  pthread_mutex_t mu;          /* guards blocked_word against cancellers */
+  _Atomic(_Atomic uint32_t *) blocked_word;  /* shm futex slept on */
+  int blocked_shared;
+  _Atomic int interrupt;       /* Ctrl-C: set by a signal handler */
+  const char *_Atomic waiting_on;  /* what the state blocks on, or NULL */
+  mbuf scratch;                /* encode buffer, owned by the state */
+  msg *pending;                /* a message being decoded */
+  int lazy;                    /* standard libraries not opened yet */
+  char *path, *cpath;          /* package paths, applied when opened */
+  const void *mt[K_NKINDS];    /* metatables of handle kinds, or NULL */
+  int ishost;                  /* a host or main state (cstate in a box) */
+} cstate;
+
+#define CS_UPVAL lua_upvalueindex(1)
+#define conc_cs(L) ((cstate *)lua_touserdata(L, CS_UPVAL))
+
+rt *rt_new(void);
+void rt_retain(rt *r);
+void rt_release(rt *r);
+int64_t rt_nextid(void);
+
+cstate *cs_new(rt *r, struct worker *self);
+void cs_free(cstate *cs);
+/* Registers funcs with the cstate as their only upvalue. */
+void cs_setfuncs(lua_State *L, cstate *cs, const luaL_Reg *l);
+/* The cstate of a state made by conclua_open, or NULL. */
+cstate *cs_of(lua_State *L);
+/* The stop request pending for the state: "cancelled" for a cancelled
+** worker, "interrupted!" after Ctrl-C; NULL when none. */
+const char *cs_stopreason(cstate *cs);
+/* Raises the stop request (clearing an interrupt); only call when
+** cs_stopreason returned non-NULL, with no lock held. */
+int cs_raisestop(lua_State *L, cstate *cs, const char *why);
+/* Publishes what the state blocks on, for conc.workers(). */
+void cs_waiting(cstate *cs, const char *what);
+/* Around a sleep on a shm futex word: lets a canceller wake it. */
+void cs_block_on(cstate *cs, _Atomic uint32_t *word, int shared);
+void cs_unblock(cstate *cs);
+/* Wakes the state's thread out of any conc wait. */
+void cs_wake(cstate *cs);
+/* Opens the standard libraries of a lazy worker state now. */
+void cs_materialize(lua_State *L, cstate *cs);
+
+/* Registry of a state made for a worker: lazy libraries, conc, searcher. */
+lua_State *state_new(void);
+void state_bind(lua_State *L, cstate *cs);
+void state_run_hooks(lua_State *L, cstate *cs);
+
+/* The interrupt target of the process (REPL and scripts): the SIGINT
+** handler sets its flag, wakes it and sets a hook on its running state. */
+void conc_interrupt_target(cstate *cs);
+void conc_interrupt_install(int on);
+
+/* ------------------------------------------------------------ worker.c */
+
+enum { W_RUNNING, W_DONE, W_FAILED, W_CANCELLED, W_KILLED };
+enum { WK_THREAD, WK_PROCESS };
+
+/* A spawned thread or process, as seen by its runtime and handles. */
+typedef struct worker {
+  cobj obj;                    /* K_THREAD or K_PROCESS */
+  rt *rt;
+  int64_t id;
+  char *name;
+  int daemon;
+  pthread_mutex_t mu;          /* guards the fields below */
+  objlink link;
+  int status;
+  int joined;                  /* a join has seen the failure */
+  int reported;                /* the exit report printed it */
+  int registered;              /* on rt's list */
+  struct selnode *waiters;     /* select nodes waiting for the end */
+  msg *result;                 /* results (done) or error value (failed) */
+  char *errmsg;                /* "message\ntraceback" when failed */
+  _Atomic int cancel;
+  cstate *cs;                  /* a running thread's state */
+  pthread_t tid;               /* the OS thread while running */
+  int hastid;
+  const char *proc_waiting;    /* process: unused */
+  struct worker *prev, *next;  /* rt list */
+  /* processes */
+  pid_t pid;
+  int pidfd, rfd;
+  int exitcode;                /* status, or -signal */
+  int reaped;
+  mbuf inbuf;                  /* result bytes read so far */
+  pid_t owner;                 /* the process that spawned it */
+} worker;
+
+worker *worker_new(rt *r, int kind, const char *name, int daemon);
+void worker_destroy(cobj *o);
+void worker_register(worker *w);
+void worker_unregister(worker *w);
+/* Marks the end (status, result/error owned by the worker now) and wakes
+** every waiter. */
+void worker_finish(worker *w, int status, msg *result, char *errmsg);
+/* Waits until the worker finished or the deadline passed; 1 finished, 0
+** timeout, or raises the stop request of cs. */
+int worker_wait(lua_State *L, cstate *cs, worker *w, const deadline *d);
+int worker_status(worker *w);
+const char *worker_statusname(int st);
+int worker_push_outcome(lua_State *L, cstate *cs, worker *w);
+/* Waits for the non-daemon workers of r and reports unjoined failures;
+** 'self' (may be NULL) is skipped. Returns the number reported. */
+int rt_waitall(rt *r, worker *self);
+int rt_waitall_cs(rt *r, worker *self, cstate *cs);
+void rt_forget_workers(rt *r);
+/* Every open runtime of the process: wait, then stop daemons (atexit). */
+void rt_exit_all(void);
+void rt_shutdown(rt *r);
+int worker_sel_try(cobj *o, struct selnode *n);
+void worker_sel_delist(cobj *o, struct selnode *n);
+void worker_list(lua_State *L, cstate *cs);
+
+/* ------------------------------------------------------------ thread.c */
+
+int thread_spawn(lua_State *L);                /* spawn_thread */
+void thread_cancel_install(void);
+int thread_cancel(worker *w);
+/* Coroutine functions that keep the cancellation hook on the running
+** coroutine. */
+int thread_co_resume(lua_State *L);
+int thread_co_wrap(lua_State *L);
+void thread_set_current(lua_State *L);
+lua_State *thread_get_current(void);
+void threadpool_atfork_child(void);
+int threadpool_idle(void);              /* idle OS threads in the pool */
+extern const kindinfo thread_kind;
+
+/* ------------------------------------------------------------ process.c */
+
+int process_spawn(lua_State *L);               /* spawn_process */
+/* Whether a process ended (its reaper finished the record). */
+int process_poll(worker *w);
+/* SIGTERM to the daemon children of r, then SIGKILL after a second. */
+void process_stop_daemons(rt *r);
+extern const char *conc_self_exe;
+int process_reaper_running(void);
+extern const kindinfo process_kind;
+void process_atfork_install(void);
+pid_t conc_getpid(void);                       /* cached; right after fork */
+int process_child_main(int argc, char **argv); /* start = "spawn" child */
+
+/* ------------------------------------------------------------ select.c */
+
+enum { SEL_NONE, SEL_VALUE, SEL_CLOSED, SEL_DONE, SEL_TAKEN };
+
+/* One waiter's registration with one object (see select.c). Several
+** nodes of one conc.select share a selwait; the first object to claim it
+** wins. */
+typedef struct selwait {
+  parker *park;
+  _Atomic int won;           /* 0, or the winning node's index + 1 */
+} selwait;
+
+typedef struct selnode {
+  struct selnode *prev, *next;
+  selwait *sw;
+  int index;
+  int linked;
+  _Atomic int result;        /* SEL_* delivered, or SEL_CLOSED */
+  msg *m;                    /* value handed over (read it only after the
+                                node is delisted, under the object's lock),
+                                or offered by a blocked sender */
+} selnode;
+
+int sel_claim(selwait *sw, int index);
+void selq_push(struct selnode **head, selnode *n);
+void selq_remove(struct selnode **head, selnode *n);
+int conc_select(lua_State *L);
+
+/* ------------------------------------------------------------ modules */
+
+extern const kindinfo channel_kind, lock_kind, semaphore_kind, event_kind,
+    barrier_kind, shared_kind, pipe_kind, queue_kind;
+
+int chan_new(lua_State *L);
+int sync_lock(lua_State *L);
+int sync_semaphore(lua_State *L);
+int sync_event(lua_State *L);
+int sync_barrier(lua_State *L);
+int shared_new(lua_State *L);
+int pipe_new(lua_State *L);
+int queue_new(lua_State *L);
+
+/* Objects whose state lives in shared memory, so it crosses fork: the
+** local record, its page, and its place in the table by uid (sync.c). */
+typedef struct shmobj {
+  cobj obj;
+  void *shm;
+  size_t size;
+  struct shmobj *next;
+} shmobj;
+int shmobj_init(shmobj *o, int kind, size_t size);   /* 0, or -1 + errno */
+void shmobj_destroy(shmobj *o);
+
+/* Shared memory for objects that cross fork (sync.c). */
+void *shm_alloc(size_t size);
+void shm_free(void *p, size_t size);
+/* The shm object with this uid mapped in this process, with a reference
+** taken, or NULL. */
+cobj *shm_lookup(uint64_t uid);
+
+/* The stdlib: Lua sources built into the library (generated). */
+typedef struct stdlib_mod {
+  const char *name;
+  const char *src;
+  size_t len;
+} stdlib_mod;
+extern const stdlib_mod conc_stdlib[];
+
+/* init.c */
+extern const luaL_Reg conc_funcs[];            /* the conc table */
+/* Gives a state opened by luaL_openlibs everything conc adds: the conc
+** table (global and package.loaded.conc), spawn_thread, spawn_process,
+** the stdlib searcher, the coroutine functions, the library map. */
+void conc_install(lua_State *L, cstate *cs);
+void state_make_lazy(lua_State *L, cstate *cs);
+/* spawn_thread's and spawn_process's options table at index 1. */
+void spawn_options(lua_State *L, const char *fname, const char **name,
+                   int *daemon, const char **start);
+
+#endif

@@ -1,0 +1,1295 @@
+/*
+** marshal.c
+** Lua values <-> self-contained bytes: one format for threads and pipes.
+**
+** DESIGN. A message is MAGIC, VERSION, a varint count, then that many
+** values, each a tag byte and its payload (little-endian, this machine's
+** sizes):
+**   NIL FALSE TRUE | INT8/16/32/64 n | FLOAT f64 | STR varint len, bytes
+**   TABLE u32 narr, u32 nhash, flags, narr values (keys 1..narr, in
+**         order), nhash key/value pairs, then the metatable if flags & 1
+**   REF varint i     the i-th table or function of this message again
+**   LFUNC varint len, bytecode, u64 MAC, u8 nups, nups upvalues, each a
+**         value or UPJOIN varint f, u8 n (shares upvalue n of function f)
+**   CFUNC varint len, name   ("string.format": standard library or conc)
+**   GLOBALS          the receiver's global table
+**   LIB varint len, name     package.loaded[name] of the receiver
+**   OBJ u8 kind, varint i    the i-th runtime object of the message
+**   SHMOBJ u8 kind, u64 uid  a shared-memory object, for other processes
+** Tables and Lua functions are numbered in the order they first appear,
+** so shared sub-tables, cycles and functions keep their shape. Objects
+** travel as references: an in-process message holds a reference on each
+** (msg->refs) and names them by index, never by address.
+** The decoder trusts nothing: every length is checked against what is
+** left, nesting is bounded, and bytecode is loaded only when its SipHash
+** MAC, keyed by a secret of this process tree, matches: random bytes from
+** a dying peer can be rejected, never executed.
+*/
+
+#include <errno.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+
+#include "internal.h"
+
+#define MAGIC 0xC7
+#define VERSION 1
+#define MAXDEPTH 1000
+#define MAXPATH 200
+
+enum {
+  T_NIL, T_FALSE, T_TRUE, T_INT8, T_INT16, T_INT32, T_INT64, T_FLOAT,
+  T_STR, T_TABLE, T_REF, T_LFUNC, T_UPJOIN, T_CFUNC, T_GLOBALS, T_LIB,
+  T_OBJ, T_SHMOBJ
+};
+
+/* ------------------------------------------------------------ siphash */
+
+static unsigned char hashkey[16];
+static pthread_once_t key_once = PTHREAD_ONCE_INIT;
+
+static void key_init(void) {
+  size_t got = 0;
+  while (got < sizeof hashkey) {
+    ssize_t r = getrandom(hashkey + got, sizeof hashkey - got, 0);
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      abort();  /* no entropy source: nothing safe to fall back on */
+    }
+    got += (size_t)r;
+  }
+}
+
+void marshal_key(unsigned char key[16]) {
+  pthread_once(&key_once, key_init);
+  memcpy(key, hashkey, sizeof hashkey);
+}
+
+void marshal_setkey(const unsigned char key[16]) {
+  pthread_once(&key_once, key_init);
+  memcpy(hashkey, key, sizeof hashkey);
+}
+
+#define ROTL(x, b) (uint64_t)(((x) << (b)) | ((x) >> (64 - (b))))
+#define SIPROUND                                                     \
+  do {                                                               \
+    v0 += v1; v1 = ROTL(v1, 13); v1 ^= v0; v0 = ROTL(v0, 32);        \
+    v2 += v3; v3 = ROTL(v3, 16); v3 ^= v2;                           \
+    v0 += v3; v3 = ROTL(v3, 21); v3 ^= v0;                           \
+    v2 += v1; v1 = ROTL(v1, 17); v1 ^= v2; v2 = ROTL(v2, 32);        \
+  } while (0)
+
+static uint64_t load64(const unsigned char *p) {
+  uint64_t v;
+  memcpy(&v, p, 8);
+  return v;  /* little-endian machines only, like the rest of the format */
+}
+
+/* SipHash-2-4 (Aumasson and Bernstein), 64-bit output. */
+uint64_t siphash24(const unsigned char key[16], const void *data, size_t n) {
+  const unsigned char *p = data;
+  uint64_t k0 = load64(key), k1 = load64(key + 8);
+  uint64_t v0 = k0 ^ 0x736f6d6570736575ULL, v1 = k1 ^ 0x646f72616e646f6dULL;
+  uint64_t v2 = k0 ^ 0x6c7967656e657261ULL, v3 = k1 ^ 0x7465646279746573ULL;
+  uint64_t b = (uint64_t)n << 56, m;
+  size_t i, tail = n & 7;
+  for (i = 0; i + 8 <= n; i += 8) {
+    m = load64(p + i);
+    v3 ^= m;
+    SIPROUND;
+    SIPROUND;
+    v0 ^= m;
+  }
+  for (size_t j = 0; j < tail; j++) b |= (uint64_t)p[i + j] << (8 * j);
+  v3 ^= b;
+  SIPROUND;
+  SIPROUND;
+  v0 ^= b;
+  v2 ^= 0xff;
+  SIPROUND;
+  SIPROUND;
+  SIPROUND;
+  SIPROUND;
+  return v0 ^ v1 ^ v2 ^ v3;
+}
+
+static uint64_t bytecode_mac(const void *p, size_t n) {
+  pthread_once(&key_once, key_init);
+  return siphash24(hashkey, p, n);
+}
+
+/* ------------------------------------------------------------ buffers */
+
+void mbuf_init(mbuf *b) {
+  memset(b, 0, sizeof *b);
+}
+
+void mbuf_reset(mbuf *b) {
+  for (int i = 0; i < b->nrefs; i++) obj_release(b->refs[i]);
+  b->nrefs = 0;
+  b->n = 0;
+}
+
+void mbuf_free(mbuf *b) {
+  mbuf_reset(b);
+  free(b->p);
+  free(b->refs);
+  mbuf_init(b);
+}
+
+static int mbuf_reserve(mbuf *b, size_t extra) {
+  size_t need = b->n + extra, cap;
+  char *np;
+  if (need < b->n) return -1;                       /* overflow */
+  if (need <= b->cap) return 0;
+  cap = b->cap ? b->cap : 256;
+  while (cap < need) cap = cap > SIZE_MAX / 2 ? need : cap * 2;
+  np = realloc(b->p, cap);
+  if (np == NULL) return -1;
+  b->p = np;
+  b->cap = cap;
+  return 0;
+}
+
+static int mbuf_addref(mbuf *b, cobj *o) {
+  if (b->nrefs == b->refcap) {
+    int cap = b->refcap ? b->refcap * 2 : 4;
+    cobj **nr = realloc(b->refs, sizeof *nr * (size_t)cap);
+    if (nr == NULL) return -1;
+    b->refs = nr;
+    b->refcap = cap;
+  }
+  obj_retain(o);
+  b->refs[b->nrefs] = o;
+  return b->nrefs++;
+}
+
+/* Small payloads are copied next to the message header, so one malloc
+** holds both; big ones move into the message and the buffer starts
+** afresh. The object references come first (pointer-aligned). */
+#define SEAL_COPY_MAX 4096
+
+msg *msg_seal(mbuf *b) {
+  size_t refsz = (size_t)b->nrefs * sizeof(cobj *);
+  size_t inl = b->n <= SEAL_COPY_MAX ? b->n : 0;
+  msg *m = malloc(sizeof *m + refsz + inl);
+  if (m == NULL) return NULL;
+  m->next = NULL;
+  m->n = b->n;
+  m->nrefs = b->nrefs;
+  m->refs = (cobj **)(void *)m->inl;
+  if (refsz) memcpy(m->refs, b->refs, refsz);
+  b->nrefs = 0;                 /* the message owns those references now */
+  if (b->n <= SEAL_COPY_MAX) {
+    m->data = m->inl + refsz;
+    m->owndata = 0;
+    if (b->n) memcpy(m->data, b->p, b->n);
+    b->n = 0;
+  } else {
+    m->data = b->p;
+    m->owndata = 1;
+    b->p = NULL;
+    b->cap = b->n = 0;
+  }
+  return m;
+}
+
+void msg_free(msg *m) {
+  if (m == NULL) return;
+  for (int i = 0; i < m->nrefs; i++) obj_release(m->refs[i]);
+  if (m->owndata) free(m->data);
+  free(m);
+}
+
+msg *msg_copy(const void *p, size_t n) {
+  msg *m = malloc(sizeof *m + n);
+  if (m == NULL) return NULL;
+  m->next = NULL;
+  m->n = n;
+  m->nrefs = 0;
+  m->refs = NULL;
+  m->owndata = 0;
+  m->data = m->inl;
+  memcpy(m->inl, p, n);
+  return m;
+}
+
+msg *msg_dup(const msg *m) {
+  size_t refsz = (size_t)m->nrefs * sizeof(cobj *);
+  msg *c = malloc(sizeof *c + refsz + m->n);
+  if (c == NULL) return NULL;
+  c->next = NULL;
+  c->n = m->n;
+  c->nrefs = m->nrefs;
+  c->refs = (cobj **)(void *)c->inl;
+  for (int i = 0; i < m->nrefs; i++) {
+    c->refs[i] = m->refs[i];
+    obj_retain(c->refs[i]);
+  }
+  c->data = c->inl + refsz;
+  c->owndata = 0;
+  memcpy(c->data, m->data, m->n);
+  return c;
+}
+
+/* A one-value message: MAGIC VERSION 1 then the value. */
+int msg_tonumber(const msg *m, lua_Integer *i, lua_Number *f) {
+  const unsigned char *p = (const unsigned char *)m->data;
+  if (m->n < 4 || p[0] != MAGIC || p[1] != VERSION || p[2] != 1) return 0;
+  switch (p[3]) {
+    case T_INT8: if (m->n == 5) { int8_t v; memcpy(&v, p + 4, 1); *i = v; return 1; } break;
+    case T_INT16: if (m->n == 6) { int16_t v; memcpy(&v, p + 4, 2); *i = v; return 1; } break;
+    case T_INT32: if (m->n == 8) { int32_t v; memcpy(&v, p + 4, 4); *i = v; return 1; } break;
+    case T_INT64: if (m->n == 12) { int64_t v; memcpy(&v, p + 4, 8); *i = (lua_Integer)v; return 1; } break;
+    case T_FLOAT: if (m->n == 12) { double v; memcpy(&v, p + 4, 8); *f = (lua_Number)v; return 2; } break;
+  }
+  return 0;
+}
+
+msg *msg_fromnumber(int isint, lua_Integer i, lua_Number f) {
+  msg *m = malloc(sizeof *m + 12);
+  unsigned char *p;
+  if (m == NULL) return NULL;
+  m->next = NULL;
+  m->nrefs = 0;
+  m->refs = NULL;
+  m->owndata = 0;
+  m->data = m->inl;
+  p = (unsigned char *)m->inl;
+  p[0] = MAGIC;
+  p[1] = VERSION;
+  p[2] = 1;
+  if (isint) {
+    int64_t v = (int64_t)i;
+    p[3] = T_INT64;
+    memcpy(p + 4, &v, 8);
+  } else {
+    double v = (double)f;
+    p[3] = T_FLOAT;
+    memcpy(p + 4, &v, 8);
+  }
+  m->n = 12;
+  return m;
+}
+
+/* ------------------------------------------------------------ names */
+
+/* The C functions allowed to cross: every function of the standard
+** libraries (found by walking a scratch state once) and every function
+** of conc, by name. */
+typedef struct cfname {
+  lua_CFunction f;
+  const char *name;
+  int isconc;                /* 1: conc closure (upvalue: the cstate) */
+  int closure;               /* 1: a standard closure, fetch it by name */
+} cfname;
+
+static cfname *byptr, *byname;
+static int ncf;
+static pthread_once_t names_once = PTHREAD_ONCE_INIT;
+
+
+static int cmp_ptr(const void *a, const void *b) {
+  uintptr_t x = (uintptr_t)((const cfname *)a)->f;
+  uintptr_t y = (uintptr_t)((const cfname *)b)->f;
+  return x < y ? -1 : x > y;
+}
+
+static int cmp_name(const void *a, const void *b) {
+  return strcmp(((const cfname *)a)->name, ((const cfname *)b)->name);
+}
+
+static void names_add(cfname **v, int *cap, lua_CFunction f,
+                      const char *name, int isconc, int closure) {
+  if (ncf == *cap) {
+    *cap = *cap ? *cap * 2 : 256;
+    *v = realloc(*v, sizeof **v * (size_t)*cap);
+    if (*v == NULL) abort();
+  }
+  (*v)[ncf].f = f;
+  (*v)[ncf].name = strdup(name);
+  if ((*v)[ncf].name == NULL) abort();
+  (*v)[ncf].isconc = isconc;
+  (*v)[ncf].closure = closure;
+  ncf++;
+}
+
+static void names_init(void) {
+  cfname *v = NULL;
+  int cap = 0;
+  char name[128];
+  lua_State *L = luaL_newstate();
+  if (L == NULL) abort();
+  luaL_openlibs(L);
+  lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+  lua_pushnil(L);
+  while (lua_next(L, -2)) {          /* each library */
+    if (lua_type(L, -2) == LUA_TSTRING && lua_istable(L, -1)) {
+      const char *lib = lua_tostring(L, -2);
+      lua_pushnil(L);
+      while (lua_next(L, -2)) {
+        if (lua_type(L, -2) == LUA_TSTRING && lua_iscfunction(L, -1)) {
+          int closure = lua_getupvalue(L, -1, 1) != NULL;
+          if (closure) lua_pop(L, 1);
+          snprintf(name, sizeof name, "%s.%s", lib, lua_tostring(L, -2));
+          if (strcmp(name, "coroutine.resume") != 0 &&
+              strcmp(name, "coroutine.wrap") != 0)
+            names_add(&v, &cap, lua_tocfunction(L, -1), name, 0, closure);
+        }
+        lua_pop(L, 1);
+      }
+    }
+    lua_pop(L, 1);
+  }
+  lua_close(L);
+  /* conclua's own coroutine.resume and wrap replace the standard ones */
+  names_add(&v, &cap, thread_co_resume, "coroutine.resume", 0, 0);
+  names_add(&v, &cap, thread_co_wrap, "coroutine.wrap", 0, 0);
+  for (const luaL_Reg *r = conc_funcs; r->name; r++) {
+    snprintf(name, sizeof name, "conc.%s", r->name);
+    names_add(&v, &cap, r->func, name, 1, 0);
+  }
+  for (int k = 0; k < K_NKINDS; k++) {
+    const luaL_Reg *r = conc_kinds[k]->methods;
+    for (; r && r->name; r++) {
+      snprintf(name, sizeof name, "conc.%s:%s", conc_kinds[k]->name, r->name);
+      names_add(&v, &cap, r->func, name, 1, 0);
+    }
+  }
+  byname = malloc(sizeof *byname * (size_t)ncf);
+  if (byname == NULL) abort();
+  memcpy(byname, v, sizeof *v * (size_t)ncf);
+  byptr = v;
+  qsort(byptr, (size_t)ncf, sizeof *byptr, cmp_ptr);
+  qsort(byname, (size_t)ncf, sizeof *byname, cmp_name);
+}
+
+const char *cfunc_name(lua_CFunction f, int *isconc) {
+  cfname key, *hit;
+  pthread_once(&names_once, names_init);
+  key.f = f;
+  hit = bsearch(&key, byptr, (size_t)ncf, sizeof key, cmp_ptr);
+  if (hit == NULL) return NULL;
+  *isconc = hit->isconc;
+  return hit->name;
+}
+
+static const cfname *cfunc_find(const char *name) {
+  cfname key;
+  pthread_once(&names_once, names_init);
+  key.name = name;
+  return bsearch(&key, byname, (size_t)ncf, sizeof key, cmp_name);
+}
+
+lua_CFunction cfunc_lookup(const char *name, size_t len, int *isconc) {
+  char tmp[128];
+  const cfname *hit;
+  if (len >= sizeof tmp) return NULL;
+  memcpy(tmp, name, len);
+  tmp[len] = '\0';
+  hit = cfunc_find(tmp);
+  if (hit == NULL) return NULL;
+  *isconc = hit->isconc;
+  return hit->f;
+}
+
+/* ------------------------------------------------------------ encoder */
+
+typedef struct enc {
+  lua_State *L;
+  cstate *cs;
+  mbuf *b;
+  int flags;
+  int seen;          /* stack index of: table/function -> ref index;
+                        upvalue id -> -(ref * 256 + n) - 1; 0 if not yet */
+  int undo;          /* stack index of keys to forget on a rollback */
+  int nundo;
+  int libs;          /* stack index of the state's library map, or 0 */
+  int inmeta;        /* > 0 while trying a metatable */
+  int nref;
+  int depth;
+  int globals;       /* stack index of the sender's globals table */
+  const char *why;   /* what went wrong, for the message */
+  const char *badtype;
+  char path[MAXPATH + 1];  /* path below the root, built while unwinding */
+  size_t pathlen;
+  int pathcut;
+} enc;
+
+static int put(enc *e, const void *p, size_t n) {
+  if (mbuf_reserve(e->b, n)) {
+    e->why = "not enough memory";
+    return -1;
+  }
+  memcpy(e->b->p + e->b->n, p, n);
+  e->b->n += n;
+  return 0;
+}
+
+static int putbyte(enc *e, int c) {
+  unsigned char u = (unsigned char)c;
+  return put(e, &u, 1);
+}
+
+static int putvar(enc *e, uint64_t v) {
+  unsigned char tmp[10];
+  int n = 0;
+  do {
+    tmp[n] = (unsigned char)(v & 0x7f);
+    v >>= 7;
+    if (v) tmp[n] |= 0x80;
+    n++;
+  } while (v);
+  return put(e, tmp, (size_t)n);
+}
+
+static void path_prepend(enc *e, const char *seg) {
+  size_t sl = strlen(seg);
+  if (e->pathcut) return;
+  if (e->pathlen + sl > MAXPATH) {
+    e->pathcut = 1;
+    return;
+  }
+  memmove(e->path + sl, e->path, e->pathlen + 1);
+  memcpy(e->path, seg, sl);
+  e->pathlen += sl;
+}
+
+static int isident(const char *s, size_t n) {
+  if (n == 0 || n > 40 || (s[0] >= '0' && s[0] <= '9')) return 0;
+  for (size_t i = 0; i < n; i++) {
+    unsigned char c = (unsigned char)s[i];
+    if (!(c == '_' || (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') ||
+          (c >= 'A' && c <= 'Z')))
+      return 0;
+  }
+  return 1;
+}
+
+/* The path segment for key at stack index k. */
+static void path_key(enc *e, int k) {
+  lua_State *L = e->L;
+  char seg[64];
+  switch (lua_type(L, k)) {
+    case LUA_TSTRING: {
+      size_t n;
+      const char *s = lua_tolstring(L, k, &n);
+      if (isident(s, n))
+        snprintf(seg, sizeof seg, ".%s", s);
+      else
+        snprintf(seg, sizeof seg, "[\"%.*s%s\"]", n > 30 ? 30 : (int)n, s,
+                 n > 30 ? "..." : "");
+      break;
+    }
+    case LUA_TNUMBER:
+      if (lua_isinteger(L, k))
+        snprintf(seg, sizeof seg, "[%lld]", (long long)lua_tointeger(L, k));
+      else
+        snprintf(seg, sizeof seg, "[%.14g]", (double)lua_tonumber(L, k));
+      break;
+    case LUA_TBOOLEAN:
+      snprintf(seg, sizeof seg, "[%s]", lua_toboolean(L, k) ? "true" : "false");
+      break;
+    default:
+      snprintf(seg, sizeof seg, "[<%s>]", luaL_typename(L, k));
+  }
+  path_prepend(e, seg);
+}
+
+static int fail(enc *e, int idx, const char *why) {
+  e->badtype = luaL_typename(e->L, idx);
+  e->why = why;
+  return -1;
+}
+
+static int enc_value(enc *e, int idx);
+
+/* Looks v (at idx) up in the seen table: its ref index, or 0. */
+static int seen_get(enc *e, const void *key) {
+  lua_Integer r;
+  if (e->seen == 0) return 0;
+  lua_rawgetp(e->L, e->seen, key);
+  r = lua_tointeger(e->L, -1);
+  lua_pop(e->L, 1);
+  return (int)r;
+}
+
+/* Makes the tables the encoder keeps on the stack. Called by the first
+** table or function met, which is a top-level value: nothing of the
+** traversal sits above them yet. */
+static void enc_prepare(enc *e) {
+  lua_State *L = e->L;
+  if (e->seen) return;
+  lua_newtable(L);
+  e->seen = lua_gettop(L);
+  lua_newtable(L);
+  e->undo = lua_gettop(L);
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &conc_libskey) == LUA_TTABLE)
+    e->libs = lua_gettop(L);
+  else
+    lua_pop(L, 1);
+}
+
+static void seen_set(enc *e, const void *key, lua_Integer v) {
+  lua_State *L = e->L;
+  lua_pushinteger(L, v);
+  lua_rawsetp(L, e->seen, key);
+  if (e->inmeta) {
+    lua_pushlightuserdata(L, (void *)key);
+    lua_rawseti(L, e->undo, ++e->nundo);
+  }
+}
+
+static int enc_int(enc *e, lua_Integer v) {
+  unsigned char tmp[9];
+  size_t n;
+  if (v >= INT8_MIN && v <= INT8_MAX) {
+    int8_t x = (int8_t)v;
+    tmp[0] = T_INT8;
+    memcpy(tmp + 1, &x, 1);
+    n = 2;
+  } else if (v >= INT16_MIN && v <= INT16_MAX) {
+    int16_t x = (int16_t)v;
+    tmp[0] = T_INT16;
+    memcpy(tmp + 1, &x, 2);
+    n = 3;
+  } else if (v >= INT32_MIN && v <= INT32_MAX) {
+    int32_t x = (int32_t)v;
+    tmp[0] = T_INT32;
+    memcpy(tmp + 1, &x, 4);
+    n = 5;
+  } else {
+    int64_t x = (int64_t)v;
+    tmp[0] = T_INT64;
+    memcpy(tmp + 1, &x, 8);
+    n = 9;
+  }
+  return put(e, tmp, n);
+}
+
+static int enc_str(enc *e, int tag, const char *s, size_t n) {
+  if (mbuf_reserve(e->b, n + 11)) {
+    e->why = "not enough memory";
+    return -1;
+  }
+  if (putbyte(e, tag) || putvar(e, n)) return -1;
+  memcpy(e->b->p + e->b->n, s, n);
+  e->b->n += n;
+  return 0;
+}
+
+static void patch32(mbuf *b, size_t at, uint32_t v) {
+  memcpy(b->p + at, &v, 4);
+}
+
+/* A library table of the sender (string, math, ...), by name, or NULL;
+** the name stays alive in the state's library map. */
+static const char *libname(enc *e, int idx) {
+  const char *name;
+  if (e->libs == 0) return NULL;
+  lua_pushvalue(e->L, idx);
+  lua_rawget(e->L, e->libs);
+  name = lua_tostring(e->L, -1);
+  lua_pop(e->L, 1);
+  return name;
+}
+
+/* Tables whose metatable was rolled back still need a mark: they come out
+** plain. What cannot be copied inside a metatable is dropped with it. */
+static int enc_meta(enc *e, int idx, size_t flagpos) {
+  lua_State *L = e->L;
+  size_t mark = e->b->n;
+  int marknref = e->nref, markrefs = e->b->nrefs, marknundo = e->nundo;
+  if (!lua_getmetatable(L, idx)) return 0;
+  e->inmeta++;
+  if (enc_value(e, lua_gettop(L)) == 0) {
+    e->inmeta--;
+    e->b->p[flagpos] |= 1;
+    lua_pop(L, 1);
+    return 0;
+  }
+  e->inmeta--;
+  if (e->why && strcmp(e->why, "not enough memory") == 0) {
+    lua_pop(L, 1);
+    return -1;
+  }
+  /* roll back: bytes, refs taken, and table numbers given out */
+  e->b->n = mark;
+  while (e->b->nrefs > markrefs) obj_release(e->b->refs[--e->b->nrefs]);
+  for (int i = marknundo + 1; i <= e->nundo; i++) {
+    lua_rawgeti(L, e->undo, i);
+    lua_pushnil(L);
+    lua_rawset(L, e->seen);
+  }
+  e->nundo = marknundo;
+  e->nref = marknref;
+  e->why = NULL;
+  e->badtype = NULL;
+  e->pathlen = 0;
+  e->path[0] = '\0';
+  e->pathcut = 0;
+  lua_pop(L, 1);
+  return 0;
+}
+
+static int enc_table(enc *e, int idx) {
+  lua_State *L = e->L;
+  const char *lib;
+  size_t head;
+  uint32_t narr = 0, nhash = 0;
+  int arraymode = 1;
+  if (lua_rawequal(L, idx, e->globals)) return putbyte(e, T_GLOBALS);
+  enc_prepare(e);
+  if ((lib = libname(e, idx)) != NULL)
+    return enc_str(e, T_LIB, lib, strlen(lib));
+  seen_set(e, lua_topointer(L, idx), ++e->nref);
+  if (putbyte(e, T_TABLE)) return -1;
+  head = e->b->n;
+  if (put(e, "\0\0\0\0\0\0\0\0\0", 9)) return -1;   /* narr, nhash, flags */
+  lua_pushnil(L);
+  while (lua_next(L, idx)) {
+    int top = lua_gettop(L);
+    if (arraymode && lua_isinteger(L, top - 1) &&
+        lua_tointeger(L, top - 1) == (lua_Integer)narr + 1) {
+      narr++;
+      if (enc_value(e, top)) {
+        path_key(e, top - 1);
+        lua_pop(L, 2);
+        return -1;
+      }
+    } else {
+      arraymode = 0;
+      nhash++;
+      if (enc_value(e, top - 1)) {
+        char seg[64];
+        snprintf(seg, sizeof seg, "[<%s key>]", luaL_typename(L, top - 1));
+        e->pathlen = 0;
+        e->path[0] = '\0';
+        path_prepend(e, seg);
+        lua_pop(L, 2);
+        return -1;
+      }
+      if (enc_value(e, top)) {
+        path_key(e, top - 1);
+        lua_pop(L, 2);
+        return -1;
+      }
+    }
+    lua_pop(L, 1);
+  }
+  patch32(e->b, head, narr);
+  patch32(e->b, head + 4, nhash);
+  return enc_meta(e, idx, head + 8);
+}
+
+static int dump_writer(lua_State *L, const void *p, size_t sz, void *ud) {
+  enc *e = ud;
+  CONC_UNUSED(L);
+  return put(e, p, sz) ? 1 : 0;
+}
+
+static int enc_lfunc(enc *e, int idx) {
+  lua_State *L = e->L;
+  size_t lenpos, start;
+  uint64_t mac;
+  int fref, nups = 0;
+  lua_Debug ar;
+  enc_prepare(e);
+  fref = ++e->nref;
+  seen_set(e, lua_topointer(L, idx), fref);
+  if (putbyte(e, T_LFUNC)) return -1;
+  lenpos = e->b->n;
+  if (put(e, "\0\0\0\0", 4)) return -1;
+  start = e->b->n;
+  lua_pushvalue(L, idx);
+  if (lua_dump(L, dump_writer, e, 0) != 0) {
+    lua_pop(L, 1);
+    if (e->why == NULL) e->why = "cannot dump function";
+    return -1;
+  }
+  lua_pop(L, 1);
+  patch32(e->b, lenpos, (uint32_t)(e->b->n - start));
+  mac = bytecode_mac(e->b->p + start, e->b->n - start);
+  if (put(e, &mac, 8)) return -1;
+  lua_pushvalue(L, idx);
+  lua_getinfo(L, ">u", &ar);
+  nups = ar.nups;
+  if (putbyte(e, nups)) return -1;
+  for (int i = 1; i <= nups; i++) {
+    void *id = lua_upvalueid(L, idx, i);
+    int prev = seen_get(e, id);
+    if (prev < 0) {
+      int code = -prev - 1;
+      if (putbyte(e, T_UPJOIN) || putvar(e, (uint64_t)(code >> 8)) ||
+          putbyte(e, code & 0xff))
+        return -1;
+      continue;
+    }
+    seen_set(e, id, -((lua_Integer)fref * 256 + i) - 1);
+    {
+      const char *uname = lua_getupvalue(L, idx, i);
+      char seg[64];
+      if (enc_value(e, lua_gettop(L))) {
+        snprintf(seg, sizeof seg, "<upvalue %s>",
+                 uname && *uname ? uname : "?");
+        path_prepend(e, seg);
+        lua_pop(L, 1);
+        return -1;
+      }
+      lua_pop(L, 1);
+    }
+  }
+  return 0;
+}
+
+static int enc_cfunc(enc *e, int idx) {
+  int isconc = 0;
+  const char *name = cfunc_name(lua_tocfunction(e->L, idx), &isconc);
+  if (name == NULL)
+    return fail(e, idx, "only C functions of the standard libraries and conc "
+                        "can cross");
+  return enc_str(e, T_CFUNC, name, strlen(name));
+}
+
+static int enc_obj(enc *e, int idx) {
+  cobj *o = e->cs ? obj_test(e->L, e->cs, idx) : NULL;
+  const kindinfo *k;
+  if (o == NULL) return fail(e, idx, NULL);
+  k = conc_kinds[o->kind];
+  if (e->flags & MARSHAL_NOSHM) {
+    e->badtype = k->tname;
+    e->why = "a process started with start = 'spawn' shares nothing";
+    return -1;
+  }
+  if (e->flags & MARSHAL_REMOTE) {
+    unsigned char tmp[10];
+    if (!k->shm) {
+      e->badtype = k->tname;
+      e->why = "it works between the threads of one process only";
+      return -1;
+    }
+    tmp[0] = T_SHMOBJ;
+    tmp[1] = (unsigned char)o->kind;
+    memcpy(tmp + 2, &o->uid, 8);
+    return put(e, tmp, 10);
+  } else {
+    int i = mbuf_addref(e->b, o);
+    if (i < 0) {
+      e->why = "not enough memory";
+      return -1;
+    }
+    if (putbyte(e, T_OBJ) || putbyte(e, o->kind)) return -1;
+    return putvar(e, (uint64_t)i);
+  }
+}
+
+static int enc_value(enc *e, int idx) {
+  lua_State *L = e->L;
+  int r;
+  switch (lua_type(L, idx)) {
+    case LUA_TNIL:
+      return putbyte(e, T_NIL);
+    case LUA_TBOOLEAN:
+      return putbyte(e, lua_toboolean(L, idx) ? T_TRUE : T_FALSE);
+    case LUA_TNUMBER:
+      if (lua_isinteger(L, idx)) return enc_int(e, lua_tointeger(L, idx));
+      {
+        double d = (double)lua_tonumber(L, idx);
+        unsigned char tmp[9];
+        tmp[0] = T_FLOAT;
+        memcpy(tmp + 1, &d, 8);
+        return put(e, tmp, 9);
+      }
+    case LUA_TSTRING: {
+      size_t n;
+      const char *s = lua_tolstring(L, idx, &n);
+      return enc_str(e, T_STR, s, n);
+    }
+    case LUA_TTABLE:
+    case LUA_TFUNCTION: {
+      int prev = seen_get(e, lua_topointer(L, idx));
+      if (prev > 0) return putbyte(e, T_REF) || putvar(e, (uint64_t)prev);
+      if (lua_iscfunction(L, idx)) return enc_cfunc(e, idx);
+      if (e->depth >= MAXDEPTH) {
+        e->why = "nested more than 1000 levels deep";
+        e->badtype = luaL_typename(L, idx);
+        return -1;
+      }
+      if (!lua_checkstack(L, 8)) {
+        e->why = "stack overflow";
+        return -1;
+      }
+      e->depth++;
+      r = lua_istable(L, idx) ? enc_table(e, idx) : enc_lfunc(e, idx);
+      e->depth--;
+      return r;
+    }
+    case LUA_TUSERDATA:
+      return enc_obj(e, idx);
+    default:
+      return fail(e, idx, NULL);
+  }
+}
+
+static void enc_message(enc *e, const char *root, char *err, size_t errsz) {
+  const char *sep = e->pathcut ? "..." : "";
+  if (e->badtype == NULL) {
+    snprintf(err, errsz, "cannot transfer %s (%s%s%s)", e->why ? e->why : "value",
+             root, sep, e->path);
+  } else if (e->why) {
+    snprintf(err, errsz, "cannot transfer a value of type '%s' (%s%s%s): %s",
+             e->badtype, root, sep, e->path, e->why);
+  } else {
+    snprintf(err, errsz, "cannot transfer a value of type '%s' (%s%s%s)",
+             e->badtype, root, sep, e->path);
+  }
+}
+
+int marshal_encode(lua_State *L, cstate *cs, int first, int n, mbuf *b,
+                   int flags, const char *root, char *err, size_t errsz) {
+  enc e;
+  int top = lua_gettop(L);
+  memset(&e, 0, sizeof e);
+  e.L = L;
+  e.cs = cs;
+  e.b = b;
+  e.flags = flags;
+  mbuf_reset(b);
+  if (!lua_checkstack(L, 8)) {
+    snprintf(err, errsz, "cannot transfer values: stack overflow");
+    return -1;
+  }
+  lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
+  e.globals = lua_gettop(L);
+  if (putbyte(&e, MAGIC) || putbyte(&e, VERSION) || putvar(&e, (uint64_t)n))
+    goto failed;
+  for (int i = 0; i < n; i++) {
+    if (enc_value(&e, first + i)) {
+      char name[64];
+      if (strcmp(root, "spawn") == 0) {      /* fn, then its arguments */
+        if (i == 0) snprintf(name, sizeof name, "fn");
+        else snprintf(name, sizeof name, "args[%d]", i);
+      } else if (strstr(root, "%d")) {
+        snprintf(name, sizeof name, root, i + 1);
+      } else {
+        snprintf(name, sizeof name, "%s", root);
+      }
+      lua_settop(L, top);
+      mbuf_reset(b);
+      enc_message(&e, name, err, errsz);
+      return -1;
+    }
+  }
+  lua_settop(L, top);
+  return 0;
+failed:
+  lua_settop(L, top);
+  mbuf_reset(b);
+  snprintf(err, errsz, "cannot transfer values: not enough memory");
+  return -1;
+}
+
+/* ------------------------------------------------------------ decoder */
+
+typedef struct dec {
+  lua_State *L;
+  cstate *cs;
+  const unsigned char *p, *end;
+  cobj **refs;
+  int nrefs;
+  int flags;
+  int reftab;        /* stack index: ref number -> value */
+  int nref;
+  int depth;
+  const char *err;
+} dec;
+
+static int bad(dec *d, const char *why) {
+  if (d->err == NULL) d->err = why;
+  return -1;
+}
+
+static int getbyte(dec *d, int *c) {
+  if (d->p >= d->end) return bad(d, "truncated");
+  *c = *d->p++;
+  return 0;
+}
+
+static int getbytes(dec *d, void *out, size_t n) {
+  if ((size_t)(d->end - d->p) < n) return bad(d, "truncated");
+  memcpy(out, d->p, n);
+  d->p += n;
+  return 0;
+}
+
+static int getvar(dec *d, uint64_t *v) {
+  uint64_t r = 0;
+  int shift = 0;
+  for (;;) {
+    int c;
+    if (getbyte(d, &c)) return -1;
+    if (shift >= 64 || (shift == 63 && (c & 0x7e)))
+      return bad(d, "bad varint");
+    r |= (uint64_t)(c & 0x7f) << shift;
+    if (!(c & 0x80)) break;
+    shift += 7;
+  }
+  *v = r;
+  return 0;
+}
+
+static size_t left(dec *d) {
+  return (size_t)(d->end - d->p);
+}
+
+/* Numbers the table or function on top of the stack. */
+static void ref_add(dec *d) {
+  lua_pushvalue(d->L, -1);
+  lua_rawseti(d->L, d->reftab, ++d->nref);
+}
+
+static int dec_value(dec *d);
+
+static int dec_table(dec *d) {
+  lua_State *L = d->L;
+  uint32_t narr, nhash;
+  int flags, t;
+  if (getbytes(d, &narr, 4) || getbytes(d, &nhash, 4) || getbyte(d, &flags))
+    return -1;
+  if (narr > left(d) || nhash > left(d) / 2 || (flags & ~1))
+    return bad(d, "bad table header");
+  lua_createtable(L, (int)narr, (int)nhash);
+  ref_add(d);
+  t = lua_gettop(L);
+  for (uint32_t i = 1; i <= narr; i++) {
+    if (dec_value(d)) return -1;
+    if (lua_isnil(L, -1))
+      lua_pop(L, 1);
+    else
+      lua_rawseti(L, t, (lua_Integer)i);
+  }
+  for (uint32_t i = 0; i < nhash; i++) {
+    if (dec_value(d)) return -1;
+    if (lua_isnil(L, -1) ||
+        (lua_type(L, -1) == LUA_TNUMBER && !lua_isinteger(L, -1) &&
+         isnan(lua_tonumber(L, -1))))
+      return bad(d, "bad table key");
+    if (dec_value(d)) return -1;
+    if (lua_isnil(L, -1))
+      lua_pop(L, 2);
+    else
+      lua_rawset(L, t);
+  }
+  if (flags & 1) {
+    if (dec_value(d)) return -1;
+    if (!lua_istable(L, -1)) return bad(d, "bad metatable");
+    lua_setmetatable(L, t);
+  }
+  return 0;
+}
+
+typedef struct chunk {
+  const char *p;
+  size_t n;
+} chunk;
+
+static const char *chunk_reader(lua_State *L, void *ud, size_t *sz) {
+  chunk *c = ud;
+  CONC_UNUSED(L);
+  *sz = c->n;
+  c->n = 0;
+  return *sz ? c->p : NULL;
+}
+
+static int dec_lfunc(dec *d) {
+  lua_State *L = d->L;
+  uint32_t len;
+  uint64_t mac;
+  int nups, f;
+  lua_Debug ar;
+  chunk c;
+  if (getbytes(d, &len, 4)) return -1;
+  if (len > left(d) || len < 4) return bad(d, "bad function length");
+  c.p = (const char *)d->p;
+  c.n = len;
+  d->p += len;
+  if (getbytes(d, &mac, 8)) return -1;
+  if (mac != bytecode_mac(c.p, len)) return bad(d, "function failed its check");
+  if (c.p[0] != LUA_SIGNATURE[0]) return bad(d, "not a function");
+  if (lua_load(L, chunk_reader, &c, "=?", "b") != LUA_OK) {
+    lua_pop(L, 1);
+    return bad(d, "function does not load");
+  }
+  ref_add(d);
+  f = lua_gettop(L);
+  if (getbyte(d, &nups)) return -1;
+  lua_pushvalue(L, f);
+  lua_getinfo(L, ">u", &ar);
+  if (ar.nups != nups) return bad(d, "bad upvalue count");
+  for (int i = 1; i <= nups; i++) {
+    if (d->p < d->end && *d->p == T_UPJOIN) {
+      uint64_t g;
+      int n;
+      d->p++;
+      if (getvar(d, &g) || getbyte(d, &n)) return -1;
+      if (g < 1 || g > (uint64_t)d->nref) return bad(d, "bad upvalue join");
+      lua_rawgeti(L, d->reftab, (lua_Integer)g);
+      if (lua_type(L, -1) != LUA_TFUNCTION || lua_iscfunction(L, -1) || n < 1 ||
+          lua_getupvalue(L, -1, n) == NULL) {
+        lua_pop(L, 1);
+        return bad(d, "bad upvalue join");
+      }
+      lua_pop(L, 1);
+      lua_upvaluejoin(L, f, i, lua_gettop(L), n);
+      lua_pop(L, 1);
+    } else {
+      if (dec_value(d)) return -1;
+      lua_setupvalue(L, f, i);
+    }
+  }
+  return 0;
+}
+
+static int dec_name(dec *d, const char **s, size_t *n) {
+  uint64_t len;
+  if (getvar(d, &len)) return -1;
+  if (len > left(d)) return bad(d, "bad name");
+  *s = (const char *)d->p;
+  *n = (size_t)len;
+  d->p += len;
+  return 0;
+}
+
+static int dec_cfunc(dec *d) {
+  lua_State *L = d->L;
+  const char *s;
+  size_t n;
+  int isconc = 0;
+  lua_CFunction f;
+  char name[128];
+  const cfname *hit;
+  if (dec_name(d, &s, &n)) return -1;
+  f = cfunc_lookup(s, n, &isconc);
+  if (f == NULL) return bad(d, "unknown C function");
+  if (isconc) {
+    if (d->cs == NULL) return bad(d, "conc functions need a conclua state");
+    lua_pushlightuserdata(L, d->cs);
+    lua_pushcclosure(L, f, 1);
+    return 0;
+  }
+  memcpy(name, s, n);
+  name[n] = '\0';
+  hit = cfunc_find(name);
+  if (!hit->closure) {
+    lua_pushcfunction(L, f);
+    return 0;
+  }
+  /* a standard closure (require): the receiver's own */
+  if (d->cs && d->cs->lazy) cs_materialize(L, d->cs);
+  {
+    const char *dot = strchr(name, '.');
+    lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+    lua_pushlstring(L, name, (size_t)(dot - name));
+    lua_rawget(L, -2);
+    if (lua_istable(L, -1)) lua_getfield(L, -1, dot + 1);
+    else lua_pushnil(L);
+    if (!lua_iscfunction(L, -1) || lua_tocfunction(L, -1) != f) {
+      lua_pop(L, 3);
+      return bad(d, "C function not available here");
+    }
+    lua_replace(L, -3);
+    lua_pop(L, 1);
+  }
+  return 0;
+}
+
+static int dec_lib(dec *d) {
+  lua_State *L = d->L;
+  const char *s;
+  size_t n;
+  if (dec_name(d, &s, &n)) return -1;
+  if (d->cs && d->cs->lazy) cs_materialize(L, d->cs);
+  lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+  lua_pushlstring(L, s, n);
+  lua_rawget(L, -2);
+  lua_remove(L, -2);
+  if (!lua_istable(L, -1)) {
+    lua_pop(L, 1);
+    return bad(d, "unknown library");
+  }
+  return 0;
+}
+
+static int dec_obj(dec *d, int remote) {
+  int kind;
+  cobj *o;
+  if (getbyte(d, &kind)) return -1;
+  if (kind >= K_NKINDS) return bad(d, "bad object kind");
+  if (d->cs == NULL) return bad(d, "objects need a conclua state");
+  if (remote) {
+    uint64_t uid;
+    if (getbytes(d, &uid, 8)) return -1;
+    o = shm_lookup(uid);
+    if (o == NULL || o->kind != kind)
+      return bad(d, "object made after this process was forked");
+  } else {
+    uint64_t i;
+    if (getvar(d, &i)) return -1;
+    if (d->refs == NULL || i >= (uint64_t)d->nrefs) return bad(d, "bad object");
+    o = d->refs[i];
+    if (o->kind != kind) return bad(d, "bad object");
+  }
+  obj_push(d->L, d->cs, o);
+  if (remote) obj_release(o);   /* shm_lookup gave a reference */
+  return 0;
+}
+
+static int dec_value(dec *d) {
+  lua_State *L = d->L;
+  int tag, r;
+  if (!lua_checkstack(L, 8)) return bad(d, "stack overflow");
+  if (getbyte(d, &tag)) return -1;
+  switch (tag) {
+    case T_NIL: lua_pushnil(L); return 0;
+    case T_FALSE: lua_pushboolean(L, 0); return 0;
+    case T_TRUE: lua_pushboolean(L, 1); return 0;
+    case T_INT8: {
+      int8_t v;
+      if (getbytes(d, &v, 1)) return -1;
+      lua_pushinteger(L, v);
+      return 0;
+    }
+    case T_INT16: {
+      int16_t v;
+      if (getbytes(d, &v, 2)) return -1;
+      lua_pushinteger(L, v);
+      return 0;
+    }
+    case T_INT32: {
+      int32_t v;
+      if (getbytes(d, &v, 4)) return -1;
+      lua_pushinteger(L, v);
+      return 0;
+    }
+    case T_INT64: {
+      int64_t v;
+      if (getbytes(d, &v, 8)) return -1;
+      lua_pushinteger(L, (lua_Integer)v);
+      return 0;
+    }
+    case T_FLOAT: {
+      double v;
+      if (getbytes(d, &v, 8)) return -1;
+      lua_pushnumber(L, (lua_Number)v);
+      return 0;
+    }
+    case T_STR: {
+      uint64_t n;
+      if (getvar(d, &n)) return -1;
+      if (n > left(d)) return bad(d, "truncated string");
+      lua_pushlstring(L, (const char *)d->p, (size_t)n);
+      d->p += n;
+      return 0;
+    }
+    case T_REF: {
+      uint64_t i;
+      if (getvar(d, &i)) return -1;
+      if (i < 1 || i > (uint64_t)d->nref) return bad(d, "bad reference");
+      lua_rawgeti(L, d->reftab, (lua_Integer)i);
+      return 0;
+    }
+    case T_TABLE:
+    case T_LFUNC:
+      if (d->depth >= MAXDEPTH) return bad(d, "nested too deep");
+      if (d->reftab == 0) {     /* at depth 0: nothing above it to disturb */
+        lua_newtable(L);
+        d->reftab = lua_gettop(L);
+      }
+      d->depth++;
+      r = tag == T_TABLE ? dec_table(d) : dec_lfunc(d);
+      d->depth--;
+      return r;
+    case T_CFUNC: return dec_cfunc(d);
+    case T_GLOBALS:
+      lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
+      return 0;
+    case T_LIB: return dec_lib(d);
+    case T_OBJ: return dec_obj(d, 0);
+    case T_SHMOBJ: return dec_obj(d, 1);
+    default: return bad(d, "bad tag");
+  }
+}
+
+int marshal_decode(lua_State *L, cstate *cs, const char *p, size_t n,
+                   cobj **refs, int nrefs, int flags, char *err,
+                   size_t errsz) {
+  dec d;
+  uint64_t count;
+  int c, base = lua_gettop(L);
+  memset(&d, 0, sizeof d);
+  d.L = L;
+  d.cs = cs;
+  d.p = (const unsigned char *)p;
+  d.end = d.p + n;
+  d.refs = refs;
+  d.nrefs = nrefs;
+  d.flags = flags;
+  if (getbyte(&d, &c) || c != MAGIC || getbyte(&d, &c) || c != VERSION) {
+    bad(&d, "not a conclua message");
+    goto failed;
+  }
+  if (getvar(&d, &count)) goto failed;
+  if (count > left(&d) || count > 1000000) {
+    bad(&d, "bad value count");
+    goto failed;
+  }
+  for (uint64_t i = 0; i < count; i++) {
+    if (dec_value(&d)) goto failed;
+  }
+  if (d.p != d.end) {
+    bad(&d, "trailing bytes");
+    goto failed;
+  }
+  if (d.reftab) lua_remove(L, d.reftab);
+  return (int)count;
+failed:
+  lua_settop(L, base);
+  snprintf(err, errsz, "corrupt message (%s)", d.err ? d.err : "bad data");
+  return -1;
+}
+
+/* ------------------------------------------------------------ helpers */
+
+msg *msg_encode(lua_State *L, cstate *cs, int first, int n,
+                const char *root) {
+  char err[512];
+  msg *m;
+  if (marshal_encode(L, cs, first, n, &cs->scratch, 0, root, err, sizeof err))
+    luaL_error(L, "%s", err);
+  m = msg_seal(&cs->scratch);
+  if (m == NULL) {
+    mbuf_reset(&cs->scratch);
+    luaL_error(L, "not enough memory");
+  }
+  return m;
+}
+
+int msg_push(lua_State *L, cstate *cs, msg *m) {
+  char err[160];
+  int n;
+  if (cs->pending) {           /* left by a decode that raised */
+    msg_free(cs->pending);
+    cs->pending = NULL;
+  }
+  cs->pending = m;
+  n = marshal_decode(L, cs, m->data, m->n, m->refs, m->nrefs, 0, err,
+                     sizeof err);
+  cs->pending = NULL;
+  msg_free(m);
+  if (n < 0) luaL_error(L, "%s", err);
+  return n;
+}

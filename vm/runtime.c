@@ -1,0 +1,399 @@
+/*
+** runtime.c
+** Runtimes and per-state contexts: what a state made by conclua carries.
+**
+** DESIGN. A runtime (rt) belongs to one host state and is shared by every
+** worker spawned from it, directly or not: it keeps the list of workers
+** (for conc.workers() and the wait at exit) and the host's state hooks.
+** Each Lua state the runtime touches has a cstate: its runtime, the worker
+** it runs (none for the host), the parker its blocking calls sleep on, and
+** the flags a canceller or Ctrl-C raise. The cstate is upvalue 1 of every
+** conc C function of that state, so a call finds it in one load.
+** A worker's state starts lazy: no library is open, _G and the string
+** metatable only have an __index that opens them all on first use. A
+** worker that never touches a global (one blocked on an event, one that
+** returns a value) costs a bare lua_State; one that does pays for
+** luaL_openlibs once, at that first touch.
+*/
+
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+const char conc_libskey = 'l';
+static const char CS_KEY = 'c';
+static const char LAZYMT_KEY = 'z';
+
+/* ------------------------------------------------------------ runtime */
+
+/* Every runtime of the process, for the wait at exit. */
+static pthread_mutex_t all_mu = PTHREAD_MUTEX_INITIALIZER;
+static rt *all_head;
+static objlink all_link;
+static pthread_once_t all_once = PTHREAD_ONCE_INIT;
+
+static void all_init(void) {
+  objreg_add(&all_link, &all_mu);
+}
+
+rt *rt_new(void) {
+  rt *r = calloc(1, sizeof *r);
+  if (r == NULL) return NULL;
+  atomic_init(&r->refs, 1);
+  pthread_mutex_init(&r->mu, NULL);
+  r->pid = getpid();
+  objreg_add(&r->link, &r->mu);
+  pthread_once(&all_once, all_init);
+  pthread_mutex_lock(&all_mu);
+  r->allnext = all_head;
+  all_head = r;
+  pthread_mutex_unlock(&all_mu);
+  return r;
+}
+
+void rt_retain(rt *r) {
+  atomic_fetch_add(&r->refs, 1);
+}
+
+void rt_release(rt *r) {
+  if (atomic_fetch_sub(&r->refs, 1) != 1) return;
+  pthread_mutex_lock(&all_mu);
+  for (rt **p = &all_head; *p; p = &(*p)->allnext)
+    if (*p == r) {
+      *p = r->allnext;
+      break;
+    }
+  pthread_mutex_unlock(&all_mu);
+  objreg_remove(&r->link);
+  pthread_mutex_destroy(&r->mu);
+  free(r->hooks);
+  free(r);
+}
+
+/* At exit: runtimes whose host state was never closed (os.exit, a host
+** that exits without lua_close) still wait for their workers. */
+void rt_exit_all(void) {
+  for (;;) {
+    rt *r, *found = NULL;
+    pthread_once(&all_once, all_init);
+    pthread_mutex_lock(&all_mu);
+    for (r = all_head; r; r = r->allnext) {
+      int skip;
+      pthread_mutex_lock(&r->mu);
+      skip = r->closed || r->exited || r->pid != conc_getpid();
+      if (!skip) r->exited = 1;
+      pthread_mutex_unlock(&r->mu);
+      if (!skip) {
+        found = r;
+        rt_retain(r);
+        break;
+      }
+    }
+    pthread_mutex_unlock(&all_mu);
+    if (found == NULL) return;
+    rt_waitall(found, NULL);
+    rt_shutdown(found);
+    rt_release(found);
+  }
+}
+
+int64_t rt_nextid(void) {
+  static _Atomic int64_t next = 1;
+  return atomic_fetch_add(&next, 1);
+}
+
+/* ------------------------------------------------------------ cstate */
+
+cstate *cs_new(rt *r, worker *self) {
+  cstate *cs = calloc(1, sizeof *cs);
+  if (cs == NULL) return NULL;
+  cs->rt = r;
+  if (r) rt_retain(r);
+  cs->self = self;
+  park_init(&cs->park);
+  pthread_mutex_init(&cs->mu, NULL);
+  atomic_init(&cs->blocked_word, NULL);
+  atomic_init(&cs->interrupt, 0);
+  atomic_init(&cs->waiting_on, NULL);
+  mbuf_init(&cs->scratch);
+  return cs;
+}
+
+/* Frees what cs owns; the state it served is closed already. */
+void cs_free(cstate *cs) {
+  if (cs == NULL) return;
+  msg_free(cs->pending);
+  mbuf_free(&cs->scratch);
+  park_destroy(&cs->park);
+  pthread_mutex_destroy(&cs->mu);
+  free(cs->path);
+  free(cs->cpath);
+  if (cs->rt) rt_release(cs->rt);
+  free(cs);
+}
+
+void cs_setfuncs(lua_State *L, cstate *cs, const luaL_Reg *l) {
+  for (; l->name; l++) {
+    if (l->func == NULL) continue;
+    lua_pushlightuserdata(L, cs);
+    lua_pushcclosure(L, l->func, 1);
+    lua_setfield(L, -2, l->name);
+  }
+}
+
+cstate *cs_of(lua_State *L) {
+  cstate *cs;
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &CS_KEY);
+  cs = lua_touserdata(L, -1);
+  lua_pop(L, 1);
+  return cs;
+}
+
+/* Records cs as the context of L: a light userdata for worker states
+** (the thread frees cs after lua_close), the box itself for hosts. */
+void state_bind(lua_State *L, cstate *cs) {
+  cs->L = L;
+  lua_pushlightuserdata(L, cs);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &CS_KEY);
+}
+
+const char *cs_stopreason(cstate *cs) {
+  if (cs->self && atomic_load_explicit(&cs->self->cancel, memory_order_acquire))
+    return "cancelled";
+  if (atomic_load_explicit(&cs->interrupt, memory_order_acquire))
+    return "interrupted!";
+  return NULL;
+}
+
+int cs_raisestop(lua_State *L, cstate *cs, const char *why) {
+  if (why[0] == 'i') {
+    atomic_store(&cs->interrupt, 0);
+    lua_sethook(L, NULL, 0, 0);
+    return luaL_error(L, "%s", why);
+  }
+  lua_pushstring(L, why);          /* "cancelled", without a position */
+  return lua_error(L);
+}
+
+void cs_waiting(cstate *cs, const char *what) {
+  atomic_store_explicit(&cs->waiting_on, what, memory_order_relaxed);
+}
+
+void cs_block_on(cstate *cs, _Atomic uint32_t *word, int shared) {
+  pthread_mutex_lock(&cs->mu);
+  cs->blocked_shared = shared;
+  atomic_store(&cs->blocked_word, word);
+  pthread_mutex_unlock(&cs->mu);
+}
+
+void cs_unblock(cstate *cs) {
+  pthread_mutex_lock(&cs->mu);
+  atomic_store(&cs->blocked_word, NULL);
+  pthread_mutex_unlock(&cs->mu);
+}
+
+/* Wakes the thread of cs out of any conc wait: its parker, or the shared
+** word it sleeps on (bumped first: see wait.c). Not for signal handlers:
+** they use cs_wake_signal. */
+void cs_wake(cstate *cs) {
+  _Atomic uint32_t *w;
+  pthread_mutex_lock(&cs->mu);
+  w = atomic_load(&cs->blocked_word);
+  if (w) {
+    atomic_fetch_add(w, 1);
+    futex_wake(w, INT32_MAX, cs->blocked_shared);
+  }
+  park_wake(&cs->park);
+  pthread_mutex_unlock(&cs->mu);
+}
+
+/* The same from a signal handler running on the thread of cs itself:
+** that thread cannot be inside cs_block_on/cs_unblock concurrently, and
+** the object it sleeps on stays alive while it does. */
+static void cs_wake_signal(cstate *cs) {
+  _Atomic uint32_t *w = atomic_load(&cs->blocked_word);
+  if (w) {
+    atomic_fetch_add(w, 1);
+    futex_wake(w, INT32_MAX, cs->blocked_shared);
+  }
+  park_wake(&cs->park);
+}
+
+/* ------------------------------------------------------------ lazy state */
+
+static int lazy_index(lua_State *L) {           /* __index(_G, k) */
+  cstate *cs = conc_cs(L);
+  if (cs->lazy) cs_materialize(L, cs);
+  lua_settop(L, 2);
+  lua_rawget(L, 1);
+  return 1;
+}
+
+/* Any string metamethod (an index like ("x"):upper(), or arithmetic like
+** "10" + 1): open the libraries, then call the real one. */
+static int lazy_strmeta(lua_State *L) {
+  cstate *cs = conc_cs(L);
+  int n = lua_gettop(L);
+  if (cs->lazy) cs_materialize(L, cs);
+  lua_pushliteral(L, "");
+  if (!luaL_getmetafield(L, -1, lua_tostring(L, lua_upvalueindex(2))))
+    return luaL_error(L, "string metamethod missing");
+  lua_replace(L, -2);
+  lua_insert(L, 1);
+  lua_call(L, n, 1);
+  return 1;
+}
+
+lua_State *state_new(void) {
+  return luaL_newstate();
+}
+
+static const char *const strevents[] = {
+    "__index", "__add", "__sub", "__mul", "__div", "__mod", "__pow",
+    "__unm", "__idiv", NULL};
+
+/* Makes L, a fresh state bound to cs, lazy: its libraries open on first
+** use of a global or of a string method. */
+void state_make_lazy(lua_State *L, cstate *cs) {
+  cs->lazy = 1;
+  lua_pushglobaltable(L);
+  lua_createtable(L, 0, 1);
+  lua_pushlightuserdata(L, cs);
+  lua_pushcclosure(L, lazy_index, 1);
+  lua_setfield(L, -2, "__index");
+  lua_pushvalue(L, -1);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &LAZYMT_KEY);
+  lua_setmetatable(L, -2);
+  lua_pop(L, 1);
+  lua_pushliteral(L, "");
+  lua_createtable(L, 0, 9);
+  for (int i = 0; strevents[i]; i++) {
+    lua_pushlightuserdata(L, cs);
+    lua_pushstring(L, strevents[i]);
+    lua_pushcclosure(L, lazy_strmeta, 2);
+    lua_setfield(L, -2, strevents[i]);
+  }
+  lua_setmetatable(L, -2);
+  lua_pop(L, 1);
+}
+
+/* Opens every library in a lazy state. Globals the worker set already
+** win over the libraries' (a worker may define its own print first). */
+void cs_materialize(lua_State *L, cstate *cs) {
+  int g, saved;
+  if (!cs->lazy) return;
+  cs->lazy = 0;
+  luaL_checkstack(L, 8, NULL);
+  lua_pushglobaltable(L);
+  g = lua_gettop(L);
+  if (lua_getmetatable(L, g)) {
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &LAZYMT_KEY);
+    if (lua_rawequal(L, -1, -2)) {
+      lua_pushnil(L);
+      lua_setmetatable(L, g);
+    }
+    lua_pop(L, 2);
+  }
+  lua_newtable(L);
+  saved = lua_gettop(L);
+  lua_pushnil(L);
+  while (lua_next(L, g)) {
+    lua_pushvalue(L, -2);
+    lua_insert(L, -2);
+    lua_rawset(L, saved);
+  }
+  luaL_openlibs(L);
+  conc_install(L, cs);
+  lua_pushnil(L);
+  while (lua_next(L, saved)) {
+    lua_pushvalue(L, -2);
+    lua_insert(L, -2);
+    lua_rawset(L, g);
+  }
+  lua_settop(L, g - 1);
+}
+
+/* Runs the host's hooks in a new worker state (libraries open first, so
+** a hook finds what a host state has). */
+void state_run_hooks(lua_State *L, cstate *cs) {
+  hookent *hooks = NULL;
+  int n;
+  pthread_mutex_lock(&cs->rt->mu);
+  n = cs->rt->nhooks;
+  if (n) {
+    hooks = malloc(sizeof *hooks * (size_t)n);
+    if (hooks) memcpy(hooks, cs->rt->hooks, sizeof *hooks * (size_t)n);
+    else n = 0;
+  }
+  pthread_mutex_unlock(&cs->rt->mu);
+  if (n == 0) return;
+  cs_materialize(L, cs);
+  for (int i = 0; i < n; i++) hooks[i].fn(L, hooks[i].ud);
+  free(hooks);
+}
+
+/* ------------------------------------------------------------ Ctrl-C */
+
+static cstate *volatile sigint_cs;
+static struct sigaction sigint_old;
+static int sigint_on;
+
+static void interrupt_hook(lua_State *L, lua_Debug *ar) {
+  cstate *cs = sigint_cs;
+  CONC_UNUSED(ar);
+  lua_sethook(L, NULL, 0, 0);
+  if (cs) atomic_store(&cs->interrupt, 0);
+  luaL_error(L, "interrupted!");
+}
+
+/* SIGINT: the first one interrupts what the target state runs (a hook
+** for Lua code, a wake-up for a conc wait); the handler then steps aside
+** so that a second Ctrl-C kills the process, as with the lua command. */
+static pthread_t sigint_thread;
+
+static void on_sigint(int sig) {
+  int saved = errno;
+  cstate *cs = sigint_cs;
+  lua_State *L;
+  if (!pthread_equal(pthread_self(), sigint_thread)) {
+    pthread_kill(sigint_thread, sig);  /* it is the target's to handle */
+    errno = saved;
+    return;
+  }
+  signal(SIGINT, SIG_DFL);
+  if (cs) {
+    atomic_store(&cs->interrupt, 1);
+    cs_wake_signal(cs);
+    L = thread_get_current();
+    if (L == NULL) L = cs->L;
+    lua_sethook(L, interrupt_hook, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT,
+                1);
+  }
+  errno = saved;
+}
+
+/* cs is the state Ctrl-C interrupts; it runs on the calling thread. */
+void conc_interrupt_target(cstate *cs) {
+  sigint_thread = pthread_self();
+  sigint_cs = cs;
+}
+
+void conc_interrupt_install(int on) {
+  if (on) {
+    struct sigaction sa;
+    if (sigint_cs) atomic_store(&sigint_cs->interrupt, 0);
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_sigint;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, sigint_on ? NULL : &sigint_old);
+    sigint_on = 1;
+  } else if (sigint_on) {
+    sigaction(SIGINT, &sigint_old, NULL);
+    sigint_on = 0;
+  }
+}

@@ -1,0 +1,166 @@
+/*
+** select.c
+** conc.select: wait for the first of several channels, pipe ends, queues
+** and worker handles.
+**
+** DESIGN. The waiter makes one node per item, all sharing one selwait
+** (its parker and a 'won' word). It offers each node to its object in
+** turn (sel_try): an object that can deliver right away claims the
+** selwait and hands the value over; otherwise it enlists the node under
+** its own lock. Later, an object that gets something to deliver (a value,
+** the end of a worker) claims the selwait with one compare-and-swap: the
+** first claim wins, the value goes straight into the winning node, and
+** only that waiter is woken. Objects that use fds (pipes, queues,
+** processes) are polled instead of enlisting. A closed channel never
+** wins: it marks its node SEL_CLOSED and wakes the waiter, which returns
+** nil, "closed" once every item is closed. Whatever happens, every node
+** is delisted (under its object's lock) before select returns, so no
+** object can touch the waiter's stack afterwards.
+*/
+
+#include <errno.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+int sel_claim(selwait *sw, int index) {
+  int expect = 0;
+  return atomic_compare_exchange_strong(&sw->won, &expect, index + 1);
+}
+
+void selq_push(selnode **head, selnode *n) {
+  /* FIFO: append at the tail, kept as head->prev */
+  if (*head == NULL) {
+    n->next = NULL;
+    n->prev = n;
+    *head = n;
+  } else {
+    selnode *tail = (*head)->prev;
+    tail->next = n;
+    n->prev = tail;
+    n->next = NULL;
+    (*head)->prev = n;
+  }
+  n->linked = 1;
+}
+
+void selq_remove(selnode **head, selnode *n) {
+  if (!n->linked) return;
+  if (*head == n) {
+    *head = n->next;
+    if (*head) (*head)->prev = n->prev;
+  } else {
+    n->prev->next = n->next;
+    if (n->next) n->next->prev = n->prev;
+    else (*head)->prev = n->prev;
+  }
+  n->next = n->prev = NULL;
+  n->linked = 0;
+}
+
+#define SMALL 8
+
+typedef struct selitem {
+  cobj *o;
+  const kindinfo *k;
+  int fd;
+} selitem;
+
+int conc_select(lua_State *L) {
+  cstate *cs = conc_cs(L);
+  selitem small_items[SMALL], *items = small_items;
+  selnode small_nodes[SMALL], *nodes = small_nodes;
+  struct pollfd small_fds[SMALL + 1], *fds = small_fds;
+  selwait sw;
+  deadline d;
+  lua_Integer n, i;
+  int nfd = 0, stop = 0, allclosed = 0;
+  const char *why = NULL;
+  luaL_checktype(L, 1, LUA_TTABLE);
+  deadline_in(&d, conc_opttimeout(L, 2));
+  n = luaL_len(L, 1);
+  luaL_argcheck(L, n > 0, 1, "empty list");
+  luaL_argcheck(L, n <= 100000, 1, "too many items");
+  if (n > SMALL) {   /* boxes that the GC frees, even if we raise */
+    items = lua_newuserdatauv(L, sizeof *items * (size_t)n, 0);
+    nodes = lua_newuserdatauv(L, sizeof *nodes * (size_t)n, 0);
+    fds = lua_newuserdatauv(L, sizeof *fds * (size_t)(n + 1), 0);
+  }
+  for (i = 0; i < n; i++) {
+    lua_rawgeti(L, 1, i + 1);
+    items[i].o = obj_test(L, cs, -1);
+    if (items[i].o == NULL || conc_kinds[items[i].o->kind]->sel_try == NULL)
+      return luaL_error(L,
+                        "bad argument #1 to 'select' (item %d is a %s, not a "
+                        "channel, pipe end, queue, thread or process)",
+                        (int)i + 1,
+                        items[i].o ? conc_kinds[items[i].o->kind]->tname
+                                   : luaL_typename(L, -1));
+    items[i].k = conc_kinds[items[i].o->kind];
+    items[i].fd = items[i].k->sel_fd ? items[i].k->sel_fd(items[i].o) : -1;
+    lua_pop(L, 1);
+    memset(&nodes[i], 0, sizeof nodes[i]);
+    nodes[i].index = (int)i;
+    nodes[i].sw = &sw;
+  }
+  sw.park = &cs->park;
+  atomic_init(&sw.won, 0);
+  cs_waiting(cs, "select");
+  for (;;) {
+    int offer = 0;
+    /* offer the nodes not enlisted yet (fd items every time round) */
+    for (i = 0; i < n && !atomic_load(&sw.won); i++) {
+      if (nodes[i].linked || nodes[i].result == SEL_CLOSED) continue;
+      if (items[i].k->sel_try(items[i].o, &nodes[i])) break;
+    }
+    while (!offer) {
+      uint32_t seen = park_seq(&cs->park);
+      int nclosed = 0;
+      if (atomic_load(&sw.won)) break;
+      for (i = 0; i < n; i++) nclosed += nodes[i].result == SEL_CLOSED;
+      if (nclosed == n) {
+        allclosed = 1;
+        break;
+      }
+      if ((why = cs_stopreason(cs)) != NULL) {
+        stop = 1;
+        break;
+      }
+      if (deadline_passed(&d)) break;
+      nfd = 0;
+      for (i = 0; i < n; i++) {
+        if (items[i].fd >= 0 && nodes[i].result != SEL_CLOSED) {
+          fds[nfd].fd = items[i].fd;
+          fds[nfd].events = POLLIN;
+          fds[nfd].revents = 0;
+          nfd++;
+        }
+      }
+      if (nfd)
+        offer = park_poll(&cs->park, seen, fds, nfd, &d) > 0;
+      else
+        park_sleep(&cs->park, seen, &d);
+    }
+    if (!offer) break;
+  }
+  for (i = 0; i < n; i++)
+    if (items[i].k->sel_delist) items[i].k->sel_delist(items[i].o, &nodes[i]);
+  cs_waiting(cs, NULL);
+  if (atomic_load(&sw.won)) {
+    int w = atomic_load(&sw.won) - 1;
+    lua_rawgeti(L, 1, w + 1);
+    if (nodes[w].result == SEL_VALUE) {
+      msg *m = nodes[w].m;
+      nodes[w].m = NULL;
+      return 1 + msg_push(L, cs, m);
+    }
+    lua_pushboolean(L, 1);
+    return 2;
+  }
+  if (stop) return cs_raisestop(L, cs, why);
+  lua_pushnil(L);
+  lua_pushstring(L, allclosed ? "closed" : "timeout");
+  return 2;
+}

@@ -1,0 +1,528 @@
+/*
+** sync.c
+** conc.lock, conc.semaphore, conc.event, conc.barrier: synchronisation
+** between threads and between processes forked after the object was made.
+**
+** DESIGN. Each object keeps its state in a MAP_SHARED page of its own, so
+** a forked child shares it rather than copying it; the page is unmapped
+** when the last handle of this process lets go, and the kernel frees it
+** when every process did. The state is a few words changed with atomics;
+** waiters sleep on a 'seq' word (a process-shared futex) that every
+** change a waiter may care about bumps, so the usual read-seq, test,
+** sleep-if-unchanged protocol of wait.c never loses a wake-up. A canceller
+** or Ctrl-C bumps the same word to wake its target (cs_block_on).
+** A lock records its owner (pid and thread id). A waiter that has slept
+** for a while checks that the owner still exists, and takes over a lock
+** whose owner died (a killed process, an exited thread), so a death never
+** leaves the others waiting forever; like a robust mutex, without needing
+** the owner's cooperation.
+** Every shared object of the process is also in a table by uid, so one
+** that comes back through a pipe finds its local record (shm_lookup).
+*/
+
+#include <errno.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+/* How often a waiter checks that a lock's owner is alive. */
+#define OWNER_CHECK 0.2
+
+/* ------------------------------------------------------------ shm */
+
+void *shm_alloc(size_t size) {
+  void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
+                 -1, 0);
+  return p == MAP_FAILED ? NULL : p;
+}
+
+void shm_free(void *p, size_t size) {
+  if (p) munmap(p, size);
+}
+
+#define NBUCKETS 256
+
+static pthread_mutex_t tab_mu = PTHREAD_MUTEX_INITIALIZER;
+static objlink tab_link;
+static shmobj *table[NBUCKETS];
+static pthread_once_t tab_once = PTHREAD_ONCE_INIT;
+
+static void tab_init(void) {
+  objreg_add(&tab_link, &tab_mu);
+}
+
+/* Makes o's shared page and files it by uid; 0 or -1. */
+int shmobj_init(shmobj *o, int kind, size_t size) {
+  unsigned b;
+  obj_init(&o->obj, kind);
+  o->size = size;
+  o->shm = shm_alloc(size);
+  if (o->shm == NULL) return -1;
+  pthread_once(&tab_once, tab_init);
+  b = (unsigned)(o->obj.uid % NBUCKETS);
+  pthread_mutex_lock(&tab_mu);
+  o->next = table[b];
+  table[b] = o;
+  pthread_mutex_unlock(&tab_mu);
+  return 0;
+}
+
+void shmobj_destroy(shmobj *o) {
+  unsigned b = (unsigned)(o->obj.uid % NBUCKETS);
+  pthread_mutex_lock(&tab_mu);
+  for (shmobj **p = &table[b]; *p; p = &(*p)->next)
+    if (*p == o) {
+      *p = o->next;
+      break;
+    }
+  pthread_mutex_unlock(&tab_mu);
+  shm_free(o->shm, o->size);
+}
+
+cobj *shm_lookup(uint64_t uid) {
+  cobj *found = NULL;
+  pthread_once(&tab_once, tab_init);
+  pthread_mutex_lock(&tab_mu);
+  for (shmobj *o = table[uid % NBUCKETS]; o; o = o->next)
+    if (o->obj.uid == uid) {
+      int r = atomic_load(&o->obj.refs);   /* retain unless being freed */
+      while (r > 0 && !atomic_compare_exchange_weak(&o->obj.refs, &r, r + 1))
+        ;
+      if (r > 0) found = &o->obj;
+      break;
+    }
+  pthread_mutex_unlock(&tab_mu);
+  return found;
+}
+
+static void sync_destroy(cobj *o) {
+  shmobj_destroy((shmobj *)o);
+  free(o);
+}
+
+/* Makes a shared object of 'size' bytes and pushes its handle. */
+static void *sync_new(lua_State *L, int kind, size_t size) {
+  shmobj *o = calloc(1, sizeof *o);
+  if (o == NULL || shmobj_init(o, kind, size) != 0) {
+    free(o);
+    luaL_error(L, "cannot make a %s: %s", conc_kinds[kind]->name,
+               strerror(errno ? errno : ENOMEM));
+  }
+  obj_push(L, conc_cs(L), &o->obj);
+  obj_release(&o->obj);
+  return o->shm;
+}
+
+static void *sync_check(lua_State *L, int kind) {
+  return ((shmobj *)obj_check(L, 1, kind))->shm;
+}
+
+/* ------------------------------------------------------------ waiting */
+
+/* Sleeps on a shared seq word until 'ready' says so. Returns 1 ready, 0
+** timeout, -1 stop (*why set). 'ready' runs after each wake-up with the
+** seq value read before it, and 'idle' (may be NULL) after a sleep of
+** OWNER_CHECK without news. */
+typedef int (*ready_fn)(void *state, void *arg);
+
+static int sync_wait(cstate *cs, _Atomic uint32_t *seq, _Atomic uint32_t *nwait,
+                     const deadline *d, ready_fn ready, ready_fn idle,
+                     void *state, void *arg, const char **why) {
+  int r = 0;
+  cs_block_on(cs, seq, 1);
+  atomic_fetch_add(nwait, 1);
+  for (;;) {
+    uint32_t s = atomic_load(seq);
+    deadline slice;
+    if (ready(state, arg)) {
+      r = 1;
+      break;
+    }
+    if ((*why = cs_stopreason(cs)) != NULL) {
+      r = -1;
+      break;
+    }
+    if (deadline_passed(d)) break;
+    deadline_in(&slice, OWNER_CHECK);
+    if (!d->forever && deadline_left(d) < OWNER_CHECK) slice = *d;
+    if (futex_wait(seq, s, &slice, 1) == ETIMEDOUT && idle) idle(state, arg);
+  }
+  atomic_fetch_sub(nwait, 1);
+  cs_unblock(cs);
+  return r;
+}
+
+static void bump(_Atomic uint32_t *seq, _Atomic uint32_t *nwait, int n) {
+  atomic_fetch_add(seq, 1);
+  if (atomic_load(nwait)) futex_wake(seq, n, 1);
+}
+
+static double opt_timeout(lua_State *L, int arg) {
+  return conc_opttimeout(L, arg);
+}
+
+/* ------------------------------------------------------------ lock */
+
+typedef struct slock {
+  _Atomic uint32_t word;       /* 0 free, else the owner's thread id */
+  _Atomic uint32_t seq;
+  _Atomic uint32_t nwait;
+  _Atomic int32_t pid;         /* the owner's process */
+} slock;
+
+static uint32_t my_tid(void) {
+  return (uint32_t)syscall(SYS_gettid);
+}
+
+static int lock_try(void *state, void *arg) {
+  slock *s = state;
+  uint32_t zero = 0, me = *(uint32_t *)arg;
+  if (atomic_compare_exchange_strong(&s->word, &zero, me)) {
+    atomic_store(&s->pid, (int32_t)conc_getpid());
+    return 1;
+  }
+  return 0;
+}
+
+/* Takes over the lock if its owner is gone. */
+static int lock_check_owner(void *state, void *arg) {
+  slock *s = state;
+  uint32_t owner = atomic_load(&s->word);
+  int32_t pid = atomic_load(&s->pid);
+  CONC_UNUSED(arg);
+  if (owner == 0 || pid <= 0) return 0;
+  if (syscall(SYS_tgkill, pid, owner, 0) == 0 || errno != ESRCH) return 0;
+  if (atomic_compare_exchange_strong(&s->word, &owner, 0))
+    bump(&s->seq, &s->nwait, INT32_MAX);
+  return 0;
+}
+
+/* acquire: 1 acquired, 0 timed out; raises on a stop request. */
+static int lock_acquire_d(lua_State *L, slock *s, double t) {
+  cstate *cs = conc_cs(L);
+  uint32_t me = my_tid();
+  deadline d;
+  const char *why = NULL;
+  int r;
+  if (lock_try(s, &me)) return 1;
+  if (t == 0) return 0;
+  lock_check_owner(s, NULL);
+  deadline_in(&d, t);
+  cs_waiting(cs, "lock");
+  r = sync_wait(cs, &s->seq, &s->nwait, &d, lock_try, lock_check_owner, s,
+                &me, &why);
+  cs_waiting(cs, NULL);
+  if (r != 1 && atomic_load(&s->word) == 0 && atomic_load(&s->nwait))
+    bump(&s->seq, &s->nwait, 1);   /* pass on a wake-up we may have eaten */
+  if (r < 0) cs_raisestop(L, cs, why);
+  return r;
+}
+
+static int lock_new(lua_State *L) {
+  sync_new(L, K_LOCK, sizeof(slock));
+  return 1;
+}
+
+static int lock_acquire(lua_State *L) {
+  slock *s = sync_check(L, K_LOCK);
+  lua_pushboolean(L, lock_acquire_d(L, s, opt_timeout(L, 2)));
+  return 1;
+}
+
+static void lock_release_s(lua_State *L, slock *s) {
+  if (atomic_exchange(&s->word, 0) == 0)
+    luaL_error(L, "release of an unlocked lock");
+  atomic_store(&s->pid, 0);
+  bump(&s->seq, &s->nwait, 1);
+}
+
+static int lock_release(lua_State *L) {
+  lock_release_s(L, sync_check(L, K_LOCK));
+  return 0;
+}
+
+static int lock_locked(lua_State *L) {
+  slock *s = sync_check(L, K_LOCK);
+  lua_pushboolean(L, atomic_load(&s->word) != 0);
+  return 1;
+}
+
+/* lock:with(fn, ...): fn's results, the lock held meanwhile and released
+** whatever happens. */
+static int lock_with(lua_State *L) {
+  slock *s = sync_check(L, K_LOCK);
+  int n = lua_gettop(L), st;
+  luaL_checktype(L, 2, LUA_TFUNCTION);
+  lock_acquire_d(L, s, -1);
+  st = lua_pcall(L, n - 2, LUA_MULTRET, 0);
+  if (atomic_exchange(&s->word, 0) != 0) {
+    atomic_store(&s->pid, 0);
+    bump(&s->seq, &s->nwait, 1);
+  }
+  if (st != LUA_OK) return lua_error(L);
+  return lua_gettop(L) - 1;
+}
+
+static int lock_tostring(lua_State *L) {
+  slock *s = sync_check(L, K_LOCK);
+  lua_pushfstring(L, "<lock %s>", atomic_load(&s->word) ? "locked" : "unlocked");
+  return 1;
+}
+
+/* ------------------------------------------------------------ semaphore */
+
+typedef struct ssem {
+  _Atomic int64_t count;
+  _Atomic uint32_t seq;
+  _Atomic uint32_t nwait;
+} ssem;
+
+static int sem_try(void *state, void *arg) {
+  ssem *s = state;
+  int64_t c = atomic_load(&s->count);
+  CONC_UNUSED(arg);
+  while (c > 0)
+    if (atomic_compare_exchange_weak(&s->count, &c, c - 1)) return 1;
+  return 0;
+}
+
+static int sem_new(lua_State *L) {
+  lua_Integer n = luaL_optinteger(L, 1, 1);
+  ssem *s;
+  luaL_argcheck(L, n >= 0, 1, "count must be non-negative");
+  s = sync_new(L, K_SEMAPHORE, sizeof(ssem));
+  atomic_store(&s->count, (int64_t)n);
+  return 1;
+}
+
+static int sem_acquire(lua_State *L) {
+  cstate *cs = conc_cs(L);
+  ssem *s = sync_check(L, K_SEMAPHORE);
+  double t = opt_timeout(L, 2);
+  deadline d;
+  const char *why = NULL;
+  int r;
+  if (sem_try(s, NULL)) {
+    lua_pushboolean(L, 1);
+    return 1;
+  }
+  if (t == 0) {
+    lua_pushboolean(L, 0);
+    return 1;
+  }
+  deadline_in(&d, t);
+  cs_waiting(cs, "semaphore");
+  r = sync_wait(cs, &s->seq, &s->nwait, &d, sem_try, NULL, s, NULL, &why);
+  cs_waiting(cs, NULL);
+  if (r != 1 && atomic_load(&s->count) > 0 && atomic_load(&s->nwait))
+    bump(&s->seq, &s->nwait, 1);
+  if (r < 0) return cs_raisestop(L, cs, why);
+  lua_pushboolean(L, r);
+  return 1;
+}
+
+static int sem_release(lua_State *L) {
+  ssem *s = sync_check(L, K_SEMAPHORE);
+  lua_Integer n = luaL_optinteger(L, 2, 1);
+  luaL_argcheck(L, n >= 1, 2, "count must be positive");
+  atomic_fetch_add(&s->count, (int64_t)n);
+  bump(&s->seq, &s->nwait, (int)(n > INT32_MAX ? INT32_MAX : n));
+  return 0;
+}
+
+static int sem_value(lua_State *L) {
+  ssem *s = sync_check(L, K_SEMAPHORE);
+  lua_pushinteger(L, (lua_Integer)atomic_load(&s->count));
+  return 1;
+}
+
+static int sem_tostring(lua_State *L) {
+  ssem *s = sync_check(L, K_SEMAPHORE);
+  lua_pushfstring(L, "<semaphore %I>", (LUAI_UACINT)atomic_load(&s->count));
+  return 1;
+}
+
+/* ------------------------------------------------------------ event */
+
+typedef struct sevent {
+  _Atomic uint32_t flag;
+  _Atomic uint32_t seq;
+  _Atomic uint32_t nwait;
+} sevent;
+
+static int event_isset_fn(void *state, void *arg) {
+  CONC_UNUSED(arg);
+  return atomic_load(&((sevent *)state)->flag) != 0;
+}
+
+static int event_new(lua_State *L) {
+  sync_new(L, K_EVENT, sizeof(sevent));
+  return 1;
+}
+
+static int event_set(lua_State *L) {
+  sevent *e = sync_check(L, K_EVENT);
+  atomic_store(&e->flag, 1);
+  bump(&e->seq, &e->nwait, INT32_MAX);
+  return 0;
+}
+
+static int event_clear(lua_State *L) {
+  sevent *e = sync_check(L, K_EVENT);
+  atomic_store(&e->flag, 0);
+  return 0;
+}
+
+static int event_is_set(lua_State *L) {
+  sevent *e = sync_check(L, K_EVENT);
+  lua_pushboolean(L, atomic_load(&e->flag) != 0);
+  return 1;
+}
+
+static int event_wait(lua_State *L) {
+  cstate *cs = conc_cs(L);
+  sevent *e = sync_check(L, K_EVENT);
+  double t = opt_timeout(L, 2);
+  deadline d;
+  const char *why = NULL;
+  int r;
+  if (atomic_load(&e->flag) || t == 0) {
+    lua_pushboolean(L, atomic_load(&e->flag) != 0);
+    return 1;
+  }
+  deadline_in(&d, t);
+  cs_waiting(cs, "event");
+  r = sync_wait(cs, &e->seq, &e->nwait, &d, event_isset_fn, NULL, e, NULL,
+                &why);
+  cs_waiting(cs, NULL);
+  if (r < 0) return cs_raisestop(L, cs, why);
+  lua_pushboolean(L, r);
+  return 1;
+}
+
+static int event_tostring(lua_State *L) {
+  sevent *e = sync_check(L, K_EVENT);
+  lua_pushfstring(L, "<event %s>", atomic_load(&e->flag) ? "set" : "clear");
+  return 1;
+}
+
+/* ------------------------------------------------------------ barrier */
+
+typedef struct sbarrier {
+  _Atomic uint64_t state;      /* generation << 32 | arrived */
+  _Atomic uint32_t seq;
+  _Atomic uint32_t nwait;
+  uint32_t parties;
+} sbarrier;
+
+static int barrier_passed(void *state, void *arg) {
+  sbarrier *b = state;
+  uint32_t gen = *(uint32_t *)arg;
+  return (uint32_t)(atomic_load(&b->state) >> 32) != gen;
+}
+
+static int barrier_new(lua_State *L) {
+  lua_Integer n = luaL_checkinteger(L, 1);
+  sbarrier *b;
+  luaL_argcheck(L, n >= 1 && n <= INT32_MAX, 1, "parties must be positive");
+  b = sync_new(L, K_BARRIER, sizeof(sbarrier));
+  b->parties = (uint32_t)n;
+  return 1;
+}
+
+/* wait: the arrival index (0 for the first), or false on timeout (the
+** arrival is taken back, so the barrier stays usable). */
+static int barrier_wait(lua_State *L) {
+  cstate *cs = conc_cs(L);
+  sbarrier *b = sync_check(L, K_BARRIER);
+  double t = opt_timeout(L, 2);
+  uint64_t st = atomic_load(&b->state), nst;
+  uint32_t gen, idx;
+  deadline d;
+  const char *why = NULL;
+  int r;
+  for (;;) {                        /* arrive */
+    gen = (uint32_t)(st >> 32);
+    idx = (uint32_t)st;
+    if (idx + 1 == b->parties)
+      nst = (uint64_t)(gen + 1) << 32;             /* the last: trip */
+    else
+      nst = st + 1;
+    if (atomic_compare_exchange_weak(&b->state, &st, nst)) break;
+  }
+  if (idx + 1 == b->parties) {
+    bump(&b->seq, &b->nwait, INT32_MAX);
+    lua_pushinteger(L, idx);
+    return 1;
+  }
+  deadline_in(&d, t);
+  cs_waiting(cs, "barrier");
+  r = sync_wait(cs, &b->seq, &b->nwait, &d, barrier_passed, NULL, b, &gen,
+                &why);
+  cs_waiting(cs, NULL);
+  if (r != 1) {                     /* take the arrival back, unless it tripped */
+    st = atomic_load(&b->state);
+    while ((uint32_t)(st >> 32) == gen)
+      if (atomic_compare_exchange_weak(&b->state, &st, st - 1)) break;
+    if ((uint32_t)(st >> 32) != gen) r = 1;
+  }
+  if (r == 1) {
+    lua_pushinteger(L, idx);
+    return 1;
+  }
+  if (r < 0) return cs_raisestop(L, cs, why);
+  lua_pushboolean(L, 0);
+  return 1;
+}
+
+static int barrier_tostring(lua_State *L) {
+  sbarrier *b = sync_check(L, K_BARRIER);
+  lua_pushfstring(L, "<barrier %d/%d>", (int)(uint32_t)atomic_load(&b->state),
+                  (int)b->parties);
+  return 1;
+}
+
+static int barrier_parties(lua_State *L) {
+  sbarrier *b = sync_check(L, K_BARRIER);
+  lua_pushinteger(L, b->parties);
+  return 1;
+}
+
+/* ------------------------------------------------------------ tables */
+
+int sync_lock(lua_State *L) { return lock_new(L); }
+int sync_semaphore(lua_State *L) { return sem_new(L); }
+int sync_event(lua_State *L) { return event_new(L); }
+int sync_barrier(lua_State *L) { return barrier_new(L); }
+
+static const luaL_Reg lock_methods[] = {
+    {"acquire", lock_acquire}, {"release", lock_release},
+    {"with", lock_with},       {"locked", lock_locked},
+    {NULL, NULL}};
+static const luaL_Reg sem_methods[] = {
+    {"acquire", sem_acquire}, {"release", sem_release},
+    {"value", sem_value},     {NULL, NULL}};
+static const luaL_Reg event_methods[] = {
+    {"set", event_set},   {"clear", event_clear},
+    {"is_set", event_is_set}, {"wait", event_wait},
+    {NULL, NULL}};
+static const luaL_Reg barrier_methods[] = {
+    {"wait", barrier_wait}, {"parties", barrier_parties}, {NULL, NULL}};
+
+const kindinfo lock_kind = {"conc.lock", "lock", 1, 0, sync_destroy,
+                            lock_methods, NULL, lock_tostring, NULL, NULL,
+                            NULL, NULL};
+const kindinfo semaphore_kind = {"conc.semaphore", "semaphore", 1, 0,
+                                 sync_destroy, sem_methods, NULL,
+                                 sem_tostring, NULL, NULL, NULL, NULL};
+const kindinfo event_kind = {"conc.event", "event", 1, 0, sync_destroy,
+                             event_methods, NULL, event_tostring, NULL, NULL,
+                             NULL, NULL};
+const kindinfo barrier_kind = {"conc.barrier", "barrier", 1, 0, sync_destroy,
+                               barrier_methods, NULL, barrier_tostring, NULL,
+                               NULL, NULL, NULL};

@@ -1,0 +1,593 @@
+/*
+** thread.c
+** spawn_thread: workers on OS threads, each with a fresh lua_State.
+**
+** DESIGN. spawn_thread copies fn and its arguments into one message
+** (marshal.c), makes the worker record and hands both, as a job, to an OS
+** thread: an idle one from the pool if there is one, else a new one. The
+** thread makes a fresh state (a pooled thread made it while idle, off
+** the spawner's path), decodes the job into it, runs it under lua_pcall,
+** encodes the results (or the error and its traceback), closes the state
+** (so __gc and __close run before anyone sees the end), then finishes the
+** worker and goes back to the pool for a while.
+** Cancellation costs nothing until asked for: cancel() sets the worker's
+** flag, wakes it out of any conc wait (cs_wake) and sends its OS thread a
+** signal whose handler, running on that thread, sets a count hook on the
+** running coroutine (the lua command's Ctrl-C trick). The hook raises
+** "cancelled" and stays set, so a pcall in the worker cannot swallow it:
+** the next instruction raises again. coroutine.resume and wrap are
+** replaced so the thread always knows its running coroutine.
+*/
+
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "internal.h"
+#include <lualib.h>
+
+#ifdef CONC_SANITIZED
+#define STACK_SIZE (16u << 20)
+#else
+#define STACK_SIZE (2u << 20)
+#endif
+#define IDLE_SECONDS 5.0
+#define SIGCANCEL (SIGRTMIN + 4)
+
+#define TLS __thread __attribute__((tls_model("initial-exec")))
+
+/* The state and context this OS thread runs: the coroutine that is
+** running (for the signal handlers) and the worker context (cancel). */
+static TLS lua_State *volatile tls_current;
+static TLS cstate *volatile tls_cs;
+
+void thread_set_current(lua_State *L) {
+  tls_current = L;
+}
+
+lua_State *thread_get_current(void) {
+  return tls_current;
+}
+
+/* ------------------------------------------------------------ cancel */
+
+static void cancel_hook(lua_State *L, lua_Debug *ar) {
+  cstate *cs = tls_cs;
+  CONC_UNUSED(ar);
+  if (cs == NULL || cs->self == NULL || !atomic_load(&cs->self->cancel)) {
+    lua_sethook(L, NULL, 0, 0);   /* a late signal for an older job */
+    return;
+  }
+  lua_pushliteral(L, "cancelled");
+  lua_error(L);
+}
+
+static void set_cancel_hook(lua_State *L) {
+  lua_sethook(L, cancel_hook, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
+}
+
+static void on_sigcancel(int sig) {
+  int saved = errno;
+  cstate *cs = tls_cs;
+  lua_State *L = tls_current;
+  CONC_UNUSED(sig);
+  if (cs && cs->self && atomic_load(&cs->self->cancel)) {
+    if (L) set_cancel_hook(L);
+    if (cs->L && cs->L != L) set_cancel_hook(cs->L);
+  }
+  errno = saved;
+}
+
+static pthread_once_t cancel_once = PTHREAD_ONCE_INIT;
+
+static void cancel_install_once(void) {
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = on_sigcancel;
+  sa.sa_flags = SA_RESTART;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGCANCEL, &sa, NULL);
+}
+
+void thread_cancel_install(void) {
+  pthread_once(&cancel_once, cancel_install_once);
+}
+
+/* Asks w to stop; 1 if it was running. */
+int thread_cancel(worker *w) {
+  int running;
+  pthread_mutex_lock(&w->mu);
+  running = w->status == W_RUNNING;
+  if (running && !atomic_exchange(&w->cancel, 1)) {
+    if (w->cs) cs_wake(w->cs);
+    if (w->hastid) pthread_kill(w->tid, SIGCANCEL);
+  }
+  pthread_mutex_unlock(&w->mu);
+  return running;
+}
+
+/* ------------------------------------------------------------ coroutines */
+
+static int resume_co(lua_State *L, lua_State *co, int narg) {
+  int status, nres;
+  lua_State *prev = tls_current;
+  cstate *cs = tls_cs;
+  if (!lua_checkstack(co, narg)) {
+    lua_pushliteral(L, "too many arguments to resume");
+    return -1;
+  }
+  lua_xmove(L, co, narg);
+  if (cs && cs->self && atomic_load(&cs->self->cancel)) set_cancel_hook(co);
+  tls_current = co;
+  status = lua_resume(co, L, narg, &nres);
+  tls_current = prev;
+  if (cs && cs->self && atomic_load(&cs->self->cancel)) set_cancel_hook(L);
+  if (status == LUA_OK || status == LUA_YIELD) {
+    if (!lua_checkstack(L, nres + 1)) {
+      lua_pop(co, nres);
+      lua_pushliteral(L, "too many results to resume");
+      return -1;
+    }
+    lua_xmove(co, L, nres);
+    return nres;
+  }
+  lua_xmove(co, L, 1);
+  return -1;
+}
+
+int thread_co_resume(lua_State *L) {
+  lua_State *co = lua_tothread(L, 1);
+  int r;
+  luaL_argexpected(L, co, 1, "coroutine");
+  r = resume_co(L, co, lua_gettop(L) - 1);
+  if (r < 0) {
+    lua_pushboolean(L, 0);
+    lua_insert(L, -2);
+    return 2;
+  }
+  lua_pushboolean(L, 1);
+  lua_insert(L, -(r + 1));
+  return r + 1;
+}
+
+static int co_wrapped(lua_State *L) {
+  lua_State *co = lua_tothread(L, lua_upvalueindex(1));
+  int r = resume_co(L, co, lua_gettop(L));
+  if (r < 0) {
+    int st = lua_status(co);
+    if (st != LUA_OK && st != LUA_YIELD) {
+      st = lua_resetthread(co);       /* close its to-be-closed variables */
+      lua_xmove(co, L, 1);
+    }
+    if (st != LUA_ERRMEM && lua_type(L, -1) == LUA_TSTRING) {
+      luaL_where(L, 1);
+      lua_insert(L, -2);
+      lua_concat(L, 2);
+    }
+    return lua_error(L);
+  }
+  return r;
+}
+
+int thread_co_wrap(lua_State *L) {
+  lua_State *co;
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  co = lua_newthread(L);
+  lua_pushvalue(L, 1);
+  lua_xmove(L, co, 1);
+  lua_pushcclosure(L, co_wrapped, 1);
+  return 1;
+}
+
+/* ------------------------------------------------------------ jobs */
+
+typedef struct job {
+  worker *w;
+  msg *m;                      /* fn and its arguments */
+  char *path, *cpath;
+} job;
+
+static const char TB_KEY = 't';
+
+/* The message handler: keeps the traceback aside, returns the error. */
+static int job_msgh(lua_State *L) {
+  luaL_traceback(L, L, NULL, 1);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &TB_KEY);
+  return 1;
+}
+
+static int job_body(lua_State *L) {
+  cstate *cs = conc_cs(L);
+  msg *m = lua_touserdata(L, 1);
+  int n;
+  lua_settop(L, 0);
+  n = msg_push(L, cs, m);
+  lua_call(L, n - 1, LUA_MULTRET);
+  return lua_gettop(L);
+}
+
+static char *dupstr(const char *s) {
+  return s ? strdup(s) : NULL;
+}
+
+/* The error of a failed job, at the top of L: the message join raises,
+** "thread 3 (name): message" and the traceback; and for a non-string
+** error value, a copy of it to raise instead. */
+static void job_error(lua_State *L, cstate *cs, worker *w, msg **result,
+                      char **errmsg) {
+  int e = lua_gettop(L);
+  const char *tb;
+  char err[256];
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &TB_KEY);
+  tb = lua_tostring(L, -1);
+  if (lua_type(L, e) != LUA_TSTRING &&
+      marshal_encode(L, cs, e, 1, &cs->scratch, 0, "error", err,
+                     sizeof err) == 0)
+    *result = msg_seal(&cs->scratch);
+  lua_pushfstring(L, "thread %I (%s): %s\n%s", (LUAI_UACINT)w->id, w->name,
+                  luaL_tolstring(L, e, NULL), tb ? tb : "stack traceback:");
+  *errmsg = dupstr(lua_tostring(L, -1));
+}
+
+static void job_run(job *j, lua_State *L) {
+  worker *w = j->w;
+  cstate *cs = cs_new(w->rt, w);
+  int status = W_DONE, cancelled, base;
+  msg *result = NULL;
+  char *errmsg = NULL;
+  if (cs == NULL || L == NULL) {
+    msg_free(j->m);
+    worker_finish(w, W_FAILED, NULL,
+                  strdup("thread: not enough memory to start"));
+    if (L) lua_close(L);
+    cs_free(cs);
+    return;
+  }
+  state_bind(L, cs);
+  state_make_lazy(L, cs);
+  cs->path = j->path;
+  cs->cpath = j->cpath;
+  j->path = j->cpath = NULL;
+  pthread_mutex_lock(&w->mu);
+  w->cs = cs;
+  w->tid = pthread_self();
+  w->hastid = 1;
+  cancelled = atomic_load(&w->cancel);
+  pthread_mutex_unlock(&w->mu);
+  tls_cs = cs;
+  tls_current = L;
+  if (cancelled) {
+    msg_free(j->m);
+    status = W_CANCELLED;
+  } else {
+    state_run_hooks(L, cs);
+    lua_pushcfunction(L, job_msgh);
+    base = lua_gettop(L);
+    lua_pushlightuserdata(L, cs);
+    lua_pushcclosure(L, job_body, 1);
+    lua_pushlightuserdata(L, j->m);
+    if (lua_pcall(L, 1, LUA_MULTRET, base) == LUA_OK) {
+      char err[512];
+      int n = lua_gettop(L) - base;
+      if (marshal_encode(L, cs, base + 1, n, &cs->scratch, 0, "results[%d]",
+                         err, sizeof err) == 0 &&
+          (result = msg_seal(&cs->scratch)) != NULL) {
+        status = W_DONE;
+      } else {
+        char *m = malloc(strlen(err) + strlen(w->name) + 48);
+        if (m)
+          sprintf(m, "thread %lld (%s): %s", (long long)w->id, w->name, err);
+        errmsg = m;
+        status = W_FAILED;
+      }
+    } else if (atomic_load(&w->cancel)) {
+      status = W_CANCELLED;
+    } else {
+      job_error(L, cs, w, &result, &errmsg);
+      status = W_FAILED;
+    }
+  }
+  tls_current = NULL;
+  lua_sethook(L, NULL, 0, 0);
+  lua_close(L);
+  pthread_mutex_lock(&w->mu);
+  w->cs = NULL;
+  w->hastid = 0;
+  pthread_mutex_unlock(&w->mu);
+  tls_cs = NULL;
+  cs_free(cs);
+  worker_finish(w, status, result, errmsg);
+}
+
+/* ------------------------------------------------------------ pool */
+
+/* An OS thread of the pool. It lives on the thread's own stack. */
+typedef struct pthr {
+  struct pthr *next;
+  parker park;
+  _Atomic(job *) job;
+  lua_State *spare;            /* a fresh state, made while idle */
+} pthr;
+
+static pthread_mutex_t pool_mu = PTHREAD_MUTEX_INITIALIZER;
+static objlink pool_link;
+static pthr *pool_idle;
+static int pool_nidle, pool_max;
+static pthread_once_t pool_once = PTHREAD_ONCE_INIT;
+
+static void pool_init(void) {
+  long n = sysconf(_SC_NPROCESSORS_ONLN);
+  pool_max = (int)(n > 0 ? n : 1) * 2 + 2;
+  objreg_add(&pool_link, &pool_mu);
+}
+
+int threadpool_idle(void) {
+  int n;
+  pthread_mutex_lock(&pool_mu);
+  n = pool_nidle;
+  pthread_mutex_unlock(&pool_mu);
+  return n;
+}
+
+/* In a forked child the pool's threads do not exist. */
+void threadpool_atfork_child(void) {
+  pool_idle = NULL;
+  pool_nidle = 0;
+}
+
+static void job_free(job *j) {
+  free(j->path);
+  free(j->cpath);
+  obj_release(&j->w->obj);
+  free(j);
+}
+
+/* Goes idle: offers itself to spawners until a job comes (returned) or
+** it has been idle long enough (NULL: the thread ends). */
+static job *pool_wait(pthr *self) {
+  deadline d;
+  job *j;
+  pthread_mutex_lock(&pool_mu);
+  if (pool_nidle >= pool_max) {
+    pthread_mutex_unlock(&pool_mu);
+    return NULL;
+  }
+  atomic_store(&self->job, NULL);
+  self->next = pool_idle;
+  pool_idle = self;
+  pool_nidle++;
+  pthread_mutex_unlock(&pool_mu);
+  if (self->spare == NULL) self->spare = state_new();
+  deadline_in(&d, IDLE_SECONDS);
+  for (;;) {
+    uint32_t seen = park_seq(&self->park);
+    if ((j = atomic_load(&self->job)) != NULL) return j;
+    if (park_sleep(&self->park, seen, &d) == ETIMEDOUT) {
+      pthread_mutex_lock(&pool_mu);
+      j = atomic_load(&self->job);
+      if (j == NULL) {                 /* still idle: leave the pool */
+        pthr **p;
+        for (p = &pool_idle; *p; p = &(*p)->next)
+          if (*p == self) {
+            *p = self->next;
+            pool_nidle--;
+            break;
+          }
+      }
+      pthread_mutex_unlock(&pool_mu);
+      return j;
+    }
+  }
+}
+
+static void *pool_thread(void *arg) {
+  pthr self;
+  job *j = arg;
+  memset(&self, 0, sizeof self);
+  park_init(&self.park);
+  while (j != NULL) {
+    lua_State *L = self.spare ? self.spare : state_new();
+    self.spare = NULL;
+    job_run(j, L);
+    job_free(j);
+    j = pool_wait(&self);
+  }
+  if (self.spare) lua_close(self.spare);
+  park_destroy(&self.park);
+  return NULL;
+}
+
+/* Runs j on a pooled or a new OS thread; 0, or an errno. */
+static int pool_start(job *j) {
+  pthr *t;
+  pthread_t tid;
+  pthread_attr_t attr;
+  int r;
+  pthread_once(&pool_once, pool_init);
+  pthread_mutex_lock(&pool_mu);
+  t = pool_idle;
+  if (t) {
+    pool_idle = t->next;
+    pool_nidle--;
+    atomic_store(&t->job, j);
+    park_wake(&t->park);   /* under the lock: t cannot leave meanwhile */
+    pthread_mutex_unlock(&pool_mu);
+    return 0;
+  }
+  pthread_mutex_unlock(&pool_mu);
+  pthread_attr_init(&attr);
+  pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+  pthread_attr_setstacksize(&attr, STACK_SIZE);
+  r = pthread_create(&tid, &attr, pool_thread, j);
+  pthread_attr_destroy(&attr);
+  return r;
+}
+
+/* ------------------------------------------------------------ API */
+
+/* Reads spawn_thread's / spawn_process's options table at index 1:
+** name, daemon and, when start != NULL, start. */
+void spawn_options(lua_State *L, const char *fname, const char **name,
+                   int *daemon, const char **start) {
+  lua_pushnil(L);
+  while (lua_next(L, 1)) {
+    const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : NULL;
+    if (k && strcmp(k, "name") == 0) {
+      if (!lua_isstring(L, -1) || lua_type(L, -1) == LUA_TNUMBER)
+        luaL_error(L, "bad option 'name' to '%s' (string expected, got %s)",
+                   fname, luaL_typename(L, -1));
+      *name = lua_tostring(L, -1);
+    } else if (k && strcmp(k, "daemon") == 0) {
+      if (!lua_isboolean(L, -1))
+        luaL_error(L, "bad option 'daemon' to '%s' (boolean expected, got %s)",
+                   fname, luaL_typename(L, -1));
+      *daemon = lua_toboolean(L, -1);
+    } else if (k && start && strcmp(k, "start") == 0) {
+      if (lua_type(L, -1) != LUA_TSTRING)
+        luaL_error(L, "bad option 'start' to '%s' (string expected, got %s)",
+                   fname, luaL_typename(L, -1));
+      *start = lua_tostring(L, -1);
+    } else {
+      lua_pushvalue(L, -2);
+      luaL_error(L, "bad argument #1 to '%s' (unknown option '%s')", fname,
+                 luaL_tolstring(L, -1, NULL));
+    }
+    lua_pop(L, 1);
+  }
+}
+
+/* package.path and cpath of L (or of its pending lazy paths). */
+static void get_paths(lua_State *L, cstate *cs, char **path, char **cpath) {
+  *path = *cpath = NULL;
+  if (cs->lazy) {
+    *path = dupstr(cs->path);
+    *cpath = dupstr(cs->cpath);
+    return;
+  }
+  lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+  if (lua_getfield(L, -1, LUA_LOADLIBNAME) == LUA_TTABLE) {
+    if (lua_getfield(L, -1, "path") == LUA_TSTRING)
+      *path = dupstr(lua_tostring(L, -1));
+    lua_pop(L, 1);
+    if (lua_getfield(L, -1, "cpath") == LUA_TSTRING)
+      *cpath = dupstr(lua_tostring(L, -1));
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 2);
+}
+
+int thread_spawn(lua_State *L) {
+  cstate *cs = conc_cs(L);
+  const char *name = NULL;
+  int daemon = 0, fi = 1, r;
+  worker *w;
+  job *j;
+  msg *m;
+  if (lua_type(L, 1) == LUA_TTABLE) {
+    spawn_options(L, "spawn_thread", &name, &daemon, NULL);
+    fi = 2;
+  }
+  luaL_checktype(L, fi, LUA_TFUNCTION);
+  m = msg_encode(L, cs, fi, lua_gettop(L) - fi + 1, "spawn");
+  j = calloc(1, sizeof *j);
+  w = j ? worker_new(cs->rt, WK_THREAD, name, daemon) : NULL;
+  if (w == NULL) {
+    free(j);
+    msg_free(m);
+    return luaL_error(L, "not enough memory");
+  }
+  w->owner = conc_getpid();
+  j->w = w;                       /* the job's reference */
+  j->m = m;
+  get_paths(L, cs, &j->path, &j->cpath);
+  worker_register(w);
+  obj_push(L, cs, &w->obj);       /* the handle's reference */
+  thread_cancel_install();
+  r = pool_start(j);
+  if (r != 0) {
+    msg_free(m);
+    worker_finish(w, W_FAILED, NULL, NULL);
+    worker_unregister(w);
+    job_free(j);
+    return luaL_error(L, "cannot start thread: %s", strerror(r));
+  }
+  return 1;
+}
+
+/* ------------------------------------------------------------ handle */
+
+static worker *check_thread(lua_State *L, int arg) {
+  worker *w = (worker *)obj_check(L, arg, K_THREAD);
+  if (w->owner != conc_getpid())
+    luaL_error(L, "thread %I belongs to another process", (LUAI_UACINT)w->id);
+  return w;
+}
+
+static int thread_join(lua_State *L) {
+  cstate *cs = conc_cs(L);
+  worker *w = check_thread(L, 1);
+  deadline d;
+  if (cs->self == w) return luaL_error(L, "a thread cannot join itself");
+  deadline_in(&d, -1);
+  worker_wait(L, cs, w, &d);
+  return worker_push_outcome(L, cs, w);
+}
+
+static int thread_wait(lua_State *L) {
+  cstate *cs = conc_cs(L);
+  worker *w = check_thread(L, 1);
+  deadline d;
+  double t = conc_opttimeout(L, 2);
+  if (cs->self == w && t < 0)
+    return luaL_error(L, "a thread cannot wait for itself");
+  deadline_in(&d, t);
+  lua_pushboolean(L, worker_wait(L, cs, w, &d));
+  return 1;
+}
+
+static int thread_status(lua_State *L) {
+  worker *w = check_thread(L, 1);
+  lua_pushstring(L, worker_statusname(worker_status(w)));
+  return 1;
+}
+
+static int thread_alive(lua_State *L) {
+  worker *w = check_thread(L, 1);
+  lua_pushboolean(L, worker_status(w) == W_RUNNING);
+  return 1;
+}
+
+static int thread_cancel_m(lua_State *L) {
+  worker *w = check_thread(L, 1);
+  lua_pushboolean(L, thread_cancel(w));
+  return 1;
+}
+
+static int thread_index(lua_State *L) {
+  worker *w = (worker *)obj_check(L, 1, K_THREAD);
+  const char *k = lua_tostring(L, 2);
+  if (k && strcmp(k, "id") == 0) lua_pushinteger(L, w->id);
+  else if (k && strcmp(k, "name") == 0) lua_pushstring(L, w->name);
+  else lua_pushnil(L);
+  return 1;
+}
+
+static int thread_tostring(lua_State *L) {
+  worker *w = (worker *)obj_check(L, 1, K_THREAD);
+  lua_pushfstring(L, "<thread %I \"%s\" %s>", (LUAI_UACINT)w->id, w->name,
+                  worker_statusname(worker_status(w)));
+  return 1;
+}
+
+static const luaL_Reg thread_methods[] = {
+    {"join", thread_join},     {"wait", thread_wait},
+    {"status", thread_status}, {"alive", thread_alive},
+    {"cancel", thread_cancel_m}, {NULL, NULL}};
+
+const kindinfo thread_kind = {
+    "conc.thread", "thread", 0, 1, worker_destroy, thread_methods,
+    thread_index, thread_tostring, worker_sel_try, worker_sel_delist, NULL,
+    NULL};

@@ -1,0 +1,166 @@
+/*
+** wait.c
+** Time, deadlines, futexes and parkers: how a conc call sleeps.
+**
+** DESIGN. Every blocking conc call sleeps on one word. For objects of one
+** process (channels, worker handles) that word is the caller's parker: the
+** object keeps a list of waiting nodes and wakes exactly the waiter it
+** hands something to (no thundering herd). For objects in shared memory
+** (locks, events...) it is a sequence word inside the object, bumped on
+** every change a waiter may care about. Either way the protocol is: read
+** the word, test the condition, sleep only if the word is unchanged; a
+** waker changes the condition, bumps the word, then wakes. Deadlines are
+** absolute CLOCK_MONOTONIC times, so a loop that wakes early re-waits only
+** for what is left. A parker can also sleep in poll() on fds: the waker
+** then writes to an eventfd, which is async-signal-safe like FUTEX_WAKE,
+** so a signal handler (Ctrl-C) can wake a sleeping thread.
+*/
+
+#include <errno.h>
+#include <limits.h>
+#include <linux/futex.h>
+#include <math.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <sys/eventfd.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+double conc_now(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+void deadline_in(deadline *d, double seconds) {
+  if (seconds < 0 || seconds > 1e9) {
+    d->forever = 1;
+    return;
+  }
+  d->forever = 0;
+  clock_gettime(CLOCK_MONOTONIC, &d->at);
+  double whole = floor(seconds);
+  long ns = (long)((seconds - whole) * 1e9);
+  d->at.tv_sec += (time_t)whole;
+  d->at.tv_nsec += ns;
+  if (d->at.tv_nsec >= 1000000000L) {
+    d->at.tv_sec++;
+    d->at.tv_nsec -= 1000000000L;
+  }
+}
+
+int deadline_passed(const deadline *d) {
+  struct timespec now;
+  if (d->forever) return 0;
+  clock_gettime(CLOCK_MONOTONIC, &now);
+  return now.tv_sec > d->at.tv_sec ||
+         (now.tv_sec == d->at.tv_sec && now.tv_nsec >= d->at.tv_nsec);
+}
+
+double deadline_left(const deadline *d) {
+  struct timespec now;
+  double left;
+  if (d->forever) return 1e9;
+  clock_gettime(CLOCK_MONOTONIC, &now);
+  left = (double)(d->at.tv_sec - now.tv_sec) +
+         (double)(d->at.tv_nsec - now.tv_nsec) * 1e-9;
+  return left > 0 ? left : 0;
+}
+
+double conc_opttimeout(lua_State *L, int arg) {
+  lua_Number t;
+  if (lua_isnoneornil(L, arg)) return -1;
+  t = luaL_checknumber(L, arg);
+  luaL_argcheck(L, t >= 0, arg, "timeout must be a non-negative number");
+  if (t == HUGE_VAL) return -1;
+  return (double)t;
+}
+
+int futex_wait(_Atomic uint32_t *w, uint32_t v, const deadline *d,
+               int shared) {
+  int op = FUTEX_WAIT_BITSET | (shared ? 0 : FUTEX_PRIVATE_FLAG);
+  long r = syscall(SYS_futex, (uint32_t *)w, op, v,
+                   d == NULL || d->forever ? NULL : &d->at, NULL,
+                   FUTEX_BITSET_MATCH_ANY);
+  if (r == 0) return 0;
+  return errno;
+}
+
+void futex_wake(_Atomic uint32_t *w, int n, int shared) {
+  int op = FUTEX_WAKE | (shared ? 0 : FUTEX_PRIVATE_FLAG);
+  int saved = errno;
+  syscall(SYS_futex, (uint32_t *)w, op, n, NULL, NULL, 0);
+  errno = saved;
+}
+
+void park_init(parker *p) {
+  atomic_init(&p->seq, 0);
+  atomic_init(&p->efd, -1);
+  atomic_init(&p->polling, 0);
+}
+
+void park_destroy(parker *p) {
+  int fd = atomic_exchange(&p->efd, -1);
+  if (fd >= 0) close(fd);
+}
+
+uint32_t park_seq(parker *p) {
+  return atomic_load(&p->seq);
+}
+
+int park_sleep(parker *p, uint32_t seen, const deadline *d) {
+  int r = futex_wait(&p->seq, seen, d, 0);
+  if (r == ETIMEDOUT && atomic_load(&p->seq) == seen) return ETIMEDOUT;
+  return 0;  /* woken, changed already (EAGAIN) or a signal: re-test */
+}
+
+void park_wake(parker *p) {
+  atomic_fetch_add(&p->seq, 1);
+  if (atomic_load(&p->polling)) {
+    int fd = atomic_load(&p->efd);
+    uint64_t one = 1;
+    int saved = errno;
+    ssize_t r = write(fd, &one, sizeof one);
+    CONC_UNUSED(r);   /* EAGAIN: the counter is already non-zero */
+    errno = saved;
+    return;
+  }
+  futex_wake(&p->seq, 1, 0);
+}
+
+int park_poll(parker *p, uint32_t seen, struct pollfd *fds, int nfds,
+              const deadline *d) {
+  int efd = atomic_load(&p->efd);
+  int ms, r;
+  if (efd < 0) {
+    efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (efd < 0) return -1;
+    atomic_store(&p->efd, efd);
+  }
+  atomic_store(&p->polling, 1);
+  if (atomic_load(&p->seq) != seen) {
+    atomic_store(&p->polling, 0);
+    return 0;
+  }
+  fds[nfds].fd = efd;
+  fds[nfds].events = POLLIN;
+  fds[nfds].revents = 0;
+  if (d == NULL || d->forever) {
+    ms = -1;
+  } else {
+    double left = deadline_left(d);
+    ms = left > INT_MAX / 1000 ? INT_MAX : (int)ceil(left * 1000);
+  }
+  r = poll(fds, (nfds_t)nfds + 1, ms);
+  atomic_store(&p->polling, 0);
+  if (r < 0 && errno == EINTR) return 0;
+  if (r > 0 && fds[nfds].revents) {
+    uint64_t v;
+    ssize_t rr = read(efd, &v, sizeof v);  /* drain: the seq says why */
+    CONC_UNUSED(rr);
+    r--;
+  }
+  return r;
+}

@@ -1,0 +1,430 @@
+/*
+** worker.c
+** What threads and processes have in common: identity, the end of a
+** worker and who hears of it, the outcome a join returns, the list of a
+** runtime's workers and the wait at exit.
+**
+** DESIGN. A worker is a refcounted object held by its handles, by the
+** code that runs it (the OS thread, or the parent's process record) and
+** by its runtime's list. It stays on the list while it runs and, when it
+** failed, until a join has seen the failure or the exit report has
+** printed it; a worker that ended well leaves the list at once. Waiters
+** (join, wait, select) enlist a select node under the worker's lock;
+** worker_finish claims and wakes each of them under the same lock, so a
+** waiter that returns (after delisting itself under that lock) can never
+** be touched by a late wake-up.
+*/
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+void worker_destroy(cobj *o) {
+  worker *w = (worker *)o;
+  objreg_remove(&w->link);
+  msg_free(w->result);
+  free(w->errmsg);
+  free(w->name);
+  mbuf_free(&w->inbuf);
+  pthread_mutex_destroy(&w->mu);
+  rt_release(w->rt);
+  free(w);
+}
+
+worker *worker_new(rt *r, int kind, const char *name, int daemon) {
+  worker *w = calloc(1, sizeof *w);
+  char buf[48];
+  if (w == NULL) return NULL;
+  obj_init(&w->obj, kind == WK_THREAD ? K_THREAD : K_PROCESS);
+  w->id = rt_nextid();
+  if (name == NULL) {
+    snprintf(buf, sizeof buf, "%s-%lld", kind == WK_THREAD ? "thread" : "process",
+             (long long)w->id);
+    name = buf;
+  }
+  w->name = strdup(name);
+  if (w->name == NULL) {
+    free(w);
+    return NULL;
+  }
+  w->rt = r;
+  rt_retain(r);
+  w->daemon = daemon;
+  w->status = W_RUNNING;
+  w->pidfd = w->rfd = -1;
+  atomic_init(&w->cancel, 0);
+  mbuf_init(&w->inbuf);
+  pthread_mutex_init(&w->mu, NULL);
+  objreg_add(&w->link, &w->mu);
+  return w;
+}
+
+/* The runtime's list holds a reference while the worker is on it. */
+void worker_register(worker *w) {
+  rt *r = w->rt;
+  obj_retain(&w->obj);
+  pthread_mutex_lock(&r->mu);
+  w->registered = 1;
+  w->next = r->head;
+  w->prev = NULL;
+  if (r->head) r->head->prev = w;
+  r->head = w;
+  pthread_mutex_unlock(&r->mu);
+}
+
+void worker_unregister(worker *w) {
+  rt *r = w->rt;
+  int was;
+  pthread_mutex_lock(&r->mu);
+  was = w->registered;
+  if (was) {
+    if (w->prev) w->prev->next = w->next;
+    else r->head = w->next;
+    if (w->next) w->next->prev = w->prev;
+    w->registered = 0;
+    w->prev = w->next = NULL;
+  }
+  pthread_mutex_unlock(&r->mu);
+  if (was) obj_release(&w->obj);
+}
+
+static int isfailure(int st) {
+  return st == W_FAILED || st == W_KILLED;
+}
+
+void worker_finish(worker *w, int status, msg *result, char *errmsg) {
+  selnode *n;
+  pthread_mutex_lock(&w->mu);
+  w->status = status;
+  w->result = result;
+  w->errmsg = errmsg;
+  while ((n = w->waiters) != NULL) {
+    selq_remove(&w->waiters, n);
+    if (sel_claim(n->sw, n->index)) {
+      n->result = SEL_DONE;
+      park_wake(n->sw->park);
+    }
+  }
+  pthread_mutex_unlock(&w->mu);
+  if (!isfailure(status)) worker_unregister(w);
+}
+
+int worker_status(worker *w) {
+  int st;
+  pthread_mutex_lock(&w->mu);
+  st = w->status;
+  pthread_mutex_unlock(&w->mu);
+  return st;
+}
+
+const char *worker_statusname(int st) {
+  switch (st) {
+    case W_RUNNING: return "running";
+    case W_DONE: return "done";
+    case W_FAILED: return "failed";
+    case W_CANCELLED: return "cancelled";
+    default: return "killed";
+  }
+}
+
+int worker_sel_try(cobj *o, selnode *n) {
+  worker *w = (worker *)o;
+  pthread_mutex_lock(&w->mu);
+  if (w->status != W_RUNNING) {
+    if (sel_claim(n->sw, n->index)) n->result = SEL_DONE;
+    pthread_mutex_unlock(&w->mu);
+    return 1;
+  }
+  selq_push(&w->waiters, n);
+  pthread_mutex_unlock(&w->mu);
+  return 0;
+}
+
+void worker_sel_delist(cobj *o, selnode *n) {
+  worker *w = (worker *)o;
+  pthread_mutex_lock(&w->mu);
+  if (n->linked) selq_remove(&w->waiters, n);
+  pthread_mutex_unlock(&w->mu);
+}
+
+/* Sleeps on parker p until w ends (a thread's last step, or the reaper
+** reaping a process), the deadline passes or cs (if any)
+** is asked to stop. 1 ended, 0 timeout, -1 stop (why in *why). */
+static int wait_end(parker *p, cstate *cs, worker *w, const deadline *d,
+                       const char **why) {
+  selwait sw;
+  selnode n;
+  int r = 0;
+  sw.park = p;
+  atomic_init(&sw.won, 0);
+  memset(&n, 0, sizeof n);
+  n.sw = &sw;
+  if (worker_sel_try(&w->obj, &n)) return 1;
+  for (;;) {
+    uint32_t seen = park_seq(p);
+    if (atomic_load(&sw.won)) {
+      r = 1;
+      break;
+    }
+    if (cs && (*why = cs_stopreason(cs)) != NULL) {
+      r = -1;
+      break;
+    }
+    if (park_sleep(p, seen, d) == ETIMEDOUT && !atomic_load(&sw.won)) {
+      r = 0;
+      break;
+    }
+  }
+  worker_sel_delist(&w->obj, &n);
+  if (atomic_load(&sw.won)) r = 1;
+  return r;
+}
+
+int worker_wait(lua_State *L, cstate *cs, worker *w, const deadline *d) {
+  const char *why = NULL;
+  int r;
+  cs_waiting(cs, "join");
+  r = wait_end(&cs->park, cs, w, d, &why);
+  cs_waiting(cs, NULL);
+  if (r < 0) cs_raisestop(L, cs, why);
+  return r;
+}
+
+/* What join gives once w ended: the results, or the error raised. */
+int worker_push_outcome(lua_State *L, cstate *cs, worker *w) {
+  int st = worker_status(w);
+  char err[160];
+  if (st == W_DONE) {
+    int n = 0;
+    if (w->result) {
+      n = marshal_decode(L, cs, w->result->data, w->result->n,
+                         w->result->refs, w->result->nrefs,
+                         w->obj.kind == K_PROCESS ? MARSHAL_REMOTE : 0, err,
+                         sizeof err);
+      if (n < 0) return luaL_error(L, "%s", err);
+    }
+    return n;
+  }
+  pthread_mutex_lock(&w->mu);
+  w->joined = 1;
+  pthread_mutex_unlock(&w->mu);
+  worker_unregister(w);
+  if (st == W_CANCELLED) {
+    lua_pushliteral(L, "cancelled");
+    return lua_error(L);
+  }
+  if (w->result) {      /* a non-string error value, copied */
+    int n = marshal_decode(L, cs, w->result->data, w->result->n,
+                           w->result->refs, w->result->nrefs,
+                           w->obj.kind == K_PROCESS ? MARSHAL_REMOTE : 0,
+                           err, sizeof err);
+    if (n < 0) return luaL_error(L, "%s", err);
+    lua_settop(L, lua_gettop(L) - n + 1);
+    return lua_error(L);
+  }
+  lua_pushstring(L, w->errmsg ? w->errmsg : "failed");
+  return lua_error(L);
+}
+
+/* ------------------------------------------------------------ exit */
+
+/* Waits for w without a Lua state (exit, conclua_wait); cs, if given,
+** can interrupt it. */
+static void wait_plain(worker *w, cstate *cs) {
+  deadline d;
+  const char *why;
+  deadline_in(&d, -1);
+  if (cs) {
+    wait_end(&cs->park, cs, w, &d, &why);
+  } else {
+    parker p;
+    park_init(&p);
+    wait_end(&p, NULL, w, &d, &why);
+    park_destroy(&p);
+  }
+}
+
+/* Prints the failures nobody joined, once each. */
+static int report_failures(rt *r) {
+  int count = 0;
+  for (;;) {
+    worker *w, *found = NULL;
+    pthread_mutex_lock(&r->mu);
+    for (w = r->head; w; w = w->next) {
+      pthread_mutex_lock(&w->mu);
+      if (isfailure(w->status) && !w->joined && !w->reported) {
+        w->reported = 1;
+        found = w;
+        obj_retain(&w->obj);
+      }
+      pthread_mutex_unlock(&w->mu);
+      if (found) break;
+    }
+    pthread_mutex_unlock(&r->mu);
+    if (found == NULL) break;
+    fprintf(stderr, "%s\n", found->errmsg ? found->errmsg : "worker failed");
+    fflush(stderr);
+    count++;
+    worker_unregister(found);
+    obj_release(&found->obj);
+  }
+  return count;
+}
+
+/* Interrupting the wait (Ctrl-C in a conclua run) stops it early. */
+int rt_waitall_cs(rt *r, worker *self, cstate *cs) {
+  for (;;) {
+    worker *w, *found = NULL;
+    if (cs && cs_stopreason(cs)) break;
+    pthread_mutex_lock(&r->mu);
+    for (w = r->head; w; w = w->next) {
+      if (w == self || w->daemon) continue;
+      if (w->owner && w->owner != conc_getpid()) continue;
+      if (worker_status(w) == W_RUNNING) {
+        found = w;
+        obj_retain(&w->obj);
+        break;
+      }
+    }
+    pthread_mutex_unlock(&r->mu);
+    if (found == NULL) break;
+    wait_plain(found, cs);
+    obj_release(&found->obj);
+  }
+  return report_failures(r);
+}
+
+int rt_waitall(rt *r, worker *self) {
+  return rt_waitall_cs(r, self, NULL);
+}
+
+/* ------------------------------------------------------------ listing */
+
+typedef struct winfo {
+  int64_t id;
+  char *name;
+  int kind;
+  pid_t pid;
+  int status;
+  const char *waiting;
+} winfo;
+
+/* conc.workers(): the live threads and processes of the runtime. The
+** list is copied under the runtime's lock; processes are polled after,
+** since a process that ended leaves the list (which takes that lock). */
+void worker_list(lua_State *L, cstate *cs) {
+  rt *r = cs->rt;
+  winfo *v = NULL;
+  worker **ws = NULL;
+  int n = 0, nw = 0, cap = 0, oom = 0;
+  worker *w;
+  pthread_mutex_lock(&r->mu);
+  for (w = r->head; w; w = w->next) nw++;
+  ws = malloc(sizeof *ws * (size_t)(nw ? nw : 1));
+  nw = 0;
+  if (ws) {
+    for (w = r->head; w; w = w->next) {
+      if (w->obj.kind == K_PROCESS && w->owner != conc_getpid()) continue;
+      obj_retain(&w->obj);
+      ws[nw++] = w;
+    }
+  }
+  pthread_mutex_unlock(&r->mu);
+  if (ws == NULL) luaL_error(L, "not enough memory");
+  for (int i = 0; i < nw; i++) {
+    int st;
+    w = ws[i];
+    if (w->obj.kind == K_PROCESS) process_poll(w);
+    pthread_mutex_lock(&w->mu);
+    st = w->status;
+    if (st == W_RUNNING && !oom) {
+      if (n == cap) {
+        winfo *nv = realloc(v, sizeof *v * (size_t)(cap = cap ? cap * 2 : 16));
+        if (nv == NULL) oom = 1;
+        else v = nv;
+      }
+      if (!oom) {
+        v[n].id = w->id;
+        v[n].name = strdup(w->name);
+        v[n].kind = w->obj.kind;
+        v[n].pid = w->pid;
+        v[n].status = st;
+        v[n].waiting = w->cs ? atomic_load(&w->cs->waiting_on) : NULL;
+        if (v[n].name == NULL) oom = 1;
+        else n++;
+      }
+    }
+    pthread_mutex_unlock(&w->mu);
+  }
+  for (int i = 0; i < nw; i++) obj_release(&ws[i]->obj);
+  free(ws);
+  if (oom) {
+    for (int i = 0; i < n; i++) free(v[i].name);
+    free(v);
+    luaL_error(L, "not enough memory");
+  }
+  lua_createtable(L, n, 0);
+  for (int i = n - 1, k = 1; i >= 0; i--, k++) {   /* oldest first */
+    lua_createtable(L, 0, 6);
+    lua_pushinteger(L, v[i].id);
+    lua_setfield(L, -2, "id");
+    lua_pushstring(L, v[i].name);
+    lua_setfield(L, -2, "name");
+    lua_pushstring(L, v[i].kind == K_THREAD ? "thread" : "process");
+    lua_setfield(L, -2, "kind");
+    if (v[i].kind == K_PROCESS) {
+      lua_pushinteger(L, v[i].pid);
+      lua_setfield(L, -2, "pid");
+    }
+    lua_pushstring(L, worker_statusname(v[i].status));
+    lua_setfield(L, -2, "status");
+    if (v[i].waiting) {
+      lua_pushstring(L, v[i].waiting);
+      lua_setfield(L, -2, "waiting_on");
+    }
+    lua_rawseti(L, -2, k);
+  }
+  for (int i = 0; i < n; i++) free(v[i].name);
+  free(v);
+}
+
+/* In a forked child: the workers on the list are the parent's. */
+void rt_forget_workers(rt *r) {
+  r->head = NULL;                /* their records stay, as the parent's */
+  r->pid = conc_getpid();
+}
+
+/* After the wait at exit: cancel daemon threads (and give them a moment
+** to unwind), signal daemon processes. */
+void rt_shutdown(rt *r) {
+  worker **v = NULL;
+  int n = 0, cap = 0;
+  deadline d;
+  pthread_mutex_lock(&r->mu);
+  for (worker *w = r->head; w; w = w->next) {
+    if (w->obj.kind != K_THREAD || w->owner != conc_getpid()) continue;
+    if (n == cap) {
+      worker **nv = realloc(v, sizeof *v * (size_t)(cap = cap ? cap * 2 : 8));
+      if (nv == NULL) break;
+      v = nv;
+    }
+    obj_retain(&w->obj);
+    v[n++] = w;
+  }
+  pthread_mutex_unlock(&r->mu);
+  for (int i = 0; i < n; i++) thread_cancel(v[i]);
+  deadline_in(&d, 1.0);
+  for (int i = 0; i < n; i++) {
+    parker p;
+    const char *why;
+    park_init(&p);
+    wait_end(&p, NULL, v[i], &d, &why);
+    park_destroy(&p);
+    obj_release(&v[i]->obj);
+  }
+  free(v);
+  process_stop_daemons(r);
+}
