@@ -26,11 +26,18 @@
 ** futex costs tens of microseconds across cores on a VM. */
 #define SPIN_TRIES 200
 
+/* A ring slot: a small value inline (no malloc), or a sealed message. */
+typedef struct cslot {
+  msg *m;
+  uint32_t n;
+  char inl[SEL_INLINE];
+} cslot;
+
 typedef struct chan {
   cobj obj;
   pthread_mutex_t mu;
   objlink link;
-  msg **ring;
+  cslot *ring;
   size_t ringsz, head;
   _Atomic size_t len;
   lua_Integer cap;             /* -1: unbounded; 0: rendezvous */
@@ -38,11 +45,19 @@ typedef struct chan {
   selnode *recvq, *sendq;
 } chan;
 
+/* What a sender hands over: bytes in its buffer (small, no references)
+** or a sealed message. */
+typedef struct offer {
+  msg *m;
+  const char *p;
+  uint32_t n;
+} offer;
+
 static void chan_destroy(cobj *o) {
   chan *c = (chan *)o;
   objreg_remove(&c->link);
   for (size_t i = 0; i < c->len; i++)
-    msg_free(c->ring[(c->head + i) % c->ringsz]);
+    msg_free(c->ring[(c->head + i) % c->ringsz].m);
   free(c->ring);
   pthread_mutex_destroy(&c->mu);
   free(c);
@@ -59,7 +74,7 @@ int chan_new(lua_State *L) {
   c = calloc(1, sizeof *c);
   if (c == NULL) return luaL_error(L, "not enough memory");
   obj_init(&c->obj, K_CHANNEL);
-  pthread_mutex_init(&c->mu, NULL);
+  conc_mutex_init(&c->mu);
   c->cap = cap;
   atomic_init(&c->len, 0);
   atomic_init(&c->closed, 0);
@@ -80,7 +95,7 @@ static int ring_room(chan *c) {
   if (c->cap >= 0 && (lua_Integer)len >= c->cap) return 0;
   if (len == c->ringsz) {
     size_t nsz = c->ringsz ? c->ringsz * 2 : 8;
-    msg **nr;
+    cslot *nr;
     if (c->cap > 0 && (lua_Integer)nsz > c->cap) nsz = (size_t)c->cap;
     nr = malloc(sizeof *nr * nsz);
     if (nr == NULL) return 0;
@@ -93,27 +108,36 @@ static int ring_room(chan *c) {
   return 1;
 }
 
-static void ring_push(chan *c, msg *m) {
+/* Copies an offer into a slot or a node (same layout of m, n, inl). */
+static void place(msg **m, uint32_t *n, char *inl, const offer *o) {
+  *m = o->m;
+  *n = o->n;
+  if (o->m == NULL) memcpy(inl, o->p, o->n);
+}
+
+static void ring_push(chan *c, const offer *o) {
   size_t len = atomic_load_explicit(&c->len, memory_order_relaxed);
-  c->ring[(c->head + len) % c->ringsz] = m;
+  cslot *s = &c->ring[(c->head + len) % c->ringsz];
+  place(&s->m, &s->n, s->inl, o);
   atomic_store_explicit(&c->len, len + 1, memory_order_release);
 }
 
-static msg *ring_pop(chan *c) {
-  msg *m = c->ring[c->head];
+static cslot *ring_pop(chan *c) {
+  cslot *s = &c->ring[c->head];
   c->head = (c->head + 1) % c->ringsz;
-  atomic_store_explicit(&c->len, atomic_load_explicit(&c->len, memory_order_relaxed) - 1,
+  atomic_store_explicit(&c->len,
+                        atomic_load_explicit(&c->len, memory_order_relaxed) - 1,
                         memory_order_release);
-  return m;
+  return s;
 }
 
-/* Gives m to the oldest receiver still waiting; 1 if one took it. */
-static int hand_to_receiver(chan *c, msg *m) {
+/* Gives the offer to the oldest receiver still waiting; 1 if one took it. */
+static int hand_to_receiver(chan *c, const offer *o) {
   selnode *n;
   while ((n = c->recvq) != NULL) {
     selq_remove(&c->recvq, n);
     if (sel_claim(n->sw, n->index)) {
-      n->m = m;
+      place(&n->m, &n->inln, n->inl, o);
       n->result = SEL_VALUE;
       park_wake(n->sw->park);
       return 1;
@@ -122,32 +146,39 @@ static int hand_to_receiver(chan *c, msg *m) {
   return 0;
 }
 
-/* Takes the message of the oldest waiting sender, or NULL. */
-static msg *take_from_sender(chan *c) {
-  selnode *n = c->sendq;
-  msg *m;
-  if (n == NULL) return NULL;
-  selq_remove(&c->sendq, n);
-  sel_claim(n->sw, 0);
-  m = n->m;
-  n->m = NULL;
-  n->result = SEL_TAKEN;
-  park_wake(n->sw->park);
-  return m;
+/* Moves the oldest waiting sender's value into node-like storage, or 0. */
+static int take_from_sender(chan *c, msg **m, uint32_t *n, char *inl) {
+  selnode *s = c->sendq;
+  if (s == NULL) return 0;
+  selq_remove(&c->sendq, s);
+  sel_claim(s->sw, 0);
+  *m = s->m;
+  *n = s->inln;
+  if (s->m == NULL) memcpy(inl, s->inl, s->inln);
+  s->m = NULL;
+  s->result = SEL_TAKEN;
+  park_wake(s->sw->park);
+  return 1;
 }
 
-/* Takes a value if there is one: 1 (in *m), 0 none, -1 closed. With the
-** lock held. A taken ring slot lets a waiting sender in. */
-static int take(chan *c, msg **m) {
+/* Takes a value if there is one into (m, n, inl): 1, 0 none, -1 closed.
+** With the lock held. A freed ring slot lets a waiting sender in. */
+static int take(chan *c, msg **m, uint32_t *n, char *inl) {
   if (atomic_load_explicit(&c->len, memory_order_relaxed) > 0) {
-    *m = ring_pop(c);
+    cslot *s = ring_pop(c);
+    *m = s->m;
+    *n = s->n;
+    if (s->m == NULL) memcpy(inl, s->inl, s->n);
     if (c->sendq && ring_room(c)) {
-      msg *sm = take_from_sender(c);
-      if (sm) ring_push(c, sm);
+      cslot tmp;
+      if (take_from_sender(c, &tmp.m, &tmp.n, tmp.inl)) {
+        offer o = {tmp.m, tmp.inl, tmp.n};
+        ring_push(c, &o);
+      }
     }
     return 1;
   }
-  if ((*m = take_from_sender(c)) != NULL) return 1;
+  if (take_from_sender(c, m, n, inl)) return 1;
   return atomic_load_explicit(&c->closed, memory_order_relaxed) ? -1 : 0;
 }
 
@@ -157,39 +188,60 @@ static void spin_pause(void) {
 #endif
 }
 
+/* Pushes a received value: inline bytes or a message (freed). */
+static int push_value(lua_State *L, cstate *cs, msg *m, const char *inl,
+                      uint32_t n) {
+  char err[160];
+  int k;
+  if (m) return msg_push(L, cs, m);
+  k = marshal_decode(L, cs, inl, n, NULL, 0, 0, err, sizeof err);
+  if (k < 0) return luaL_error(L, "%s", err);
+  return k;
+}
+
 static int chan_send(lua_State *L) {
   cstate *cs = conc_cs(L);
   chan *c = check_chan(L);
   double t;
-  msg *m;
+  offer o;
   selwait sw;
   selnode n;
   deadline d;
   const char *why = NULL;
+  char err[512];
   int result;
   luaL_argcheck(L, !lua_isnoneornil(L, 2), 2, "cannot send nil");
   t = conc_opttimeout(L, 3);
-  m = msg_encode(L, cs, 2, 1, "value");
+  if (marshal_encode(L, cs, 2, 1, &cs->scratch, 0, "value", err, sizeof err))
+    return luaL_error(L, "%s", err);
+  o.m = NULL;
+  o.p = cs->scratch.p;
+  o.n = (uint32_t)cs->scratch.n;
+  if (cs->scratch.n > SEL_INLINE || cs->scratch.nrefs > 0) {
+    o.m = msg_seal(&cs->scratch);
+    if (o.m == NULL) {
+      mbuf_reset(&cs->scratch);
+      return luaL_error(L, "not enough memory");
+    }
+  }
   pthread_mutex_lock(&c->mu);
   if (atomic_load_explicit(&c->closed, memory_order_relaxed)) {
     pthread_mutex_unlock(&c->mu);
-    msg_free(m);
+    msg_free(o.m);
+    mbuf_reset(&cs->scratch);
     return luaL_error(L, "send on a closed channel");
   }
-  if (hand_to_receiver(c, m)) {
+  if (hand_to_receiver(c, &o) || (c->cap != 0 && ring_room(c) &&
+                                  (ring_push(c, &o), 1))) {
     pthread_mutex_unlock(&c->mu);
-    lua_pushboolean(L, 1);
-    return 1;
-  }
-  if (c->cap != 0 && ring_room(c)) {
-    ring_push(c, m);
-    pthread_mutex_unlock(&c->mu);
+    mbuf_reset(&cs->scratch);
     lua_pushboolean(L, 1);
     return 1;
   }
   if (t == 0) {
     pthread_mutex_unlock(&c->mu);
-    msg_free(m);
+    msg_free(o.m);
+    mbuf_reset(&cs->scratch);
     lua_pushboolean(L, 0);
     return 1;
   }
@@ -198,7 +250,8 @@ static int chan_send(lua_State *L) {
   atomic_init(&sw.won, 0);
   memset(&n, 0, sizeof n);
   n.sw = &sw;
-  n.m = m;
+  place(&n.m, &n.inln, n.inl, &o);
+  mbuf_reset(&cs->scratch);
   selq_push(&c->sendq, &n);
   pthread_mutex_unlock(&c->mu);
   deadline_in(&d, t);
@@ -213,29 +266,31 @@ static int chan_send(lua_State *L) {
   pthread_mutex_lock(&c->mu);
   if (n.linked) selq_remove(&c->sendq, &n);
   result = n.result;
-  m = n.m;                      /* NULL once a receiver took it */
+  o.m = n.m;                    /* NULL once a receiver took it */
   pthread_mutex_unlock(&c->mu);
   if (result == SEL_TAKEN) {
     lua_pushboolean(L, 1);
     return 1;
   }
-  msg_free(m);
+  msg_free(o.m);
   if (result == SEL_CLOSED) return luaL_error(L, "send on a closed channel");
   if (why) return cs_raisestop(L, cs, why);
   lua_pushboolean(L, 0);
   return 1;
 }
 
-/* recv with a deadline; pushes what recv returns. */
+/* recv with a timeout; pushes what recv returns. */
 static int chan_recv_d(lua_State *L, cstate *cs, chan *c, double t) {
   msg *m = NULL;
+  uint32_t len = 0;
+  char inl[SEL_INLINE];
   selwait sw;
   selnode n;
   deadline d;
   const char *why = NULL;
   int r, result;
   pthread_mutex_lock(&c->mu);
-  r = take(c, &m);
+  r = take(c, &m, &len, inl);
   if (r == 0 && t != 0) {
     /* spin a little: a sender on another core may be just about to send */
     pthread_mutex_unlock(&c->mu);
@@ -246,11 +301,11 @@ static int chan_recv_d(lua_State *L, cstate *cs, chan *c, double t) {
       spin_pause();
     }
     pthread_mutex_lock(&c->mu);
-    r = take(c, &m);
+    r = take(c, &m, &len, inl);
   }
   if (r != 0 || t == 0) {
     pthread_mutex_unlock(&c->mu);
-    if (r > 0) return msg_push(L, cs, m);
+    if (r > 0) return push_value(L, cs, m, inl, len);
     lua_pushnil(L);
     lua_pushstring(L, r < 0 ? "closed" : "timeout");
     return 2;
@@ -273,9 +328,8 @@ static int chan_recv_d(lua_State *L, cstate *cs, chan *c, double t) {
   pthread_mutex_lock(&c->mu);
   if (n.linked) selq_remove(&c->recvq, &n);
   result = n.result;
-  m = n.m;
   pthread_mutex_unlock(&c->mu);
-  if (result == SEL_VALUE) return msg_push(L, cs, m);
+  if (result == SEL_VALUE) return sel_push(L, cs, &n);
   if (result == SEL_CLOSED) {
     lua_pushnil(L);
     lua_pushliteral(L, "closed");
@@ -355,13 +409,10 @@ static int chan_tostring(lua_State *L) {
 ** takes nothing from here. */
 static int chan_sel_try(cobj *o, selnode *n) {
   chan *c = (chan *)o;
-  msg *m = NULL;
   pthread_mutex_lock(&c->mu);
   if (atomic_load_explicit(&c->len, memory_order_relaxed) > 0 || c->sendq) {
-    if (sel_claim(n->sw, n->index) && take(c, &m) > 0) {
-      n->m = m;
+    if (sel_claim(n->sw, n->index) && take(c, &n->m, &n->inln, n->inl) > 0)
       n->result = SEL_VALUE;
-    }
     pthread_mutex_unlock(&c->mu);
     return 1;
   }

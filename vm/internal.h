@@ -58,6 +58,7 @@ typedef struct deadline {
 } deadline;
 
 void deadline_in(deadline *d, double seconds);   /* seconds < 0: forever */
+/* These take NULL for no deadline. */
 int deadline_passed(const deadline *d);
 double deadline_left(const deadline *d);         /* seconds, >= 0 */
 /* Reads an optional timeout argument: nil/none -> -1 (forever); a
@@ -79,6 +80,9 @@ typedef struct parker {
   _Atomic int efd;          /* an eventfd for park_poll, made lazily */
   _Atomic int polling;      /* the owner sleeps in park_poll */
 } parker;
+
+/* An adaptive (spin, then sleep) mutex for short critical sections. */
+void conc_mutex_init(pthread_mutex_t *mu);
 
 void park_init(parker *p);
 void park_destroy(parker *p);
@@ -403,11 +407,15 @@ int process_reaper_running(void);
 extern const kindinfo process_kind;
 void process_atfork_install(void);
 pid_t conc_getpid(void);                       /* cached; right after fork */
+uint32_t conc_gettid(void);                    /* cached too */
 int process_child_main(int argc, char **argv); /* start = "spawn" child */
 
 /* ------------------------------------------------------------ select.c */
 
 enum { SEL_NONE, SEL_VALUE, SEL_CLOSED, SEL_DONE, SEL_TAKEN };
+
+/* Small messages travel inline (no malloc): up to this many bytes. */
+#define SEL_INLINE 48
 
 /* One waiter's registration with one object (see select.c). Several
 ** nodes of one conc.select share a selwait; the first object to claim it
@@ -423,10 +431,16 @@ typedef struct selnode {
   int index;
   int linked;
   _Atomic int result;        /* SEL_* delivered, or SEL_CLOSED */
+  int flags;                 /* the object's own bookkeeping */
   msg *m;                    /* value handed over (read it only after the
                                 node is delisted, under the object's lock),
                                 or offered by a blocked sender */
+  uint32_t inln;             /* or, when m is NULL, a small value inline */
+  char inl[SEL_INLINE];
 } selnode;
+
+/* Pushes the value a select node received (freeing it); the count. */
+int sel_push(lua_State *L, struct cstate *cs, selnode *n);
 
 int sel_claim(selwait *sw, int index);
 void selq_push(struct selnode **head, selnode *n);
@@ -457,6 +471,29 @@ typedef struct shmobj {
 } shmobj;
 int shmobj_init(shmobj *o, int kind, size_t size);   /* 0, or -1 + errno */
 void shmobj_destroy(shmobj *o);
+
+/* A lock in shared memory that survives the death of its owner: the
+** word holds the owner's thread id, 'pid' its process (sync.c). */
+typedef struct slock {
+  _Atomic uint32_t word;
+  _Atomic uint32_t seq;        /* waiters sleep here */
+  _Atomic uint32_t nwait;
+  _Atomic int32_t pid;
+} slock;
+int slock_try(slock *s);
+void slock_lock(slock *s);     /* short sections: no cancellation */
+void slock_unlock(slock *s);
+int slock_owner_dead(slock *s); /* takes the lock back from a dead owner */
+
+/* Bumps a shared sequence word and wakes n of its sleepers. */
+void bump(_Atomic uint32_t *seq, _Atomic uint32_t *nwait, int n);
+/* Sleeps on a shared seq word until ready(state, arg): 1 ready, 0 at the
+** deadline, -1 on a stop request of cs (*why). 'idle', if any, runs
+** after each quiet fraction of a second (e.g. to check for dead owners). */
+typedef int (*ready_fn)(void *state, void *arg);
+int sync_wait(cstate *cs, _Atomic uint32_t *seq, _Atomic uint32_t *nwait,
+              const deadline *d, ready_fn ready, ready_fn idle, void *state,
+              void *arg, const char **why);
 
 /* Shared memory for objects that cross fork (sync.c). */
 void *shm_alloc(size_t size);

@@ -271,6 +271,7 @@ static int pmain(lua_State *L) {
   luaL_openlibs(L);
   conclua_open(L);
   createargtable(L, argv, argc, script);
+  lua_gc(L, LUA_GCRESTART);
   lua_gc(L, LUA_GCGEN, 0, 0);
   if (args & has_v) print_version();
   if (!(args & has_E) && handle_luainit(L) != LUA_OK) ok = 0;

@@ -28,6 +28,7 @@
 
 #include <errno.h>
 #include <math.h>
+#include <stddef.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -524,6 +525,8 @@ static int seen_get(enc *e, const void *key) {
 static void enc_prepare(enc *e) {
   lua_State *L = e->L;
   if (e->seen) return;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
+  e->globals = lua_gettop(L);
   lua_newtable(L);
   e->seen = lua_gettop(L);
   lua_newtable(L);
@@ -642,8 +645,8 @@ static int enc_table(enc *e, int idx) {
   size_t head;
   uint32_t narr = 0, nhash = 0;
   int arraymode = 1;
-  if (lua_rawequal(L, idx, e->globals)) return putbyte(e, T_GLOBALS);
   enc_prepare(e);
+  if (lua_rawequal(L, idx, e->globals)) return putbyte(e, T_GLOBALS);
   if ((lib = libname(e, idx)) != NULL)
     return enc_str(e, T_LIB, lib, strlen(lib));
   seen_set(e, lua_topointer(L, idx), ++e->nref);
@@ -849,11 +852,76 @@ static void enc_message(enc *e, const char *root, char *err, size_t errsz) {
   }
 }
 
+/* One number, boolean or short string: the common message, encoded
+** without setting up the traversal. 0 done, 1 not such a value, -1 out
+** of memory. */
+static int encode_scalar(lua_State *L, int idx, mbuf *b) {
+  unsigned char *p;
+  size_t n = 0;
+  const char *s = NULL;
+  int t = lua_type(L, idx);
+  if (t == LUA_TSTRING) {
+    s = lua_tolstring(L, idx, &n);
+    if (n > 127) return 1;
+  } else if (t != LUA_TNUMBER && t != LUA_TBOOLEAN) {
+    return 1;
+  }
+  if (b->cap - b->n < 140 && mbuf_reserve(b, 140)) return -1;
+  p = (unsigned char *)b->p + b->n;
+  p[0] = MAGIC;
+  p[1] = VERSION;
+  p[2] = 1;
+  if (t == LUA_TSTRING) {
+    p[3] = T_STR;
+    p[4] = (unsigned char)n;
+    memcpy(p + 5, s, n);
+    b->n += 5 + n;
+  } else if (t == LUA_TBOOLEAN) {
+    p[3] = lua_toboolean(L, idx) ? T_TRUE : T_FALSE;
+    b->n += 4;
+  } else if (lua_isinteger(L, idx)) {
+    lua_Integer v = lua_tointeger(L, idx);
+    if (v >= INT8_MIN && v <= INT8_MAX) {
+      int8_t x = (int8_t)v;
+      p[3] = T_INT8;
+      memcpy(p + 4, &x, 1);
+      b->n += 5;
+    } else if (v >= INT32_MIN && v <= INT32_MAX) {
+      int32_t x = (int32_t)v;
+      p[3] = T_INT32;
+      memcpy(p + 4, &x, 4);
+      b->n += 8;
+    } else {
+      int64_t x = (int64_t)v;
+      p[3] = T_INT64;
+      memcpy(p + 4, &x, 8);
+      b->n += 12;
+    }
+  } else {
+    double d = (double)lua_tonumber(L, idx);
+    p[3] = T_FLOAT;
+    memcpy(p + 4, &d, 8);
+    b->n += 12;
+  }
+  return 0;
+}
+
 int marshal_encode(lua_State *L, cstate *cs, int first, int n, mbuf *b,
                    int flags, const char *root, char *err, size_t errsz) {
   enc e;
   int top = lua_gettop(L);
-  memset(&e, 0, sizeof e);
+  if (n == 1) {
+    int r;
+    mbuf_reset(b);
+    r = encode_scalar(L, first, b);
+    if (r == 0) return 0;
+    if (r < 0) {
+      snprintf(err, errsz, "cannot transfer values: not enough memory");
+      return -1;
+    }
+  }
+  memset(&e, 0, offsetof(enc, path));
+  e.path[0] = '\0';
   e.L = L;
   e.cs = cs;
   e.b = b;
@@ -863,8 +931,6 @@ int marshal_encode(lua_State *L, cstate *cs, int first, int n, mbuf *b,
     snprintf(err, errsz, "cannot transfer values: stack overflow");
     return -1;
   }
-  lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
-  e.globals = lua_gettop(L);
   if (putbyte(&e, MAGIC) || putbyte(&e, VERSION) || putvar(&e, (uint64_t)n))
     goto failed;
   for (int i = 0; i < n; i++) {
@@ -1230,6 +1296,33 @@ int marshal_decode(lua_State *L, cstate *cs, const char *p, size_t n,
   dec d;
   uint64_t count;
   int c, base = lua_gettop(L);
+  const unsigned char *u = (const unsigned char *)p;
+  /* the common message: one number or boolean, no traversal needed */
+  if (n >= 4 && u[0] == MAGIC && u[1] == VERSION && u[2] == 1) {
+    switch (u[3]) {
+      case T_INT8:
+        if (n == 5) {
+          lua_pushinteger(L, (int8_t)u[4]);
+          return 1;
+        }
+        break;
+      case T_INT32:
+        if (n == 8) {
+          int32_t v;
+          memcpy(&v, u + 4, 4);
+          lua_pushinteger(L, v);
+          return 1;
+        }
+        break;
+      case T_TRUE:
+      case T_FALSE:
+        if (n == 4) {
+          lua_pushboolean(L, u[3] == T_TRUE);
+          return 1;
+        }
+        break;
+    }
+  }
   memset(&d, 0, sizeof d);
   d.L = L;
   d.cs = cs;

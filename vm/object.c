@@ -99,11 +99,15 @@ void obj_newmetatable(lua_State *L, cstate *cs, int kind) {
     cs_setfuncs(L, cs, meta);
     lua_newtable(L);                           /* methods */
     if (k->methods) cs_setfuncs(L, cs, k->methods);
-    lua_pushlightuserdata(L, cs);
-    lua_pushvalue(L, -2);
-    lua_pushcclosure(L, handle_index, 2);
-    lua_setfield(L, -3, "__index");
-    lua_pop(L, 1);
+    if (k->index) {                            /* fields too: a function */
+      lua_pushlightuserdata(L, cs);
+      lua_pushvalue(L, -2);
+      lua_pushcclosure(L, handle_index, 2);
+      lua_setfield(L, -3, "__index");
+      lua_pop(L, 1);
+    } else {                                   /* methods only: faster */
+      lua_setfield(L, -2, "__index");
+    }
     lua_pushliteral(L, "conc");
     lua_setfield(L, -2, "__metatable");        /* getmetatable(h) */
     if (k->meta) k->meta(L, cs);
@@ -144,7 +148,19 @@ void obj_push(lua_State *L, cstate *cs, cobj *o) {
 }
 
 cobj *obj_check(lua_State *L, int arg, int kind) {
-  handle *h = luaL_checkudata(L, arg, conc_kinds[kind]->tname);
+  cstate *cs = lua_touserdata(L, CS_UPVAL);
+  handle *h;
+  /* fast path: compare the metatable with the one this state made */
+  if (cs && cs->mt[kind] && lua_getmetatable(L, arg)) {
+    const void *mt = lua_topointer(L, -1);
+    lua_pop(L, 1);
+    if (mt == cs->mt[kind] && lua_type(L, arg) == LUA_TUSERDATA) {
+      h = lua_touserdata(L, arg);
+      if (h->o == NULL) luaL_argerror(L, arg, "handle already released");
+      return h->o;
+    }
+  }
+  h = luaL_checkudata(L, arg, conc_kinds[kind]->tname);
   if (h->o == NULL) luaL_argerror(L, arg, "handle already released");
   return h->o;
 }

@@ -57,6 +57,14 @@ extern char **environ;
 static _Atomic pid_t cached_pid;
 const char *conc_self_exe;     /* set by the conclua command's main */
 
+/* The thread id, cached: gettid is a system call. */
+static __thread __attribute__((tls_model("initial-exec"))) uint32_t tls_tid;
+
+uint32_t conc_gettid(void) {
+  if (tls_tid == 0) tls_tid = (uint32_t)syscall(SYS_gettid);
+  return tls_tid;
+}
+
 pid_t conc_getpid(void) {
   pid_t p = atomic_load_explicit(&cached_pid, memory_order_relaxed);
   if (p == 0) {
@@ -294,13 +302,17 @@ static void atfork_prepare(void) {
   objreg_lockall();
 }
 
+_Atomic unsigned conc_forkgen;      /* forks this process made */
+
 static void atfork_parent(void) {
+  atomic_fetch_add(&conc_forkgen, 1);
   objreg_unlockall(0);
 }
 
 /* The child: one thread; the parent's reaper, pool and fds are not its. */
 static void atfork_child(void) {
   atomic_store(&cached_pid, getpid());
+  tls_tid = 0;
   objreg_unlockall(1);
   threadpool_atfork_child();
   for (int i = 0; i < nwatched; i++) {

@@ -1,3 +1,529 @@
+/*
+** queue.c
+** conc.queue: many producers and consumers, across the threads of a
+** process and every process forked after the queue was made.
+**
+** DESIGN. The queue is a ring of slots in one MAP_SHARED mapping (a
+** large, lazily backed one: a slot holds a whole message, of any size up
+** to half the ring). A short robust lock (slock) guards the indexes:
+** 'tail' where the next slot goes, 'rnext' the next slot to take, 'head'
+** the oldest slot not yet freed. A producer reserves a slot under the
+** lock, copies its message with the lock released, then marks the slot
+** READY; a consumer takes the first slot (FIFO: it waits while that slot
+** is still being written), copies it out unlocked, then frees it; freed
+** slots at the head give their space back. So messages arrive whole and
+** never interleave, copies run in parallel, and nobody holds the lock
+** while copying. Each slot records the process and thread that owns it
+** (writing or reading): a waiter that has waited a while checks that
+** owner, and a slot whose owner died is dropped, so a killed worker
+** never blocks a queue. Pages the ring no longer needs are given back
+** (MADV_REMOVE), so a long-lived queue keeps little memory. Waiters sleep
+** on shared sequence words (futexes); select polls an eventfd doorbell,
+** rung by producers while a select waits.
+*/
+
+#include <errno.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
 #include "internal.h"
-const kindinfo queue_kind = {"conc.queue", "queue", 1, 0, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL};
-int queue_new(lua_State *L) { return luaL_error(L, "todo"); }
+
+#define PAGE 4096u
+#define SLOT_ALIGN 32u
+#define HOT (1u << 20)          /* ring kept reserved ahead of the head */
+#define SPIN_TRIES 200
+
+enum { S_RESERVED = 1, S_READY, S_TAKEN, S_FREE };
+
+typedef struct qslot {
+  _Atomic uint32_t state;
+  int32_t pid;                  /* the owner while RESERVED or TAKEN */
+  uint32_t tid;
+  uint32_t pad;
+  uint64_t len;
+} qslot;
+
+typedef struct qhdr {
+  slock lock;
+  _Atomic uint32_t dataseq, datanwait;     /* consumers sleep here */
+  _Atomic uint32_t spaceseq, spacenwait;   /* producers sleep here */
+  _Atomic uint32_t nselect;                /* selects polling the doorbell */
+  _Atomic uint32_t closed;
+  _Atomic uint64_t tail;
+  uint64_t head, rnext;
+  _Atomic int64_t count;                   /* reserved or ready */
+  int64_t cap;                             /* -1: unbounded */
+  uint64_t ringsz;
+  uint64_t punched;                        /* pages below: given back */
+} qhdr;
+
+typedef struct queue {
+  shmobj so;
+  int efd;                      /* the doorbell, inherited by fork */
+} queue;
+
+#define RING(h) ((char *)(h) + PAGE)
+
+static uint64_t slot_size(uint64_t len) {
+  return (sizeof(qslot) + len + SLOT_ALIGN - 1) & ~(uint64_t)(SLOT_ALIGN - 1);
+}
+
+static qslot *slot_at(qhdr *h, uint64_t pos) {
+  return (qslot *)(void *)(RING(h) + pos % h->ringsz);
+}
+
+/* Copies between a private buffer and the ring at pos, wrapping. */
+static void ring_put(qhdr *h, uint64_t pos, const char *p, size_t n) {
+  uint64_t off = pos % h->ringsz, first = h->ringsz - off;
+  if (first >= n) {
+    memcpy(RING(h) + off, p, n);
+  } else {
+    memcpy(RING(h) + off, p, first);
+    memcpy(RING(h), p + first, n - first);
+  }
+}
+
+static void ring_get(qhdr *h, uint64_t pos, char *p, size_t n) {
+  uint64_t off = pos % h->ringsz, first = h->ringsz - off;
+  if (first >= n) {
+    memcpy(p, RING(h) + off, n);
+  } else {
+    memcpy(p, RING(h) + off, first);
+    memcpy(p + first, RING(h), n - first);
+  }
+}
+
+/* Gives back the pages of positions [from, to) of the ring. */
+static void ring_punch(qhdr *h, uint64_t from, uint64_t to) {
+  from = (from + PAGE - 1) & ~(uint64_t)(PAGE - 1);
+  to &= ~(uint64_t)(PAGE - 1);
+  while (from < to) {
+    uint64_t off = from % h->ringsz, n = to - from;
+    if (n > h->ringsz - off) n = h->ringsz - off;
+    madvise(RING(h) + off, (size_t)n, MADV_REMOVE);
+    from += n;
+  }
+}
+
+static int owner_dead(const qslot *s) {
+  if (s->pid <= 0) return 0;
+  return syscall(SYS_tgkill, s->pid, s->tid, 0) != 0 && errno == ESRCH;
+}
+
+/* With the lock held: frees slots at the head, gives back pages. Slots
+** taken by a consumer that died are freed too (their message is lost
+** with it). */
+static void advance_head(qhdr *h, int check_dead) {
+  uint64_t old = h->head;
+  while (h->head < h->rnext) {
+    qslot *s = slot_at(h, h->head);
+    uint32_t st = atomic_load(&s->state);
+    if (st == S_TAKEN && check_dead && owner_dead(s)) {
+      atomic_store(&s->state, S_FREE);
+      st = S_FREE;
+    }
+    if (st != S_FREE) break;
+    h->head += slot_size(s->len);
+  }
+  if (h->head != old) {
+    /* producers may reserve up to head + ringsz - HOT, so the freed
+    ** positions from head - HOT on cannot be in use again yet: their
+    ** pages can go (older ones were handled by an earlier call, or by
+    ** qfinish for a big message) */
+    uint64_t from = h->punched;
+    if (h->head >= HOT && from < h->head - HOT) from = h->head - HOT;
+    if (h->head - from >= 16 * PAGE) {
+      ring_punch(h, from, h->head);
+      h->punched = h->head & ~(uint64_t)(PAGE - 1);
+    }
+    bump(&h->spaceseq, &h->spacenwait, INT32_MAX);
+  }
+}
+
+static void queue_destroy(cobj *o) {
+  queue *q = (queue *)o;
+  fd_close(q->efd);
+  shmobj_destroy(&q->so);
+  free(q);
+}
+
+int queue_new(lua_State *L) {
+  lua_Integer cap = -1;
+  queue *q;
+  qhdr *h;
+  static const uint64_t sizes[] = {1ull << 30, 1ull << 28, 1ull << 26,
+                                   1ull << 24, 0};
+  if (!lua_isnoneornil(L, 1)) {
+    cap = luaL_checkinteger(L, 1);
+    luaL_argcheck(L, cap >= 1, 1, "capacity must be positive");
+  }
+  q = calloc(1, sizeof *q);
+  if (q == NULL) return luaL_error(L, "not enough memory");
+  q->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (q->efd < 0) {
+    free(q);
+    return luaL_error(L, "cannot make a queue: %s", strerror(errno));
+  }
+  for (int i = 0; sizes[i]; i++)
+    if (shmobj_init(&q->so, K_QUEUE, PAGE + sizes[i]) == 0) break;
+  if (q->so.shm == NULL) {
+    fd_close(q->efd);
+    free(q);
+    return luaL_error(L, "cannot make a queue: %s", strerror(errno));
+  }
+  h = q->so.shm;
+  h->ringsz = q->so.size - PAGE;
+  h->cap = cap;
+  obj_push(L, conc_cs(L), &q->so.obj);
+  obj_release(&q->so.obj);
+  return 1;
+}
+
+static queue *check_queue(lua_State *L) {
+  return (queue *)obj_check(L, 1, K_QUEUE);
+}
+
+/* Sleeps on 'seq' (seen: its value before the test that failed) with the
+** lock released; back with the lock held. -1 stop, 0 deadline, 1 woken. */
+static int qsleep(qhdr *h, cstate *cs, _Atomic uint32_t *seq,
+                  _Atomic uint32_t *nwait, uint32_t seen, const deadline *d,
+                  const char **why) {
+  deadline slice;
+  int r = 1;
+  slock_unlock(&h->lock);
+  cs_block_on(cs, seq, 1);
+  atomic_fetch_add(nwait, 1);
+  if ((*why = cs_stopreason(cs)) != NULL) {
+    r = -1;
+  } else if (deadline_passed(d)) {
+    r = 0;
+  } else {
+    deadline_in(&slice, 0.2);          /* then look for dead owners */
+    if (!d->forever && deadline_left(d) < 0.2) slice = *d;
+    futex_wait(seq, seen, &slice, 1);
+  }
+  atomic_fetch_sub(nwait, 1);
+  cs_unblock(cs);
+  slock_lock(&h->lock);
+  return r;
+}
+
+/* ------------------------------------------------------------ send */
+
+static void ring_doorbell(queue *q) {
+  uint64_t one = 1;
+  ssize_t r = write(q->efd, &one, sizeof one);
+  CONC_UNUSED(r);
+}
+
+/* Puts n bytes as one message. 1 sent, 0 deadline; raises otherwise. */
+static int qput(lua_State *L, queue *q, cstate *cs, const char *p, size_t n,
+                const deadline *d) {
+  qhdr *h = q->so.shm;
+  uint64_t need = slot_size(n), pos;
+  qslot *s;
+  const char *why = NULL;
+  if (need > (h->ringsz - HOT) / 2)
+    return luaL_error(L, "message too big for a queue (%d bytes)", (int)n);
+  slock_lock(&h->lock);
+  for (;;) {
+    uint32_t seen = atomic_load(&h->spaceseq);
+    int r;
+    if (atomic_load(&h->closed)) {
+      slock_unlock(&h->lock);
+      return luaL_error(L, "send on a closed queue");
+    }
+    if ((h->cap < 0 || atomic_load(&h->count) < h->cap) &&
+        atomic_load(&h->tail) + need - h->head <= h->ringsz - HOT)
+      break;
+    advance_head(h, 1);
+    if (atomic_load(&h->spaceseq) != seen) continue;
+    cs_waiting(cs, "send");
+    r = qsleep(h, cs, &h->spaceseq, &h->spacenwait, seen, d, &why);
+    cs_waiting(cs, NULL);
+    if (r < 0) {
+      slock_unlock(&h->lock);
+      return cs_raisestop(L, cs, why);
+    }
+    if (r == 0) {
+      slock_unlock(&h->lock);
+      return 0;
+    }
+  }
+  pos = atomic_load(&h->tail);
+  s = slot_at(h, pos);
+  s->pid = (int32_t)conc_getpid();
+  s->tid = conc_gettid();
+  s->len = n;
+  atomic_store(&s->state, S_RESERVED);
+  atomic_store(&h->tail, pos + need);
+  atomic_fetch_add(&h->count, 1);
+  slock_unlock(&h->lock);
+  ring_put(h, pos + sizeof(qslot), p, n);
+  atomic_store_explicit(&s->state, S_READY, memory_order_release);
+  bump(&h->dataseq, &h->datanwait, 1);
+  if (atomic_load(&h->nselect)) ring_doorbell(q);
+  return 1;
+}
+
+static int queue_send(lua_State *L) {
+  cstate *cs = conc_cs(L);
+  queue *q = check_queue(L);
+  char err[512];
+  deadline d;
+  int r;
+  luaL_argcheck(L, !lua_isnoneornil(L, 2), 2, "cannot send nil");
+  deadline_in(&d, conc_opttimeout(L, 3));
+  if (marshal_encode(L, cs, 2, 1, &cs->scratch, MARSHAL_REMOTE, "value", err,
+                     sizeof err) != 0)
+    return luaL_error(L, "%s", err);
+  r = qput(L, q, cs, cs->scratch.p, cs->scratch.n, &d);
+  mbuf_reset(&cs->scratch);
+  lua_pushboolean(L, r);
+  return 1;
+}
+
+/* ------------------------------------------------------------ recv */
+
+enum { Q_GOT, Q_EMPTY, Q_CLOSED };
+
+/* With the lock held: takes the first ready slot, if the head of the
+** line is ready. Slots of dead producers are dropped. */
+static int qtake_locked(qhdr *h, uint64_t *pos, int check_dead) {
+  while (h->rnext < atomic_load(&h->tail)) {
+    qslot *s = slot_at(h, h->rnext);
+    uint32_t st = atomic_load_explicit(&s->state, memory_order_acquire);
+    if (st == S_READY) {
+      s->pid = (int32_t)conc_getpid();
+      s->tid = conc_gettid();
+      atomic_store(&s->state, S_TAKEN);
+      *pos = h->rnext;
+      h->rnext += slot_size(s->len);
+      atomic_fetch_sub(&h->count, 1);
+      bump(&h->spaceseq, &h->spacenwait, INT32_MAX);
+      return Q_GOT;
+    }
+    if (st == S_RESERVED) {
+      if (!check_dead || !owner_dead(s)) return Q_EMPTY;
+      atomic_store(&s->state, S_FREE);       /* its producer died */
+      atomic_fetch_sub(&h->count, 1);
+    }
+    h->rnext += slot_size(s->len);             /* FREE or TAKEN: skip */
+    advance_head(h, 0);
+  }
+  return atomic_load(&h->closed) ? Q_CLOSED : Q_EMPTY;
+}
+
+/* Copies the taken slot at pos out and frees it. NULL: out of memory
+** (the message is dropped: nothing else could take it). */
+static msg *qfinish(qhdr *h, uint64_t pos) {
+  qslot *s = slot_at(h, pos);
+  size_t n = (size_t)s->len;
+  msg *m = malloc(sizeof *m + n);
+  if (m) {
+    m->next = NULL;
+    m->n = n;
+    m->nrefs = 0;
+    m->refs = NULL;
+    m->owndata = 0;
+    m->data = m->inl;
+    ring_get(h, pos + sizeof(qslot), m->inl, n);
+  }
+  if (n >= 16 * PAGE)         /* a big payload: give its pages back now */
+    ring_punch(h, pos + sizeof(qslot), pos + sizeof(qslot) + n);
+  slock_lock(&h->lock);
+  atomic_store(&s->state, S_FREE);
+  advance_head(h, 0);
+  slock_unlock(&h->lock);
+  return m;
+}
+
+static void spin_pause(void) {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#endif
+}
+
+/* Gets a message, waiting until the deadline: Q_GOT (*m), Q_EMPTY at the
+** deadline, Q_CLOSED; raises a stop request. */
+static int qget(lua_State *L, qhdr *h, cstate *cs, const deadline *d, msg **m) {
+  const char *why = NULL;
+  uint64_t pos;
+  int r, spun = 0;
+  slock_lock(&h->lock);
+  for (;;) {
+    uint32_t seen = atomic_load(&h->dataseq);
+    r = qtake_locked(h, &pos, 0);
+    if (r != Q_EMPTY) break;
+    if (!spun && !d->forever && deadline_left(d) == 0) break;
+    if (!spun) {               /* a producer may be a moment away */
+      uint64_t t = atomic_load(&h->tail);
+      slock_unlock(&h->lock);
+      for (int i = 0; i < SPIN_TRIES && atomic_load(&h->tail) == t &&
+                      !atomic_load(&h->closed); i++)
+        spin_pause();
+      spun = 1;
+      slock_lock(&h->lock);
+      continue;
+    }
+    cs_waiting(cs, "recv");
+    r = qsleep(h, cs, &h->dataseq, &h->datanwait, seen, d, &why);
+    cs_waiting(cs, NULL);
+    if (r < 0) {
+      slock_unlock(&h->lock);
+      return cs_raisestop(L, cs, why);
+    }
+    if (r == 0) {
+      r = Q_EMPTY;
+      break;
+    }
+    r = qtake_locked(h, &pos, 1);   /* after a quiet spell: dead owners */
+    if (r != Q_EMPTY) break;
+  }
+  slock_unlock(&h->lock);
+  if (r != Q_GOT) return r;
+  *m = qfinish(h, pos);
+  if (*m == NULL) luaL_error(L, "not enough memory");
+  return Q_GOT;
+}
+
+static int push_msg(lua_State *L, cstate *cs, msg *m) {
+  char err[160];
+  int n;
+  if (cs->pending) msg_free(cs->pending);
+  cs->pending = m;
+  n = marshal_decode(L, cs, m->data, m->n, NULL, 0, MARSHAL_REMOTE, err,
+                     sizeof err);
+  cs->pending = NULL;
+  msg_free(m);
+  if (n < 0) return luaL_error(L, "%s", err);
+  return n;
+}
+
+static int queue_recv_d(lua_State *L, double t) {
+  cstate *cs = conc_cs(L);
+  queue *q = check_queue(L);
+  deadline d;
+  msg *m = NULL;
+  int r;
+  deadline_in(&d, t);
+  r = qget(L, q->so.shm, cs, &d, &m);
+  if (r == Q_GOT) return push_msg(L, cs, m);
+  lua_pushnil(L);
+  lua_pushstring(L, r == Q_CLOSED ? "closed" : "timeout");
+  return 2;
+}
+
+static int queue_recv(lua_State *L) {
+  return queue_recv_d(L, conc_opttimeout(L, 2));
+}
+
+static int queue_close(lua_State *L) {
+  queue *q = check_queue(L);
+  qhdr *h = q->so.shm;
+  slock_lock(&h->lock);
+  atomic_store(&h->closed, 1);
+  slock_unlock(&h->lock);
+  bump(&h->dataseq, &h->datanwait, INT32_MAX);
+  bump(&h->spaceseq, &h->spacenwait, INT32_MAX);
+  ring_doorbell(q);
+  return 0;
+}
+
+static int queue_len(lua_State *L) {
+  queue *q = check_queue(L);
+  qhdr *h = q->so.shm;
+  lua_pushinteger(L, (lua_Integer)atomic_load(&h->count));
+  return 1;
+}
+
+static int queue_iter_next(lua_State *L) {
+  int n;
+  lua_settop(L, 1);
+  n = queue_recv_d(L, -1);
+  if (n == 2 && lua_isnil(L, -2)) return 0;
+  return n;
+}
+
+static int queue_iter(lua_State *L) {
+  check_queue(L);
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_pushcclosure(L, queue_iter_next, 1);
+  lua_pushvalue(L, 1);
+  return 2;
+}
+
+static int queue_tostring(lua_State *L) {
+  queue *q = check_queue(L);
+  qhdr *h = q->so.shm;
+  if (h->cap < 0)
+    lua_pushfstring(L, "<queue %d queued%s>", (int)atomic_load(&h->count),
+                    atomic_load(&h->closed) ? ", closed" : "");
+  else
+    lua_pushfstring(L, "<queue %d/%d queued%s>", (int)atomic_load(&h->count),
+                    (int)h->cap, atomic_load(&h->closed) ? ", closed" : "");
+  return 1;
+}
+
+/* ------------------------------------------------------------ select */
+
+/* select: the first message now (claimed before it is taken), else the
+** doorbell is polled. The selector counts itself in nselect so that
+** producers ring. */
+static int queue_sel_try(cobj *o, selnode *n) {
+  queue *q = (queue *)o;
+  qhdr *h = q->so.shm;
+  uint64_t v, pos;
+  int r;
+  if (!n->flags) {
+    atomic_fetch_add(&h->nselect, 1);
+    n->flags = 1;
+  }
+  if (read(q->efd, &v, sizeof v) > 0) n->flags = 2;   /* we drained it */
+  slock_lock(&h->lock);
+  if (h->rnext < atomic_load(&h->tail) &&
+      atomic_load(&slot_at(h, h->rnext)->state) == S_READY) {
+    if (!sel_claim(n->sw, n->index)) {
+      slock_unlock(&h->lock);
+      return 1;
+    }
+    r = qtake_locked(h, &pos, 0);
+    slock_unlock(&h->lock);
+    if (r == Q_GOT) {
+      n->m = qfinish(h, pos);
+      n->result = n->m ? SEL_VALUE : SEL_CLOSED;
+    }
+    return 1;
+  }
+  r = qtake_locked(h, &pos, 0) == Q_CLOSED;
+  slock_unlock(&h->lock);
+  if (r) n->result = SEL_CLOSED;
+  return 0;
+}
+
+static void queue_sel_delist(cobj *o, selnode *n) {
+  queue *q = (queue *)o;
+  qhdr *h = q->so.shm;
+  if (n->flags) atomic_fetch_sub(&h->nselect, 1);
+  /* a doorbell we drained without taking from here: pass it on */
+  if (n->flags == 2 && n->result != SEL_VALUE && atomic_load(&h->count) > 0)
+    ring_doorbell(q);
+  n->flags = 0;
+}
+
+static int queue_sel_fd(cobj *o) {
+  return ((queue *)o)->efd;
+}
+
+static const luaL_Reg queue_methods[] = {
+    {"send", queue_send}, {"recv", queue_recv}, {"close", queue_close},
+    {"len", queue_len},   {"iter", queue_iter}, {NULL, NULL}};
+
+const kindinfo queue_kind = {
+    "conc.queue", "queue", 1, 0, queue_destroy, queue_methods, NULL,
+    queue_tostring, queue_sel_try, queue_sel_delist, queue_sel_fd, NULL};

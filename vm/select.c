@@ -60,6 +60,20 @@ void selq_remove(selnode **head, selnode *n) {
   n->linked = 0;
 }
 
+int sel_push(lua_State *L, cstate *cs, selnode *n) {
+  char err[160];
+  int k;
+  if (n->m) {
+    msg *m = n->m;
+    n->m = NULL;
+    return msg_push(L, cs, m);
+  }
+  /* inline: a copy on the stack, nothing to free if decoding raises */
+  k = marshal_decode(L, cs, n->inl, n->inln, NULL, 0, 0, err, sizeof err);
+  if (k < 0) return luaL_error(L, "%s", err);
+  return k;
+}
+
 #define SMALL 8
 
 typedef struct selitem {
@@ -151,11 +165,7 @@ int conc_select(lua_State *L) {
   if (atomic_load(&sw.won)) {
     int w = atomic_load(&sw.won) - 1;
     lua_rawgeti(L, 1, w + 1);
-    if (nodes[w].result == SEL_VALUE) {
-      msg *m = nodes[w].m;
-      nodes[w].m = NULL;
-      return 1 + msg_push(L, cs, m);
-    }
+    if (nodes[w].result == SEL_VALUE) return 1 + sel_push(L, cs, &nodes[w]);
     lua_pushboolean(L, 1);
     return 2;
   }

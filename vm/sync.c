@@ -36,8 +36,8 @@
 /* ------------------------------------------------------------ shm */
 
 void *shm_alloc(size_t size) {
-  void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
-                 -1, 0);
+  void *p = mmap(NULL, size, PROT_READ | PROT_WRITE,
+                 MAP_SHARED | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   return p == MAP_FAILED ? NULL : p;
 }
 
@@ -128,9 +128,7 @@ static void *sync_check(lua_State *L, int kind) {
 ** timeout, -1 stop (*why set). 'ready' runs after each wake-up with the
 ** seq value read before it, and 'idle' (may be NULL) after a sleep of
 ** OWNER_CHECK without news. */
-typedef int (*ready_fn)(void *state, void *arg);
-
-static int sync_wait(cstate *cs, _Atomic uint32_t *seq, _Atomic uint32_t *nwait,
+int sync_wait(cstate *cs, _Atomic uint32_t *seq, _Atomic uint32_t *nwait,
                      const deadline *d, ready_fn ready, ready_fn idle,
                      void *state, void *arg, const char **why) {
   int r = 0;
@@ -157,7 +155,7 @@ static int sync_wait(cstate *cs, _Atomic uint32_t *seq, _Atomic uint32_t *nwait,
   return r;
 }
 
-static void bump(_Atomic uint32_t *seq, _Atomic uint32_t *nwait, int n) {
+void bump(_Atomic uint32_t *seq, _Atomic uint32_t *nwait, int n) {
   atomic_fetch_add(seq, 1);
   if (atomic_load(nwait)) futex_wake(seq, n, 1);
 }
@@ -168,20 +166,11 @@ static double opt_timeout(lua_State *L, int arg) {
 
 /* ------------------------------------------------------------ lock */
 
-typedef struct slock {
-  _Atomic uint32_t word;       /* 0 free, else the owner's thread id */
-  _Atomic uint32_t seq;
-  _Atomic uint32_t nwait;
-  _Atomic int32_t pid;         /* the owner's process */
-} slock;
+/* The lock word holds the owner's thread id (0: free) and 'pid' its
+** process, so a waiter can tell that the owner died. */
 
-static uint32_t my_tid(void) {
-  return (uint32_t)syscall(SYS_gettid);
-}
-
-static int lock_try(void *state, void *arg) {
-  slock *s = state;
-  uint32_t zero = 0, me = *(uint32_t *)arg;
+int slock_try(slock *s) {
+  uint32_t zero = 0, me = conc_gettid();
   if (atomic_compare_exchange_strong(&s->word, &zero, me)) {
     atomic_store(&s->pid, (int32_t)conc_getpid());
     return 1;
@@ -189,33 +178,69 @@ static int lock_try(void *state, void *arg) {
   return 0;
 }
 
-/* Takes over the lock if its owner is gone. */
-static int lock_check_owner(void *state, void *arg) {
-  slock *s = state;
+static int lock_try(void *state, void *arg) {
+  CONC_UNUSED(arg);
+  return slock_try(state);
+}
+
+/* Takes over the lock if its owner is gone; 1 if it did. */
+int slock_owner_dead(slock *s) {
   uint32_t owner = atomic_load(&s->word);
   int32_t pid = atomic_load(&s->pid);
-  CONC_UNUSED(arg);
   if (owner == 0 || pid <= 0) return 0;
   if (syscall(SYS_tgkill, pid, owner, 0) == 0 || errno != ESRCH) return 0;
-  if (atomic_compare_exchange_strong(&s->word, &owner, 0))
+  if (atomic_compare_exchange_strong(&s->word, &owner, 0)) {
     bump(&s->seq, &s->nwait, INT32_MAX);
+    return 1;
+  }
   return 0;
+}
+
+static int lock_check_owner(void *state, void *arg) {
+  CONC_UNUSED(arg);
+  slock_owner_dead(state);
+  return 0;
+}
+
+/* For short critical sections of the runtime: waits as long as it takes
+** (checking for a dead owner), with no cancellation. */
+void slock_lock(slock *s) {
+  int spins = 0;
+  while (!slock_try(s)) {
+    uint32_t seq = atomic_load(&s->seq);
+    deadline d;
+    if (++spins < 100) continue;
+    atomic_fetch_add(&s->nwait, 1);
+    if (!slock_try(s)) {
+      deadline_in(&d, OWNER_CHECK);
+      if (futex_wait(&s->seq, seq, &d, 1) == ETIMEDOUT) slock_owner_dead(s);
+    } else {
+      atomic_fetch_sub(&s->nwait, 1);
+      return;
+    }
+    atomic_fetch_sub(&s->nwait, 1);
+  }
+}
+
+void slock_unlock(slock *s) {
+  atomic_store(&s->pid, 0);
+  atomic_store(&s->word, 0);
+  bump(&s->seq, &s->nwait, 1);
 }
 
 /* acquire: 1 acquired, 0 timed out; raises on a stop request. */
 static int lock_acquire_d(lua_State *L, slock *s, double t) {
   cstate *cs = conc_cs(L);
-  uint32_t me = my_tid();
   deadline d;
   const char *why = NULL;
   int r;
-  if (lock_try(s, &me)) return 1;
+  if (slock_try(s)) return 1;
   if (t == 0) return 0;
-  lock_check_owner(s, NULL);
+  slock_owner_dead(s);
   deadline_in(&d, t);
   cs_waiting(cs, "lock");
   r = sync_wait(cs, &s->seq, &s->nwait, &d, lock_try, lock_check_owner, s,
-                &me, &why);
+                NULL, &why);
   cs_waiting(cs, NULL);
   if (r != 1 && atomic_load(&s->word) == 0 && atomic_load(&s->nwait))
     bump(&s->seq, &s->nwait, 1);   /* pass on a wake-up we may have eaten */

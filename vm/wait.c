@@ -53,7 +53,7 @@ void deadline_in(deadline *d, double seconds) {
 
 int deadline_passed(const deadline *d) {
   struct timespec now;
-  if (d->forever) return 0;
+  if (d == NULL || d->forever) return 0;
   clock_gettime(CLOCK_MONOTONIC, &now);
   return now.tv_sec > d->at.tv_sec ||
          (now.tv_sec == d->at.tv_sec && now.tv_nsec >= d->at.tv_nsec);
@@ -62,7 +62,7 @@ int deadline_passed(const deadline *d) {
 double deadline_left(const deadline *d) {
   struct timespec now;
   double left;
-  if (d->forever) return 1e9;
+  if (d == NULL || d->forever) return 1e9;
   clock_gettime(CLOCK_MONOTONIC, &now);
   left = (double)(d->at.tv_sec - now.tv_sec) +
          (double)(d->at.tv_nsec - now.tv_nsec) * 1e-9;
@@ -71,7 +71,7 @@ double deadline_left(const deadline *d) {
 
 double conc_opttimeout(lua_State *L, int arg) {
   lua_Number t;
-  if (lua_isnoneornil(L, arg)) return -1;
+  if (lua_type(L, arg) <= LUA_TNIL) return -1;       /* none or nil */
   t = luaL_checknumber(L, arg);
   luaL_argcheck(L, t >= 0, arg, "timeout must be a non-negative number");
   if (t == HUGE_VAL) return -1;
@@ -163,4 +163,14 @@ int park_poll(parker *p, uint32_t seen, struct pollfd *fds, int nfds,
     r--;
   }
   return r;
+}
+
+/* A mutex that spins a little before it sleeps: object locks are held
+** for a few instructions, and a futex sleep costs far more. */
+void conc_mutex_init(pthread_mutex_t *mu) {
+  pthread_mutexattr_t a;
+  pthread_mutexattr_init(&a);
+  pthread_mutexattr_settype(&a, PTHREAD_MUTEX_ADAPTIVE_NP);
+  pthread_mutex_init(mu, &a);
+  pthread_mutexattr_destroy(&a);
 }
