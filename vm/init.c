@@ -149,6 +149,30 @@ const luaL_Reg conc_funcs[] = {
     {"_stats", conc_stats},
     {NULL, NULL}};
 
+/* print, with the whole line written at once: lines of threads that
+** print together never mix. Otherwise the standard print. */
+int conc_print(lua_State *L) {
+  int n = lua_gettop(L);
+  luaL_Buffer b;
+  luaL_buffinit(L, &b);
+  for (int i = 1; i <= n; i++) {
+    if (i > 1) luaL_addchar(&b, '\t');
+    luaL_tolstring(L, i, NULL);
+    luaL_addvalue(&b);
+  }
+  luaL_addchar(&b, '\n');
+  luaL_pushresult(&b);
+  {
+    size_t len;
+    const char *s = lua_tolstring(L, -1, &len);
+    flockfile(stdout);
+    fwrite(s, 1, len, stdout);
+    fflush(stdout);
+    funlockfile(stdout);
+  }
+  return 0;
+}
+
 /* ------------------------------------------------------------ stdlib */
 
 /* package.searchers entry: modules built into the library. */
@@ -233,6 +257,8 @@ void conc_install(lua_State *L, cstate *cs) {
   luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
   lua_pushvalue(L, -2);
   lua_setfield(L, -2, "conc");
+  lua_pushcfunction(L, conc_print);
+  lua_setglobal(L, "print");
   /* coroutine.resume and wrap that keep track of the running coroutine */
   if (lua_getfield(L, -1, LUA_COLIBNAME) == LUA_TTABLE) {
     lua_pushcfunction(L, thread_co_resume);

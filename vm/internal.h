@@ -512,6 +512,7 @@ extern const stdlib_mod conc_stdlib[];
 
 /* init.c */
 extern const luaL_Reg conc_funcs[];            /* the conc table */
+int conc_print(lua_State *L);                  /* print, a line at once */
 /* Gives a state opened by luaL_openlibs everything conc adds: the conc
 ** table (global and package.loaded.conc), spawn_thread, spawn_process,
 ** the stdlib searcher, the coroutine functions, the library map. */

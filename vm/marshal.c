@@ -338,7 +338,8 @@ static void names_init(void) {
           if (closure) lua_pop(L, 1);
           snprintf(name, sizeof name, "%s.%s", lib, lua_tostring(L, -2));
           if (strcmp(name, "coroutine.resume") != 0 &&
-              strcmp(name, "coroutine.wrap") != 0)
+              strcmp(name, "coroutine.wrap") != 0 &&
+              strcmp(name, "_G.print") != 0)
             names_add(&v, &cap, lua_tocfunction(L, -1), name, 0, closure);
         }
         lua_pop(L, 1);
@@ -350,6 +351,7 @@ static void names_init(void) {
   /* conclua's own coroutine.resume and wrap replace the standard ones */
   names_add(&v, &cap, thread_co_resume, "coroutine.resume", 0, 0);
   names_add(&v, &cap, thread_co_wrap, "coroutine.wrap", 0, 0);
+  names_add(&v, &cap, conc_print, "_G.print", 0, 0);
   for (const luaL_Reg *r = conc_funcs; r->name; r++) {
     snprintf(name, sizeof name, "conc.%s", r->name);
     names_add(&v, &cap, r->func, name, 1, 0);
@@ -920,8 +922,10 @@ int marshal_encode(lua_State *L, cstate *cs, int first, int n, mbuf *b,
       return -1;
     }
   }
-  memset(&e, 0, offsetof(enc, path));
+  memset(&e, 0, offsetof(enc, path));     /* the path buffer needs no zeroing */
   e.path[0] = '\0';
+  e.pathlen = 0;
+  e.pathcut = 0;
   e.L = L;
   e.cs = cs;
   e.b = b;

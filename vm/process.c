@@ -196,8 +196,11 @@ static void *reaper_main(void *arg) {
     int n, i;
     pthread_mutex_lock(&reap_mu);
     if (nwatched == 0) {
-      /* nothing to watch: stop; the next spawn starts a new reaper */
+      /* nothing to watch: stop (no fd left behind); the next spawn
+      ** starts a new reaper */
       reap_running = 0;
+      fd_close(reap_efd);
+      reap_efd = -1;
       pthread_mutex_unlock(&reap_mu);
       break;
     }
@@ -392,7 +395,7 @@ static int child_exit(lua_State *L) {
 /* Runs the n values at L[first..] as fn(args...) in this (child) process,
 ** reports to fd and exits. */
 static void child_run(lua_State *L, cstate *cs, worker *w, int fd, int first,
-                      int n) {
+                      int n, const sigset_t *mask) {
   int base, st, failed = 0;
   char err[512];
   mbuf out;
@@ -403,6 +406,7 @@ static void child_run(lua_State *L, cstate *cs, worker *w, int fd, int first,
   sigaction(SIGPIPE, &sa, NULL);
   sigaction(SIGTERM, &sa, NULL);
   conc_interrupt_target(NULL);
+  if (mask) pthread_sigmask(SIG_SETMASK, mask, NULL);
   child_rfd = fd;
   /* this process's runtime: the parent's workers are not its own */
   rt_forget_workers(cs->rt);
@@ -597,19 +601,24 @@ int process_spawn(lua_State *L) {
     spawn_exec(L, cs, w, fi, n, exe, rfd);
     pid = w->pid;
   } else {
-    /* no other thread may buffer output between the flush and the fork */
+    /* no other thread may buffer output between the flush and the fork;
+    ** signals wait until the child has its own handlers */
+    sigset_t all, old;
+    sigfillset(&all);
     pthread_mutex_lock(&fork_mu);
     flockfile(stdout);
     flockfile(stderr);
     fflush(NULL);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
     pid = fork();
     funlockfile(stderr);
     funlockfile(stdout);
     pthread_mutex_unlock(&fork_mu);
     if (pid == 0) {
       fd_close(rfd[0]);
-      child_run(L, cs, w, rfd[1], fi, n);     /* does not return */
+      child_run(L, cs, w, rfd[1], fi, n, &old);     /* does not return */
     }
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
     fd_close(rfd[1]);
     if (pid < 0) {
       int e = errno;
@@ -876,6 +885,6 @@ int process_child_main(int argc, char **argv) {
   free(name);
   free(path);
   free(cpath);
-  child_run(L, cs, w, rfd, lua_gettop(L) - n + 1, n);
+  child_run(L, cs, w, rfd, lua_gettop(L) - n + 1, n, NULL);
   return 0;
 }

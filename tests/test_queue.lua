@@ -1,0 +1,129 @@
+-- conc.queue (SPEC section 5): many producers and consumers, processes
+-- and threads.
+local T = require "t"
+
+T.test("FIFO within a process", function()
+  local q = conc.queue()
+  for i = 1, 10 do q:send(i) end
+  T.eq(q:len(), 10)
+  for i = 1, 10 do T.eq(q:recv(), i) end
+  T.eq(select(2, q:recv(0)), "timeout")
+  T.eq(tostring(q), "<queue 0 queued>")
+end)
+
+T.test("many producer processes, many consumers: whole and once", function()
+  local q = conc.queue()
+  local out = conc.queue()
+  local np, per = 3, 300
+  local producers, consumers = {}, {}
+  for k = 1, np do
+    producers[k] = spawn_process(function()
+      for i = 1, per do q:send({k = k, i = i, pad = string.rep("p", (i * 37) % 5000)}) end
+    end)
+  end
+  for c = 1, 2 do
+    consumers[c] = spawn_process(function()
+      local n = 0
+      while true do
+        local m = q:recv(5)
+        if m == nil or m == "stop" then break end
+        T.eq(#m.pad, (m.i * 37) % 5000)
+        out:send(m.k * 100000 + m.i)
+        n = n + 1
+      end
+      return n
+    end)
+  end
+  for k = 1, np do producers[k]:join() end
+  q:send("stop")
+  q:send("stop")
+  local total = consumers[1]:join() + consumers[2]:join()
+  T.eq(total, np * per)
+  local seen = {}
+  for _ = 1, total do
+    local v = out:recv(5)
+    T.ok(not seen[v], "twice")
+    seen[v] = true
+  end
+end)
+
+T.test("messages far beyond PIPE_BUF", function()
+  local q = conc.queue()
+  local sizes = {5000, 70000, 3 * 1024 * 1024}
+  local ps = {}
+  for i, n in ipairs(sizes) do
+    ps[i] = spawn_process(function() q:send(string.rep(string.char(64 + i), n)) end)
+  end
+  local got = {}
+  for _ = 1, #sizes do
+    local s = q:recv(10)
+    T.eq(s, string.rep(s:sub(1, 1), #s))
+    got[#s] = true
+  end
+  for i = 1, #sizes do ps[i]:join() T.ok(got[sizes[i]]) end
+end)
+
+T.test("capacity bounds what is queued", function()
+  local q = conc.queue(2)
+  T.eq(q:send(1), true)
+  T.eq(q:send(2), true)
+  T.eq(q:send(3, 0), false)
+  T.eq(q:send(3, 0.05), false)
+  local p = spawn_process(function() return q:send(3, 5) end)
+  conc.sleep(0.05)
+  T.eq(q:recv(), 1)
+  T.eq(p:join(), true)
+  T.eq(q:recv(), 2)
+  T.eq(q:recv(), 3)
+  T.raises("capacity must be positive", conc.queue, 0)
+end)
+
+T.test("close: drain, then closed; send errors", function()
+  local q = conc.queue()
+  q:send("last")
+  q:close()
+  T.eq(q:recv(), "last")
+  local v, why = q:recv()
+  T.eq(why, "closed")
+  T.raises("send on a closed queue", q.send, q, 1)
+  local q2 = conc.queue()
+  local p = spawn_process(function() return q2:recv(10) end)
+  conc.sleep(0.05)
+  q2:close()
+  T.eq(p:join(), nil)
+end)
+
+T.test("threads share a queue too", function()
+  local q = conc.queue()
+  local t = spawn_thread(function() for i = 1, 100 do q:send(i) end end)
+  local s = 0
+  for _ = 1, 100 do s = s + q:recv() end
+  T.eq(s, 5050)
+  t:join()
+end)
+
+T.test("a producer killed while writing does not block the queue", function()
+  local q = conc.queue()
+  local p = spawn_process(function()
+    q:send("before")
+    q:send(string.rep("z", 200 * 1024 * 1024))   -- killed while copying
+  end)
+  T.eq(q:recv(5), "before")
+  p:kill("KILL")
+  p:wait(5)
+  local p2 = spawn_process(function() q:send("after") end)
+  local v = q:recv(5)
+  T.ok(v == "after" or (type(v) == "string" and #v == 200 * 1024 * 1024), tostring(v and #v))
+  p2:join()
+end)
+
+T.test("iter and select", function()
+  local q = conc.queue()
+  local p = spawn_process(function() for i = 1, 3 do q:send(i) end q:close() end)
+  local got = {}
+  for v in q:iter() do got[#got + 1] = v end
+  T.same(got, {1, 2, 3})
+  p:join()
+end)
+
+T.done()

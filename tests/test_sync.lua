@@ -1,0 +1,171 @@
+-- conc.lock, semaphore, event, barrier (SPEC section 5), across threads
+-- and across processes forked after they were made.
+local T = require "t"
+
+T.test("lock: acquire, release, timeouts", function()
+  local l = conc.lock()
+  T.eq(l:acquire(), true)
+  T.eq(l:locked(), true)
+  T.eq(l:acquire(0), false)
+  T.eq(l:acquire(0.02), false)
+  l:release()
+  T.eq(l:locked(), false)
+  T.raises("release of an unlocked lock", l.release, l)
+  T.eq(tostring(l), "<lock unlocked>")
+end)
+
+T.test("lock: mutual exclusion between threads", function()
+  local l = conc.lock()
+  local s = conc.shared()
+  s.n = 0
+  local ts = {}
+  for i = 1, 4 do
+    ts[i] = spawn_thread(function()
+      for _ = 1, 500 do
+        l:acquire()
+        local v = s.n
+        s.n = v + 1
+        l:release()
+      end
+    end)
+  end
+  for i = 1, 4 do ts[i]:join() end
+  T.eq(s.n, 2000)
+end)
+
+T.test("lock:with releases on error and returns results", function()
+  local l = conc.lock()
+  T.same({l:with(function(a, b) return a + b, "x" end, 1, 2)}, {3, "x"})
+  T.eq(l:locked(), false)
+  local err = T.raises("inner", l.with, l, function() error("inner") end)
+  T.eq(l:locked(), false)
+  T.raises("function expected", l.with, l, 5)
+end)
+
+T.test("lock: across processes", function()
+  local l = conc.lock()
+  l:acquire()
+  local p = spawn_process(function()
+    local t0 = conc.now()
+    l:acquire()
+    l:release()
+    return conc.now() - t0
+  end)
+  conc.sleep(0.2)
+  l:release()
+  T.ok(p:join() >= 0.1)
+end)
+
+T.test("lock: a process that dies holding it does not block others", function()
+  local l = conc.lock()
+  local p = spawn_process(function() l:acquire() conc.sleep(60) end)
+  local t0 = conc.now()
+  while not l:locked() and conc.now() - t0 < 5 do conc.sleep(0.01) end
+  T.eq(l:locked(), true)
+  p:kill("KILL")
+  T.raises("killed by signal 9", p.join, p)
+  T.eq(l:acquire(5), true)         -- taken over from the dead owner
+  l:release()
+end)
+
+T.test("lock: a cancelled waiter passes the wake-up on", function()
+  local l = conc.lock()
+  l:acquire()
+  local a = spawn_thread(function() return l:acquire(10) end)
+  local b = spawn_thread(function() local ok = l:acquire(10) if ok then l:release() end return ok end)
+  conc.sleep(0.05)
+  a:cancel()
+  T.raises("cancelled", a.join, a)
+  l:release()
+  T.eq(b:join(), true)
+end)
+
+T.test("semaphore", function()
+  local s = conc.semaphore(2)
+  T.eq(s:acquire(), true)
+  T.eq(s:acquire(), true)
+  T.eq(s:acquire(0), false)
+  T.eq(s:value(), 0)
+  local t = spawn_thread(function() return s:acquire(5) end)
+  conc.sleep(0.02)
+  s:release()
+  T.eq(t:join(), true)
+  s:release(2)
+  T.eq(s:value(), 2)
+  T.raises("count must be non-negative", conc.semaphore, -1)
+  T.raises("count must be positive", s.release, s, 0)
+  T.eq(tostring(s), "<semaphore 2>")
+end)
+
+T.test("semaphore across processes", function()
+  local s = conc.semaphore(0)
+  local p = spawn_process(function() return s:acquire(5) end)
+  conc.sleep(0.05)
+  s:release()
+  T.eq(p:join(), true)
+end)
+
+T.test("event across processes and threads", function()
+  local e = conc.event()
+  local p = spawn_process(function() return e:wait(5) end)
+  local t = spawn_thread(function() return e:wait(5) end)
+  conc.sleep(0.05)
+  e:set()
+  T.eq(p:join(), true)
+  T.eq(t:join(), true)
+end)
+
+T.test("barrier", function()
+  local b = conc.barrier(3)
+  T.eq(b:parties(), 3)
+  local ts = {}
+  for i = 1, 3 do ts[i] = spawn_thread(function() return b:wait(5) end) end
+  local seen = {}
+  for i = 1, 3 do
+    local idx = ts[i]:join()
+    T.eq(math.type(idx), "integer")
+    seen[idx] = true
+  end
+  T.ok(seen[0] and seen[1] and seen[2])
+  -- reusable, and a timeout takes the arrival back
+  T.eq(b:wait(0.02), false)
+  local t2 = {}
+  for i = 1, 2 do t2[i] = spawn_thread(function() return b:wait(5) end) end
+  T.ok(b:wait(5))
+  for i = 1, 2 do T.ok(t2[i]:join()) end
+  T.raises("parties must be positive", conc.barrier, 0)
+  T.raises("number expected", conc.barrier)
+end)
+
+T.test("barrier across processes", function()
+  local b = conc.barrier(3)
+  local ps = {}
+  for i = 1, 2 do ps[i] = spawn_process(function() return b:wait(5) end) end
+  local mine = b:wait(5)
+  T.ok(mine)
+  for i = 1, 2 do T.ok(ps[i]:join()) end
+end)
+
+T.test("waits are cancellation points", function()
+  local s, e, b = conc.semaphore(0), conc.event(), conc.barrier(2)
+  local ts = {
+    spawn_thread(function() s:acquire() end),
+    spawn_thread(function() e:wait() end),
+    spawn_thread(function() b:wait() end),
+  }
+  conc.sleep(0.05)
+  for _, t in ipairs(ts) do t:cancel() end
+  for _, t in ipairs(ts) do T.raises("cancelled", t.join, t) end
+end)
+
+T.test("handles cross to threads by reference", function()
+  local l = conc.lock()
+  local t = spawn_thread(function(x) return x end, l)
+  local back = t:join()
+  T.ok(back == l)
+  l:acquire()
+  T.eq(back:locked(), true)
+  l:release()
+end)
+
+T.done()
