@@ -136,8 +136,10 @@ stress: test-deps
 	@CONCLUA_BUILD=$(BUILD) $(BUILD)/conclua tests/stress.lua
 
 fuzz: test-deps
-	@mkdir -p build/fuzz
-	clang -g -O1 -fsanitize=fuzzer,address,undefined -D_GNU_SOURCE \
+	@mkdir -p build/fuzz tests/fuzz/corpus
+	@$(MAKE) --no-print-directory $(BUILD)/stdlib_gen.c
+	clang -g -O1 -fsanitize=fuzzer,address,undefined \
+	  -fno-sanitize-recover=undefined -D_GNU_SOURCE \
 	  -fvisibility=hidden -Ivm $(LUA_CFLAGS) tests/fuzz/fuzz_decode.c \
 	  $(LIB_SRC) $(BUILD)/stdlib_gen.c -o build/fuzz/fuzz_decode \
 	  $(LUA_LIBS) -ldl -lm -pthread

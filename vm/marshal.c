@@ -1134,6 +1134,44 @@ static int dec_name(dec *d, const char **s, size_t *n) {
   return 0;
 }
 
+/* Pushes the receiver's own closure of the conc function f called 'name'
+** ("conc.sleep", or "conc.channel:send" for a method), so that it is ==
+** to the receiver's conc.sleep; returns 0, pushing nothing, if there is
+** none. */
+static int conc_own(lua_State *L, cstate *cs, const char *name,
+                    lua_CFunction f) {
+  const char *colon = strchr(name, ':');
+  int top = lua_gettop(L);
+  if (!lua_checkstack(L, 16)) return 0;
+  if (cs->lazy) cs_materialize(L, cs);
+  if (colon == NULL) {
+    lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+    if (lua_getfield(L, -1, "conc") == LUA_TTABLE)
+      lua_getfield(L, -1, name + 5);
+  } else {
+    size_t kl = (size_t)(colon - name) - 5;
+    int k;
+    for (k = 0; k < K_NKINDS; k++)
+      if (strlen(conc_kinds[k]->name) == kl &&
+          memcmp(conc_kinds[k]->name, name + 5, kl) == 0)
+        break;
+    if (k == K_NKINDS) return 0;
+    obj_newmetatable(L, cs, k);        /* if the state has none yet */
+    luaL_getmetatable(L, conc_kinds[k]->tname);
+    /* __index is a closure whose second upvalue is the methods table */
+    if (lua_getfield(L, -1, "__index") == LUA_TFUNCTION &&
+        lua_getupvalue(L, -1, 2) != NULL && lua_istable(L, -1))
+      lua_getfield(L, -1, colon + 1);
+  }
+  if (lua_tocfunction(L, -1) != f) {
+    lua_settop(L, top);
+    return 0;
+  }
+  lua_replace(L, top + 1);
+  lua_settop(L, top + 1);
+  return 1;
+}
+
 static int dec_cfunc(dec *d) {
   lua_State *L = d->L;
   const char *s;
@@ -1145,14 +1183,16 @@ static int dec_cfunc(dec *d) {
   if (dec_name(d, &s, &n)) return -1;
   f = cfunc_lookup(s, n, &isconc);
   if (f == NULL) return bad(d, "unknown C function");
-  if (isconc) {
-    if (d->cs == NULL) return bad(d, "conc functions need a conclua state");
-    lua_pushlightuserdata(L, d->cs);
-    lua_pushcclosure(L, f, 1);
-    return 0;
-  }
   memcpy(name, s, n);
   name[n] = '\0';
+  if (isconc) {
+    if (d->cs == NULL) return bad(d, "conc functions need a conclua state");
+    if (!conc_own(L, d->cs, name, f)) {
+      lua_pushlightuserdata(L, d->cs);
+      lua_pushcclosure(L, f, 1);
+    }
+    return 0;
+  }
   hit = cfunc_find(name);
   if (!hit->closure) {
     lua_pushcfunction(L, f);

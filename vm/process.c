@@ -341,6 +341,11 @@ static void at_exit(void) {
 }
 
 static void atfork_install_once(void) {
+  unsigned char key[16];
+  /* the bytecode key is per process tree: make it before the first fork,
+  ** or parent and child would each draw their own and reject each
+  ** other's functions */
+  marshal_key(key);
   objreg_add(&reap_link, &reap_mu);
   pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
   atexit(at_exit);

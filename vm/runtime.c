@@ -244,6 +244,11 @@ static int lazy_strmeta(lua_State *L) {
   if (!luaL_getmetafield(L, -1, lua_tostring(L, lua_upvalueindex(2))))
     return luaL_error(L, "string metamethod missing");
   lua_replace(L, -2);
+  if (!lua_isfunction(L, -1)) {        /* __index is the string table */
+    lua_pushvalue(L, 2);
+    lua_gettable(L, -2);
+    return 1;
+  }
   lua_insert(L, 1);
   lua_call(L, n, 1);
   return 1;

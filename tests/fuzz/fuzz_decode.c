@@ -1,0 +1,188 @@
+/*
+** fuzz_decode.c
+** libFuzzer target for the decoder (marshal_decode): any bytes must give
+** an error with nothing pushed, or values that can be walked; never a
+** crash, a hang, a leak or undefined behaviour. Built by `make fuzz`
+** (clang, -fsanitize=fuzzer,address,undefined).
+**
+** Each input is decoded three ways: into a host state with a conclua
+** state and a fixed list of object references (as a message between
+** threads), into the same state as a message from another process (no
+** references: objects by shared-memory uid), and into a bare state with
+** no conclua state at all (which must refuse objects and conc functions).
+**
+** The bytecode key is fixed (FUZZ_KEY), and the seeds in
+** tests/fuzz/corpus/seed-* are encoded under it (tests/c/test_marshal.c
+** writes them when CONCLUA_FUZZ_CORPUS names a directory), so the
+** functions of the seeds load and the fuzzer explores what follows them:
+** upvalues, joins, references. It cannot make new bytecode load, which is
+** the point of the MAC. Decoded functions are never called: a mutated
+** message may legitimately hold os.exit or io.write.
+*/
+
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+/* Must match FUZZ_KEY in tests/c/test_marshal.c. */
+static const unsigned char FUZZ_KEY[16] = "conclua-fuzz-key";
+
+/* The references a thread message would carry: kinds in this order, so
+** a seed made of (channel, lock, event, channel, lock, event...) finds
+** the kinds it names at its indices. */
+#define NREFS 12
+
+static lua_State *H, *B;       /* host state; bare state */
+static cstate *Hcs;
+static cobj *refs[NREFS];
+static int walker_h, walker_b;
+static unsigned long runs;
+
+static const char WALKER[] =
+    "local gm, gu = debug.getmetatable, debug.getupvalue\n"
+    "return function(...)\n"
+    "  local seen, todo, n = {}, table.pack(...), 0\n"
+    "  local i = todo.n\n"
+    "  while i > 0 do\n"
+    "    local v = todo[i]\n"
+    "    todo[i] = nil\n"
+    "    i = i - 1\n"
+    "    n = n + 1\n"
+    "    local t = type(v)\n"
+    "    if (t == 'table' or t == 'function') and not seen[v] then\n"
+    "      seen[v] = true\n"
+    "      if t == 'table' then\n"
+    "        for k, x in next, v do\n"
+    "          todo[i + 1], todo[i + 2] = k, x\n"
+    "          i = i + 2\n"
+    "        end\n"
+    "        local mt = gm(v)\n"
+    "        if mt then i = i + 1 todo[i] = mt end\n"
+    "      else\n"
+    "        for u = 1, 255 do\n"
+    "          local name, x = gu(v, u)\n"
+    "          if name == nil then break end\n"
+    "          i = i + 1 todo[i] = x\n"
+    "        end\n"
+    "      end\n"
+    "    elseif t == 'string' then\n"
+    "      n = n + #v % 2\n"
+    "    end\n"
+    "  end\n"
+    "  return n\n"
+    "end\n";
+
+typedef struct call {
+  cstate *cs;
+  const uint8_t *p;
+  size_t n;
+  cobj **refs;
+  int nrefs, flags, result;
+  char err[256];
+} call;
+
+/* Under lua_pcall: a memory error raised inside the decoder is caught. */
+static int pdecode(lua_State *L) {
+  call *c = lua_touserdata(L, 1);
+  int base;
+  lua_settop(L, 0);
+  base = lua_gettop(L);
+  c->result = marshal_decode(L, c->cs, (const char *)c->p, c->n, c->refs,
+                             c->nrefs, c->flags, c->err, sizeof c->err);
+  if (c->result < 0) {
+    if (lua_gettop(L) != base) abort();     /* an error pushes nothing */
+    return 0;
+  }
+  if (lua_gettop(L) != base + c->result) abort();
+  return c->result;
+}
+
+static void one(lua_State *L, int walker, cstate *cs, const uint8_t *p,
+                size_t n, cobj **r, int nr, int flags) {
+  call c;
+  int top = lua_gettop(L);
+  memset(&c, 0, sizeof c);
+  c.cs = cs;
+  c.p = p;
+  c.n = n;
+  c.refs = r;
+  c.nrefs = nr;
+  c.flags = flags;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, walker);
+  lua_pushcfunction(L, pdecode);
+  lua_pushlightuserdata(L, &c);
+  if (lua_pcall(L, 1, LUA_MULTRET, 0) != LUA_OK) {
+    /* only memory errors may escape the decoder */
+    const char *m = lua_tostring(L, -1);
+    if (m == NULL || strstr(m, "not enough memory") == NULL) {
+      fprintf(stderr, "decoder raised: %s\n", m ? m : "?");
+      abort();
+    }
+    lua_settop(L, top);
+    return;
+  }
+  if (c.result < 0) {
+    if (strncmp(c.err, "corrupt message (", 17) != 0) {
+      fprintf(stderr, "unexpected error: %s\n", c.err);
+      abort();
+    }
+    lua_settop(L, top);
+    return;
+  }
+  if (lua_pcall(L, c.result, 1, 0) != LUA_OK) {
+    fprintf(stderr, "walking decoded values: %s\n", lua_tostring(L, -1));
+    abort();
+  }
+  lua_settop(L, top);
+}
+
+static int load_walker(lua_State *L) {
+  if (luaL_dostring(L, WALKER) != LUA_OK) abort();
+  return luaL_ref(L, LUA_REGISTRYINDEX);
+}
+
+int LLVMFuzzerInitialize(int *argc, char ***argv) {
+  (void)argc;
+  (void)argv;
+  marshal_setkey(FUZZ_KEY);
+  H = luaL_newstate();
+  B = luaL_newstate();
+  if (H == NULL || B == NULL) abort();
+  luaL_openlibs(H);
+  luaL_openlibs(B);
+  conclua_open(H);
+  Hcs = cs_of(H);
+  /* the objects stay alive in a global table of H */
+  if (luaL_dostring(H, "fuzz_objects = {}\n"
+                       "for i = 0, 11 do\n"
+                       "  local k = i % 3\n"
+                       "  fuzz_objects[i + 1] = k == 0 and conc.channel() or\n"
+                       "    k == 1 and conc.lock() or conc.event()\n"
+                       "end") != LUA_OK)
+    abort();
+  lua_getglobal(H, "fuzz_objects");
+  for (int i = 0; i < NREFS; i++) {
+    lua_rawgeti(H, -1, i + 1);
+    refs[i] = obj_test(H, Hcs, -1);
+    if (refs[i] == NULL) abort();
+    lua_pop(H, 1);
+  }
+  lua_pop(H, 1);
+  walker_h = load_walker(H);
+  walker_b = load_walker(B);
+  return 0;
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+  one(H, walker_h, Hcs, data, size, refs, NREFS, 0);
+  one(H, walker_h, Hcs, data, size, NULL, 0, MARSHAL_REMOTE);
+  one(B, walker_b, NULL, data, size, NULL, 0, 0);
+  if (++runs % 512 == 0) {
+    lua_gc(H, LUA_GCCOLLECT, 0);
+    lua_gc(B, LUA_GCCOLLECT, 0);
+  }
+  return 0;
+}
