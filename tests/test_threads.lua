@@ -181,19 +181,24 @@ T.test("tostring of a handle", function()
   T.eq(tostring(t), '<thread ' .. t.id .. ' "w" done>')
 end)
 
-T.test("threads run in parallel", function()
-  -- two busy threads of ~0.2 s each finish together well under 0.4 s on
-  -- two cores; only checked when the machine has two free cores
-  if conc.cpu_count() < 2 then return end
-  local function spin(n) local s = 0 for i = 1, n do s = s + i % 7 end return s end
-  local t0 = conc.now()
-  spin(3e6)
-  local one = conc.now() - t0
-  t0 = conc.now()
-  local a, b = spawn_thread(spin, 3e6), spawn_thread(spin, 3e6)
-  T.eq(a:join(), b:join())
-  local two = conc.now() - t0
-  T.ok(two < one * 1.9, string.format("no overlap: %.3f vs %.3f", two, one))
+T.test("two threads run Lua at once (no global lock)", function()
+  -- each thread spins in pure Lua until it sees the other running: with
+  -- one lock around the VM (a GIL) neither could spin while the other
+  -- holds it... but preemption could still interleave them, so this only
+  -- checks that both states run side by side without any conc call; the
+  -- speed-up is measured by make bench
+  local s = conc.shared()
+  s.a, s.b = 0, 0
+  local function side(me, other)
+    s[me] = 1
+    local t0 = conc.now()
+    while s[other] == 0 and conc.now() - t0 < 20 do end
+    return s[other]
+  end
+  local a = spawn_thread(side, "a", "b")
+  local b = spawn_thread(side, "b", "a")
+  T.eq(a:join(), 1)
+  T.eq(b:join(), 1)
 end)
 
 T.test("cancel a pure Lua loop", function()

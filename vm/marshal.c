@@ -888,6 +888,11 @@ static int encode_scalar(lua_State *L, int idx, mbuf *b) {
       p[3] = T_INT8;
       memcpy(p + 4, &x, 1);
       b->n += 5;
+    } else if (v >= INT16_MIN && v <= INT16_MAX) {
+      int16_t x = (int16_t)v;
+      p[3] = T_INT16;
+      memcpy(p + 4, &x, 2);
+      b->n += 6;
     } else if (v >= INT32_MIN && v <= INT32_MAX) {
       int32_t x = (int32_t)v;
       p[3] = T_INT32;
@@ -1158,9 +1163,12 @@ static int conc_own(lua_State *L, cstate *cs, const char *name,
     if (k == K_NKINDS) return 0;
     obj_newmetatable(L, cs, k);        /* if the state has none yet */
     luaL_getmetatable(L, conc_kinds[k]->tname);
-    /* __index is a closure whose second upvalue is the methods table */
-    if (lua_getfield(L, -1, "__index") == LUA_TFUNCTION &&
-        lua_getupvalue(L, -1, 2) != NULL && lua_istable(L, -1))
+    /* __index is the methods table, or (for kinds with fields) a closure
+    ** whose second upvalue is */
+    int t = lua_getfield(L, -1, "__index");
+    if (t == LUA_TTABLE ||
+        (t == LUA_TFUNCTION && lua_getupvalue(L, -1, 2) != NULL &&
+         lua_istable(L, -1)))
       lua_getfield(L, -1, colon + 1);
   }
   if (lua_tocfunction(L, -1) != f) {
@@ -1194,25 +1202,32 @@ static int dec_cfunc(dec *d) {
     return 0;
   }
   hit = cfunc_find(name);
-  if (!hit->closure) {
+  /* by name: the receiver's own function of that name. A lazy receiver
+  ** has opened nothing yet: its own will be this very function. */
+  if (!hit->closure && d->cs && d->cs->lazy) {
     lua_pushcfunction(L, f);
     return 0;
   }
-  /* a standard closure (require): the receiver's own */
-  if (d->cs && d->cs->lazy) cs_materialize(L, d->cs);
+  if (hit->closure && d->cs && d->cs->lazy) cs_materialize(L, d->cs);
   {
     const char *dot = strchr(name, '.');
     lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
     lua_pushlstring(L, name, (size_t)(dot - name));
     lua_rawget(L, -2);
-    if (lua_istable(L, -1)) lua_getfield(L, -1, dot + 1);
-    else lua_pushnil(L);
-    if (!lua_iscfunction(L, -1) || lua_tocfunction(L, -1) != f) {
-      lua_pop(L, 3);
-      return bad(d, "C function not available here");
+    if (lua_istable(L, -1)) {
+      lua_pushstring(L, dot + 1);
+      lua_rawget(L, -2);
+    } else {
+      lua_pushnil(L);
     }
-    lua_replace(L, -3);
-    lua_pop(L, 1);
+    if (lua_isfunction(L, -1)) {
+      lua_replace(L, -3);
+      lua_pop(L, 1);
+      return 0;
+    }
+    lua_pop(L, 3);
+    if (hit->closure) return bad(d, "C function not available here");
+    lua_pushcfunction(L, f);
   }
   return 0;
 }
@@ -1347,6 +1362,14 @@ int marshal_decode(lua_State *L, cstate *cs, const char *p, size_t n,
       case T_INT8:
         if (n == 5) {
           lua_pushinteger(L, (int8_t)u[4]);
+          return 1;
+        }
+        break;
+      case T_INT16:
+        if (n == 6) {
+          int16_t v;
+          memcpy(&v, u + 4, 2);
+          lua_pushinteger(L, v);
           return 1;
         }
         break;
