@@ -1,0 +1,107 @@
+-- tests/bench/bench_procs.lua: conclua's side of the process benchmarks.
+--
+--   conclua tests/bench/bench_procs.lua MODE [N]
+--
+-- Prints one line "RESULT key=value ..." for run.sh, or
+-- "UNAVAILABLE <what>" when the feature the mode measures does not exist
+-- in this build (run.sh shows that row as not implemented).
+--   spawn N       spawn_process(trivial function):join()          us_per_op
+--   pipebw MB     MB strings of 1 MiB from a child over conc.pipe  mb_per_s
+--   queue M       M small integers from a child over conc.queue   msgs_per_s
+--   pool_processes M   pool.processes(2):map over M trivial items items_per_s
+--   pool_threads M     pool.threads(2):map, the same              items_per_s
+
+local mode, n = arg[1], tonumber(arg[2])
+local now = conc.now
+
+local function report(t)
+  local keys = {}
+  for k in pairs(t) do keys[#keys + 1] = k end
+  table.sort(keys)
+  local out = {}
+  for _, k in ipairs(keys) do out[#out + 1] = string.format("%s=%.3f", k, t[k]) end
+  print("RESULT " .. table.concat(out, " "))
+end
+
+-- Stops the script with UNAVAILABLE when calling f fails the way a missing
+-- feature does; returns f's results otherwise.
+local function need(what, f, ...)
+  local r = table.pack(pcall(f, ...))
+  if not r[1] then
+    io.stderr:write("bench_procs.lua: ", what, ": ", tostring(r[2]), "\n")
+    print("UNAVAILABLE " .. what)
+    os.exit(0)
+  end
+  return table.unpack(r, 2, r.n)
+end
+
+local modes = {}
+
+function modes.spawn(count)
+  local function trivial() return 1 end
+  for _ = 1, 5 do spawn_process(trivial):join() end
+  local t0 = now()
+  for _ = 1, count do
+    if spawn_process(trivial):join() ~= 1 then error("wrong result") end
+  end
+  report{us_per_op = (now() - t0) / count * 1e6}
+end
+
+function modes.pipebw(mb)
+  local a, b = need("conc.pipe", conc.pipe)
+  local chunk = string.rep("x", 1024 * 1024)
+  local t0 = now()
+  local child = spawn_process(function()
+    for _ = 1, mb do b:send(chunk) end
+  end)
+  local got = 0
+  for _ = 1, mb do got = got + #a:recv() end
+  local dt = now() - t0
+  child:join()
+  assert(got == mb * 1024 * 1024, "lost bytes")
+  report{mb_per_s = mb / dt}
+end
+
+function modes.queue(count)
+  local q = need("conc.queue", conc.queue)
+  local start = conc.queue()
+  local child = spawn_process(function()
+    start:recv()
+    for i = 1, count do q:send(i) end
+  end)
+  local t0 = now()
+  start:send(true)
+  local sum = 0
+  for _ = 1, count do sum = sum + q:recv() end
+  local dt = now() - t0
+  child:join()
+  assert(sum == count * (count + 1) // 2, "lost messages")
+  report{msgs_per_s = count / dt}
+end
+
+local function incr(x) return x + 1 end
+
+local function pool_rate(kind, count)
+  local pool = need("conc.pool", require, "conc.pool")
+  local p = pool[kind](2)
+  p:map(incr, {1, 2, 3, 4, 5, 6, 7, 8}, {chunksize = 1})
+  local list = {}
+  for i = 1, count do list[i] = i end
+  local t0 = now()
+  local out = p:map(incr, list, {chunksize = 1})
+  local dt = now() - t0
+  p:close()
+  assert(#out == count and out[count] == count + 1, "wrong results")
+  report{items_per_s = count / dt}
+end
+
+function modes.pool_processes(count) pool_rate("processes", count) end
+function modes.pool_threads(count) pool_rate("threads", count) end
+
+local defaults = {spawn = 300, pipebw = 256, queue = 50000,
+                  pool_processes = 20000, pool_threads = 20000}
+if not modes[mode] then
+  io.stderr:write("bench_procs.lua: unknown mode ", tostring(mode), "\n")
+  os.exit(2)
+end
+modes[mode](n or defaults[mode])

@@ -1,0 +1,167 @@
+-- tests/bench/bench_threads.lua: conclua's side of the thread benchmarks.
+--
+--   conclua tests/bench/bench_threads.lua MODE [N]
+--
+-- Prints one line "RESULT key=value ..." (what run.sh reads). Each mode
+-- does what the mode of the same name in baseline.c does, through
+-- spawn_thread, channels and events instead of pthreads and condvars:
+--   spawn N     spawn_thread(trivial function):join()           us_per_op
+--   cpu N       a Lua loop over 1..N here, then split over two
+--               threads                                         speedup
+--   idle K      K threads blocked on a conc.event               kb_per_thread
+--   chan M      M integers from a producer thread, channel(1024) msgs_per_s
+--   pingpong R  R round trips over two channels (an echo thread) us_per_rt
+--   bigstr I    a 10 MiB string from a thread, per iteration    ms (median)
+--   bigtbl I    a 100000-integer table, the same way            ms (median)
+
+local mode, n = arg[1], tonumber(arg[2])
+local now = conc.now
+
+local function report(t)
+  local keys = {}
+  for k in pairs(t) do keys[#keys + 1] = k end
+  table.sort(keys)
+  local out = {}
+  for _, k in ipairs(keys) do out[#out + 1] = string.format("%s=%.3f", k, t[k]) end
+  print("RESULT " .. table.concat(out, " "))
+end
+
+local function vmrss_kb()
+  for line in io.lines("/proc/self/status") do
+    local kb = line:match("^VmRSS:%s*(%d+)")
+    if kb then return tonumber(kb) end
+  end
+  error("no VmRSS in /proc/self/status")
+end
+
+local function median(v)
+  table.sort(v)
+  local m = #v
+  return m % 2 == 1 and v[(m + 1) // 2] or (v[m // 2] + v[m // 2 + 1]) / 2
+end
+
+local modes = {}
+
+function modes.spawn(count)
+  local function trivial() return 1 end
+  for _ = 1, 20 do spawn_thread(trivial):join() end
+  local t0 = now()
+  for _ = 1, count do spawn_thread(trivial):join() end
+  report{us_per_op = (now() - t0) / count * 1e6}
+end
+
+-- The same loop as baseline.c's.
+local function loop(a, b)
+  local s = 0
+  for i = a, b do s = (s + i * i) % 1000000007 end
+  return s
+end
+
+function modes.cpu(count)
+  local t0 = now()
+  local whole = loop(1, count)
+  local serial = now() - t0
+  t0 = now()
+  local t1 = spawn_thread(loop, 1, count // 2)
+  local t2 = spawn_thread(loop, count // 2 + 1, count)
+  local sum = (t1:join() + t2:join()) % 1000000007
+  local par = now() - t0
+  assert(sum == whole, "sums differ")
+  report{serial_s = serial, par_s = par, speedup = serial / par}
+end
+
+function modes.idle(count)
+  local go, ready = conc.event(), conc.semaphore(0)
+  local threads = {}
+  collectgarbage()
+  local before = vmrss_kb()
+  local t0 = now()
+  for i = 1, count do
+    threads[i] = spawn_thread(function() ready:release() go:wait() end)
+  end
+  for _ = 1, count do ready:acquire() end
+  local up = now() - t0
+  local after = vmrss_kb()
+  go:set()
+  for i = 1, count do threads[i]:join() end
+  report{kb_per_thread = (after - before) / count, rss_mb = after / 1024,
+         up_s = up}
+end
+
+function modes.chan(count)
+  local ch, start = conc.channel(1024), conc.channel(1)
+  local producer = spawn_thread(function()
+    start:recv()
+    for i = 1, count do ch:send(i) end
+  end)
+  local t0 = now()
+  start:send(true)
+  local sum = 0
+  for _ = 1, count do sum = sum + ch:recv() end
+  local dt = now() - t0
+  producer:join()
+  assert(sum == count * (count + 1) // 2, "lost messages")
+  report{msgs_per_s = count / dt}
+end
+
+function modes.pingpong(rounds)
+  local warm = 200
+  local ping, pong = conc.channel(1), conc.channel(1)
+  local echo = spawn_thread(function()
+    for _ = 1, rounds + warm do pong:send(ping:recv()) end
+  end)
+  for i = 1, warm do ping:send(i) pong:recv() end
+  local t0 = now()
+  for i = 1, rounds do
+    ping:send(i)
+    if pong:recv() ~= i then error("wrong echo") end
+  end
+  report{us_per_rt = (now() - t0) / rounds * 1e6}
+  echo:join()
+end
+
+-- The sender thread keeps the value; each request makes it send the value
+-- again, and the time runs from the request to the value received here.
+local function big(iters, make, size)
+  local req, data = conc.channel(1), conc.channel(1)
+  local sender = spawn_thread(function()
+    local v = make()
+    for _ = 1, iters do
+      req:recv()
+      data:send(v)
+    end
+  end)
+  local ms = {}
+  for i = 1, iters do
+    collectgarbage()
+    local t0 = now()
+    req:send(true)
+    local v = data:recv()
+    ms[i] = (now() - t0) * 1e3
+    assert(#v == size, "wrong size")
+  end
+  sender:join()
+  report{ms = median(ms)}
+end
+
+function modes.bigstr(iters)
+  big(iters, function()
+    return string.rep("0123456789abcdef", 10 * 1024 * 1024 // 16)
+  end, 10 * 1024 * 1024)
+end
+
+function modes.bigtbl(iters)
+  big(iters, function()
+    local t = {}
+    for i = 1, 100000 do t[i] = i end
+    return t
+  end, 100000)
+end
+
+local defaults = {spawn = 1000, cpu = 60000000, idle = 1000, chan = 200000,
+                  pingpong = 20000, bigstr = 15, bigtbl = 15}
+if not modes[mode] then
+  io.stderr:write("bench_threads.lua: unknown mode ", tostring(mode), "\n")
+  os.exit(2)
+end
+modes[mode](n or defaults[mode])

@@ -1,0 +1,312 @@
+#!/usr/bin/env bash
+# tests/bench/run.sh: conclua's benchmarks beside baselines measured in the
+# same run (what `make bench` runs).
+#
+#   CONCLUA_BUILD=build tests/bench/run.sh [figure...]
+#
+# Environment: CONCLUA_BUILD (the build directory, default build),
+# BENCH_ROUNDS (rounds per figure, default 5), PYTHON (default python3).
+# Figures named on the command line (spawn_thread, cpu, idle, idle10k, chan,
+# pingpong, pingpong_pinned, bigstr, bigtbl, spawn_process, pipe, queue,
+# pool_processes, pool_threads) select what runs.
+#
+# Each figure runs conclua's script (bench_threads.lua, bench_procs.lua) and
+# its baselines (baseline.c built here, py_baseline.py) in turns, the order
+# rotating from round to round, so a burst of load from another tenant of
+# the machine hits every side alike; each row shows the median of the
+# rounds and the ratio conclua / baseline. Targets are informational: the
+# script exits 0 whatever the numbers (it fails only when it cannot build
+# or find what it runs). Every program's stderr goes to the log.
+
+set -u
+
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+cd "$root" || exit 1
+build=${CONCLUA_BUILD:-build}
+case $build in /*) ;; *) build="$root/$build" ;; esac
+conclua="$build/conclua"
+out="$build/bench"
+log="$out/bench.log"
+rounds=${BENCH_ROUNDS:-5}
+python=${PYTHON:-python3}
+
+if [ ! -x "$conclua" ]; then
+  echo "run.sh: $conclua not found: run make first" >&2
+  exit 1
+fi
+mkdir -p "$out" || exit 1
+: >"$log"
+
+# --------------------------------------------------------------- set-up
+
+# shellcheck disable=SC2046  # pkg-config's flags are meant to split
+if ! gcc -O2 -Wall -Wextra -o "$out/baseline" "$here/baseline.c" \
+     $(pkg-config --cflags --libs lua5.4) -lpthread 2>>"$log"; then
+  echo "run.sh: cannot build baseline.c (see $log)" >&2
+  exit 1
+fi
+baseline="$out/baseline"
+
+have_python=1
+if ! command -v "$python" >/dev/null 2>&1; then
+  have_python=0
+  echo "note: $python not found: the Python rows are skipped"
+fi
+have_taskset=1
+if ! command -v taskset >/dev/null 2>&1; then
+  have_taskset=0
+  echo "note: taskset not found: the pinned ping-pong row is skipped"
+fi
+
+q() { printf '%q' "$1"; }
+CL="$(q "$conclua")"
+TH="$CL $(q "$here/bench_threads.lua")"
+PR="$CL $(q "$here/bench_procs.lua")"
+BL="$(q "$baseline")"
+PY="$(q "$python") $(q "$here/py_baseline.py")"
+
+selected() {
+  [ ${#wanted[@]} -eq 0 ] && return 0
+  local w
+  for w in "${wanted[@]}"; do [ "$w" = "$1" ] && return 0; done
+  return 1
+}
+wanted=("$@")
+figures=" spawn_thread cpu idle idle10k chan pingpong pingpong_pinned bigstr bigtbl spawn_process pipe queue pool_processes pool_threads "
+for w in "${wanted[@]}"; do
+  case $figures in
+    *[[:space:]]"$w"[[:space:]]*) ;;
+    *) echo "run.sh: unknown figure '$w' (figures:${figures% })" >&2
+       exit 2 ;;
+  esac
+done
+
+# --------------------------------------------------------------- measuring
+
+# RAW[fig/system]: the RESULT lines of every round, or the word
+# UNAVAILABLE / FAILED / SKIPPED (then the system's rounds stop).
+declare -A RAW
+
+# Runs one command (a shell string) with a time limit; prints its last
+# RESULT line, "UNAVAILABLE" when the script says the feature is missing,
+# or "FAILED".
+run_once() {
+  local cmd=$1 lines status
+  echo "+ $cmd" >>"$log"
+  lines=$(timeout -k 5 120 bash -c "$cmd" 2>>"$log")
+  status=$?
+  if grep -q '^UNAVAILABLE' <<<"$lines"; then
+    echo UNAVAILABLE
+  elif [ $status -eq 0 ] && grep -q '^RESULT ' <<<"$lines"; then
+    grep '^RESULT ' <<<"$lines" | tail -n 1
+  else
+    echo "  (exit status $status)" >>"$log"
+    echo FAILED
+  fi
+}
+
+# measure FIG ROUNDS SYSTEM=COMMAND...: runs each system's command ROUNDS
+# times, the systems in turn, rotating who goes first.
+measure() {
+  local fig=$1 n=$2 r i j sys cmd res
+  shift 2
+  local specs=("$@")
+  local k=${#specs[@]}
+  for ((i = 0; i < k; i++)); do
+    sys=${specs[i]%%=*}
+    RAW[$fig/$sys]=""
+    case $sys in py*) [ $have_python = 1 ] || RAW[$fig/$sys]=SKIPPED ;; esac
+  done
+  for ((r = 0; r < n; r++)); do
+    for ((i = 0; i < k; i++)); do
+      j=$(((i + r) % k))
+      sys=${specs[j]%%=*}
+      cmd=${specs[j]#*=}
+      case ${RAW[$fig/$sys]} in UNAVAILABLE | FAILED | SKIPPED) continue ;; esac
+      res=$(run_once "$cmd")
+      case $res in
+        RESULT*) RAW[$fig/$sys]+="$res"$'\n' ;;
+        *) RAW[$fig/$sys]=$res ;;
+      esac
+    done
+  done
+}
+
+# median FIG SYSTEM KEY: the median of KEY over the rounds, or the word
+# that replaced the results.
+median() {
+  local raw=${RAW[$1/$2]-}
+  case $raw in
+    "") echo NONE; return ;;
+    UNAVAILABLE | FAILED | SKIPPED) echo "$raw"; return ;;
+  esac
+  printf '%s' "$raw" | awk -v key="$3" '
+    { for (i = 2; i <= NF; i++) { split($i, kv, "="); if (kv[1] == key) print kv[2] } }' |
+    sort -g | awk '
+    { v[NR] = $1 }
+    END { if (NR == 0) print "NONE"
+          else if (NR % 2) print v[(NR + 1) / 2]
+          else printf "%.6g\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+
+fmt() {
+  awk -v v="$1" 'BEGIN {
+    a = v < 0 ? -v : v
+    if (a >= 1e6) printf "%.2fM", v / 1e6
+    else if (a >= 100) printf "%.0f", v
+    else if (a >= 10) printf "%.1f", v
+    else printf "%.2f", v }'
+}
+
+is_number() { [[ $1 =~ ^-?[0-9.]+([eE][-+]?[0-9]+)?$ ]]; }
+
+words() {
+  case $1 in
+    UNAVAILABLE) echo "n/a (not implemented)" ;;
+    FAILED) echo "n/a (failed: see log)" ;;
+    SKIPPED) echo "n/a (no python3)" ;;
+    *) echo "n/a" ;;
+  esac
+}
+
+printf -v rule '%*s' 118 ''
+rule=${rule// /-}
+header() {
+  printf '%-44s %-22s %-22s %-8s %-13s %s\n' figure conclua baseline ratio target result
+  echo "$rule"
+}
+
+# row FIG KEY NAME UNIT BASESYS BASENAME TARGET: one line of the table.
+# TARGET is "ratio<=X", "ratio>=X", "value<=X", "value>=X", "runs" or "-".
+npass=0
+nmiss=0
+target_re='^(ratio|value)(<=|>=)(.+)$'
+row() {
+  local fig=$1 key=$2 name=$3 unit=$4 bsys=$5 bname=$6 target=$7
+  local c b cs bs ratio="" verdict=""
+  c=$(median "$fig" conclua "$key")
+  b=$(median "$fig" "$bsys" "$key")
+  if is_number "$c"; then cs="$(fmt "$c") $unit"; else cs=$(words "$c"); fi
+  if is_number "$b"; then bs="$(fmt "$b") $bname"; else bs=$(words "$b"); fi
+  if is_number "$c" && is_number "$b"; then
+    ratio=$(awk -v c="$c" -v b="$b" 'BEGIN { if (b != 0) printf "%.2fx", c / b; else print "-" }')
+  fi
+  if [ "$target" = runs ]; then
+    if is_number "$c"; then verdict=PASS; else verdict=MISS; fi
+  elif is_number "$c" && [[ $target =~ $target_re ]]; then
+    local what=${BASH_REMATCH[1]} op=${BASH_REMATCH[2]} lim=${BASH_REMATCH[3]}
+    local x=$c
+    if [ "$what" = ratio ]; then
+      if is_number "$b"; then x=$(awk -v c="$c" -v b="$b" 'BEGIN { print c / b }'); else x=""; fi
+    fi
+    if [ -n "$x" ]; then
+      if awk -v x="$x" -v l="$lim" -v op="$op" \
+        'BEGIN { exit !(op == "<=" ? x <= l : x >= l) }'; then
+        verdict=PASS
+      else
+        verdict=MISS
+      fi
+    fi
+  fi
+  case $verdict in PASS) npass=$((npass + 1)) ;; MISS) nmiss=$((nmiss + 1)) ;; esac
+  local line
+  printf -v line '%-44s %-22s %-22s %-8s %-13s %s' "$name" "$cs" "$bs" \
+    "${ratio:--}" "$target" "$verdict"
+  echo "${line%"${line##*[! ]}"}"
+}
+
+# --------------------------------------------------------------- figures
+
+t_start=$(date +%s)
+echo "conclua benchmarks: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'), load $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "$("$conclua" -v 2>&1 | head -n 1 | sed "s/  *Copyright.*//"); $rounds rounds per figure, medians; log: $log"
+echo
+header
+
+if selected spawn_thread; then
+  measure spawn_thread "$rounds" conclua="$TH spawn 1000" c="$BL spawn 1000" \
+    py="$PY spawn 1000"
+  row spawn_thread us_per_op "spawn_thread + join (us)" us c "C" "ratio<=1.0"
+  row spawn_thread us_per_op "  vs Python threading.Thread" us py "Py" -
+fi
+
+if selected cpu; then
+  measure cpu "$rounds" conclua="$TH cpu 60000000" c="$BL cpu 60000000"
+  row cpu speedup "2 CPU-bound threads: speedup (x)" x c "C" "value>=1.9"
+fi
+
+if selected idle; then
+  measure idle "$rounds" conclua="$TH idle 1000" c="$BL idle 1000" \
+    py="$PY idle 1000"
+  row idle kb_per_thread "1000 idle threads: RSS each (KB)" KB c "C+lua_State" "value<=16"
+  row idle kb_per_thread "  vs Python threads" KB py "Py" -
+fi
+
+if selected idle10k; then
+  measure idle10k 1 conclua="$TH idle 10000" c="$BL idle 10000"
+  row idle10k up_s "10000 threads alive: start time (s)" s c "C+lua_State" runs
+  row idle10k rss_mb "10000 threads alive: RSS (MB)" MB c "C+lua_State" runs
+fi
+
+if selected chan; then
+  measure chan "$rounds" conclua="$TH chan 200000" c="$BL chan 200000" \
+    py="$PY chan 200000"
+  row chan msgs_per_s "channel 1 -> 1 thread (msg/s)" msg/s c "C" "ratio>=0.35"
+  row chan msgs_per_s "  vs Python queue.Queue" msg/s py "Py" -
+fi
+
+if selected pingpong; then
+  measure pingpong "$rounds" conclua="$TH pingpong 20000" c="$BL pingpong 20000"
+  row pingpong us_per_rt "ping-pong round trip, 2 cores (us)" us c "C" "ratio<=1.0"
+fi
+
+if selected pingpong_pinned && [ $have_taskset = 1 ]; then
+  measure pingpong_pinned "$rounds" conclua="taskset -c 0 $TH pingpong 20000" \
+    c="taskset -c 0 $BL pingpong 20000"
+  row pingpong_pinned us_per_rt "ping-pong round trip, 1 core (us)" us c "C" "ratio<=1.0"
+fi
+
+if selected bigstr; then
+  measure bigstr "$rounds" conclua="$TH bigstr 15" c="$BL bigstr 15"
+  row bigstr ms "10 MiB string thread -> thread (ms)" ms c "C" "ratio<=1.2"
+fi
+
+if selected bigtbl; then
+  measure bigtbl "$rounds" conclua="$TH bigtbl 15" c="$BL bigtbl 15"
+  row bigtbl ms "100000-int table thread -> thread (ms)" ms c "C" "ratio<=2.0"
+fi
+
+if selected spawn_process; then
+  measure spawn_process "$rounds" conclua="$PR spawn 100" c="$BL fork 100" \
+    py="$PY mpspawn 20"
+  row spawn_process us_per_op "spawn_process + join (us)" us c "C" "ratio<=1.3"
+  row spawn_process us_per_op "  vs Python mp.Process (fork)" us py "Py" -
+fi
+
+if selected pipe; then
+  measure pipe "$rounds" conclua="$PR pipebw 256" c="$BL pipebw 256"
+  row pipe mb_per_s "1 MiB strings over conc.pipe (MB/s)" MB/s c "C" "ratio>=0.8"
+fi
+
+if selected queue; then
+  measure queue "$rounds" conclua="$PR queue 50000" py="$PY mpqueue 50000"
+  row queue msgs_per_s "conc.queue process -> process (msg/s)" msg/s py "Py" "ratio>=4"
+fi
+
+if selected pool_processes; then
+  measure pool_processes "$rounds" conclua="$PR pool_processes 20000" \
+    py="$PY mppool 20000"
+  row pool_processes items_per_s "pool.processes(2):map (items/s)" items/s py "Py" "ratio>=3"
+fi
+
+if selected pool_threads; then
+  measure pool_threads "$rounds" conclua="$PR pool_threads 20000" \
+    py="$PY threadpool 20000"
+  row pool_threads items_per_s "pool.threads(2):map (items/s)" items/s py "Py" "ratio>=1"
+fi
+
+echo "$rule"
+echo "$npass PASS, $nmiss MISS (informational: targets never fail the build);" \
+  "$(($(date +%s) - t_start))s, load at the end $(cut -d' ' -f1-3 /proc/loadavg)"
+exit 0
