@@ -90,7 +90,8 @@ uint32_t park_seq(parker *p);
 int park_sleep(parker *p, uint32_t seen, const deadline *d); /* 0/ETIMEDOUT */
 void park_wake(parker *p);
 /* Sleeps in poll() on fds plus the parker: returns poll's result (0 on
-** timeout), -1 with errno on error. 'seen' as for park_sleep. */
+** timeout), -1 with errno on error. 'seen' as for park_sleep. The array
+** must have room for nfds + 1 entries: the parker's eventfd goes last. */
 struct pollfd;
 int park_poll(parker *p, uint32_t seen, struct pollfd *fds, int nfds,
               const deadline *d);

@@ -267,11 +267,11 @@ static int write_frame(pend *e, cstate *cs, const char *p, size_t n,
     if ((*why = cs_stopreason(cs)) != NULL) return -1;
     if (atomic_load(&e->closed)) return -2;
     if (nonblock) {
-      struct pollfd pf;
+      struct pollfd pf[2];       /* park_poll adds its eventfd */
       if (deadline_passed(d)) return ETIMEDOUT;
-      pf.fd = e->fd;
-      pf.events = POLLOUT;
-      park_poll(&cs->park, park_seq(&cs->park), &pf, 1, d);
+      pf[0].fd = e->fd;
+      pf[0].events = POLLOUT;
+      park_poll(&cs->park, park_seq(&cs->park), pf, 1, d);
     }
   }
   return 0;
@@ -422,11 +422,11 @@ static int get_frame(pend *e, cstate *cs, const deadline *d, const char **why) {
     if (d == NULL || d->forever) {
       fill(e, 1);                         /* block: a slice at most */
     } else {
-      struct pollfd pf;
+      struct pollfd pf[2];       /* park_poll adds its eventfd */
       if (deadline_passed(d)) return EMPTY;
-      pf.fd = e->fd;
-      pf.events = POLLIN;
-      park_poll(&cs->park, park_seq(&cs->park), &pf, 1, d);
+      pf[0].fd = e->fd;
+      pf[0].events = POLLIN;
+      park_poll(&cs->park, park_seq(&cs->park), pf, 1, d);
     }
   }
 }

@@ -26,7 +26,8 @@ static const char *get_prompt(lua_State *L, int first) {
   const char *p;
   if (lua_getglobal(L, first ? "_PROMPT" : "_PROMPT2") == LUA_TNIL) {
     lua_pop(L, 1);
-    return first ? "> " : ">> ";
+    lua_pushstring(L, first ? "> " : ">> ");
+    return lua_tostring(L, -1);
   }
   p = luaL_tolstring(L, -1, NULL);
   lua_remove(L, -2);

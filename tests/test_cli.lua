@@ -1,0 +1,227 @@
+-- The conclua command as a user runs it (SPEC section 1): options, the arg
+-- table, errors and exit codes, stdin, signals, the wait at exit.
+local T = require "t"
+local exe = T.q(T.conclua)
+
+local function run(args, input)
+  local cmd = exe .. " " .. args
+  if input then
+    local f = T.tmpfile(input, ".in")
+    cmd = cmd .. " < " .. f
+    local out, code = T.sh(cmd)
+    os.remove(f)
+    return out, code
+  end
+  return T.sh(cmd .. " < /dev/null")
+end
+
+T.test("-v names conclua and the Lua it hosts", function()
+  local out, code = run("-v")
+  T.eq(code, 0)
+  T.ok(out:find("^conclua %d+%.%d+%.%d+"), out)
+  T.ok(out:find("Lua 5.4", 1, true), out)
+end)
+
+T.test("a script, its arguments and the arg table", function()
+  local s = T.tmpfile([[
+    print(select("#", ...), ...)
+    print(arg[0], arg[1], arg[2], arg[-1] ~= nil, #arg)
+  ]])
+  local out, code = run("-W " .. s .. " one two")
+  T.eq(code, 0)
+  T.eq(out, "2\tone\ttwo\n" .. s .. "\tone\ttwo\ttrue\t2\n")
+  os.remove(s)
+end)
+
+T.test("-e, -l and -l g=mod, in order", function()
+  local dir = os.tmpname()
+  os.remove(dir)
+  os.execute("mkdir -p " .. dir)
+  local f = io.open(dir .. "/clitestmod.lua", "w")
+  f:write("return {v = 7}")
+  f:close()
+  local out, code = T.sh("LUA_PATH='" .. dir .. "/?.lua' " .. exe ..
+                         " -l clitestmod -l m2=clitestmod -e 'print(clitestmod.v, m2.v)' -e 'x = 1' -e 'print(x)' </dev/null")
+  T.eq(code, 0)
+  T.eq(out, "7\t7\n1\n")
+  os.remove(dir .. "/clitestmod.lua")
+  os.remove(dir)
+end)
+
+T.test("an uncaught error: conclua: message, traceback, exit 1", function()
+  local s = T.tmpfile("local function f() error('kaboom') end\nf()\n")
+  local out, code = run(s)
+  T.eq(code, 1)
+  T.ok(out:find("^conclua: .-:1: kaboom"), out)
+  T.ok(out:find("stack traceback:", 1, true), out)
+  os.remove(s)
+  out, code = run("-e 'error({})'")
+  T.eq(code, 1)
+  T.ok(out:find("conclua: (error object is a table value)", 1, true), out)
+  out, code = run("no_such_file.lua")
+  T.eq(code, 1)
+  T.ok(out:find("^conclua: cannot open no_such_file.lua"), out)
+  out, code = run("-e 'syntax error here'")
+  T.eq(code, 1)
+end)
+
+T.test("bad options print the usage", function()
+  local out, code = run("-z")
+  T.eq(code, 1)
+  T.ok(out:find("unrecognized option '-z'", 1, true), out)
+  T.ok(out:find("usage:", 1, true), out)
+  out, code = run("-e")
+  T.eq(code, 1)
+  T.ok(out:find("'-e' needs argument", 1, true), out)
+end)
+
+T.test("stdin: '-' and a non-terminal stdin run as a script", function()
+  local out, code = run("-", "print('from stdin', ...)")
+  T.eq(code, 0)
+  T.eq(out, "from stdin\n")
+  out, code = run("", "print(1 + 1)\nlocal t = spawn_thread(function() return 'ok' end)\nprint(t:join())\n")
+  T.eq(code, 0)
+  T.eq(out, "2\nok\n")
+  out, code = run("- a b", "print(...)")
+  T.eq(out, "a\tb\n")
+end)
+
+T.test("-- stops the options", function()
+  local s = T.tmpfile("print(...)")
+  local out = run("-- " .. s .. " -v")
+  T.eq(out, "-v\n")
+  os.remove(s)
+end)
+
+T.test("-E ignores LUA_INIT; LUA_INIT runs otherwise", function()
+  local out = T.sh("LUA_INIT='print(\"init\")' " .. exe .. " -e 'print(2)' </dev/null")
+  T.eq(out, "init\n2\n")
+  out = T.sh("LUA_INIT='print(\"init\")' " .. exe .. " -E -e 'print(2)' </dev/null")
+  T.eq(out, "2\n")
+  local s = T.tmpfile("print('from file')")
+  out = T.sh("LUA_INIT_5_4=@" .. s .. " " .. exe .. " -e 'print(3)' </dev/null")
+  T.eq(out, "from file\n3\n")
+  os.remove(s)
+end)
+
+T.test("-i runs the script then reads statements", function()
+  local s = T.tmpfile("x = 40")
+  local out, code = run("-i " .. s, "print(x + 2)\n")
+  T.eq(code, 0)
+  T.ok(out:find("42", 1, true), out)
+  os.remove(s)
+end)
+
+T.test("the exit waits for non-daemon threads, not daemons", function()
+  local s = T.tmpfile([[
+    spawn_thread(function() conc.sleep(0.2) print("worker done") end)
+    spawn_thread({daemon = true}, function() conc.sleep(60) print("never") end)
+    print("main done")
+  ]])
+  local t0 = conc.now()
+  local out, code = run(s)
+  T.eq(code, 0)
+  T.eq(out, "main done\nworker done\n")
+  T.ok(conc.now() - t0 < 30, "waited for the daemon")
+  os.remove(s)
+end)
+
+T.test("os.exit still waits for the workers", function()
+  local s = T.tmpfile([[
+    spawn_thread(function() conc.sleep(0.2) print("worker done") end)
+    os.exit(3)
+  ]])
+  local out, code = run(s)
+  T.eq(code, 3)
+  T.eq(out, "worker done\n")
+  os.remove(s)
+end)
+
+T.test("unjoined failures are reported at exit, with the name", function()
+  local s = T.tmpfile([[
+    spawn_thread({name = "reporter"}, function() error("lost error") end)
+    local joined = spawn_thread(function() error("seen") end)
+    pcall(joined.join, joined)
+  ]])
+  local out, code = run(s)
+  T.eq(code, 0)
+  T.ok(out:find("(reporter): ", 1, true), out)
+  T.ok(out:find("lost error", 1, true), out)
+  T.ok(out:find("stack traceback:", 1, true), out)
+  T.ok(not out:find("seen", 1, true), "a joined failure was reported")
+  os.remove(s)
+end)
+
+T.test("kill -INT interrupts a running script", function()
+  local s = T.tmpfile([[
+    io.write("ready\n") io.stdout:flush()
+    while true do end
+  ]])
+  local out_file = os.tmpname()
+  local cmd = exe .. " " .. s .. " > " .. out_file .. " 2>&1 & echo $!"
+  local pid = T.sh(cmd):match("%d+")
+  local t0 = conc.now()
+  repeat
+    conc.sleep(0.02)
+    local f = io.open(out_file)
+    local text = f and f:read("a") or ""
+    if f then f:close() end
+  until text:find("ready") or conc.now() - t0 > 10
+  os.execute("kill -INT " .. pid)
+  t0 = conc.now()
+  while os.execute("kill -0 " .. pid .. " 2>/dev/null") and conc.now() - t0 < 10 do
+    conc.sleep(0.02)
+  end
+  local f = io.open(out_file)
+  local text = f:read("a")
+  f:close()
+  T.ok(text:find("interrupted!", 1, true), text)
+  T.ok(text:find("stack traceback", 1, true), text)
+  os.remove(out_file)
+  os.remove(s)
+end)
+
+T.test("kill -INT interrupts a blocked join", function()
+  local s = T.tmpfile([[
+    local ev = conc.event()
+    local t = spawn_thread({daemon = true}, function() ev:wait() end)
+    io.write("ready\n") io.stdout:flush()
+    t:join()
+  ]])
+  local out_file = os.tmpname()
+  local pid = T.sh(exe .. " " .. s .. " > " .. out_file .. " 2>&1 & echo $!"):match("%d+")
+  local t0 = conc.now()
+  repeat
+    conc.sleep(0.02)
+    local f = io.open(out_file)
+    local text = f and f:read("a") or ""
+    if f then f:close() end
+  until text:find("ready") or conc.now() - t0 > 10
+  os.execute("kill -INT " .. pid)
+  t0 = conc.now()
+  while os.execute("kill -0 " .. pid .. " 2>/dev/null") and conc.now() - t0 < 10 do
+    conc.sleep(0.02)
+  end
+  local f = io.open(out_file)
+  local text = f:read("a")
+  f:close()
+  T.ok(text:find("interrupted!", 1, true), text)
+  os.remove(out_file)
+  os.remove(s)
+end)
+
+T.test("a piped REPL session", function()
+  local out, code = run("-i", "x = 1\nx + 41\nfunction f(a)\n  return a * 2\nend\nf(21)\n")
+  T.eq(code, 0)
+  T.ok(out:find("42\n42", 1, true) or out:find("42.*42"), out)
+end)
+
+T.test("the article's examples print each line once", function()
+  for _, script in ipairs({"scripts/article_processes.lua", "scripts/article_threads.lua"}) do
+    local out, code = T.sh(exe .. " " .. script .. " | sort")
+    T.eq(code, 0)
+    T.eq(out, "Worker 0\nWorker 1\nWorker 2\nWorker 3\nWorker 4\n", script)
+  end
+end)
+
+T.done()
