@@ -36,7 +36,8 @@ LDFLAGS = -pthread $(SAN)
 LIB_SRC = $(filter-out vm/main.c vm/repl.c,$(wildcard vm/*.c))
 LIB_OBJ = $(patsubst vm/%.c,$(BUILD)/obj/%.o,$(LIB_SRC)) $(BUILD)/obj/stdlib_gen.o
 BIN_OBJ = $(BUILD)/obj/main.o $(BUILD)/obj/repl.o
-STDLIB = $(shell find stdlib -name '*.lua' | sort)
+STDLIB = $(shell find stdlib -name '*.lua' 2>/dev/null | sort)
+VERSION = $(shell sed -n 's/^\#define CONCLUA_VERSION "conclua \(.*\)"/\1/p' vm/conclua.h)
 CTESTS = $(patsubst tests/c/%.c,$(BUILD)/tests/%,$(wildcard tests/c/test_*.c))
 HEADERS = $(wildcard vm/*.h)
 
@@ -77,7 +78,8 @@ $(BUILD)/conclua: $(BIN_OBJ) $(BUILD)/libconclua.a
 	$(CC) -o $@ $(BIN_OBJ) $(BUILD)/libconclua.a $(LDFLAGS) $(LUA_LIBS) \
 	  $(RL_LIBS) -ldl -lm
 
-$(BUILD)/tests/%: tests/c/%.c $(BUILD)/libconclua.a $(HEADERS)
+$(BUILD)/tests/%: tests/c/%.c $(BUILD)/libconclua.a $(HEADERS) \
+                  $(wildcard tests/c/*.h)
 	$(CC) $(CFLAGS) -Ivm $< -o $@ $(BUILD)/libconclua.a $(LDFLAGS) \
 	  $(LUA_LIBS) -ldl -lm
 
@@ -164,7 +166,8 @@ install: all
 	install -m 755 $(BUILD)/conc.so $(DESTDIR)$(PREFIX)/lib/lua/5.4/conc.so
 	for f in $(STDLIB); do \
 	  install -m 644 $$f $(DESTDIR)$(PREFIX)/share/lua/5.4/$${f#stdlib/}; done
-	sed -e 's|@PREFIX@|$(PREFIX)|g' vm/tools/conclua.pc.in \
+	sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@VERSION@|$(VERSION)|g' \
+	  vm/tools/conclua.pc.in \
 	  > $(DESTDIR)$(PREFIX)/lib/pkgconfig/conclua.pc
 
 uninstall:

@@ -2,13 +2,16 @@
 ** fdio.c
 ** File descriptors the runtime makes: always O_CLOEXEC (set at creation:
 ** setting it later races with a fork in another thread), reads and writes
-** that retry on EINTR and finish short counts, and writes to sockets that
-** give EPIPE instead of SIGPIPE.
+** that retry on EINTR and finish short counts, and writes that give EPIPE
+** instead of SIGPIPE, whatever the process does with that signal: the
+** conclua command ignores it, but a host program or lua5.4 (conc.so) may
+** not, and a runtime inside them must not kill them.
 */
 
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -23,8 +26,35 @@ int fd_socketpair(int fds[2]) {
   return socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds);
 }
 
+/* write() to a pipe or file with SIGPIPE blocked on this thread; a
+** SIGPIPE it raised is taken back before unblocking. If one was pending
+** already, SIGPIPE is blocked (pending ones are) and this write's merges
+** with it: nothing to do. */
+static ssize_t write_nosigpipe(int fd, const void *p, size_t n) {
+  sigset_t pipeset, old, pending;
+  ssize_t w;
+  int e;
+  sigemptyset(&pipeset);
+  sigaddset(&pipeset, SIGPIPE);
+  if (sigpending(&pending) == 0 && sigismember(&pending, SIGPIPE))
+    return write(fd, p, n);
+  pthread_sigmask(SIG_BLOCK, &pipeset, &old);
+  w = write(fd, p, n);
+  e = errno;
+  /* not only on EPIPE: a write cut short by the reader leaving returns
+  ** the count written and raises SIGPIPE all the same */
+  if (sigpending(&pending) == 0 && sigismember(&pending, SIGPIPE)) {
+    struct timespec zero = {0, 0};
+    while (sigtimedwait(&pipeset, NULL, &zero) < 0 && errno == EINTR) {
+    }
+  }
+  pthread_sigmask(SIG_SETMASK, &old, NULL);
+  errno = e;
+  return w;
+}
+
 /* Writes all n bytes. On a socket, send() with MSG_NOSIGNAL so a closed
-** peer is EPIPE, not a signal; on anything else write(). */
+** peer is EPIPE, not a signal; on anything else write_nosigpipe(). */
 int fd_write_all(int fd, const void *p, size_t n) {
   const char *c = p;
   int sock = 1;
@@ -37,7 +67,7 @@ int fd_write_all(int fd, const void *p, size_t n) {
         continue;
       }
     } else {
-      w = write(fd, c, n);
+      w = write_nosigpipe(fd, c, n);
     }
     if (w < 0) {
       if (errno == EINTR) continue;

@@ -9,8 +9,14 @@
 ** in a userdata box in its registry; the box's __gc, run when the host
 ** closes the state, waits for the non-daemon workers (as at the end of a
 ** Python program), cancels the daemon threads and signals the daemon
-** processes, then drops the state's hold on the runtime: workers still
-** running keep it alive, so nothing they use is freed under them.
+** processes, retires the host's hooks (waiting for any that runs), then
+** drops the state's hold on the runtime: workers still running keep it
+** alive, so nothing they use is freed under them. Process-wide are only
+** the thread pool, the reaper and the one-time signal, fork and exit
+** handlers: any number of host states, each with its own runtime, live
+** side by side.
+** The public entry points never raise except conclua_open (and
+** luaopen_conc, which Lua calls protected), and only when out of memory.
 ** Worker states get the same table lazily (runtime.c).
 */
 
@@ -291,7 +297,10 @@ typedef struct hostbox {
 } hostbox;
 
 /* The host state closes: wait like Python does at exit, stop daemons,
-** let go of the runtime. */
+** retire the hooks, let go of the runtime. Workers still running (a
+** daemon that ignored its cancellation) keep the runtime alive. Being
+** the first object of the state with a __gc, the box is finalized last,
+** after every handle of the state. */
 static int hostbox_gc(lua_State *L) {
   hostbox *b = lua_touserdata(L, 1);
   cstate *cs = b->cs;
@@ -301,14 +310,15 @@ static int hostbox_gc(lua_State *L) {
     rt_waitall(cs->rt, NULL);
     rt_shutdown(cs->rt);
   }
-  pthread_mutex_lock(&cs->rt->mu);
-  cs->rt->closed = 1;
-  pthread_mutex_unlock(&cs->rt->mu);
-  conc_interrupt_target(NULL);
+  rt_close_hooks(cs->rt);
+  conc_interrupt_forget(cs);
   cs_free(cs);
   return 0;
 }
 
+/* Gives L a runtime; returns its cstate. Raises only on memory errors;
+** L is marked as opened (cs_of) only once everything is in place, so a
+** failed open can be retried. */
 static cstate *host_open(lua_State *L) {
   hostbox *b;
   rt *r;
@@ -320,17 +330,18 @@ static cstate *host_open(lua_State *L) {
   lua_pushcfunction(L, hostbox_gc);
   lua_setfield(L, -2, "__gc");
   lua_setmetatable(L, -2);
-  lua_rawsetp(L, LUA_REGISTRYINDEX, &BOX_KEY);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &BOX_KEY);   /* drops an older box */
   r = rt_new();
   cs = r ? cs_new(r, NULL) : NULL;
   if (r) rt_release(r);                 /* the cstate holds it */
   if (cs == NULL) luaL_error(L, "not enough memory");
   cs->ishost = 1;
-  b->cs = cs;
-  state_bind(L, cs);
+  cs->L = L;
+  b->cs = cs;                           /* the box owns cs from here */
   thread_cancel_install();
   process_atfork_install();
   conc_install(L, cs);
+  state_bind(L, cs);
   return cs;
 }
 
@@ -339,14 +350,17 @@ static int open_protected(lua_State *L) {
   return 0;
 }
 
+/* Raises (lua_error) only when out of memory, like luaL_openlibs. */
 int conclua_open(lua_State *L) {
+  luaL_checkstack(L, LUA_MINSTACK, NULL);
   lua_pushcfunction(L, open_protected);
   lua_call(L, 0, 0);
   return 0;
 }
 
 /* A conc.so loaded by lua5.4 must never be unloaded: its threads (idle
-** ones in the pool, daemons) may still run its code at exit. */
+** ones in the pool, daemons) and its exit handler may still run its code
+** at exit. */
 static void pin_module(void) {
   Dl_info info;
   if (dladdr((void *)pin_module, &info) && info.dli_fname)
@@ -363,11 +377,16 @@ int luaopen_conc(lua_State *L) {
 
 /* Not under lua_pcall: nothing here may raise. */
 void conclua_on_state(lua_State *L, conclua_hook hook, void *ud) {
-  cstate *cs = cs_of(L);
+  cstate *cs;
   rt *r;
-  if (cs == NULL || hook == NULL) return;
+  if (hook == NULL || !lua_checkstack(L, 1) || (cs = cs_of(L)) == NULL)
+    return;
   r = cs->rt;
   pthread_mutex_lock(&r->mu);
+  if (r->closed) {
+    pthread_mutex_unlock(&r->mu);
+    return;
+  }
   if (r->nhooks == r->hookcap) {
     int cap = r->hookcap ? r->hookcap * 2 : 4;
     hookent *nh = realloc(r->hooks, sizeof *nh * (size_t)cap);
@@ -384,8 +403,10 @@ void conclua_on_state(lua_State *L, conclua_hook hook, void *ud) {
   pthread_mutex_unlock(&r->mu);
 }
 
+/* Not under lua_pcall either. From a host state a Ctrl-C the host
+** routes to it (conc_interrupt_target) ends the wait early. */
 int conclua_wait(lua_State *L) {
-  cstate *cs = cs_of(L);
-  if (cs == NULL) return 0;
+  cstate *cs;
+  if (!lua_checkstack(L, 1) || (cs = cs_of(L)) == NULL) return 0;
   return rt_waitall_cs(cs->rt, cs->self, cs->self ? NULL : cs);
 }

@@ -253,6 +253,7 @@ typedef struct rt {
   struct worker *head;         /* registered workers, newest first */
   hookent *hooks;
   int nhooks, hookcap;
+  int hooks_running;           /* hooks being called right now */
   pid_t pid;                   /* the process the list belongs to */
   int closed;                  /* the host state is gone */
   int exited;                  /* the exit handler took care of it */
@@ -313,11 +314,18 @@ void cs_materialize(lua_State *L, cstate *cs);
 /* Registry of a state made for a worker: lazy libraries, conc, searcher. */
 lua_State *state_new(void);
 void state_bind(lua_State *L, cstate *cs);
+/* Runs the runtime's hooks in L, a new worker state; raises the error of
+** a hook that raised (call it under lua_pcall). */
 void state_run_hooks(lua_State *L, cstate *cs);
+/* The host state of r closes: clears the hooks and waits for those that
+** run. */
+void rt_close_hooks(rt *r);
 
 /* The interrupt target of the process (REPL and scripts): the SIGINT
 ** handler sets its flag, wakes it and sets a hook on its running state. */
 void conc_interrupt_target(cstate *cs);
+/* cs goes away: it stops being the interrupt target if it was. */
+void conc_interrupt_forget(cstate *cs);
 void conc_interrupt_install(int on);
 
 /* ------------------------------------------------------------ worker.c */
@@ -369,8 +377,10 @@ int worker_wait(lua_State *L, cstate *cs, worker *w, const deadline *d);
 int worker_status(worker *w);
 const char *worker_statusname(int st);
 int worker_push_outcome(lua_State *L, cstate *cs, worker *w);
-/* Waits for the non-daemon workers of r and reports unjoined failures;
-** 'self' (may be NULL) is skipped. Returns the number reported. */
+/* Waits for the non-daemon workers of r and prints the unjoined failures
+** (daemons' too); 'self' (may be NULL) is skipped. Returns how many of
+** the failures printed were not daemons'. rt_waitall_cs stops waiting
+** when cs (may be NULL) is asked to stop. */
 int rt_waitall(rt *r, worker *self);
 int rt_waitall_cs(rt *r, worker *self, cstate *cs);
 void rt_forget_workers(rt *r);

@@ -22,6 +22,7 @@
 ** arguments from a pipe (process_child_main) and answers the same way.
 */
 
+#include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -467,13 +468,40 @@ static void child_run(lua_State *L, cstate *cs, worker *w, int fd, int first,
 
 static pthread_mutex_t fork_mu = PTHREAD_MUTEX_INITIALIZER;
 
-/* Finds the conclua command for start = "spawn". */
+/* Finds the conclua command for start = "spawn": $CONCLUA_EXE; the
+** running conclua itself; else, for a host or lua5.4, the one installed
+** with the code running this (PREFIX/lib/libconclua.so and
+** PREFIX/lib/lua/5.4/conc.so give PREFIX/bin/conclua; a build directory
+** holds both); the one of the prefix this was built for; one on PATH. */
 static const char *conclua_exe(char *buf, size_t n) {
+  static const char *const rel[] = {"/../bin/conclua", "/../../../bin/conclua",
+                                    "/conclua", NULL};
   const char *e = getenv("CONCLUA_EXE");
+  Dl_info info;
   if (e && *e) return e;
   if (conc_self_exe) return conc_self_exe;
+  if (dladdr((void *)conclua_exe, &info) && info.dli_fname &&
+      strchr(info.dli_fname, '/')) {
+    const char *slash = strrchr(info.dli_fname, '/');
+    int dirlen = (int)(slash - info.dli_fname);
+    for (int i = 0; rel[i]; i++) {
+      if (snprintf(buf, n, "%.*s%s", dirlen, info.dli_fname, rel[i]) <
+              (int)n && access(buf, X_OK) == 0)
+        return buf;
+    }
+  }
   snprintf(buf, n, "%s/conclua", CONCLUA_BINDIR);
   if (access(buf, X_OK) == 0) return buf;
+  if ((e = getenv("PATH")) != NULL) {
+    while (*e) {
+      size_t len = strcspn(e, ":");
+      if (len > 0 && snprintf(buf, n, "%.*s/conclua", (int)len, e) < (int)n &&
+          access(buf, X_OK) == 0)
+        return buf;
+      e += len;
+      if (*e == ':') e++;
+    }
+  }
   return NULL;
 }
 

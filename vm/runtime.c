@@ -42,13 +42,16 @@ static void all_init(void) {
 }
 
 rt *rt_new(void) {
-  rt *r = calloc(1, sizeof *r);
+  rt *r;
+  /* the list lock is taken before runtime locks (rt_exit_all), so the
+  ** fork must lock it first too: it registers before any runtime */
+  pthread_once(&all_once, all_init);
+  r = calloc(1, sizeof *r);
   if (r == NULL) return NULL;
   atomic_init(&r->refs, 1);
   pthread_mutex_init(&r->mu, NULL);
   r->pid = getpid();
   objreg_add(&r->link, &r->mu);
-  pthread_once(&all_once, all_init);
   pthread_mutex_lock(&all_mu);
   r->allnext = all_head;
   all_head = r;
@@ -323,23 +326,64 @@ void cs_materialize(lua_State *L, cstate *cs) {
   lua_settop(L, g - 1);
 }
 
-/* Runs the host's hooks in a new worker state (libraries open first, so
-** a hook finds what a host state has). */
+/* Calls one hook (a hookent on the C stack of state_run_hooks) with a
+** clean stack. */
+static int call_hook(lua_State *L) {
+  hookent *e = lua_touserdata(L, 1);
+  lua_settop(L, 0);
+  e->fn(L, e->ud);
+  return 0;
+}
+
+/* Runs the host's hooks in a new worker state, libraries open first so a
+** hook finds what a host state has. Each hook runs under lua_pcall, so a
+** hook that raises (out of memory, say) fails the worker and nothing
+** else; the first such error is raised here once the hook has been
+** counted out. While a hook runs, rt->hooks_running counts it: the host
+** closing its state waits for that count to drop after clearing the
+** list, so no hook (nor its 'ud') is used once lua_close returned. */
 void state_run_hooks(lua_State *L, cstate *cs) {
-  hookent *hooks = NULL;
-  int n;
-  pthread_mutex_lock(&cs->rt->mu);
-  n = cs->rt->nhooks;
-  if (n) {
-    hooks = malloc(sizeof *hooks * (size_t)n);
-    if (hooks) memcpy(hooks, cs->rt->hooks, sizeof *hooks * (size_t)n);
-    else n = 0;
-  }
-  pthread_mutex_unlock(&cs->rt->mu);
-  if (n == 0) return;
+  rt *r = cs->rt;
+  int any;
+  pthread_mutex_lock(&r->mu);
+  any = !r->closed && r->nhooks > 0;
+  pthread_mutex_unlock(&r->mu);
+  if (!any) return;                   /* the state stays lazy */
   cs_materialize(L, cs);
-  for (int i = 0; i < n; i++) hooks[i].fn(L, hooks[i].ud);
-  free(hooks);
+  for (int i = 0;; i++) {
+    hookent e;
+    int st;
+    pthread_mutex_lock(&r->mu);
+    if (r->closed || i >= r->nhooks) {
+      pthread_mutex_unlock(&r->mu);
+      return;
+    }
+    e = r->hooks[i];
+    r->hooks_running++;
+    pthread_mutex_unlock(&r->mu);
+    lua_pushcfunction(L, call_hook);
+    lua_pushlightuserdata(L, &e);
+    st = lua_pcall(L, 1, 0, 0);
+    pthread_mutex_lock(&r->mu);
+    r->hooks_running--;
+    pthread_mutex_unlock(&r->mu);
+    if (st != LUA_OK) lua_error(L);
+  }
+}
+
+/* The host state closes: no hook starts from now on, and those running
+** have returned when this does (the caller made sure no lock is held). */
+void rt_close_hooks(rt *r) {
+  pthread_mutex_lock(&r->mu);
+  r->closed = 1;
+  r->nhooks = 0;
+  while (r->hooks_running > 0 && r->pid == conc_getpid()) {
+    struct timespec ts = {0, 1000000};
+    pthread_mutex_unlock(&r->mu);
+    nanosleep(&ts, NULL);
+    pthread_mutex_lock(&r->mu);
+  }
+  pthread_mutex_unlock(&r->mu);
 }
 
 /* ------------------------------------------------------------ Ctrl-C */
@@ -386,6 +430,10 @@ static void on_sigint(int sig) {
 void conc_interrupt_target(cstate *cs) {
   sigint_thread = pthread_self();
   sigint_cs = cs;
+}
+
+void conc_interrupt_forget(cstate *cs) {
+  if (sigint_cs == cs) sigint_cs = NULL;
 }
 
 void conc_interrupt_install(int on) {

@@ -6,7 +6,8 @@
 ** (marshal.c), makes the worker record and hands both, as a job, to an OS
 ** thread: an idle one from the pool if there is one, else a new one. The
 ** thread makes a fresh state (a pooled thread made it while idle, off
-** the spawner's path), decodes the job into it, runs it under lua_pcall,
+** the spawner's path), and under lua_pcall runs the host's hooks
+** (conclua_on_state) in it, then decodes the job into it and runs it,
 ** encodes the results (or the error and its traceback), closes the state
 ** (so __gc and __close run before anyone sees the end), then finishes the
 ** worker and goes back to the pool for a while.
@@ -199,11 +200,18 @@ static int job_msgh(lua_State *L) {
   return 1;
 }
 
+/* Runs under lua_pcall: the host's hooks, then fn(args). The job's
+** message waits in cs->pending while the hooks run, so it is freed (by
+** cs_free) even if one of them raises. */
 static int job_body(lua_State *L) {
   cstate *cs = conc_cs(L);
   msg *m = lua_touserdata(L, 1);
   int n;
   lua_settop(L, 0);
+  cs->pending = m;
+  state_run_hooks(L, cs);
+  lua_settop(L, 0);
+  cs->pending = NULL;
   n = msg_push(L, cs, m);
   lua_call(L, n - 1, LUA_MULTRET);
   return lua_gettop(L);
@@ -263,7 +271,6 @@ static void job_run(job *j, lua_State *L) {
     msg_free(j->m);
     status = W_CANCELLED;
   } else {
-    state_run_hooks(L, cs);
     lua_pushcfunction(L, job_msgh);
     base = lua_gettop(L);
     lua_pushlightuserdata(L, cs);

@@ -247,7 +247,8 @@ static void wait_plain(worker *w, cstate *cs) {
   }
 }
 
-/* Prints the failures nobody joined, once each. */
+/* Prints the failures nobody joined, once each; returns how many of
+** them were not daemons (what conclua_wait reports). */
 static int report_failures(rt *r) {
   int count = 0;
   for (;;) {
@@ -267,7 +268,7 @@ static int report_failures(rt *r) {
     if (found == NULL) break;
     fprintf(stderr, "%s\n", found->errmsg ? found->errmsg : "worker failed");
     fflush(stderr);
-    count++;
+    if (!found->daemon) count++;
     worker_unregister(found);
     obj_release(&found->obj);
   }
@@ -394,6 +395,7 @@ void worker_list(lua_State *L, cstate *cs) {
 /* In a forked child: the workers on the list are the parent's. */
 void rt_forget_workers(rt *r) {
   r->head = NULL;                /* their records stay, as the parent's */
+  r->hooks_running = 0;          /* so are the threads running hooks */
   r->pid = conc_getpid();
 }
 
