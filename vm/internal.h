@@ -177,7 +177,7 @@ typedef struct msg {
   cobj **refs;
   char *data;             /* points into 'inl' or to a separate block */
   int owndata;            /* data is a block of its own */
-  char inl[];
+  _Alignas(void *) char inl[];  /* refs (pointers) come first in it */
 } msg;
 
 enum {
