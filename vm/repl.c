@@ -9,9 +9,10 @@
 **
 ** DESIGN. On a terminal, input comes through GNU readline's callback
 ** interface: the loop sleeps in poll() on stdin and on a self-pipe that
-** the SIGINT and SIGWINCH handlers write to, so Ctrl-C at the prompt
-** simply abandons the line (and any pending continuation lines), and a
-** resize reaches readline without its own signal handlers. While a chunk
+** the SIGINT, SIGWINCH and SIGCONT handlers write to, so Ctrl-C at the
+** prompt simply abandons the line (and any pending continuation lines),
+** and a resize or a return from Ctrl-Z reaches readline without its own
+** signal handlers. While a chunk
 ** runs, docall arms the runtime's Ctrl-C instead (runtime.c): the
 ** running Lua code, or the conc call it blocks in, raises "interrupted!";
 ** afterwards our prompt handler is back. The poll also wakes every
@@ -60,13 +61,13 @@ static char *histpath;        /* NULL: no history file */
 
 static void on_signal(int sig) {
   int saved = errno;
-  char c = sig == SIGINT ? 'i' : 'w';
+  char c = sig == SIGINT ? 'i' : sig == SIGCONT ? 'c' : 'w';
   ssize_t r = write(sigfd[1], &c, 1);      /* full pipe: one is enough */
   CONC_UNUSED(r);
   errno = saved;
 }
 
-static struct sigaction old_int, old_winch;
+static struct sigaction old_int, old_winch, old_cont;
 
 static void signals_install(int on) {
   if (on) {
@@ -74,24 +75,36 @@ static void signals_install(int on) {
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = on_signal;
     sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_RESTART;
     sigaction(SIGINT, &sa, &old_int);
     sigaction(SIGWINCH, &sa, &old_winch);
+    sigaction(SIGCONT, &sa, &old_cont);
   } else {
     sigaction(SIGINT, &old_int, NULL);
     sigaction(SIGWINCH, &old_winch, NULL);
+    sigaction(SIGCONT, &old_cont, NULL);
   }
 }
 
-/* Reads what the handlers wrote: 'i' if a Ctrl-C came among it. */
+/* Reads what the handlers wrote while a line is being edited: returns 1
+** if a Ctrl-C came among it. A resize goes to readline; after a stop
+** (Ctrl-Z, then fg) the shell has set the terminal its own way, so it
+** is prepared again and the line redrawn. */
 static int drain_signals(void) {
   char b[64];
   ssize_t n;
-  int intr = 0;
+  int intr = 0, cont = 0;
   while ((n = read(sigfd[0], b, sizeof b)) > 0) {
     for (ssize_t i = 0; i < n; i++) {
       if (b[i] == 'i') intr = 1;
+      else if (b[i] == 'c') cont = 1;
       else rl_resize_terminal();
     }
+  }
+  if (cont && !intr) {
+    if (rl_deprep_term_function) (*rl_deprep_term_function)();
+    if (rl_prep_term_function) (*rl_prep_term_function)(1);
+    rl_forced_update_display();
   }
   return intr;
 }
@@ -399,7 +412,16 @@ static int tty_line(lua_State *L, const char *prompt, char **out) {
     if (fds[0].revents & (POLLIN | POLLHUP | POLLERR)) rl_callback_read_char();
   }
   using_history();
-  if (got_line == NULL) return IN_EOF;
+  if (got_line == NULL) {          /* Ctrl-D: end the line on the screen */
+    const char *bp = rl_variable_value("enable-bracketed-paste");
+    /* readline 8 ends it itself when it leaves bracketed-paste mode, and
+    ** keeps doing so after every line until rl_eof_found is reset */
+    if (!rl_eof_found || !bp || strcmp(bp, "on") != 0)
+      fputc('\n', rl_outstream);
+    rl_eof_found = 0;
+    fflush(rl_outstream);
+    return IN_EOF;
+  }
   *out = got_line;
   return IN_LINE;
 }
@@ -530,7 +552,6 @@ static int readchunk(lua_State *L, int *expr) {
         lua_pushliteral(L, "unexpected end of input");
         st = LUA_ERRSYNTAX;
       }
-      if (tty) fputc('\n', stdout);
       return st;
     }
     lua_pushliteral(L, "\n");
@@ -908,8 +929,6 @@ int conclua_repl(lua_State *L) {
   }
   lua_settop(L, 0);
   if (tty) {
-    fputc('\n', stdout);
-    fflush(stdout);
     wait_at_exit(L);
     tty_close();
   }
