@@ -12,19 +12,21 @@
 ** the SIGINT, SIGWINCH and SIGCONT handlers write to, so Ctrl-C at the
 ** prompt simply abandons the line (and any pending continuation lines),
 ** and a resize or a return from Ctrl-Z reaches readline without its own
-** signal handlers. While a chunk
-** runs, docall arms the runtime's Ctrl-C instead (runtime.c): the
-** running Lua code, or the conc call it blocks in, raises "interrupted!";
-** afterwards our prompt handler is back. The poll also wakes every
-** NOTICE_MS to tell about workers that failed with nobody joining them,
-** above the line being edited. History is readline's list, loaded from
-** and appended to a file one entry a line (newlines and backslashes
-** escaped, so a multi-line chunk stays one entry); only chunks that
-** compiled go to the file, and it is cut back to HISTORY_MAX entries when
-** a session starts and ends. Tab completion resolves the dotted name
-** before the cursor without running Lua code (raw reads, __index tables,
-** conc handles' method lists). At end of input the loop says which
-** workers it waits for, and Ctrl-C during that wait stops them.
+** signal handlers. While a chunk runs, docall arms the runtime's Ctrl-C
+** instead (runtime.c): the running Lua code, or the conc call it blocks
+** in, raises "interrupted!"; afterwards our prompt handler is back.
+** Processes spawned meanwhile ignore SIGINT (process_ignore_sigint): the
+** terminal sends it to them too, and Ctrl-C is the REPL's.
+** The poll also wakes every NOTICE_MS to tell about workers that failed
+** with nobody joining them, above the line being edited.
+** History is readline's list, loaded from and appended to a file one
+** entry a line (newlines and backslashes escaped, so a multi-line chunk
+** stays one entry); only chunks that compiled go to the file, and it is
+** cut back to HISTORY_MAX entries when a session starts and ends.
+** Tab completion resolves the dotted name before the cursor without
+** running Lua code (raw reads, __index tables, conc handles' method
+** lists). At end of input the loop says which workers it waits for, and
+** Ctrl-C during that wait stops them.
 ** Without a terminal there is no readline, no prompt and no history:
 ** lines are read with getline and evaluated the same way.
 */
@@ -878,7 +880,7 @@ static char **complete(const char *text, int start, int end) {
 
 /* ------------------------------------------------------------ the loop */
 
-static void tty_open(lua_State *L) {
+static void tty_open(void) {
   rl_readline_name = "conclua";
   rl_catch_signals = 0;
   rl_catch_sigwinch = 0;
@@ -894,7 +896,6 @@ static void tty_open(lua_State *L) {
     signals_install(1);
   }
   process_ignore_sigint(1);
-  CONC_UNUSED(L);
 }
 
 static void tty_close(void) {
@@ -916,7 +917,7 @@ int conclua_repl(lua_State *L) {
   int st, expr = 0;
   repl_L = L;
   tty = isatty(STDIN_FILENO);
-  if (tty) tty_open(L);
+  if (tty) tty_open();
   lua_settop(L, 0);
   for (;;) {
     if (tty) report_failures(L);
