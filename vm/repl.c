@@ -199,11 +199,11 @@ static void wait_at_exit(lua_State *L) {
   char names[512];
   int n = pending_workers(L, names, sizeof names, 0);
   if (n == 0 || cs == NULL) return;
+  conc_interrupt_target(cs);        /* armed before the message invites it */
+  conc_interrupt_install(1);
   printf("waiting for %d worker%s: %s (Ctrl-C to stop %s)\n", n,
          n == 1 ? "" : "s", names, n == 1 ? "it" : "them");
   fflush(stdout);
-  conc_interrupt_target(cs);
-  conc_interrupt_install(1);
   conclua_wait(L);
   conc_interrupt_install(0);
   if (atomic_exchange(&cs->interrupt, 0)) {
