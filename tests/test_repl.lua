@@ -79,9 +79,10 @@ function Term:wait(text, n)
       found, at = found + 1, j + 1
     end
     if found >= n then return s end
+    if s:find("\n%[exit %d+%]") and not text:find("[exit", 1, true) then break end
     conc.sleep(0.05)
   until conc.now() > deadline
-  error(string.format("timed out waiting for %q; the screen:\n%s", text, s), 2)
+  error(string.format("%q did not show; the screen:\n%s", text, s), 2)
 end
 
 function Term:keys(...)
@@ -115,9 +116,10 @@ function Term:prompts(n)
   repeat
     s = self:screen()
     if prompts(s) >= n then return s end
+    if s:find("\n%[exit %d+%]") then break end       -- conclua is gone
     conc.sleep(0.05)
   until conc.now() > deadline
-  error(string.format("timed out waiting for prompt %d; the screen:\n%s", n, s), 2)
+  error(string.format("no prompt %d; the screen:\n%s", n, s), 2)
 end
 
 -- Ctrl-C until the screen holds n prompts: a Ctrl-C that lands before

@@ -111,6 +111,19 @@ static int drain_signals(void) {
   return intr;
 }
 
+/* Whether a Ctrl-C came since the line was read (before the chunk's own
+** handler is armed); other signals are dropped: the screen size is read
+** again before each prompt. */
+static int take_interrupt(void) {
+  char b[64];
+  ssize_t n;
+  int intr = 0;
+  if (sigfd[0] < 0) return 0;
+  while ((n = read(sigfd[0], b, sizeof b)) > 0)
+    for (ssize_t i = 0; i < n; i++) intr |= b[i] == 'i';
+  return intr;
+}
+
 /* A Ctrl-C that came when the chunk had already finished leaves its hook
 ** and flag behind: take them back, so that the next chunk starts clean. */
 static void settle_interrupt(lua_State *L) {
@@ -355,6 +368,7 @@ static void hist_add(const char *entry, int keep) {
 
 static char *got_line;
 static int got_done;
+static int rl_started;        /* readline has been initialized */
 
 static void on_line(char *line) {
   got_line = line;
@@ -392,6 +406,8 @@ static int tty_line(lua_State *L, const char *prompt, char **out) {
   got_done = 0;
   fflush(stdout);
   fflush(stderr);
+  if (rl_started) rl_reset_screen_size();  /* it may have changed since */
+  rl_started = 1;
   rl_callback_handler_install(prompt, on_line);
   while (!got_done) {
     struct pollfd fds[2];
@@ -656,6 +672,12 @@ static void report(lua_State *L) {
 
 static void evaluate(lua_State *L, int expr) {
   int base = lua_gettop(L) - 1, st;
+  if (tty && take_interrupt()) {
+    lua_settop(L, base);
+    lua_pushliteral(L, "interrupted!");
+    report(L);
+    return;
+  }
   st = docall(L, 0, LUA_MULTRET);
   if (st == LUA_OK && expr && lua_gettop(L) > base) {
     int n = lua_gettop(L) - base;
