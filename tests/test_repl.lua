@@ -250,6 +250,10 @@ T.test("tables pretty-print: nested, sorted, quoted", function()
     T.eq(out, '{\n  alpha = "' .. string.rep("a", 40) .. '",\n' ..
               '  beta = "' .. string.rep("b", 40) .. '",\n' ..
               '  gamma = {1, 2}\n}')
+    -- array items after a long one are packed on the lines that follow
+    out = t:run('{{a = string.rep("x", 90), b = 1}, 1, 2, {c = 3}}')
+    T.eq(out, '{\n  {\n    a = "' .. string.rep("x", 90) .. '",\n    b = 1\n  },\n' ..
+              '  1, 2, {c = 3}\n}')
   end)
 end)
 
@@ -586,6 +590,31 @@ T.test("stdin not a terminal: no prompts, input runs as a script", function()
              q(exe) .. " -i 2>&1")
   T.ok(out:find("\n2\n3\ts\n$"), out)
   T.ok(not out:find("> ", 1, true), "a prompt was printed:\n" .. out)
+end)
+
+T.test("the pretty printer's corners (through a pipe)", function()
+  local input = table.concat({
+    '{[3] = "c", [-2] = "m", [0.5] = "h", [1] = "a", [true] = 1, [false] = 0, x = 1}',
+    '{1, nil, 3}',
+    '{"\\1\\0012", "\\127", [""] = 0, ["end"] = 1, _ok = 2}',
+    'setmetatable({a = 1}, {__index = function() error("never") end, ' ..
+      '__pairs = function() error("never") end})',
+    'setmetatable({}, {__tostring = function() error("bad tostring") end})',
+    'setmetatable({}, {__tostring = function() return "<mine>" end})',
+    'big = {} for i = 1, 20000 do big["k" .. i] = i end',
+    'big',
+    '"still going"',
+  }, "\n") .. "\n"
+  local path = T.tmpfile(input, ".txt")
+  local out = T.sh(q(exe) .. " -i < " .. q(path) .. " 2>&1")
+  os.remove(path)
+  has(out, '{"a", [-2] = "m", [0.5] = "h", [3] = "c", x = 1, [false] = 0, [true] = 1}\n')
+  has(out, "{1, [3] = 3}\n")
+  has(out, '{"\\1\\0012", "\\127", [""] = 0, _ok = 2, ["end"] = 1}\n')
+  has(out, "\n{a = 1}\n")
+  has(out, "stdin:1: bad tostring")
+  has(out, "\n<mine>\n")
+  has(out, "  k100 = 100,\n  ... (19900 more)\n}\nstill going\n")
 end)
 
 T.test("conclua -i starts the REPL after the script", function()

@@ -411,8 +411,8 @@ static void block(pp *P, int idx, int depth, int indent, int col0) {
       }
       P->b->n = start;
       P->nodes = nodes;
-      put(P, ",", 1);
     }
+    if (i > 1) put(P, ",", 1);
     put(P, "\n", 1);
     spaces(P, inner);
     {
