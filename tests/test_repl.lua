@@ -48,12 +48,20 @@ function Term.open(opts)
   local out, code = self:tmux("-f /dev/null new-session -d -x 100 -y 50 " ..
                               q(cmd))
   assert(code == 0, "tmux new-session: " .. out)
-  if opts.ready then self:wait(opts.ready) else self:prompts(1) end
+  self.path = self:tmux("display-message -p '#{socket_path}'"):gsub("%s+$", "")
+  local ok, err = pcall(function()
+    if opts.ready then self:wait(opts.ready) else self:prompts(1) end
+  end)
+  if not ok then
+    self:close()
+    error(err, 2)
+  end
   return self
 end
 
 function Term:close()
   self:tmux("kill-server")
+  if self.path ~= "" then os.remove(self.path) end   -- tmux leaves it
 end
 
 -- The screen and its scrollback, trailing blank lines dropped.
