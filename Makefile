@@ -33,9 +33,9 @@ CFLAGS = -std=gnu11 $(OPT) -g -Wall -Wextra $(if $(WERROR),-Werror) \
          -DCONCLUA_BINDIR='"$(PREFIX)/bin"' $(LUA_CFLAGS) $(SAN)
 LDFLAGS = -pthread $(SAN)
 
-LIB_SRC = $(filter-out vm/main.c vm/repl.c,$(wildcard vm/*.c))
+LIB_SRC = $(filter-out vm/main.c vm/repl.c vm/pretty.c,$(wildcard vm/*.c))
 LIB_OBJ = $(patsubst vm/%.c,$(BUILD)/obj/%.o,$(LIB_SRC)) $(BUILD)/obj/stdlib_gen.o
-BIN_OBJ = $(BUILD)/obj/main.o $(BUILD)/obj/repl.o
+BIN_OBJ = $(BUILD)/obj/main.o $(BUILD)/obj/repl.o $(BUILD)/obj/pretty.o
 STDLIB = $(shell find stdlib -name '*.lua' 2>/dev/null | sort)
 VERSION = $(shell sed -n 's/^\#define CONCLUA_VERSION "conclua \(.*\)"/\1/p' vm/conclua.h)
 CTESTS = $(patsubst tests/c/%.c,$(BUILD)/tests/%,$(wildcard tests/c/test_*.c))

@@ -384,6 +384,9 @@ int worker_push_outcome(lua_State *L, cstate *cs, worker *w);
 int rt_waitall(rt *r, worker *self);
 int rt_waitall_cs(rt *r, worker *self, cstate *cs);
 void rt_forget_workers(rt *r);
+/* Prints the failures of r's workers that nobody joined or reported yet
+** (stderr), marks them reported; returns how many. */
+int rt_report_failures(rt *r);
 /* Every open runtime of the process: wait, then stop daemons (atexit). */
 void rt_exit_all(void);
 void rt_shutdown(rt *r);
@@ -420,6 +423,8 @@ void process_atfork_install(void);
 pid_t conc_getpid(void);                       /* cached; right after fork */
 uint32_t conc_gettid(void);                    /* cached too */
 int process_child_main(int argc, char **argv); /* start = "spawn" child */
+/* Children spawned from now on ignore SIGINT (the interactive REPL). */
+void process_ignore_sigint(int on);
 
 /* ------------------------------------------------------------ select.c */
 

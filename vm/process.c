@@ -382,6 +382,15 @@ static int child_msgh(lua_State *L) {
 
 static int child_rfd = -1;     /* where a child's os.exit reports from */
 
+/* Set by the interactive REPL: Ctrl-C is the REPL's, not its children's
+** (they are in the terminal's process group too). A "spawn" child learns
+** it from its initial signal mask, which has SIGINT blocked. */
+static _Atomic int children_ignore_sigint;
+
+void process_ignore_sigint(int on) {
+  atomic_store(&children_ignore_sigint, on);
+}
+
 /* os.exit in a child: flush, wait for its own workers, _exit. The
 ** parent's exit handlers are not the child's to run. */
 static int child_exit(lua_State *L) {
@@ -406,9 +415,17 @@ static void child_run(lua_State *L, cstate *cs, worker *w, int fd, int first,
   char err[512];
   mbuf out;
   struct sigaction sa;
+  sigset_t cur;
+  /* SIGINT blocked on entry: a "spawn" child of an interactive parent */
+  pthread_sigmask(SIG_BLOCK, NULL, &cur);
   memset(&sa, 0, sizeof sa);
-  sa.sa_handler = SIG_DFL;
+  sa.sa_handler = atomic_load(&children_ignore_sigint) ||
+                  sigismember(&cur, SIGINT) ? SIG_IGN : SIG_DFL;
   sigaction(SIGINT, &sa, NULL);
+  sigemptyset(&cur);
+  sigaddset(&cur, SIGINT);
+  pthread_sigmask(SIG_UNBLOCK, &cur, NULL);
+  sa.sa_handler = SIG_DFL;
   sigaction(SIGPIPE, &sa, NULL);
   sigaction(SIGTERM, &sa, NULL);
   conc_interrupt_target(NULL);
@@ -556,6 +573,7 @@ static int spawn_exec(lua_State *L, cstate *cs, worker *w, int fi, int n,
     args[4] = NULL;
     sigfillset(&all);
     sigemptyset(&none);
+    if (atomic_load(&children_ignore_sigint)) sigaddset(&none, SIGINT);
     posix_spawn_file_actions_init(&fa);
     posix_spawn_file_actions_adddup2(&fa, jfd[0], jfd[0]);
     posix_spawn_file_actions_adddup2(&fa, rfd[1], rfd[1]);

@@ -2,15 +2,43 @@
 ** repl.c
 ** The interactive loop of the conclua command.
 **
-** A line that is an expression prints its values; a statement runs
-** silently; an incomplete chunk asks for more lines (the second prompt)
-** until it compiles. Input comes through GNU readline when stdin is a
-** terminal, plain fgets otherwise.
+** A line that is an expression prints its values (pretty.c shows tables);
+** a statement runs silently; an incomplete chunk asks for more lines on
+** the second prompt until it compiles. Errors print with their traceback
+** and the loop goes on.
+**
+** DESIGN. On a terminal, input comes through GNU readline's callback
+** interface: the loop sleeps in poll() on stdin and on a self-pipe that
+** the SIGINT, SIGWINCH and SIGCONT handlers write to, so Ctrl-C at the
+** prompt simply abandons the line (and any pending continuation lines),
+** and a resize or a return from Ctrl-Z reaches readline without its own
+** signal handlers. While a chunk runs, docall arms the runtime's Ctrl-C
+** instead (runtime.c): the running Lua code, or the conc call it blocks
+** in, raises "interrupted!"; afterwards our prompt handler is back.
+** Processes spawned meanwhile ignore SIGINT (process_ignore_sigint): the
+** terminal sends it to them too, and Ctrl-C is the REPL's.
+** The poll also wakes every NOTICE_MS to tell about workers that failed
+** with nobody joining them, above the line being edited.
+** History is readline's list, loaded from and appended to a file one
+** entry a line (newlines and backslashes escaped, so a multi-line chunk
+** stays one entry); only chunks that compiled go to the file, and it is
+** cut back to HISTORY_MAX entries when a session starts and ends.
+** Tab completion resolves the dotted name before the cursor without
+** running Lua code (raw reads, __index tables, conc handles' method
+** lists). At end of input the loop says which workers it waits for, and
+** Ctrl-C during that wait stops them.
+** Without a terminal there is no readline, no prompt and no history:
+** lines are read with getline and evaluated the same way.
 */
 
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <unistd.h>
 
 #include <readline/history.h>
@@ -18,79 +46,531 @@
 
 #include "internal.h"
 
-int conclua_docall(lua_State *L, int narg, int nres);
+int pretty_push(lua_State *L, int idx, int width, int col);   /* pretty.c */
 
-#define MAXINPUT 512
+#define HISTORY_MAX 1000      /* entries kept in the history file */
+#define NOTICE_MS 250         /* how often the prompt checks on workers */
 
-static const char *get_prompt(lua_State *L, int first) {
-  const char *p;
-  if (lua_getglobal(L, first ? "_PROMPT" : "_PROMPT2") == LUA_TNIL) {
-    lua_pop(L, 1);
-    lua_pushstring(L, first ? "> " : ">> ");
-    return lua_tostring(L, -1);
-  }
-  p = luaL_tolstring(L, -1, NULL);
-  lua_remove(L, -2);
-  return p;                      /* stays on the stack until popped */
+enum { IN_LINE, IN_EOF, IN_INTR };                 /* what input gave */
+enum { CHUNK_EOF = -1, CHUNK_INTR = -2 };          /* besides LUA_OK... */
+
+static lua_State *repl_L;     /* for completion and notices */
+static int tty;               /* stdin is a terminal: readline, prompts */
+static int sigfd[2] = {-1, -1};   /* self-pipe of the prompt's handlers */
+static char *histpath;        /* NULL: no history file */
+
+/* ------------------------------------------------------------ signals */
+
+static void on_signal(int sig) {
+  int saved = errno;
+  char c = sig == SIGINT ? 'i' : sig == SIGCONT ? 'c' : 'w';
+  ssize_t r = write(sigfd[1], &c, 1);      /* full pipe: one is enough */
+  CONC_UNUSED(r);
+  errno = saved;
 }
 
-/* Reads a line into a new string on the stack; 0 at end of input. */
-static int pushline(lua_State *L, int first) {
-  int tty = isatty(0);
-  const char *prmt = get_prompt(L, first);
-  char *line;
-  size_t l;
-  if (tty) {
-    line = readline(prmt);
+static struct sigaction old_int, old_winch, old_cont;
+
+static void signals_install(int on) {
+  if (on) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_RESTART;
+    sigaction(SIGINT, &sa, &old_int);
+    sigaction(SIGWINCH, &sa, &old_winch);
+    sigaction(SIGCONT, &sa, &old_cont);
   } else {
-    char buf[MAXINPUT];
-    line = fgets(buf, sizeof buf, stdin) ? strdup(buf) : NULL;
+    sigaction(SIGINT, &old_int, NULL);
+    sigaction(SIGWINCH, &old_winch, NULL);
+    sigaction(SIGCONT, &old_cont, NULL);
   }
-  lua_pop(L, 1);                 /* the prompt */
-  if (line == NULL) return 0;
-  l = strlen(line);
-  if (l > 0 && line[l - 1] == '\n') line[--l] = '\0';
-  lua_pushlstring(L, line, l);
+}
+
+/* Reads what the handlers wrote while a line is being edited: returns 1
+** if a Ctrl-C came among it. A resize goes to readline; after a stop
+** (Ctrl-Z, then fg) the shell has set the terminal its own way, so it
+** is prepared again and the line redrawn. */
+static int drain_signals(void) {
+  char b[64];
+  ssize_t n;
+  int intr = 0, cont = 0;
+  while ((n = read(sigfd[0], b, sizeof b)) > 0) {
+    for (ssize_t i = 0; i < n; i++) {
+      if (b[i] == 'i') intr = 1;
+      else if (b[i] == 'c') cont = 1;
+      else rl_resize_terminal();
+    }
+  }
+  if (cont && !intr) {
+    if (rl_deprep_term_function) (*rl_deprep_term_function)();
+    if (rl_prep_term_function) (*rl_prep_term_function)(1);
+    rl_forced_update_display();
+  }
+  return intr;
+}
+
+/* Whether a Ctrl-C came since the line was read (before the chunk's own
+** handler is armed); other signals are dropped: the screen size is read
+** again before each prompt. */
+static int take_interrupt(void) {
+  char b[64];
+  ssize_t n;
+  int intr = 0;
+  if (sigfd[0] < 0) return 0;
+  while ((n = read(sigfd[0], b, sizeof b)) > 0)
+    for (ssize_t i = 0; i < n; i++) intr |= b[i] == 'i';
+  return intr;
+}
+
+/* A Ctrl-C that came when the chunk had already finished leaves its hook
+** and flag behind: take them back, so that the next chunk starts clean. */
+static void settle_interrupt(lua_State *L) {
+  cstate *cs = cs_of(L);
+  if (cs && atomic_exchange(&cs->interrupt, 0)) lua_sethook(L, NULL, 0, 0);
+}
+
+/* ------------------------------------------------------------ workers */
+
+/* Running workers that the exit waits for: counts them and, if 'out'
+** is given, lists them there ("thread 3 "w", process 412"). */
+static int pending_workers(lua_State *L, char *out, size_t outsz, int stop) {
+  cstate *cs = cs_of(L);
+  worker **v = NULL;
+  int n = 0, cap = 0;
+  size_t used = 0;
+  if (cs == NULL) return 0;
+  pthread_mutex_lock(&cs->rt->mu);
+  for (worker *w = cs->rt->head; w; w = w->next) {
+    if (w->daemon || (w->owner && w->owner != conc_getpid())) continue;
+    if (worker_status(w) != W_RUNNING) continue;
+    if (n == cap) {
+      worker **nv = realloc(v, sizeof *v * (size_t)(cap = cap ? cap * 2 : 8));
+      if (nv == NULL) break;
+      v = nv;
+    }
+    obj_retain(&w->obj);
+    v[n++] = w;
+  }
+  pthread_mutex_unlock(&cs->rt->mu);
+  if (out && outsz) out[0] = '\0';
+  for (int i = n - 1; i >= 0; i--) {            /* oldest first */
+    worker *w = v[i];
+    if (out && used + 1 < outsz) {
+      int k;
+      if (w->obj.kind == K_THREAD)
+        k = snprintf(out + used, outsz - used, "%sthread %lld \"%s\"",
+                     i == n - 1 ? "" : ", ", (long long)w->id, w->name);
+      else
+        k = snprintf(out + used, outsz - used, "%sprocess %d \"%s\"",
+                     i == n - 1 ? "" : ", ", (int)w->pid, w->name);
+      if (k > 0) used += (size_t)k < outsz - used ? (size_t)k : outsz - used - 1;
+    }
+    if (stop) {
+      if (w->obj.kind == K_THREAD) {
+        thread_cancel(w);
+      } else {
+        pthread_mutex_lock(&w->mu);
+        if (!w->reaped && w->status == W_RUNNING) kill(w->pid, SIGTERM);
+        pthread_mutex_unlock(&w->mu);
+      }
+    }
+    obj_release(&w->obj);
+  }
+  free(v);
+  return n;
+}
+
+/* Whether some worker failed and nobody joined it or was told yet. */
+static int failures_pending(lua_State *L) {
+  cstate *cs = cs_of(L);
+  int found = 0;
+  if (cs == NULL) return 0;
+  pthread_mutex_lock(&cs->rt->mu);
+  for (worker *w = cs->rt->head; w && !found; w = w->next) {
+    pthread_mutex_lock(&w->mu);
+    found = (w->status == W_FAILED || w->status == W_KILLED) && !w->joined &&
+            !w->reported;
+    pthread_mutex_unlock(&w->mu);
+  }
+  pthread_mutex_unlock(&cs->rt->mu);
+  return found;
+}
+
+static void report_failures(lua_State *L) {
+  cstate *cs = cs_of(L);
+  fflush(stdout);
+  if (cs) rt_report_failures(cs->rt);
+  fflush(stderr);
+}
+
+/* The end of input: wait for the workers, saying so; Ctrl-C stops them
+** (threads are cancelled, processes get SIGTERM). */
+static void wait_at_exit(lua_State *L) {
+  cstate *cs = cs_of(L);
+  char names[512];
+  int n = pending_workers(L, names, sizeof names, 0);
+  if (n == 0 || cs == NULL) return;
+  conc_interrupt_target(cs);        /* armed before the message invites it */
+  conc_interrupt_install(1);
+  printf("waiting for %d worker%s: %s (Ctrl-C to stop %s)\n", n,
+         n == 1 ? "" : "s", names, n == 1 ? "it" : "them");
+  fflush(stdout);
+  conclua_wait(L);
+  conc_interrupt_install(0);
+  if (atomic_exchange(&cs->interrupt, 0)) {
+    lua_sethook(L, NULL, 0, 0);
+    n = pending_workers(L, names, sizeof names, 1);
+    if (n > 0) {
+      printf("\nstopping %d worker%s: %s\n", n, n == 1 ? "" : "s", names);
+      fflush(stdout);
+    }
+  }
+}
+
+/* ------------------------------------------------------------ history */
+
+/* The file: $CONCLUA_HISTORY (empty: none), else ~/.conclua_history. */
+static char *hist_pathname(void) {
+  const char *p = getenv("CONCLUA_HISTORY"), *home;
+  char *s;
+  if (p) return p[0] ? strdup(p) : NULL;
+  home = getenv("HOME");
+  if (home == NULL || home[0] == '\0') return NULL;
+  s = malloc(strlen(home) + sizeof "/.conclua_history");
+  if (s) sprintf(s, "%s/.conclua_history", home);
+  return s;
+}
+
+/* One entry as one line: "\\" and "\n" escaped. Returns a new string. */
+static char *hist_encode(const char *e) {
+  size_t n = 0;
+  char *s, *d;
+  for (const char *p = e; *p; p++) n += (*p == '\\' || *p == '\n') ? 2 : 1;
+  s = d = malloc(n + 2);
+  if (s == NULL) return NULL;
+  for (const char *p = e; *p; p++) {
+    if (*p == '\\') *d++ = '\\', *d++ = '\\';
+    else if (*p == '\n') *d++ = '\\', *d++ = 'n';
+    else *d++ = *p;
+  }
+  *d++ = '\n';
+  *d = '\0';
+  return s;
+}
+
+static void hist_decode(char *s) {          /* in place, newline gone */
+  char *d = s;
+  for (char *p = s; *p && *p != '\n'; p++) {
+    if (p[0] == '\\' && p[1] == 'n') *d++ = '\n', p++;
+    else if (p[0] == '\\' && p[1] == '\\') *d++ = '\\', p++;
+    else *d++ = *p;
+  }
+  *d = '\0';
+}
+
+/* The file's lines; NULL (and *n = 0) when it cannot be read. */
+static char **hist_read(size_t *n) {
+  FILE *f = fopen(histpath, "re");
+  char **v = NULL, *line = NULL;
+  size_t cap = 0, lcap = 0;
+  *n = 0;
+  if (f == NULL) return NULL;
+  while (getline(&line, &lcap, f) > 0) {
+    if (*n == cap) {
+      char **nv = realloc(v, sizeof *v * (cap = cap ? cap * 2 : 64));
+      if (nv == NULL) break;
+      v = nv;
+    }
+    v[(*n)++] = line;
+    line = NULL;
+    lcap = 0;
+  }
   free(line);
+  fclose(f);
+  return v;
+}
+
+/* Keeps the file's last HISTORY_MAX lines (a new file, renamed over). */
+static void hist_trim(char **v, size_t n) {
+  char *tmp;
+  int fd;
+  FILE *f;
+  if (n <= HISTORY_MAX) return;
+  tmp = malloc(strlen(histpath) + sizeof ".XXXXXX");
+  if (tmp == NULL) return;
+  sprintf(tmp, "%s.XXXXXX", histpath);
+  fd = mkostemp(tmp, O_CLOEXEC);
+  if (fd < 0 || (f = fdopen(fd, "w")) == NULL) {
+    if (fd >= 0) {
+      close(fd);
+      unlink(tmp);
+    }
+    free(tmp);
+    return;
+  }
+  for (size_t i = n - HISTORY_MAX; i < n; i++) fputs(v[i], f);
+  if (fclose(f) == 0) rename(tmp, histpath);
+  else unlink(tmp);
+  free(tmp);
+}
+
+static void hist_free(char **v, size_t n) {
+  for (size_t i = 0; i < n; i++) free(v[i]);
+  free(v);
+}
+
+static void hist_load(void) {
+  size_t n;
+  char **v;
+  stifle_history(HISTORY_MAX);
+  if (histpath == NULL) return;
+  v = hist_read(&n);
+  hist_trim(v, n);
+  for (size_t i = n > HISTORY_MAX ? n - HISTORY_MAX : 0; i < n; i++) {
+    hist_decode(v[i]);
+    if (v[i][0]) add_history(v[i]);
+  }
+  hist_free(v, n);
+}
+
+static void hist_close(void) {
+  size_t n;
+  char **v;
+  if (histpath == NULL) return;
+  v = hist_read(&n);
+  hist_trim(v, n);
+  hist_free(v, n);
+}
+
+/* Adds an entry to this session's list and, if 'keep', to the file.
+** Blank entries and repeats of the previous one are skipped. */
+static void hist_add(const char *entry, int keep) {
+  HIST_ENTRY *last;
+  const char *p = entry;
+  while (*p == ' ' || *p == '\t' || *p == '\n') p++;
+  if (!tty || *p == '\0') return;
+  last = history_length > 0 ? history_get(history_base + history_length - 1)
+                            : NULL;
+  if (last && strcmp(last->line, entry) == 0) return;
+  add_history(entry);
+  if (keep && histpath) {
+    char *line = hist_encode(entry);
+    int fd = open(histpath, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
+    if (fd >= 0 && line) fd_write_all(fd, line, strlen(line));
+    if (fd >= 0) close(fd);
+    free(line);
+  }
+}
+
+/* ------------------------------------------------------------ input */
+
+static char *got_line;
+static int got_done;
+static int rl_started;        /* readline has been initialized */
+
+static void on_line(char *line) {
+  got_line = line;
+  got_done = 1;
+  rl_callback_handler_remove();     /* no prompt again until asked */
+}
+
+/* Ctrl-C while editing: show ^C after the text, drop the line. */
+static void cancel_line(void) {
+  rl_point = rl_end;
+  rl_redisplay();
+  fputs("^C", rl_outstream);     /* before the terminal is restored: that */
+  fflush(rl_outstream);          /* may return the cursor to column 0 */
+  rl_free_line_state();
+  rl_callback_sigcleanup();
+  rl_replace_line("", 0);
+  rl_callback_handler_remove();
+  fputs("\n", rl_outstream);
+  fflush(rl_outstream);
+  using_history();
+}
+
+/* Failures reported while a line is being edited go above it. */
+static void notice_at_prompt(lua_State *L) {
+  if (!failures_pending(L)) return;
+  rl_clear_visible_line();
+  fflush(rl_outstream);
+  report_failures(L);
+  rl_on_new_line();
+  rl_redisplay();
+}
+
+static int tty_line(lua_State *L, const char *prompt, char **out) {
+  got_line = NULL;
+  got_done = 0;
+  fflush(stdout);
+  fflush(stderr);
+  if (rl_started) rl_reset_screen_size();  /* it may have changed since */
+  rl_started = 1;
+  rl_callback_handler_install(prompt, on_line);
+  while (!got_done) {
+    struct pollfd fds[2];
+    int r;
+    fds[0].fd = STDIN_FILENO;
+    fds[0].events = POLLIN;
+    fds[1].fd = sigfd[0];
+    fds[1].events = POLLIN;
+    r = poll(fds, 2, NOTICE_MS);
+    if (r < 0 && errno != EINTR) {
+      rl_callback_handler_remove();
+      return IN_EOF;
+    }
+    if (r == 0) notice_at_prompt(L);
+    if (r <= 0) continue;
+    if ((fds[1].revents & POLLIN) && drain_signals()) {
+      cancel_line();
+      return IN_INTR;
+    }
+    if (fds[0].revents & (POLLIN | POLLHUP | POLLERR)) rl_callback_read_char();
+  }
+  using_history();
+  if (got_line == NULL) {          /* Ctrl-D: end the line on the screen */
+    const char *bp = rl_variable_value("enable-bracketed-paste");
+    /* readline 8 ends it itself when it leaves bracketed-paste mode, and
+    ** keeps doing so after every line until rl_eof_found is reset */
+    if (!rl_eof_found || !bp || strcmp(bp, "on") != 0)
+      fputc('\n', rl_outstream);
+    rl_eof_found = 0;
+    fflush(rl_outstream);
+    return IN_EOF;
+  }
+  *out = got_line;
+  return IN_LINE;
+}
+
+static int plain_line(char **out) {
+  char *line = NULL;
+  size_t cap = 0;
+  ssize_t n = getline(&line, &cap, stdin);
+  if (n < 0) {
+    free(line);
+    return IN_EOF;
+  }
+  if (n > 0 && line[n - 1] == '\n') line[n - 1] = '\0';
+  *out = line;
+  return IN_LINE;
+}
+
+static int prompt_k(lua_State *L) {
+  int first = lua_toboolean(L, 1);
+  if (lua_getglobal(L, first ? "_PROMPT" : "_PROMPT2") == LUA_TNIL)
+    lua_pushstring(L, first ? "> " : ">> ");
+  luaL_tolstring(L, -1, NULL);
   return 1;
 }
 
+/* _PROMPT or _PROMPT2 as a new string, the default if it fails. */
+static char *prompt_of(lua_State *L, int first) {
+  char *p = NULL;
+  lua_pushcfunction(L, prompt_k);
+  lua_pushboolean(L, first);
+  if (lua_pcall(L, 1, 1, 0) == LUA_OK) p = strdup(lua_tostring(L, -1));
+  lua_pop(L, 1);
+  return p ? p : strdup(first ? "> " : ">> ");
+}
+
+static int pushline_k(lua_State *L) {
+  lua_pushstring(L, lua_touserdata(L, 1));
+  return 1;
+}
+
+/* Reads a line and pushes it: IN_LINE, or IN_EOF / IN_INTR (nothing
+** pushed). The malloc'd line is freed before anything can raise. */
+static int pushline(lua_State *L, int first) {
+  char *line = NULL, *prompt;
+  int r, st;
+  if (tty) {
+    prompt = prompt_of(L, first);
+    r = tty_line(L, prompt ? prompt : "> ", &line);
+    free(prompt);
+  } else {
+    r = plain_line(&line);
+  }
+  if (r != IN_LINE) return r;
+  lua_pushcfunction(L, pushline_k);
+  lua_pushlightuserdata(L, line);
+  st = lua_pcall(L, 1, 1, 0);
+  free(line);
+  if (st != LUA_OK) {
+    lua_pop(L, 1);
+    return IN_EOF;
+  }
+  return IN_LINE;
+}
+
+/* A syntax error that only says the chunk ended too soon. */
 static int incomplete(lua_State *L, int status) {
   if (status == LUA_ERRSYNTAX) {
     size_t lmsg;
     const char *msg = lua_tolstring(L, -1, &lmsg);
     const char *eof = "<eof>";
     size_t le = strlen(eof);
-    if (lmsg >= le && strcmp(msg + lmsg - le, eof) == 0) {
-      lua_pop(L, 1);
-      return 1;
-    }
+    if (msg && lmsg >= le && strcmp(msg + lmsg - le, eof) == 0) return 1;
   }
   return 0;
 }
 
-/* Tries the line as "return <line>", to print an expression's values. */
-static int addreturn(lua_State *L) {
-  const char *line = lua_tostring(L, -1);
-  const char *retline = lua_pushfstring(L, "return %s;", line);
-  int status = luaL_loadbuffer(L, retline, strlen(retline), "=stdin");
-  if (status == LUA_OK) {
-    lua_remove(L, -2);
-    if (line[0] != '\0' && isatty(0)) add_history(line);
-  } else {
-    lua_pop(L, 2);
-  }
-  return status;
-}
-
-static int multiline(lua_State *L) {
+/* Reads and compiles one chunk. LUA_OK: the function on top (*expr says
+** whether it returns the values of an expression); LUA_ERRSYNTAX: the
+** message on top; CHUNK_EOF or CHUNK_INTR: nothing pushed. */
+static int readchunk(lua_State *L, int *expr) {
+  int r = pushline(L, 1), retmore = 0;
+  if (r != IN_LINE) return r == IN_EOF ? CHUNK_EOF : CHUNK_INTR;
   for (;;) {
     size_t len;
-    const char *line = lua_tolstring(L, 1, &len);
-    int status = luaL_loadbuffer(L, line, len, "=stdin");
-    if (!incomplete(L, status) || !pushline(L, 0)) {
-      if (isatty(0) && line[0]) add_history(line);
-      return status;
+    const char *buf = lua_tolstring(L, -1, &len);
+    const char *ret = lua_pushfstring(L, "return %s", buf);
+    int st = luaL_loadbuffer(L, ret, strlen(ret), "=stdin"), more;
+    if (st == LUA_OK) {
+      lua_remove(L, -2);                      /* the "return" text */
+      hist_add(buf, 1);
+      lua_remove(L, -2);                      /* buf */
+      *expr = 1;
+      return LUA_OK;
+    }
+    more = incomplete(L, st);
+    lua_pop(L, 2);                            /* message, "return" text */
+    retmore = more;
+    st = luaL_loadbuffer(L, buf, len, "=stdin");
+    if (st == LUA_OK) {
+      hist_add(buf, 1);
+      lua_remove(L, -2);
+      *expr = 0;
+      return LUA_OK;
+    }
+    if (!(more || incomplete(L, st))) {
+      hist_add(buf, 0);                      /* to fix it, not to keep */
+      lua_remove(L, -2);
+      return st;
+    }
+    lua_pop(L, 1);
+    r = pushline(L, 0);
+    if (r == IN_INTR) {
+      lua_pop(L, 1);
+      return CHUNK_INTR;
+    }
+    if (r == IN_EOF) {                  /* Ctrl-D: what is there is wrong */
+      buf = lua_tolstring(L, -1, &len);
+      hist_add(buf, 0);
+      if (retmore) {                    /* an unfinished expression */
+        buf = lua_pushfstring(L, "return %s", buf);
+        lua_remove(L, -2);
+        len = strlen(buf);
+      }
+      st = luaL_loadbuffer(L, buf, len, "=stdin");
+      lua_remove(L, -2);
+      if (st == LUA_OK) {               /* cannot be, but be sure */
+        lua_pop(L, 1);
+        lua_pushliteral(L, "unexpected end of input");
+        st = LUA_ERRSYNTAX;
+      }
+      return st;
     }
     lua_pushliteral(L, "\n");
     lua_insert(L, -2);
@@ -98,43 +578,383 @@ static int multiline(lua_State *L) {
   }
 }
 
-/* Reads a whole chunk and compiles it: its status, function on top. */
-static int loadline(lua_State *L) {
-  int status;
-  lua_settop(L, 0);
-  if (!pushline(L, 1)) return -1;
-  if ((status = addreturn(L)) != LUA_OK) status = multiline(L);
-  lua_remove(L, 1);
-  return status;
+/* ------------------------------------------------------------ output */
+
+static int term_width(void) {
+  struct winsize ws;
+  if (ioctl(STDOUT_FILENO, TIOCGWINSZ, &ws) == 0 && ws.ws_col > 0)
+    return ws.ws_col;
+  return 80;
 }
 
-static void print_results(lua_State *L) {
-  int n = lua_gettop(L);
-  if (n > 0) {
-    luaL_checkstack(L, LUA_MINSTACK, "too many results to print");
-    lua_getglobal(L, "print");
-    lua_insert(L, 1);
-    if (lua_pcall(L, n, 0, 0) != LUA_OK)
-      fprintf(stderr, "conclua: error calling 'print' (%s)\n",
-              lua_tostring(L, -1));
+/* Prints its arguments on one line, tab-separated: strings as they are,
+** tables laid out (pretty.c), anything else through tostring. */
+static int show_k(lua_State *L) {
+  int n = lua_gettop(L), width = term_width(), col = 0;
+  for (int i = 1; i <= n; i++) {
+    size_t l;
+    const char *s;
+    if (i > 1) {
+      fputc('\t', stdout);
+      col = (col / 8 + 1) * 8;
+    }
+    if (lua_type(L, i) == LUA_TSTRING) s = lua_tolstring(L, i, &l);
+    else if (lua_type(L, i) == LUA_TTABLE) s = (pretty_push(L, i, width, col),
+                                                lua_tolstring(L, -1, &l));
+    else s = luaL_tolstring(L, i, &l);
+    fwrite(s, 1, l, stdout);
+    for (size_t k = l; k > 0; k--) {
+      if (s[k - 1] == '\n') {
+        col = (int)(l - k);
+        break;
+      }
+      if (k == 1) col += (int)l;
+    }
+    if (lua_gettop(L) > n) lua_pop(L, 1);
   }
+  fputc('\n', stdout);
+  fflush(stdout);
+  return 0;
+}
+
+static int pretty_k(lua_State *L) {
+  return pretty_push(L, 1, term_width(), 0);
+}
+
+/* The message handler: a string for any error value (tables shown as
+** the REPL shows them), plus the traceback. */
+static int msghandler(lua_State *L) {
+  const char *msg = lua_tostring(L, 1);
+  if (msg == NULL) {
+    if (luaL_callmeta(L, 1, "__tostring") && lua_type(L, -1) == LUA_TSTRING)
+      return 1;
+    lua_pushcfunction(L, pretty_k);
+    lua_pushvalue(L, 1);
+    if (lua_type(L, 1) == LUA_TTABLE && lua_pcall(L, 1, 1, 0) == LUA_OK)
+      msg = lua_pushfstring(L, "error object: %s", lua_tostring(L, -1));
+    else
+      msg = lua_pushfstring(L, "(error object is a %s value)",
+                            luaL_typename(L, 1));
+  }
+  luaL_traceback(L, L, msg, 1);
+  return 1;
+}
+
+/* Runs the function below its narg arguments, Ctrl-C armed (for the
+** running Lua code and any conc call it blocks in). */
+static int docall(lua_State *L, int narg, int nres) {
+  int st, base = lua_gettop(L) - narg;
+  lua_pushcfunction(L, msghandler);
+  lua_insert(L, base);
+  conc_interrupt_target(cs_of(L));
+  conc_interrupt_install(1);
+  st = lua_pcall(L, narg, nres, base);
+  conc_interrupt_install(0);
+  lua_remove(L, base);
+  settle_interrupt(L);
+  return st;
+}
+
+/* An error: its message and traceback, without the frame of the REPL
+** itself at the bottom. */
+static void report(lua_State *L) {
+  size_t l;
+  const char *msg = lua_tolstring(L, -1, &l);
+  const char *tail = "\n\t[C]: in ?";
+  size_t tl = strlen(tail);
+  if (msg == NULL) msg = "(error object is not a string)", l = strlen(msg);
+  if (l >= tl && memcmp(msg + l - tl, tail, tl) == 0) l -= tl;
+  fflush(stdout);
+  fprintf(stderr, "conclua: %.*s\n", (int)l, msg);
+  fflush(stderr);
+  lua_pop(L, 1);
+}
+
+static void evaluate(lua_State *L, int expr) {
+  int base = lua_gettop(L) - 1, st;
+  if (tty && take_interrupt()) {
+    lua_settop(L, base);
+    lua_pushliteral(L, "interrupted!");
+    report(L);
+    return;
+  }
+  st = docall(L, 0, LUA_MULTRET);
+  if (st == LUA_OK && expr && lua_gettop(L) > base) {
+    int n = lua_gettop(L) - base;
+    luaL_checkstack(L, LUA_MINSTACK, "too many results to print");
+    lua_pushcfunction(L, show_k);
+    lua_insert(L, base + 1);
+    st = docall(L, n, 0);
+  }
+  if (st != LUA_OK) report(L);
+  lua_settop(L, base);
+}
+
+/* ------------------------------------------------------------ completion */
+
+static char **cand;           /* the matches of the current completion */
+static int ncand, candpos;
+
+static const char *const keywords[] = {
+    "and", "break", "do", "else", "elseif", "end", "false", "for",
+    "function", "goto", "if", "in", "local", "nil", "not", "or", "repeat",
+    "return", "then", "true", "until", "while", NULL};
+
+/* Fields of conc handles besides their methods (SPEC: t.id, p.pid...). */
+static const char *const *handle_fields(int kind) {
+  static const char *const thread_f[] = {"id", "name", NULL};
+  static const char *const process_f[] = {"pid", "name", NULL};
+  static const char *const none[] = {NULL};
+  return kind == K_THREAD ? thread_f : kind == K_PROCESS ? process_f : none;
+}
+
+/* The __index table of the value at idx's metatable, pushed; 0 if none. */
+static int index_table(lua_State *L, int idx) {
+  if (!lua_getmetatable(L, idx)) return 0;
+  if (lua_getfield(L, -1, "__index") == LUA_TTABLE) {
+    lua_remove(L, -2);
+    return 1;
+  }
+  lua_pop(L, 2);
+  return 0;
+}
+
+/* v[key] without running Lua code: raw reads along __index tables; conc
+** handles answer through their own (C) __index. Pushes the value. */
+static void safe_index(lua_State *L, int v, const char *key) {
+  cstate *cs = cs_of(L);
+  v = lua_absindex(L, v);
+  if (cs && obj_test(L, cs, v)) {
+    lua_getfield(L, v, key);
+    return;
+  }
+  lua_pushvalue(L, v);
+  for (int hops = 0; hops < 16; hops++) {
+    if (lua_type(L, -1) == LUA_TTABLE) {
+      lua_pushstring(L, key);
+      if (lua_rawget(L, -2) != LUA_TNIL) {
+        lua_remove(L, -2);
+        return;
+      }
+      lua_pop(L, 1);
+    }
+    if (!index_table(L, -1)) break;
+    lua_remove(L, -2);
+  }
+  lua_pop(L, 1);
+  lua_pushnil(L);
+}
+
+static void add_cand(lua_State *L, int set, const char *name) {
+  lua_pushboolean(L, 1);
+  lua_setfield(L, set, name);
+}
+
+static int is_name(const char *s) {
+  if (!s || !*s || (*s >= '0' && *s <= '9')) return 0;
+  for (; *s; s++)
+    if (!(*s == '_' || (*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') ||
+          (*s >= '0' && *s <= '9')))
+      return 0;
+  return 1;
+}
+
+/* Adds the identifier keys of the table at t (functions only if 'meth'). */
+static void add_keys(lua_State *L, int t, int set, const char *prefix,
+                     int meth) {
+  size_t pl = strlen(prefix);
+  lua_pushnil(L);
+  while (lua_next(L, t)) {
+    if (lua_type(L, -2) == LUA_TSTRING) {
+      const char *k = lua_tostring(L, -2);
+      if (strncmp(k, prefix, pl) == 0 && is_name(k) &&
+          (!meth || lua_type(L, -1) == LUA_TFUNCTION))
+        add_cand(L, set, k);
+    }
+    lua_pop(L, 1);
+  }
+}
+
+/* The names one may write after "v." or "v:" (meth), into set. */
+static void add_members(lua_State *L, int v, int set, const char *prefix,
+                        int meth) {
+  cstate *cs = cs_of(L);
+  cobj *o;
+  size_t pl = strlen(prefix);
+  v = lua_absindex(L, v);
+  if (cs && (o = obj_test(L, cs, v)) != NULL) {
+    const luaL_Reg *m = conc_kinds[o->kind]->methods;
+    for (; m && m->name; m++)
+      if (strncmp(m->name, prefix, pl) == 0) add_cand(L, set, m->name);
+    if (!meth) {
+      for (const char *const *f = handle_fields(o->kind); *f; f++)
+        if (strncmp(*f, prefix, pl) == 0) add_cand(L, set, *f);
+    }
+    return;
+  }
+  lua_pushvalue(L, v);
+  for (int hops = 0; hops < 16; hops++) {
+    if (lua_type(L, -1) == LUA_TTABLE)
+      add_keys(L, lua_gettop(L), set, prefix, meth);
+    if (!index_table(L, -1)) break;
+    lua_remove(L, -2);
+  }
+  lua_pop(L, 1);
+}
+
+/* complete(path, sep, prefix) -> a set of names: the globals and
+** keywords (sep ""), or the members of the value at path. */
+static int complete_k(lua_State *L) {
+  const char *path = lua_tostring(L, 1), *sep = lua_tostring(L, 2);
+  const char *prefix = lua_tostring(L, 3);
+  int set;
+  lua_newtable(L);
+  set = lua_gettop(L);
+  lua_pushglobaltable(L);
+  if (sep[0] == '\0') {
+    size_t pl = strlen(prefix);
+    add_members(L, -1, set, prefix, 0);
+    for (int i = 0; keywords[i]; i++)
+      if (strncmp(keywords[i], prefix, pl) == 0) add_cand(L, set, keywords[i]);
+    lua_pushvalue(L, set);
+    return 1;
+  }
+  while (*path) {                      /* walk a.b.c from _G */
+    const char *dot = strchr(path, '.');
+    size_t l = dot ? (size_t)(dot - path) : strlen(path);
+    lua_pushlstring(L, path, l);
+    if (!is_name(lua_tostring(L, -1))) return 0;
+    safe_index(L, -2, lua_tostring(L, -1));
+    lua_remove(L, -2);
+    lua_remove(L, -2);
+    if (lua_isnil(L, -1)) return 0;
+    path += l + (dot ? 1 : 0);
+  }
+  add_members(L, -1, set, prefix, sep[0] == ':');
+  lua_pushvalue(L, set);
+  return 1;
+}
+
+static char *gen_cand(const char *text, int state) {
+  CONC_UNUSED(text);
+  if (state == 0) candpos = 0;
+  return candpos < ncand ? strdup(cand[candpos++]) : NULL;
+}
+
+static void free_cand(void) {
+  for (int i = 0; i < ncand; i++) free(cand[i]);
+  free(cand);
+  cand = NULL;
+  ncand = 0;
+}
+
+static char **complete(const char *text, int start, int end) {
+  lua_State *L = repl_L;
+  const char *word = text, *cut, *sepp = NULL;
+  char *path = NULL;
+  char sep[2] = {0, 0};
+  int top = lua_gettop(L);
+  CONC_UNUSED(start);
+  CONC_UNUSED(end);
+  rl_attempted_completion_over = 1;     /* never file names */
+  rl_completion_append_character = '\0';
+  free_cand();
+  while ((cut = strstr(word, "..")) != NULL) word = cut + 2;   /* a..b */
+  for (const char *p = word; *p; p++)
+    if (*p == '.' || *p == ':') sepp = p;
+  if (sepp) {
+    path = strndup(word, (size_t)(sepp - word));
+    sep[0] = *sepp;
+    if (path == NULL || strchr(path, ':')) {
+      free(path);
+      return NULL;
+    }
+  }
+  lua_pushcfunction(L, complete_k);
+  lua_pushstring(L, path ? path : "");
+  lua_pushstring(L, sep);
+  lua_pushstring(L, sepp ? sepp + 1 : word);
+  free(path);
+  if (lua_pcall(L, 3, 1, 0) == LUA_OK && lua_istable(L, -1)) {
+    size_t keep = (size_t)((sepp ? sepp + 1 : word) - text);
+    int cap = 0;
+    lua_pushnil(L);
+    while (lua_next(L, -2)) {
+      const char *name = lua_tostring(L, -2);
+      char *full;
+      lua_pop(L, 1);
+      if (ncand == cap) {
+        char **nc = realloc(cand, sizeof *cand * (size_t)(cap = cap ? cap * 2 : 32));
+        if (nc == NULL) break;
+        cand = nc;
+      }
+      full = malloc(keep + strlen(name) + 1);
+      if (full == NULL) break;
+      memcpy(full, text, keep);
+      strcpy(full + keep, name);
+      cand[ncand++] = full;
+    }
+  }
+  lua_settop(L, top);
+  if (ncand == 0) return NULL;
+  return rl_completion_matches(text, gen_cand);
+}
+
+/* ------------------------------------------------------------ the loop */
+
+static void tty_open(void) {
+  rl_readline_name = "conclua";
+  rl_catch_signals = 0;
+  rl_catch_sigwinch = 0;
+  rl_change_environment = 0;
+  rl_attempted_completion_function = complete;
+  rl_completer_word_break_characters =
+      (char *)" \t\n\"'`@$><=;|&{(,+-*/%^#~[]!)}";
+  histpath = hist_pathname();
+  hist_load();
+  if (fd_pipe(sigfd) == 0) {
+    fd_set_nonblock(sigfd[0], 1);
+    fd_set_nonblock(sigfd[1], 1);
+    signals_install(1);
+  }
+  process_ignore_sigint(1);
+}
+
+static void tty_close(void) {
+  process_ignore_sigint(0);
+  if (sigfd[0] >= 0) {
+    signals_install(0);
+    fd_close(sigfd[0]);
+    fd_close(sigfd[1]);
+    sigfd[0] = sigfd[1] = -1;
+  }
+  hist_close();
+  free(histpath);
+  histpath = NULL;
+  free_cand();
+  clear_history();
 }
 
 int conclua_repl(lua_State *L) {
-  int status;
-  while ((status = loadline(L)) != -1) {
-    if (status == LUA_OK) status = conclua_docall(L, 0, LUA_MULTRET);
-    if (status == LUA_OK) {
-      print_results(L);
-    } else {
-      const char *msg = lua_tostring(L, -1);
-      fprintf(stderr, "conclua: %s\n", msg ? msg : "(error object)");
-      fflush(stderr);
-      lua_pop(L, 1);
-    }
+  int st, expr = 0;
+  repl_L = L;
+  tty = isatty(STDIN_FILENO);
+  if (tty) tty_open();
+  lua_settop(L, 0);
+  for (;;) {
+    if (tty) report_failures(L);
+    st = readchunk(L, &expr);
+    if (st == CHUNK_EOF) break;
+    if (st == CHUNK_INTR) continue;
+    if (st == LUA_OK) evaluate(L, expr);
+    else report(L);
+    lua_settop(L, 0);
   }
   lua_settop(L, 0);
-  fputc('\n', stdout);
-  fflush(stdout);
+  if (tty) {
+    wait_at_exit(L);
+    tty_close();
+  }
+  repl_L = NULL;
   return 0;
 }

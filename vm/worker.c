@@ -249,7 +249,7 @@ static void wait_plain(worker *w, cstate *cs) {
 
 /* Prints the failures nobody joined, once each; returns how many of
 ** them were not daemons (what conclua_wait reports). */
-static int report_failures(rt *r) {
+int rt_report_failures(rt *r) {
   int count = 0;
   for (;;) {
     worker *w, *found = NULL;
@@ -295,7 +295,7 @@ int rt_waitall_cs(rt *r, worker *self, cstate *cs) {
     wait_plain(found, cs);
     obj_release(&found->obj);
   }
-  return report_failures(r);
+  return rt_report_failures(r);
 }
 
 int rt_waitall(rt *r, worker *self) {
