@@ -416,11 +416,13 @@ static void child_run(lua_State *L, cstate *cs, worker *w, int fd, int first,
   mbuf out;
   struct sigaction sa;
   sigset_t cur;
-  /* SIGINT blocked on entry: a "spawn" child of an interactive parent */
+  /* SIGINT blocked on entry of a "spawn" child (mask == NULL): its parent
+  ** is interactive. A forked child comes with every signal blocked (the
+  ** fork blocks them until the child has its own handlers). */
   pthread_sigmask(SIG_BLOCK, NULL, &cur);
   memset(&sa, 0, sizeof sa);
   sa.sa_handler = atomic_load(&children_ignore_sigint) ||
-                  sigismember(&cur, SIGINT) ? SIG_IGN : SIG_DFL;
+                  (mask == NULL && sigismember(&cur, SIGINT)) ? SIG_IGN : SIG_DFL;
   sigaction(SIGINT, &sa, NULL);
   sigemptyset(&cur);
   sigaddset(&cur, SIGINT);
