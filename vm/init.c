@@ -135,6 +135,15 @@ static int conc_stats(lua_State *L) {
   return 1;
 }
 
+/* The globals spawn_thread and spawn_process. */
+int conc_spawn_thread(lua_State *L) {
+  return thread_spawn(L);
+}
+
+int conc_spawn_process(lua_State *L) {
+  return process_spawn(L);
+}
+
 const luaL_Reg conc_funcs[] = {
     {"spawn_thread", thread_spawn},
     {"spawn_process", process_spawn},
@@ -250,13 +259,11 @@ void conc_install(lua_State *L, cstate *cs) {
   cs_setfuncs(L, cs, conc_funcs);
   lua_pushliteral(L, CONCLUA_VERSION);
   lua_setfield(L, -2, "version");
-  /* the globals are closures of their own, so that an error names them
+  /* the globals are functions of their own, so that an error names them
   ** 'spawn_thread' rather than 'conc.spawn_thread' */
-  lua_pushlightuserdata(L, cs);
-  lua_pushcclosure(L, thread_spawn, 1);
+  cs_pushfunc(L, cs, conc_spawn_thread);
   lua_setglobal(L, "spawn_thread");
-  lua_pushlightuserdata(L, cs);
-  lua_pushcclosure(L, process_spawn, 1);
+  cs_pushfunc(L, cs, conc_spawn_process);
   lua_setglobal(L, "spawn_process");
   lua_pushvalue(L, -1);
   lua_setglobal(L, "conc");
@@ -273,13 +280,13 @@ void conc_install(lua_State *L, cstate *cs) {
     lua_setfield(L, -2, "wrap");
   }
   /* the package paths a worker inherited */
-  if (lua_getfield(L, -2, LUA_LOADLIBNAME) == LUA_TTABLE) {
-    if (cs->path) {
-      lua_pushstring(L, cs->path);
+  if (lua_getfield(L, -2, LUA_LOADLIBNAME) == LUA_TTABLE && cs->paths) {
+    if (cs->paths->path) {
+      lua_pushstring(L, cs->paths->path);
       lua_setfield(L, -2, "path");
     }
-    if (cs->cpath) {
-      lua_pushstring(L, cs->cpath);
+    if (cs->paths->cpath) {
+      lua_pushstring(L, cs->paths->cpath);
       lua_setfield(L, -2, "cpath");
     }
   }

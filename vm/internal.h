@@ -239,6 +239,12 @@ lua_CFunction cfunc_lookup(const char *name, size_t len, int *isconc);
 
 /* ------------------------------------------------------------ runtime.c */
 
+/* Package paths a worker inherits, shared by the workers of a runtime. */
+typedef struct paths {
+  _Atomic int refs;
+  char *path, *cpath;          /* NULL: the state's own default */
+} paths;
+
 typedef struct hookent {
   conclua_hook fn;
   void *ud;
@@ -257,6 +263,7 @@ typedef struct rt {
   pid_t pid;                   /* the process the list belongs to */
   int closed;                  /* the host state is gone */
   int exited;                  /* the exit handler took care of it */
+  paths *paths;                /* the last paths handed to a worker */
   objlink link;
   struct rt *allnext;          /* the process's list of runtimes */
 } rt;
@@ -276,13 +283,24 @@ typedef struct cstate {
   mbuf scratch;                /* encode buffer, owned by the state */
   msg *pending;                /* a message being decoded */
   int lazy;                    /* standard libraries not opened yet */
-  char *path, *cpath;          /* package paths, applied when opened */
+  paths *paths;                /* package paths, applied when opened */
   const void *mt[K_NKINDS];    /* metatables of handle kinds, or NULL */
   int ishost;                  /* a host or main state (cstate in a box) */
+  int light;                   /* conc functions are light C functions and
+                                  the cstate is in the state's extra space
+                                  (worker states: no closure to pay for) */
 } cstate;
 
 #define CS_UPVAL lua_upvalueindex(1)
-#define conc_cs(L) ((cstate *)lua_touserdata(L, CS_UPVAL))
+
+/* The cstate of the running conc C function: upvalue 1 in a host state,
+** the extra space of the state in a worker state (light functions have
+** no upvalue: lua_touserdata gives NULL). */
+static inline cstate *conc_cs(lua_State *L) {
+  cstate *cs = (cstate *)lua_touserdata(L, CS_UPVAL);
+  return cs ? cs : *(cstate **)lua_getextraspace(L);
+}
+_Static_assert(LUA_EXTRASPACE >= sizeof(void *), "no room for the cstate");
 
 rt *rt_new(void);
 void rt_retain(rt *r);
@@ -291,8 +309,15 @@ int64_t rt_nextid(void);
 
 cstate *cs_new(rt *r, struct worker *self);
 void cs_free(cstate *cs);
-/* Registers funcs with the cstate as their only upvalue. */
+void cs_init(cstate *cs, rt *r, struct worker *self);   /* cs in place */
+void cs_fini(cstate *cs);
+/* The shared copy of these paths (a reference to release), or NULL. */
+paths *paths_get(rt *r, const char *path, const char *cpath);
+void paths_release(paths *p);
+/* Registers funcs with the cstate as their only upvalue (or as light
+** functions in a light state). */
 void cs_setfuncs(lua_State *L, cstate *cs, const luaL_Reg *l);
+void cs_pushfunc(lua_State *L, cstate *cs, lua_CFunction f);
 /* The cstate of a state made by conclua_open, or NULL. */
 cstate *cs_of(lua_State *L);
 /* The stop request pending for the state: "cancelled" for a cancelled
@@ -311,8 +336,10 @@ void cs_wake(cstate *cs);
 /* Opens the standard libraries of a lazy worker state now. */
 void cs_materialize(lua_State *L, cstate *cs);
 
-/* Registry of a state made for a worker: lazy libraries, conc, searcher. */
+/* A state made for a worker, with its own small-block allocator
+** (alloc.c); close it with state_close. */
 lua_State *state_new(void);
+void state_close(lua_State *L);
 void state_bind(lua_State *L, cstate *cs);
 /* Runs the runtime's hooks in L, a new worker state; raises the error of
 ** a hook that raised (call it under lua_pcall). */
@@ -529,6 +556,8 @@ extern const stdlib_mod conc_stdlib[];
 /* init.c */
 extern const luaL_Reg conc_funcs[];            /* the conc table */
 int conc_print(lua_State *L);                  /* print, a line at once */
+int conc_spawn_thread(lua_State *L);           /* the globals */
+int conc_spawn_process(lua_State *L);
 /* Gives a state opened by luaL_openlibs everything conc adds: the conc
 ** table (global and package.loaded.conc), spawn_thread, spawn_process,
 ** the stdlib searcher, the coroutine functions, the library map. */

@@ -356,6 +356,8 @@ static void names_init(void) {
     snprintf(name, sizeof name, "conc.%s", r->name);
     names_add(&v, &cap, r->func, name, 1, 0);
   }
+  names_add(&v, &cap, conc_spawn_thread, "_G.spawn_thread", 1, 0);
+  names_add(&v, &cap, conc_spawn_process, "_G.spawn_process", 1, 0);
   for (int k = 0; k < K_NKINDS; k++) {
     const luaL_Reg *r = conc_kinds[k]->methods;
     for (; r && r->name; r++) {
@@ -1151,8 +1153,11 @@ static int conc_own(lua_State *L, cstate *cs, const char *name,
   if (cs->lazy) cs_materialize(L, cs);
   if (colon == NULL) {
     lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
-    if (lua_getfield(L, -1, "conc") == LUA_TTABLE)
+    if (strncmp(name, "_G.", 3) == 0) {        /* spawn_thread, spawn_process */
+      if (lua_getfield(L, -1, "_G") == LUA_TTABLE) lua_getfield(L, -1, name + 3);
+    } else if (lua_getfield(L, -1, "conc") == LUA_TTABLE) {
       lua_getfield(L, -1, name + 5);
+    }
   } else {
     size_t kl = (size_t)(colon - name) - 5;
     int k;
@@ -1195,10 +1200,8 @@ static int dec_cfunc(dec *d) {
   name[n] = '\0';
   if (isconc) {
     if (d->cs == NULL) return bad(d, "conc functions need a conclua state");
-    if (!conc_own(L, d->cs, name, f)) {
-      lua_pushlightuserdata(L, d->cs);
-      lua_pushcclosure(L, f, 1);
-    }
+    /* in a light state the receiver's own is this very light function */
+    if (d->cs->light || !conc_own(L, d->cs, name, f)) cs_pushfunc(L, d->cs, f);
     return 0;
   }
   hit = cfunc_find(name);

@@ -74,6 +74,7 @@ void rt_release(rt *r) {
   pthread_mutex_unlock(&all_mu);
   objreg_remove(&r->link);
   pthread_mutex_destroy(&r->mu);
+  paths_release(r->paths);
   free(r->hooks);
   free(r);
 }
@@ -112,9 +113,8 @@ int64_t rt_nextid(void) {
 
 /* ------------------------------------------------------------ cstate */
 
-cstate *cs_new(rt *r, worker *self) {
-  cstate *cs = calloc(1, sizeof *cs);
-  if (cs == NULL) return NULL;
+void cs_init(cstate *cs, rt *r, worker *self) {
+  memset(cs, 0, sizeof *cs);
   cs->rt = r;
   if (r) rt_retain(r);
   cs->self = self;
@@ -124,28 +124,90 @@ cstate *cs_new(rt *r, worker *self) {
   atomic_init(&cs->interrupt, 0);
   atomic_init(&cs->waiting_on, NULL);
   mbuf_init(&cs->scratch);
+}
+
+cstate *cs_new(rt *r, worker *self) {
+  cstate *cs = malloc(sizeof *cs);
+  if (cs) cs_init(cs, r, self);
   return cs;
 }
 
-/* Frees what cs owns; the state it served is closed already. */
-void cs_free(cstate *cs) {
-  if (cs == NULL) return;
+/* Releases what cs owns; the state it served is closed already. */
+void cs_fini(cstate *cs) {
   msg_free(cs->pending);
   mbuf_free(&cs->scratch);
   park_destroy(&cs->park);
   pthread_mutex_destroy(&cs->mu);
-  free(cs->path);
-  free(cs->cpath);
+  paths_release(cs->paths);
   if (cs->rt) rt_release(cs->rt);
+}
+
+void cs_free(cstate *cs) {
+  if (cs == NULL) return;
+  cs_fini(cs);
   free(cs);
+}
+
+/* ------------------------------------------------------------ paths */
+
+/* package.path and cpath as a worker inherits them. A runtime keeps the
+** last pair it handed out, so a thousand workers spawned from one state
+** share one copy. */
+paths *paths_get(rt *r, const char *path, const char *cpath) {
+  paths *p;
+  pthread_mutex_lock(&r->mu);
+  p = r->paths;
+  if (p && ((p->path == NULL) == (path == NULL)) &&
+      (path == NULL || strcmp(p->path, path) == 0) &&
+      ((p->cpath == NULL) == (cpath == NULL)) &&
+      (cpath == NULL || strcmp(p->cpath, cpath) == 0)) {
+    atomic_fetch_add(&p->refs, 1);
+    pthread_mutex_unlock(&r->mu);
+    return p;
+  }
+  pthread_mutex_unlock(&r->mu);
+  p = malloc(sizeof *p);
+  if (p == NULL) return NULL;
+  atomic_init(&p->refs, 2);                 /* the runtime's and ours */
+  p->path = path ? strdup(path) : NULL;
+  p->cpath = cpath ? strdup(cpath) : NULL;
+  pthread_mutex_lock(&r->mu);
+  {
+    paths *old = r->paths;
+    r->paths = p;
+    pthread_mutex_unlock(&r->mu);
+    paths_release(old);
+  }
+  return p;
+}
+
+void paths_release(paths *p) {
+  if (p == NULL || atomic_fetch_sub(&p->refs, 1) != 1) return;
+  free(p->path);
+  free(p->cpath);
+  free(p);
 }
 
 void cs_setfuncs(lua_State *L, cstate *cs, const luaL_Reg *l) {
   for (; l->name; l++) {
     if (l->func == NULL) continue;
-    lua_pushlightuserdata(L, cs);
-    lua_pushcclosure(L, l->func, 1);
+    if (cs && cs->light) {
+      lua_pushcfunction(L, l->func);
+    } else {
+      lua_pushlightuserdata(L, cs);
+      lua_pushcclosure(L, l->func, 1);
+    }
     lua_setfield(L, -2, l->name);
+  }
+}
+
+/* Pushes conc function f of state cs (a closure, or light). */
+void cs_pushfunc(lua_State *L, cstate *cs, lua_CFunction f) {
+  if (cs->light) {
+    lua_pushcfunction(L, f);
+  } else {
+    lua_pushlightuserdata(L, cs);
+    lua_pushcclosure(L, f, 1);
   }
 }
 
@@ -161,6 +223,7 @@ cstate *cs_of(lua_State *L) {
 ** (the thread frees cs after lua_close), the box itself for hosts. */
 void state_bind(lua_State *L, cstate *cs) {
   cs->L = L;
+  if (cs->light) *(cstate **)lua_getextraspace(L) = cs;
   lua_pushlightuserdata(L, cs);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &CS_KEY);
 }
@@ -229,22 +292,22 @@ static void cs_wake_signal(cstate *cs) {
 
 /* ------------------------------------------------------------ lazy state */
 
-static int lazy_index(lua_State *L) {           /* __index(_G, k) */
-  cstate *cs = conc_cs(L);
+static int lazy_global(lua_State *L) {          /* __index(_G, k) */
+  cstate *cs = cs_of(L);
   if (cs->lazy) cs_materialize(L, cs);
   lua_settop(L, 2);
   lua_rawget(L, 1);
   return 1;
 }
 
-/* Any string metamethod (an index like ("x"):upper(), or arithmetic like
-** "10" + 1): open the libraries, then call the real one. */
-static int lazy_strmeta(lua_State *L) {
-  cstate *cs = conc_cs(L);
+/* A string metamethod (an index like ("x"):upper(), or arithmetic like
+** "10" + 1): open the libraries, then do what the real one does. */
+static int lazy_strmeta(lua_State *L, const char *event) {
+  cstate *cs = cs_of(L);
   int n = lua_gettop(L);
   if (cs->lazy) cs_materialize(L, cs);
   lua_pushliteral(L, "");
-  if (!luaL_getmetafield(L, -1, lua_tostring(L, lua_upvalueindex(2))))
+  if (!luaL_getmetafield(L, -1, event))
     return luaL_error(L, "string metamethod missing");
   lua_replace(L, -2);
   if (!lua_isfunction(L, -1)) {        /* __index is the string table */
@@ -257,13 +320,17 @@ static int lazy_strmeta(lua_State *L) {
   return 1;
 }
 
-lua_State *state_new(void) {
-  return luaL_newstate();
-}
+/* One light function per event: nothing to allocate in the state. */
+#define LAZY(ev) \
+  static int lazy_##ev(lua_State *L) { return lazy_strmeta(L, "__" #ev); }
+LAZY(index) LAZY(add) LAZY(sub) LAZY(mul) LAZY(div) LAZY(mod) LAZY(pow)
+LAZY(unm) LAZY(idiv)
 
-static const char *const strevents[] = {
-    "__index", "__add", "__sub", "__mul", "__div", "__mod", "__pow",
-    "__unm", "__idiv", NULL};
+static const luaL_Reg strevents[] = {
+    {"__index", lazy_index}, {"__add", lazy_add},   {"__sub", lazy_sub},
+    {"__mul", lazy_mul},     {"__div", lazy_div},   {"__mod", lazy_mod},
+    {"__pow", lazy_pow},     {"__unm", lazy_unm},   {"__idiv", lazy_idiv},
+    {NULL, NULL}};
 
 /* Makes L, a fresh state bound to cs, lazy: its libraries open on first
 ** use of a global or of a string method. */
@@ -271,8 +338,7 @@ void state_make_lazy(lua_State *L, cstate *cs) {
   cs->lazy = 1;
   lua_pushglobaltable(L);
   lua_createtable(L, 0, 1);
-  lua_pushlightuserdata(L, cs);
-  lua_pushcclosure(L, lazy_index, 1);
+  lua_pushcfunction(L, lazy_global);
   lua_setfield(L, -2, "__index");
   lua_pushvalue(L, -1);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &LAZYMT_KEY);
@@ -280,12 +346,7 @@ void state_make_lazy(lua_State *L, cstate *cs) {
   lua_pop(L, 1);
   lua_pushliteral(L, "");
   lua_createtable(L, 0, 9);
-  for (int i = 0; strevents[i]; i++) {
-    lua_pushlightuserdata(L, cs);
-    lua_pushstring(L, strevents[i]);
-    lua_pushcclosure(L, lazy_strmeta, 2);
-    lua_setfield(L, -2, strevents[i]);
-  }
+  luaL_setfuncs(L, strevents, 0);
   lua_setmetatable(L, -2);
   lua_pop(L, 1);
 }

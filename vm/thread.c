@@ -185,10 +185,15 @@ int thread_co_wrap(lua_State *L) {
 
 /* ------------------------------------------------------------ jobs */
 
+/* A job: everything a thread needs, made by the spawner, so that a new
+** thread waiting at once (on an event, say) has called malloc not once:
+** its memory is its stack and its state's arena. */
 typedef struct job {
   worker *w;
-  msg *m;                      /* fn and its arguments */
-  char *path, *cpath;
+  msg *m;                      /* fn and its arguments, kept to the end */
+  paths *paths;
+  lua_State *L;                /* a fresh state, or NULL: the thread's spare */
+  cstate cs;
 } job;
 
 static const char TB_KEY = 't';
@@ -200,19 +205,19 @@ static int job_msgh(lua_State *L) {
   return 1;
 }
 
-/* Runs under lua_pcall: the host's hooks, then fn(args). The job's
-** message waits in cs->pending while the hooks run, so it is freed (by
-** cs_free) even if one of them raises. */
+/* Runs under lua_pcall: the host's hooks, then fn(args). The message
+** stays the job's (freed with it), whatever raises. */
 static int job_body(lua_State *L) {
   cstate *cs = conc_cs(L);
   msg *m = lua_touserdata(L, 1);
+  char err[160];
   int n;
   lua_settop(L, 0);
-  cs->pending = m;
   state_run_hooks(L, cs);
   lua_settop(L, 0);
-  cs->pending = NULL;
-  n = msg_push(L, cs, m);
+  n = marshal_decode(L, cs, m->data, m->n, m->refs, m->nrefs, 0, err,
+                     sizeof err);
+  if (n < 1) return luaL_error(L, "%s", n < 0 ? err : "no function");
   lua_call(L, n - 1, LUA_MULTRET);
   return lua_gettop(L);
 }
@@ -242,23 +247,22 @@ static void job_error(lua_State *L, cstate *cs, worker *w, msg **result,
 
 static void job_run(job *j, lua_State *L) {
   worker *w = j->w;
-  cstate *cs = cs_new(w->rt, w);
+  cstate *cs = &j->cs;
   int status = W_DONE, cancelled, base;
   msg *result = NULL;
   char *errmsg = NULL;
-  if (cs == NULL || L == NULL) {
-    msg_free(j->m);
+  cs_init(cs, w->rt, w);
+  cs->paths = j->paths;              /* the cstate's reference now */
+  j->paths = NULL;
+  if (L == NULL) {
     worker_finish(w, W_FAILED, NULL,
                   strdup("thread: not enough memory to start"));
-    if (L) lua_close(L);
-    cs_free(cs);
+    cs_fini(cs);
     return;
   }
+  cs->light = 1;
   state_bind(L, cs);
   state_make_lazy(L, cs);
-  cs->path = j->path;
-  cs->cpath = j->cpath;
-  j->path = j->cpath = NULL;
   pthread_mutex_lock(&w->mu);
   w->cs = cs;
   w->tid = pthread_self();
@@ -268,7 +272,6 @@ static void job_run(job *j, lua_State *L) {
   tls_cs = cs;
   tls_current = L;
   if (cancelled) {
-    msg_free(j->m);
     status = W_CANCELLED;
   } else {
     lua_pushcfunction(L, job_msgh);
@@ -299,13 +302,13 @@ static void job_run(job *j, lua_State *L) {
   }
   tls_current = NULL;
   lua_sethook(L, NULL, 0, 0);
-  lua_close(L);
+  state_close(L);
   pthread_mutex_lock(&w->mu);
   w->cs = NULL;
   w->hastid = 0;
   pthread_mutex_unlock(&w->mu);
   tls_cs = NULL;
-  cs_free(cs);
+  cs_fini(cs);
   worker_finish(w, status, result, errmsg);
 }
 
@@ -346,8 +349,9 @@ void threadpool_atfork_child(void) {
 }
 
 static void job_free(job *j) {
-  free(j->path);
-  free(j->cpath);
+  msg_free(j->m);
+  paths_release(j->paths);
+  if (j->L) state_close(j->L);        /* a state no thread took */
   obj_release(&j->w->obj);
   free(j);
 }
@@ -396,13 +400,18 @@ static void *pool_thread(void *arg) {
   memset(&self, 0, sizeof self);
   park_init(&self.park);
   while (j != NULL) {
-    lua_State *L = self.spare ? self.spare : state_new();
+    lua_State *L = j->L;              /* made by the spawner, or */
+    j->L = NULL;
+    if (L == NULL) L = self.spare ? self.spare : state_new();  /* ours */
+    else if (self.spare) {
+      state_close(self.spare);
+    }
     self.spare = NULL;
     job_run(j, L);
     job_free(j);
     j = pool_wait(&self);
   }
-  if (self.spare) lua_close(self.spare);
+  if (self.spare) state_close(self.spare);
   park_destroy(&self.park);
   return NULL;
 }
@@ -425,6 +434,7 @@ static int pool_start(job *j) {
     return 0;
   }
   pthread_mutex_unlock(&pool_mu);
+  j->L = state_new();                 /* here: the new thread mallocs nothing */
   pthread_attr_init(&attr);
   pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
   pthread_attr_setstacksize(&attr, STACK_SIZE);
@@ -466,24 +476,25 @@ void spawn_options(lua_State *L, const char *fname, const char **name,
   }
 }
 
-/* package.path and cpath of L (or of its pending lazy paths). */
-static void get_paths(lua_State *L, cstate *cs, char **path, char **cpath) {
-  *path = *cpath = NULL;
-  if (cs->lazy) {
-    *path = dupstr(cs->path);
-    *cpath = dupstr(cs->cpath);
-    return;
+/* The package paths a worker spawned from L inherits. */
+static paths *get_paths(lua_State *L, cstate *cs) {
+  const char *path = NULL, *cpath = NULL;
+  paths *p;
+  int top = lua_gettop(L);
+  if (cs->lazy) {                     /* not opened yet: what it inherited */
+    if (cs->paths) atomic_fetch_add(&cs->paths->refs, 1);
+    return cs->paths;
   }
   lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
   if (lua_getfield(L, -1, LUA_LOADLIBNAME) == LUA_TTABLE) {
-    if (lua_getfield(L, -1, "path") == LUA_TSTRING)
-      *path = dupstr(lua_tostring(L, -1));
-    lua_pop(L, 1);
-    if (lua_getfield(L, -1, "cpath") == LUA_TSTRING)
-      *cpath = dupstr(lua_tostring(L, -1));
-    lua_pop(L, 1);
+    lua_getfield(L, -1, "path");
+    lua_getfield(L, -2, "cpath");
+    path = lua_tostring(L, -2);
+    cpath = lua_tostring(L, -1);
   }
-  lua_pop(L, 2);
+  p = paths_get(cs->rt, path, cpath);  /* copies them if new */
+  lua_settop(L, top);
+  return p;
 }
 
 int thread_spawn(lua_State *L) {
@@ -509,7 +520,7 @@ int thread_spawn(lua_State *L) {
   w->owner = conc_getpid();
   j->w = w;                       /* the job's reference */
   j->m = m;
-  get_paths(L, cs, &j->path, &j->cpath);
+  j->paths = get_paths(L, cs);
   worker_register(w);
   obj_push(L, cs, &w->obj);       /* the handle's reference */
   thread_cancel_install();
