@@ -74,8 +74,9 @@ $(BUILD)/libconclua.so: $(LIB_OBJ)
 $(BUILD)/conc.so: $(LIB_OBJ)
 	$(CC) -shared -o $@ $(LIB_OBJ) $(LDFLAGS) -ldl -lm
 
+# -z now: a forked child does not fault in lazy symbol bindings
 $(BUILD)/conclua: $(BIN_OBJ) $(BUILD)/libconclua.a
-	$(CC) -o $@ $(BIN_OBJ) $(BUILD)/libconclua.a $(LDFLAGS) $(LUA_LIBS) \
+	$(CC) -o $@ -Wl,-z,now $(BIN_OBJ) $(BUILD)/libconclua.a $(LDFLAGS) $(LUA_LIBS) \
 	  $(RL_LIBS) -ldl -lm
 
 $(BUILD)/tests/%: tests/c/%.c $(BUILD)/libconclua.a $(HEADERS) \

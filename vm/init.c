@@ -81,6 +81,20 @@ static int conc_workers(lua_State *L) {
   return 1;
 }
 
+/* conc._isatty(file or fd): whether it is a terminal (the pool's
+** progress bar draws only on one). */
+static int conc_isatty(lua_State *L) {
+  int fd = -1;
+  if (lua_isinteger(L, 1)) {
+    fd = (int)lua_tointeger(L, 1);
+  } else {
+    luaL_Stream *s = luaL_checkudata(L, 1, LUA_FILEHANDLE);
+    if (s->closef != NULL && s->f != NULL) fd = fileno(s->f);
+  }
+  lua_pushboolean(L, fd >= 0 && isatty(fd));
+  return 1;
+}
+
 /* Internal counters for tests: open fds, live threads, unreaped children. */
 static int conc_stats(lua_State *L) {
   FILE *f;
@@ -162,6 +176,7 @@ const luaL_Reg conc_funcs[] = {
     {"self", conc_self},
     {"workers", conc_workers},
     {"_stats", conc_stats},
+    {"_isatty", conc_isatty},
     {NULL, NULL}};
 
 /* print, with the whole line written at once: lines of threads that

@@ -368,8 +368,8 @@ typedef struct worker {
   char *name;
   int daemon;
   pthread_mutex_t mu;          /* guards the fields below */
-  objlink link;
-  int status;
+  objlink link;                /* in the fork registry while it runs */
+  _Atomic int status;          /* written under mu, read without */
   int joined;                  /* a join has seen the failure */
   int reported;                /* the exit report printed it */
   int registered;              /* on rt's list */

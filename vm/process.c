@@ -52,6 +52,7 @@ typedef struct frame {
 } frame;
 
 #define FRAME_MAGIC 0x636f6e63u
+#define REAPER_LINGER_MS 100
 
 extern char **environ;
 
@@ -197,13 +198,25 @@ static void *reaper_main(void *arg) {
     int n, i;
     pthread_mutex_lock(&reap_mu);
     if (nwatched == 0) {
-      /* nothing to watch: stop (no fd left behind); the next spawn
-      ** starts a new reaper */
-      reap_running = 0;
-      fd_close(reap_efd);
-      reap_efd = -1;
+      /* nothing to watch: linger a moment for the next child (spawning
+      ** in a loop), then stop, leaving no fd behind */
+      struct pollfd pf;
+      int r;
       pthread_mutex_unlock(&reap_mu);
-      break;
+      pf.fd = reap_efd;
+      pf.events = POLLIN;
+      do r = poll(&pf, 1, REAPER_LINGER_MS);
+      while (r < 0 && errno == EINTR);
+      pthread_mutex_lock(&reap_mu);
+      if (nwatched == 0) {
+        reap_running = 0;
+        fd_close(reap_efd);
+        reap_efd = -1;
+        pthread_mutex_unlock(&reap_mu);
+        break;
+      }
+      pthread_mutex_unlock(&reap_mu);
+      continue;
     }
     if (cap < 2 * nwatched + 1) {
       cap = 2 * nwatched + 1;
@@ -372,14 +385,6 @@ static void child_send(int fd, int failed, const char *emsg, size_t elen,
   fd_close(fd);
 }
 
-static const char CHILD_TB = 'p';
-
-static int child_msgh(lua_State *L) {
-  luaL_traceback(L, L, NULL, 1);
-  lua_rawsetp(L, LUA_REGISTRYINDEX, &CHILD_TB);
-  return 1;
-}
-
 static int child_rfd = -1;     /* where a child's os.exit reports from */
 
 /* Set by the interactive REPL: Ctrl-C is the REPL's, not its children's
@@ -411,7 +416,8 @@ static int child_exit(lua_State *L) {
 ** reports to fd and exits. */
 static void child_run(lua_State *L, cstate *cs, worker *w, int fd, int first,
                       int n, const sigset_t *mask) {
-  int base, st, failed = 0;
+  int base, st, nres = 0, failed = 0;
+  lua_State *co;
   char err[512];
   mbuf out;
   struct sigaction sa;
@@ -446,30 +452,39 @@ static void child_run(lua_State *L, cstate *cs, worker *w, int fd, int first,
     lua_setfield(L, -2, "exit");
   }
   lua_pop(L, 2);
-  lua_pushcfunction(L, child_msgh);
+  /* fn runs in a coroutine of its own: its traceback then shows the
+  ** child's frames only, not the parent's below spawn_process */
+  co = lua_newthread(L);
   base = lua_gettop(L);
   for (int i = 0; i < n; i++) lua_pushvalue(L, first + i);
-  st = lua_pcall(L, n - 1, LUA_MULTRET, base);
+  lua_xmove(L, co, n);
+  thread_set_current(co);
+  st = lua_resume(co, L, n - 1, &nres);
+  thread_set_current(L);
+  if (st == LUA_YIELD) {
+    lua_settop(co, 0);
+    lua_pushliteral(co, "attempt to yield from outside a coroutine");
+    st = LUA_ERRRUN;
+  }
   mbuf_init(&out);
   if (st == LUA_OK) {
-    if (marshal_encode(L, cs, base + 1, lua_gettop(L) - base, &out,
+    if (marshal_encode(co, cs, lua_gettop(co) - nres + 1, nres, &out,
                        MARSHAL_REMOTE, "results[%d]", err, sizeof err) != 0) {
       lua_pushfstring(L, "process %d (%s): %s", (int)getpid(), w->name, err);
       failed = 1;
     }
   } else {
-    int e = lua_gettop(L);
-    const char *tb;
-    lua_rawgetp(L, LUA_REGISTRYINDEX, &CHILD_TB);
-    tb = lua_tostring(L, -1);
-    if (lua_type(L, e) != LUA_TSTRING &&
-        marshal_encode(L, cs, e, 1, &out, MARSHAL_REMOTE, "error", err,
+    int e = lua_gettop(co);
+    if (lua_type(co, e) != LUA_TSTRING &&
+        marshal_encode(co, cs, e, 1, &out, MARSHAL_REMOTE, "error", err,
                        sizeof err) != 0)
       mbuf_reset(&out);
+    luaL_traceback(L, co, NULL, 0);
     lua_pushfstring(L, "process %d (%s): %s\n%s", (int)getpid(), w->name,
-                    luaL_tolstring(L, e, NULL), tb ? tb : "stack traceback:");
+                    luaL_tolstring(co, e, NULL), lua_tostring(L, -1));
     failed = 1;
   }
+  CONC_UNUSED(base);
   if (failed) {
     size_t elen;
     const char *emsg = lua_tolstring(L, -1, &elen);
@@ -478,7 +493,7 @@ static void child_run(lua_State *L, cstate *cs, worker *w, int fd, int first,
     child_send(fd, 0, NULL, 0, &out);
   }
   child_rfd = -1;
-  rt_waitall(cs->rt, NULL);
+  if (cs->rt->head) rt_waitall(cs->rt, NULL);  /* it spawned workers */
   fflush(NULL);
   _exit(failed ? 1 : 0);
 }

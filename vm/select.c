@@ -113,6 +113,10 @@ int conc_select(lua_State *L) {
                         items[i].o ? conc_kinds[items[i].o->kind]->tname
                                    : luaL_typename(L, -1));
     items[i].k = conc_kinds[items[i].o->kind];
+    if ((items[i].o->kind == K_THREAD || items[i].o->kind == K_PROCESS) &&
+        ((worker *)items[i].o)->owner != conc_getpid())
+      return luaL_error(L, "bad argument #1 to 'select' (item %d is a worker "
+                           "of another process)", (int)i + 1);
     items[i].fd = items[i].k->sel_fd ? items[i].k->sel_fd(items[i].o) : -1;
     lua_pop(L, 1);
     memset(&nodes[i], 0, sizeof nodes[i]);

@@ -53,7 +53,7 @@ worker *worker_new(rt *r, int kind, const char *name, int daemon) {
   w->rt = r;
   rt_retain(r);
   w->daemon = daemon;
-  w->status = W_RUNNING;
+  atomic_init(&w->status, W_RUNNING);
   w->pidfd = w->rfd = -1;
   atomic_init(&w->cancel, 0);
   mbuf_init(&w->inbuf);
@@ -98,9 +98,9 @@ static int isfailure(int st) {
 void worker_finish(worker *w, int status, msg *result, char *errmsg) {
   selnode *n;
   pthread_mutex_lock(&w->mu);
-  w->status = status;
   w->result = result;
   w->errmsg = errmsg;
+  atomic_store_explicit(&w->status, status, memory_order_release);
   while ((n = w->waiters) != NULL) {
     selq_remove(&w->waiters, n);
     if (sel_claim(n->sw, n->index)) {
@@ -109,15 +109,15 @@ void worker_finish(worker *w, int status, msg *result, char *errmsg) {
     }
   }
   pthread_mutex_unlock(&w->mu);
+  /* Its lock is not for forked children any more: they never take it
+  ** (handles of another process's workers are refused), and fork need
+  ** not touch it. */
+  objreg_remove(&w->link);
   if (!isfailure(status)) worker_unregister(w);
 }
 
 int worker_status(worker *w) {
-  int st;
-  pthread_mutex_lock(&w->mu);
-  st = w->status;
-  pthread_mutex_unlock(&w->mu);
-  return st;
+  return atomic_load(&w->status);
 }
 
 const char *worker_statusname(int st) {
