@@ -130,7 +130,8 @@ typedef struct kindinfo {
   ** told; see select.c for the protocol. */
   int (*sel_try)(cobj *o, struct selnode *n);
   void (*sel_delist)(cobj *o, struct selnode *n);
-  int (*sel_fd)(cobj *o);          /* an fd to poll instead, or -1 */
+  /* fds to poll for it (0 to 2 of them, in fds) instead of enlisting */
+  int (*sel_fds)(cobj *o, int fds[2]);
   /* adds to the kind's metatable (on top of the stack), or NULL */
   void (*meta)(lua_State *L, struct cstate *cs);
 } kindinfo;
@@ -387,6 +388,8 @@ typedef struct worker {
   int pidfd, rfd;
   int exitcode;                /* status, or -signal */
   int reaped;
+  int busy;                    /* a thread watches the child (process.c) */
+  _Atomic int handles;         /* Lua handles of a process */
   mbuf inbuf;                  /* result bytes read so far */
   pid_t owner;                 /* the process that spawned it */
 } worker;
@@ -439,8 +442,14 @@ extern const kindinfo thread_kind;
 /* ------------------------------------------------------------ process.c */
 
 int process_spawn(lua_State *L);               /* spawn_process */
-/* Whether a process ended (its reaper finished the record). */
+/* Waits for a child to end (draining its result, reaping it) on parker
+** p; cs, if not NULL, can stop it. 1 ended, 0 deadline, -1 stop (*why). */
+int process_wait(cstate *cs, parker *p, worker *w, const deadline *d,
+                 const char **why);
+/* Checks, without blocking, whether a child ended; 1 if it did. */
 int process_poll(worker *w);
+/* The last Lua handle of a process is gone (the reaper takes over). */
+void process_handle_gone(worker *w);
 /* SIGTERM to the daemon children of r, then SIGKILL after a second. */
 void process_stop_daemons(rt *r);
 extern const char *conc_self_exe;

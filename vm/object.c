@@ -58,6 +58,7 @@ static int handle_gc(lua_State *L) {
   if (h->o) {
     cobj *o = h->o;
     h->o = NULL;
+    if (o->kind == K_PROCESS) process_handle_gone((worker *)o);
     obj_release(o);
   }
   return 0;
@@ -142,6 +143,7 @@ void obj_push(lua_State *L, cstate *cs, cobj *o) {
   luaL_setmetatable(L, conc_kinds[o->kind]->tname);
   obj_retain(o);
   h->o = o;
+  if (o->kind == K_PROCESS) atomic_fetch_add(&((worker *)o)->handles, 1);
   lua_pushvalue(L, -1);
   lua_rawsetp(L, -3, o);
   lua_remove(L, -2);

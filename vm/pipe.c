@@ -630,8 +630,9 @@ static int pipe_sel_try(cobj *o, selnode *n) {
   return r == GOT || atomic_load(&n->sw->won) != 0;
 }
 
-static int pipe_sel_fd(cobj *o) {
-  return ((pend *)o)->fd;
+static int pipe_sel_fds(cobj *o, int fds[2]) {
+  fds[0] = ((pend *)o)->fd;
+  return fds[0] >= 0;
 }
 
 static const luaL_Reg pipe_methods[] = {
@@ -640,4 +641,4 @@ static const luaL_Reg pipe_methods[] = {
 
 const kindinfo pipe_kind = {
     "conc.pipe", "pipe", 0, 1, pend_destroy, pipe_methods, NULL,
-    pipe_tostring, pipe_sel_try, NULL, pipe_sel_fd, NULL};
+    pipe_tostring, pipe_sel_try, NULL, pipe_sel_fds, NULL};

@@ -52,7 +52,6 @@ typedef struct frame {
 } frame;
 
 #define FRAME_MAGIC 0x636f6e63u
-#define REAPER_LINGER_MS 100
 
 extern char **environ;
 
@@ -163,22 +162,60 @@ static void conclude(worker *w, int wst) {
   worker_finish(w, status, result, errmsg);
 }
 
-/* Checks one child: drains its pipe, and once it ended, reaps it and
-** finishes its record (1). Called by the reaper only. */
-static int check_child(worker *w, int exited) {
+/* ------------------------------------------------------------ watching */
+
+/* One thread at a time watches a child (w->busy): it drains the result
+** pipe as data comes and reaps the child once it ended. Whoever waits
+** takes that role; the others wait for the end on w->waiters, and take
+** over if the watcher gives up (a timeout, a stop). A child nobody has a
+** handle to any more is watched by the reaper thread, so it leaves no
+** zombie; the common case (spawn, then join) has no extra thread, which
+** keeps fork cheap (a multithreaded parent pays for TLB shootdowns). */
+
+/* 1: taken; 0: someone else watches; -1: the child ended already. */
+static int role_take(worker *w) {
+  int r;
+  pthread_mutex_lock(&w->mu);
+  if (worker_status(w) != W_RUNNING) r = -1;
+  else if (w->busy) r = 0;
+  else {
+    w->busy = 1;
+    r = 1;
+  }
+  pthread_mutex_unlock(&w->mu);
+  return r;
+}
+
+/* Gives the role up; waiters are told, so that one of them takes it. */
+static void role_give(worker *w) {
+  selnode *n;
+  pthread_mutex_lock(&w->mu);
+  w->busy = 0;
+  while ((n = w->waiters) != NULL) {
+    selq_remove(&w->waiters, n);
+    park_wake(n->sw->park);
+  }
+  pthread_mutex_unlock(&w->mu);
+}
+
+/* With the role: drains the pipe; if the child ended, reaps it and
+** finishes its record. 1 if it ended. Never blocks. */
+static int proc_step(worker *w) {
   int wst = 0;
   pid_t r;
   if (w->rfd >= 0 && drain(w)) {       /* end of file: all it will send */
     fd_close(w->rfd);
     w->rfd = -1;
   }
-  if (!exited) return 0;
   pthread_mutex_lock(&w->mu);
-  do r = waitpid(w->pid, &wst, 0);     /* a zombie already: no wait */
+  do r = waitpid(w->pid, &wst, WNOHANG);
   while (r < 0 && errno == EINTR);
-  w->reaped = 1;
-  if (r < 0) wst = 0;                  /* reaped by someone else */
+  if (r == w->pid || (r < 0 && errno == ECHILD)) {
+    w->reaped = 1;
+    if (r < 0) wst = 0;                /* reaped by someone else */
+  }
   pthread_mutex_unlock(&w->mu);
+  if (!w->reaped) return 0;
   if (w->rfd >= 0) {
     drain(w);
     fd_close(w->rfd);
@@ -190,6 +227,108 @@ static int check_child(worker *w, int exited) {
   return 1;
 }
 
+/* Waits for the child of w to end, on parker p; cs (may be NULL) can
+** stop the wait. 1 ended, 0 deadline, -1 stop (*why). */
+int process_wait(cstate *cs, parker *p, worker *w, const deadline *d,
+                 const char **why) {
+  for (;;) {
+    int r = role_take(w);
+    if (r < 0) return 1;
+    if (r == 0) {                      /* watched by another: wait */
+      selwait sw;
+      selnode n;
+      int res = 0, retry = 0;
+      sw.park = p;
+      atomic_init(&sw.won, 0);
+      memset(&n, 0, sizeof n);
+      n.sw = &sw;
+      if (worker_sel_try(&w->obj, &n)) return 1;
+      for (;;) {
+        uint32_t seen = park_seq(p);
+        if (atomic_load(&sw.won)) {
+          res = 1;
+          break;
+        }
+        pthread_mutex_lock(&w->mu);
+        retry = !n.linked;             /* the watcher gave up */
+        pthread_mutex_unlock(&w->mu);
+        if (retry) break;
+        if (cs && (*why = cs_stopreason(cs)) != NULL) {
+          res = -1;
+          break;
+        }
+        if (park_sleep(p, seen, d) == ETIMEDOUT && !atomic_load(&sw.won)) break;
+      }
+      worker_sel_delist(&w->obj, &n);
+      if (atomic_load(&sw.won)) return 1;
+      if (retry) continue;
+      return res;
+    }
+    for (;;) {                         /* watch it ourselves */
+      struct pollfd pf[3];
+      int k = 0;
+      uint32_t seen = park_seq(p);
+      if (proc_step(w)) {
+        role_give(w);
+        return 1;
+      }
+      if (cs && (*why = cs_stopreason(cs)) != NULL) {
+        role_give(w);
+        return -1;
+      }
+      if (deadline_passed(d)) {
+        role_give(w);
+        return 0;
+      }
+      if (w->rfd >= 0) {
+        pf[k].fd = w->rfd;
+        pf[k++].events = POLLIN;
+      }
+      pf[k].fd = w->pidfd;
+      pf[k++].events = POLLIN;
+      park_poll(p, seen, pf, k, d);
+    }
+  }
+}
+
+/* Checks without blocking whether the child ended (if nobody watches). */
+int process_poll(worker *w) {
+  if (role_take(w) == 1) {
+    proc_step(w);
+    role_give(w);
+  }
+  return worker_status(w) != W_RUNNING;
+}
+
+/* select: steps the child (its fds woke the select); a node already
+** enlisted is claimed by the end of the child, if that came. */
+static int proc_sel_try(cobj *o, selnode *n) {
+  worker *w = (worker *)o;
+  int linked;
+  process_poll(w);
+  pthread_mutex_lock(&w->mu);
+  linked = n->linked;
+  pthread_mutex_unlock(&w->mu);
+  if (linked) return atomic_load(&n->sw->won) != 0;
+  return worker_sel_try(o, n);
+}
+
+/* select polls the child's pipe and pidfd, unless another thread
+** watches it (it will finish the record, which wakes the select). */
+static int proc_sel_fds(cobj *o, int fds[2]) {
+  worker *w = (worker *)o;
+  int k = 0;
+  pthread_mutex_lock(&w->mu);
+  if (!w->busy && worker_status(w) == W_RUNNING) {
+    if (w->rfd >= 0) fds[k++] = w->rfd;
+    if (w->pidfd >= 0) fds[k++] = w->pidfd;
+  }
+  pthread_mutex_unlock(&w->mu);
+  return k;
+}
+
+/* ------------------------------------------------------------ reaper */
+
 static void *reaper_main(void *arg) {
   struct pollfd *fds = NULL;
   int cap = 0;
@@ -197,26 +336,12 @@ static void *reaper_main(void *arg) {
   for (;;) {
     int n, i;
     pthread_mutex_lock(&reap_mu);
-    if (nwatched == 0) {
-      /* nothing to watch: linger a moment for the next child (spawning
-      ** in a loop), then stop, leaving no fd behind */
-      struct pollfd pf;
-      int r;
+    if (nwatched == 0) {             /* nothing left: stop, no fd behind */
+      reap_running = 0;
+      fd_close(reap_efd);
+      reap_efd = -1;
       pthread_mutex_unlock(&reap_mu);
-      pf.fd = reap_efd;
-      pf.events = POLLIN;
-      do r = poll(&pf, 1, REAPER_LINGER_MS);
-      while (r < 0 && errno == EINTR);
-      pthread_mutex_lock(&reap_mu);
-      if (nwatched == 0) {
-        reap_running = 0;
-        fd_close(reap_efd);
-        reap_efd = -1;
-        pthread_mutex_unlock(&reap_mu);
-        break;
-      }
-      pthread_mutex_unlock(&reap_mu);
-      continue;
+      break;
     }
     if (cap < 2 * nwatched + 1) {
       cap = 2 * nwatched + 1;
@@ -242,12 +367,11 @@ static void *reaper_main(void *arg) {
     }
     for (i = 0; i < n; i++) {
       worker *w;
-      int exited = fds[1 + 2 * i].revents != 0;
-      if (!exited && fds[2 + 2 * i].revents == 0) continue;
+      if (fds[1 + 2 * i].revents == 0 && fds[2 + 2 * i].revents == 0) continue;
       pthread_mutex_lock(&reap_mu);
       w = watched[i];
       pthread_mutex_unlock(&reap_mu);
-      if (check_child(w, exited)) {
+      if (proc_step(w)) {
         pthread_mutex_lock(&reap_mu);
         for (int k = 0; k < nwatched; k++)
           if (watched[k] == w) {
@@ -255,9 +379,9 @@ static void *reaper_main(void *arg) {
             break;
           }
         pthread_mutex_unlock(&reap_mu);
+        role_give(w);
         obj_release(&w->obj);
-        /* the list changed under our indexes: poll again */
-        break;
+        break;                       /* the list changed: poll again */
       }
     }
   }
@@ -273,7 +397,8 @@ int process_reaper_running(void) {
   return r;
 }
 
-/* Hands a new child to the reaper (which takes a reference). */
+/* Hands a child (whose role the caller holds) to the reaper, which keeps
+** a reference and the role until the child ended. */
 static int reaper_watch(worker *w) {
   int r = 0;
   pthread_mutex_lock(&reap_mu);
@@ -311,6 +436,14 @@ static int reaper_watch(worker *w) {
   }
   pthread_mutex_unlock(&reap_mu);
   return r;
+}
+
+/* The last Lua handle of a process went away: a child still running is
+** handed to the reaper (unless a thread watches it: it will reap it). */
+void process_handle_gone(worker *w) {
+  if (atomic_fetch_sub(&w->handles, 1) != 1) return;
+  if (role_take(w) != 1) return;
+  if (proc_step(w) || reaper_watch(w) != 0) role_give(w);
 }
 
 /* ------------------------------------------------------------ fork */
@@ -642,7 +775,7 @@ static int spawn_exec(lua_State *L, cstate *cs, worker *w, int fi, int n,
 int process_spawn(lua_State *L) {
   cstate *cs = conc_cs(L);
   const char *name = NULL, *start = "fork", *exe = NULL;
-  int daemon = 0, fi = 1, n, rfd[2], r;
+  int daemon = 0, fi = 1, n, rfd[2];
   char exebuf[512];
   worker *w;
   pid_t pid;
@@ -681,13 +814,16 @@ int process_spawn(lua_State *L) {
     pid = fork();
     funlockfile(stderr);
     funlockfile(stdout);
-    pthread_mutex_unlock(&fork_mu);
     if (pid == 0) {
+      pthread_mutex_unlock(&fork_mu);
       fd_close(rfd[0]);
       child_run(L, cs, w, rfd[1], fi, n, &old);     /* does not return */
     }
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    /* closed before the next fork: no sibling inherits the write end, so
+    ** end of file on the pipe means this child is gone */
     fd_close(rfd[1]);
+    pthread_mutex_unlock(&fork_mu);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
     if (pid < 0) {
       int e = errno;
       fd_close(rfd[0]);
@@ -709,11 +845,6 @@ int process_spawn(lua_State *L) {
     return luaL_error(L, "cannot watch process: %s", strerror(e));
   }
   worker_register(w);
-  r = reaper_watch(w);
-  if (r != 0) {
-    kill(pid, SIGKILL);
-    return luaL_error(L, "cannot watch process: %s", strerror(r));
-  }
   return 1;
 }
 
@@ -724,10 +855,6 @@ static worker *check_proc(lua_State *L, int arg) {
   if (w->owner != conc_getpid())
     luaL_error(L, "process %d is not a child of this process", (int)w->pid);
   return w;
-}
-
-int process_poll(worker *w) {
-  return worker_status(w) != W_RUNNING;
 }
 
 static int proc_join(lua_State *L) {
@@ -832,7 +959,7 @@ static const luaL_Reg proc_methods[] = {
 
 const kindinfo process_kind = {
     "conc.process", "process", 0, 1, worker_destroy, proc_methods, proc_index,
-    proc_tostring, worker_sel_try, worker_sel_delist, NULL, NULL};
+    proc_tostring, proc_sel_try, worker_sel_delist, proc_sel_fds, NULL};
 
 /* ------------------------------------------------------------ exit */
 
@@ -862,26 +989,15 @@ void process_stop_daemons(rt *r) {
   for (int i = 0; i < n; i++) {
     deadline d;
     parker p;
-    selwait sw;
-    selnode node;
+    const char *why;
     park_init(&p);
-    sw.park = &p;
-    atomic_init(&sw.won, 0);
-    memset(&node, 0, sizeof node);
-    node.sw = &sw;
     deadline_in(&d, 1.0);
-    if (!worker_sel_try(&v[i]->obj, &node)) {
-      for (;;) {
-        uint32_t seen = park_seq(&p);
-        if (atomic_load(&sw.won)) break;
-        if (park_sleep(&p, seen, &d) == ETIMEDOUT) break;
-      }
-      worker_sel_delist(&v[i]->obj, &node);
-      if (!atomic_load(&sw.won)) {
-        pthread_mutex_lock(&v[i]->mu);
-        if (!v[i]->reaped) kill(v[i]->pid, SIGKILL);
-        pthread_mutex_unlock(&v[i]->mu);
-      }
+    if (process_wait(NULL, &p, v[i], &d, &why) != 1) {
+      pthread_mutex_lock(&v[i]->mu);
+      if (!v[i]->reaped) kill(v[i]->pid, SIGKILL);
+      pthread_mutex_unlock(&v[i]->mu);
+      deadline_in(&d, -1);
+      process_wait(NULL, &p, v[i], &d, &why);
     }
     park_destroy(&p);
     obj_release(&v[i]->obj);

@@ -516,8 +516,9 @@ static void queue_sel_delist(cobj *o, selnode *n) {
   n->flags = 0;
 }
 
-static int queue_sel_fd(cobj *o) {
-  return ((queue *)o)->efd;
+static int queue_sel_fds(cobj *o, int fds[2]) {
+  fds[0] = ((queue *)o)->efd;
+  return 1;
 }
 
 static const luaL_Reg queue_methods[] = {
@@ -526,4 +527,4 @@ static const luaL_Reg queue_methods[] = {
 
 const kindinfo queue_kind = {
     "conc.queue", "queue", 1, 0, queue_destroy, queue_methods, NULL,
-    queue_tostring, queue_sel_try, queue_sel_delist, queue_sel_fd, NULL};
+    queue_tostring, queue_sel_try, queue_sel_delist, queue_sel_fds, NULL};

@@ -79,14 +79,13 @@ int sel_push(lua_State *L, cstate *cs, selnode *n) {
 typedef struct selitem {
   cobj *o;
   const kindinfo *k;
-  int fd;
 } selitem;
 
 int conc_select(lua_State *L) {
   cstate *cs = conc_cs(L);
   selitem small_items[SMALL], *items = small_items;
   selnode small_nodes[SMALL], *nodes = small_nodes;
-  struct pollfd small_fds[SMALL + 1], *fds = small_fds;
+  struct pollfd small_fds[2 * SMALL + 1], *fds = small_fds;
   selwait sw;
   deadline d;
   lua_Integer n, i;
@@ -100,7 +99,7 @@ int conc_select(lua_State *L) {
   if (n > SMALL) {   /* boxes that the GC frees, even if we raise */
     items = lua_newuserdatauv(L, sizeof *items * (size_t)n, 0);
     nodes = lua_newuserdatauv(L, sizeof *nodes * (size_t)n, 0);
-    fds = lua_newuserdatauv(L, sizeof *fds * (size_t)(n + 1), 0);
+    fds = lua_newuserdatauv(L, sizeof *fds * (size_t)(2 * n + 1), 0);
   }
   for (i = 0; i < n; i++) {
     lua_rawgeti(L, 1, i + 1);
@@ -117,7 +116,6 @@ int conc_select(lua_State *L) {
         ((worker *)items[i].o)->owner != conc_getpid())
       return luaL_error(L, "bad argument #1 to 'select' (item %d is a worker "
                            "of another process)", (int)i + 1);
-    items[i].fd = items[i].k->sel_fd ? items[i].k->sel_fd(items[i].o) : -1;
     lua_pop(L, 1);
     memset(&nodes[i], 0, sizeof nodes[i]);
     nodes[i].index = (int)i;
@@ -128,9 +126,11 @@ int conc_select(lua_State *L) {
   cs_waiting(cs, "select");
   for (;;) {
     int offer = 0;
-    /* offer the nodes not enlisted yet (fd items every time round) */
+    /* offer the nodes not enlisted yet, and fd items every time round */
     for (i = 0; i < n && !atomic_load(&sw.won); i++) {
-      if (nodes[i].linked || nodes[i].result == SEL_CLOSED) continue;
+      if ((nodes[i].linked && !items[i].k->sel_fds) ||
+          nodes[i].result == SEL_CLOSED)
+        continue;
       if (items[i].k->sel_try(items[i].o, &nodes[i])) break;
     }
     while (!offer) {
@@ -149,17 +149,24 @@ int conc_select(lua_State *L) {
       if (deadline_passed(&d)) break;
       nfd = 0;
       for (i = 0; i < n; i++) {
-        if (items[i].fd >= 0 && nodes[i].result != SEL_CLOSED) {
-          fds[nfd].fd = items[i].fd;
+        int f[2], k;
+        if (!items[i].k->sel_fds || nodes[i].result == SEL_CLOSED) continue;
+        k = items[i].k->sel_fds(items[i].o, f);
+        for (int j = 0; j < k; j++) {
+          fds[nfd].fd = f[j];
           fds[nfd].events = POLLIN;
           fds[nfd].revents = 0;
           nfd++;
         }
       }
       if (nfd)
-        offer = park_poll(&cs->park, seen, fds, nfd, &d) > 0;
+        park_poll(&cs->park, seen, fds, nfd, &d);
       else
         park_sleep(&cs->park, seen, &d);
+      /* woken: offer again what is not enlisted (an fd is ready, or an
+      ** object dropped a node without a value, as a process does when
+      ** the thread watching it gives up) */
+      offer = 1;
     }
     if (!offer) break;
   }

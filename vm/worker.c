@@ -56,6 +56,7 @@ worker *worker_new(rt *r, int kind, const char *name, int daemon) {
   atomic_init(&w->status, W_RUNNING);
   w->pidfd = w->rfd = -1;
   atomic_init(&w->cancel, 0);
+  atomic_init(&w->handles, 0);
   mbuf_init(&w->inbuf);
   pthread_mutex_init(&w->mu, NULL);
   objreg_add(&w->link, &w->mu);
@@ -187,7 +188,10 @@ int worker_wait(lua_State *L, cstate *cs, worker *w, const deadline *d) {
   const char *why = NULL;
   int r;
   cs_waiting(cs, "join");
-  r = wait_end(&cs->park, cs, w, d, &why);
+  if (w->obj.kind == K_PROCESS)
+    r = process_wait(cs, &cs->park, w, d, &why);
+  else
+    r = wait_end(&cs->park, cs, w, d, &why);
   cs_waiting(cs, NULL);
   if (r < 0) cs_raisestop(L, cs, why);
   return r;
@@ -238,11 +242,13 @@ static void wait_plain(worker *w, cstate *cs) {
   const char *why;
   deadline_in(&d, -1);
   if (cs) {
-    wait_end(&cs->park, cs, w, &d, &why);
+    if (w->obj.kind == K_PROCESS) process_wait(cs, &cs->park, w, &d, &why);
+    else wait_end(&cs->park, cs, w, &d, &why);
   } else {
     parker p;
     park_init(&p);
-    wait_end(&p, NULL, w, &d, &why);
+    if (w->obj.kind == K_PROCESS) process_wait(NULL, &p, w, &d, &why);
+    else wait_end(&p, NULL, w, &d, &why);
     park_destroy(&p);
   }
 }
