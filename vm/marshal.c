@@ -659,10 +659,39 @@ static int enc_table(enc *e, int idx) {
   if (put(e, "\0\0\0\0\0\0\0\0\0", 9)) return -1;   /* narr, nhash, flags */
   lua_pushnil(L);
   while (lua_next(L, idx)) {
-    int top = lua_gettop(L);
-    if (arraymode && lua_isinteger(L, top - 1) &&
-        lua_tointeger(L, top - 1) == (lua_Integer)narr + 1) {
+    int top = lua_gettop(L), isnum;
+    if (e->b->cap - e->b->n < 9 && mbuf_reserve(e->b, 4096)) {
+      e->why = "not enough memory";
+      lua_settop(L, top - 2);
+      return -1;
+    }
+    lua_Integer k;
+    if (arraymode && lua_type(L, top - 1) == LUA_TNUMBER &&
+        (k = lua_tointegerx(L, top - 1, &isnum), isnum) &&
+        k == (lua_Integer)narr + 1) {
       narr++;
+      /* the common array of integers: written here, no call per value */
+      if (lua_isinteger(L, top) && e->b->cap - e->b->n >= 9) {
+        lua_Integer v = lua_tointeger(L, top);
+        unsigned char *p = (unsigned char *)e->b->p + e->b->n;
+        if (v >= INT8_MIN && v <= INT8_MAX) {
+          p[0] = T_INT8;
+          p[1] = (unsigned char)(int8_t)v;
+          e->b->n += 2;
+        } else if (v >= INT32_MIN && v <= INT32_MAX) {
+          int32_t x = (int32_t)v;
+          p[0] = T_INT32;
+          memcpy(p + 1, &x, 4);
+          e->b->n += 5;
+        } else {
+          int64_t x = (int64_t)v;
+          p[0] = T_INT64;
+          memcpy(p + 1, &x, 8);
+          e->b->n += 9;
+        }
+        lua_settop(L, top - 1);
+        continue;
+      }
       if (enc_value(e, top)) {
         path_key(e, top - 1);
         lua_pop(L, 2);
@@ -1043,6 +1072,20 @@ static int dec_table(dec *d) {
   ref_add(d);
   t = lua_gettop(L);
   for (uint32_t i = 1; i <= narr; i++) {
+    /* the common array of small integers: read here, no call per value */
+    if (d->end - d->p >= 5 && (*d->p == T_INT8 || *d->p == T_INT32)) {
+      if (*d->p == T_INT8) {
+        lua_pushinteger(L, (int8_t)d->p[1]);
+        d->p += 2;
+      } else {
+        int32_t v;
+        memcpy(&v, d->p + 1, 4);
+        lua_pushinteger(L, v);
+        d->p += 5;
+      }
+      lua_rawseti(L, t, (lua_Integer)i);
+      continue;
+    }
     if (dec_value(d)) return -1;
     if (lua_isnil(L, -1))
       lua_pop(L, 1);
@@ -1279,7 +1322,6 @@ static int dec_obj(dec *d, int remote) {
 static int dec_value(dec *d) {
   lua_State *L = d->L;
   int tag, r;
-  if (!lua_checkstack(L, 8)) return bad(d, "stack overflow");
   if (getbyte(d, &tag)) return -1;
   switch (tag) {
     case T_NIL: lua_pushnil(L); return 0;
@@ -1333,6 +1375,9 @@ static int dec_value(dec *d) {
     case T_TABLE:
     case T_LFUNC:
       if (d->depth >= MAXDEPTH) return bad(d, "nested too deep");
+      /* room for this level: the table or function, a key and a value,
+      ** and what decoding one of them pushes */
+      if (!lua_checkstack(L, 8)) return bad(d, "stack overflow");
       if (d->reftab == 0) {     /* at depth 0: nothing above it to disturb */
         lua_newtable(L);
         d->reftab = lua_gettop(L);
@@ -1408,6 +1453,10 @@ int marshal_decode(lua_State *L, cstate *cs, const char *p, size_t n,
   if (getvar(&d, &count)) goto failed;
   if (count > left(&d) || count > 1000000) {
     bad(&d, "bad value count");
+    goto failed;
+  }
+  if (!lua_checkstack(L, (int)count + 8)) {
+    bad(&d, "too many values");
     goto failed;
   }
   for (uint64_t i = 0; i < count; i++) {
