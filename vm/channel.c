@@ -22,9 +22,6 @@
 
 #include "internal.h"
 
-/* Short waits end faster by spinning than by sleeping: a wake-up from
-** futex costs tens of microseconds across cores on a VM. */
-#define SPIN_TRIES 200
 
 /* A ring slot: a small value inline (no malloc), or a sealed message. */
 typedef struct cslot {
@@ -42,6 +39,7 @@ typedef struct chan {
   _Atomic size_t len;
   lua_Integer cap;             /* -1: unbounded; 0: rendezvous */
   _Atomic int closed;
+  _Atomic uint32_t spin;        /* conc_spin's budget */
   selnode *recvq, *sendq;
 } chan;
 
@@ -78,6 +76,7 @@ int chan_new(lua_State *L) {
   c->cap = cap;
   atomic_init(&c->len, 0);
   atomic_init(&c->closed, 0);
+  atomic_init(&c->spin, 0);
   objreg_add(&c->link, &c->mu);
   obj_push(L, cs, &c->obj);
   obj_release(&c->obj);             /* the handle holds it now */
@@ -138,8 +137,7 @@ static int hand_to_receiver(chan *c, const offer *o) {
     selq_remove(&c->recvq, n);
     if (sel_claim(n->sw, n->index)) {
       place(&n->m, &n->inln, n->inl, o);
-      n->result = SEL_VALUE;
-      park_wake(n->sw->park);
+      sel_deliver(n, SEL_VALUE);
       return 1;
     }
   }
@@ -156,8 +154,7 @@ static int take_from_sender(chan *c, msg **m, uint32_t *n, char *inl) {
   *n = s->inln;
   if (s->m == NULL) memcpy(inl, s->inl, s->inln);
   s->m = NULL;
-  s->result = SEL_TAKEN;
-  park_wake(s->sw->park);
+  sel_deliver(s, SEL_TAKEN);
   return 1;
 }
 
@@ -182,10 +179,10 @@ static int take(chan *c, msg **m, uint32_t *n, char *inl) {
   return atomic_load_explicit(&c->closed, memory_order_relaxed) ? -1 : 0;
 }
 
-static void spin_pause(void) {
-#if defined(__x86_64__) || defined(__i386__)
-  __builtin_ia32_pause();
-#endif
+static int chan_ready(void *arg) {
+  chan *c = arg;
+  return atomic_load_explicit(&c->len, memory_order_acquire) ||
+         atomic_load_explicit(&c->closed, memory_order_relaxed);
 }
 
 /* Pushes a received value: inline bytes or a message (freed). */
@@ -258,16 +255,19 @@ static int chan_send(lua_State *L) {
   cs_waiting(cs, "send");
   for (;;) {
     uint32_t seen = park_seq(&cs->park);
-    if (atomic_load(&sw.won) || n.result != SEL_NONE) break;
+    if (n.result != SEL_NONE) break;   /* set last, after the value */
     if ((why = cs_stopreason(cs)) != NULL) break;
     if (park_sleep(&cs->park, seen, &d) == ETIMEDOUT) break;
   }
   cs_waiting(cs, NULL);
-  pthread_mutex_lock(&c->mu);
-  if (n.linked) selq_remove(&c->sendq, &n);
-  result = n.result;
+  result = n.result;            /* set last by a receiver or a close */
+  if (result == SEL_NONE) {
+    pthread_mutex_lock(&c->mu);
+    if (n.linked) selq_remove(&c->sendq, &n);
+    result = n.result;
+    pthread_mutex_unlock(&c->mu);
+  }
   o.m = n.m;                    /* NULL once a receiver took it */
-  pthread_mutex_unlock(&c->mu);
   if (result == SEL_TAKEN) {
     lua_pushboolean(L, 1);
     return 1;
@@ -294,12 +294,7 @@ static int chan_recv_d(lua_State *L, cstate *cs, chan *c, double t) {
   if (r == 0 && t != 0) {
     /* spin a little: a sender on another core may be just about to send */
     pthread_mutex_unlock(&c->mu);
-    for (int i = 0; i < SPIN_TRIES; i++) {
-      if (atomic_load_explicit(&c->len, memory_order_acquire) ||
-          atomic_load_explicit(&c->closed, memory_order_relaxed))
-        break;
-      spin_pause();
-    }
+    conc_spin(&c->spin, chan_ready, c);
     pthread_mutex_lock(&c->mu);
     r = take(c, &m, &len, inl);
   }
@@ -320,15 +315,21 @@ static int chan_recv_d(lua_State *L, cstate *cs, chan *c, double t) {
   cs_waiting(cs, "recv");
   for (;;) {
     uint32_t seen = park_seq(&cs->park);
-    if (atomic_load(&sw.won) || n.result != SEL_NONE) break;
+    if (n.result != SEL_NONE) break;   /* set last, after the value */
     if ((why = cs_stopreason(cs)) != NULL) break;
     if (park_sleep(&cs->park, seen, &d) == ETIMEDOUT) break;
   }
   cs_waiting(cs, NULL);
-  pthread_mutex_lock(&c->mu);
-  if (n.linked) selq_remove(&c->recvq, &n);
+  /* a sender that handed a value over unlinked the node, filled it, then
+  ** set its result: nothing left to do under the lock (and the woken
+  ** thread does not fight the sender for it) */
   result = n.result;
-  pthread_mutex_unlock(&c->mu);
+  if (result == SEL_NONE) {
+    pthread_mutex_lock(&c->mu);
+    if (n.linked) selq_remove(&c->recvq, &n);
+    result = n.result;
+    pthread_mutex_unlock(&c->mu);
+  }
   if (result == SEL_VALUE) return sel_push(L, cs, &n);
   if (result == SEL_CLOSED) {
     lua_pushnil(L);
@@ -353,13 +354,11 @@ static int chan_close(lua_State *L) {
   atomic_store(&c->closed, 1);
   while ((n = c->recvq) != NULL) {
     selq_remove(&c->recvq, n);
-    n->result = SEL_CLOSED;
-    park_wake(n->sw->park);
+    sel_deliver(n, SEL_CLOSED);
   }
   while ((n = c->sendq) != NULL) {
     selq_remove(&c->sendq, n);
-    n->result = SEL_CLOSED;
-    park_wake(n->sw->park);
+    sel_deliver(n, SEL_CLOSED);
   }
   pthread_mutex_unlock(&c->mu);
   return 0;

@@ -79,7 +79,12 @@ typedef struct parker {
   _Atomic uint32_t seq;
   _Atomic int efd;          /* an eventfd for park_poll, made lazily */
   _Atomic int polling;      /* the owner sleeps in park_poll */
+  _Atomic int wakers;       /* sel_deliver calls still touching it */
 } parker;
+
+/* Spins (adaptively, and only with two CPUs or more) until ready(arg);
+** 1 if it became ready. 'budget' is the caller's, per object. */
+int conc_spin(_Atomic uint32_t *budget, int (*ready)(void *), void *arg);
 
 /* An adaptive (spin, then sleep) mutex for short critical sections. */
 void conc_mutex_init(pthread_mutex_t *mu);
@@ -495,6 +500,10 @@ typedef struct selnode {
 int sel_push(lua_State *L, struct cstate *cs, selnode *n);
 
 int sel_claim(selwait *sw, int index);
+/* Sets n's result and wakes its waiter, which may then go on without
+** taking the object's lock again: its parker is held meanwhile. Read the
+** node's fields (n->m...) only before. */
+void sel_deliver(selnode *n, int result);
 void selq_push(struct selnode **head, selnode *n);
 void selq_remove(struct selnode **head, selnode *n);
 int conc_select(lua_State *L);

@@ -36,7 +36,6 @@
 #define PAGE 4096u
 #define SLOT_ALIGN 32u
 #define HOT (1u << 20)          /* ring kept reserved ahead of the head */
-#define SPIN_TRIES 200
 
 enum { S_RESERVED = 1, S_READY, S_TAKEN, S_FREE };
 
@@ -60,6 +59,7 @@ typedef struct qhdr {
   int64_t cap;                             /* -1: unbounded */
   uint64_t ringsz;
   uint64_t punched;                        /* pages below: given back */
+  _Atomic uint32_t spin;                   /* conc_spin's budget */
 } qhdr;
 
 typedef struct queue {
@@ -343,10 +343,14 @@ static msg *qfinish(qhdr *h, uint64_t pos) {
   return m;
 }
 
-static void spin_pause(void) {
-#if defined(__x86_64__) || defined(__i386__)
-  __builtin_ia32_pause();
-#endif
+struct qwatch {
+  qhdr *h;
+  uint64_t tail;
+};
+
+static int queue_moved(void *arg) {
+  struct qwatch *w = arg;
+  return atomic_load(&w->h->tail) != w->tail || atomic_load(&w->h->closed);
 }
 
 /* Gets a message, waiting until the deadline: Q_GOT (*m), Q_EMPTY at the
@@ -362,11 +366,9 @@ static int qget(lua_State *L, qhdr *h, cstate *cs, const deadline *d, msg **m) {
     if (r != Q_EMPTY) break;
     if (!spun && !d->forever && deadline_left(d) == 0) break;
     if (!spun) {               /* a producer may be a moment away */
-      uint64_t t = atomic_load(&h->tail);
+      struct qwatch qw = {h, atomic_load(&h->tail)};
       slock_unlock(&h->lock);
-      for (int i = 0; i < SPIN_TRIES && atomic_load(&h->tail) == t &&
-                      !atomic_load(&h->closed); i++)
-        spin_pause();
+      conc_spin(&h->spin, queue_moved, &qw);
       spun = 1;
       slock_lock(&h->lock);
       continue;

@@ -30,6 +30,14 @@ int sel_claim(selwait *sw, int index) {
   return atomic_compare_exchange_strong(&sw->won, &expect, index + 1);
 }
 
+void sel_deliver(selnode *n, int result) {
+  parker *p = n->sw->park;      /* n may be gone once result is set */
+  atomic_fetch_add(&p->wakers, 1);
+  atomic_store(&n->result, result);
+  park_wake(p);
+  atomic_fetch_sub(&p->wakers, 1);
+}
+
 void selq_push(selnode **head, selnode *n) {
   /* FIFO: append at the tail, kept as head->prev */
   if (*head == NULL) {
@@ -85,6 +93,7 @@ int conc_select(lua_State *L) {
   cstate *cs = conc_cs(L);
   selitem small_items[SMALL], *items = small_items;
   selnode small_nodes[SMALL], *nodes = small_nodes;
+  char small_offered[SMALL], *offered = small_offered;
   struct pollfd small_fds[2 * SMALL + 1], *fds = small_fds;
   selwait sw;
   deadline d;
@@ -100,6 +109,7 @@ int conc_select(lua_State *L) {
     items = lua_newuserdatauv(L, sizeof *items * (size_t)n, 0);
     nodes = lua_newuserdatauv(L, sizeof *nodes * (size_t)n, 0);
     fds = lua_newuserdatauv(L, sizeof *fds * (size_t)(2 * n + 1), 0);
+    offered = lua_newuserdatauv(L, (size_t)n, 0);
   }
   for (i = 0; i < n; i++) {
     lua_rawgeti(L, 1, i + 1);
@@ -118,6 +128,7 @@ int conc_select(lua_State *L) {
                            "of another process)", (int)i + 1);
     lua_pop(L, 1);
     memset(&nodes[i], 0, sizeof nodes[i]);
+    offered[i] = 0;
     nodes[i].index = (int)i;
     nodes[i].sw = &sw;
   }
@@ -126,11 +137,13 @@ int conc_select(lua_State *L) {
   cs_waiting(cs, "select");
   for (;;) {
     int offer = 0;
-    /* offer the nodes not enlisted yet, and fd items every time round */
+    /* offer each item once (an object keeps an enlisted node until it
+    ** delivers, or until another item won), and fd items every time
+    ** round (their sel_try knows whether they enlisted) */
     for (i = 0; i < n && !atomic_load(&sw.won); i++) {
-      if ((nodes[i].linked && !items[i].k->sel_fds) ||
-          nodes[i].result == SEL_CLOSED)
+      if ((offered[i] && !items[i].k->sel_fds) || nodes[i].result == SEL_CLOSED)
         continue;
+      offered[i] = 1;
       if (items[i].k->sel_try(items[i].o, &nodes[i])) break;
     }
     while (!offer) {

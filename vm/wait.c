@@ -21,6 +21,7 @@
 #include <linux/futex.h>
 #include <math.h>
 #include <poll.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <sys/eventfd.h>
 #include <sys/syscall.h>
@@ -99,10 +100,15 @@ void park_init(parker *p) {
   atomic_init(&p->seq, 0);
   atomic_init(&p->efd, -1);
   atomic_init(&p->polling, 0);
+  atomic_init(&p->wakers, 0);
 }
 
+/* A waker may still be inside park_wake after its waiter saw the news
+** and left (sel_deliver): wait for it before the parker goes. */
 void park_destroy(parker *p) {
-  int fd = atomic_exchange(&p->efd, -1);
+  int fd;
+  while (atomic_load(&p->wakers) > 0) sched_yield();
+  fd = atomic_exchange(&p->efd, -1);
   if (fd >= 0) close(fd);
 }
 
@@ -173,4 +179,50 @@ void conc_mutex_init(pthread_mutex_t *mu) {
   pthread_mutexattr_settype(&a, PTHREAD_MUTEX_ADAPTIVE_NP);
   pthread_mutex_init(mu, &a);
   pthread_mutexattr_destroy(&a);
+}
+
+/* ------------------------------------------------------------ spinning */
+
+/* How many CPUs this process may run on: with one, spinning only delays
+** the thread it waits for. */
+static int usable_cpus(void) {
+  static _Atomic int n;
+  int v = atomic_load_explicit(&n, memory_order_relaxed);
+  if (v == 0) {
+    cpu_set_t set;
+    v = sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set) : 1;
+    if (v < 1) v = 1;
+    atomic_store_explicit(&n, v, memory_order_relaxed);
+  }
+  return v;
+}
+
+static void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#endif
+}
+
+#define SPIN_MIN 64
+#define SPIN_MAX 16384
+
+/* Spins while ready(arg) is false, for at most the budget (pauses); the
+** budget grows when spinning pays (the wait ended while spinning) and
+** shrinks when it does not. 1 if ready. A wake-up from sleep costs tens
+** of microseconds across cores on a VM; a short spin saves it. */
+int conc_spin(_Atomic uint32_t *budget, int (*ready)(void *), void *arg) {
+  uint32_t b, i;
+  if (usable_cpus() < 2) return 0;
+  b = atomic_load_explicit(budget, memory_order_relaxed);
+  if (b < SPIN_MIN) b = SPIN_MIN;
+  for (i = 0; i < b; i++) {
+    if (ready(arg)) {
+      if (b < SPIN_MAX) atomic_store_explicit(budget, b * 2, memory_order_relaxed);
+      return 1;
+    }
+    cpu_relax();
+  }
+  atomic_store_explicit(budget, b > SPIN_MIN ? b / 2 : SPIN_MIN,
+                        memory_order_relaxed);
+  return 0;
 }

@@ -444,7 +444,7 @@ static const char *t_lazy_receiver(void) {
             "assert(req == require and now == conc.now and p == 'plain')\n");
 done:
   mbuf_free(&b);
-  lua_close(W);
+  state_close(W);
   cs_free(cs);
   return r;
 }
