@@ -199,6 +199,8 @@ enum {
 void mbuf_init(mbuf *b);
 void mbuf_free(mbuf *b);          /* releases the refs it holds */
 void mbuf_reset(mbuf *b);         /* ditto, keeps the memory */
+int mbuf_reserve(mbuf *b, size_t extra);   /* room for extra more: 0, -1 */
+int mbuf_addref(mbuf *b, cobj *o);         /* retains o; its index, or -1 */
 
 /* Encodes the 'n' values at L[first..first+n-1]. 'root' names them for
 ** errors: "args" gives args[1], args[2]...; "fn" names a single value.
@@ -234,12 +236,21 @@ msg *msg_encode(lua_State *L, struct cstate *cs, int first, int n,
 void marshal_key(unsigned char key[16]);
 void marshal_setkey(const unsigned char key[16]);
 uint64_t siphash24(const unsigned char key[16], const void *p, size_t n);
+uint64_t marshal_mac(const void *p, size_t n);   /* keyed by marshal_key */
 
 /* Registry key of a state's map from standard library tables to their
 ** names (string, math...): those cross by name. */
 extern const char conc_libskey;
 
-/* Names of the C functions that may cross: standard libraries and conc. */
+/* Names of the C functions that may cross: standard libraries and conc
+** (names.c). */
+typedef struct cfname {
+  lua_CFunction f;
+  const char *name;
+  int isconc;                /* 1: a conc function (needs the cstate) */
+  int closure;               /* 1: a standard closure, fetch it by name */
+} cfname;
+const cfname *cfunc_find(const char *name);
 const char *cfunc_name(lua_CFunction f, int *isconc);
 lua_CFunction cfunc_lookup(const char *name, size_t len, int *isconc);
 
@@ -466,6 +477,28 @@ uint32_t conc_gettid(void);                    /* cached too */
 int process_child_main(int argc, char **argv); /* start = "spawn" child */
 /* Children spawned from now on ignore SIGINT (the interactive REPL). */
 void process_ignore_sigint(int on);
+
+/* The frame a child process sends back (child.c writes, reap.c reads). */
+typedef struct frame {
+  uint32_t magic;
+  uint32_t status;             /* 0 returned, 1 raised */
+  uint64_t msglen;             /* error message bytes that follow */
+  uint64_t len;                /* marshal payload bytes after that */
+} frame;
+#define FRAME_MAGIC 0x636f6e63u
+
+/* child.c */
+void child_run(lua_State *L, cstate *cs, worker *w, int fd, int first, int n,
+               const sigset_t *mask);
+const char *conclua_exe(char *buf, size_t n);
+int spawn_exec(lua_State *L, cstate *cs, worker *w, int fi, int n,
+               const char *exe, int rfd[2]);
+
+/* reap.c */
+void reap_init(void);
+void reap_atfork_child(void);
+int proc_sel_try(cobj *o, struct selnode *n);
+int proc_sel_fds(cobj *o, int fds[2]);
 
 /* ------------------------------------------------------------ select.c */
 

@@ -1,0 +1,239 @@
+/*
+** msg.c
+** Encode buffers, sealed messages, and the key that guards bytecode.
+**
+** A message owns its bytes and a reference on each runtime object it
+** names; freeing it releases them. The SipHash key is made once per
+** process tree (random, before the first fork: a forked child has the
+** same, a spawned one is given it) and guards every function a message
+** carries (marshal.c).
+*/
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+
+#include "internal.h"
+
+/* ------------------------------------------------------------ siphash */
+
+static unsigned char hashkey[16];
+static pthread_once_t key_once = PTHREAD_ONCE_INIT;
+
+static void key_init(void) {
+  size_t got = 0;
+  while (got < sizeof hashkey) {
+    ssize_t r = getrandom(hashkey + got, sizeof hashkey - got, 0);
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      abort();  /* no entropy source: nothing safe to fall back on */
+    }
+    got += (size_t)r;
+  }
+}
+
+void marshal_key(unsigned char key[16]) {
+  pthread_once(&key_once, key_init);
+  memcpy(key, hashkey, sizeof hashkey);
+}
+
+void marshal_setkey(const unsigned char key[16]) {
+  pthread_once(&key_once, key_init);
+  memcpy(hashkey, key, sizeof hashkey);
+}
+
+#define ROTL(x, b) (uint64_t)(((x) << (b)) | ((x) >> (64 - (b))))
+#define SIPROUND                                                     \
+  do {                                                               \
+    v0 += v1; v1 = ROTL(v1, 13); v1 ^= v0; v0 = ROTL(v0, 32);        \
+    v2 += v3; v3 = ROTL(v3, 16); v3 ^= v2;                           \
+    v0 += v3; v3 = ROTL(v3, 21); v3 ^= v0;                           \
+    v2 += v1; v1 = ROTL(v1, 17); v1 ^= v2; v2 = ROTL(v2, 32);        \
+  } while (0)
+
+static uint64_t load64(const unsigned char *p) {
+  uint64_t v;
+  memcpy(&v, p, 8);
+  return v;  /* little-endian machines only, like the rest of the format */
+}
+
+/* SipHash-2-4 (Aumasson and Bernstein), 64-bit output. */
+uint64_t siphash24(const unsigned char key[16], const void *data, size_t n) {
+  const unsigned char *p = data;
+  uint64_t k0 = load64(key), k1 = load64(key + 8);
+  uint64_t v0 = k0 ^ 0x736f6d6570736575ULL, v1 = k1 ^ 0x646f72616e646f6dULL;
+  uint64_t v2 = k0 ^ 0x6c7967656e657261ULL, v3 = k1 ^ 0x7465646279746573ULL;
+  uint64_t b = (uint64_t)n << 56, m;
+  size_t i, tail = n & 7;
+  for (i = 0; i + 8 <= n; i += 8) {
+    m = load64(p + i);
+    v3 ^= m;
+    SIPROUND;
+    SIPROUND;
+    v0 ^= m;
+  }
+  for (size_t j = 0; j < tail; j++) b |= (uint64_t)p[i + j] << (8 * j);
+  v3 ^= b;
+  SIPROUND;
+  SIPROUND;
+  v0 ^= b;
+  v2 ^= 0xff;
+  SIPROUND;
+  SIPROUND;
+  SIPROUND;
+  SIPROUND;
+  return v0 ^ v1 ^ v2 ^ v3;
+}
+
+uint64_t marshal_mac(const void *p, size_t n) {
+  pthread_once(&key_once, key_init);
+  return siphash24(hashkey, p, n);
+}
+
+/* ------------------------------------------------------------ buffers */
+
+void mbuf_init(mbuf *b) {
+  memset(b, 0, sizeof *b);
+}
+
+void mbuf_reset(mbuf *b) {
+  for (int i = 0; i < b->nrefs; i++) obj_release(b->refs[i]);
+  b->nrefs = 0;
+  b->n = 0;
+}
+
+void mbuf_free(mbuf *b) {
+  mbuf_reset(b);
+  free(b->p);
+  free(b->refs);
+  mbuf_init(b);
+}
+
+int mbuf_reserve(mbuf *b, size_t extra) {
+  size_t need = b->n + extra, cap;
+  char *np;
+  if (need < b->n) return -1;                       /* overflow */
+  if (need <= b->cap) return 0;
+  cap = b->cap ? b->cap : 256;
+  while (cap < need) cap = cap > SIZE_MAX / 2 ? need : cap * 2;
+  np = realloc(b->p, cap);
+  if (np == NULL) return -1;
+  b->p = np;
+  b->cap = cap;
+  return 0;
+}
+
+int mbuf_addref(mbuf *b, cobj *o) {
+  if (b->nrefs == b->refcap) {
+    int cap = b->refcap ? b->refcap * 2 : 4;
+    cobj **nr = realloc(b->refs, sizeof *nr * (size_t)cap);
+    if (nr == NULL) return -1;
+    b->refs = nr;
+    b->refcap = cap;
+  }
+  obj_retain(o);
+  b->refs[b->nrefs] = o;
+  return b->nrefs++;
+}
+
+/* Small payloads are copied next to the message header, so one malloc
+** holds both; big ones move into the message and the buffer starts
+** afresh. The object references come first (pointer-aligned). */
+#define SEAL_COPY_MAX 4096
+
+msg *msg_seal(mbuf *b) {
+  size_t refsz = (size_t)b->nrefs * sizeof(cobj *);
+  size_t inl = b->n <= SEAL_COPY_MAX ? b->n : 0;
+  msg *m = malloc(sizeof *m + refsz + inl);
+  if (m == NULL) return NULL;
+  m->next = NULL;
+  m->n = b->n;
+  m->nrefs = b->nrefs;
+  m->refs = (cobj **)(void *)m->inl;
+  if (refsz) memcpy(m->refs, b->refs, refsz);
+  b->nrefs = 0;                 /* the message owns those references now */
+  if (b->n <= SEAL_COPY_MAX) {
+    m->data = m->inl + refsz;
+    m->owndata = 0;
+    if (b->n) memcpy(m->data, b->p, b->n);
+    b->n = 0;
+  } else {
+    m->data = b->p;
+    m->owndata = 1;
+    b->p = NULL;
+    b->cap = b->n = 0;
+  }
+  return m;
+}
+
+void msg_free(msg *m) {
+  if (m == NULL) return;
+  for (int i = 0; i < m->nrefs; i++) obj_release(m->refs[i]);
+  if (m->owndata) free(m->data);
+  free(m);
+}
+
+msg *msg_copy(const void *p, size_t n) {
+  msg *m = malloc(sizeof *m + n);
+  if (m == NULL) return NULL;
+  m->next = NULL;
+  m->n = n;
+  m->nrefs = 0;
+  m->refs = NULL;
+  m->owndata = 0;
+  m->data = m->inl;
+  memcpy(m->inl, p, n);
+  return m;
+}
+
+msg *msg_dup(const msg *m) {
+  size_t refsz = (size_t)m->nrefs * sizeof(cobj *);
+  msg *c = malloc(sizeof *c + refsz + m->n);
+  if (c == NULL) return NULL;
+  c->next = NULL;
+  c->n = m->n;
+  c->nrefs = m->nrefs;
+  c->refs = (cobj **)(void *)c->inl;
+  for (int i = 0; i < m->nrefs; i++) {
+    c->refs[i] = m->refs[i];
+    obj_retain(c->refs[i]);
+  }
+  c->data = c->inl + refsz;
+  c->owndata = 0;
+  memcpy(c->data, m->data, m->n);
+  return c;
+}
+
+/* ------------------------------------------------------------ helpers */
+
+msg *msg_encode(lua_State *L, cstate *cs, int first, int n,
+                const char *root) {
+  char err[512];
+  msg *m;
+  if (marshal_encode(L, cs, first, n, &cs->scratch, 0, root, err, sizeof err))
+    luaL_error(L, "%s", err);
+  m = msg_seal(&cs->scratch);
+  if (m == NULL) {
+    mbuf_reset(&cs->scratch);
+    luaL_error(L, "not enough memory");
+  }
+  return m;
+}
+
+int msg_push(lua_State *L, cstate *cs, msg *m) {
+  char err[160];
+  int n;
+  if (cs->pending) {           /* left by a decode that raised */
+    msg_free(cs->pending);
+    cs->pending = NULL;
+  }
+  cs->pending = m;
+  n = marshal_decode(L, cs, m->data, m->n, m->refs, m->nrefs, 0, err,
+                     sizeof err);
+  cs->pending = NULL;
+  msg_free(m);
+  if (n < 0) luaL_error(L, "%s", err);
+  return n;
+}

@@ -1,0 +1,419 @@
+/*
+** reap.c
+** Watching child processes: their results, their end, no zombie.
+**
+** DESIGN. One thread at a time watches a child (w->busy): it drains the
+** result pipe as data comes (so a child with a big result never blocks on
+** a full pipe) and reaps the child once it ended, then finishes the
+** worker record, which wakes joiners and selects as a thread's end does.
+** Whoever waits for the child (join, wait, select, status, the wait at
+** exit) takes that role in turn; the others wait for the end on
+** w->waiters, and take over if the watcher gives up (a timeout, a stop).
+** The common case, spawn then join, runs no extra thread, which keeps
+** fork cheap: a multithreaded parent pays for TLB shootdowns. A child to
+** which no Lua handle is left is given to the reaper thread, started on
+** demand, so it leaves no zombie either.
+*/
+
+#include <errno.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+static pthread_mutex_t reap_mu = PTHREAD_MUTEX_INITIALIZER;
+static objlink reap_link;
+static worker **watched;       /* children the reaper watches */
+static int nwatched, capwatched;
+static int reap_efd = -1;      /* wakes the reaper when the list changes */
+static int reap_running;
+
+static const char *signame(int sig, char *buf, size_t n) {
+  const char *a = sigabbrev_np(sig);
+  if (a) snprintf(buf, n, "SIG%s", a);
+  else snprintf(buf, n, "signal %d", sig);
+  return buf;
+}
+
+/* Reads what the child sent so far, without blocking; 1 at end of file. */
+static int drain(worker *w) {
+  for (;;) {
+    ssize_t r;
+    if (w->inbuf.cap - w->inbuf.n < 65536) {
+      size_t cap = w->inbuf.cap ? w->inbuf.cap * 2 : 65536;
+      char *np = realloc(w->inbuf.p, cap);
+      if (np == NULL) return 1;           /* give up on the result */
+      w->inbuf.p = np;
+      w->inbuf.cap = cap;
+    }
+    r = read(w->rfd, w->inbuf.p + w->inbuf.n, w->inbuf.cap - w->inbuf.n);
+    if (r > 0) {
+      w->inbuf.n += (size_t)r;
+      continue;
+    }
+    if (r == 0) return 1;
+    if (errno == EINTR) continue;
+    return errno != EAGAIN;
+  }
+}
+
+/* The child ended (status from waitpid): makes the outcome from the
+** frame it sent, or from how it died. */
+static void conclude(worker *w, int wst) {
+  int status;
+  msg *result = NULL;
+  char *errmsg = NULL;
+  char buf[256], sb[32];
+  frame f;
+  int framed = 0;
+  if (w->inbuf.n >= sizeof f) {
+    memcpy(&f, w->inbuf.p, sizeof f);
+    framed = f.magic == FRAME_MAGIC && f.status <= 1 &&
+             f.msglen <= w->inbuf.n - sizeof f &&
+             f.len == w->inbuf.n - sizeof f - f.msglen;
+  }
+  if (WIFSIGNALED(wst)) {
+    w->exitcode = -WTERMSIG(wst);
+  } else {
+    w->exitcode = WEXITSTATUS(wst);
+  }
+  if (framed && f.status == 0 && !WIFSIGNALED(wst)) {
+    result = msg_copy(w->inbuf.p + sizeof f + f.msglen, (size_t)f.len);
+    status = W_DONE;
+  } else if (framed && f.status == 1) {
+    errmsg = malloc((size_t)f.msglen + 1);
+    if (errmsg) {
+      memcpy(errmsg, w->inbuf.p + sizeof f, (size_t)f.msglen);
+      errmsg[f.msglen] = '\0';
+    }
+    if (f.len)
+      result = msg_copy(w->inbuf.p + sizeof f + f.msglen, (size_t)f.len);
+    status = W_FAILED;
+  } else if (WIFSIGNALED(wst)) {
+    snprintf(buf, sizeof buf, "process %d killed by signal %d (%s)",
+             (int)w->pid, WTERMSIG(wst), signame(WTERMSIG(wst), sb, sizeof sb));
+    errmsg = strdup(buf);
+    status = W_KILLED;
+  } else if (WEXITSTATUS(wst) == 0) {
+    status = W_DONE;                /* os.exit(0): nothing returned */
+  } else {
+    snprintf(buf, sizeof buf, "process %d exited with status %d", (int)w->pid,
+             WEXITSTATUS(wst));
+    errmsg = strdup(buf);
+    status = W_FAILED;
+  }
+  mbuf_free(&w->inbuf);
+  worker_finish(w, status, result, errmsg);
+}
+
+/* ------------------------------------------------------------ watching */
+
+/* One thread at a time watches a child (w->busy): it drains the result
+** pipe as data comes and reaps the child once it ended. Whoever waits
+** takes that role; the others wait for the end on w->waiters, and take
+** over if the watcher gives up (a timeout, a stop). A child nobody has a
+** handle to any more is watched by the reaper thread, so it leaves no
+** zombie; the common case (spawn, then join) has no extra thread, which
+** keeps fork cheap (a multithreaded parent pays for TLB shootdowns). */
+
+/* 1: taken; 0: someone else watches; -1: the child ended already. */
+static int role_take(worker *w) {
+  int r;
+  pthread_mutex_lock(&w->mu);
+  if (worker_status(w) != W_RUNNING) r = -1;
+  else if (w->busy) r = 0;
+  else {
+    w->busy = 1;
+    r = 1;
+  }
+  pthread_mutex_unlock(&w->mu);
+  return r;
+}
+
+/* Gives the role up; waiters are told, so that one of them takes it. */
+static void role_give(worker *w) {
+  selnode *n;
+  pthread_mutex_lock(&w->mu);
+  w->busy = 0;
+  while ((n = w->waiters) != NULL) {
+    selq_remove(&w->waiters, n);
+    park_wake(n->sw->park);
+  }
+  pthread_mutex_unlock(&w->mu);
+}
+
+/* With the role: drains the pipe; if the child ended, reaps it and
+** finishes its record. 1 if it ended. Never blocks. */
+static int proc_step(worker *w) {
+  int wst = 0;
+  pid_t r;
+  if (w->rfd >= 0 && drain(w)) {       /* end of file: all it will send */
+    fd_close(w->rfd);
+    w->rfd = -1;
+  }
+  pthread_mutex_lock(&w->mu);
+  do r = waitpid(w->pid, &wst, WNOHANG);
+  while (r < 0 && errno == EINTR);
+  if (r == w->pid || (r < 0 && errno == ECHILD)) {
+    w->reaped = 1;
+    if (r < 0) wst = 0;                /* reaped by someone else */
+  }
+  pthread_mutex_unlock(&w->mu);
+  if (!w->reaped) return 0;
+  if (w->rfd >= 0) {
+    drain(w);
+    fd_close(w->rfd);
+    w->rfd = -1;
+  }
+  fd_close(w->pidfd);
+  w->pidfd = -1;
+  conclude(w, wst);
+  return 1;
+}
+
+/* Waits for the child of w to end, on parker p; cs (may be NULL) can
+** stop the wait. 1 ended, 0 deadline, -1 stop (*why). */
+int process_wait(cstate *cs, parker *p, worker *w, const deadline *d,
+                 const char **why) {
+  for (;;) {
+    int r = role_take(w);
+    if (r < 0) return 1;
+    if (r == 0) {                      /* watched by another: wait */
+      selwait sw;
+      selnode n;
+      int res = 0, retry = 0;
+      sw.park = p;
+      atomic_init(&sw.won, 0);
+      memset(&n, 0, sizeof n);
+      n.sw = &sw;
+      if (worker_sel_try(&w->obj, &n)) return 1;
+      for (;;) {
+        uint32_t seen = park_seq(p);
+        if (atomic_load(&sw.won)) {
+          res = 1;
+          break;
+        }
+        pthread_mutex_lock(&w->mu);
+        retry = !n.linked;             /* the watcher gave up */
+        pthread_mutex_unlock(&w->mu);
+        if (retry) break;
+        if (cs && (*why = cs_stopreason(cs)) != NULL) {
+          res = -1;
+          break;
+        }
+        if (park_sleep(p, seen, d) == ETIMEDOUT && !atomic_load(&sw.won)) break;
+      }
+      worker_sel_delist(&w->obj, &n);
+      if (atomic_load(&sw.won)) return 1;
+      if (retry) continue;
+      return res;
+    }
+    for (;;) {                         /* watch it ourselves */
+      struct pollfd pf[3];
+      int k = 0;
+      uint32_t seen = park_seq(p);
+      if (proc_step(w)) {
+        role_give(w);
+        return 1;
+      }
+      if (cs && (*why = cs_stopreason(cs)) != NULL) {
+        role_give(w);
+        return -1;
+      }
+      if (deadline_passed(d)) {
+        role_give(w);
+        return 0;
+      }
+      if (w->rfd >= 0) {
+        pf[k].fd = w->rfd;
+        pf[k++].events = POLLIN;
+      }
+      pf[k].fd = w->pidfd;
+      pf[k++].events = POLLIN;
+      park_poll(p, seen, pf, k, d);
+    }
+  }
+}
+
+/* Checks without blocking whether the child ended (if nobody watches). */
+int process_poll(worker *w) {
+  if (role_take(w) == 1) {
+    proc_step(w);
+    role_give(w);
+  }
+  return worker_status(w) != W_RUNNING;
+}
+
+/* select: steps the child (its fds woke the select); a node already
+** enlisted is claimed by the end of the child, if that came. */
+int proc_sel_try(cobj *o, selnode *n) {
+  worker *w = (worker *)o;
+  int linked;
+  process_poll(w);
+  pthread_mutex_lock(&w->mu);
+  linked = n->linked;
+  pthread_mutex_unlock(&w->mu);
+  if (linked) return atomic_load(&n->sw->won) != 0;
+  return worker_sel_try(o, n);
+}
+
+/* select polls the child's pipe and pidfd, unless another thread
+** watches it (it will finish the record, which wakes the select). */
+int proc_sel_fds(cobj *o, int fds[2]) {
+  worker *w = (worker *)o;
+  int k = 0;
+  pthread_mutex_lock(&w->mu);
+  if (!w->busy && worker_status(w) == W_RUNNING) {
+    if (w->rfd >= 0) fds[k++] = w->rfd;
+    if (w->pidfd >= 0) fds[k++] = w->pidfd;
+  }
+  pthread_mutex_unlock(&w->mu);
+  return k;
+}
+
+/* ------------------------------------------------------------ reaper */
+
+static void *reaper_main(void *arg) {
+  struct pollfd *fds = NULL;
+  int cap = 0;
+  CONC_UNUSED(arg);
+  for (;;) {
+    int n, i;
+    pthread_mutex_lock(&reap_mu);
+    if (nwatched == 0) {             /* nothing left: stop, no fd behind */
+      reap_running = 0;
+      fd_close(reap_efd);
+      reap_efd = -1;
+      pthread_mutex_unlock(&reap_mu);
+      break;
+    }
+    if (cap < 2 * nwatched + 1) {
+      cap = 2 * nwatched + 1;
+      free(fds);
+      fds = malloc(sizeof *fds * (size_t)cap);
+      if (fds == NULL) abort();
+    }
+    fds[0].fd = reap_efd;
+    fds[0].events = POLLIN;
+    for (i = 0; i < nwatched; i++) {
+      fds[1 + 2 * i].fd = watched[i]->pidfd;
+      fds[1 + 2 * i].events = POLLIN;
+      fds[2 + 2 * i].fd = watched[i]->rfd;
+      fds[2 + 2 * i].events = POLLIN;
+    }
+    n = nwatched;
+    pthread_mutex_unlock(&reap_mu);
+    if (poll(fds, (nfds_t)(1 + 2 * n), -1) < 0 && errno != EINTR) continue;
+    if (fds[0].revents) {
+      uint64_t v;
+      ssize_t r = read(reap_efd, &v, sizeof v);
+      CONC_UNUSED(r);
+    }
+    for (i = 0; i < n; i++) {
+      worker *w;
+      if (fds[1 + 2 * i].revents == 0 && fds[2 + 2 * i].revents == 0) continue;
+      pthread_mutex_lock(&reap_mu);
+      w = watched[i];
+      pthread_mutex_unlock(&reap_mu);
+      if (proc_step(w)) {
+        pthread_mutex_lock(&reap_mu);
+        for (int k = 0; k < nwatched; k++)
+          if (watched[k] == w) {
+            watched[k] = watched[--nwatched];
+            break;
+          }
+        pthread_mutex_unlock(&reap_mu);
+        role_give(w);
+        obj_release(&w->obj);
+        break;                       /* the list changed: poll again */
+      }
+    }
+  }
+  free(fds);
+  return NULL;
+}
+
+int process_reaper_running(void) {
+  int r;
+  pthread_mutex_lock(&reap_mu);
+  r = reap_running;
+  pthread_mutex_unlock(&reap_mu);
+  return r;
+}
+
+/* Hands a child (whose role the caller holds) to the reaper, which keeps
+** a reference and the role until the child ended. */
+static int reaper_watch(worker *w) {
+  int r = 0;
+  pthread_mutex_lock(&reap_mu);
+  if (reap_efd < 0) reap_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (reap_efd < 0 || (nwatched == capwatched &&
+                       (capwatched = capwatched ? capwatched * 2 : 16,
+                        !(watched = realloc(watched, sizeof *watched *
+                                                         (size_t)capwatched))))) {
+    pthread_mutex_unlock(&reap_mu);
+    return ENOMEM;
+  }
+  obj_retain(&w->obj);
+  watched[nwatched++] = w;
+  if (!reap_running) {
+    pthread_t tid;
+    pthread_attr_t attr;
+    sigset_t all, old;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    pthread_attr_setstacksize(&attr, 256u << 10);
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);   /* the reaper takes none */
+    r = pthread_create(&tid, &attr, reaper_main, NULL);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    pthread_attr_destroy(&attr);
+    if (r == 0) reap_running = 1;
+    else {
+      nwatched--;
+      obj_release(&w->obj);
+    }
+  } else {
+    uint64_t one = 1;
+    ssize_t wr = write(reap_efd, &one, sizeof one);
+    CONC_UNUSED(wr);
+  }
+  pthread_mutex_unlock(&reap_mu);
+  return r;
+}
+
+/* The last Lua handle of a process went away: a child still running is
+** handed to the reaper (unless a thread watches it: it will reap it). */
+void process_handle_gone(worker *w) {
+  if (atomic_fetch_sub(&w->handles, 1) != 1) return;
+  if (role_take(w) != 1) return;
+  if (proc_step(w) || reaper_watch(w) != 0) role_give(w);
+}
+
+/* ------------------------------------------------------------ fork */
+
+void reap_init(void) {
+  objreg_add(&reap_link, &reap_mu);
+}
+
+/* In a forked child the reaper and the parent's children are not its. */
+void reap_atfork_child(void) {
+  for (int i = 0; i < nwatched; i++) {
+    fd_close(watched[i]->pidfd);
+    fd_close(watched[i]->rfd);
+  }
+  nwatched = 0;
+  capwatched = 0;
+  watched = NULL;               /* the parent's array: left alone */
+  reap_running = 0;
+  if (reap_efd >= 0) {
+    fd_close(reap_efd);
+    reap_efd = -1;
+  }
+}
