@@ -253,6 +253,21 @@ static void wait_plain(worker *w, cstate *cs) {
   }
 }
 
+/* "name: error" and its traceback, the error without the "thread 3
+** (name): " a join would show before it. */
+static void report_one(worker *w) {
+  const char *e = w->errmsg ? w->errmsg : "failed";
+  char tag[160];
+  const char *p;
+  snprintf(tag, sizeof tag, "(%s): ", w->name);
+  p = strstr(e, tag);
+  if (p && p - e < 32) e = p + strlen(tag);
+  flockfile(stderr);
+  fprintf(stderr, "%s: %s\n", w->name, e);
+  fflush(stderr);
+  funlockfile(stderr);
+}
+
 /* Prints the failures nobody joined, once each; returns how many of
 ** them were not daemons (what conclua_wait reports). */
 int rt_report_failures(rt *r) {
@@ -272,8 +287,7 @@ int rt_report_failures(rt *r) {
     }
     pthread_mutex_unlock(&r->mu);
     if (found == NULL) break;
-    fprintf(stderr, "%s\n", found->errmsg ? found->errmsg : "worker failed");
-    fflush(stderr);
+    report_one(found);
     if (!found->daemon) count++;
     worker_unregister(found);
     obj_release(&found->obj);
