@@ -396,7 +396,7 @@ static int t_wait_counts_unjoined_failures(void) {
   err = captured_text();
   CHECK(runner_now() - t0 >= 0.15);
   CHECK_INT(atomic_load(&marks), 1);
-  if (!strstr(err, "boom one") || !strstr(err, "(second): ") ||
+  if (!strstr(err, "boom one") || !strstr(err, "second: ") ||
       !strstr(err, "boom two") || !strstr(err, "proc boom") ||
       !strstr(err, "boom daemon") || strstr(err, "boom three"))
     FAIL("unexpected report on stderr:\n%s", err);
