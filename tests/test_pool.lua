@@ -123,6 +123,19 @@ T.test("a worker process that dies: its work fails, the pool goes on", function(
   p:close()
 end)
 
+T.test("a result sent just before the worker dies is kept", function()
+  -- the worker answers A, then exits at once: the end of the process may
+  -- be seen before the answer, which must still count
+  for _ = 1, 30 do
+    local p = pool.processes(1)
+    local a = p:submit(function() return "A" end)
+    local b = p:submit(function() os.exit(3) end)
+    T.eq(a:result(10), "A")
+    T.raises("exited with status 3", b.result, b, 10)
+    p:close()
+  end
+end)
+
 T.test("a pool that is collected is closed, its workers stopped", function()
   do
     local p = pool.threads(2)
@@ -149,6 +162,45 @@ T.test("pools alive at exit are shut down, no orphans", function()
   for _, pid in ipairs({a, b}) do
     T.ok(not os.execute("kill -0 " .. pid .. " 2>/dev/null"), "orphan " .. pid)
   end
+  os.remove(script)
+end)
+
+T.test("a pool whose worker was replaced still closes at exit", function()
+  -- the replacement's handles are newer than the pool's first ones: at
+  -- exit the pool must still close (finishing its queued work) before
+  -- they are released
+  local marker = os.tmpname()
+  os.remove(marker)
+  local script = T.tmpfile(string.format([[
+    local pool = require "conc.pool"
+    local p = pool.processes(1)
+    local f = p:submit(function() os.exit(3) end)
+    assert(not pcall(f.result, f))
+    p:submit(function(path)
+      conc.sleep(0.2)
+      local out = assert(io.open(path, "w"))
+      out:write("done")
+      out:close()
+    end, %q)
+    io.write(p.workers[1].h.pid, "\n")
+  ]], marker))
+  local log = os.tmpname()
+  -- output to a file: an orphan holding the pipe would hang T.sh
+  local _, code = T.sh(T.q(T.conclua) .. " " .. script .. " >" .. T.q(log) .. " 2>&1")
+  local f = assert(io.open(log))
+  local out = f:read("a")
+  f:close()
+  T.eq(code, 0, out)
+  local pid = out:match("^(%d+)\n")
+  T.ok(pid, out)
+  local alive = os.execute("kill -0 " .. pid .. " 2>/dev/null")
+  if alive then os.execute("kill -KILL " .. pid) end
+  T.ok(not alive, "orphan " .. pid)
+  local m = io.open(marker)
+  T.ok(m, "the queued work was done before exit")
+  if m then m:close() end
+  os.remove(marker)
+  os.remove(log)
   os.remove(script)
 end)
 

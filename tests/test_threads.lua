@@ -282,6 +282,24 @@ T.test("a collected handle leaves the thread running and awaited", function()
   T.eq(ch:recv(2), "still here")
 end)
 
+T.test("a handle released by its __gc, reached by a later finalizer", function()
+  -- finalizers run newest first: at exit the handle goes before the
+  -- older table whose finalizer still uses it
+  local script = T.tmpfile([[
+    local t
+    setmetatable({}, {__gc = function()
+      print(pcall(function() return t.id end))
+      print(tostring(t), pcall(t.join, t))
+    end})
+    t = spawn_thread(function() return 1 end)
+    t:join()
+  ]])
+  local out, code = T.sh(T.q(T.conclua) .. " " .. script)
+  os.remove(script)
+  T.eq(code, 0, out)
+  T.ok(out:find("false\t[^\n]*handle already released\n<conc.thread released>\tfalse"), out)
+end)
+
 T.test("a thread cannot join itself", function()
   local ch = conc.channel()
   local t = spawn_thread(function()

@@ -70,9 +70,17 @@ static int handle_eq(lua_State *L) {
   return 1;
 }
 
+/* A handle is released by its __gc; finalizers of other objects (a pool's
+** close at exit) may still reach it afterwards. */
 static int handle_tostring(lua_State *L) {
   handle *h = lua_touserdata(L, 1);
-  const kindinfo *k = conc_kinds[h->o->kind];
+  const kindinfo *k;
+  if (h->o == NULL) {
+    luaL_getmetafield(L, 1, "__name");
+    lua_pushfstring(L, "<%s released>", lua_tostring(L, -1));
+    return 1;
+  }
+  k = conc_kinds[h->o->kind];
   if (k->tostring) return k->tostring(L);
   lua_pushfstring(L, "<%s %p>", k->name, (void *)h->o);
   return 1;
@@ -81,10 +89,13 @@ static int handle_tostring(lua_State *L) {
 /* __index: methods first, then the kind's fields. */
 static int handle_index(lua_State *L) {
   handle *h = lua_touserdata(L, 1);
-  const kindinfo *k = conc_kinds[h->o->kind];
+  const kindinfo *k;
   lua_pushvalue(L, 2);
   lua_rawget(L, lua_upvalueindex(2));
-  if (!lua_isnil(L, -1) || k->index == NULL) return 1;
+  if (!lua_isnil(L, -1)) return 1;
+  if (h->o == NULL) return luaL_error(L, "handle already released");
+  k = conc_kinds[h->o->kind];
+  if (k->index == NULL) return 1;
   lua_pop(L, 1);
   return k->index(L);
 }

@@ -66,6 +66,20 @@ local function worker_loop(inbox, results, wid)
   end
 end
 
+-- A pool is closed when it is collected (and so at exit) by the __gc of
+-- a guard. Finalizers run newest first, and a handle's own __gc releases
+-- it: the guard must be newer than every handle the pool holds, so each
+-- new worker gets a new guard and the old one goes inert.
+local guard_mt = {__gc = function(g)
+  local p = g.pool
+  if p and p.open then pcall(Pool.close, p) end
+end}
+
+local function new_guard(p)
+  if p.guard then p.guard.pool = nil end
+  p.guard = setmetatable({pool = p}, guard_mt)
+end
+
 local function start_worker(p, slot)
   local inbox = p.kind == "threads" and conc.channel() or conc.queue()
   local spawn = p.kind == "threads" and spawn_thread or spawn_process
@@ -74,6 +88,7 @@ local function start_worker(p, slot)
   p.workers[slot] = {h = h, inbox = inbox, defs = {}, inflight = {}, count = 0,
                      slot = slot}
   p.select_list = nil
+  if p.guard then new_guard(p) end
 end
 
 local function new_pool(kind, n)
@@ -95,10 +110,7 @@ local function new_pool(kind, n)
   }, Pool)
   p.results = kind == "threads" and conc.channel() or conc.queue()
   for i = 1, n do start_worker(p, i) end
-  -- a pool is closed when it is collected (and so at exit)
-  p.guard = setmetatable({}, {__gc = function()
-    if p.open then pcall(Pool.close, p) end
-  end})
+  new_guard(p)
   return p
 end
 
@@ -212,6 +224,14 @@ end
 -- takes its place.
 local function worker_died(p, w)
   local ok, err = pcall(w.h.join, w.h)
+  -- What it sent before it ended is already in the results (select may
+  -- have seen the end first, racing with the results' readiness): take
+  -- that before failing the rest.
+  while next(w.inflight) ~= nil do
+    local msg = p.results:recv(0)
+    if msg == nil then break end
+    take(p, msg)
+  end
   local why = "pool worker died: " .. (ok and (w.h.name .. " ended") or tostring(err))
   for id in pairs(w.inflight) do
     local r = p.work[id]
