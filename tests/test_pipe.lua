@@ -120,7 +120,7 @@ T.test("sync objects cross a pipe to a forked child", function()
   local ev = conc.event()
   -- made after the fork: the child cannot map it
   a:send(ev)
-  T.raises("made after this process was forked", p.join, p)
+  T.raises("made by another process after this one was forked", p.join, p)
   a:close()
   b:close()
   local ev2 = conc.event()

@@ -450,6 +450,7 @@ int thread_cancel(worker *w);
 int thread_co_resume(lua_State *L);
 int thread_co_wrap(lua_State *L);
 void thread_set_current(lua_State *L);
+worker *thread_current_worker(void);
 lua_State *thread_get_current(void);
 void threadpool_atfork_child(void);
 int threadpool_idle(void);              /* idle OS threads in the pool */

@@ -990,7 +990,8 @@ static int dec_obj(dec *d, int remote) {
     if (getbytes(d, &uid, 8)) return -1;
     o = shm_lookup(uid);
     if (o == NULL || o->kind != kind)
-      return bad(d, "object made after this process was forked");
+      return bad(d, "a conc object made by another process after this one "
+                    "was forked");
   } else {
     uint64_t i;
     if (getvar(d, &i)) return -1;

@@ -80,8 +80,11 @@ void rt_release(rt *r) {
 }
 
 /* At exit: runtimes whose host state was never closed (os.exit, a host
-** that exits without lua_close) still wait for their workers. */
+** that exits without lua_close) still wait for their workers. Not when a
+** worker thread itself calls exit: others may be waiting for it (a join),
+** so waiting for them could wait forever; daemons are still stopped. */
 void rt_exit_all(void) {
+  int from_worker = thread_current_worker() != NULL;
   for (;;) {
     rt *r, *found = NULL;
     pthread_once(&all_once, all_init);
@@ -100,8 +103,9 @@ void rt_exit_all(void) {
     }
     pthread_mutex_unlock(&all_mu);
     if (found == NULL) return;
-    rt_waitall(found, NULL);
-    rt_shutdown(found);
+    if (!from_worker) rt_waitall(found, NULL);
+    else process_stop_daemons(found);
+    if (!from_worker) rt_shutdown(found);
     rt_release(found);
   }
 }

@@ -115,17 +115,16 @@ int conc_select(lua_State *L) {
     lua_rawgeti(L, 1, i + 1);
     items[i].o = obj_test(L, cs, -1);
     if (items[i].o == NULL || conc_kinds[items[i].o->kind]->sel_try == NULL)
-      return luaL_error(L,
-                        "bad argument #1 to 'select' (item %d is a %s, not a "
-                        "channel, pipe end, queue, thread or process)",
-                        (int)i + 1,
+      return luaL_argerror(L, 1, lua_pushfstring(L,
+                        "item %d is a %s, not a channel, pipe end, queue, "
+                        "thread or process", (int)i + 1,
                         items[i].o ? conc_kinds[items[i].o->kind]->tname
-                                   : luaL_typename(L, -1));
+                                   : luaL_typename(L, -1)));
     items[i].k = conc_kinds[items[i].o->kind];
     if ((items[i].o->kind == K_THREAD || items[i].o->kind == K_PROCESS) &&
         ((worker *)items[i].o)->owner != conc_getpid())
-      return luaL_error(L, "bad argument #1 to 'select' (item %d is a worker "
-                           "of another process)", (int)i + 1);
+      return luaL_argerror(L, 1, lua_pushfstring(L,
+                           "item %d is a worker of another process", (int)i + 1));
     lua_pop(L, 1);
     memset(&nodes[i], 0, sizeof nodes[i]);
     offered[i] = 0;

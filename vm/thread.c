@@ -45,6 +45,12 @@
 static TLS lua_State *volatile tls_current;
 static TLS cstate *volatile tls_cs;
 
+/* The worker this OS thread runs, or NULL (main, host, pool idle). */
+worker *thread_current_worker(void) {
+  cstate *cs = tls_cs;
+  return cs ? cs->self : NULL;
+}
+
 void thread_set_current(lua_State *L) {
   tls_current = L;
 }
