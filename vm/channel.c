@@ -32,15 +32,18 @@ typedef struct cslot {
 
 typedef struct chan {
   cobj obj;
-  pthread_mutex_t mu;
   objlink link;
   cslot *ring;
   size_t ringsz, head;
-  _Atomic size_t len;
   lua_Integer cap;             /* -1: unbounded; 0: rendezvous */
+  selnode *recvq, *sendq;
+  /* what a spinning receiver watches, on a cache line of its own: its
+  ** looks must not pull the lock's line away from the thread holding it */
+  _Alignas(64) _Atomic size_t len;
   _Atomic int closed;
   _Atomic uint32_t spin;        /* conc_spin's budget */
-  selnode *recvq, *sendq;
+  _Alignas(64) cmutex mu;
+  char pad[64 - sizeof(cmutex)];
 } chan;
 
 /* What a sender hands over: bytes in its buffer (small, no references)
@@ -57,7 +60,6 @@ static void chan_destroy(cobj *o) {
   for (size_t i = 0; i < c->len; i++)
     msg_free(c->ring[(c->head + i) % c->ringsz].m);
   free(c->ring);
-  pthread_mutex_destroy(&c->mu);
   free(c);
 }
 
@@ -69,15 +71,16 @@ int chan_new(lua_State *L) {
     cap = luaL_checkinteger(L, 1);
     luaL_argcheck(L, cap >= 0, 1, "capacity must be non-negative");
   }
-  c = calloc(1, sizeof *c);
+  c = aligned_alloc(64, (sizeof *c + 63) & ~(size_t)63);
   if (c == NULL) return luaL_error(L, "not enough memory");
+  memset(c, 0, sizeof *c);
   obj_init(&c->obj, K_CHANNEL);
-  conc_mutex_init(&c->mu);
+  cmutex_init(&c->mu);
   c->cap = cap;
   atomic_init(&c->len, 0);
   atomic_init(&c->closed, 0);
   atomic_init(&c->spin, 0);
-  objreg_add(&c->link, &c->mu);
+  objreg_add_cm(&c->link, &c->mu);
   obj_push(L, cs, &c->obj);
   obj_release(&c->obj);             /* the handle holds it now */
   return 1;
@@ -221,22 +224,22 @@ static int chan_send(lua_State *L) {
       return luaL_error(L, "not enough memory");
     }
   }
-  pthread_mutex_lock(&c->mu);
+  cmutex_lock(&c->mu);
   if (atomic_load_explicit(&c->closed, memory_order_relaxed)) {
-    pthread_mutex_unlock(&c->mu);
+    cmutex_unlock(&c->mu);
     msg_free(o.m);
     mbuf_reset(&cs->scratch);
     return luaL_error(L, "send on a closed channel");
   }
   if (hand_to_receiver(c, &o) || (c->cap != 0 && ring_room(c) &&
                                   (ring_push(c, &o), 1))) {
-    pthread_mutex_unlock(&c->mu);
+    cmutex_unlock(&c->mu);
     mbuf_reset(&cs->scratch);
     lua_pushboolean(L, 1);
     return 1;
   }
   if (t == 0) {
-    pthread_mutex_unlock(&c->mu);
+    cmutex_unlock(&c->mu);
     msg_free(o.m);
     mbuf_reset(&cs->scratch);
     lua_pushboolean(L, 0);
@@ -250,7 +253,7 @@ static int chan_send(lua_State *L) {
   place(&n.m, &n.inln, n.inl, &o);
   mbuf_reset(&cs->scratch);
   selq_push(&c->sendq, &n);
-  pthread_mutex_unlock(&c->mu);
+  cmutex_unlock(&c->mu);
   deadline_in(&d, t);
   cs_waiting(cs, "send");
   for (;;) {
@@ -262,10 +265,10 @@ static int chan_send(lua_State *L) {
   cs_waiting(cs, NULL);
   result = n.result;            /* set last by a receiver or a close */
   if (result == SEL_NONE) {
-    pthread_mutex_lock(&c->mu);
+    cmutex_lock(&c->mu);
     if (n.linked) selq_remove(&c->sendq, &n);
     result = n.result;
-    pthread_mutex_unlock(&c->mu);
+    cmutex_unlock(&c->mu);
   }
   o.m = n.m;                    /* NULL once a receiver took it */
   if (result == SEL_TAKEN) {
@@ -289,17 +292,17 @@ static int chan_recv_d(lua_State *L, cstate *cs, chan *c, double t) {
   deadline d;
   const char *why = NULL;
   int r, result;
-  pthread_mutex_lock(&c->mu);
+  cmutex_lock(&c->mu);
   r = take(c, &m, &len, inl);
   if (r == 0 && t != 0) {
     /* spin a little: a sender on another core may be just about to send */
-    pthread_mutex_unlock(&c->mu);
+    cmutex_unlock(&c->mu);
     conc_spin(&c->spin, chan_ready, c);
-    pthread_mutex_lock(&c->mu);
+    cmutex_lock(&c->mu);
     r = take(c, &m, &len, inl);
   }
   if (r != 0 || t == 0) {
-    pthread_mutex_unlock(&c->mu);
+    cmutex_unlock(&c->mu);
     if (r > 0) return push_value(L, cs, m, inl, len);
     lua_pushnil(L);
     lua_pushstring(L, r < 0 ? "closed" : "timeout");
@@ -310,7 +313,7 @@ static int chan_recv_d(lua_State *L, cstate *cs, chan *c, double t) {
   memset(&n, 0, sizeof n);
   n.sw = &sw;
   selq_push(&c->recvq, &n);
-  pthread_mutex_unlock(&c->mu);
+  cmutex_unlock(&c->mu);
   deadline_in(&d, t);
   cs_waiting(cs, "recv");
   for (;;) {
@@ -325,10 +328,10 @@ static int chan_recv_d(lua_State *L, cstate *cs, chan *c, double t) {
   ** thread does not fight the sender for it) */
   result = n.result;
   if (result == SEL_NONE) {
-    pthread_mutex_lock(&c->mu);
+    cmutex_lock(&c->mu);
     if (n.linked) selq_remove(&c->recvq, &n);
     result = n.result;
-    pthread_mutex_unlock(&c->mu);
+    cmutex_unlock(&c->mu);
   }
   if (result == SEL_VALUE) return sel_push(L, cs, &n);
   if (result == SEL_CLOSED) {
@@ -350,7 +353,7 @@ static int chan_recv(lua_State *L) {
 static int chan_close(lua_State *L) {
   chan *c = check_chan(L);
   selnode *n;
-  pthread_mutex_lock(&c->mu);
+  cmutex_lock(&c->mu);
   atomic_store(&c->closed, 1);
   while ((n = c->recvq) != NULL) {
     selq_remove(&c->recvq, n);
@@ -360,7 +363,7 @@ static int chan_close(lua_State *L) {
     selq_remove(&c->sendq, n);
     sel_deliver(n, SEL_CLOSED);
   }
-  pthread_mutex_unlock(&c->mu);
+  cmutex_unlock(&c->mu);
   return 0;
 }
 
@@ -408,26 +411,26 @@ static int chan_tostring(lua_State *L) {
 ** takes nothing from here. */
 static int chan_sel_try(cobj *o, selnode *n) {
   chan *c = (chan *)o;
-  pthread_mutex_lock(&c->mu);
+  cmutex_lock(&c->mu);
   if (atomic_load_explicit(&c->len, memory_order_relaxed) > 0 || c->sendq) {
     if (sel_claim(n->sw, n->index) && take(c, &n->m, &n->inln, n->inl) > 0)
       n->result = SEL_VALUE;
-    pthread_mutex_unlock(&c->mu);
+    cmutex_unlock(&c->mu);
     return 1;
   }
   if (atomic_load_explicit(&c->closed, memory_order_relaxed))
     n->result = SEL_CLOSED;
   else
     selq_push(&c->recvq, n);
-  pthread_mutex_unlock(&c->mu);
+  cmutex_unlock(&c->mu);
   return 0;
 }
 
 static void chan_sel_delist(cobj *o, selnode *n) {
   chan *c = (chan *)o;
-  pthread_mutex_lock(&c->mu);
+  cmutex_lock(&c->mu);
   if (n->linked) selq_remove(&c->recvq, n);
-  pthread_mutex_unlock(&c->mu);
+  cmutex_unlock(&c->mu);
 }
 
 static const luaL_Reg chan_methods[] = {

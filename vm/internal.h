@@ -80,6 +80,7 @@ typedef struct parker {
   _Atomic int efd;          /* an eventfd for park_poll, made lazily */
   _Atomic int polling;      /* the owner sleeps in park_poll */
   _Atomic int wakers;       /* sel_deliver calls still touching it */
+  _Atomic int sleeping;     /* the owner is in (or entering) futex_wait */
 } parker;
 
 /* Spins (adaptively, and only with two CPUs or more) until ready(arg);
@@ -160,11 +161,23 @@ void obj_newmetatable(lua_State *L, struct cstate *cs, int kind);
 
 /* Fork safety of process-local objects: every object whose lock must not
 ** be held across fork registers here. */
+/* A lock for the hottest short sections (a channel's): spins longer than
+** a pthread mutex before it sleeps, and wakes only when someone sleeps
+** (wait.c). 0 free, 1 held, 2 held with sleepers. */
+typedef struct cmutex {
+  _Atomic uint32_t v;
+} cmutex;
+void cmutex_init(cmutex *m);
+void cmutex_lock(cmutex *m);
+void cmutex_unlock(cmutex *m);
+
 typedef struct objlink {
   struct objlink *prev, *next;
-  pthread_mutex_t *mu;
+  pthread_mutex_t *mu;         /* the object's lock: one or the other */
+  cmutex *cm;
 } objlink;
 void objreg_add(objlink *l, pthread_mutex_t *mu);
+void objreg_add_cm(objlink *l, cmutex *cm);
 void objreg_remove(objlink *l);
 void objreg_lockall(void);        /* before fork */
 void objreg_unlockall(int child); /* after fork, in parent and child */

@@ -197,16 +197,27 @@ cobj *obj_test(lua_State *L, cstate *cs, int idx) {
 /* ------------------------------------------------------------ fork */
 
 static pthread_mutex_t reg_mu = PTHREAD_MUTEX_INITIALIZER;
-static objlink reg_head = {&reg_head, &reg_head, NULL};
+static objlink reg_head = {&reg_head, &reg_head, NULL, NULL};
 
-void objreg_add(objlink *l, pthread_mutex_t *mu) {
-  l->mu = mu;
+static void objreg_link(objlink *l) {
   pthread_mutex_lock(&reg_mu);
   l->next = &reg_head;
   l->prev = reg_head.prev;
   reg_head.prev->next = l;
   reg_head.prev = l;
   pthread_mutex_unlock(&reg_mu);
+}
+
+void objreg_add(objlink *l, pthread_mutex_t *mu) {
+  l->mu = mu;
+  l->cm = NULL;
+  objreg_link(l);
+}
+
+void objreg_add_cm(objlink *l, cmutex *cm) {
+  l->mu = NULL;
+  l->cm = cm;
+  objreg_link(l);
 }
 
 void objreg_remove(objlink *l) {
@@ -222,8 +233,10 @@ void objreg_remove(objlink *l) {
 void objreg_lockall(void) {
   objlink *l;
   pthread_mutex_lock(&reg_mu);
-  for (l = reg_head.next; l != &reg_head; l = l->next)
-    pthread_mutex_lock(l->mu);
+  for (l = reg_head.next; l != &reg_head; l = l->next) {
+    if (l->mu) pthread_mutex_lock(l->mu);
+    else cmutex_lock(l->cm);
+  }
 }
 
 /* In the child the forking thread is the only one left and it owns
@@ -231,7 +244,9 @@ void objreg_lockall(void) {
 void objreg_unlockall(int child) {
   objlink *l;
   CONC_UNUSED(child);
-  for (l = reg_head.prev; l != &reg_head; l = l->prev)
-    pthread_mutex_unlock(l->mu);
+  for (l = reg_head.prev; l != &reg_head; l = l->prev) {
+    if (l->mu) pthread_mutex_unlock(l->mu);
+    else cmutex_unlock(l->cm);
+  }
   pthread_mutex_unlock(&reg_mu);
 }

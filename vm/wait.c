@@ -101,6 +101,7 @@ void park_init(parker *p) {
   atomic_init(&p->efd, -1);
   atomic_init(&p->polling, 0);
   atomic_init(&p->wakers, 0);
+  atomic_init(&p->sleeping, 0);
 }
 
 /* A waker may still be inside park_wake after its waiter saw the news
@@ -117,7 +118,16 @@ uint32_t park_seq(parker *p) {
 }
 
 int park_sleep(parker *p, uint32_t seen, const deadline *d) {
-  int r = futex_wait(&p->seq, seen, d, 0);
+  int r;
+  /* say we sleep before the last look at seq: a waker that bumps seq
+  ** after our look sees the flag and makes the system call */
+  atomic_store(&p->sleeping, 1);
+  if (atomic_load(&p->seq) != seen) {
+    atomic_store(&p->sleeping, 0);
+    return 0;
+  }
+  r = futex_wait(&p->seq, seen, d, 0);
+  atomic_store(&p->sleeping, 0);
   if (r == ETIMEDOUT && atomic_load(&p->seq) == seen) return ETIMEDOUT;
   return 0;  /* woken, changed already (EAGAIN) or a signal: re-test */
 }
@@ -133,7 +143,7 @@ void park_wake(parker *p) {
     errno = saved;
     return;
   }
-  futex_wake(&p->seq, 1, 0);
+  if (atomic_load(&p->sleeping)) futex_wake(&p->seq, 1, 0);
 }
 
 int park_poll(parker *p, uint32_t seen, struct pollfd *fds, int nfds,
@@ -215,14 +225,54 @@ int conc_spin(_Atomic uint32_t *budget, int (*ready)(void *), void *arg) {
   if (usable_cpus() < 2) return 0;
   b = atomic_load_explicit(budget, memory_order_relaxed);
   if (b < SPIN_MIN) b = SPIN_MIN;
-  for (i = 0; i < b; i++) {
+  for (i = 0; i < b; i += 8) {
+    /* look every 8 pauses: each look pulls the watched cache line away
+    ** from the thread about to write it */
     if (ready(arg)) {
       if (b < SPIN_MAX) atomic_store_explicit(budget, b * 2, memory_order_relaxed);
       return 1;
     }
-    cpu_relax();
+    for (int k = 0; k < 8; k++) cpu_relax();
   }
   atomic_store_explicit(budget, b > SPIN_MIN ? b / 2 : SPIN_MIN,
                         memory_order_relaxed);
   return 0;
+}
+
+/* ------------------------------------------------------------ cmutex */
+
+void cmutex_init(cmutex *m) {
+  atomic_init(&m->v, 0);
+}
+
+#define CMUTEX_SPIN 400
+
+void cmutex_lock(cmutex *m) {
+  uint32_t c = 0;
+  if (atomic_compare_exchange_strong_explicit(&m->v, &c, 1, memory_order_acquire,
+                                              memory_order_relaxed))
+    return;
+  if (usable_cpus() > 1) {
+    for (int i = 0; i < CMUTEX_SPIN; i++) {
+      cpu_relax();
+      c = atomic_load_explicit(&m->v, memory_order_relaxed);
+      if (c == 0 &&
+          atomic_compare_exchange_weak_explicit(&m->v, &c, 1, memory_order_acquire,
+                                                memory_order_relaxed))
+        return;
+    }
+  }
+  /* sleep, marking the lock as having sleepers (2) */
+  c = atomic_exchange_explicit(&m->v, 2, memory_order_acquire);
+  while (c != 0) {
+    futex_wait(&m->v, 2, NULL, 0);
+    c = atomic_exchange_explicit(&m->v, 2, memory_order_acquire);
+  }
+}
+
+void cmutex_unlock(cmutex *m) {
+  if (atomic_fetch_sub_explicit(&m->v, 1, memory_order_release) != 1) {
+    atomic_store_explicit(&m->v, 0, memory_order_release);
+    futex_wake(&m->v, 1, 0);
+  }
 }
