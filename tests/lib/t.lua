@@ -86,9 +86,11 @@ end
 
 -- A state keeps an eventfd for waits that poll fds (made on first use):
 -- make it now, so it is not counted as a leak of the first such test.
+-- (The timeout is long enough that select gets past its spinning and
+-- polls even on a slow sanitizer build.)
 do
   local a, b = conc.pipe()
-  conc.select({a}, 0.001)
+  conc.select({a}, 0.05)
   a:close()
   b:close()
 end
