@@ -21,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include "internal.h"
@@ -33,17 +34,44 @@ extern char **environ;
 
 /* ------------------------------------------------------------ child */
 
-/* Sends the frame and leaves: never returns. */
+/* Sends the frame: header, error message and payload in one writev loop,
+** with SIGPIPE blocked for good (the child is about to exit: a pending
+** one dies with it), so a parent gone is an error, not a signal. */
 static void child_send(int fd, int failed, const char *emsg, size_t elen,
                        mbuf *payload) {
   frame f;
+  struct iovec iov[3];
+  int i = 0, n = 0;
+  sigset_t pipeset;
   f.magic = FRAME_MAGIC;
   f.status = (uint32_t)failed;
   f.msglen = elen;
   f.len = payload ? payload->n : 0;
-  if (fd_write_all(fd, &f, sizeof f) == 0 && (elen == 0 ||
-      fd_write_all(fd, emsg, elen) == 0) && f.len)
-    fd_write_all(fd, payload->p, payload->n);
+  iov[n].iov_base = &f;
+  iov[n++].iov_len = sizeof f;
+  if (elen) {
+    iov[n].iov_base = (void *)emsg;
+    iov[n++].iov_len = elen;
+  }
+  if (f.len) {
+    iov[n].iov_base = payload->p;
+    iov[n++].iov_len = payload->n;
+  }
+  sigemptyset(&pipeset);
+  sigaddset(&pipeset, SIGPIPE);
+  pthread_sigmask(SIG_BLOCK, &pipeset, NULL);
+  while (i < n) {
+    ssize_t w = writev(fd, iov + i, n - i);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      break;
+    }
+    while (i < n && (size_t)w >= iov[i].iov_len) w -= (ssize_t)iov[i++].iov_len;
+    if (i < n) {
+      iov[i].iov_base = (char *)iov[i].iov_base + w;
+      iov[i].iov_len -= (size_t)w;
+    }
+  }
   fd_close(fd);
 }
 

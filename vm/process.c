@@ -14,6 +14,10 @@
 ** it is reap.c's; the record then ends like a thread's, so processes look
 ** like threads to joins, selects and the wait at exit.
 ** start = "spawn" executes a fresh conclua instead (child.c).
+** A process with one thread skips those locks: no other thread can hold
+** one or print meanwhile, and each lock written is a page the parent
+** then copies on write while the child lives (a fault that costs tens of
+** microseconds on a virtual machine).
 */
 
 #include <dlfcn.h>
@@ -26,6 +30,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/single_threaded.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -55,22 +60,25 @@ pid_t conc_getpid(void) {
 
 /* ------------------------------------------------------------ fork */
 
+static int fork_locked;        /* the runtime's locks are held for a fork */
+
 static void atfork_prepare(void) {
-  objreg_lockall();
+  fork_locked = !__libc_single_threaded;
+  if (fork_locked) objreg_lockall();
 }
 
 _Atomic unsigned conc_forkgen;      /* forks this process made */
 
 static void atfork_parent(void) {
   atomic_fetch_add(&conc_forkgen, 1);
-  objreg_unlockall(0);
+  if (fork_locked) objreg_unlockall(0);
 }
 
 /* The child: one thread; the parent's reaper, pool and fds are not its. */
 static void atfork_child(void) {
   atomic_store(&cached_pid, getpid());
   tls_tid = 0;
-  objreg_unlockall(1);
+  if (fork_locked) objreg_unlockall(1);
   threadpool_atfork_child();
   reap_atfork_child();
 }
@@ -133,24 +141,29 @@ int process_spawn(lua_State *L) {
     /* no other thread may buffer output between the flush and the fork;
     ** signals wait until the child has its own handlers */
     sigset_t all, old;
+    int alone = __libc_single_threaded;
     sigfillset(&all);
-    pthread_mutex_lock(&fork_mu);
-    flockfile(stdout);
-    flockfile(stderr);
+    if (!alone) {
+      pthread_mutex_lock(&fork_mu);
+      flockfile(stdout);
+      flockfile(stderr);
+    }
     fflush(NULL);
     pthread_sigmask(SIG_SETMASK, &all, &old);
     pid = fork();
-    funlockfile(stderr);
-    funlockfile(stdout);
+    if (!alone) {
+      funlockfile(stderr);
+      funlockfile(stdout);
+    }
     if (pid == 0) {
-      pthread_mutex_unlock(&fork_mu);
+      if (!alone) pthread_mutex_unlock(&fork_mu);
       fd_close(rfd[0]);
       child_run(L, cs, w, rfd[1], fi, n, &old);     /* does not return */
     }
     /* closed before the next fork: no sibling inherits the write end, so
     ** end of file on the pipe means this child is gone */
     fd_close(rfd[1]);
-    pthread_mutex_unlock(&fork_mu);
+    if (!alone) pthread_mutex_unlock(&fork_mu);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     if (pid < 0) {
       int e = errno;

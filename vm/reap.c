@@ -41,12 +41,15 @@ static const char *signame(int sig, char *buf, size_t n) {
   return buf;
 }
 
-/* Reads what the child sent so far, without blocking; 1 at end of file. */
+/* Reads what the child sent so far, without blocking; 1 at end of file.
+** The buffer starts small and doubles only when full: every page the
+** parent writes between forks costs a copy-on-write fault, so a trivial
+** result must not make it touch a big buffer. */
 static int drain(worker *w) {
   for (;;) {
     ssize_t r;
-    if (w->inbuf.cap - w->inbuf.n < 65536) {
-      size_t cap = w->inbuf.cap ? w->inbuf.cap * 2 : 65536;
+    if (w->inbuf.cap == w->inbuf.n) {
+      size_t cap = w->inbuf.cap ? w->inbuf.cap * 2 : 1024;
       char *np = realloc(w->inbuf.p, cap);
       if (np == NULL) return 1;           /* give up on the result */
       w->inbuf.p = np;
