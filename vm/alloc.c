@@ -10,10 +10,12 @@
 ** blocks need no header at all: this allocator carves small blocks (up to
 ** SMALL bytes) one after the other from a single block of ARENA bytes,
 ** keeps freed ones on a list per size class for reuse, and hands bigger
-** blocks, and everything once the block is used up, to malloc. A new
-** worker's state thus costs two pages, however it is spread over the
-** malloc heaps of the threads. One state is used by one thread at a time,
-** so nothing here locks. The block is freed when the state closes.
+** blocks, and everything once the block is used up, to malloc. The block
+** is sized so that a lazy worker holding a couple of handles (waiting on
+** an event, say) fits: its thread then calls malloc not once while it
+** waits, which spares it a malloc arena's per-thread cache and pages.
+** One state is used by one thread at a time, so nothing here locks. The
+** block is freed when the state closes.
 */
 
 #include <stdlib.h>
@@ -25,7 +27,7 @@
 #define FINE 256                  /* 8-byte classes up to here, then 64 */
 #define NCLASS (FINE / 8 + (SMALL - FINE) / 64)
 #ifndef ARENA
-#define ARENA 8192                /* a lazy worker waiting on an event fits */
+#define ARENA 9216      /* 8 KiB overflowed by ~0.5 KiB for such a worker */
 #endif
 
 typedef struct arena {
