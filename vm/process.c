@@ -60,25 +60,30 @@ pid_t conc_getpid(void) {
 
 /* ------------------------------------------------------------ fork */
 
-static int fork_locked;        /* the runtime's locks are held for a fork */
+/* The runtime's locks are held for a fork. Atomic: a host's own fork in
+** another thread may run these handlers too. */
+static _Atomic int fork_locked;
 
 static void atfork_prepare(void) {
-  fork_locked = !__libc_single_threaded;
-  if (fork_locked) objreg_lockall();
+  int locked = !__libc_single_threaded;
+  atomic_store_explicit(&fork_locked, locked, memory_order_relaxed);
+  if (locked) objreg_lockall();
 }
 
 _Atomic unsigned conc_forkgen;      /* forks this process made */
 
 static void atfork_parent(void) {
   atomic_fetch_add(&conc_forkgen, 1);
-  if (fork_locked) objreg_unlockall(0);
+  if (atomic_load_explicit(&fork_locked, memory_order_relaxed))
+    objreg_unlockall(0);
 }
 
 /* The child: one thread; the parent's reaper, pool and fds are not its. */
 static void atfork_child(void) {
   atomic_store(&cached_pid, getpid());
   tls_tid = 0;
-  if (fork_locked) objreg_unlockall(1);
+  if (atomic_load_explicit(&fork_locked, memory_order_relaxed))
+    objreg_unlockall(1);
   threadpool_atfork_child();
   reap_atfork_child();
 }
