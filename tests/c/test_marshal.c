@@ -28,6 +28,7 @@
 #include <unistd.h>
 
 #include "internal.h"
+#include "walker.h"
 
 /* Must match FUZZ_KEY in tests/fuzz/fuzz_decode.c. */
 static const unsigned char FUZZ_KEY[16] = "conclua-fuzz-key";
@@ -874,43 +875,6 @@ static uint64_t rnd(void) {
 static size_t below(size_t n) {
   return n ? (size_t)(rnd() % n) : 0;
 }
-
-/* Walks decoded values without running any of them: tables (keys,
-** values, metatables) and the upvalues of functions, each once. Returns
-** how many values it met. */
-static const char WALKER_LUA[] =
-    "local gm, gu = debug.getmetatable, debug.getupvalue\n"
-    "return function(...)\n"
-    "  local seen, todo, n = {}, table.pack(...), 0\n"
-    "  local i = todo.n\n"
-    "  while i > 0 do\n"
-    "    local v = todo[i]\n"
-    "    todo[i] = nil\n"
-    "    i = i - 1\n"
-    "    n = n + 1\n"
-    "    local t = type(v)\n"
-    "    if (t == 'table' or t == 'function') and not seen[v] then\n"
-    "      seen[v] = true\n"
-    "      if t == 'table' then\n"
-    "        for k, x in next, v do\n"
-    "          todo[i + 1], todo[i + 2] = k, x\n"
-    "          i = i + 2\n"
-    "        end\n"
-    "        local mt = gm(v)\n"
-    "        if mt then i = i + 1 todo[i] = mt end\n"
-    "      else\n"
-    "        for u = 1, 255 do\n"
-    "          local name, x = gu(v, u)\n"
-    "          if name == nil then break end\n"
-    "          i = i + 1 todo[i] = x\n"
-    "        end\n"
-    "      end\n"
-    "    elseif t == 'string' then\n"
-    "      n = n + #v % 2\n"
-    "    end\n"
-    "  end\n"
-    "  return n\n"
-    "end\n";
 
 static int walker_ref(lua_State *L) {
   if (luaL_dostring(L, WALKER_LUA) != LUA_OK) return LUA_NOREF;

@@ -26,6 +26,7 @@
 #include <string.h>
 
 #include "internal.h"
+#include "../c/walker.h"
 
 /* Must match FUZZ_KEY in tests/c/test_marshal.c. */
 static const unsigned char FUZZ_KEY[16] = "conclua-fuzz-key";
@@ -40,40 +41,6 @@ static cstate *Hcs;
 static cobj *refs[NREFS];
 static int walker_h, walker_b;
 static unsigned long runs;
-
-static const char WALKER[] =
-    "local gm, gu = debug.getmetatable, debug.getupvalue\n"
-    "return function(...)\n"
-    "  local seen, todo, n = {}, table.pack(...), 0\n"
-    "  local i = todo.n\n"
-    "  while i > 0 do\n"
-    "    local v = todo[i]\n"
-    "    todo[i] = nil\n"
-    "    i = i - 1\n"
-    "    n = n + 1\n"
-    "    local t = type(v)\n"
-    "    if (t == 'table' or t == 'function') and not seen[v] then\n"
-    "      seen[v] = true\n"
-    "      if t == 'table' then\n"
-    "        for k, x in next, v do\n"
-    "          todo[i + 1], todo[i + 2] = k, x\n"
-    "          i = i + 2\n"
-    "        end\n"
-    "        local mt = gm(v)\n"
-    "        if mt then i = i + 1 todo[i] = mt end\n"
-    "      else\n"
-    "        for u = 1, 255 do\n"
-    "          local name, x = gu(v, u)\n"
-    "          if name == nil then break end\n"
-    "          i = i + 1 todo[i] = x\n"
-    "        end\n"
-    "      end\n"
-    "    elseif t == 'string' then\n"
-    "      n = n + #v % 2\n"
-    "    end\n"
-    "  end\n"
-    "  return n\n"
-    "end\n";
 
 typedef struct call {
   cstate *cs;
@@ -140,7 +107,7 @@ static void one(lua_State *L, int walker, cstate *cs, const uint8_t *p,
 }
 
 static int load_walker(lua_State *L) {
-  if (luaL_dostring(L, WALKER) != LUA_OK) abort();
+  if (luaL_dostring(L, WALKER_LUA) != LUA_OK) abort();
   return luaL_ref(L, LUA_REGISTRYINDEX);
 }
 
