@@ -75,10 +75,12 @@ static int msghandler(lua_State *L) {
   return 1;
 }
 
-/* Runs the function below its narg arguments, Ctrl-C armed. */
-int conclua_docall(lua_State *L, int narg, int nres) {
+/* Runs the function below its narg arguments with message handler msgh,
+** Ctrl-C armed (for the running Lua code and any conc call it blocks
+** in). The REPL runs its chunks through it too. */
+int conclua_pcall(lua_State *L, int narg, int nres, lua_CFunction msgh) {
   int status, base = lua_gettop(L) - narg;
-  lua_pushcfunction(L, msghandler);
+  lua_pushcfunction(L, msgh);
   lua_insert(L, base);
   conc_interrupt_target(cs_of(L));
   conc_interrupt_install(1);
@@ -86,6 +88,10 @@ int conclua_docall(lua_State *L, int narg, int nres) {
   conc_interrupt_install(0);
   lua_remove(L, base);
   return status;
+}
+
+static int docall(lua_State *L, int narg, int nres) {
+  return conclua_pcall(L, narg, nres, msghandler);
 }
 
 static void print_version(void) {
@@ -108,7 +114,7 @@ static void createargtable(lua_State *L, char **argv, int argc, int script) {
 }
 
 static int dochunk(lua_State *L, int status) {
-  if (status == LUA_OK) status = conclua_docall(L, 0, 0);
+  if (status == LUA_OK) status = docall(L, 0, 0);
   return report(L, status);
 }
 
@@ -132,7 +138,7 @@ static int dolibrary(lua_State *L, char *globname) {
   }
   lua_getglobal(L, "require");
   lua_pushstring(L, modname);
-  status = conclua_docall(L, 1, 1);
+  status = docall(L, 1, 1);
   if (status == LUA_OK) lua_setglobal(L, globname);
   return report(L, status);
 }
@@ -155,7 +161,7 @@ static int handle_script(lua_State *L, char **argv) {
   status = luaL_loadfile(L, fname);
   if (status == LUA_OK) {
     int n = pushargs(L);
-    status = conclua_docall(L, n, 0);
+    status = docall(L, n, 0);
   }
   return report(L, status);
 }

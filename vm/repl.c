@@ -47,6 +47,8 @@
 #include "internal.h"
 
 int pretty_push(lua_State *L, int idx, int width, int col);   /* pretty.c */
+int conclua_pcall(lua_State *L, int narg, int nres,
+                  lua_CFunction msgh);                      /* main.c */
 
 #define HISTORY_MAX 1000      /* entries kept in the history file */
 #define NOTICE_MS 250         /* how often the prompt checks on workers */
@@ -640,17 +642,10 @@ static int msghandler(lua_State *L) {
   return 1;
 }
 
-/* Runs the function below its narg arguments, Ctrl-C armed (for the
-** running Lua code and any conc call it blocks in). */
+/* Runs the function below its narg arguments, Ctrl-C armed (main.c's
+** conclua_pcall), then settles a Ctrl-C that came too late to stop it. */
 static int docall(lua_State *L, int narg, int nres) {
-  int st, base = lua_gettop(L) - narg;
-  lua_pushcfunction(L, msghandler);
-  lua_insert(L, base);
-  conc_interrupt_target(cs_of(L));
-  conc_interrupt_install(1);
-  st = lua_pcall(L, narg, nres, base);
-  conc_interrupt_install(0);
-  lua_remove(L, base);
+  int st = conclua_pcall(L, narg, nres, msghandler);
   settle_interrupt(L);
   return st;
 }
