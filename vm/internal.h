@@ -229,6 +229,7 @@ int marshal_encode(lua_State *L, struct cstate *cs, int first, int n,
 int marshal_decode(lua_State *L, struct cstate *cs, const char *p, size_t n,
                    cobj **refs, int nrefs, int flags, char *err, size_t errsz);
 /* A message holding a copy of n bytes (no references), or NULL. */
+msg *msg_alloc(size_t n);
 msg *msg_copy(const void *p, size_t n);
 /* A copy of m holding its own references; NULL on out of memory. */
 msg *msg_dup(const msg *m);
@@ -443,6 +444,7 @@ int worker_push_outcome(lua_State *L, cstate *cs, worker *w);
 int rt_waitall(rt *r, worker *self);
 int rt_waitall_cs(rt *r, worker *self, cstate *cs);
 void rt_forget_workers(rt *r);
+worker **rt_pick(rt *r, int (*pick)(worker *w), int *n);
 /* Prints the failures of r's workers that nobody joined or reported yet
 ** (stderr), marks them reported; returns how many. */
 int rt_report_failures(rt *r);

@@ -175,7 +175,8 @@ void msg_free(msg *m) {
   free(m);
 }
 
-msg *msg_copy(const void *p, size_t n) {
+/* A message with room for n bytes of data inline, not filled yet. */
+msg *msg_alloc(size_t n) {
   msg *m = malloc(sizeof *m + n);
   if (m == NULL) return NULL;
   m->next = NULL;
@@ -184,7 +185,12 @@ msg *msg_copy(const void *p, size_t n) {
   m->refs = NULL;
   m->owndata = 0;
   m->data = m->inl;
-  memcpy(m->inl, p, n);
+  return m;
+}
+
+msg *msg_copy(const void *p, size_t n) {
+  msg *m = msg_alloc(n);
+  if (m) memcpy(m->inl, p, n);
   return m;
 }
 

@@ -311,22 +311,13 @@ const kindinfo process_kind = {
 
 /* Daemon children get SIGTERM when the parent leaves; then a moment to
 ** go before SIGKILL, and the reaper reaps them. */
+static int own_daemon_process(worker *w) {
+  return w->obj.kind == K_PROCESS && w->daemon && w->owner == conc_getpid();
+}
+
 void process_stop_daemons(rt *r) {
-  worker **v = NULL;
-  int n = 0, cap = 0;
-  pthread_mutex_lock(&r->mu);
-  for (worker *w = r->head; w; w = w->next) {
-    if (w->obj.kind != K_PROCESS || !w->daemon || w->owner != conc_getpid())
-      continue;
-    if (n == cap) {
-      worker **nv = realloc(v, sizeof *v * (size_t)(cap = cap ? cap * 2 : 8));
-      if (nv == NULL) break;
-      v = nv;
-    }
-    obj_retain(&w->obj);
-    v[n++] = w;
-  }
-  pthread_mutex_unlock(&r->mu);
+  int n;
+  worker **v = rt_pick(r, own_daemon_process, &n);
   for (int i = 0; i < n; i++) {
     pthread_mutex_lock(&v[i]->mu);
     if (!v[i]->reaped) kill(v[i]->pid, SIGTERM);

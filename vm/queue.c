@@ -324,16 +324,8 @@ static int qtake_locked(qhdr *h, uint64_t *pos, int check_dead) {
 static msg *qfinish(qhdr *h, uint64_t pos) {
   qslot *s = slot_at(h, pos);
   size_t n = (size_t)s->len;
-  msg *m = malloc(sizeof *m + n);
-  if (m) {
-    m->next = NULL;
-    m->n = n;
-    m->nrefs = 0;
-    m->refs = NULL;
-    m->owndata = 0;
-    m->data = m->inl;
-    ring_get(h, pos + sizeof(qslot), m->inl, n);
-  }
+  msg *m = msg_alloc(n);
+  if (m) ring_get(h, pos + sizeof(qslot), m->inl, n);
   if (n >= 16 * PAGE)         /* a big payload: give its pages back now */
     ring_punch(h, pos + sizeof(qslot), pos + sizeof(qslot) + n);
   slock_lock(&h->lock);

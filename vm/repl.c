@@ -135,27 +135,21 @@ static void settle_interrupt(lua_State *L) {
 
 /* ------------------------------------------------------------ workers */
 
+/* A running worker of this process that the exit waits for. */
+static int awaited_running(worker *w) {
+  return !w->daemon && (!w->owner || w->owner == conc_getpid()) &&
+         worker_status(w) == W_RUNNING;
+}
+
 /* Running workers that the exit waits for: counts them and, if 'out'
 ** is given, lists them there ("thread 3 "w", process 412"). */
 static int pending_workers(lua_State *L, char *out, size_t outsz, int stop) {
   cstate *cs = cs_of(L);
-  worker **v = NULL;
-  int n = 0, cap = 0;
+  worker **v;
+  int n;
   size_t used = 0;
   if (cs == NULL) return 0;
-  pthread_mutex_lock(&cs->rt->mu);
-  for (worker *w = cs->rt->head; w; w = w->next) {
-    if (w->daemon || (w->owner && w->owner != conc_getpid())) continue;
-    if (worker_status(w) != W_RUNNING) continue;
-    if (n == cap) {
-      worker **nv = realloc(v, sizeof *v * (size_t)(cap = cap ? cap * 2 : 8));
-      if (nv == NULL) break;
-      v = nv;
-    }
-    obj_retain(&w->obj);
-    v[n++] = w;
-  }
-  pthread_mutex_unlock(&cs->rt->mu);
+  v = rt_pick(cs->rt, awaited_running, &n);
   if (out && outsz) out[0] = '\0';
   for (int i = n - 1; i >= 0; i--) {            /* oldest first */
     worker *w = v[i];

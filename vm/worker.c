@@ -419,24 +419,38 @@ void rt_forget_workers(rt *r) {
   r->pid = conc_getpid();
 }
 
-/* After the wait at exit: cancel daemon threads (and give them a moment
-** to unwind), signal daemon processes. */
-void rt_shutdown(rt *r) {
+/* The workers of r that pick says yes to, each retained, in a malloc'd
+** array (*n of them; as many as memory allows). The caller releases
+** each and frees the array. */
+worker **rt_pick(rt *r, int (*pick)(worker *w), int *n) {
   worker **v = NULL;
-  int n = 0, cap = 0;
-  deadline d;
+  int cap = 0;
+  *n = 0;
   pthread_mutex_lock(&r->mu);
   for (worker *w = r->head; w; w = w->next) {
-    if (w->obj.kind != K_THREAD || w->owner != conc_getpid()) continue;
-    if (n == cap) {
+    if (!pick(w)) continue;
+    if (*n == cap) {
       worker **nv = realloc(v, sizeof *v * (size_t)(cap = cap ? cap * 2 : 8));
       if (nv == NULL) break;
       v = nv;
     }
     obj_retain(&w->obj);
-    v[n++] = w;
+    v[(*n)++] = w;
   }
   pthread_mutex_unlock(&r->mu);
+  return v;
+}
+
+static int own_thread(worker *w) {
+  return w->obj.kind == K_THREAD && w->owner == conc_getpid();
+}
+
+/* After the wait at exit: cancel daemon threads (and give them a moment
+** to unwind), signal daemon processes. */
+void rt_shutdown(rt *r) {
+  int n;
+  worker **v = rt_pick(r, own_thread, &n);
+  deadline d;
   for (int i = 0; i < n; i++) thread_cancel(v[i]);
   deadline_in(&d, 1.0);
   for (int i = 0; i < n; i++) {
