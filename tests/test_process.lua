@@ -31,6 +31,30 @@ T.test("fork semantics: the child has the caller's state", function()
   just_a_global = nil
 end)
 
+T.test("joined, waited on and selected from several threads at once", function()
+  -- one thread at a time watches the child; when a waiter with a short
+  -- timeout gives that role up, a joiner waiting behind it takes it over
+  for _ = 1, 5 do
+    local p = spawn_process(function() conc.sleep(0.1) return "r" end)
+    local waiter = spawn_thread(function(p)
+      local n = 0
+      while not p:wait(0.01) do n = n + 1 end
+      return n
+    end, p)
+    local joiner = spawn_thread(function(p) return p:join() end, p)
+    local selector = spawn_thread(function(p)
+      local item, v = conc.select({p}, 10)
+      return item == p, v
+    end, p)
+    T.eq(joiner:join(), "r")
+    T.ok(waiter:join() >= 1, "the waiter timed out at least once")
+    local same, v = selector:join()
+    T.eq(same, true)
+    T.eq(v, true)
+    T.eq(p:join(), "r")
+  end
+end)
+
 T.test("errors come back with the traceback", function()
   local p = spawn_process({name = "bad"}, function() error("child boom") end)
   local err = T.raises("child boom", p.join, p)

@@ -435,6 +435,8 @@ void worker_finish(worker *w, int status, msg *result, char *errmsg);
 ** timeout, or raises the stop request of cs. */
 int worker_wait(lua_State *L, cstate *cs, worker *w, const deadline *d);
 int worker_status(worker *w);
+int worker_wait_end(parker *p, cstate *cs, worker *w, const deadline *d,
+                    const char **why, int watched);
 const char *worker_statusname(int st);
 int worker_push_outcome(lua_State *L, cstate *cs, worker *w);
 /* Waits for the non-daemon workers of r and prints the unjoined failures

@@ -188,34 +188,9 @@ int process_wait(cstate *cs, parker *p, worker *w, const deadline *d,
     int r = role_take(w);
     if (r < 0) return 1;
     if (r == 0) {                      /* watched by another: wait */
-      selwait sw;
-      selnode n;
-      int res = 0, retry = 0;
-      sw.park = p;
-      atomic_init(&sw.won, 0);
-      memset(&n, 0, sizeof n);
-      n.sw = &sw;
-      if (worker_sel_try(&w->obj, &n)) return 1;
-      for (;;) {
-        uint32_t seen = park_seq(p);
-        if (atomic_load(&sw.won)) {
-          res = 1;
-          break;
-        }
-        pthread_mutex_lock(&w->mu);
-        retry = !n.linked;             /* the watcher gave up */
-        pthread_mutex_unlock(&w->mu);
-        if (retry) break;
-        if (cs && (*why = cs_stopreason(cs)) != NULL) {
-          res = -1;
-          break;
-        }
-        if (park_sleep(p, seen, d) == ETIMEDOUT && !atomic_load(&sw.won)) break;
-      }
-      worker_sel_delist(&w->obj, &n);
-      if (atomic_load(&sw.won)) return 1;
-      if (retry) continue;
-      return res;
+      r = worker_wait_end(p, cs, w, d, why, 1);
+      if (r == 2) continue;            /* the watcher gave up: take over */
+      return r;
     }
     for (;;) {                         /* watch it ourselves */
       struct pollfd pf[3];

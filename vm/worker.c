@@ -152,10 +152,12 @@ void worker_sel_delist(cobj *o, selnode *n) {
 }
 
 /* Sleeps on parker p until w ends (a thread's last step, or the reaper
-** reaping a process), the deadline passes or cs (if any)
-** is asked to stop. 1 ended, 0 timeout, -1 stop (why in *why). */
-static int wait_end(parker *p, cstate *cs, worker *w, const deadline *d,
-                       const char **why) {
+** or another thread reaping a process), the deadline passes or cs (if
+** any) is asked to stop. 1 ended, 0 timeout, -1 stop (why in *why); with
+** 'watched', 2 when the thread watching the process gave that role up
+** (the caller may take it). */
+int worker_wait_end(parker *p, cstate *cs, worker *w, const deadline *d,
+                    const char **why, int watched) {
   selwait sw;
   selnode n;
   int r = 0;
@@ -170,6 +172,16 @@ static int wait_end(parker *p, cstate *cs, worker *w, const deadline *d,
       r = 1;
       break;
     }
+    if (watched) {
+      int gone;
+      pthread_mutex_lock(&w->mu);
+      gone = !n.linked;
+      pthread_mutex_unlock(&w->mu);
+      if (gone) {
+        r = 2;
+        break;
+      }
+    }
     if (cs && (*why = cs_stopreason(cs)) != NULL) {
       r = -1;
       break;
@@ -182,6 +194,11 @@ static int wait_end(parker *p, cstate *cs, worker *w, const deadline *d,
   worker_sel_delist(&w->obj, &n);
   if (atomic_load(&sw.won)) r = 1;
   return r;
+}
+
+static int wait_end(parker *p, cstate *cs, worker *w, const deadline *d,
+                    const char **why) {
+  return worker_wait_end(p, cs, w, d, why, 0);
 }
 
 int worker_wait(lua_State *L, cstate *cs, worker *w, const deadline *d) {
