@@ -152,62 +152,48 @@ T.test("unjoined failures are reported at exit, with the name", function()
   os.remove(s)
 end)
 
-T.test("kill -INT interrupts a running script", function()
-  local s = T.tmpfile([[
-    io.write("ready\n") io.stdout:flush()
-    while true do end
-  ]])
+-- Runs the script src in the background until it prints "ready", sends
+-- it SIGINT, waits for it to end and returns what it printed.
+local function interrupted(src)
+  local s = T.tmpfile(src)
   local out_file = os.tmpname()
-  local cmd = exe .. " " .. s .. " > " .. out_file .. " 2>&1 & echo $!"
-  local pid = T.sh(cmd):match("%d+")
-  local t0 = conc.now()
-  repeat
-    conc.sleep(0.02)
+  local pid = T.sh(exe .. " " .. s .. " > " .. out_file .. " 2>&1 & echo $!"):match("%d+")
+  local function output()
     local f = io.open(out_file)
     local text = f and f:read("a") or ""
     if f then f:close() end
-  until text:find("ready") or conc.now() - t0 > 10
+    return text
+  end
+  local t0 = conc.now()
+  repeat conc.sleep(0.02) until output():find("ready") or conc.now() - t0 > 10
   os.execute("kill -INT " .. pid)
   t0 = conc.now()
   while os.execute("kill -0 " .. pid .. " 2>/dev/null") and conc.now() - t0 < 10 do
     conc.sleep(0.02)
   end
-  local f = io.open(out_file)
-  local text = f:read("a")
-  f:close()
-  T.ok(text:find("interrupted!", 1, true), text)
-  T.ok(text:find("stack traceback", 1, true), text)
+  local text = output()
   os.remove(out_file)
   os.remove(s)
+  return text
+end
+
+T.test("kill -INT interrupts a running script", function()
+  local text = interrupted([[
+    io.write("ready\n") io.stdout:flush()
+    while true do end
+  ]])
+  T.ok(text:find("interrupted!", 1, true), text)
+  T.ok(text:find("stack traceback", 1, true), text)
 end)
 
 T.test("kill -INT interrupts a blocked join", function()
-  local s = T.tmpfile([[
+  local text = interrupted([[
     local ev = conc.event()
     local t = spawn_thread({daemon = true}, function() ev:wait() end)
     io.write("ready\n") io.stdout:flush()
     t:join()
   ]])
-  local out_file = os.tmpname()
-  local pid = T.sh(exe .. " " .. s .. " > " .. out_file .. " 2>&1 & echo $!"):match("%d+")
-  local t0 = conc.now()
-  repeat
-    conc.sleep(0.02)
-    local f = io.open(out_file)
-    local text = f and f:read("a") or ""
-    if f then f:close() end
-  until text:find("ready") or conc.now() - t0 > 10
-  os.execute("kill -INT " .. pid)
-  t0 = conc.now()
-  while os.execute("kill -0 " .. pid .. " 2>/dev/null") and conc.now() - t0 < 10 do
-    conc.sleep(0.02)
-  end
-  local f = io.open(out_file)
-  local text = f:read("a")
-  f:close()
   T.ok(text:find("interrupted!", 1, true), text)
-  os.remove(out_file)
-  os.remove(s)
 end)
 
 T.test("a piped REPL session", function()
