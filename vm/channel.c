@@ -33,18 +33,19 @@ typedef struct cslot {
 typedef struct chan {
   cobj obj;
   objlink link;
+  _Atomic uint32_t spin;        /* conc_spin's budget */
+  /* everything a send or a recv touches but the slot, on one cache line:
+  ** a message then moves two lines from core to core, this one and its
+  ** slot's */
+  _Alignas(64) cmutex mu;
+  _Atomic int closed;
+  _Atomic size_t len;
+  size_t head, ringsz;
   cslot *ring;
-  size_t ringsz, head;
   lua_Integer cap;             /* -1: unbounded; 0: rendezvous */
   selnode *recvq, *sendq;
-  /* what a spinning receiver watches, on a cache line of its own: its
-  ** looks must not pull the lock's line away from the thread holding it */
-  _Alignas(64) _Atomic size_t len;
-  _Atomic int closed;
-  _Atomic uint32_t spin;        /* conc_spin's budget */
-  _Alignas(64) cmutex mu;
-  char pad[64 - sizeof(cmutex)];
 } chan;
+_Static_assert(sizeof(chan) - offsetof(chan, mu) <= 64, "chan: one line");
 
 /* What a sender hands over: bytes in its buffer (small, no references)
 ** or a sealed message. */
