@@ -34,17 +34,31 @@ void worker_destroy(cobj *o) {
   free(w);
 }
 
+/* "process-12" into buf: by hand, since printf's frame is deep enough to
+** make a spawn_process write one more stack page, and every page the
+** parent writes between forks is a copy-on-write fault. */
+static const char *default_name(char *buf, const char *kind, int64_t id) {
+  char digits[24];
+  size_t n = strlen(kind);
+  int k = 0;
+  uint64_t u = (uint64_t)id;
+  do digits[k++] = (char)('0' + u % 10);
+  while ((u /= 10) != 0);
+  memcpy(buf, kind, n);
+  buf[n++] = '-';
+  while (k > 0) buf[n++] = digits[--k];
+  buf[n] = '\0';
+  return buf;
+}
+
 worker *worker_new(rt *r, int kind, const char *name, int daemon) {
   worker *w = calloc(1, sizeof *w);
   char buf[48];
   if (w == NULL) return NULL;
   obj_init(&w->obj, kind == WK_THREAD ? K_THREAD : K_PROCESS);
   w->id = rt_nextid();
-  if (name == NULL) {
-    snprintf(buf, sizeof buf, "%s-%lld", kind == WK_THREAD ? "thread" : "process",
-             (long long)w->id);
-    name = buf;
-  }
+  if (name == NULL)
+    name = default_name(buf, kind == WK_THREAD ? "thread" : "process", w->id);
   w->name = strdup(name);
   if (w->name == NULL) {
     free(w);
