@@ -21,12 +21,7 @@
 
 local T = require "t"
 
-local function read(path)
-  local f = assert(io.open(path, "rb"))
-  local s = f:read("a")
-  f:close()
-  return s
-end
+local function read(path) return assert(T.readfile(path)) end
 
 local function ls(pattern)
   local out = {}

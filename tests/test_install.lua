@@ -42,12 +42,7 @@ local function exists(path)
   return f ~= nil
 end
 
-local function slurp(path)
-  local f = assert(io.open(path, "rb"))
-  local s = f:read("a")
-  f:close()
-  return s
-end
+local function slurp(path) return assert(T.readfile(path)) end
 
 local stdlib = {}
 for rel in T.sh("cd stdlib 2>/dev/null && find . -name '*.lua' | sort")

@@ -177,13 +177,7 @@ local function session(opts, fn)
   if not ok then error(err, 0) end
 end
 
-local function readfile(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local s = f:read("a")
-  f:close()
-  return s
-end
+local readfile = T.readfile
 
 local function has(s, text)
   T.ok(s:find(text, 1, true), string.format("expected %q in:\n%s", text, s))

@@ -14,14 +14,8 @@
 local mode, n = arg[1], tonumber(arg[2])
 local now = conc.now
 
-local function report(t)
-  local keys = {}
-  for k in pairs(t) do keys[#keys + 1] = k end
-  table.sort(keys)
-  local out = {}
-  for _, k in ipairs(keys) do out[#out + 1] = string.format("%s=%.3f", k, t[k]) end
-  print("RESULT " .. table.concat(out, " "))
-end
+local common = dofile((arg[0]:match("^(.*)/") or ".") .. "/common.lua")
+local report = common.report
 
 -- Stops the script with UNAVAILABLE when calling f fails the way a missing
 -- feature does; returns f's results otherwise.
@@ -64,19 +58,7 @@ end
 
 function modes.queue(count)
   local q = need("conc.queue", conc.queue)
-  local start = conc.queue()
-  local child = spawn_process(function()
-    start:recv()
-    for i = 1, count do q:send(i) end
-  end)
-  local t0 = now()
-  start:send(true)
-  local sum = 0
-  for _ = 1, count do sum = sum + q:recv() end
-  local dt = now() - t0
-  child:join()
-  assert(sum == count * (count + 1) // 2, "lost messages")
-  report{msgs_per_s = count / dt}
+  report{msgs_per_s = common.stream(spawn_process, q, conc.queue(), count)}
 end
 
 local function incr(x) return x + 1 end

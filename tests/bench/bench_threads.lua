@@ -17,14 +17,8 @@
 local mode, n = arg[1], tonumber(arg[2])
 local now = conc.now
 
-local function report(t)
-  local keys = {}
-  for k in pairs(t) do keys[#keys + 1] = k end
-  table.sort(keys)
-  local out = {}
-  for _, k in ipairs(keys) do out[#out + 1] = string.format("%s=%.3f", k, t[k]) end
-  print("RESULT " .. table.concat(out, " "))
-end
+local common = dofile((arg[0]:match("^(.*)/") or ".") .. "/common.lua")
+local report = common.report
 
 local function vmrss_kb()
   for line in io.lines("/proc/self/status") do
@@ -89,19 +83,8 @@ function modes.idle(count)
 end
 
 function modes.chan(count)
-  local ch, start = conc.channel(1024), conc.channel(1)
-  local producer = spawn_thread(function()
-    start:recv()
-    for i = 1, count do ch:send(i) end
-  end)
-  local t0 = now()
-  start:send(true)
-  local sum = 0
-  for _ = 1, count do sum = sum + ch:recv() end
-  local dt = now() - t0
-  producer:join()
-  assert(sum == count * (count + 1) // 2, "lost messages")
-  report{msgs_per_s = count / dt}
+  report{msgs_per_s = common.stream(spawn_thread, conc.channel(1024),
+                                    conc.channel(1), count)}
 end
 
 function modes.pingpong(rounds)

@@ -137,6 +137,15 @@ function T.q(s)
   return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
 end
 
+-- Reads a whole file; nil and the error when it cannot be opened.
+function T.readfile(path)
+  local f, err = io.open(path, "rb")
+  if not f then return nil, err end
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
 -- Writes a temporary file; returns its path.
 function T.tmpfile(content, suffix)
   local path = os.tmpname() .. (suffix or ".lua")
