@@ -49,6 +49,20 @@ local function scenario(name, runs, fn)
 end
 
 -- Many producers, many consumers on one bounded channel: every message
+-- Joins the consumers, each returning the list of what it received, and
+-- checks that want messages arrived in all, none twice.
+local function each_once(consumers, want)
+  local seen, n = {}, 0
+  for _, c in ipairs(consumers) do
+    for _, v in ipairs(c:join()) do
+      assert(not seen[v], "duplicated message " .. v)
+      seen[v] = true
+      n = n + 1
+    end
+  end
+  assert(n == want, "lost messages: " .. n)
+end
+
 -- arrives exactly once.
 scenario("mpmc", 1000, function()
   local ch = conc.channel(8)
@@ -66,15 +80,7 @@ scenario("mpmc", 1000, function()
   end
   for p = 1, np do ps[p]:join() end
   ch:close()
-  local seen, n = {}, 0
-  for c = 1, nc do
-    for _, v in ipairs(cs[c]:join()) do
-      assert(not seen[v], "duplicated message " .. v)
-      seen[v] = true
-      n = n + 1
-    end
-  end
-  assert(n == np * per, "lost messages: " .. n)
+  each_once(cs, np * per)
 end)
 
 -- Consumers select over two channels fed by two producers each; once
@@ -104,15 +110,7 @@ scenario("select", 1000, function()
   for k = 1, 4 do ps[k]:join() end
   a:close()
   b:close()
-  local seen, n = {}, 0
-  for c = 1, 3 do
-    for _, v in ipairs(cs[c]:join()) do
-      assert(not seen[v], "duplicated message " .. v)
-      seen[v] = true
-      n = n + 1
-    end
-  end
-  assert(n == 4 * per, "lost messages: " .. n)
+  each_once(cs, 4 * per)
 end)
 
 -- Sequential spawns: a stable fd count, no zombies.
