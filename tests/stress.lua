@@ -48,7 +48,6 @@ local function scenario(name, runs, fn)
   order[#order + 1] = name
 end
 
--- Many producers, many consumers on one bounded channel: every message
 -- Joins the consumers, each returning the list of what it received, and
 -- checks that want messages arrived in all, none twice.
 local function each_once(consumers, want)
@@ -63,6 +62,7 @@ local function each_once(consumers, want)
   assert(n == want, "lost messages: " .. n)
 end
 
+-- Many producers, many consumers on one bounded channel: every message
 -- arrives exactly once.
 scenario("mpmc", 1000, function()
   local ch = conc.channel(8)
