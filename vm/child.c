@@ -96,7 +96,10 @@ static int child_exit(lua_State *L) {
   else
     code = (int)luaL_optinteger(L, 1, EXIT_SUCCESS);
   if (child_rfd >= 0) fd_close(child_rfd);
-  if (cs) rt_waitall(cs->rt, NULL);
+  if (cs) {
+    rt_waitall(cs->rt, NULL);
+    rt_shutdown(cs->rt);       /* its daemons: cancelled, or SIGTERM */
+  }
   fflush(NULL);
   _exit(code);
   return 0;
@@ -169,9 +172,12 @@ void child_run(lua_State *L, cstate *cs, worker *w, int fd, int first,
         marshal_encode(co, cs, e, 1, &out, MARSHAL_REMOTE, "error", err,
                        sizeof err) != 0)
       mbuf_reset(&out);
+    lua_pushvalue(co, e);
+    lua_xmove(co, L, 1);
+    conc_errmsg(L, -1);
     luaL_traceback(L, co, NULL, 0);
     lua_pushfstring(L, "process %d (%s): %s\n%s", (int)getpid(), w->name,
-                    luaL_tolstring(co, e, NULL), lua_tostring(L, -1));
+                    lua_tostring(L, -2), lua_tostring(L, -1));
     failed = 1;
   }
   CONC_UNUSED(base);
@@ -183,7 +189,10 @@ void child_run(lua_State *L, cstate *cs, worker *w, int fd, int first,
     child_send(fd, 0, NULL, 0, &out);
   }
   child_rfd = -1;
-  if (cs->rt->head) rt_waitall(cs->rt, NULL);  /* it spawned workers */
+  if (cs->rt->head) {                /* it spawned workers */
+    rt_waitall(cs->rt, NULL);
+    rt_shutdown(cs->rt);               /* its daemons: cancelled, or SIGTERM */
+  }
   fflush(NULL);
   _exit(failed ? 1 : 0);
 }

@@ -347,6 +347,7 @@ paths *paths_get(rt *r, const char *path, const char *cpath);
 void paths_release(paths *p);
 /* Registers funcs with the cstate as their only upvalue (or as light
 ** functions in a light state). */
+const char *conc_errmsg(lua_State *L, int idx);
 void cs_setfuncs(lua_State *L, cstate *cs, const luaL_Reg *l);
 void cs_pushfunc(lua_State *L, cstate *cs, lua_CFunction f);
 /* The cstate of a state made by conclua_open, or NULL. */
@@ -418,7 +419,8 @@ typedef struct worker {
   int pidfd, rfd;
   int exitcode;                /* status, or -signal */
   int reaped;
-  int busy;                    /* a thread watches the child (process.c) */
+  int busy;                    /* a thread watches the child (reap.c) */
+  int contended;               /* another thread found it busy meanwhile */
   _Atomic int handles;         /* Lua handles of a process */
   mbuf inbuf;                  /* result bytes read so far */
   pid_t owner;                 /* the process that spawned it */
@@ -482,6 +484,7 @@ int process_wait(cstate *cs, parker *p, worker *w, const deadline *d,
                  const char **why);
 /* Checks, without blocking, whether a child ended; 1 if it did. */
 int process_poll(worker *w);
+int process_signal(worker *w, int sig);
 /* The last Lua handle of a process is gone (the reaper takes over). */
 void process_handle_gone(worker *w);
 /* SIGTERM to the daemon children of r, then SIGKILL after a second. */

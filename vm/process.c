@@ -165,8 +165,10 @@ int process_spawn(lua_State *L) {
       fd_close(rfd[0]);
       child_run(L, cs, w, rfd[1], fi, n, &old);     /* does not return */
     }
-    /* closed before the next fork: no sibling inherits the write end, so
-    ** end of file on the pipe means this child is gone */
+    /* the parent's copy of the write end goes at once; a sibling that
+    ** another thread forked since the pipe was made may hold one too,
+    ** which is why the child's end is learned from its pidfd, not from
+    ** end of file on the pipe */
     fd_close(rfd[1]);
     if (!alone) pthread_mutex_unlock(&fork_mu);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
@@ -221,15 +223,18 @@ static int proc_wait(lua_State *L) {
   return 1;
 }
 
+/* status, alive, exitcode and tostring look at the child first (reaping
+** it if it ended and nobody watches it), as a poll loop expects. */
 static int proc_status(lua_State *L) {
   worker *w = check_proc(L, 1);
+  process_poll(w);
   lua_pushstring(L, worker_statusname(worker_status(w)));
   return 1;
 }
 
 static int proc_alive(lua_State *L) {
   worker *w = check_proc(L, 1);
-  lua_pushboolean(L, worker_status(w) == W_RUNNING);
+  lua_pushboolean(L, !process_poll(w));
   return 1;
 }
 
@@ -256,26 +261,30 @@ static int signal_arg(lua_State *L, int arg) {
   }
 }
 
+/* Signals the child unless it was reaped (its pid may be another's by
+** then): 1 sent, 0 reaped already, minus errno if kill failed. */
+int process_signal(worker *w, int sig) {
+  int r = 0;
+  pthread_mutex_lock(&w->mu);
+  if (!w->reaped && w->pid > 0) r = kill(w->pid, sig) == 0 ? 1 : -errno;
+  pthread_mutex_unlock(&w->mu);
+  return r;
+}
+
 /* kill([signal]): true if sent, false if the process was already reaped. */
 static int proc_kill(lua_State *L) {
   worker *w = check_proc(L, 1);
-  int sig = signal_arg(L, 2), r = 0, e = 0;
-  pthread_mutex_lock(&w->mu);
-  if (!w->reaped) {              /* the pid is still ours: no reuse race */
-    r = kill(w->pid, sig) == 0;
-    if (!r) e = errno;
-  }
-  pthread_mutex_unlock(&w->mu);
-  if (!r && e && e != ESRCH)
+  int r = process_signal(w, signal_arg(L, 2));
+  if (r < 0 && r != -ESRCH)
     return luaL_error(L, "cannot signal process %d: %s", (int)w->pid,
-                      strerror(e));
-  lua_pushboolean(L, r);
+                      strerror(-r));
+  lua_pushboolean(L, r > 0);
   return 1;
 }
 
 static int proc_exitcode(lua_State *L) {
   worker *w = check_proc(L, 1);
-  if (worker_status(w) == W_RUNNING) lua_pushnil(L);
+  if (!process_poll(w)) lua_pushnil(L);
   else lua_pushinteger(L, w->exitcode);
   return 1;
 }
@@ -292,6 +301,7 @@ static int proc_index(lua_State *L) {
 
 static int proc_tostring(lua_State *L) {
   worker *w = (worker *)obj_check(L, 1, K_PROCESS);
+  process_poll(w);
   lua_pushfstring(L, "<process %d \"%s\" %s>", (int)w->pid, w->name,
                   worker_statusname(worker_status(w)));
   return 1;
@@ -318,11 +328,7 @@ static int own_daemon_process(worker *w) {
 void process_stop_daemons(rt *r) {
   int n;
   worker **v = rt_pick(r, own_daemon_process, &n);
-  for (int i = 0; i < n; i++) {
-    pthread_mutex_lock(&v[i]->mu);
-    if (!v[i]->reaped) kill(v[i]->pid, SIGTERM);
-    pthread_mutex_unlock(&v[i]->mu);
-  }
+  for (int i = 0; i < n; i++) process_signal(v[i], SIGTERM);
   for (int i = 0; i < n; i++) {
     deadline d;
     parker p;
@@ -330,9 +336,7 @@ void process_stop_daemons(rt *r) {
     park_init(&p);
     deadline_in(&d, 1.0);
     if (process_wait(NULL, &p, v[i], &d, &why) != 1) {
-      pthread_mutex_lock(&v[i]->mu);
-      if (!v[i]->reaped) kill(v[i]->pid, SIGKILL);
-      pthread_mutex_unlock(&v[i]->mu);
+      process_signal(v[i], SIGKILL);
       deadline_in(&d, -1);
       process_wait(NULL, &p, v[i], &d, &why);
     }

@@ -130,8 +130,10 @@ static int role_take(worker *w) {
   int r;
   pthread_mutex_lock(&w->mu);
   if (worker_status(w) != W_RUNNING) r = -1;
-  else if (w->busy) r = 0;
-  else {
+  else if (w->busy) {
+    w->contended = 1;
+    r = 0;
+  } else {
     w->busy = 1;
     r = 1;
   }
@@ -139,14 +141,28 @@ static int role_take(worker *w) {
   return r;
 }
 
-/* Gives the role up; waiters are told, so that one of them takes it. */
+static int reaper_watch(worker *w);
+
+/* Gives the role up. If some thread found it taken meanwhile, the waiters
+** are told, so that one of them takes it (waking them after every quick
+** look would have two selects on one child wake each other forever). A
+** running child that no handle refers to any more goes to the reaper. */
 static void role_give(worker *w) {
   selnode *n;
+  int orphan;
+  pthread_mutex_lock(&w->mu);
+  orphan = atomic_load(&w->handles) == 0 && worker_status(w) == W_RUNNING &&
+           w->owner == conc_getpid();
+  pthread_mutex_unlock(&w->mu);
+  if (orphan && reaper_watch(w) == 0) return;  /* the reaper has the role */
   pthread_mutex_lock(&w->mu);
   w->busy = 0;
-  while ((n = w->waiters) != NULL) {
-    selq_remove(&w->waiters, n);
-    park_wake(n->sw->park);
+  if (w->contended) {
+    w->contended = 0;
+    while ((n = w->waiters) != NULL) {
+      selq_remove(&w->waiters, n);
+      park_wake(n->sw->park);
+    }
   }
   pthread_mutex_unlock(&w->mu);
 }
@@ -156,6 +172,13 @@ static void role_give(worker *w) {
 static int proc_step(worker *w) {
   int wst = 0;
   pid_t r;
+  if (w->pid <= 0) {           /* the spawn failed before there was a child */
+    pthread_mutex_lock(&w->mu);
+    w->reaped = 1;
+    pthread_mutex_unlock(&w->mu);
+    worker_finish(w, W_FAILED, NULL, strdup("process: it never started"));
+    return 1;
+  }
   if (w->rfd >= 0 && drain(w)) {       /* end of file: all it will send */
     fd_close(w->rfd);
     w->rfd = -1;
@@ -219,9 +242,10 @@ int process_wait(cstate *cs, parker *p, worker *w, const deadline *d,
   }
 }
 
-/* Checks without blocking whether the child ended (if nobody watches). */
+/* Checks without blocking whether the child ended (if nobody watches,
+** and it is this process's child). */
 int process_poll(worker *w) {
-  if (role_take(w) == 1) {
+  if (w->owner == conc_getpid() && role_take(w) == 1) {
     proc_step(w);
     role_give(w);
   }
@@ -370,6 +394,9 @@ static int reaper_watch(worker *w) {
 ** handed to the reaper (unless a thread watches it: it will reap it). */
 void process_handle_gone(worker *w) {
   if (atomic_fetch_sub(&w->handles, 1) != 1) return;
+  /* a forked child collecting its copy of a handle: the child is not its
+  ** own, and w->mu may have been held by a thread it does not have */
+  if (w->owner != conc_getpid()) return;
   if (role_take(w) != 1) return;
   if (proc_step(w) || reaper_watch(w) != 0) role_give(w);
 }

@@ -167,9 +167,7 @@ static int pending_workers(lua_State *L, char *out, size_t outsz, int stop) {
       if (w->obj.kind == K_THREAD) {
         thread_cancel(w);
       } else {
-        pthread_mutex_lock(&w->mu);
-        if (!w->reaped && w->status == W_RUNNING) kill(w->pid, SIGTERM);
-        pthread_mutex_unlock(&w->mu);
+        process_signal(w, SIGTERM);
       }
     }
     obj_release(&w->obj);

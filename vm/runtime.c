@@ -205,6 +205,26 @@ void cs_setfuncs(lua_State *L, cstate *cs, const luaL_Reg *l) {
   }
 }
 
+static int tostring_k(lua_State *L) {
+  luaL_tolstring(L, 1, NULL);
+  return 1;
+}
+
+/* Pushes a message for the error value at idx (what tostring gives) and
+** returns it. A __tostring that raises or returns no string gives
+** "(error object is a T value)": this runs where no pcall is left to
+** catch an error (a worker's last step, a forked child's). */
+const char *conc_errmsg(lua_State *L, int idx) {
+  idx = lua_absindex(L, idx);
+  lua_pushcfunction(L, tostring_k);
+  lua_pushvalue(L, idx);
+  if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
+    lua_pop(L, 1);
+    lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, idx));
+  }
+  return lua_tostring(L, -1);
+}
+
 /* Pushes conc function f of state cs (a closure, or light). */
 void cs_pushfunc(lua_State *L, cstate *cs, lua_CFunction f) {
   if (cs->light) {

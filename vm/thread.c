@@ -247,7 +247,7 @@ static void job_error(lua_State *L, cstate *cs, worker *w, msg **result,
                      sizeof err) == 0)
     *result = msg_seal(&cs->scratch);
   lua_pushfstring(L, "thread %I (%s): %s\n%s", (LUAI_UACINT)w->id, w->name,
-                  luaL_tolstring(L, e, NULL), tb ? tb : "stack traceback:");
+                  conc_errmsg(L, e), tb ? tb : "stack traceback:");
   *errmsg = dupstr(lua_tostring(L, -1));
 }
 

@@ -189,7 +189,9 @@ int worker_wait_end(parker *p, cstate *cs, worker *w, const deadline *d,
     if (watched) {
       int gone;
       pthread_mutex_lock(&w->mu);
-      gone = !n.linked;
+      /* unlinked by the watcher giving up; or it gave up before this
+      ** node was on the list, and nobody watches */
+      gone = !n.linked || !w->busy;
       pthread_mutex_unlock(&w->mu);
       if (gone) {
         r = 2;
