@@ -269,14 +269,16 @@ static void job_run(job *j, lua_State *L) {
   cs->light = 1;
   state_bind(L, cs);
   state_make_lazy(L, cs);
+  /* set before the thread can be signalled (hastid): a cancel signal
+  ** finds the state to hook */
+  tls_cs = cs;
+  tls_current = L;
   pthread_mutex_lock(&w->mu);
   w->cs = cs;
   w->tid = pthread_self();
   w->hastid = 1;
   cancelled = atomic_load(&w->cancel);
   pthread_mutex_unlock(&w->mu);
-  tls_cs = cs;
-  tls_current = L;
   if (cancelled) {
     status = W_CANCELLED;
   } else {
@@ -306,14 +308,16 @@ static void job_run(job *j, lua_State *L) {
       status = W_FAILED;
     }
   }
-  tls_current = NULL;
-  lua_sethook(L, NULL, 0, 0);
-  state_close(L);
+  /* no cancel signal may reach the state from here on: cancel stops
+  ** signalling (hastid) and a signal already on its way finds nothing */
   pthread_mutex_lock(&w->mu);
   w->cs = NULL;
   w->hastid = 0;
   pthread_mutex_unlock(&w->mu);
   tls_cs = NULL;
+  tls_current = NULL;
+  lua_sethook(L, NULL, 0, 0);
+  state_close(L);
   cs_fini(cs);
   worker_finish(w, status, result, errmsg);
 }
@@ -531,8 +535,7 @@ int thread_spawn(lua_State *L) {
   obj_push(L, cs, &w->obj);       /* the handle's reference */
   thread_cancel_install();
   r = pool_start(j);
-  if (r != 0) {
-    msg_free(m);
+  if (r != 0) {                   /* job_free frees m */
     worker_finish(w, W_FAILED, NULL, NULL);
     worker_unregister(w);
     job_free(j);
