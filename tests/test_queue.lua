@@ -126,4 +126,29 @@ T.test("iter and select", function()
   p:join()
 end)
 
+T.test("selects in several threads: every message to exactly one, none waits", function()
+  for _ = 1, 100 do
+    local q, go = conc.queue(), conc.event()
+    local sel = {}
+    for i = 1, 3 do
+      sel[i] = spawn_thread(function(q, go)
+        go:wait()
+        return select(2, conc.select({q}))
+      end, q, go)
+    end
+    go:set()
+    for i = 1, 3 do q:send(i) end
+    local stuck = 0
+    for i = 1, 3 do
+      if not sel[i]:wait(5) then stuck = stuck + 1 end
+    end
+    for _ = 1, stuck do q:send("release") end    -- let a stuck one end
+    local got = {}
+    for i = 1, 3 do got[i] = sel[i]:join() end
+    T.eq(stuck, 0, "selectors still waiting with messages queued")
+    table.sort(got, function(a, b) return tostring(a) < tostring(b) end)
+    T.same(got, {1, 2, 3})
+  end
+end)
+
 T.done()

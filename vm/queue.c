@@ -292,13 +292,15 @@ static int queue_send(lua_State *L) {
 
 enum { Q_GOT, Q_EMPTY, Q_CLOSED };
 
-/* With the lock held: takes the first ready slot, if the head of the
-** line is ready. Slots of dead producers are dropped. */
-static int qtake_locked(qhdr *h, uint64_t *pos, int check_dead) {
+/* With the lock held: takes the first ready slot (or, with take 0, says
+** whether there is one), if the head of the line is ready. Slots of dead
+** producers are dropped. */
+static int qnext_locked(qhdr *h, uint64_t *pos, int check_dead, int take) {
   while (h->rnext < atomic_load(&h->tail)) {
     qslot *s = slot_at(h, h->rnext);
     uint32_t st = atomic_load_explicit(&s->state, memory_order_acquire);
     if (st == S_READY) {
+      if (!take) return Q_GOT;   /* only a look: it stays the queue's */
       s->pid = (int32_t)conc_getpid();
       s->tid = conc_gettid();
       atomic_store(&s->state, S_TAKEN);
@@ -317,6 +319,10 @@ static int qtake_locked(qhdr *h, uint64_t *pos, int check_dead) {
     advance_head(h, 0);
   }
   return atomic_load(&h->closed) ? Q_CLOSED : Q_EMPTY;
+}
+
+static int qtake_locked(qhdr *h, uint64_t *pos, int check_dead) {
+  return qnext_locked(h, pos, check_dead, 1);
 }
 
 /* Copies the taken slot at pos out and frees it. NULL: out of memory
@@ -479,24 +485,24 @@ static int queue_sel_try(cobj *o, selnode *n) {
     n->flags = 1;
   }
   if (read(q->efd, &v, sizeof v) > 0) n->flags = 2;   /* we drained it */
+  /* look first (skipping what dead producers left), take only once the
+  ** select is claimed: a message taken for a select that another item
+  ** won would be lost. A ready slot stays ready while we hold the lock. */
   slock_lock(&h->lock);
-  if (h->rnext < atomic_load(&h->tail) &&
-      atomic_load(&slot_at(h, h->rnext)->state) == S_READY) {
+  r = qnext_locked(h, &pos, 1, 0);
+  if (r == Q_GOT) {
     if (!sel_claim(n->sw, n->index)) {
       slock_unlock(&h->lock);
       return 1;
     }
-    r = qtake_locked(h, &pos, 0);
+    qtake_locked(h, &pos, 0);
     slock_unlock(&h->lock);
-    if (r == Q_GOT) {
-      n->m = qfinish(h, pos);
-      n->result = n->m ? SEL_VALUE : SEL_CLOSED;
-    }
+    n->m = qfinish(h, pos);
+    n->result = n->m ? SEL_VALUE : SEL_CLOSED;
     return 1;
   }
-  r = qtake_locked(h, &pos, 0) == Q_CLOSED;
   slock_unlock(&h->lock);
-  if (r) n->result = SEL_CLOSED;
+  if (r == Q_CLOSED) n->result = SEL_CLOSED;
   return 0;
 }
 
@@ -504,9 +510,10 @@ static void queue_sel_delist(cobj *o, selnode *n) {
   queue *q = (queue *)o;
   qhdr *h = q->so.shm;
   if (n->flags) atomic_fetch_sub(&h->nselect, 1);
-  /* a doorbell we drained without taking from here: pass it on */
-  if (n->flags == 2 && n->result != SEL_VALUE && atomic_load(&h->count) > 0)
-    ring_doorbell(q);
+  /* we drained the doorbell: if messages are left, whether or not we
+  ** took one (a drain may have swallowed rings meant for others), ring
+  ** it again for the other selectors */
+  if (n->flags == 2 && atomic_load(&h->count) > 0) ring_doorbell(q);
   n->flags = 0;
 }
 
