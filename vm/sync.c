@@ -259,11 +259,12 @@ static int lock_acquire(lua_State *L) {
   return 1;
 }
 
+/* slock_unlock clears the owner's pid before the word, so that a waiter
+** checking for a dead owner never pairs a new owner with an old pid. */
 static void lock_release_s(lua_State *L, slock *s) {
-  if (atomic_exchange(&s->word, 0) == 0)
+  if (atomic_load(&s->word) == 0)
     luaL_error(L, "release of an unlocked lock");
-  atomic_store(&s->pid, 0);
-  bump(&s->seq, &s->nwait, 1);
+  slock_unlock(s);
 }
 
 static int lock_release(lua_State *L) {
@@ -285,10 +286,8 @@ static int lock_with(lua_State *L) {
   luaL_checktype(L, 2, LUA_TFUNCTION);
   lock_acquire_d(L, s, -1);
   st = lua_pcall(L, n - 2, LUA_MULTRET, 0);
-  if (atomic_exchange(&s->word, 0) != 0) {
-    atomic_store(&s->pid, 0);
-    bump(&s->seq, &s->nwait, 1);
-  }
+  /* still ours (fn may have released it, and another thread taken it) */
+  if (atomic_load(&s->word) == conc_gettid()) slock_unlock(s);
   if (st != LUA_OK) return lua_error(L);
   return lua_gettop(L) - 1;
 }
