@@ -95,4 +95,16 @@ T.test("an error in update leaves the old value", function()
   T.eq(s.v, nil)
 end)
 
+T.test("changing a key inside its own update is an error, not a hang", function()
+  local s = conc.shared()
+  s.x = 1
+  T.raises("cannot be changed inside its own update", s.update, s, "x",
+           function(v) s.x = 5 return v + 1 end)
+  T.raises("cannot be changed inside its own update", s.update, s, "x",
+           function(v) s:incr("x") return v end)
+  T.eq(s.x, 1)
+  T.eq(s:update("x", function(v) s.y = v return v * 10 end), 10)
+  T.eq(s.y, 1)
+end)
+
 T.done()

@@ -24,6 +24,7 @@ typedef struct sentry {
   uint64_t hash;
   msg *val;                    /* NULL: no value (a busy placeholder) */
   int busy;                    /* an update runs on it */
+  cstate *updater;             /* the state running that update */
   size_t klen;
   char key[];
 } sentry;
@@ -196,6 +197,7 @@ static sentry *find_or_add(shtab *t, const skey *k) {
   e->hash = k->hash;
   e->val = NULL;
   e->busy = 0;
+  e->updater = NULL;
   e->klen = k->n;
   memcpy(e->key, k->p, k->n);
   e->next = t->b[k->hash & (t->nb - 1)];
@@ -213,8 +215,13 @@ static void remove_entry(shtab *t, const skey *k) {
   free(e);
 }
 
+static const char SELF_UPDATE[] =
+    "a shared key cannot be changed inside its own update";
+
 /* Waits (lock held on entry and exit) until k's entry is not busy. The
-** lock is dropped while sleeping. Returns a stop reason or NULL. */
+** lock is dropped while sleeping. Returns a stop reason, SELF_UPDATE if
+** the update holding the entry is the caller's own (it would wait for
+** itself), or NULL. */
 static const char *wait_idle(shtab *t, cstate *cs, const skey *k) {
   for (;;) {
     sentry **p = find(t, k);
@@ -223,6 +230,7 @@ static const char *wait_idle(shtab *t, cstate *cs, const skey *k) {
     const char *why;
     uint32_t seen;
     if (p == NULL || !(*p)->busy) return NULL;
+    if ((*p)->updater == cs) return SELF_UPDATE;
     sw.park = &cs->park;
     atomic_init(&sw.won, 0);
     memset(&n, 0, sizeof n);
@@ -238,6 +246,12 @@ static const char *wait_idle(shtab *t, cstate *cs, const skey *k) {
     if (n.linked) selq_remove(&t->waiters, &n);
     if (why) return why;
   }
+}
+
+/* Raises what wait_idle returned (the lock released). */
+static int raise_wait(lua_State *L, cstate *cs, const char *why) {
+  if (why == SELF_UPDATE) return luaL_error(L, "%s", why);
+  return cs_raisestop(L, cs, why);
 }
 
 static void wake_all(shtab *t) {
@@ -288,7 +302,7 @@ static void store(lua_State *L, shtab *t, const skey *k, msg *m) {
   if (why) {
     pthread_mutex_unlock(&t->mu);
     msg_free(m);
-    cs_raisestop(L, cs, why);
+    raise_wait(L, cs, why);
   }
   if (m == NULL) {
     sentry **p = find(t, k);
@@ -435,7 +449,7 @@ static int shared_incr(lua_State *L) {
   why = wait_idle(t, cs, &k);
   if (why) {
     pthread_mutex_unlock(&t->mu);
-    return cs_raisestop(L, cs, why);
+    return raise_wait(L, cs, why);
   }
   e = find_or_add(t, &k);
   if (e == NULL) {
@@ -486,7 +500,7 @@ static int shared_update(lua_State *L) {
   why = wait_idle(t, cs, &k);
   if (why) {
     pthread_mutex_unlock(&t->mu);
-    return cs_raisestop(L, cs, why);
+    return raise_wait(L, cs, why);
   }
   e = find_or_add(t, &k);
   if (e == NULL || (e->val && (old = msg_dup(e->val)) == NULL)) {
@@ -495,6 +509,7 @@ static int shared_update(lua_State *L) {
     return luaL_error(L, "not enough memory");
   }
   e->busy = 1;
+  e->updater = cs;
   pthread_mutex_unlock(&t->mu);
   lua_pushvalue(L, 3);
   if (old) msg_push(L, cs, old);
@@ -514,6 +529,7 @@ static int shared_update(lua_State *L) {
   pthread_mutex_lock(&t->mu);
   e = *find(t, &k);           /* busy entries are never removed */
   e->busy = 0;
+  e->updater = NULL;
   if (st == LUA_OK) {
     old = e->val;
     e->val = nm;
