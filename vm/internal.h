@@ -242,6 +242,8 @@ void msg_free(msg *m);
 /* Decodes m into L and frees it; on failure raises with the message
 ** (m is freed either way). Returns the number of values pushed. */
 int msg_push(lua_State *L, struct cstate *cs, msg *m);
+int msg_push_flags(lua_State *L, struct cstate *cs, msg *m, int flags);
+void msg_free_pending(struct cstate *cs);
 /* Encodes n values into a message, raising a Lua error on failure. */
 msg *msg_encode(lua_State *L, struct cstate *cs, int first, int n,
                 const char *root);
@@ -312,7 +314,7 @@ typedef struct cstate {
   _Atomic int interrupt;       /* Ctrl-C: set by a signal handler */
   const char *_Atomic waiting_on;  /* what the state blocks on, or NULL */
   mbuf scratch;                /* encode buffer, owned by the state */
-  msg *pending;                /* a message being decoded */
+  msg *pending;                /* messages being decoded (msg_push) */
   int lazy;                    /* standard libraries not opened yet */
   paths *paths;                /* package paths, applied when opened */
   const void *mt[K_NKINDS];    /* metatables of handle kinds, or NULL */

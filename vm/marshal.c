@@ -628,12 +628,20 @@ static int encode_scalar(lua_State *L, int idx, mbuf *b) {
   return 0;
 }
 
+static int encode_values(lua_State *L, cstate *cs, int first, int n,
+                         mbuf *b, int flags, const char *root, char *err,
+                         size_t errsz);
+
+/* A scalar goes straight into b. Anything else is encoded into a buffer
+** of the encoder's own (b's storage, taken over), put back in b at the
+** end: the Lua calls of the encoder can run finalizers, and a finalizer
+** that sends something encodes into b too (usually the state's scratch
+** buffer) and must not clobber a message half made. */
 int marshal_encode(lua_State *L, cstate *cs, int first, int n, mbuf *b,
                    int flags, const char *root, char *err, size_t errsz) {
-  enc e;
-  int top = lua_gettop(L);
+  mbuf own;
+  int r;
   if (n == 1) {
-    int r;
     mbuf_reset(b);
     r = encode_scalar(L, first, b);
     if (r == 0) return 0;
@@ -642,6 +650,19 @@ int marshal_encode(lua_State *L, cstate *cs, int first, int n, mbuf *b,
       return -1;
     }
   }
+  own = *b;
+  mbuf_init(b);
+  r = encode_values(L, cs, first, n, &own, flags, root, err, errsz);
+  mbuf_free(b);               /* what a finalizer's send left there */
+  *b = own;
+  return r;
+}
+
+static int encode_values(lua_State *L, cstate *cs, int first, int n,
+                         mbuf *b, int flags, const char *root, char *err,
+                         size_t errsz) {
+  enc e;
+  int top = lua_gettop(L);
   memset(&e, 0, offsetof(enc, path));     /* the path buffer needs no zeroing */
   e.path[0] = '\0';
   e.pathlen = 0;

@@ -228,18 +228,36 @@ msg *msg_encode(lua_State *L, cstate *cs, int first, int n,
   return m;
 }
 
-int msg_push(lua_State *L, cstate *cs, msg *m) {
+/* Decodes m onto L's stack (flags as for marshal_decode) and frees it.
+** Meanwhile m is on the state's pending list: a finalizer run by an
+** allocation of the decoder may decode messages of its own, stacked
+** above m; one cut short by a Lua error (out of memory) stays there, and
+** is freed when the decode below it ends, or with the state. */
+int msg_push_flags(lua_State *L, cstate *cs, msg *m, int flags) {
   char err[160];
   int n;
-  if (cs->pending) {           /* left by a decode that raised */
-    msg_free(cs->pending);
-    cs->pending = NULL;
-  }
+  m->next = cs->pending;
   cs->pending = m;
-  n = marshal_decode(L, cs, m->data, m->n, m->refs, m->nrefs, 0, err,
+  n = marshal_decode(L, cs, m->data, m->n, m->refs, m->nrefs, flags, err,
                      sizeof err);
-  cs->pending = NULL;
-  msg_free(m);
+  for (;;) {
+    msg *top = cs->pending;
+    cs->pending = top->next;
+    msg_free(top);
+    if (top == m) break;
+  }
   if (n < 0) luaL_error(L, "%s", err);
   return n;
+}
+
+int msg_push(lua_State *L, cstate *cs, msg *m) {
+  return msg_push_flags(L, cs, m, 0);
+}
+
+void msg_free_pending(cstate *cs) {
+  while (cs->pending) {
+    msg *m = cs->pending;
+    cs->pending = m->next;
+    msg_free(m);
+  }
 }

@@ -393,16 +393,7 @@ static int qget(lua_State *L, qhdr *h, cstate *cs, const deadline *d, msg **m) {
 }
 
 static int push_msg(lua_State *L, cstate *cs, msg *m) {
-  char err[160];
-  int n;
-  if (cs->pending) msg_free(cs->pending);
-  cs->pending = m;
-  n = marshal_decode(L, cs, m->data, m->n, NULL, 0, MARSHAL_REMOTE, err,
-                     sizeof err);
-  cs->pending = NULL;
-  msg_free(m);
-  if (n < 0) return luaL_error(L, "%s", err);
-  return n;
+  return msg_push_flags(L, cs, m, MARSHAL_REMOTE);
 }
 
 static int queue_recv_d(lua_State *L, double t) {

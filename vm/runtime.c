@@ -138,7 +138,7 @@ cstate *cs_new(rt *r, worker *self) {
 
 /* Releases what cs owns; the state it served is closed already. */
 void cs_fini(cstate *cs) {
-  msg_free(cs->pending);
+  msg_free_pending(cs);
   mbuf_free(&cs->scratch);
   park_destroy(&cs->park);
   pthread_mutex_destroy(&cs->mu);
