@@ -216,4 +216,37 @@ T.test("progress: nothing on stderr when it is not a terminal", function()
   os.remove(script)
 end)
 
+T.test("a long queue of calls keeps every call; fn goes with its current upvalues", function()
+  local p = pool.threads(1)
+  local fs = {}
+  for i = 1, 10 do fs[i] = p:submit(function(x) conc.sleep(0.01) return x end, i) end
+  for i = 1, 6 do T.eq(fs[i]:result(10), i) end
+  local late = p:submit(function() return "late" end)
+  T.eq(late:result(10), "late")
+  for i = 7, 10 do T.eq(fs[i]:result(10), i) end
+  local k = 2
+  local function f(x) return x * k end
+  T.same(p:map(f, {1, 2, 3}), {2, 4, 6})
+  k = 10
+  T.same(p:map(f, {1, 2, 3}), {10, 20, 30})
+  T.eq(p:submit(f, 1):result(10), 10)
+  p:close()
+end)
+
+T.test("an argument that cannot be copied fails its own future only", function()
+  for _, kind in ipairs({"threads", "processes"}) do
+    local p = pool[kind](1)
+    local slow = function(t) conc.sleep(t) return t end
+    local f1, f2 = p:submit(slow, 0.05), p:submit(slow, 0.05)
+    local bad = p:submit(function(x) return x end, coroutine.create(print))
+    T.eq(f1:result(10), 0.05)
+    T.eq(f2:result(10), 0.05)
+    T.raises("cannot transfer a value of type 'thread'", bad.result, bad, 10)
+    local list = {1, 2, coroutine.create(print), 4}
+    T.raises("cannot transfer a value of type 'thread'", p.map, p, slow, list)
+    T.eq(p:submit(function() return "after" end):result(10), "after")
+    p:close()
+  end
+end)
+
 T.done()

@@ -36,8 +36,11 @@ local MAX_RANGE = 256
 
 -- ------------------------------------------------------------ workers
 
--- The loop every worker runs. Messages: def {k, fn}; call {id, k, args};
--- map {id, k, items, chunk}; stop.
+-- The loop every worker runs. Messages: def {k, fn} and undef {k} (the
+-- function of a map, sent once to each worker it reaches, dropped when
+-- the map ends); call {id, fn, args} (the function comes with each call,
+-- so that it carries its upvalues as they are then); map {id, k, items};
+-- stop.
 local function worker_loop(inbox, results, wid)
   local defs = {}
   local traceback = debug.traceback
@@ -46,10 +49,12 @@ local function worker_loop(inbox, results, wid)
     if m == nil or m.op == "stop" then return end
     if m.op == "def" then
       defs[m.k] = m.fn
+    elseif m.op == "undef" then
+      defs[m.k] = nil
     elseif m.op == "call" then
       local a = m.args
       results:send({wid = wid, id = m.id,
-                    r = pack(xpcall(defs[m.k], traceback, unpack(a, 1, a.n)))})
+                    r = pack(xpcall(m.fn, traceback, unpack(a, 1, a.n)))})
     else                         -- a range of a map: one value per item
       local fn, items, vals = defs[m.k], m.items, {}
       local n, err = #items, nil
@@ -99,9 +104,8 @@ local function new_pool(kind, n)
   end
   local p = setmetatable({
     kind = kind, n = n, workers = {}, nextid = 0, nextk = 0,
-    fnk = setmetatable({}, {__mode = "k"}),   -- function -> definition number
-    fns = {},                                 -- number -> function
-    calls = {}, chead = 1,                    -- submitted calls not sent yet
+    fns = {},                                 -- map number -> its function
+    calls = {}, chead = 1, ctail = 0,         -- submitted calls not sent yet
     maps = {},                                -- maps with ranges left to send
     work = {},                                -- id -> work in flight
     live = 0,                                 -- calls and maps not settled
@@ -119,19 +123,26 @@ function pool.processes(n) return new_pool("processes", n) end
 
 -- ------------------------------------------------------------ dispatch
 
+-- A map's function gets a number, under which each worker keeps the copy
+-- it was sent until the map ends (forget).
 local function define(p, fn)
-  local k = p.fnk[fn]
-  if not k then
-    p.nextk = p.nextk + 1
-    k = p.nextk
-    p.fnk[fn] = k
-    p.fns[k] = fn
+  p.nextk = p.nextk + 1
+  p.fns[p.nextk] = fn
+  return p.nextk
+end
+
+local function forget(p, k)
+  p.fns[k] = nil
+  for _, w in ipairs(p.workers) do
+    if w.defs[k] then
+      w.defs[k] = nil
+      pcall(w.inbox.send, w.inbox, {op = "undef", k = k})
+    end
   end
-  return k
 end
 
 local function send(p, w, k, msg)
-  if not w.defs[k] then
+  if k and not w.defs[k] then
     w.inbox:send({op = "def", k = k, fn = p.fns[k]})
     w.defs[k] = true
   end
@@ -141,6 +152,18 @@ local function send(p, w, k, msg)
   w.count = w.count + 1
   w.inflight[msg.id] = true
   return msg.id
+end
+
+local function settle_call(p, c, ok, values, err)
+  p.live = p.live - 1
+  p.settled = p.settled + 1
+  c.sink(ok, values, err, p.settled)
+end
+
+local function fail_range(p, r, err)
+  local m = r.map
+  if not m.failed then m.failed = err end
+  m.done = m.done + r.n
 end
 
 -- Sends work to the workers with room, a message each per round (every
@@ -155,7 +178,9 @@ local function dispatch(p)
         p.calls[p.chead] = nil
         p.chead = p.chead + 1
         c.worker = w
-        p.work[send(p, w, c.k, {op = "call", k = c.k, args = c.args})] = c
+        local ok, id = pcall(send, p, w, nil, {op = "call", fn = c.fn, args = c.args})
+        if ok then p.work[id] = c
+        else settle_call(p, c, false, nil, id) end      -- its args cannot go
       else
         local m = p.maps[1]
         if not m then goto done end
@@ -167,25 +192,15 @@ local function dispatch(p)
         local r = {map = m, first = m.next, n = size, worker = w}
         m.next = m.next + size
         if m.next > m.n then table.remove(p.maps, 1) end
-        p.work[send(p, w, m.k, {op = "map", k = m.k, items = items})] = r
+        local ok, id = pcall(send, p, w, m.k, {op = "map", k = m.k, items = items})
+        if ok then p.work[id] = r
+        else fail_range(p, r, id) end                   -- its items cannot go
       end
     end
   end
   end
   ::done::
-  if p.chead > #p.calls then p.calls, p.chead = {}, 1 end
-end
-
-local function settle_call(p, c, ok, values, err)
-  p.live = p.live - 1
-  p.settled = p.settled + 1
-  c.sink(ok, values, err, p.settled)
-end
-
-local function fail_range(p, r, err)
-  local m = r.map
-  if not m.failed then m.failed = err end
-  m.done = m.done + r.n
+  if p.chead > p.ctail then p.calls, p.chead, p.ctail = {}, 1, 0 end
 end
 
 local function take(p, msg)
@@ -288,7 +303,8 @@ function Pool:submit(fn, ...)
                         type(fn)), 2)
   end
   local f = setmetatable({pool = self, state = "pending"}, Future)
-  self.calls[#self.calls + 1] = {k = define(self, fn), args = pack(...),
+  self.ctail = self.ctail + 1
+  self.calls[self.ctail] = {fn = fn, args = pack(...),
     sink = function(ok, values, err, seq)
       f.seq = seq
       if ok then f.state, f.values = "done", values
@@ -421,18 +437,23 @@ function Pool:map(fn, list, opts)
   self.maps[#self.maps + 1] = m
   self.live = self.live + 1
   local bar = opts.progress and progress_bar(n)
-  while m.done < n and not m.failed do
-    pump(self)
-    if bar then bar(m.done) end
-  end
+  -- protected, so that an interrupt, a cancel or an error of the pool
+  -- leaves no map behind that later calls would wait for
+  local ok, err = pcall(function()
+    while m.done < n and not m.failed do
+      pump(self)
+      if bar then bar(m.done) end
+    end
+  end)
   if bar then bar(m.done, true) end
   self.live = self.live - 1
-  if m.failed then
+  forget(self, m.k)
+  if not ok or m.failed then
     for i, x in ipairs(self.maps) do       -- what is not sent yet: dropped
       if x == m then table.remove(self.maps, i) break end
     end
     m.next = n + 1
-    error(m.failed, 0)
+    error(ok and m.failed or err, 0)
   end
   return m.out
 end
@@ -477,10 +498,10 @@ function Pool:terminate()
     if r.map then fail_range(self, r, "pool terminated")
     else settle_call(self, r, false, nil, "pool terminated") end
   end
-  for i = self.chead, #self.calls do
+  for i = self.chead, self.ctail do
     settle_call(self, self.calls[i], false, nil, "pool terminated")
   end
-  self.calls, self.chead = {}, 1
+  self.calls, self.chead, self.ctail = {}, 1, 0
   for _, m in ipairs(self.maps) do
     m.failed = m.failed or "pool terminated"
   end
