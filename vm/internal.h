@@ -486,6 +486,7 @@ int process_wait(cstate *cs, parker *p, worker *w, const deadline *d,
                  const char **why);
 /* Checks, without blocking, whether a child ended; 1 if it did. */
 int process_poll(worker *w);
+void pipe_handle_made(cobj *o, struct cstate *cs);
 int process_signal(worker *w, int sig);
 /* The last Lua handle of a process is gone (the reaper takes over). */
 void process_handle_gone(worker *w);

@@ -155,6 +155,7 @@ void obj_push(lua_State *L, cstate *cs, cobj *o) {
   obj_retain(o);
   h->o = o;
   if (o->kind == K_PROCESS) atomic_fetch_add(&((worker *)o)->handles, 1);
+  if (o->kind == K_PIPE) pipe_handle_made(o, cs);
   lua_pushvalue(L, -1);
   lua_rawsetp(L, -3, o);
   lua_remove(L, -2);

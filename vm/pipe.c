@@ -40,7 +40,10 @@ typedef struct pipepair {
   pid_t pid;                   /* process that made the pair */
   unsigned forkgen;            /* forks of that process before it */
   pid_t used[2];               /* the last process that used each end */
+  unsigned usedgen[2];         /* and its fork count then */
   struct pend *end[2];
+  struct cstate *maker;        /* the state that made it */
+  _Atomic int threaded;        /* an end went to another state (a thread) */
 } pipepair;
 
 typedef struct pend {
@@ -120,6 +123,7 @@ int pipe_new(lua_State *L) {
   objreg_add(&pp->link, &pp->mu);
   pp->pid = conc_getpid();
   pp->forkgen = atomic_load(&conc_forkgen);
+  pp->maker = cs;
   for (int i = 0; i < 2; i++) {
     obj_init(&e[i]->obj, K_PIPE);
     pthread_mutex_init(&e[i]->mu, NULL);
@@ -141,8 +145,18 @@ static pend *check_pend(lua_State *L) {
   return (pend *)obj_check(L, 1, K_PIPE);
 }
 
-/* First use of e in a process that crossed a fork since the pair was
-** made: the other end, unused here, belongs to the other side. */
+/* A handle of an end is made in state cs. In another state than the
+** pair's maker (a thread; a forked child's copy of the maker is the maker
+** still), an end unused in this process may be a thread's live one, not a
+** copy that a fork left: claim_end then closes nothing. */
+void pipe_handle_made(cobj *o, struct cstate *cs) {
+  pipepair *pp = ((pend *)o)->pair;
+  if (cs != pp->maker) atomic_store(&pp->threaded, 1);
+}
+
+/* First use of e in a process, or since this process last forked, when
+** it crossed a fork since the pair was made: the other end, unused here,
+** belongs to the other side. */
 static void claim_end(pend *e) {
   pipepair *pp = e->pair;
   pid_t me = conc_getpid();
@@ -150,12 +164,15 @@ static void claim_end(pend *e) {
   int crossed;
   pthread_mutex_lock(&pp->mu);
   crossed = me != pp->pid || atomic_load(&conc_forkgen) != pp->forkgen;
-  if (pp->used[e->side] != me) {
+  if (pp->used[e->side] != me ||
+      pp->usedgen[e->side] != atomic_load(&conc_forkgen)) {
     pp->used[e->side] = me;
+    pp->usedgen[e->side] = atomic_load(&conc_forkgen);
     other = pp->end[!e->side];
     /* the other end goes only if nothing else in this process holds it:
     ** one handle (the one the fork copied), never used here */
-    if (crossed && other && pp->used[!e->side] != me &&
+    if (crossed && other && !atomic_load(&pp->threaded) &&
+        pp->used[!e->side] != me &&
         atomic_load(&other->obj.refs) == 1)
       obj_retain(&other->obj);
     else
