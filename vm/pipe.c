@@ -325,13 +325,20 @@ static int pipe_send(lua_State *L) {
     lua_pushboolean(L, 0);
     return 1;
   }
+  if (e->fd < 0 || atomic_load(&e->closed)) {   /* closed while we waited */
+    give_turn(e, &e->writing);
+    pthread_mutex_unlock(&e->mu);
+    cs_waiting(cs, NULL);
+    mbuf_reset(&cs->scratch);
+    return luaL_error(L, "send on a closed pipe");
+  }
   pthread_mutex_unlock(&e->mu);
   r = write_frame(e, cs, cs->scratch.p, cs->scratch.n, &d, &why, &started);
   pthread_mutex_lock(&e->mu);
   if (r != 0 && started) {
-    /* cut short: the peer must not read a half frame as anything */
+    /* cut short: the peer must not read a half frame as anything, so
+    ** this end sends no more (later sends fail); it can still receive */
     shutdown(e->fd, SHUT_WR);
-    e->eof = 1;
   }
   give_turn(e, &e->writing);
   pthread_mutex_unlock(&e->mu);
