@@ -606,7 +606,10 @@ static int pipe_sel_try(cobj *o, selnode *n) {
     pthread_mutex_unlock(&e->mu);
     return 0;
   }
-  if (e->reading) {              /* another thread reads: poll meanwhile */
+  if (e->reading) {
+    /* another thread reads: it may leave frames in e->in that the socket
+    ** no longer shows; be woken when it gives the turn back */
+    if (!n->linked) selq_push(&e->waiters, n);
     pthread_mutex_unlock(&e->mu);
     return 0;
   }
@@ -654,9 +657,23 @@ static int pipe_sel_try(cobj *o, selnode *n) {
   return r == GOT || atomic_load(&n->sw->won) != 0;
 }
 
+static void pipe_sel_delist(cobj *o, selnode *n) {
+  pend *e = (pend *)o;
+  pthread_mutex_lock(&e->mu);
+  if (n->linked) selq_remove(&e->waiters, n);
+  pthread_mutex_unlock(&e->mu);
+}
+
+/* The socket, unless another thread reads it (the select then waits for
+** that thread to give the turn back: see pipe_sel_try). */
 static int pipe_sel_fds(cobj *o, int fds[2]) {
-  fds[0] = ((pend *)o)->fd;
-  return fds[0] >= 0;
+  pend *e = (pend *)o;
+  int k;
+  pthread_mutex_lock(&e->mu);
+  fds[0] = e->fd;
+  k = fds[0] >= 0 && !e->reading;
+  pthread_mutex_unlock(&e->mu);
+  return k;
 }
 
 static const luaL_Reg pipe_methods[] = {
@@ -665,4 +682,4 @@ static const luaL_Reg pipe_methods[] = {
 
 const kindinfo pipe_kind = {
     "conc.pipe", "pipe", 0, 1, pend_destroy, pipe_methods, NULL,
-    pipe_tostring, pipe_sel_try, NULL, pipe_sel_fds, NULL};
+    pipe_tostring, pipe_sel_try, pipe_sel_delist, pipe_sel_fds, NULL};
