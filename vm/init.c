@@ -314,27 +314,32 @@ void conc_install(lua_State *L, cstate *cs) {
 
 static const char BOX_KEY = 'b';
 
+/* The cstate lives in the box, so that its memory lasts until the state
+** is freed: finalizers that run after the box's (objects given a __gc
+** before conc was opened) may still call conc functions, which then
+** raise (cs->gone). */
 typedef struct hostbox {
-  cstate *cs;
+  int open;                    /* cs is initialised and not finalized */
+  cstate cs;
 } hostbox;
 
 /* The host state closes: wait like Python does at exit, stop daemons,
 ** retire the hooks, let go of the runtime. Workers still running (a
-** daemon that ignored its cancellation) keep the runtime alive. Being
-** the first object of the state with a __gc, the box is finalized last,
-** after every handle of the state. */
+** daemon that ignored its cancellation) keep the runtime alive. */
 static int hostbox_gc(lua_State *L) {
   hostbox *b = lua_touserdata(L, 1);
-  cstate *cs = b->cs;
-  if (cs == NULL) return 0;
-  b->cs = NULL;
+  cstate *cs = &b->cs;
+  if (!b->open) return 0;
+  b->open = 0;
   if (cs->rt->pid == conc_getpid()) {
     rt_waitall(cs->rt, NULL);
     rt_shutdown(cs->rt);
   }
   rt_close_hooks(cs->rt);
   conc_interrupt_forget(cs);
-  cs_free(cs);
+  cs_fini(cs);
+  cs->rt = NULL;
+  cs->gone = 1;
   return 0;
 }
 
@@ -347,19 +352,22 @@ static cstate *host_open(lua_State *L) {
   cstate *cs = cs_of(L);
   if (cs) return cs;
   b = lua_newuserdatauv(L, sizeof *b, 0);
-  b->cs = NULL;
+  b->open = 0;
   lua_createtable(L, 0, 1);
   lua_pushcfunction(L, hostbox_gc);
   lua_setfield(L, -2, "__gc");
   lua_setmetatable(L, -2);
+  lua_pushvalue(L, -1);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &BOX_KEY);   /* drops an older box */
   r = rt_new();
-  cs = r ? cs_new(r, NULL) : NULL;
-  if (r) rt_release(r);                 /* the cstate holds it */
-  if (cs == NULL) luaL_error(L, "not enough memory");
+  if (r == NULL) luaL_error(L, "not enough memory");
+  cs = &b->cs;
+  cs_init(cs, r, NULL);
+  rt_release(r);                        /* the cstate holds it */
+  lua_pop(L, 1);
   cs->ishost = 1;
   cs->L = L;
-  b->cs = cs;                           /* the box owns cs from here */
+  b->open = 1;                          /* the box owns cs from here */
   thread_cancel_install();
   process_atfork_install();
   conc_install(L, cs);

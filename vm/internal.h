@@ -319,6 +319,7 @@ typedef struct cstate {
   paths *paths;                /* package paths, applied when opened */
   const void *mt[K_NKINDS];    /* metatables of handle kinds, or NULL */
   int ishost;                  /* a host or main state (cstate in a box) */
+  int gone;                    /* its box was finalized: calls raise */
   int light;                   /* conc functions are light C functions and
                                   the cstate is in the state's extra space
                                   (worker states: no closure to pay for) */
@@ -331,7 +332,9 @@ typedef struct cstate {
 ** no upvalue: lua_touserdata gives NULL). */
 static inline cstate *conc_cs(lua_State *L) {
   cstate *cs = (cstate *)lua_touserdata(L, CS_UPVAL);
-  return cs ? cs : *(cstate **)lua_getextraspace(L);
+  if (cs == NULL) return *(cstate **)lua_getextraspace(L);
+  if (cs->gone) luaL_error(L, "conc: the runtime of this state is closed");
+  return cs;
 }
 _Static_assert(LUA_EXTRASPACE >= sizeof(void *), "no room for the cstate");
 
