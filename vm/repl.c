@@ -668,10 +668,15 @@ static void evaluate(lua_State *L, int expr) {
   st = docall(L, 0, LUA_MULTRET);
   if (st == LUA_OK && expr && lua_gettop(L) > base) {
     int n = lua_gettop(L) - base;
-    luaL_checkstack(L, LUA_MINSTACK, "too many results to print");
-    lua_pushcfunction(L, show_k);
-    lua_insert(L, base + 1);
-    st = docall(L, n, 0);
+    if (!lua_checkstack(L, LUA_MINSTACK)) {   /* an error, not the end */
+      lua_settop(L, base);
+      lua_pushliteral(L, "too many results to print");
+      st = LUA_ERRRUN;
+    } else {
+      lua_pushcfunction(L, show_k);
+      lua_insert(L, base + 1);
+      st = docall(L, n, 0);
+    }
   }
   if (st != LUA_OK) report(L);
   lua_settop(L, base);
