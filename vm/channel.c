@@ -189,17 +189,6 @@ static int chan_ready(void *arg) {
          atomic_load_explicit(&c->closed, memory_order_relaxed);
 }
 
-/* Pushes a received value: inline bytes or a message (freed). */
-static int push_value(lua_State *L, cstate *cs, msg *m, const char *inl,
-                      uint32_t n) {
-  char err[160];
-  int k;
-  if (m) return msg_push(L, cs, m);
-  k = marshal_decode(L, cs, inl, n, NULL, 0, 0, err, sizeof err);
-  if (k < 0) return luaL_error(L, "%s", err);
-  return k;
-}
-
 static int chan_send(lua_State *L) {
   cstate *cs = conc_cs(L);
   chan *c = check_chan(L);
@@ -304,7 +293,7 @@ static int chan_recv_d(lua_State *L, cstate *cs, chan *c, double t) {
   }
   if (r != 0 || t == 0) {
     cmutex_unlock(&c->mu);
-    if (r > 0) return push_value(L, cs, m, inl, len);
+    if (r > 0) return sel_push_value(L, cs, m, inl, len);
     lua_pushnil(L);
     lua_pushstring(L, r < 0 ? "closed" : "timeout");
     return 2;

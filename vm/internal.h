@@ -557,6 +557,8 @@ typedef struct selnode {
 } selnode;
 
 /* Pushes the value a select node received (freeing it); the count. */
+int sel_push_value(lua_State *L, struct cstate *cs, msg *m, const char *inl,
+                   uint32_t n);
 int sel_push(lua_State *L, struct cstate *cs, selnode *n);
 
 int sel_claim(selwait *sw, int index);

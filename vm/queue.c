@@ -229,7 +229,8 @@ static int qput(lua_State *L, queue *q, cstate *cs, const char *p, size_t n,
   qslot *s;
   const char *why = NULL;
   if (need > (h->ringsz - HOT) / 2)
-    return luaL_error(L, "message too big for a queue (%d bytes)", (int)n);
+    return luaL_error(L, "message too big for a queue (%I bytes)",
+                      (LUAI_UACINT)n);
   slock_lock(&h->lock);
   for (;;) {
     uint32_t seen = atomic_load(&h->spaceseq);

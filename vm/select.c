@@ -68,18 +68,22 @@ void selq_remove(selnode **head, selnode *n) {
   n->linked = 0;
 }
 
-int sel_push(lua_State *L, cstate *cs, selnode *n) {
+/* Pushes a received value: a message (freed), or else n bytes inline
+** (a copy on the caller's stack: nothing to free if decoding raises). */
+int sel_push_value(lua_State *L, cstate *cs, msg *m, const char *inl,
+                   uint32_t n) {
   char err[160];
   int k;
-  if (n->m) {
-    msg *m = n->m;
-    n->m = NULL;
-    return msg_push(L, cs, m);
-  }
-  /* inline: a copy on the stack, nothing to free if decoding raises */
-  k = marshal_decode(L, cs, n->inl, n->inln, NULL, 0, 0, err, sizeof err);
+  if (m) return msg_push(L, cs, m);
+  k = marshal_decode(L, cs, inl, n, NULL, 0, 0, err, sizeof err);
   if (k < 0) return luaL_error(L, "%s", err);
   return k;
+}
+
+int sel_push(lua_State *L, cstate *cs, selnode *n) {
+  msg *m = n->m;
+  n->m = NULL;
+  return sel_push_value(L, cs, m, n->inl, n->inln);
 }
 
 #define SMALL 8
