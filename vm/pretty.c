@@ -341,6 +341,17 @@ static int flat(pp *P, int idx, int depth, size_t stop) {
   ppkey *v;
   if (special(P, idx, depth)) return P->b->n <= stop;
   luaL_checkstack(L, 8, "table too deep to show");
+  {  /* a count cut at PP_ITEMS first: a big table cannot fit on a line,
+     ** and listing and sorting all its keys to learn that costs seconds */
+    lua_Integer c = 0;
+    lua_pushnil(L);
+    while (c < PP_ITEMS && lua_next(L, idx)) {
+      lua_pop(L, 1);
+      c++;
+    }
+    lua_settop(L, top);
+    if (P->b->n + (size_t)c * 3 > stop) return 0;
+  }
   nk = entries(P, idx, &na, &v);
   total = na + nk;
   if (P->b->n + (size_t)(total > PP_ITEMS ? PP_ITEMS : total) * 3 > stop) {
