@@ -595,18 +595,34 @@ typedef struct shmobj {
 int shmobj_init(shmobj *o, int kind, size_t size);   /* 0, or -1 + errno */
 void shmobj_destroy(shmobj *o);
 
+/* Owner ids (owner.c): a thread of the process tree, for records in
+** shared memory of who holds what. 0 is nobody; OWNER_ANON is a thread
+** that could get no id (more than 131072 live ones), never taken for
+** dead. owner_init makes the arena of ids: call it before making a shared
+** object (0, or -1 and errno). owner_self is the calling thread's id;
+** owner_dead(id) is 1 once that thread has ended (returned, killed,
+** exited, exec'ed), whether or not its process was reaped. Both are a
+** few atomic operations, no system call. */
+#define OWNER_ANON UINT64_MAX
+int owner_init(void);
+uint64_t owner_self(void);
+int owner_dead(uint64_t id);
+
 /* A lock in shared memory that survives the death of its owner: the
-** word holds the owner's thread id, 'pid' its process (sync.c). */
+** word holds the owner's id (owner.c), 0 when free (sync.c). */
 typedef struct slock {
-  _Atomic uint32_t word;
+  _Atomic uint64_t word;
   _Atomic uint32_t seq;        /* waiters sleep here */
   _Atomic uint32_t nwait;
-  _Atomic int32_t pid;
 } slock;
 int slock_try(slock *s);
-void slock_lock(slock *s);     /* short sections: no cancellation */
+/* For short sections, with no cancellation: waits as long as it takes.
+** Returns 1 if it took the lock over from an owner that died holding it
+** (what the lock guards may be half changed: the caller repairs it), 0
+** otherwise. */
+int slock_lock(slock *s);
 void slock_unlock(slock *s);
-int slock_owner_dead(slock *s); /* takes the lock back from a dead owner */
+int slock_owner_dead(slock *s); /* frees the lock of a dead owner; 1 if so */
 
 /* Bumps a shared sequence word and wakes n of its sleepers. */
 void bump(_Atomic uint32_t *seq, _Atomic uint32_t *nwait, int n);
