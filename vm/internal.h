@@ -43,6 +43,10 @@ int fd_socketpair(int fds[2]);                 /* SOCK_STREAM, 0 or -1 */
 int fd_write_all(int fd, const void *p, size_t n);   /* 0, or -1 + errno */
 /* Reads exactly n bytes: returns n, fewer at end of file, -1 on error. */
 ssize_t fd_read_full(int fd, void *p, size_t n);
+/* Reads exactly n bytes into a buffer it allocates (*out, to free): 0, or
+** -1 (end of file first, an error, or no memory). It never allocates much
+** more than what arrived, whatever n claims. */
+int fd_read_alloc(int fd, size_t n, char **out);
 int fd_set_nonblock(int fd, int on);
 void fd_close(int fd);                         /* keeps errno */
 int fd_count(void);                            /* open fds of the process */

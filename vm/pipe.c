@@ -393,22 +393,28 @@ static void frame_drop(pend *e) {
 
 /* Reads into the buffer: at most what fits the frame being read, or a
 ** chunk. 'wait' blocks (a slice at most). 1 read something, 0 nothing
-** (EAGAIN, EINTR), -1 end of file or error (e->eof set), -2 no memory. */
+** (EAGAIN, EINTR), -1 end of file or error (e->eof set), -2 no memory.
+** The length a frame claims is the peer's word, not a fact: the buffer
+** grows with the bytes that came (at most doubling them, or a chunk), so
+** a forged length costs no more memory than the bytes sent. */
 static int fill(pend *e, int wait) {
-  size_t want = READ_CHUNK;
+  size_t want = READ_CHUNK, room = e->incap - e->inlen;
   int64_t len = frame_len(e);
   int whole = 0;
   ssize_t r;
   if (len >= 0 && FRAME_HEAD + (size_t)len > e->inlen) {
     size_t rest = FRAME_HEAD + (size_t)len - e->inlen;
     if (rest > want) {             /* a big frame: straight to its place */
+      size_t grow = e->inlen > READ_CHUNK ? e->inlen : READ_CHUNK;
       want = rest;
+      if (want > room && want > grow) want = room > grow ? room : grow;
       whole = 1;
     }
   }
-  if (e->incap - e->inlen < want) {
+  if (room < want) {
     size_t cap = e->incap ? e->incap : READ_CHUNK;
     char *np;
+    if (whole) cap = e->inlen + want;
     while (cap - e->inlen < want) cap *= 2;
     np = realloc(e->in, cap);
     if (np == NULL) return -2;

@@ -103,6 +103,11 @@ static void conclude(worker *w, int wst) {
              (int)w->pid, WTERMSIG(wst), signame(WTERMSIG(wst), sb, sizeof sb));
     errmsg = strdup(buf);
     status = W_KILLED;
+  } else if (WEXITSTATUS(wst) == 0 && w->inbuf.n > 0) {
+    /* it exited as after a return, but what it sent is no frame */
+    snprintf(buf, sizeof buf, "process %d: corrupt message", (int)w->pid);
+    errmsg = strdup(buf);
+    status = W_FAILED;
   } else if (WEXITSTATUS(wst) == 0) {
     status = W_DONE;                /* os.exit(0): nothing returned */
   } else {
