@@ -221,9 +221,9 @@ int mbuf_addref(mbuf *b, cobj *o);         /* retains o; its index, or -1 */
 
 /* Encodes the 'n' values at L[first..first+n-1]. 'root' names them for
 ** errors: "args" gives args[1], args[2]...; "fn" names a single value.
-** Returns 0, or -1 with an error message in 'err' and 'b' reset. Raises
-** only on memory errors (b stays owned by the caller, so keep b in
-** storage that is freed even then, like a cstate's scratch buffer). */
+** Returns 0, or -1 with an error message in 'err' and 'b' reset; out of
+** memory, the message is "not enough memory" (raise it with msg_raise).
+** Never raises; b stays the caller's. */
 int marshal_encode(lua_State *L, struct cstate *cs, int first, int n,
                    mbuf *b, int flags, const char *root,
                    char *err, size_t errsz);
@@ -251,6 +251,12 @@ void msg_free_pending(struct cstate *cs);
 /* Encodes n values into a message, raising a Lua error on failure. */
 msg *msg_encode(lua_State *L, struct cstate *cs, int first, int n,
                 const char *root);
+/* Raises Lua's own out-of-memory error message, "not enough memory", with
+** no position in front (luaL_error would add the caller's). */
+int conc_nomem(lua_State *L);
+/* Raises a message of marshal_encode or marshal_decode: out of memory as
+** conc_nomem does, anything else like luaL_error. */
+int msg_raise(lua_State *L, const char *err);
 
 /* The keyed hash that guards bytecode; the key is per process tree. */
 void marshal_key(unsigned char key[16]);
@@ -432,6 +438,7 @@ typedef struct worker {
   int contended;               /* another thread found it busy meanwhile */
   _Atomic int handles;         /* Lua handles of a process */
   mbuf inbuf;                  /* result bytes read so far */
+  int nomem;                   /* they did not fit in memory (reap.c) */
   pid_t owner;                 /* the process that spawned it */
 } worker;
 

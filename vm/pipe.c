@@ -116,7 +116,7 @@ int pipe_new(lua_State *L) {
     free(e[1]);
     fd_close(fds[0]);
     fd_close(fds[1]);
-    return luaL_error(L, "not enough memory");
+    return conc_nomem(L);
   }
   atomic_init(&pp->refs, 2);
   pthread_mutex_init(&pp->mu, NULL);
@@ -306,7 +306,7 @@ static int pipe_send(lua_State *L) {
   t = conc_opttimeout(L, 3);
   if (marshal_encode(L, cs, 2, 1, &cs->scratch, MARSHAL_REMOTE, "value", err,
                      sizeof err) != 0)
-    return luaL_error(L, "%s", err);
+    return msg_raise(L, err);
   claim_end(e);
   deadline_in(&d, t);
   pthread_mutex_lock(&e->mu);
@@ -485,7 +485,7 @@ static int push_failure(lua_State *L, int r) {
   switch (r) {
     case CUT: return luaL_error(L, "pipe closed in the middle of a message");
     case CORRUPT: return luaL_error(L, "corrupt message on pipe");
-    default: return luaL_error(L, "not enough memory");
+    default: return conc_nomem(L);
   }
 }
 
@@ -521,7 +521,7 @@ static int pipe_recv(lua_State *L) {
       lua_pushcfunction(L, decode_body);
       lua_pushlightuserdata(L, &a);
       st = lua_pcall(L, 1, LUA_MULTRET, 0);
-      frame_drop(e);
+      if (st != LUA_ERRMEM) frame_drop(e);   /* out of memory: kept */
     }
     pthread_mutex_lock(&e->mu);
     if (r == CUT || r == CORRUPT) {       /* nothing sane can follow */
@@ -629,18 +629,19 @@ static int pipe_sel_try(cobj *o, selnode *n) {
       break;
     }
     if (f > 0) {
-      if (sel_claim(n->sw, n->index)) {
-        msg *m = msg_copy(e->in + FRAME_HEAD, (size_t)frame_len(e));
-        if (m) {
-          frame_drop(e);
-          n->m = m;
-          n->result = SEL_VALUE;
-          r = GOT;
-        } else {
-          r = NOMEM;
-        }
+      /* copied before the claim: a select claimed must get its value */
+      msg *m = msg_copy(e->in + FRAME_HEAD, (size_t)frame_len(e));
+      if (m == NULL) {
+        r = NOMEM;
+      } else if (sel_claim(n->sw, n->index)) {
+        frame_drop(e);
+        n->m = m;
+        n->result = SEL_VALUE;
+        r = GOT;
+      } else {
+        msg_free(m);             /* another item won */
       }
-      break;                     /* not claimed: another item won */
+      break;
     }
     if (e->eof) {
       r = e->inlen ? CUT : CLOSED;
@@ -654,10 +655,10 @@ static int pipe_sel_try(cobj *o, selnode *n) {
     }
   }
   pthread_mutex_lock(&e->mu);
-  if (r != EMPTY && r != GOT) {
+  if (r != EMPTY && r != GOT && r != NOMEM) {
     n->result = SEL_CLOSED;     /* closed, cut short or corrupt: done */
     e->eof = 1;
-  }
+  }                             /* out of memory: the frame waits */
   give_turn(e, &e->reading);
   pthread_mutex_unlock(&e->mu);
   return r == GOT || atomic_load(&n->sw->won) != 0;

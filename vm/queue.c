@@ -219,7 +219,7 @@ int queue_new(lua_State *L) {
     luaL_argcheck(L, cap >= 1, 1, "capacity must be positive");
   }
   q = calloc(1, sizeof *q);
-  if (q == NULL) return luaL_error(L, "not enough memory");
+  if (q == NULL) return conc_nomem(L);
   q->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   if (q->efd < 0) {
     free(q);
@@ -346,7 +346,7 @@ static int queue_send(lua_State *L) {
   deadline_in(&d, conc_opttimeout(L, 3));
   if (marshal_encode(L, cs, 2, 1, &cs->scratch, MARSHAL_REMOTE, "value", err,
                      sizeof err) != 0)
-    return luaL_error(L, "%s", err);
+    return msg_raise(L, err);
   r = qput(L, q, cs, cs->scratch.p, cs->scratch.n, &d);
   mbuf_reset(&cs->scratch);
   lua_pushboolean(L, r);
@@ -355,12 +355,12 @@ static int queue_send(lua_State *L) {
 
 /* ------------------------------------------------------------ recv */
 
-enum { Q_GOT, Q_EMPTY, Q_CLOSED, Q_CORRUPT };
+enum { Q_GOT, Q_EMPTY, Q_CLOSED, Q_CORRUPT, Q_NOMEM };
 
 /* With the lock held: takes the first ready slot (or, with take 0, says
-** whether there is one), if the head of the line is ready. Slots of dead
-** producers are dropped. A slot that cannot be one closes and empties
-** the queue (Q_CORRUPT): what lies past it cannot be found. */
+** where it is), if the head of the line is ready. Slots of dead producers
+** are dropped. A slot that cannot be one closes and empties the queue
+** (Q_CORRUPT): what lies past it cannot be found. */
 static int qnext_locked(qhdr *h, uint64_t *pos, int take) {
   uint64_t tail;
   while (h->rnext < (tail = atomic_load(&h->tail))) {
@@ -377,10 +377,10 @@ static int qnext_locked(qhdr *h, uint64_t *pos, int take) {
       return Q_CORRUPT;
     }
     if (st == S_READY) {
+      *pos = h->rnext;
       if (!take) return Q_GOT;   /* only a look: it stays the queue's */
       s->owner = owner_self();
       atomic_store(&s->state, S_TAKEN);
-      *pos = h->rnext;
       h->rnext += slot_size(s->len);
       atomic_fetch_sub(&h->count, 1);
       bump(&h->spaceseq, &h->spacenwait, INT32_MAX);
@@ -398,20 +398,26 @@ static int qnext_locked(qhdr *h, uint64_t *pos, int take) {
   return atomic_load(&h->closed) ? Q_CLOSED : Q_EMPTY;
 }
 
-/* Copies the taken slot at pos out and frees it. NULL: out of memory
-** (the message is dropped: nothing else could take it). */
-static msg *qfinish(qhdr *h, uint64_t pos) {
+/* With the lock held: the message to copy the next slot into (*m), then
+** the slot, taken. Out of memory (Q_NOMEM) the slot stays the queue's. */
+static int qtake_locked(qhdr *h, uint64_t *pos, msg **m) {
+  int r = qnext_locked(h, pos, 0);
+  if (r != Q_GOT) return r;
+  if ((*m = msg_alloc((size_t)slot_at(h, *pos)->len)) == NULL) return Q_NOMEM;
+  return qnext_locked(h, pos, 1);      /* the same slot: the lock is held */
+}
+
+/* Copies the taken slot at pos out into m, and frees the slot. */
+static void qfinish(qhdr *h, uint64_t pos, msg *m) {
   qslot *s = slot_at(h, pos);
   size_t n = (size_t)s->len;
-  msg *m = msg_alloc(n);
-  if (m) ring_get(h, pos + sizeof(qslot), m->inl, n);
+  ring_get(h, pos + sizeof(qslot), m->inl, n);
   if (n >= 16 * PAGE)         /* a big payload: give its pages back now */
     ring_punch(h, pos + sizeof(qslot), pos + sizeof(qslot) + n);
   qlock(h);
   atomic_store(&s->state, S_FREE);
   advance_head(h);
   slock_unlock(&h->lock);
-  return m;
 }
 
 struct qwatch {
@@ -433,7 +439,7 @@ static int qget(lua_State *L, qhdr *h, cstate *cs, const deadline *d, msg **m) {
   qlock(h);
   for (;;) {
     uint32_t seen = atomic_load(&h->dataseq);
-    r = qnext_locked(h, &pos, 1);
+    r = qtake_locked(h, &pos, m);
     if (r != Q_EMPTY) break;
     if (!spun && !d->forever && deadline_left(d) == 0) break;
     if (!spun) {               /* a producer may be a moment away */
@@ -458,9 +464,9 @@ static int qget(lua_State *L, qhdr *h, cstate *cs, const deadline *d, msg **m) {
   }
   slock_unlock(&h->lock);
   if (r == Q_CORRUPT) luaL_error(L, "corrupt message on queue");
+  if (r == Q_NOMEM) conc_nomem(L);          /* the message stays queued */
   if (r != Q_GOT) return r;
-  *m = qfinish(h, pos);
-  if (*m == NULL) luaL_error(L, "not enough memory");
+  qfinish(h, pos, *m);
   return Q_GOT;
 }
 
@@ -554,14 +560,19 @@ static int queue_sel_try(cobj *o, selnode *n) {
   qlock(h);
   r = qnext_locked(h, &pos, 0);
   if (r == Q_GOT) {
-    if (!sel_claim(n->sw, n->index)) {
+    /* the message to copy into first: out of memory, the select goes on
+    ** waiting and the message stays queued (there is no error to give) */
+    msg *m = msg_alloc((size_t)slot_at(h, pos)->len);
+    if (m == NULL || !sel_claim(n->sw, n->index)) {
       slock_unlock(&h->lock);
-      return 1;
+      msg_free(m);
+      return m != NULL;
     }
-    qnext_locked(h, &pos, 1);
+    qnext_locked(h, &pos, 1);        /* the same slot: the lock was held */
     slock_unlock(&h->lock);
-    n->m = qfinish(h, pos);
-    n->result = n->m ? SEL_VALUE : SEL_CLOSED;
+    qfinish(h, pos, m);
+    n->m = m;
+    n->result = SEL_VALUE;
     return 1;
   }
   slock_unlock(&h->lock);
