@@ -312,6 +312,36 @@ scenario("queue_kill", 30, function(run)
   end
 end)
 
+-- A kill storm on one lock: processes take it in turns, and some are
+-- SIGKILLed, inside it or not, and left unreaped; the others never wait
+-- for ever (each death is taken over), and each finishes its turns.
+scenario("lock_kill", 30, function(run)
+  local l, turns = conc.lock(), 60
+  local ps = {}
+  for k = 1, 4 do
+    ps[k] = spawn_process(function()
+      for _ = 1, turns do
+        assert(l:acquire(30), "a dead holder kept the lock")
+        conc.sleep(0.0003)             -- a moment inside
+        l:release()
+      end
+      return turns
+    end)
+  end
+  local killed = {}
+  for _ = 1, 1 + run % 3 do
+    conc.sleep(0.001 + math.random() * 0.02)
+    local k = math.random(#ps)
+    if not killed[k] and ps[k]:kill("KILL") then killed[k] = true end
+  end
+  for k, p in ipairs(ps) do
+    assert(p:wait(40), "a process hung on the lock")
+    if not killed[k] then assert(p:join() == turns) else pcall(p.join, p) end
+  end
+  assert(l:acquire(5), "the lock stayed held")
+  l:release()
+end)
+
 -- Cancel threads while they block in every kind of wait.
 scenario("cancel", 300, function()
   local ch, ev, lk = conc.channel(), conc.event(), conc.lock()

@@ -20,6 +20,7 @@
 #include <sys/wait.h>
 
 #include "internal.h"
+#include "chunk.h"
 #include "runner.h"
 
 #define MiB (1024.0 * 1024.0)
@@ -37,26 +38,20 @@ static double vm_peak(void) {
   return kb * 1024;
 }
 
-static int traceback(lua_State *L) {
-  luaL_traceback(L, L, luaL_tolstring(L, 1, NULL), 1);
-  return 1;
-}
-
-/* Runs a chunk; a Lua error fails the case. */
-static void run(lua_State *L, const char *code) {
-  int base = lua_gettop(L);
-  lua_pushcfunction(L, traceback);
-  if (luaL_loadstring(L, code) != LUA_OK ||
-      lua_pcall(L, 0, 0, base + 1) != LUA_OK)
-    FAIL("lua error: %s", lua_tostring(L, -1));
-  lua_settop(L, base);
-}
-
+/* A host state, with corrupt_then_closed(e, pattern): e:recv raises an
+** error containing pattern, and then e reports closed. */
 static lua_State *host_new(void) {
   lua_State *L = luaL_newstate();
   CHECK(L != NULL);
   luaL_openlibs(L);
   conclua_open(L);
+  run(L,
+      "function corrupt_then_closed(e, pattern)\n"
+      "  local ok, err = pcall(e.recv, e, 5)\n"
+      "  assert(not ok and err:find(pattern, 1, true), err)\n"
+      "  local v, why = e:recv(1)\n"
+      "  assert(v == nil and why == 'closed', tostring(why))\n"
+      "end\n");
   return L;
 }
 
@@ -141,10 +136,7 @@ static int t_pipe_forged_length(void) {
   CHECK(vm_peak() - peak < 32 * MiB);
   CHECK(shutdown(b, SHUT_WR) == 0);
   run(L,
-      "local ok, err = pcall(a.recv, a, 5)\n"
-      "assert(not ok and err:find('pipe closed in the middle of a message', 1, true), err)\n"
-      "local v, why = a:recv(1)\n"
-      "assert(v == nil and why == 'closed', tostring(why))\n");
+      "corrupt_then_closed(a, 'pipe closed in the middle of a message')\n");
   lua_close(L);
   return 0;
 }
@@ -157,10 +149,7 @@ static int t_pipe_length_past_any_frame(void) {
   send_head(b, ((uint64_t)1 << 40) + 1);
   peak = vm_peak();
   run(L,
-      "local ok, err = pcall(a.recv, a, 5)\n"
-      "assert(not ok and err:find('corrupt message on pipe', 1, true), err)\n"
-      "local v, why = a:recv(1)\n"
-      "assert(v == nil and why == 'closed', tostring(why))\n"
+      "corrupt_then_closed(a, 'corrupt message on pipe')\n"
       "assert(select(2, conc.select({a}, 1)) == 'closed')\n");
   CHECK(vm_peak() - peak < 32 * MiB);
   lua_close(L);
@@ -207,10 +196,7 @@ static int t_queue_forged_slot(void) {
     *len = forged[i];
     peak = vm_peak();
     run(L,
-        "local ok, err = pcall(q.recv, q, 1)\n"
-        "assert(not ok and err:find('corrupt message on queue', 1, true), err)\n"
-        "local v, why = q:recv(1)\n"
-        "assert(v == nil and why == 'closed', tostring(why))\n"
+        "corrupt_then_closed(q, 'corrupt message on queue')\n"
         "assert(q:len() == 0)\n"
         "local ok2, err2 = pcall(q.send, q, 1)\n"
         "assert(not ok2 and err2:find('send on a closed queue', 1, true))\n");
@@ -236,46 +222,39 @@ static int result_fd(void) {
   return -1;
 }
 
-/* Child functions: each writes something forged as its result and exits
+/* In a forked child: writes its argument, raw, as its result and exits
 ** as a child that returned would. */
-static int forge_huge(lua_State *L) {
-  frame f = {FRAME_MAGIC, 0, 0, (uint64_t)1 << 40};
+static int forge(lua_State *L) {
+  size_t n;
+  const char *bytes = luaL_checklstring(L, 1, &n);
   int fd = result_fd();
-  CONC_UNUSED(L);
-  if (fd < 0 || fd_write_all(fd, &f, sizeof f) != 0 ||
-      fd_write_all(fd, "\xc7\x01\x01\x00", 4) != 0)
-    _exit(9);
+  if (fd < 0 || fd_write_all(fd, bytes, n) != 0) _exit(9);
   _exit(0);
 }
 
-static int forge_garbage(lua_State *L) {
-  int fd = result_fd();
-  CONC_UNUSED(L);
-  if (fd < 0 || fd_write_all(fd, "not a frame at all, but long enough", 35))
-    _exit(9);
-  _exit(0);
-}
-
-static int forge_payload(lua_State *L) {
-  frame f = {FRAME_MAGIC, 0, 0, 5};
-  int fd = result_fd();
-  CONC_UNUSED(L);
-  if (fd < 0 || fd_write_all(fd, &f, sizeof f) != 0 ||
-      fd_write_all(fd, "\xc7\x01\x01\x08\xff", 5) != 0)
-    _exit(9);
-  _exit(0);
+/* Pushes a frame header and its first bytes as one string. */
+static void push_frame(lua_State *L, uint64_t len, const char *bytes,
+                       size_t n) {
+  frame f = {FRAME_MAGIC, 0, 0, len};
+  luaL_Buffer b;
+  luaL_buffinit(L, &b);
+  luaL_addlstring(&b, (const char *)&f, sizeof f);
+  luaL_addlstring(&b, bytes, n);
+  luaL_pushresult(&b);
 }
 
 /* A child that sends what is not the frame of a result, and exits 0, did
 ** not return nothing: its join raises. */
 static int t_child_forged_result(void) {
   lua_State *L = host_new();
-  lua_register(L, "forge_huge", forge_huge);
-  lua_register(L, "forge_garbage", forge_garbage);
-  lua_register(L, "forge_payload", forge_payload);
+  lua_register(L, "forge", forge);
+  push_frame(L, (uint64_t)1 << 40, "\xc7\x01\x01\x00", 4);  /* huge */
+  lua_setglobal(L, "huge");
+  push_frame(L, 5, "\xc7\x01\x01\x08\xff", 5);    /* bytes, no values */
+  lua_setglobal(L, "payload");
   run(L,
-      "for _, f in ipairs({forge_huge, forge_garbage, forge_payload}) do\n"
-      "  local p = spawn_process(f)\n"
+      "for _, bytes in ipairs({huge, 'not a frame at all, but long enough', payload}) do\n"
+      "  local p = spawn_process(forge, bytes)\n"
       "  local ok, err = pcall(p.join, p)\n"
       "  assert(not ok, 'a forged result was taken for a return')\n"
       "  assert(err:find('corrupt message', 1, true), err)\n"

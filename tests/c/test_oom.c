@@ -20,6 +20,7 @@
 #include <sys/wait.h>
 
 #include "internal.h"
+#include "chunk.h"
 #include "runner.h"
 
 /* ------------------------------------------------------------ injector */
@@ -92,21 +93,6 @@ static void *state_alloc(void *ud, void *p, size_t osize, size_t nsize) {
 }
 
 /* ------------------------------------------------------------ Lua */
-
-static int traceback(lua_State *L) {
-  luaL_traceback(L, L, luaL_tolstring(L, 1, NULL), 1);
-  return 1;
-}
-
-/* Runs a chunk, unarmed; a Lua error fails the case. */
-static void run(lua_State *L, const char *code) {
-  int base = lua_gettop(L);
-  lua_pushcfunction(L, traceback);
-  if (luaL_loadstring(L, code) != LUA_OK ||
-      lua_pcall(L, 0, 0, base + 1) != LUA_OK)
-    FAIL("lua error: %s", lua_tostring(L, -1));
-  lua_settop(L, base);
-}
 
 static int open_f(lua_State *L) {
   luaL_openlibs(L);
@@ -203,12 +189,6 @@ static const char *TABLE =
     "  for i = 1, 40 do assert(v.list[i][2] == tostring(i) .. string.rep('p', i)) end\n"
     "end\n";
 
-static char code[4096];
-
-static const char *with_table(const char *body) {
-  snprintf(code, sizeof code, "%s%s", TABLE, body);
-  return code;
-}
 
 /* After a failure, what was sent and not received is still there whole
 ** (a value whose receiver ran out of memory while copying it out waits
@@ -268,25 +248,23 @@ static int t_select_recv(void) {
   return 0;
 }
 
-static int t_thread_args_and_results(void) {
+/* A worker given value() returns it: 'spawn' is the call that starts it
+** (a Lua expression), 'check' a run that must work afterwards. */
+static void sweep_worker(const char *spawn, const char *check) {
   char op[4096];
-  snprintf(op, sizeof op, "%s", with_table(
-      "local t = spawn_thread(function(v) return v end, value())\n"
-      "same(t:join())\n"));
-  CHECK(sweep("", op,
-              "assert(spawn_thread(function(x) return x end, 3):join() == 3)",
-              0) > 0);
+  snprintf(op, sizeof op, "%slocal w = %s\nsame(w:join())\n", TABLE, spawn);
+  CHECK(sweep("", op, check, 0) > 0);
+}
+
+static int t_thread_args_and_results(void) {
+  sweep_worker("spawn_thread(function(v) return v end, value())",
+               "assert(spawn_thread(function(x) return x end, 3):join() == 3)");
   return 0;
 }
 
 static int t_process_result(void) {
-  char op[4096];
-  snprintf(op, sizeof op, "%s", with_table(
-      "local p = spawn_process(function() return value() end)\n"
-      "same(p:join())\n"));
-  CHECK(sweep("", op,
-              "assert(spawn_process(function() return 4 end):join() == 4)",
-              0) > 0);
+  sweep_worker("spawn_process(function() return value() end)",
+               "assert(spawn_process(function() return 4 end):join() == 4)");
   return 0;
 }
 

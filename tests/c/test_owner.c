@@ -16,6 +16,7 @@
 #include <sys/wait.h>
 
 #include "internal.h"
+#include "chunk.h"
 #include "runner.h"
 
 /* Waits until the child has ended, leaving it a zombie. */
@@ -187,20 +188,6 @@ static int t_takeover_goes_to_one_waiter(void) {
 }
 
 /* ------------------------------------------------------------ queue */
-
-static int traceback(lua_State *L) {
-  luaL_traceback(L, L, luaL_tolstring(L, 1, NULL), 1);
-  return 1;
-}
-
-static void run(lua_State *L, const char *code) {
-  int base = lua_gettop(L);
-  lua_pushcfunction(L, traceback);
-  if (luaL_loadstring(L, code) != LUA_OK ||
-      lua_pcall(L, 0, 0, base + 1) != LUA_OK)
-    FAIL("lua error: %s", lua_tostring(L, -1));
-  lua_settop(L, base);
-}
 
 /* A process killed inside a queue's own lock (the slock that opens the
 ** queue's shared header) blocks nobody: the others take the lock over
