@@ -19,7 +19,10 @@
 ** uses". close() closes this process's copy only (the usual idiom of
 ** closing the unused end in the parent works). A peer that closed or died
 ** gives nil, "closed" to a reader, and an error, not SIGPIPE, to a writer;
-** a frame cut short by a death is an error, never garbage.
+** a frame cut short by a death is an error, never garbage. What arrives is
+** the peer's word, not a fact: the buffer grows with the bytes that came,
+** never to the length a frame claims, and a length no frame can have is
+** corrupt (the end then reads as closed).
 */
 
 #include <errno.h>

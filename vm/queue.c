@@ -26,7 +26,9 @@
 ** wrong (each other one changes in a single store, and a slot is seen
 ** only once 'tail' has passed it). A slot that claims more than the ring
 ** holds is corrupt: the queue is then closed and emptied, never read
-** past its end. Pages the ring no longer needs are given back
+** past its end. A consumer allocates what it copies into before it takes
+** a slot, so running out of memory leaves the message queued. Pages the
+** ring no longer needs are given back
 ** (MADV_REMOVE), so a long-lived queue keeps little memory. Waiters sleep
 ** on shared sequence words (futexes); select polls an eventfd doorbell,
 ** rung by producers while a select waits.
