@@ -225,6 +225,40 @@ T.test("a consumer killed while copying a message out, not yet reaped, gives its
   T.ok(cut, "no consumer was killed mid-copy")
 end)
 
+T.test("a job queue whose worker is killed mid-run and reaped only at the end", function()
+  for _ = 1, 3 do
+    local jobs, results = conc.queue(4), conc.queue()
+    local function worker()
+      for job in jobs:iter() do
+        results:send({id = job.id, blob = string.rep("r", 1024 * 1024)})
+      end
+    end
+    local workers = {}
+    for i = 1, 3 do workers[i] = spawn_process(worker) end
+    local feeder = spawn_thread(function(jobs)
+      for id = 1, 60 do jobs:send({id = id}) end
+      jobs:close()
+    end, jobs)
+    local t0 = conc.now()
+    while results:len() < 5 and conc.now() - t0 < 10 do conc.sleep(0.001) end
+    local victim = workers[2]
+    victim:kill("KILL")                  -- likely while it sends a result
+    workers[2] = spawn_process(worker)
+    feeder:join()
+    for i = 1, 3 do workers[i]:join() end
+    local got, n = {}, 0
+    while true do
+      local r = results:recv(0)
+      if r == nil then break end
+      T.ok(not got[r.id], "a result came twice")
+      T.eq(#r.blob, 1024 * 1024)
+      got[r.id], n = true, n + 1
+    end
+    T.ok(n >= 59, n .. " results: more than the killed worker's job lost")
+    T.raises("killed by signal 9", victim.join, victim)
+  end
+end)
+
 T.test("iter and select", function()
   local q = conc.queue()
   local p = spawn_process(function() for i = 1, 3 do q:send(i) end q:close() end)
