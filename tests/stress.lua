@@ -189,6 +189,46 @@ scenario("cancel", 300, function()
   lk:release()
 end)
 
+-- Cancel, at random moments of their start and with both cores kept
+-- busy, threads that catch their cancel and would return: once cancel()
+-- said true the thread ends "cancelled", and a thread that started ran
+-- its __close handler whole.
+local hog_stop
+scenario("cancel_caught", 3000, function(run, runs)
+  if run == 1 then
+    hog_stop = conc.event()
+    for _ = 1, 2 do
+      spawn_thread({daemon = true}, function()
+        while not hog_stop:is_set() do
+          local x = 0
+          for k = 1, 20000 do x = x + k end
+        end
+      end)
+    end
+  end
+  local ch = conc.channel()
+  local t = spawn_thread(function()
+    local c <close> = setmetatable({}, {__close = function()
+      local s = 0
+      for i = 1, 1000 do s = s + i end
+      ch:send(s)
+    end})
+    ch:send("started")
+    pcall(conc.sleep, 10)
+    pcall(conc.sleep, 10)
+    return "done"
+  end)
+  if run % 3 ~= 0 then conc.sleep((run % 7) * 0.0005) end
+  local ok = t:cancel()
+  assert(t:wait(30), "a cancelled thread did not end")
+  if ok then assert(t:status() == "cancelled", t:status()) end
+  if ch:recv(0) == "started" then
+    local v = ch:recv(0)
+    assert(v == 500500, "__close did not run whole: " .. tostring(v))
+  end
+  if run == runs then hog_stop:set() end
+end)
+
 local passed, failed = 0, 0
 for _, name in ipairs(order) do
   if next(wanted) == nil or wanted[name] then

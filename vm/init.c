@@ -287,6 +287,11 @@ void conc_install(lua_State *L, cstate *cs) {
   lua_setfield(L, -2, "conc");
   lua_pushcfunction(L, conc_print);
   lua_setglobal(L, "print");
+  /* pcall and xpcall that a cancelled thread cannot swallow a cancel with */
+  lua_pushcfunction(L, thread_pcall);
+  lua_setglobal(L, "pcall");
+  lua_pushcfunction(L, thread_xpcall);
+  lua_setglobal(L, "xpcall");
   /* coroutine.resume and wrap that keep track of the running coroutine */
   if (lua_getfield(L, -1, LUA_COLIBNAME) == LUA_TTABLE) {
     lua_pushcfunction(L, thread_co_resume);

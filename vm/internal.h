@@ -470,9 +470,13 @@ int thread_spawn(lua_State *L);                /* spawn_thread */
 void thread_cancel_install(void);
 int thread_cancel(worker *w);
 /* Coroutine functions that keep the cancellation hook on the running
-** coroutine. */
+** coroutine, and pcall and xpcall that put it back after a catch. */
 int thread_co_resume(lua_State *L);
 int thread_co_wrap(lua_State *L);
+int thread_pcall(lua_State *L);
+int thread_xpcall(lua_State *L);
+/* Raises "cancelled" in L, a state of the calling (cancelled) worker. */
+int thread_raise_cancel(lua_State *L);
 void thread_set_current(lua_State *L);
 worker *thread_current_worker(void);
 lua_State *thread_get_current(void);

@@ -266,8 +266,7 @@ int cs_raisestop(lua_State *L, cstate *cs, const char *why) {
     lua_sethook(L, NULL, 0, 0);
     return luaL_error(L, "%s", why);
   }
-  lua_pushstring(L, why);          /* "cancelled", without a position */
-  return lua_error(L);
+  return thread_raise_cancel(L);   /* "cancelled", without a position */
 }
 
 void cs_waiting(cstate *cs, const char *what) {

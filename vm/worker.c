@@ -110,9 +110,22 @@ static int isfailure(int st) {
   return st == W_FAILED || st == W_KILLED;
 }
 
+/* A cancel that thread_cancel answered true for (under w->mu, while the
+** worker ran) decides the end, whatever the worker's code did after it:
+** its results or error are dropped (outside the lock: dropping them may
+** destroy objects, whose locks are not taken under another's). */
 void worker_finish(worker *w, int status, msg *result, char *errmsg) {
   selnode *n;
+  msg *drop = NULL;
+  char *droperr = NULL;
   pthread_mutex_lock(&w->mu);
+  if (atomic_load(&w->cancel) && status != W_CANCELLED) {
+    drop = result;
+    droperr = errmsg;
+    result = NULL;
+    errmsg = NULL;
+    status = W_CANCELLED;
+  }
   w->result = result;
   w->errmsg = errmsg;
   atomic_store_explicit(&w->status, status, memory_order_release);
@@ -124,6 +137,8 @@ void worker_finish(worker *w, int status, msg *result, char *errmsg) {
     }
   }
   pthread_mutex_unlock(&w->mu);
+  msg_free(drop);
+  free(droperr);
   /* Its lock is not for forked children any more: they never take it
   ** (handles of another process's workers are refused), and fork need
   ** not touch it. */
