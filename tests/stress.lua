@@ -229,6 +229,53 @@ scenario("cancel_caught", 3000, function(run, runs)
   if run == runs then hog_stop:set() end
 end)
 
+-- A Ctrl-C that lands as the main chunk ends, or as the wait at exit
+-- begins, still stops the workers (status 130, what it stopped on
+-- stderr): SIGINT is armed from the first chunk to the end of the wait.
+local exe = arg and arg[-1] or "conclua"
+local ctrlc_script = os.tmpname() .. ".lua"
+do
+  local f = assert(io.open(ctrlc_script, "w"))
+  f:write([[
+    spawn_thread({name = "slow"}, function() conc.sleep(60) end)
+    io.write("ready ", assert(io.open("/proc/self/stat")):read("n"), "\n")
+    io.stdout:flush()
+  ]])
+  f:close()
+end
+scenario("ctrl_c_at_exit", 200, function(run, runs)
+  local out = os.tmpname()
+  local rc = out .. ".rc"
+  os.execute(string.format("(%q %q > %q 2>&1; echo $? > %q) &", exe,
+                           ctrlc_script, out, rc))
+  local function read(path)
+    local f = io.open(path)
+    local s = f and f:read("a") or ""
+    if f then f:close() end
+    return s
+  end
+  local pid, t0 = nil, conc.now()
+  repeat
+    pid = read(out):match("ready (%d+)")
+    if not pid then conc.sleep(0.001) end
+  until pid or conc.now() - t0 > 30
+  assert(pid, "never ready: " .. read(out))
+  if run % 2 == 0 then conc.sleep((run % 10) * 0.0005) end
+  os.execute("kill -INT " .. pid)
+  local code
+  t0 = conc.now()
+  repeat
+    code = tonumber(read(rc))
+    if not code then conc.sleep(0.005) end
+  until code or conc.now() - t0 > 30
+  local text = read(out)
+  os.remove(out)
+  os.remove(rc)
+  if run == runs then os.remove(ctrlc_script) end
+  assert(code == 130, "exit status " .. tostring(code) .. ": " .. text)
+  assert(text:find('stopping 1 worker: thread %d+ "slow"'), text)
+end)
+
 local passed, failed = 0, 0
 for _, name in ipairs(order) do
   if next(wanted) == nil or wanted[name] then

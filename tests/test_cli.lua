@@ -210,4 +210,190 @@ T.test("the article's examples print each line once", function()
   end
 end)
 
+-- ------------------------------------------------------------ Ctrl-C and the wait at exit
+
+-- Runs 'args' (conclua's arguments, with 'input' on its stdin if given)
+-- in the background, as a user's Ctrl-C would find it: once its output
+-- shows "ready <pid> [<child pid>...]" (the script prints it), sends
+-- SIGINT 'times' times (default 1) and waits (up to 30 s) for it to end.
+-- Returns the output (stdout and stderr), the exit status (nil if it did
+-- not end), the pids it printed, and the seconds from the first SIGINT.
+local function ctrl_c(args, input, times)
+  local out_file = os.tmpname()
+  local rc_file = out_file .. ".rc"
+  local in_file = input and T.tmpfile(input, ".in") or "/dev/null"
+  os.execute(string.format("(%s %s < %s > %s 2>&1; echo $? > %s) &", exe, args,
+                           T.q(in_file), T.q(out_file), T.q(rc_file)))
+  local function output() return T.readfile(out_file) or "" end
+  local t0 = conc.now()
+  local pids
+  repeat
+    conc.sleep(0.02)
+    local l = output():match("ready ([%d ]+)")
+    if l then
+      pids = {}
+      for pid in l:gmatch("%d+") do pids[#pids + 1] = pid end
+    end
+  until pids or conc.now() - t0 > 30
+  T.ok(pids, "the script never got ready:\n" .. output())
+  t0 = conc.now()
+  for i = 1, times or 1 do
+    if i > 1 then
+      local t1 = conc.now()
+      repeat conc.sleep(0.02) until output():find("stopping") or conc.now() - t1 > 10
+    end
+    os.execute("kill -INT " .. pids[1])
+  end
+  local rc
+  repeat
+    conc.sleep(0.02)
+    rc = tonumber(T.readfile(rc_file) or "")
+  until rc or conc.now() - t0 > 30
+  local dt = conc.now() - t0
+  local text = output()
+  if not rc then os.execute("kill -KILL " .. pids[1] .. " 2>/dev/null") end
+  os.remove(out_file)
+  os.remove(rc_file)
+  if input then os.remove(in_file) end
+  return text, rc, pids, dt
+end
+
+local function gone(pid)
+  local t0 = conc.now()
+  while os.execute("kill -0 " .. pid .. " 2>/dev/null") do
+    if conc.now() - t0 > 5 then return false end
+    conc.sleep(0.02)
+  end
+  return true
+end
+
+local READY = [[
+  local function ready(...)
+    local me = assert(io.open("/proc/self/stat")):read("n")
+    print("ready " .. table.concat({me, ...}, " "))
+    io.stdout:flush()
+  end
+]]
+
+T.test("one Ctrl-C during the exit wait stops the workers: status 130", function()
+  local s = T.tmpfile(READY .. [[
+    spawn_thread({name = "slow"}, function()
+      local c <close> = setmetatable({}, {__close = function()
+        io.stderr:write("slow closed\n")
+      end})
+      conc.sleep(60)
+    end)
+    local p = spawn_process({name = "nap"}, function() conc.sleep(60) end)
+    spawn_thread({name = "bg", daemon = true}, function() conc.sleep(60) end)
+    ready(p.pid)
+  ]])
+  local out, rc, pids = ctrl_c(T.q(s))
+  os.remove(s)
+  T.eq(rc, 130, out)
+  T.ok(out:find('conclua: stopping 2 workers: thread %d+ "slow", process ' ..
+                pids[2] .. ' "nap"\n'), out)
+  T.ok(out:find("slow closed", 1, true), out)
+  T.ok(not out:find("bg", 1, true), "the daemon is not one the exit waited for:\n" .. out)
+  T.ok(not out:find("signal", 1, true), "a stopped worker reported as failed:\n" .. out)
+  T.ok(gone(pids[2]), "the process outlived conclua")
+end)
+
+T.test("Ctrl-C in a join of the main chunk stops the workers as well", function()
+  local s = T.tmpfile(READY .. [[
+    local t = spawn_thread({name = "slow"}, function() conc.sleep(60) end)
+    local p = spawn_process({name = "nap"}, function() conc.sleep(60) end)
+    ready(p.pid)
+    t:join()
+  ]])
+  local out, rc, pids = ctrl_c(T.q(s))
+  os.remove(s)
+  T.eq(rc, 130, out)
+  T.ok(out:find("interrupted!", 1, true), out)
+  T.ok(out:find('stopping 2 workers: thread %d+ "slow", process ' .. pids[2]), out)
+  T.ok(gone(pids[2]), "the process outlived conclua")
+end)
+
+T.test("Ctrl-C with no worker left: interrupted!, status 1 as lua", function()
+  local s = T.tmpfile(READY .. [[
+    ready()
+    conc.channel():recv()
+  ]])
+  local out, rc = ctrl_c(T.q(s))
+  os.remove(s)
+  T.eq(rc, 1, out)
+  T.ok(out:find("interrupted!", 1, true), out)
+  T.ok(not out:find("stopping", 1, true), out)
+end)
+
+-- A C function that makes the process calling it ignore SIGTERM.
+local function ignterm_module()
+  local c = T.tmpfile([[
+    #include <signal.h>
+    int conc_test_ignterm(void *L) { (void)L; signal(SIGTERM, SIG_IGN); return 0; }
+  ]], ".c")
+  local so = c:gsub("%.c$", ".so")
+  local out, code = T.sh("cc -shared -fPIC -o " .. T.q(so) .. " " .. T.q(c))
+  os.remove(c)
+  T.eq(code, 0, out)
+  return so
+end
+
+T.test("a worker that ignores SIGTERM is killed after a grace", function()
+  local so = ignterm_module()
+  local s = T.tmpfile(READY .. [[
+    local p = spawn_process({name = "deaf"}, function()
+      package.loadlib(]] .. string.format("%q", so) .. [[, "conc_test_ignterm")()
+      conc.sleep(60)
+    end)
+    conc.sleep(0.2)                 -- it ignores SIGTERM by now
+    ready(p.pid)
+  ]])
+  local out, rc, pids, dt = ctrl_c(T.q(s))
+  os.remove(s)
+  os.remove(so)
+  T.eq(rc, 130, out)
+  T.ok(out:find('stopping 1 worker: process ' .. pids[2] .. ' "deaf"', 1, true), out)
+  T.ok(out:find('process ' .. pids[2] .. ' "deaf" ignored SIGTERM: killed', 1, true), out)
+  T.ok(dt < 20, dt)
+  T.ok(gone(pids[2]), "the process outlived conclua")
+end)
+
+T.test("a second Ctrl-C ends the grace at once", function()
+  local so = ignterm_module()
+  local s = T.tmpfile(READY .. [[
+    local p = spawn_process({name = "deaf"}, function()
+      package.loadlib(]] .. string.format("%q", so) .. [[, "conc_test_ignterm")()
+      conc.sleep(60)
+    end)
+    conc.sleep(0.2)
+    ready(p.pid)
+  ]])
+  local out, rc, pids = ctrl_c(T.q(s), nil, 2)
+  os.remove(s)
+  os.remove(so)
+  T.eq(rc, 130, out)
+  T.ok(out:find("stopping 1 worker", 1, true), out)
+  T.ok(gone(pids[2]), "the process outlived conclua")
+end)
+
+T.test("Ctrl-C stops the exit wait of a piped REPL and of os.exit", function()
+  -- the REPL reads a line at a time: one line each
+  local out, rc = ctrl_c("-i", READY:gsub("local function", "function")
+                                    :gsub("\n%s*", " ") .. "\n" .. [[
+    th = spawn_thread({name = "slow"}, function() conc.sleep(60) end)
+    ready()
+  ]])
+  T.eq(rc, 130, out)
+  T.ok(out:find('stopping 1 worker: thread %d+ "slow"'), out)
+  local s = T.tmpfile(READY .. [[
+    spawn_thread({name = "slow"}, function() conc.sleep(60) end)
+    ready()
+    os.exit(3)
+  ]])
+  out, rc = ctrl_c(T.q(s))
+  os.remove(s)
+  T.eq(rc, 130, out)
+  T.ok(out:find('stopping 1 worker: thread %d+ "slow"'), out)
+end)
+
 T.done()

@@ -337,8 +337,15 @@ static int hostbox_gc(lua_State *L) {
   if (!b->open) return 0;
   b->open = 0;
   if (cs->rt->pid == conc_getpid()) {
-    rt_waitall(cs->rt, NULL);
+    /* the conclua command's state: a Ctrl-C may stop the wait (os.exit
+    ** with close set; the main chunk's end waited already) */
+    int ctrlc = rt_exit_wait(cs->rt, conc_interrupt_for(cs->rt), 0,
+                             "conclua");
     rt_shutdown(cs->rt);
+    if (ctrlc == 2) {
+      fflush(NULL);
+      _exit(128 + SIGINT);
+    }
   }
   rt_close_hooks(cs->rt);
   conc_interrupt_forget(cs);

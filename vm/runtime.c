@@ -82,7 +82,9 @@ void rt_release(rt *r) {
 /* At exit: runtimes whose host state was never closed (os.exit, a host
 ** that exits without lua_close) still wait for their workers. Not when a
 ** worker thread itself calls exit: others may be waiting for it (a join),
-** so waiting for them could wait forever; daemons are still stopped. */
+** so waiting for them could wait forever; daemons are still stopped.
+** In the conclua command a Ctrl-C during that wait stops the workers,
+** and the process then ends with status 130 (exit.c). */
 void rt_exit_all(void) {
   int from_worker = thread_current_worker() != NULL;
   for (;;) {
@@ -103,9 +105,17 @@ void rt_exit_all(void) {
     }
     pthread_mutex_unlock(&all_mu);
     if (found == NULL) return;
-    if (!from_worker) rt_waitall(found, NULL);
-    else process_stop_daemons(found);
-    if (!from_worker) rt_shutdown(found);
+    if (from_worker) {
+      process_stop_daemons(found);
+    } else {
+      int ctrlc = rt_exit_wait(found, conc_interrupt_for(found), 0,
+                               "conclua");
+      rt_shutdown(found);
+      if (ctrlc == 2) {
+        fflush(NULL);
+        _exit(128 + SIGINT);
+      }
+    }
     rt_release(found);
   }
 }
@@ -473,8 +483,13 @@ void rt_close_hooks(rt *r) {
 /* ------------------------------------------------------------ Ctrl-C */
 
 static cstate *volatile sigint_cs;
-static struct sigaction sigint_old;
-static int sigint_on;
+static volatile sig_atomic_t sigint_seen;     /* Ctrl-C handled so far */
+
+/* The dispositions that conc_interrupt_install replaced, innermost last
+** (only the target's thread arms and disarms). */
+#define SIGINT_NEST 8
+static struct sigaction sigint_saved[SIGINT_NEST];
+static int sigint_depth;
 
 static void interrupt_hook(lua_State *L, lua_Debug *ar) {
   cstate *cs = sigint_cs;
@@ -499,6 +514,7 @@ static void on_sigint(int sig) {
     return;
   }
   signal(SIGINT, SIG_DFL);
+  sigint_seen++;
   if (cs) {
     atomic_store(&cs->interrupt, 1);
     cs_wake_signal(cs);
@@ -520,17 +536,56 @@ void conc_interrupt_forget(cstate *cs) {
   if (sigint_cs == cs) sigint_cs = NULL;
 }
 
+static void set_on_sigint(struct sigaction *old) {
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = on_sigint;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGINT, &sa, old);
+}
+
+/* on: Ctrl-C interrupts the target from now on (a pending one is
+** forgotten); off: back to what the matching 'on' replaced. Calls nest,
+** so that the command can keep it armed from its first chunk to the end
+** of the wait at exit, with no moment in between where SIGINT kills. */
 void conc_interrupt_install(int on) {
   if (on) {
-    struct sigaction sa;
     if (sigint_cs) atomic_store(&sigint_cs->interrupt, 0);
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_sigint;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGINT, &sa, sigint_on ? NULL : &sigint_old);
-    sigint_on = 1;
-  } else if (sigint_on) {
-    sigaction(SIGINT, &sigint_old, NULL);
-    sigint_on = 0;
+    set_on_sigint(sigint_depth < SIGINT_NEST ? &sigint_saved[sigint_depth]
+                                             : NULL);
+    sigint_depth++;
+  } else if (sigint_depth > 0) {
+    sigint_depth--;
+    if (sigint_depth < SIGINT_NEST)
+      sigaction(SIGINT, &sigint_saved[sigint_depth], NULL);
   }
+}
+
+/* Armed again after a Ctrl-C, which made the handler step aside. */
+void conc_interrupt_rearm(void) {
+  if (sigint_depth == 0) return;
+  if (sigint_cs) atomic_store(&sigint_cs->interrupt, 0);
+  set_on_sigint(NULL);
+}
+
+unsigned conc_interrupt_count(void) {
+  return (unsigned)sigint_seen;
+}
+
+static void drop_interrupt_hook(lua_State *L) {
+  if (L && lua_gethook(L) == interrupt_hook) lua_sethook(L, NULL, 0, 0);
+}
+
+int conc_interrupt_take(cstate *cs) {
+  int was = atomic_exchange(&cs->interrupt, 0);
+  drop_interrupt_hook(cs->L);
+  drop_interrupt_hook(thread_get_current());
+  return was;
+}
+
+cstate *conc_interrupt_for(rt *r) {
+  cstate *cs = sigint_cs;
+  if (cs && cs->rt == r && pthread_equal(pthread_self(), sigint_thread))
+    return cs;
+  return NULL;
 }
