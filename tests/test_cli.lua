@@ -212,50 +212,9 @@ end)
 
 -- ------------------------------------------------------------ Ctrl-C and the wait at exit
 
--- Runs 'args' (conclua's arguments, with 'input' on its stdin if given)
--- in the background, as a user's Ctrl-C would find it: once its output
--- shows "ready <pid> [<child pid>...]" (the script prints it), sends
--- SIGINT 'times' times (default 1) and waits (up to 30 s) for it to end.
--- Returns the output (stdout and stderr), the exit status (nil if it did
--- not end), the pids it printed, and the seconds from the first SIGINT.
+-- conclua with these arguments, Ctrl-C'ed as T.ctrl_c does it.
 local function ctrl_c(args, input, times)
-  local out_file = os.tmpname()
-  local rc_file = out_file .. ".rc"
-  local in_file = input and T.tmpfile(input, ".in") or "/dev/null"
-  os.execute(string.format("(%s %s < %s > %s 2>&1; echo $? > %s) &", exe, args,
-                           T.q(in_file), T.q(out_file), T.q(rc_file)))
-  local function output() return T.readfile(out_file) or "" end
-  local t0 = conc.now()
-  local pids
-  repeat
-    conc.sleep(0.02)
-    local l = output():match("ready ([%d ]+)")
-    if l then
-      pids = {}
-      for pid in l:gmatch("%d+") do pids[#pids + 1] = pid end
-    end
-  until pids or conc.now() - t0 > 30
-  T.ok(pids, "the script never got ready:\n" .. output())
-  t0 = conc.now()
-  for i = 1, times or 1 do
-    if i > 1 then
-      local t1 = conc.now()
-      repeat conc.sleep(0.02) until output():find("stopping") or conc.now() - t1 > 10
-    end
-    os.execute("kill -INT " .. pids[1])
-  end
-  local rc
-  repeat
-    conc.sleep(0.02)
-    rc = tonumber(T.readfile(rc_file) or "")
-  until rc or conc.now() - t0 > 30
-  local dt = conc.now() - t0
-  local text = output()
-  if not rc then os.execute("kill -KILL " .. pids[1] .. " 2>/dev/null") end
-  os.remove(out_file)
-  os.remove(rc_file)
-  if input then os.remove(in_file) end
-  return text, rc, pids, dt
+  return T.ctrl_c(exe .. " " .. args, input, times)
 end
 
 local function gone(pid)
@@ -267,13 +226,7 @@ local function gone(pid)
   return true
 end
 
-local READY = [[
-  local function ready(...)
-    local me = assert(io.open("/proc/self/stat")):read("n")
-    print("ready " .. table.concat({me, ...}, " "))
-    io.stdout:flush()
-  end
-]]
+local READY = T.READY
 
 T.test("one Ctrl-C during the exit wait stops the workers: status 130", function()
   local s = T.tmpfile(READY .. [[

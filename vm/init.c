@@ -338,11 +338,14 @@ static int hostbox_gc(lua_State *L) {
   b->open = 0;
   if (cs->rt->pid == conc_getpid()) {
     /* the conclua command's state: a Ctrl-C may stop the wait (os.exit
-    ** with close set; the main chunk's end waited already) */
-    int ctrlc = rt_exit_wait(cs->rt, conc_interrupt_for(cs->rt), 0,
-                             "conclua");
+    ** with close set; the main chunk's end waited already); a host's
+    ** state that a Ctrl-C in a conc call ended (lua5.4's script): no wait,
+    ** the workers are stopped */
+    cstate *target = conc_interrupt_for(cs->rt);
+    int ctrlc = rt_exit_wait(cs->rt, target, cs->ctrlc_uncaught,
+                             program_invocation_short_name);
     rt_shutdown(cs->rt);
-    if (ctrlc == 2) {
+    if (ctrlc == 2 && target) {          /* the command's own exit status */
       fflush(NULL);
       _exit(128 + SIGINT);
     }
@@ -378,12 +381,15 @@ static cstate *host_open(lua_State *L) {
   rt_release(r);                        /* the cstate holds it */
   lua_pop(L, 1);
   cs->ishost = 1;
-  cs->L = L;
   b->open = 1;                          /* the box owns cs from here */
   thread_cancel_install();
   process_atfork_install();
   conc_install(L, cs);
-  state_bind(L, cs);
+  /* cs->L is the main thread, what a host's Ctrl-C handler hooks (L may
+  ** be a coroutine: require "conc" from one) */
+  lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
+  state_bind(lua_tothread(L, -1), cs);
+  lua_pop(L, 1);
   return cs;
 }
 

@@ -29,6 +29,8 @@
 #include "conclua.h"
 
 #define CONC_UNUSED(x) ((void)(x))
+/* Thread-local, and readable from a signal handler (no lazy allocation). */
+#define CONC_TLS __thread __attribute__((tls_model("initial-exec")))
 
 #if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
 #define CONC_SANITIZED 1
@@ -322,6 +324,8 @@ typedef struct cstate {
   const void *mt[K_NKINDS];    /* metatables of handle kinds, or NULL */
   int ishost;                  /* a host or main state (cstate in a box) */
   int gone;                    /* its box was finalized: calls raise */
+  int ctrlc_uncaught;          /* a host's Ctrl-C raised "interrupted!" in
+                                  a conc wait and nothing caught it yet */
   int light;                   /* conc functions are light C functions and
                                   the cstate is in the state's extra space
                                   (worker states: no closure to pay for) */
@@ -400,6 +404,8 @@ int conc_interrupt_take(cstate *cs);
 cstate *conc_interrupt_for(rt *r);
 /* How many Ctrl-C the handler has seen so far. */
 unsigned conc_interrupt_count(void);
+/* A catcher (pcall, resume) in L caught an error. */
+void cs_caught(lua_State *L);
 
 /* ------------------------------------------------------------ worker.c */
 

@@ -49,12 +49,11 @@
 #define IDLE_SECONDS 5.0
 #define SIGCANCEL (SIGRTMIN + 4)
 
-#define TLS __thread __attribute__((tls_model("initial-exec")))
 
 /* The state and context this OS thread runs: the coroutine that is
 ** running (for the signal handlers) and the worker context (cancel). */
-static TLS lua_State *volatile tls_current;
-static TLS cstate *volatile tls_cs;
+static CONC_TLS lua_State *volatile tls_current;
+static CONC_TLS cstate *volatile tls_cs;
 
 /* The worker this OS thread runs, or NULL (main, host, pool idle). */
 worker *thread_current_worker(void) {
@@ -79,8 +78,8 @@ lua_State *thread_get_current(void) {
 ** up and no catcher outside the unwinding took it yet (the signal then
 ** leaves the hooks alone: the handlers run); the first catch had its
 ** grace. Only this thread and its signal handler touch them. */
-static TLS volatile sig_atomic_t tls_unwinding;
-static TLS int tls_graced;
+static CONC_TLS volatile sig_atomic_t tls_unwinding;
+static CONC_TLS int tls_graced;
 
 static int cancel_pending(void) {
   cstate *cs = tls_cs;
@@ -185,6 +184,7 @@ static int catch_finish(lua_State *L, int status, lua_KContext ctx) {
   if (status == LUA_OK || status == LUA_YIELD)
     return lua_gettop(L) - (int)(ctx & 0xff);
   caught(L, (ctx & CTX_INNER) != 0);
+  cs_caught(L);
   lua_pushboolean(L, 0);
   lua_insert(L, -2);                   /* false, the error value */
   return 2;
@@ -244,9 +244,12 @@ static int resume_co(lua_State *L, lua_State *co, int narg, int rethrow) {
     lua_xmove(co, L, nres);
     return nres;
   }
-  if (!rethrow) caught(L, inner);
-  else if (cancel_pending()) lua_sethook(co, NULL, 0, 0);  /* co's closing
-                                                     runs whole */
+  if (!rethrow) {
+    caught(L, inner);
+    cs_caught(L);
+  } else if (cancel_pending()) {
+    lua_sethook(co, NULL, 0, 0);       /* co's closing runs whole */
+  }
   lua_xmove(co, L, 1);
   return -1;
 }
