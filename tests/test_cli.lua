@@ -278,8 +278,10 @@ T.test("Ctrl-C with no worker left: interrupted!, status 1 as lua", function()
   T.ok(not out:find("stopping", 1, true), out)
 end)
 
--- A C function that makes the process calling it ignore SIGTERM.
-local function ignterm_module()
+-- A script whose worker process "deaf" ignores SIGTERM (a C function of
+-- a module built for the test), Ctrl-C'ed 'times' times: what ctrl_c
+-- returns.
+local function deaf(times)
   local c = T.tmpfile([[
     #include <signal.h>
     int conc_test_ignterm(void *L) { (void)L; signal(SIGTERM, SIG_IGN); return 0; }
@@ -288,11 +290,6 @@ local function ignterm_module()
   local out, code = T.sh("cc -shared -fPIC -o " .. T.q(so) .. " " .. T.q(c))
   os.remove(c)
   T.eq(code, 0, out)
-  return so
-end
-
-T.test("a worker that ignores SIGTERM is killed after a grace", function()
-  local so = ignterm_module()
   local s = T.tmpfile(READY .. [[
     local p = spawn_process({name = "deaf"}, function()
       package.loadlib(]] .. string.format("%q", so) .. [[, "conc_test_ignterm")()
@@ -301,9 +298,15 @@ T.test("a worker that ignores SIGTERM is killed after a grace", function()
     conc.sleep(0.2)                 -- it ignores SIGTERM by now
     ready(p.pid)
   ]])
-  local out, rc, pids, dt = ctrl_c(T.q(s))
+  local rc, pids, dt
+  out, rc, pids, dt = ctrl_c(T.q(s), nil, times)
   os.remove(s)
   os.remove(so)
+  return out, rc, pids, dt
+end
+
+T.test("a worker that ignores SIGTERM is killed after a grace", function()
+  local out, rc, pids, dt = deaf(1)
   T.eq(rc, 130, out)
   T.ok(out:find('stopping 1 worker: process ' .. pids[2] .. ' "deaf"', 1, true), out)
   T.ok(out:find('process ' .. pids[2] .. ' "deaf" ignored SIGTERM: killed', 1, true), out)
@@ -312,18 +315,7 @@ T.test("a worker that ignores SIGTERM is killed after a grace", function()
 end)
 
 T.test("a second Ctrl-C ends the grace at once", function()
-  local so = ignterm_module()
-  local s = T.tmpfile(READY .. [[
-    local p = spawn_process({name = "deaf"}, function()
-      package.loadlib(]] .. string.format("%q", so) .. [[, "conc_test_ignterm")()
-      conc.sleep(60)
-    end)
-    conc.sleep(0.2)
-    ready(p.pid)
-  ]])
-  local out, rc, pids = ctrl_c(T.q(s), nil, 2)
-  os.remove(s)
-  os.remove(so)
+  local out, rc, pids = deaf(2)
   T.eq(rc, 130, out)
   T.ok(out:find("stopping 1 worker", 1, true), out)
   T.ok(gone(pids[2]), "the process outlived conclua")
