@@ -8,10 +8,12 @@
 ** stock lua5.4's after require "conc") gets a runtime and a cstate kept
 ** in a userdata box in its registry; the box's __gc, run when the host
 ** closes the state, waits for the non-daemon workers (as at the end of a
-** Python program), cancels the daemon threads and signals the daemon
-** processes, retires the host's hooks (waiting for any that runs), then
-** drops the state's hold on the runtime: workers still running keep it
-** alive, so nothing they use is freed under them. Process-wide are only
+** Python program; exit.c: a Ctrl-C that ended the host's code, or one
+** during the conclua command's wait, stops them instead), cancels the
+** daemon threads and signals the daemon processes, retires the host's
+** hooks (waiting for any that runs), then drops the state's hold on the
+** runtime: workers still running keep it alive, so nothing they use is
+** freed under them. Process-wide are only
 ** the thread pool, the reaper and the one-time signal, fork and exit
 ** handlers: any number of host states, each with its own runtime, live
 ** side by side.
