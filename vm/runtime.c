@@ -619,9 +619,10 @@ cstate *conc_interrupt_for(rt *r) {
 
 static pthread_mutex_t host_mu = PTHREAD_MUTEX_INITIALIZER;
 static struct sigaction host_old;      /* the host's handler, wrapped */
-static int host_waiters;               /* waits sharing the wrapping */
+static _Atomic int host_waiters;       /* waits sharing the wrapping */
 static int host_wrapped;
-static pthread_t host_thread;          /* a thread that waits */
+static pthread_t host_thread;          /* a thread that waits (set before
+                                          host_waiters counts it) */
 static CONC_TLS cstate *tls_host_cs;      /* this thread's waiting state */
 static CONC_TLS lua_Hook tls_host_hook;   /* the hook the host's handler set */
 
@@ -631,7 +632,7 @@ static void on_sigint_host(int sig, siginfo_t *si, void *uc) {
   int saved = errno;
   cstate *cs = tls_host_cs;
   lua_Hook before = NULL, after;
-  if (cs == NULL && host_waiters > 0 &&
+  if (cs == NULL && atomic_load(&host_waiters) > 0 &&
       !pthread_equal(pthread_self(), host_thread)) {
     pthread_kill(host_thread, sig);          /* for the waiting thread */
     errno = saved;
@@ -661,7 +662,7 @@ static void host_wait(cstate *cs, int on) {
     cs->ctrlc_uncaught = 0;              /* the code went on after it */
     if (tls_host_cs) return;             /* an outer wait of this thread */
     pthread_mutex_lock(&host_mu);
-    if (host_waiters == 0) {
+    if (atomic_load(&host_waiters) == 0) {
       struct sigaction cur, sa, prev;
       sigaction(SIGINT, NULL, &cur);
       if (is_host_handler(&cur)) {
@@ -674,23 +675,25 @@ static void host_wait(cstate *cs, int on) {
         host_wrapped = 1;
         if (memcmp(&prev.sa_handler, &cur.sa_handler,
                    sizeof cur.sa_handler) != 0) {
-          /* the host's handler ran in between, and changed SIGINT */
+          /* the host's handler ran in between, and changed SIGINT: if
+          ** it hooked the state, that is the stop this wait is for */
           sigaction(SIGINT, &prev, NULL);
           host_wrapped = 0;
-          if (lua_gethook(cs->L)) atomic_store(&cs->interrupt, 1);
+          if ((tls_host_hook = lua_gethook(cs->L)) != NULL)
+            atomic_store(&cs->interrupt, 1);
         }
       }
     }
     if (host_wrapped) {
-      host_waiters++;
       host_thread = pthread_self();
       tls_host_cs = cs;
+      atomic_fetch_add(&host_waiters, 1);
     }
     pthread_mutex_unlock(&host_mu);
   } else if (tls_host_cs == cs) {
     pthread_mutex_lock(&host_mu);
     tls_host_cs = NULL;
-    if (--host_waiters == 0) {
+    if (atomic_fetch_sub(&host_waiters, 1) == 1) {
       struct sigaction cur;
       sigaction(SIGINT, NULL, &cur);
       if ((cur.sa_flags & SA_SIGINFO) && cur.sa_sigaction == on_sigint_host)
