@@ -432,6 +432,47 @@ T.test("__close runs on cancel through pcall, coroutines and handlers", function
   end), "afalsey")
 end)
 
+T.test("a program that cancels its workers at a deadline", function()
+  -- as a user writes it from the reference: workers take jobs from a
+  -- channel, clean up in a __close handler, log what pcall caught
+  local jobs, log = conc.channel(), conc.channel()
+  local workers = {}
+  for i = 1, 4 do
+    workers[i] = spawn_thread({name = "w" .. i}, function()
+      local bye <close> = setmetatable({}, {__close = function(_, err)
+        log:send(select(2, conc.self()) .. " " .. tostring(err))
+      end})
+      for job in jobs:iter() do
+        local ok, err = pcall(conc.sleep, job)
+        if not ok then log:send("caught " .. err) end
+      end
+    end)
+  end
+  for _ = 1, 1000 do jobs:send(0.01) end
+  conc.sleep(0.1)
+  for _, w in ipairs(workers) do T.eq(w:cancel(), true) end
+  for _, w in ipairs(workers) do
+    T.raises("cancelled", w.join, w)
+    T.eq(w:status(), "cancelled")
+  end
+  local closed, caught = {}, 0
+  while true do
+    local line = log:recv(0)
+    if line == nil then break end
+    if line:find("^caught ") then
+      T.eq(line, "caught cancelled")
+      caught = caught + 1
+    else
+      local name, err = line:match("^(%S+) (.*)$")
+      T.eq(err, "cancelled", line)
+      T.ok(not closed[name], "closed twice: " .. name)
+      closed[name] = true
+    end
+  end
+  for i = 1, 4 do T.ok(closed["w" .. i], "w" .. i .. " did not clean up") end
+  T.ok(caught <= 4, caught)
+end)
+
 T.test("pcall and xpcall behave as the standard ones", function()
   local t = spawn_thread(function()
     local r = {}
