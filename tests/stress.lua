@@ -189,6 +189,93 @@ scenario("cancel", 300, function()
   lk:release()
 end)
 
+-- Cancel, at random moments of their start and with both cores kept
+-- busy, threads that catch their cancel and would return: once cancel()
+-- said true the thread ends "cancelled", and a thread that started ran
+-- its __close handler whole.
+local hog_stop
+scenario("cancel_caught", 3000, function(run, runs)
+  if run == 1 then
+    hog_stop = conc.event()
+    for _ = 1, 2 do
+      spawn_thread({daemon = true}, function()
+        while not hog_stop:is_set() do
+          local x = 0
+          for k = 1, 20000 do x = x + k end
+        end
+      end)
+    end
+  end
+  local ch = conc.channel()
+  local t = spawn_thread(function()
+    local c <close> = setmetatable({}, {__close = function()
+      local s = 0
+      for i = 1, 1000 do s = s + i end
+      ch:send(s)
+    end})
+    ch:send("started")
+    pcall(conc.sleep, 10)
+    pcall(conc.sleep, 10)
+    return "done"
+  end)
+  if run % 3 ~= 0 then conc.sleep((run % 7) * 0.0005) end
+  local ok = t:cancel()
+  assert(t:wait(30), "a cancelled thread did not end")
+  if ok then assert(t:status() == "cancelled", t:status()) end
+  if ch:recv(0) == "started" then
+    local v = ch:recv(0)
+    assert(v == 500500, "__close did not run whole: " .. tostring(v))
+  end
+  if run == runs then hog_stop:set() end
+end)
+
+-- A Ctrl-C that lands as the main chunk ends, or as the wait at exit
+-- begins, still stops the workers (status 130, what it stopped on
+-- stderr): SIGINT is armed from the first chunk to the end of the wait.
+local exe = arg and arg[-1] or "conclua"
+local ctrlc_script = os.tmpname() .. ".lua"
+do
+  local f = assert(io.open(ctrlc_script, "w"))
+  f:write([[
+    spawn_thread({name = "slow"}, function() conc.sleep(60) end)
+    io.write("ready ", assert(io.open("/proc/self/stat")):read("n"), "\n")
+    io.stdout:flush()
+  ]])
+  f:close()
+end
+scenario("ctrl_c_at_exit", 200, function(run, runs)
+  local out = os.tmpname()
+  local rc = out .. ".rc"
+  os.execute(string.format("(%q %q > %q 2>&1; echo $? > %q) &", exe,
+                           ctrlc_script, out, rc))
+  local function read(path)
+    local f = io.open(path)
+    local s = f and f:read("a") or ""
+    if f then f:close() end
+    return s
+  end
+  local pid, t0 = nil, conc.now()
+  repeat
+    pid = read(out):match("ready (%d+)")
+    if not pid then conc.sleep(0.001) end
+  until pid or conc.now() - t0 > 30
+  assert(pid, "never ready: " .. read(out))
+  if run % 2 == 0 then conc.sleep((run % 10) * 0.0005) end
+  os.execute("kill -INT " .. pid)
+  local code
+  t0 = conc.now()
+  repeat
+    code = tonumber(read(rc))
+    if not code then conc.sleep(0.005) end
+  until code or conc.now() - t0 > 30
+  local text = read(out)
+  os.remove(out)
+  os.remove(rc)
+  if run == runs then os.remove(ctrlc_script) end
+  assert(code == 130, "exit status " .. tostring(code) .. ": " .. text)
+  assert(text:find('stopping 1 worker: thread %d+ "slow"'), text)
+end)
+
 local passed, failed = 0, 0
 for _, name in ipairs(order) do
   if next(wanted) == nil or wanted[name] then

@@ -29,6 +29,8 @@
 #include "conclua.h"
 
 #define CONC_UNUSED(x) ((void)(x))
+/* Thread-local, and readable from a signal handler (no lazy allocation). */
+#define CONC_TLS __thread __attribute__((tls_model("initial-exec")))
 
 #if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
 #define CONC_SANITIZED 1
@@ -296,6 +298,8 @@ typedef struct rt {
   pid_t pid;                   /* the process the list belongs to */
   int closed;                  /* the host state is gone */
   int exited;                  /* the exit handler took care of it */
+  int stopped;                 /* a Ctrl-C stopped its workers (exit.c) */
+  int sigint_exit;             /* ... and the run ends with status 130 */
   paths *paths;                /* the last paths handed to a worker */
   objlink link;
   struct rt *allnext;          /* the process's list of runtimes */
@@ -320,6 +324,8 @@ typedef struct cstate {
   const void *mt[K_NKINDS];    /* metatables of handle kinds, or NULL */
   int ishost;                  /* a host or main state (cstate in a box) */
   int gone;                    /* its box was finalized: calls raise */
+  int ctrlc_uncaught;          /* a host's Ctrl-C raised "interrupted!" in
+                                  a conc wait and nothing caught it yet */
   int light;                   /* conc functions are light C functions and
                                   the cstate is in the state's extra space
                                   (worker states: no closure to pay for) */
@@ -390,7 +396,16 @@ void rt_close_hooks(rt *r);
 void conc_interrupt_target(cstate *cs);
 /* cs goes away: it stops being the interrupt target if it was. */
 void conc_interrupt_forget(cstate *cs);
-void conc_interrupt_install(int on);
+void conc_interrupt_install(int on);         /* calls nest */
+void conc_interrupt_rearm(void);      /* armed again after a first Ctrl-C */
+/* Takes a pending Ctrl-C of cs (1 if there was one) and the hook it set. */
+int conc_interrupt_take(cstate *cs);
+/* The interrupt target if it is r's and runs on this thread, else NULL. */
+cstate *conc_interrupt_for(rt *r);
+/* How many Ctrl-C the handler has seen so far. */
+unsigned conc_interrupt_count(void);
+/* A catcher (pcall, resume) in L caught an error. */
+void cs_caught(lua_State *L);
 
 /* ------------------------------------------------------------ worker.c */
 
@@ -409,6 +424,7 @@ typedef struct worker {
   _Atomic int status;          /* written under mu, read without */
   int joined;                  /* a join has seen the failure */
   int reported;                /* the exit report printed it */
+  int stopped;                 /* a Ctrl-C stopped it: no failure report */
   int registered;              /* on rt's list */
   struct selnode *waiters;     /* select nodes waiting for the end */
   msg *result;                 /* results (done) or error value (failed) */
@@ -452,6 +468,13 @@ int worker_push_outcome(lua_State *L, cstate *cs, worker *w);
 ** when cs (may be NULL) is asked to stop. */
 int rt_waitall(rt *r, worker *self);
 int rt_waitall_cs(rt *r, worker *self, cstate *cs);
+/* The wait at exit, which a Ctrl-C turns into a stop (exit.c): 2 when
+** this call decided that the run ends with status 130, 1 when an earlier
+** one did, 0 otherwise. */
+int rt_exit_wait(rt *r, cstate *cs, int interrupted, const char *prog);
+/* How many workers the exit waits for, listed in buf (if not NULL). */
+int rt_awaited(rt *r, char *buf, size_t n);
+int worker_isfailure(int status);
 void rt_forget_workers(rt *r);
 worker **rt_pick(rt *r, int (*pick)(worker *w), int *n);
 /* Prints the failures of r's workers that nobody joined or reported yet
@@ -470,9 +493,13 @@ int thread_spawn(lua_State *L);                /* spawn_thread */
 void thread_cancel_install(void);
 int thread_cancel(worker *w);
 /* Coroutine functions that keep the cancellation hook on the running
-** coroutine. */
+** coroutine, and pcall and xpcall that put it back after a catch. */
 int thread_co_resume(lua_State *L);
 int thread_co_wrap(lua_State *L);
+int thread_pcall(lua_State *L);
+int thread_xpcall(lua_State *L);
+/* Raises "cancelled" in L, a state of the calling (cancelled) worker. */
+int thread_raise_cancel(lua_State *L);
 void thread_set_current(lua_State *L);
 worker *thread_current_worker(void);
 lua_State *thread_get_current(void);

@@ -7,8 +7,8 @@
 # Environment: CONCLUA_BUILD (the build directory, default build),
 # BENCH_ROUNDS (rounds per figure, default 5), PYTHON (default python3).
 # Figures named on the command line (spawn_thread, cpu, idle, idle10k, chan,
-# pingpong, pingpong_pinned, bigstr, bigtbl, spawn_process, pipe, queue,
-# pool_processes, pool_threads) select what runs.
+# pingpong, pingpong_pinned, bigstr, bigtbl, pcall, spawn_process, pipe,
+# queue, pool_processes, pool_threads) select what runs.
 #
 # Each figure runs conclua's script (bench_threads.lua, bench_procs.lua) and
 # its baselines (baseline.c built here, py_baseline.py) in turns, the order
@@ -73,7 +73,7 @@ selected() {
   return 1
 }
 wanted=("$@")
-figures=" spawn_thread cpu idle idle10k chan pingpong pingpong_pinned bigstr bigtbl spawn_process pipe queue pool_processes pool_threads "
+figures=" spawn_thread cpu idle idle10k chan pingpong pingpong_pinned bigstr bigtbl pcall spawn_process pipe queue pool_processes pool_threads "
 for w in "${wanted[@]}"; do
   case $figures in
     *[[:space:]]"$w"[[:space:]]*) ;;
@@ -275,6 +275,12 @@ fi
 if selected bigtbl; then
   measure bigtbl "$rounds" conclua="$TH bigtbl 15" c="$BL bigtbl 15"
   row bigtbl ms "100000-int table thread -> thread (ms)" ms c "C" "ratio<=2.0"
+fi
+
+if selected pcall; then
+  measure pcall "$rounds" conclua="$TH pcall 3000000" c="$BL pcall 3000000"
+  row pcall ns_ok "pcall in a thread (ns)" ns c "lua5.4" "ratio<=1.2"
+  row pcall ns_err "pcall of an error in a thread (ns)" ns c "lua5.4" "ratio<=1.2"
 fi
 
 if selected spawn_process; then
