@@ -13,6 +13,10 @@
 --   pingpong R  R round trips over two channels (an echo thread) us_per_rt
 --   bigstr I    a 10 MiB string from a thread, per iteration    ms (median)
 --   bigtbl I    a 100000-integer table, the same way            ms (median)
+--   shared_incr N   N s:incr("n") on a conc.shared, split over two
+--               threads                                         ops_per_s
+--   shared_rw N     N stores and reads (s[k] = i; s[k]) of 64 keys
+--               per thread, split over two threads              ops_per_s
 
 local mode, n = arg[1], tonumber(arg[2])
 local now = conc.now
@@ -141,8 +145,17 @@ function modes.bigtbl(iters)
   end, 100000)
 end
 
+function modes.shared_incr(count)
+  report{ops_per_s = common.shared_incr(spawn_thread, count)}
+end
+
+function modes.shared_rw(count)
+  report{ops_per_s = common.shared_rw(spawn_thread, count)}
+end
+
 local defaults = {spawn = 1000, cpu = 60000000, idle = 1000, chan = 200000,
-                  pingpong = 20000, bigstr = 15, bigtbl = 15}
+                  pingpong = 20000, bigstr = 15, bigtbl = 15,
+                  shared_incr = 400000, shared_rw = 400000}
 if not modes[mode] then
   io.stderr:write("bench_threads.lua: unknown mode ", tostring(mode), "\n")
   os.exit(2)
