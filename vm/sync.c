@@ -164,6 +164,24 @@ static double opt_timeout(lua_State *L, int arg) {
   return conc_opttimeout(L, arg);
 }
 
+void conc_checkoptions(lua_State *L, int arg, const char *const *known) {
+  if (lua_isnoneornil(L, arg)) return;
+  luaL_checktype(L, arg, LUA_TTABLE);
+  lua_pushnil(L);
+  while (lua_next(L, arg)) {
+    const char *const *k = known;
+    lua_pop(L, 1);
+    if (lua_type(L, -1) == LUA_TSTRING)
+      for (; k && *k; k++)
+        if (strcmp(*k, lua_tostring(L, -1)) == 0) break;
+    if (k == NULL || *k == NULL) {
+      lua_pushvalue(L, -1);       /* tolstring changes a number key */
+      luaL_argerror(L, arg, lua_pushfstring(L, "unknown option '%s'",
+                                            luaL_tolstring(L, -1, NULL)));
+    }
+  }
+}
+
 /* ------------------------------------------------------------ lock */
 
 /* The lock word holds the owner's thread id (0: free) and 'pid' its
