@@ -97,6 +97,78 @@ T.test("semaphore", function()
   T.eq(tostring(s), "<semaphore 2>")
 end)
 
+T.test("semaphore: a count that would overflow raises", function()
+  local s = conc.semaphore(math.maxinteger)
+  T.raises("semaphore count would overflow", s.release, s)
+  T.eq(s:value(), math.maxinteger, "nothing changed")
+  T.eq(tostring(s), "<semaphore " .. math.maxinteger .. ">")
+  local t = conc.semaphore(1)
+  T.raises("semaphore count would overflow", t.release, t, math.maxinteger)
+  T.eq(t:value(), 1)
+  t:release(math.maxinteger - 1)
+  T.eq(t:value(), math.maxinteger)
+  T.eq(t:acquire(0), true)
+  T.eq(t:value(), math.maxinteger - 1)
+end)
+
+T.test("semaphore: bounded", function()
+  local s = conc.semaphore(2, {bounded = true})
+  T.raises("semaphore released too many times", s.release, s)
+  T.eq(s:value(), 2)
+  s:acquire()
+  s:acquire()
+  T.raises("semaphore released too many times", s.release, s, 3)
+  s:release(2)
+  T.eq(s:value(), 2)
+  T.raises("semaphore released too many times", s.release, s)
+  local open = conc.semaphore(1, {bounded = false})
+  open:release()
+  T.eq(open:value(), 2)
+  T.raises("bad option 'bounded' to 'semaphore' (boolean expected, got number)",
+           conc.semaphore, 1, {bounded = 1})
+  -- across processes, the bound holds too
+  local b = conc.semaphore(1, {bounded = true})
+  b:acquire()
+  local p = spawn_process(function()
+    b:release()
+    return pcall(b.release, b)
+  end)
+  local ok, err = p:join()
+  T.eq(ok, false)
+  T.ok(err:find("released too many times"), err)
+end)
+
+T.test("constructors raise on an option they do not know", function()
+  T.raises("bad argument #1 to 'lock' (unknown option 'reentrant')",
+           function() conc.lock({reentrant = true}) end)
+  T.raises("bad argument #2 to 'semaphore' (unknown option 'bound')",
+           function() conc.semaphore(1, {bound = true}) end)
+  T.raises("bad argument #1 to 'event' (unknown option 'set')",
+           function() conc.event({set = true}) end)
+  T.raises("bad argument #2 to 'barrier' (unknown option 'timeout')",
+           function() conc.barrier(2, {timeout = 1}) end)
+  T.raises("bad argument #1 to 'shared' (unknown option '1')",
+           function() conc.shared({"x"}) end)
+  T.raises("bad argument #1 to 'spawn_thread' (unknown option 'deamon')",
+           function() spawn_thread({deamon = true}, function() end) end)
+  T.raises("bad argument #1 to 'spawn_process' (unknown option 'stat')",
+           function() spawn_process({stat = "fork"}, function() end) end)
+  T.raises("(unknown option 'reentrant')", conc.lock, {reentrant = true})
+  T.raises("table expected, got number", conc.lock, 1)
+  -- no options, or an empty table, are fine
+  T.eq(tostring(conc.lock({})), "<lock unlocked>")
+  T.eq(tostring(conc.lock(nil)), "<lock unlocked>")
+  T.eq(tostring(conc.event({})), "<event clear>")
+  T.eq(tostring(conc.barrier(1, {})), "<barrier 0/1>")
+  T.eq(tostring(conc.shared({})), "<shared 0 keys>")
+end)
+
+T.test("tostrings show big numbers whole", function()
+  local b = conc.barrier(2147483647)
+  T.eq(tostring(b), "<barrier 0/2147483647>")
+  T.raises("too many parties", conc.barrier, 2147483648)
+end)
+
 T.test("semaphore across processes", function()
   local s = conc.semaphore(0)
   local p = spawn_process(function() return s:acquire(5) end)
