@@ -164,6 +164,12 @@ T.test("constructors raise on an option they do not know", function()
 end)
 
 T.test("tostrings show big numbers whole", function()
+  local max = math.maxinteger
+  T.eq(tostring(conc.channel(max)), "<channel 0/" .. max .. " queued>")
+  T.eq(tostring(conc.channel(2^31)), "<channel 0/2147483648 queued>")
+  T.eq(tostring(conc.queue(max)), "<queue 0/" .. max .. " queued>")
+  T.eq(tostring(conc.queue(2^32 + 1)), "<queue 0/4294967297 queued>")
+  T.eq(tostring(conc.semaphore(max)), "<semaphore " .. max .. ">")
   local b = conc.barrier(2147483647)
   T.eq(tostring(b), "<barrier 0/2147483647>")
   T.raises("too many parties", conc.barrier, 2147483648)
