@@ -119,6 +119,30 @@ T.test("changing a key inside its own update is an error, not a hang", function(
   T.eq(s.y, 1)
 end)
 
+T.test("a writer waiting for an update can be cancelled", function()
+  local s, inside, go = conc.shared(), conc.event(), conc.event()
+  s.k = 1
+  local u = spawn_thread(function()
+    return s:update("k", function(v) inside:set() go:wait() return v + 1 end)
+  end)
+  T.eq(inside:wait(10), true)
+  local w = spawn_thread(function() s.k = 100 end)
+  local t0 = conc.now()
+  while conc.now() - t0 < 10 do
+    local busy
+    for _, x in ipairs(conc.workers()) do
+      if x.id == w.id and x.waiting_on == "shared" then busy = true end
+    end
+    if busy then break end
+    conc.sleep(0.01)
+  end
+  T.eq(w:cancel(), true)
+  T.raises("cancelled", w.join, w)
+  go:set()
+  T.eq(u:join(), 2)
+  T.eq(s.k, 2, "the cancelled write never happened")
+end)
+
 -- ------------------------------------------------------------ processes
 
 T.test("four processes each incr 1000 times: 4000", function()
@@ -326,6 +350,16 @@ T.test("a shared table crosses queues and pipes to processes", function()
   p:join()
 end)
 
+-- Shared memory this process has mapped in, in KB (sanitizers' shadow
+-- memory is not in it).
+local function shmem_kb()
+  for line in io.lines("/proc/self/status") do
+    local kb = line:match("^RssShmem:%s*(%d+)")
+    if kb then return tonumber(kb) end
+  end
+  error("no RssShmem in /proc/self/status")
+end
+
 T.test("big values, many keys, memory given back", function()
   local s = conc.shared()
   local mb = string.rep("m", 8 * 1024 * 1024)
@@ -333,7 +367,7 @@ T.test("big values, many keys, memory given back", function()
   T.eq(spawn_process(function() return #s.big, s.big == mb end):join(), #mb)
   T.eq(s.big, mb)
   s.big = nil
-  local rss0 = conc._stats().rss_kb
+  local rss0 = shmem_kb()
   local n = 20000
   local chunk = string.rep("x", 1000)
   for i = 1, n do s[i] = chunk .. i end
@@ -345,12 +379,12 @@ T.test("big values, many keys, memory given back", function()
     return c, #s
   end)
   T.same({p:join()}, {n, n})
-  local rss1 = conc._stats().rss_kb
+  local rss1 = shmem_kb()
   T.ok(rss1 - rss0 > 20000, "the values take memory: " .. (rss1 - rss0) .. " KB")
   for i = n, 1, -1 do s[i] = nil end
   T.eq(#s, 0)
   T.eq(tostring(s), "<shared 0 keys>")
-  local rss2 = conc._stats().rss_kb
+  local rss2 = shmem_kb()
   T.ok(rss2 - rss0 < (rss1 - rss0) / 4,
        string.format("memory given back: %d KB of %d KB kept", rss2 - rss0, rss1 - rss0))
   s.again = 1
