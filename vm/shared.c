@@ -167,11 +167,16 @@ typedef struct op {
   shtab *t;
   shhdr *h;
   char *base;
-  uint64_t token;
+  uint64_t token;                   /* my_token(), once needed (tok) */
   cobj **drop;
   size_t ndrop, capdrop;
   cobj *dropinl[8];
 } op;
+
+static uint64_t tok(op *o) {
+  if (o->token == 0) o->token = my_token();
+  return o->token;
+}
 
 static const char FULL[] = "shared table is full";
 static const char TOOBIG[] = "value too big for a shared table";
@@ -227,7 +232,7 @@ static int op_lock(op *o, shtab *t) {
   o->t = t;
   o->h = t->so.shm;
   o->base = t->so.shm;
-  o->token = my_token();
+  o->token = 0;                     /* made when an object needs it */
   o->drop = o->dropinl;
   o->ndrop = 0;
   o->capdrop = sizeof o->dropinl / sizeof o->dropinl[0];
@@ -360,6 +365,17 @@ static shindex *index_of(op *o) {
   return AT(o, o->h->index);
 }
 
+/* Whether the n bytes at a and b are the same; keys are mostly short. */
+static int key_eq(const char *a, const char *b, size_t n) {
+  uint64_t x, y, u, v;
+  if (n < 8 || n > 16) return memcmp(a, b, n) == 0;
+  memcpy(&x, a, 8);                 /* two 8-byte words, overlapping */
+  memcpy(&y, b, 8);
+  memcpy(&u, a + n - 8, 8);
+  memcpy(&v, b + n - 8, 8);
+  return ((x ^ y) | (u ^ v)) == 0;
+}
+
 /* k's slot, or NULL; then *ins (if not NULL) is where k would go. */
 static shslot *find_slot(op *o, const skey *k, shslot **ins) {
   shindex *ix = index_of(o);
@@ -375,7 +391,7 @@ static shslot *find_slot(op *o, const skey *k, shslot **ins) {
       if (tomb == NULL) tomb = s;
     } else if (s->hash == k->hash) {
       shent *e = AT(o, s->off);
-      if (e->klen == k->n && memcmp(ekey(e), k->p, k->n) == 0) return s;
+      if (e->klen == k->n && key_eq(ekey(e), k->p, k->n)) return s;
     }
     i = (i + 1) & mask;
   }
@@ -423,6 +439,19 @@ static int index_resize(op *o, uint64_t cap) {
 
 /* ------------------------------------------------------------ entries */
 
+/* memcpy, with the short copies of keys and small numbers inline. */
+static void copy_bytes(char *dst, const char *src, size_t n) {
+  uint64_t x, y;
+  if (n < 8 || n > 16) {
+    memcpy(dst, src, n);
+    return;
+  }
+  memcpy(&x, src, 8);               /* two 8-byte words, overlapping */
+  memcpy(&y, src + n - 8, 8);
+  memcpy(dst, &x, 8);
+  memcpy(dst + n - 8, &y, 8);
+}
+
 /* A new entry for k (refs: the objects its value names, their references
 ** taken over by the entry once it is published). 0 when there is no
 ** room, then *why says why. */
@@ -436,16 +465,19 @@ static uint64_t entry_new(op *o, const skey *k, const char *v, uint64_t vlen,
     return 0;
   }
   e = AT(o, off);
-  memset(e, 0, sizeof *e);
   e->vlen = vlen;
   e->klen = (uint32_t)k->n;
   e->nrefs = (uint32_t)nrefs;
+  atomic_init(&e->ulock.word, 0);
+  atomic_init(&e->ulock.seq, 0);
+  atomic_init(&e->ulock.nwait, 0);
+  atomic_init(&e->ulock.pid, 0);
   for (int i = 0; i < nrefs; i++) {
     cobj *obj = refs[i];
     shref *r = &e->refs[i];
     memset(r, 0, sizeof *r);
     r->uid = obj->uid;
-    r->token = o->token;
+    r->token = tok(o);
     r->ptr = (uint64_t)(uintptr_t)obj;
     r->pid = (int32_t)conc_getpid();
     r->kind = (uint8_t)obj->kind;
@@ -454,8 +486,8 @@ static uint64_t entry_new(op *o, const skey *k, const char *v, uint64_t vlen,
     else if (obj->kind == K_PROCESS) r->label = ((worker *)obj)->pid;
     else r->label = (int64_t)(obj->uid & 0xffffffffu);
   }
-  memcpy(ekey(e), k->p, k->n);
-  if (vlen != VNONE) memcpy(evalue(e), v, vlen);
+  copy_bytes(ekey(e), k->p, k->n);
+  if (vlen != VNONE) copy_bytes(evalue(e), v, vlen);
   return off;
 }
 
@@ -467,7 +499,7 @@ static void entry_discard(op *o, uint64_t off) {
   shent *e = AT(o, off);
   for (uint32_t i = 0; i < e->nrefs; i++) {
     shref *r = &e->refs[i];
-    if (r->token == o->token) drop_later(o, (cobj *)(uintptr_t)r->ptr);
+    if (r->token == tok(o)) drop_later(o, (cobj *)(uintptr_t)r->ptr);
     else if (r->token != 0) defer_push(o, r);
   }
   shheap_free(&o->h->heap, o->base, off);
@@ -564,7 +596,7 @@ static void drain(op *o, int all) {
   begin(o);
   while (*link) {
     shdefer *x = AT(o, *link);
-    if (x->token == o->token) {
+    if (x->token == tok(o)) {
       uint64_t off = *link;
       drop_later(o, (cobj *)(uintptr_t)x->ptr);
       *link = x->next;
@@ -694,17 +726,13 @@ typedef struct badref {
   int64_t label;
 } badref;
 
-/* A message holding a copy of e's value and a reference on each object
-** it names; NULL (nothing held) when out of memory or when an object is
-** not in this process (then bad->kind >= 0). */
-static msg *entry_value(op *o, shent *e, badref *bad) {
-  msg *m = msg_new((size_t)e->vlen, (int)e->nrefs);
-  bad->kind = -1;
-  if (m == NULL) return NULL;
+/* Takes a reference on each object e's value names, into refs; 0, or
+** -1 (nothing held) when one is not in this process: bad says which. */
+static int entry_refs(op *o, shent *e, cobj **refs, badref *bad) {
   for (uint32_t i = 0; i < e->nrefs; i++) {
     shref *r = &e->refs[i];
     cobj *obj = NULL;
-    if (r->token == o->token) {
+    if (r->token == tok(o)) {
       obj = (cobj *)(uintptr_t)r->ptr;
       obj_retain(obj);
     } else if (r->shm) {
@@ -713,14 +741,66 @@ static msg *entry_value(op *o, shent *e, badref *bad) {
     if (obj == NULL) {
       bad->kind = r->kind;
       bad->label = r->label;
-      for (uint32_t j = 0; j < i; j++) drop_later(o, m->refs[j]);
-      free(m);
-      return NULL;
+      for (uint32_t j = 0; j < i; j++) drop_later(o, refs[j]);
+      return -1;
     }
-    m->refs[i] = obj;
+    refs[i] = obj;
+  }
+  return 0;
+}
+
+/* A message holding a copy of e's value and a reference on each object
+** it names; NULL (nothing held) when out of memory or when an object is
+** not in this process (then bad->kind >= 0). */
+static msg *entry_value(op *o, shent *e, badref *bad) {
+  msg *m = msg_new((size_t)e->vlen, (int)e->nrefs);
+  bad->kind = -1;
+  if (m == NULL) return NULL;
+  if (entry_refs(o, e, m->refs, bad) != 0) {
+    free(m);
+    return NULL;
   }
   m->nrefs = (int)e->nrefs;
   memcpy(m->data, evalue(e), (size_t)e->vlen);
+  return m;
+}
+
+/* A read's copy of a small value, taken under the lock into the caller's
+** stack: no allocation while the lock is held, and none at all when the
+** value names no object (it is decoded from there). */
+typedef struct vcopy {
+  size_t n;
+  int nrefs;
+  cobj *refs[4];
+  char bytes[192];
+} vcopy;
+
+/* Under the lock: copies e's value into c if it is small (1), else into
+** a message (*m, 0); -1 as entry_value's NULL. */
+static int entry_copy(op *o, shent *e, vcopy *c, msg **m, badref *bad) {
+  bad->kind = -1;
+  if (e->vlen > sizeof c->bytes || e->nrefs > 4) {
+    *m = entry_value(o, e, bad);
+    return *m ? 0 : -1;
+  }
+  if (entry_refs(o, e, c->refs, bad) != 0) return -1;
+  c->n = (size_t)e->vlen;
+  c->nrefs = (int)e->nrefs;
+  memcpy(c->bytes, evalue(e), c->n);
+  return 1;
+}
+
+/* After the lock: the message of a small copy; NULL out of memory (the
+** references released). */
+static msg *copy_msg(vcopy *c) {
+  msg *m = msg_new(c->n, c->nrefs);
+  if (m == NULL) {
+    for (int i = 0; i < c->nrefs; i++) obj_release(c->refs[i]);
+    return NULL;
+  }
+  memcpy(m->refs, c->refs, (size_t)c->nrefs * sizeof *c->refs);
+  m->nrefs = c->nrefs;
+  memcpy(m->data, c->bytes, c->n);
   return m;
 }
 
@@ -739,15 +819,23 @@ static int shared_index(lua_State *L) {
   shent *e;
   msg *m = NULL;
   badref bad = {-1, 0};
-  int present;
+  vcopy c;
+  int r = -2;                       /* -2: no value */
   key_get(L, 2, &k);
   if (op_lock(&o, t)) return luaL_error(L, "%s", NOMEM);
   e = find(&o, &k);
-  present = e && e->vlen != VNONE;
-  if (present) m = entry_value(&o, e, &bad);
+  if (e && e->vlen != VNONE) r = entry_copy(&o, e, &c, &m, &bad);
   op_unlock(&o);
-  if (m) return msg_push(L, conc_cs(L), m);
-  if (present) return raise_bad(L, &bad);
+  if (r == 1 && c.nrefs == 0) {     /* a Lua error now leaves nothing held */
+    char err[160];
+    int n = marshal_decode(L, conc_cs(L), c.bytes, c.n, NULL, 0, 0, err,
+                           sizeof err);
+    if (n < 0) return luaL_error(L, "%s", err);
+    return n;
+  }
+  if (r == 1 && (m = copy_msg(&c)) == NULL) return luaL_error(L, "%s", NOMEM);
+  if (r >= 0) return msg_push(L, conc_cs(L), m);
+  if (r == -1) return raise_bad(L, &bad);
   lua_pushnil(L);
   return 1;
 }
@@ -820,15 +908,11 @@ static int key_owner_check(void *state, void *arg) {
 ** *s and where it would go in *ins (as find_slot). NULL, or SELF_UPDATE
 ** (an update of this thread holds k: it would wait for itself), or a
 ** stop reason or NOMEM (then the lock is not held). */
-static const char *wait_idle(op *o, cstate *cs, const skey *k, shslot **s,
-                             shslot **ins) {
-  shent *e;
+static const char *wait_held(op *o, cstate *cs, const skey *k, shslot **s,
+                             shslot **ins, shent *e) {
   idlewait w = {o, k, 0};
   deadline d;
   const char *why = NULL;
-  *s = find_slot(o, k, ins);
-  e = *s ? AT(o, (*s)->off) : NULL;
-  if (e == NULL || atomic_load(&e->ulock.word) == 0) return NULL;
   if (held_by_me(e)) return SELF_UPDATE;
   slock_unlock(&o->h->lock);
   deadline_in(&d, -1);
@@ -842,6 +926,15 @@ static const char *wait_idle(op *o, cstate *cs, const skey *k, shslot **s,
   e = *s ? AT(o, (*s)->off) : NULL;
   if (e && atomic_load(&e->ulock.word) != 0) return SELF_UPDATE;
   return NULL;
+}
+
+static inline const char *wait_idle(op *o, cstate *cs, const skey *k,
+                                    shslot **s, shslot **ins) {
+  shent *e;
+  *s = find_slot(o, k, ins);
+  e = *s ? AT(o, (*s)->off) : NULL;
+  if (e == NULL || atomic_load(&e->ulock.word) == 0) return NULL;
+  return wait_held(o, cs, k, s, ins, e);
 }
 
 /* Raises what wait_idle returned, letting go of what the op holds. */
@@ -1226,7 +1319,7 @@ static void shtab_destroy(cobj *obj) {
       if (s->off <= SLOT_TOMB) continue;
       e = AT(&o, s->off);
       for (uint32_t j = 0; j < e->nrefs; j++)
-        if (e->refs[j].token == o.token) {
+        if (e->refs[j].token == tok(&o)) {
           drop_later(&o, (cobj *)(uintptr_t)e->refs[j].ptr);
           e->refs[j].token = 0;
         }
