@@ -644,6 +644,7 @@ void conc_checkoptions(lua_State *L, int arg, const char *const *known);
 #define SHHEAP_QUICK 16        /* that many of each */
 typedef struct shheap {
   uint32_t order, pad;
+  uint64_t top;                /* below: carved into blocks; above: untouched */
   uint64_t used;               /* bytes in used blocks */
   uint64_t freed;              /* bytes freed since pages were given back */
   uint64_t free[SHHEAP_ORDERS];  /* free lists, by order */

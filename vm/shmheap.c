@@ -4,14 +4,19 @@
 ** seen by every process forked after the table was made.
 **
 ** DESIGN. A buddy allocator. The mapping is a page of the owner's header
-** (which holds the 'shheap' record) and then one block of 2^order bytes,
-** reserved at once but backed lazily by the kernel, so the heap grows as
-** blocks are used. Blocks are named by their offset from the start of
-** the mapping (0: none), never by address, since each process may map it
-** elsewhere. Every block starts with an 8-byte header (state and order);
-** a free block also holds the links of its free list, one list per
-** order. Freeing merges a block with its buddy while the buddy is free
-** and of the same order, so the heap does not fragment for ever.
+** (which holds the 'shheap' record) and then 2^order bytes, reserved at
+** once but backed lazily by the kernel. Blocks are named by their offset
+** from the start of the mapping (0: none), never by address, since each
+** process may map it elsewhere. Every block starts with an 8-byte header
+** (state and order); a free block also holds the links of its free list,
+** one list per order. Freeing merges a block with its buddy while the
+** buddy is free and of the same order, so the heap does not fragment for
+** ever. The heap is carved from the bottom up: below 'top' every byte is
+** in a block, above it nothing was ever written (so a buddy that lies
+** there reads as no block), and a block no free list can give is cut at
+** the top, the gap below it going to the free lists. So a table touches
+** the pages its data needs, not one page per order as splitting a single
+** big block would.
 ** Small blocks freed go to a short stack of their order first, from which
 ** the next allocation of that order takes them back at once, without
 ** splitting and merging: the common case of a value replaced by one of
@@ -82,9 +87,10 @@ size_t shheap_mapsize(unsigned order) {
 }
 
 void shheap_init(shheap *hp, char *base, unsigned order) {
+  CONC_UNUSED(base);
   memset(hp, 0, sizeof *hp);
   hp->order = order;
-  list_push(hp, base, PAGE, order, 1);   /* untouched pages: clean */
+  hp->top = PAGE;
 }
 
 size_t shheap_max(const shheap *hp) {
@@ -98,6 +104,28 @@ static unsigned order_for(size_t n) {
 }
 
 static void quick_flush(shheap *hp, char *base, int q);
+static void merge_push(shheap *hp, char *base, uint64_t off, unsigned k,
+                       int clean);
+
+/* A new block of order k cut at the top, or 0 when the top is too high.
+** The gap up to the block's alignment goes to the free lists. */
+static uint64_t carve(shheap *hp, char *base, unsigned k) {
+  uint64_t size = (uint64_t)1 << k, end = PAGE + ((uint64_t)1 << hp->order);
+  uint64_t a = ((hp->top - PAGE + size - 1) & ~(size - 1)) + PAGE;
+  uint64_t from = hp->top;
+  if (a + size > end) return 0;
+  hp->top = a + size;           /* first: then a death leaves no header
+                                   written above the top (see rebuild) */
+  while (from < a) {
+    unsigned j = SHHEAP_MINORDER;
+    while (((from - PAGE) & (((uint64_t)1 << (j + 1)) - 1)) == 0 &&
+           from + ((uint64_t)1 << (j + 1)) <= a)
+      j++;
+    merge_push(hp, base, from, j, 1);   /* pages never written: clean */
+    from += (uint64_t)1 << j;
+  }
+  return a;
+}
 
 uint64_t shheap_alloc(shheap *hp, char *base, size_t n) {
   unsigned k, j;
@@ -109,8 +137,15 @@ uint64_t shheap_alloc(shheap *hp, char *base, size_t n) {
     return hp->quick[k - SHHEAP_MINORDER][--hp->nquick[k - SHHEAP_MINORDER]];
   for (j = k; j <= hp->order && hp->free[j] == 0; j++)
     ;
-  if (j > hp->order) {              /* what waits for reuse, then again */
-    int kept = 0;
+  if (j > hp->order) {              /* cut at the top, or what waits */
+    int kept = 0;                   /* for reuse, then again */
+    off = carve(hp, base, k);
+    if (off) {
+      at(base, off)->state = BLK_USED;
+      at(base, off)->order = (uint8_t)k;
+      hp->used += (uint64_t)1 << k;
+      return off + HDR;
+    }
     for (unsigned q = 0; q < SHHEAP_QORDERS; q++) kept |= hp->nquick[q] != 0;
     if (!kept) return 0;
     quick_flush(hp, base, -1);
@@ -146,21 +181,29 @@ static void trim(shheap *hp, char *base) {
   hp->freed = 0;
 }
 
-/* Frees a block for good: merges it with its free buddies. */
+/* Puts the free block (off, k) on its list, merged first with its free
+** buddies. A buddy above the top reads as no block (never written). */
+static void merge_push(shheap *hp, char *base, uint64_t off, unsigned k,
+                       int clean) {
+  while (k < hp->order) {
+    uint64_t bud = buddy_of(off, k);
+    blk *b = at(base, bud);
+    if (bud >= hp->top || b->state != BLK_FREE || b->order != k) break;
+    list_unlink(hp, base, bud);
+    if (bud < off) off = bud;
+    k++;
+    clean = 0;
+  }
+  /* a block of a page or less has nothing to punch: clean */
+  list_push(hp, base, off, k, clean || k <= PAGE_ORDER);
+}
+
+/* Frees a block for good. */
 static void release(shheap *hp, char *base, uint64_t off) {
   unsigned k = at(base, off)->order;
   hp->used -= (uint64_t)1 << k;
   hp->freed += (uint64_t)1 << k;
-  while (k < hp->order) {
-    uint64_t bud = buddy_of(off, k);
-    blk *b = at(base, bud);
-    if (b->state != BLK_FREE || b->order != k) break;
-    list_unlink(hp, base, bud);
-    if (bud < off) off = bud;
-    k++;
-  }
-  /* a block of a page or less has nothing to punch: clean */
-  list_push(hp, base, off, k, k <= PAGE_ORDER);
+  merge_push(hp, base, off, k, 0);
 }
 
 /* Frees for good the small blocks kept for reuse: those of stack q, or
@@ -192,7 +235,8 @@ static void rebuild_node(shheap *hp, char *base, uint64_t off, unsigned k,
                          const uint64_t *live, size_t lo, size_t hi) {
   uint64_t mid;
   size_t m;
-  if (lo == hi) {
+  if (off >= hp->top) return;       /* never written: no block */
+  if (lo == hi && off + ((uint64_t)1 << k) <= hp->top) {
     list_push(hp, base, off, k, k <= PAGE_ORDER);
     return;
   }
@@ -252,7 +296,7 @@ int shheap_rebuild(shheap *hp, char *base, uint64_t *live, size_t n) {
 }
 
 int shheap_valid(const shheap *hp, char *base, uint64_t p) {
-  uint64_t off = p - HDR, top = PAGE + ((uint64_t)1 << hp->order);
+  uint64_t off = p - HDR, top = hp->top;
   blk *b;
   unsigned k;
   if (p < PAGE + HDR || p >= top || (p & 7) != 0) return 0;
