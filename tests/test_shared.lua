@@ -402,6 +402,34 @@ T.test("keys of every kind across processes", function()
   T.same(keys, {"-7", "2", "2.5", "false", long})
 end)
 
+T.test("a program as a user writes it: word counts from a process pool", function()
+  -- Python's Manager().dict() pattern: workers put results in a shared
+  -- table, the parent watches progress and reads the totals
+  local pool = require "conc.pool"
+  local counts, progress = conc.shared(), conc.shared()
+  local texts = {}
+  for i = 1, 40 do
+    texts[i] = string.rep("the quick brown fox ", i % 5 + 1) .. "jumps " .. i
+  end
+  local p = pool.processes(2)
+  local done = p:map(function(text)
+    for w in text:gmatch("%a+") do counts:incr(w) end
+    progress:incr("texts")
+    return true
+  end, texts)
+  p:close()
+  T.eq(#done, 40)
+  T.eq(progress.texts, 40)
+  local want = {}
+  for _, text in ipairs(texts) do
+    for w in text:gmatch("%a+") do want[w] = (want[w] or 0) + 1 end
+  end
+  local got = {}
+  for w, n in pairs(counts) do got[w] = n end
+  T.same(got, want)
+  T.eq(tostring(counts), "<shared 5 keys>")
+end)
+
 T.test("bad arguments", function()
   local s = conc.shared()
   T.raises("unknown option 'size'", conc.shared, {size = 10})
