@@ -93,8 +93,10 @@ void shheap_init(shheap *hp, char *base, unsigned order) {
   hp->top = PAGE;
 }
 
+/* Half the heap: a block of the whole heap could never be cut, the first
+** blocks being there already. */
 size_t shheap_max(const shheap *hp) {
-  return ((size_t)1 << hp->order) - HDR;
+  return ((size_t)1 << (hp->order - 1)) - HDR;
 }
 
 static unsigned order_for(size_t n) {
