@@ -47,7 +47,7 @@
 typedef struct blk {
   uint8_t state;
   uint8_t order;
-  uint8_t clean;                /* free: its pages but the first are given back */
+  uint8_t clean;                /* free: its pages but the first given back */
   uint8_t pad[5];
   uint64_t prev, next;          /* free: the list of its order */
 } blk;
