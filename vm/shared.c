@@ -3,14 +3,22 @@
 ** conc.shared(): a table that every thread, and every process forked
 ** after it was made, sees (Python's Manager dict and Value).
 **
-** The Lua side of shtab.c's table in shared memory: keys in a canonical
-** form (strings, numbers, booleans; 2.0 and 2 are one key, as in Lua
-** tables), values encoded before the table's lock is taken and decoded
-** after it is let go, so no Lua code, no Lua allocation and no error
-** ever runs with it held. s:update(k, fn) holds k while fn runs, in a
-** protected call, so that k is let go whatever fn does. Reading a value
-** that names an object of another process raises '<kind> <id> belongs
-** to another process', never hands out a copy.
+** DESIGN. The storage is shared memory, not a server thread in the
+** creator. A server would make every access from another process a round
+** trip through a socket (tens of microseconds: Python's Manager works
+** so), cost a thread per table, and end the table with its creator; a
+** MAP_SHARED mapping made before the fork is simply there in every
+** child, at the cost of a memcpy under a robust lock, and threads use it
+** as fast as they used a private table. shtab.c keeps the table in that
+** mapping (its DESIGN says how a death anywhere leaves it whole); this
+** file is the Lua side: keys in a canonical form (strings, numbers,
+** booleans; 2.0 and 2 are one key, as in Lua tables), values encoded
+** before the table's lock is taken and decoded after it is let go, so no
+** Lua code, no Lua allocation and no error ever runs with it held.
+** s:update(k, fn) holds k while fn runs, in a protected call, so that k
+** is let go whatever fn does. Reading a value that names an object of
+** another process raises '<kind> <id> belongs to another process', never
+** hands out a copy.
 */
 
 #include <errno.h>
