@@ -3,14 +3,9 @@
 ** The table of conc.shared in shared memory: every thread and every
 ** process forked after it was made reads and writes the same one.
 **
-** DESIGN. Shared memory, not a server. A server thread in the creator
-** would make every access from another process a round trip through a
-** socket (tens of microseconds: Python's Manager works so), cost a
-** thread per table, and end the table with its creator; a mapping made
-** before the fork is simply there in every child, at the cost of a
-** memcpy, and threads use it as fast as a private table. So the table is
-** one MAP_SHARED mapping: a header page, then a heap (shmheap.c) that the
-** kernel backs as it fills, up to 1 GiB, and gives back as it empties.
+** DESIGN. The table is one MAP_SHARED mapping (why not a server:
+** shared.c): a header page, then a heap (shmheap.c) that the kernel
+** backs as it fills, up to 1 GiB, and gives back as it empties.
 ** The header holds an slock (sync.c: robust against the death of its
 ** holder) that guards everything, the offset of the index (open
 ** addressing: 16-byte slots of hash and entry offset) and the heap's
