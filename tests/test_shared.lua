@@ -334,6 +334,28 @@ T.test("a value naming a channel is read where the channel lives", function()
   collectgarbage()
 end)
 
+T.test("objects a table holds are let go: removed elsewhere, or the table gone", function()
+  -- pipe ends hold fds: the harness's leak check after the test sees any
+  -- end the table kept
+  local s = conc.shared()
+  local a, b = conc.pipe()
+  s.p = a
+  a = nil
+  b:close()
+  collectgarbage()
+  T.ok(s.p ~= nil, "the table keeps the end alive")
+  spawn_process(function() s.p = nil end):join()   -- removed by another process
+  T.eq(s.p, nil)                                     -- (this access releases it)
+  local c, d = conc.pipe()
+  s.q = {c, d}
+  c, d = nil, nil
+  s.q[1]:close()
+  s.q[2]:close()
+  s = nil                                            -- the table goes: so do they
+  collectgarbage()
+  collectgarbage()
+end)
+
 T.test("a shared table crosses queues and pipes to processes", function()
   local s, q = conc.shared(), conc.queue()
   local p = spawn_process(function()
