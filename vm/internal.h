@@ -7,10 +7,13 @@
 ** Lock order, outermost first (a thread never takes an earlier lock while
 ** holding a later one):
 **   fork lock (process.c) > runtime list lock (rt->mu) > object locks
-**   (chan->mu, worker->mu, shared->mu, pool lock) > cstate->mu.
+**   (chan->mu, worker->mu, pool lock) > cstate->mu.
 ** Object locks are leaves among themselves: no code holds two at once,
 ** except the fork, which takes them all in registry order while no other
-** runtime lock can be taken (objreg_lockall).
+** runtime lock can be taken (objreg_lockall). A shared table's slock
+** (shtab.c) is held for copies only, and takes only the table of shm
+** objects (sync.c's tab_mu) inside; it lives in shared memory, so a fork
+** needs no care for it: its holder releases it in every process.
 */
 
 #ifndef conc_internal_h
