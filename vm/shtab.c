@@ -79,7 +79,7 @@ static uint64_t my_token(void) {
 
 /* ------------------------------------------------------------ ops */
 
-
+/* The process token, made once an object needs it. */
 static uint64_t tok(shop *o) {
   if (o->token == 0) o->token = my_token();
   return o->token;
@@ -159,9 +159,7 @@ void shtab_unlock(shop *o) {
   shtab_done(o);
 }
 
-
 /* ------------------------------------------------------------ keys */
-
 
 uint64_t shtab_hash(const char *p, size_t n) {
   uint64_t h = 1469598103934665603ULL;
@@ -186,7 +184,6 @@ static lua_Integer key_index(const char *key, size_t n) {
 }
 
 /* ------------------------------------------------------------ index */
-
 
 /* Whether the n bytes at a and b are the same; keys are mostly short. */
 static int key_eq(const char *a, const char *b, size_t n) {
@@ -553,7 +550,6 @@ static void recover(shop *o) {
   atomic_fetch_add(&conc_shared_recoveries, 1);
 }
 
-
 /* Takes a reference on each object e's value names, into refs; 0, or
 ** -1 (nothing held) when one is not in this process: bad says which. */
 static int entry_refs(shop *o, shent *e, cobj **refs, badref *bad) {
@@ -592,7 +588,6 @@ msg *shtab_value(shop *o, shent *e, badref *bad) {
   memcpy(m->data, shtab_evalue(e), (size_t)e->vlen);
   return m;
 }
-
 
 /* Under the lock: copies e's value into c if it is small (1), else into
 ** a message (*m, 0); -1 as shtab_value's NULL. */

@@ -42,7 +42,6 @@ typedef struct shent {
   shref refs[];                     /* then the key, padded to 8, the value */
 } shent;
 
-
 typedef struct shhdr {
   slock lock;                       /* guards everything below */
   _Atomic uint32_t dirty;           /* a holder is changing the structure */
@@ -119,7 +118,6 @@ typedef struct vcopy {
   cobj *refs[4];
   char bytes[192];
 } vcopy;
-
 
 /* Messages (compare by address: shtab_wait_idle's answers). */
 extern const char shtab_full[], shtab_toobig[], shtab_nomem[],
