@@ -550,6 +550,8 @@ static void recover(shop *o) {
   atomic_fetch_add(&conc_shared_recoveries, 1);
 }
 
+/* ------------------------------------------------------------ values */
+
 /* Takes a reference on each object e's value names, into refs; 0, or
 ** -1 (nothing held) when one is not in this process: bad says which. */
 static int entry_refs(shop *o, shent *e, cobj **refs, badref *bad) {
