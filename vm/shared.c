@@ -198,7 +198,8 @@ static void store(lua_State *L, shtab *t, const skey *k, int remove) {
   }
   shtab_end(&o);
   shtab_unlock(&o);
-  mbuf_reset(b);
+  if (b->nrefs) mbuf_reset(b);      /* (only refs need more than that) */
+  else b->n = 0;
   if (err) luaL_error(L, "%s", err);
 }
 

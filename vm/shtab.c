@@ -673,9 +673,8 @@ static int key_owner_check(void *state, void *arg) {
   return 0;
 }
 
-/* shtab_wait_idle's wait, k's entry e being held by an update. */
-static const char *wait_held(shop *o, cstate *cs, const skey *k, shslot **s,
-                             shslot **ins, shent *e) {
+const char *shtab_wait_held(shop *o, cstate *cs, const skey *k, shslot **s,
+                            shslot **ins, shent *e) {
   idlewait w = {o, k, 0};
   deadline d;
   const char *why = NULL;
@@ -694,14 +693,6 @@ static const char *wait_held(shop *o, cstate *cs, const skey *k, shslot **s,
   return NULL;
 }
 
-const char *shtab_wait_idle(shop *o, cstate *cs, const skey *k, shslot **s,
-                            shslot **ins) {
-  shent *e;
-  *s = shtab_slot(o, k, ins);
-  e = *s ? AT(o, (*s)->off) : NULL;
-  if (e == NULL || atomic_load(&e->ulock.word) == 0) return NULL;
-  return wait_held(o, cs, k, s, ins, e);
-}
 
 /* ------------------------------------------------------------ the table */
 

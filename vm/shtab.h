@@ -161,8 +161,17 @@ static inline shindex *shtab_index(shop *o) {
 ** meanwhile); then k's slot in *s, where it would go in *ins. NULL, or
 ** shtab_self_update (the lock held), or a stop reason or shtab_nomem (the
 ** lock not held). */
-const char *shtab_wait_idle(shop *o, cstate *cs, const skey *k, shslot **s,
-                            shslot **ins);
+const char *shtab_wait_held(shop *o, cstate *cs, const skey *k, shslot **s,
+                            shslot **ins, shent *e);   /* its slow part */
+static inline const char *shtab_wait_idle(shop *o, cstate *cs,
+                                          const skey *k, shslot **s,
+                                          shslot **ins) {
+  shent *e;
+  *s = shtab_slot(o, k, ins);
+  e = *s ? AT(o, (*s)->off) : NULL;
+  if (e == NULL || atomic_load(&e->ulock.word) == 0) return NULL;
+  return shtab_wait_held(o, cs, k, s, ins, e);
+}
 /* Whether this thread's update holds e. */
 int shtab_held(shent *e);
 
