@@ -136,11 +136,13 @@ int shtab_lock(shop *o, shtab *t);
 void shtab_unlock(shop *o);
 void shtab_done(shop *o);
 /* Around a change of the structure: the mark a dead holder leaves (see
-** shtab.c's recover); it is seen set before any of the changes and
-** cleared after all of them. */
+** shtab.c's recover), set before any of the changes and cleared after
+** all of them. Only a holder's death makes another see it, so program
+** order is enough (a CPU retires stores in order, and the taker reads
+** memory only once the holder is gone): a compiler barrier, no fence. */
 static inline void shtab_begin(shop *o) {
   atomic_store_explicit(&o->h->dirty, 1, memory_order_relaxed);
-  atomic_thread_fence(memory_order_release);
+  atomic_signal_fence(memory_order_seq_cst);
 }
 
 static inline void shtab_end(shop *o) {
