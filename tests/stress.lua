@@ -276,6 +276,78 @@ scenario("ctrl_c_at_exit", 200, function(run, runs)
   assert(text:find('stopping 1 worker: thread %d+ "slow"'), text)
 end)
 
+-- Shared tables under a kill storm: three processes update a pair of
+-- counters atomically, rewrite big values and count hits; one of them is
+-- SIGKILLed at a random moment (in the middle of an update, of a copy
+-- under the table's lock, anywhere). The others must go on, the pair must
+-- add up (a killed update is dropped whole), no value may be torn, and
+-- the table must stay usable.
+local rebuilt = 0              -- by the survivors, after a death
+scenario("shared_kill", 150, function(run, runs)
+  local s, ready = conc.shared(), conc.semaphore(0)
+  s.pair = {n = 0}
+  s.stop = false
+  local size = 300000 + run % 7
+  local ws = {}
+  for id = 1, 3 do
+    ws[id] = spawn_process(function()
+      local big = string.rep(string.char(64 + id), size + id)
+      ready:release()
+      while not s.stop do
+        s:update("pair", function(p)
+          p.n = p.n + 1
+          p[id] = (p[id] or 0) + 1
+          return p
+        end)
+        s["big" .. id] = big
+        s:incr("hits")
+      end
+      return conc._stats().shared_recoveries
+    end)
+  end
+  for _ = 1, 3 do assert(ready:acquire(30), "workers did not start") end
+  conc.sleep(math.random() * 0.03)
+  local victim = ws[math.random(3)]
+  victim:kill("KILL")
+  pcall(victim.join, victim)
+  conc.sleep(math.random() * 0.02)
+  s.stop = true
+  for _, w in ipairs(ws) do
+    if w ~= victim then rebuilt = rebuilt + w:join() end
+  end
+  local p, sum = s.pair, 0
+  for id = 1, 3 do sum = sum + (p[id] or 0) end
+  assert(p.n == sum, string.format("pair: n = %d, parts add up to %d", p.n, sum))
+  local keys = 0
+  for k, v in pairs(s) do
+    keys = keys + 1
+    local id = type(k) == "string" and tonumber(k:match("^big(%d)$"))
+    if id then
+      assert(#v == size + id and v == string.rep(string.char(64 + id), #v),
+             "torn value at " .. k)
+    end
+  end
+  assert(tostring(s) == "<shared " .. keys .. " keys>", tostring(s))
+  s.after = run
+  assert(s.after == run and s:incr("hits") > 0)
+  if run == runs then
+    assert(rebuilt + conc._stats().shared_recoveries > 0,
+           "no kill caught a writer changing the table: nothing tested")
+  end
+end)
+
+-- Atomic incr from threads and processes at once.
+scenario("shared_incr", 200, function()
+  local s = conc.shared()
+  local ws = {}
+  for i = 1, 4 do
+    local spawn = i % 2 == 0 and spawn_thread or spawn_process
+    ws[i] = spawn(function() for _ = 1, 250 do s:incr("n") end end)
+  end
+  for _, w in ipairs(ws) do w:join() end
+  assert(s.n == 1000, "lost increments: " .. tostring(s.n))
+end)
+
 local passed, failed = 0, 0
 for _, name in ipairs(order) do
   if next(wanted) == nil or wanted[name] then

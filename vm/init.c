@@ -108,6 +108,8 @@ static int conc_stats(lua_State *L) {
   lua_setfield(L, -2, "idle");
   lua_pushinteger(L, process_reaper_running());
   lua_setfield(L, -2, "reaper");
+  lua_pushinteger(L, atomic_load(&conc_shared_recoveries));
+  lua_setfield(L, -2, "shared_recoveries");
   f = fopen("/proc/self/status", "re");
   if (f) {
     while (fgets(line, sizeof line, f)) {

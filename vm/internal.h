@@ -7,10 +7,13 @@
 ** Lock order, outermost first (a thread never takes an earlier lock while
 ** holding a later one):
 **   fork lock (process.c) > runtime list lock (rt->mu) > object locks
-**   (chan->mu, worker->mu, shared->mu, pool lock) > cstate->mu.
+**   (chan->mu, worker->mu, pool lock) > cstate->mu.
 ** Object locks are leaves among themselves: no code holds two at once,
 ** except the fork, which takes them all in registry order while no other
-** runtime lock can be taken (objreg_lockall).
+** runtime lock can be taken (objreg_lockall). A shared table's slock
+** (shtab.c) is held for copies only, and takes only the table of shm
+** objects (sync.c's tab_mu) inside; it lives in shared memory, so a fork
+** needs no care for it: its holder releases it in every process.
 */
 
 #ifndef conc_internal_h
@@ -235,9 +238,17 @@ msg *msg_alloc(size_t n);
 msg *msg_copy(const void *p, size_t n);
 /* A copy of m holding its own references; NULL on out of memory. */
 msg *msg_dup(const msg *m);
-/* If m holds one number: 1 integer (in *i), 2 float (in *f); else 0. */
-int msg_tonumber(const msg *m, lua_Integer *i, lua_Number *f);
-msg *msg_fromnumber(int isint, lua_Integer i, lua_Number f);
+/* A message with room for n bytes and nrefs references (m->refs), not
+** filled yet: m->nrefs is 0 until the caller stored them. */
+msg *msg_new(size_t n, int nrefs);
+/* If the n bytes at p are a message of one number: 1 integer (in *i),
+** 2 float (in *f); else 0. */
+int marshal_tonumber(const char *p, size_t n, lua_Integer *i, lua_Number *f);
+/* Writes a message of one number, MARSHAL_NUMLEN bytes; its last 8 are
+** the number's. */
+#define MARSHAL_NUMLEN 12
+void marshal_number(char out[MARSHAL_NUMLEN], int isint, lua_Integer i,
+                    lua_Number f);
 /* Seals b into a message (b is left empty); NULL on out of memory. */
 msg *msg_seal(mbuf *b);
 void msg_free(msg *m);
@@ -608,6 +619,7 @@ int sync_semaphore(lua_State *L);
 int sync_event(lua_State *L);
 int sync_barrier(lua_State *L);
 int shared_new(lua_State *L);
+extern _Atomic int conc_shared_recoveries;     /* for conc._stats */
 int pipe_new(lua_State *L);
 int queue_new(lua_State *L);
 
@@ -644,6 +656,44 @@ typedef int (*ready_fn)(void *state, void *arg);
 int sync_wait(cstate *cs, _Atomic uint32_t *seq, _Atomic uint32_t *nwait,
               const deadline *d, ready_fn ready, ready_fn idle, void *state,
               void *arg, const char **why);
+
+/* Raises unless the argument at 'arg' is absent, nil, or a table whose
+** keys are all among 'known' (NULL-terminated; NULL: no option at all):
+** "bad argument #1 to 'lock' (unknown option 'reentrant')" (sync.c). */
+void conc_checkoptions(lua_State *L, int arg, const char *const *known);
+
+/* ------------------------------------------------------------ shmheap.c */
+
+/* A heap of buddy blocks in one MAP_SHARED mapping (see shmheap.c): the
+** mapping is a page for the owner's header, holding this record, then
+** 2^order bytes. Blocks are offsets from the mapping's start, 0 none.
+** The caller locks. */
+#define SHHEAP_MINORDER 5
+#define SHHEAP_ORDERS 48
+#define SHHEAP_QORDERS 5       /* orders 5..9 keep freed blocks for reuse */
+#define SHHEAP_QUICK 16        /* that many of each */
+typedef struct shheap {
+  uint32_t order, pad;
+  uint64_t top;                /* below: carved into blocks; above: untouched */
+  uint64_t used;               /* bytes in used blocks */
+  uint64_t freed;              /* bytes freed since pages were given back */
+  uint64_t free[SHHEAP_ORDERS];  /* free lists, by order */
+  uint32_t nquick[SHHEAP_QORDERS];
+  uint64_t quick[SHHEAP_QORDERS][SHHEAP_QUICK];   /* freed, kept used */
+} shheap;
+size_t shheap_mapsize(unsigned order);          /* the mapping for it */
+void shheap_init(shheap *hp, char *base, unsigned order);
+size_t shheap_max(const shheap *hp);           /* the biggest block */
+/* A block of n bytes or more (its offset), or 0 when there is no room. */
+uint64_t shheap_alloc(shheap *hp, char *base, size_t n);
+void shheap_free(shheap *hp, char *base, uint64_t p);
+size_t shheap_size(char *base, uint64_t p);    /* what the block holds */
+/* Whether p can be a used block of this heap. */
+int shheap_valid(const shheap *hp, char *base, uint64_t p);
+/* Makes the free lists again from the n live blocks (any order); sets
+** live[i] to 0 for one that is no block or overlaps another. 0, or -1
+** out of memory (nothing changed). */
+int shheap_rebuild(shheap *hp, char *base, uint64_t *live, size_t n);
 
 /* Shared memory for objects that cross fork (sync.c). */
 void *shm_alloc(size_t size);

@@ -16,6 +16,10 @@
 --   pcall N     in a thread, N pcalls of a function that returns and
 --               N/10 of one that raises (conclua's own pcall,
 --               which a cancel cannot get past)                 ns_ok, ns_err
+--   shared_incr N   N s:incr("n") on a conc.shared, split over two
+--               threads                                         ops_per_s
+--   shared_rw N     N stores and reads (s[k] = i; s[k]) of 64 keys
+--               per thread, split over two threads              ops_per_s
 
 local mode, n = arg[1], tonumber(arg[2])
 local now = conc.now
@@ -160,8 +164,17 @@ function modes.pcall(count)
   report{ns_ok = ok, ns_err = err}
 end
 
+function modes.shared_incr(count)
+  report{ops_per_s = common.shared_incr(spawn_thread, count)}
+end
+
+function modes.shared_rw(count)
+  report{ops_per_s = common.shared_rw(spawn_thread, count)}
+end
+
 local defaults = {spawn = 1000, cpu = 60000000, idle = 1000, chan = 200000,
-                  pingpong = 20000, bigstr = 15, bigtbl = 15, pcall = 3000000}
+                  pingpong = 20000, bigstr = 15, bigtbl = 15, pcall = 3000000,
+                  shared_incr = 400000, shared_rw = 400000}
 if not modes[mode] then
   io.stderr:write("bench_threads.lua: unknown mode ", tostring(mode), "\n")
   os.exit(2)
