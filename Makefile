@@ -82,7 +82,13 @@ $(BUILD)/conclua: $(BIN_OBJ) $(BUILD)/libconclua.a
 $(BUILD)/tests/%: tests/c/%.c $(BUILD)/libconclua.a $(HEADERS) \
                   $(wildcard tests/c/*.h)
 	$(CC) $(CFLAGS) -Ivm $< -o $@ $(BUILD)/libconclua.a $(LDFLAGS) \
-	  $(LUA_LIBS) -ldl -lm
+	  $(CTEST_LDFLAGS) $(LUA_LIBS) -ldl -lm
+
+# the out-of-memory test puts an allocator that fails on demand in front
+# of the library's own malloc calls (the Lua library is a shared one: its
+# calls are left alone)
+$(BUILD)/tests/test_oom: CTEST_LDFLAGS = \
+  -Wl,--wrap=malloc,--wrap=calloc,--wrap=realloc
 
 # ------------------------------------------------------------ set-up
 

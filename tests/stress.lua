@@ -170,6 +170,178 @@ scenario("queue", 200, function(run)
   out:close()
 end)
 
+-- A kill storm on one queue: producer and consumer processes SIGKILLed
+-- at random moments (mid-send of a big message, holding a slot, inside
+-- the queue's lock), left unreaped for a while, and replaced. Nothing may
+-- hang; a message that a producer finished sending arrives exactly once,
+-- except one per killed consumer at most (the message it had taken when
+-- it died, lost with it); a message whose producer died while sending it
+-- arrives whole or not at all. Each process logs what it finished to a
+-- file of its own, one line per message, so the logs survive its death.
+local function lines(path)
+  local t = {}
+  local f = io.open(path)
+  if f then
+    for l in f:lines() do t[#t + 1] = l end
+    f:close()
+  end
+  os.remove(path)
+  return t
+end
+
+local function queue_kill(run, procs)
+  local caps = {1, 4, nil}
+  local q = conc.queue(caps[run % 3 + 1])
+  local per, dir = 150, os.tmpname()
+  local nextk, killed_consumers = 0, 0
+  local function producer()
+    nextk = nextk + 1
+    local k, path = nextk, dir .. ".p" .. nextk
+    local p = spawn_process(function()
+      local log = assert(io.open(path, "w"))
+      log:setvbuf("line")
+      for j = 1, per do
+        local r = (k * 7919 + j * 104729) % 100
+        local n = r < 70 and r or r < 95 and r * 650 or r * 30000
+        q:send({k, j, string.rep(string.char(65 + j % 26), n)})
+        log:write(k, " ", j, "\n")     -- sent whole
+      end
+    end)
+    procs[#procs + 1] = {p = p, kind = "producer", k = k, path = path}
+  end
+  local function consumer()
+    nextk = nextk + 1
+    local path = dir .. ".c" .. nextk
+    local c = spawn_process(function()
+      local log = assert(io.open(path, "w"))
+      log:setvbuf("line")
+      while true do
+        local m, why = q:recv(30)
+        if m == nil then
+          assert(why == "closed", "consumer: " .. tostring(why))
+          return
+        end
+        local n = #m[3]
+        assert(m[3] == string.rep(string.char(65 + m[2] % 26), n), "torn message")
+        log:write(m[1], " ", m[2], "\n")
+      end
+    end)
+    procs[#procs + 1] = {p = c, kind = "consumer", path = path}
+  end
+  for _ = 1, 3 do producer() end
+  for _ = 1, 3 do consumer() end
+  local zombies = {}
+  local kills = 4 + run % 4
+  for _ = 1, kills do
+    conc.sleep(0.002 + math.random() * 0.03)
+    local live = {}
+    for _, e in ipairs(procs) do
+      if not e.killed and e.p:status() == "running" then live[#live + 1] = e end
+    end
+    if #live > 0 then
+      local e = live[math.random(#live)]
+      e.killed = e.p:kill("KILL")
+      if e.killed then
+        zombies[#zombies + 1] = e
+        if e.kind == "consumer" then killed_consumers = killed_consumers + 1 end
+        if e.kind == "producer" then producer() else consumer() end
+      end
+    end
+    beat()
+  end
+  -- the killed stay unreaped while the rest finish
+  for _, e in ipairs(procs) do
+    if e.kind == "producer" and not e.killed then
+      assert(e.p:wait(30), "a producer hung")
+      assert(e.p:status() == "done", e.p:status())
+    end
+  end
+  q:close()
+  for _, e in ipairs(procs) do
+    if e.kind == "consumer" and not e.killed then
+      assert(e.p:wait(30), "a consumer hung")
+      local ok, err = pcall(e.p.join, e.p)
+      assert(ok, "a consumer failed: " .. tostring(err))
+    end
+  end
+  for _, e in ipairs(zombies) do pcall(e.p.join, e.p) end
+  -- what arrived, once
+  local got, sent, lastsent = {}, {}, {}
+  for _, e in ipairs(procs) do
+    for _, l in ipairs(lines(e.path)) do
+      local k, j = l:match("^(%d+) (%d+)$")
+      if k then                             -- a cut last line is skipped
+        k, j = tonumber(k), tonumber(j)
+        local key = k * 100000 + j
+        if e.kind == "consumer" then
+          assert(not got[key], "message " .. k .. "/" .. j .. " arrived twice")
+          got[key] = true
+        else
+          sent[key] = true
+          lastsent[k] = math.max(lastsent[k] or 0, j)
+        end
+      end
+    end
+  end
+  os.remove(dir)
+  local lost = 0
+  for key in pairs(sent) do
+    if not got[key] then lost = lost + 1 end
+  end
+  assert(lost <= killed_consumers, string.format(
+    "%d messages sent whole were lost (%d consumers killed)", lost, killed_consumers))
+  for key in pairs(got) do
+    local k, j = key // 100000, key % 100000
+    -- from a producer, at most the one past its last logged
+    assert(sent[key] or j == (lastsent[k] or 0) + 1,
+           "message " .. k .. "/" .. j .. " was never sent")
+  end
+  for _, e in ipairs(procs) do
+    if e.kind == "producer" and not e.killed then
+      assert(lastsent[e.k] == per, "a surviving producer did not finish")
+    end
+  end
+end
+
+scenario("queue_kill", 30, function(run)
+  local procs = {}
+  local ok, err = pcall(queue_kill, run, procs)
+  if not ok then                    -- leave nothing running behind
+    for _, e in ipairs(procs) do e.p:kill("KILL") pcall(e.p.join, e.p) end
+    error(err, 0)
+  end
+end)
+
+-- A kill storm on one lock: processes take it in turns, and some are
+-- SIGKILLed, inside it or not, and left unreaped; the others never wait
+-- for ever (each death is taken over), and each finishes its turns.
+scenario("lock_kill", 30, function(run)
+  local l, turns = conc.lock(), 60
+  local ps = {}
+  for k = 1, 4 do
+    ps[k] = spawn_process(function()
+      for _ = 1, turns do
+        assert(l:acquire(30), "a dead holder kept the lock")
+        conc.sleep(0.0003)             -- a moment inside
+        l:release()
+      end
+      return turns
+    end)
+  end
+  local killed = {}
+  for _ = 1, 1 + run % 3 do
+    conc.sleep(0.001 + math.random() * 0.02)
+    local k = math.random(#ps)
+    if not killed[k] and ps[k]:kill("KILL") then killed[k] = true end
+  end
+  for k, p in ipairs(ps) do
+    assert(p:wait(40), "a process hung on the lock")
+    if not killed[k] then assert(p:join() == turns) else pcall(p.join, p) end
+  end
+  assert(l:acquire(5), "the lock stayed held")
+  l:release()
+end)
+
 -- Cancel threads while they block in every kind of wait.
 scenario("cancel", 300, function()
   local ch, ev, lk = conc.channel(), conc.event(), conc.lock()

@@ -117,6 +117,148 @@ T.test("a producer killed while writing does not block the queue", function()
   p2:join()
 end)
 
+-- The state letter of a process in /proc ("Z" for a zombie), or nil.
+local function proc_state(pid)
+  local f = io.open("/proc/" .. pid .. "/stat")
+  if not f then return nil end
+  local s = f:read("a")
+  f:close()
+  return s:match("^%d+ %b() (%a)")
+end
+
+local BIG = 64 * 1024 * 1024
+
+-- Starts a producer of one BIG message on q and kills it while it copies
+-- the message into its slot (q:len() counts the slot once reserved).
+-- Returns its handle, not joined (a zombie until someone reaps it).
+local function kill_mid_send(q, big)
+  local p = spawn_process(function() q:send(big) end)
+  local t0 = conc.now()
+  while q:len() == 0 and conc.now() - t0 < 30 do end
+  p:kill("KILL")
+  return p
+end
+
+T.test("a producer killed mid-send, not yet reaped, does not block the queue", function()
+  local big = string.rep("z", BIG)
+  local cut = 0
+  for _ = 1, 3 do
+    local q = conc.queue()
+    local p = kill_mid_send(q, big)
+    local t0 = conc.now()
+    while proc_state(p.pid) ~= "Z" and conc.now() - t0 < 10 do conc.sleep(0.001) end
+    T.eq(proc_state(p.pid), "Z", "the killed producer is a zombie")
+    local p2 = spawn_process(function() q:send("after") end)
+    local v, why = q:recv(10)
+    if v == "after" then
+      cut = cut + 1                 -- killed mid-copy: dropped whole
+    else                            -- or it had finished: whole
+      T.ok(v == big, "neither 'after' nor the whole message: " ..
+           tostring(why or #v))
+      T.eq(q:recv(10), "after")
+    end
+    T.eq(proc_state(p.pid), "Z", "still a zombie")
+    T.eq(q:len(), 0)
+    T.eq(select(2, q:recv(0)), "timeout")
+    p2:join()
+    T.raises("killed by signal 9", p.join, p)
+  end
+  T.ok(cut > 0, "no producer was killed mid-copy")
+end)
+
+T.test("recv(0) skips the slot of a dead producer, reaped or not", function()
+  local big = string.rep("z", BIG)
+  for _, reap in ipairs({false, true}) do
+    local q = conc.queue()
+    local p = kill_mid_send(q, big)
+    if reap then T.raises("killed by signal 9", p.join, p) end
+    q:send("next")
+    local v, t0 = nil, conc.now()
+    repeat v = q:recv(0) until v ~= nil or conc.now() - t0 > 10
+    T.ok(v == "next" or v == big, "recv(0) never got past the dead slot")
+    if not reap then T.raises("killed by signal 9", p.join, p) end
+  end
+end)
+
+T.test("conc.queue(1): the slot of a dead producer goes back to senders", function()
+  local big = string.rep("z", BIG)
+  for _, reap in ipairs({false, true}) do
+    local q = conc.queue(1)
+    local p = kill_mid_send(q, big)
+    if reap then T.raises("killed by signal 9", p.join, p) end
+    local ok = q:send("x", 10)
+    if not ok and q:recv(0) == big then   -- the producer had finished
+      ok = q:send("x", 10)
+    end
+    T.eq(ok, true, "send blocked for ever behind a dead producer's slot")
+    T.eq(q:len(), 1)
+    T.eq(q:recv(0), "x")
+    local s = spawn_process(function() return q:send("y", 0) end)
+    T.eq(s:join(), true)
+    T.eq(q:recv(0), "y")
+    if not reap then T.raises("killed by signal 9", p.join, p) end
+  end
+end)
+
+T.test("a consumer killed while copying a message out, not yet reaped, gives its space back", function()
+  local big, other = string.rep("c", BIG), string.rep("d", BIG)
+  local q, cut = conc.queue(1), false
+  for _ = 1, 3 do
+    q:send(big)
+    local c = spawn_process(function() return #q:recv() end)
+    local t0 = conc.now()
+    while q:len() == 1 and conc.now() - t0 < 30 do end
+    c:kill("KILL")
+    while proc_state(c.pid) ~= "Z" and conc.now() - t0 < 30 do conc.sleep(0.001) end
+    T.eq(proc_state(c.pid), "Z", "the killed consumer is a zombie")
+    T.eq(q:len(), 0)
+    -- a gigabyte through the ring, which has to wrap past the dead
+    -- consumer's slot: only once that slot is freed
+    for i = 1, 20 do
+      T.eq(q:send(i % 2 == 0 and big or other, 10), true, "send " .. i)
+      local v = q:recv(10)
+      T.eq(v and #v, BIG)
+    end
+    cut = not pcall(c.join, c)      -- else it had taken the message whole
+    if cut then break end
+  end
+  T.ok(cut, "no consumer was killed mid-copy")
+end)
+
+T.test("a job queue whose worker is killed mid-run and reaped only at the end", function()
+  for _ = 1, 3 do
+    local jobs, results = conc.queue(4), conc.queue()
+    local function worker()
+      for job in jobs:iter() do
+        results:send({id = job.id, blob = string.rep("r", 1024 * 1024)})
+      end
+    end
+    local workers = {}
+    for i = 1, 3 do workers[i] = spawn_process(worker) end
+    local feeder = spawn_thread(function(jobs)
+      for id = 1, 60 do jobs:send({id = id}) end
+      jobs:close()
+    end, jobs)
+    local t0 = conc.now()
+    while results:len() < 5 and conc.now() - t0 < 10 do conc.sleep(0.001) end
+    local victim = workers[2]
+    victim:kill("KILL")                  -- likely while it sends a result
+    workers[2] = spawn_process(worker)
+    feeder:join()
+    for i = 1, 3 do workers[i]:join() end
+    local got, n = {}, 0
+    while true do
+      local r = results:recv(0)
+      if r == nil then break end
+      T.ok(not got[r.id], "a result came twice")
+      T.eq(#r.blob, 1024 * 1024)
+      got[r.id], n = true, n + 1
+    end
+    T.ok(n >= 59, n .. " results: more than the killed worker's job lost")
+    T.raises("killed by signal 9", victim.join, victim)
+  end
+end)
+
 T.test("iter and select", function()
   local q = conc.queue()
   local p = spawn_process(function() for i = 1, 3 do q:send(i) end q:close() end)

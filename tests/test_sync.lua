@@ -56,16 +56,33 @@ T.test("lock: across processes", function()
   T.ok(p:join() >= 0.1)
 end)
 
-T.test("lock: a process that dies holding it does not block others", function()
-  local l = conc.lock()
-  local p = spawn_process(function() l:acquire() conc.sleep(60) end)
-  local t0 = conc.now()
-  while not l:locked() and conc.now() - t0 < 5 do conc.sleep(0.01) end
-  T.eq(l:locked(), true)
-  p:kill("KILL")
-  T.raises("killed by signal 9", p.join, p)
-  T.eq(l:acquire(5), true)         -- taken over from the dead owner
-  l:release()
+T.test("lock: a process that dies holding it does not block others, reaped or not", function()
+  local function state(pid)
+    local f = io.open("/proc/" .. pid .. "/stat")
+    local s = f and f:read("a")
+    if f then f:close() end
+    return s and s:match("^%d+ %b() (%a)")
+  end
+  for _, reap in ipairs({true, false, false}) do
+    local l = conc.lock()
+    local p = spawn_process(function() l:acquire() conc.sleep(60) end)
+    local t0 = conc.now()
+    while not l:locked() and conc.now() - t0 < 10 do conc.sleep(0.001) end
+    T.eq(l:locked(), true)
+    p:kill("KILL")
+    if reap then
+      T.raises("killed by signal 9", p.join, p)
+    else
+      while state(p.pid) ~= "Z" and conc.now() - t0 < 10 do conc.sleep(0.001) end
+      T.eq(state(p.pid), "Z", "the killed holder is a zombie")
+    end
+    T.eq(l:acquire(10), true)        -- taken over from the dead owner
+    l:release()
+    if not reap then
+      T.eq(state(p.pid), "Z", "still a zombie")
+      T.raises("killed by signal 9", p.join, p)
+    end
+  end
 end)
 
 T.test("lock: a cancelled waiter passes the wake-up on", function()

@@ -92,7 +92,8 @@ static chan *check_chan(lua_State *L) {
 }
 
 /* Whether the ring has room for one more message; grows it if needed.
-** Called with the lock held; 0 when full (or out of memory). */
+** Called with the lock held: 1 room, 0 full, -1 it cannot grow (out of
+** memory: not a reason to wait as if full). */
 static int ring_room(chan *c) {
   size_t len = atomic_load_explicit(&c->len, memory_order_relaxed);
   if (c->cap >= 0 && (lua_Integer)len >= c->cap) return 0;
@@ -101,7 +102,7 @@ static int ring_room(chan *c) {
     cslot *nr;
     if (c->cap > 0 && (lua_Integer)nsz > c->cap) nsz = (size_t)c->cap;
     nr = malloc(sizeof *nr * nsz);
-    if (nr == NULL) return 0;
+    if (nr == NULL) return -1;          /* not full: out of memory */
     for (size_t i = 0; i < len; i++) nr[i] = c->ring[(c->head + i) % c->ringsz];
     free(c->ring);
     c->ring = nr;
@@ -170,7 +171,7 @@ static int take(chan *c, msg **m, uint32_t *n, char *inl) {
     *m = s->m;
     *n = s->n;
     if (s->m == NULL) memcpy(inl, s->inl, s->n);
-    if (c->sendq && ring_room(c)) {
+    if (c->sendq && ring_room(c) > 0) {
       cslot tmp;
       if (take_from_sender(c, &tmp.m, &tmp.n, tmp.inl)) {
         offer o = {tmp.m, tmp.inl, tmp.n};
@@ -199,11 +200,11 @@ static int chan_send(lua_State *L) {
   deadline d;
   const char *why = NULL;
   char err[512];
-  int result;
+  int result, room;
   luaL_argcheck(L, !lua_isnoneornil(L, 2), 2, "cannot send nil");
   t = conc_opttimeout(L, 3);
   if (marshal_encode(L, cs, 2, 1, &cs->scratch, 0, "value", err, sizeof err))
-    return luaL_error(L, "%s", err);
+    return msg_raise(L, err);
   o.m = NULL;
   o.p = cs->scratch.p;
   o.n = (uint32_t)cs->scratch.n;
@@ -211,7 +212,7 @@ static int chan_send(lua_State *L) {
     o.m = msg_seal(&cs->scratch);
     if (o.m == NULL) {
       mbuf_reset(&cs->scratch);
-      return luaL_error(L, "not enough memory");
+      return conc_nomem(L);
     }
   }
   cmutex_lock(&c->mu);
@@ -221,12 +222,17 @@ static int chan_send(lua_State *L) {
     mbuf_reset(&cs->scratch);
     return luaL_error(L, "send on a closed channel");
   }
-  if (hand_to_receiver(c, &o) || (c->cap != 0 && ring_room(c) &&
-                                  (ring_push(c, &o), 1))) {
+  room = hand_to_receiver(c, &o) ? 2 : c->cap != 0 ? ring_room(c) : 0;
+  if (room == 1) ring_push(c, &o);
+  if (room != 0) {
     cmutex_unlock(&c->mu);
     mbuf_reset(&cs->scratch);
-    lua_pushboolean(L, 1);
-    return 1;
+    if (room > 0) {
+      lua_pushboolean(L, 1);
+      return 1;
+    }
+    msg_free(o.m);            /* an unbounded ring that cannot grow */
+    return conc_nomem(L);
   }
   if (t == 0) {
     cmutex_unlock(&c->mu);

@@ -364,12 +364,12 @@ int process_child_main(int argc, char **argv) {
   name = calloc(1, (size_t)lens[0] + 1);
   path = calloc(1, (size_t)lens[1] + 1);
   cpath = calloc(1, (size_t)lens[2] + 1);
-  payload = malloc(lens[3] ? (size_t)lens[3] : 1);
-  if (!name || !path || !cpath || !payload) return 3;
+  if (!name || !path || !cpath) return 3;
+  /* the payload's length is the pipe's word: read as it comes */
   if (fd_read_full(jfd, name, (size_t)lens[0]) != (ssize_t)lens[0] ||
       fd_read_full(jfd, path, (size_t)lens[1]) != (ssize_t)lens[1] ||
       fd_read_full(jfd, cpath, (size_t)lens[2]) != (ssize_t)lens[2] ||
-      fd_read_full(jfd, payload, (size_t)lens[3]) != (ssize_t)lens[3])
+      fd_read_alloc(jfd, (size_t)lens[3], &payload) != 0)
     return 3;
   fd_close(jfd);
   marshal_setkey(key);

@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <stdlib.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -92,6 +93,33 @@ ssize_t fd_read_full(int fd, void *p, size_t n) {
     got += (size_t)r;
   }
   return (ssize_t)got;
+}
+
+/* The length is the writer's word: the buffer grows with what came (at
+** most doubling it, or 64 KiB), so a length never backed by bytes costs
+** no more than the bytes that did come. */
+int fd_read_alloc(int fd, size_t n, char **out) {
+  size_t got = 0;
+  char *p = NULL;
+  *out = NULL;
+  for (;;) {
+    size_t step = got > 65536 ? got : 65536, cap;
+    char *np;
+    ssize_t r;
+    cap = n - got < step ? n : got + step;
+    np = realloc(p, cap ? cap : 1);
+    if (np == NULL) break;
+    p = np;
+    r = fd_read_full(fd, p + got, cap - got);
+    if (r < 0 || (size_t)r != cap - got) break;
+    got = cap;
+    if (got == n) {
+      *out = p;
+      return 0;
+    }
+  }
+  free(p);
+  return -1;
 }
 
 int fd_set_nonblock(int fd, int on) {

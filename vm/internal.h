@@ -48,6 +48,10 @@ int fd_socketpair(int fds[2]);                 /* SOCK_STREAM, 0 or -1 */
 int fd_write_all(int fd, const void *p, size_t n);   /* 0, or -1 + errno */
 /* Reads exactly n bytes: returns n, fewer at end of file, -1 on error. */
 ssize_t fd_read_full(int fd, void *p, size_t n);
+/* Reads exactly n bytes into a buffer it allocates (*out, to free): 0, or
+** -1 (end of file first, an error, or no memory). It never allocates much
+** more than what arrived, whatever n claims. */
+int fd_read_alloc(int fd, size_t n, char **out);
 int fd_set_nonblock(int fd, int on);
 void fd_close(int fd);                         /* keeps errno */
 int fd_count(void);                            /* open fds of the process */
@@ -222,9 +226,9 @@ int mbuf_addref(mbuf *b, cobj *o);         /* retains o; its index, or -1 */
 
 /* Encodes the 'n' values at L[first..first+n-1]. 'root' names them for
 ** errors: "args" gives args[1], args[2]...; "fn" names a single value.
-** Returns 0, or -1 with an error message in 'err' and 'b' reset. Raises
-** only on memory errors (b stays owned by the caller, so keep b in
-** storage that is freed even then, like a cstate's scratch buffer). */
+** Returns 0, or -1 with an error message in 'err' and 'b' reset; out of
+** memory, the message is "not enough memory" (raise it with msg_raise).
+** Never raises; b stays the caller's. */
 int marshal_encode(lua_State *L, struct cstate *cs, int first, int n,
                    mbuf *b, int flags, const char *root,
                    char *err, size_t errsz);
@@ -260,6 +264,12 @@ void msg_free_pending(struct cstate *cs);
 /* Encodes n values into a message, raising a Lua error on failure. */
 msg *msg_encode(lua_State *L, struct cstate *cs, int first, int n,
                 const char *root);
+/* Raises Lua's own out-of-memory error message, "not enough memory", with
+** no position in front (luaL_error would add the caller's). */
+int conc_nomem(lua_State *L);
+/* Raises a message of marshal_encode or marshal_decode: out of memory as
+** conc_nomem does, anything else like luaL_error. */
+int msg_raise(lua_State *L, const char *err);
 
 /* The keyed hash that guards bytecode; the key is per process tree. */
 void marshal_key(unsigned char key[16]);
@@ -455,6 +465,7 @@ typedef struct worker {
   int contended;               /* another thread found it busy meanwhile */
   _Atomic int handles;         /* Lua handles of a process */
   mbuf inbuf;                  /* result bytes read so far */
+  int nomem;                   /* they did not fit in memory (reap.c) */
   pid_t owner;                 /* the process that spawned it */
 } worker;
 
@@ -634,18 +645,34 @@ typedef struct shmobj {
 int shmobj_init(shmobj *o, int kind, size_t size);   /* 0, or -1 + errno */
 void shmobj_destroy(shmobj *o);
 
+/* Owner ids (owner.c): a thread of the process tree, for records in
+** shared memory of who holds what. 0 is nobody; OWNER_ANON is a thread
+** that could get no id (more than 131072 live ones), never taken for
+** dead. owner_init makes the arena of ids: call it before making a shared
+** object (0, or -1 and errno). owner_self is the calling thread's id;
+** owner_dead(id) is 1 once that thread has ended (returned, killed,
+** exited, exec'ed), whether or not its process was reaped. Both are a
+** few atomic operations, no system call. */
+#define OWNER_ANON UINT64_MAX
+int owner_init(void);
+uint64_t owner_self(void);
+int owner_dead(uint64_t id);
+
 /* A lock in shared memory that survives the death of its owner: the
-** word holds the owner's thread id, 'pid' its process (sync.c). */
+** word holds the owner's id (owner.c), 0 when free (sync.c). */
 typedef struct slock {
-  _Atomic uint32_t word;
+  _Atomic uint64_t word;
   _Atomic uint32_t seq;        /* waiters sleep here */
   _Atomic uint32_t nwait;
-  _Atomic int32_t pid;
 } slock;
 int slock_try(slock *s);
-void slock_lock(slock *s);     /* short sections: no cancellation */
+/* For short sections, with no cancellation: waits as long as it takes.
+** Returns 1 if it took the lock over from an owner that died holding it
+** (what the lock guards may be half changed: the caller repairs it), 0
+** otherwise. */
+int slock_lock(slock *s);
 void slock_unlock(slock *s);
-int slock_owner_dead(slock *s); /* takes the lock back from a dead owner */
+int slock_owner_dead(slock *s); /* frees the lock of a dead owner; 1 if so */
 
 /* Bumps a shared sequence word and wakes n of its sleepers. */
 void bump(_Atomic uint32_t *seq, _Atomic uint32_t *nwait, int n);

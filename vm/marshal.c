@@ -552,7 +552,9 @@ static int enc_value(enc *e, int idx) {
 
 static void enc_message(enc *e, const char *root, char *err, size_t errsz) {
   const char *sep = e->pathcut ? "..." : "";
-  if (e->badtype == NULL) {
+  if (e->why && strcmp(e->why, "not enough memory") == 0) {
+    snprintf(err, errsz, "not enough memory");   /* as Lua says it */
+  } else if (e->badtype == NULL) {
     snprintf(err, errsz, "cannot transfer %s (%s%s%s)", e->why ? e->why : "value",
              root, sep, e->path);
   } else if (e->why) {
@@ -627,30 +629,87 @@ static int encode_values(lua_State *L, cstate *cs, int first, int n,
                          mbuf *b, int flags, const char *root, char *err,
                          size_t errsz);
 
+typedef struct encarg {
+  cstate *cs;
+  int n, flags, r;
+  mbuf *b;
+  const char *root;
+  char *err;
+  size_t errsz;
+} encarg;
+
+/* Under encode_protected's lua_pcall: the values are arguments 2.. */
+static int encode_body(lua_State *L) {
+  encarg *a = lua_touserdata(L, 1);
+  a->r = encode_values(L, a->cs, 2, a->n, a->b, a->flags, a->root, a->err,
+                       a->errsz);
+  return 0;
+}
+
 /* A scalar goes straight into b. Anything else is encoded into a buffer
 ** of the encoder's own (b's storage, taken over), put back in b at the
 ** end: the Lua calls of the encoder can run finalizers, and a finalizer
 ** that sends something encodes into b too (usually the state's scratch
-** buffer) and must not clobber a message half made. */
+** buffer) and must not clobber a message half made. The encoder runs
+** under lua_pcall, so that when a Lua allocation fails (a memory error)
+** its buffer, held in this C frame, is freed rather than lost; with the
+** state's hook (a cancel's, a Ctrl-C's) set aside meanwhile, so that the
+** call gives a pending stop no new place to be raised (the encoder of a
+** thread's results runs where nothing could catch it). So it never
+** raises. */
 int marshal_encode(lua_State *L, cstate *cs, int first, int n, mbuf *b,
                    int flags, const char *root, char *err, size_t errsz) {
   mbuf own;
-  int r;
+  encarg a;
+  lua_Hook hook;
+  int r, st, mask = 0, count = 0;
   if (n == 1) {
     mbuf_reset(b);
     r = encode_scalar(L, first, b);
     if (r == 0) return 0;
     if (r < 0) {
-      snprintf(err, errsz, "cannot transfer values: not enough memory");
+      snprintf(err, errsz, "not enough memory");
       return -1;
     }
   }
+  if (!lua_checkstack(L, n + 2)) {
+    snprintf(err, errsz, "cannot transfer values: stack overflow");
+    return -1;
+  }
   own = *b;
   mbuf_init(b);
-  r = encode_values(L, cs, first, n, &own, flags, root, err, errsz);
+  a.cs = cs;
+  a.n = n;
+  a.flags = flags;
+  a.r = -1;
+  a.b = &own;
+  a.root = root;
+  a.err = err;
+  a.errsz = errsz;
+  lua_pushcfunction(L, encode_body);
+  lua_pushlightuserdata(L, &a);
+  for (int i = 0; i < n; i++) lua_pushvalue(L, first + i);
+  if ((hook = lua_gethook(L)) != NULL) {
+    mask = lua_gethookmask(L);
+    count = lua_gethookcount(L);
+    lua_sethook(L, NULL, 0, 0);
+  }
+  st = lua_pcall(L, n + 1, 0, 0);
+  /* back, unless a signal handler set a hook of its own meanwhile */
+  if (hook != NULL && lua_gethook(L) == NULL) lua_sethook(L, hook, mask, count);
   mbuf_free(b);               /* what a finalizer's send left there */
+  if (st != LUA_OK) {
+    mbuf_free(&own);
+    if (st == LUA_ERRMEM)
+      snprintf(err, errsz, "not enough memory");
+    else
+      snprintf(err, errsz, "cannot transfer values: %s",
+               lua_isstring(L, -1) ? lua_tostring(L, -1) : "error");
+    lua_pop(L, 1);
+    return -1;
+  }
   *b = own;
-  return r;
+  return a.r;
 }
 
 static int encode_values(lua_State *L, cstate *cs, int first, int n,
@@ -695,7 +754,7 @@ static int encode_values(lua_State *L, cstate *cs, int first, int n,
 failed:
   lua_settop(L, top);
   mbuf_reset(b);
-  snprintf(err, errsz, "cannot transfer values: not enough memory");
+  snprintf(err, errsz, "not enough memory");
   return -1;
 }
 

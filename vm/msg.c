@@ -227,16 +227,26 @@ msg *msg_dup(const msg *m) {
 
 /* ------------------------------------------------------------ helpers */
 
+int conc_nomem(lua_State *L) {
+  lua_pushliteral(L, "not enough memory");
+  return lua_error(L);
+}
+
+int msg_raise(lua_State *L, const char *err) {
+  if (strcmp(err, "not enough memory") == 0) return conc_nomem(L);
+  return luaL_error(L, "%s", err);
+}
+
 msg *msg_encode(lua_State *L, cstate *cs, int first, int n,
                 const char *root) {
   char err[512];
   msg *m;
   if (marshal_encode(L, cs, first, n, &cs->scratch, 0, root, err, sizeof err))
-    luaL_error(L, "%s", err);
+    msg_raise(L, err);
   m = msg_seal(&cs->scratch);
   if (m == NULL) {
     mbuf_reset(&cs->scratch);
-    luaL_error(L, "not enough memory");
+    conc_nomem(L);
   }
   return m;
 }
@@ -259,7 +269,7 @@ int msg_push_flags(lua_State *L, cstate *cs, msg *m, int flags) {
     msg_free(top);
     if (top == m) break;
   }
-  if (n < 0) luaL_error(L, "%s", err);
+  if (n < 0) msg_raise(L, err);
   return n;
 }
 

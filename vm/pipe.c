@@ -19,7 +19,10 @@
 ** uses". close() closes this process's copy only (the usual idiom of
 ** closing the unused end in the parent works). A peer that closed or died
 ** gives nil, "closed" to a reader, and an error, not SIGPIPE, to a writer;
-** a frame cut short by a death is an error, never garbage.
+** a frame cut short by a death is an error, never garbage. What arrives is
+** the peer's word, not a fact: the buffer grows with the bytes that came,
+** never to the length a frame claims, and a length no frame can have is
+** corrupt (the end then reads as closed).
 */
 
 #include <errno.h>
@@ -116,7 +119,7 @@ int pipe_new(lua_State *L) {
     free(e[1]);
     fd_close(fds[0]);
     fd_close(fds[1]);
-    return luaL_error(L, "not enough memory");
+    return conc_nomem(L);
   }
   atomic_init(&pp->refs, 2);
   pthread_mutex_init(&pp->mu, NULL);
@@ -306,7 +309,7 @@ static int pipe_send(lua_State *L) {
   t = conc_opttimeout(L, 3);
   if (marshal_encode(L, cs, 2, 1, &cs->scratch, MARSHAL_REMOTE, "value", err,
                      sizeof err) != 0)
-    return luaL_error(L, "%s", err);
+    return msg_raise(L, err);
   claim_end(e);
   deadline_in(&d, t);
   pthread_mutex_lock(&e->mu);
@@ -393,22 +396,28 @@ static void frame_drop(pend *e) {
 
 /* Reads into the buffer: at most what fits the frame being read, or a
 ** chunk. 'wait' blocks (a slice at most). 1 read something, 0 nothing
-** (EAGAIN, EINTR), -1 end of file or error (e->eof set), -2 no memory. */
+** (EAGAIN, EINTR), -1 end of file or error (e->eof set), -2 no memory.
+** The length a frame claims is the peer's word, not a fact: the buffer
+** grows with the bytes that came (at most doubling them, or a chunk), so
+** a forged length costs no more memory than the bytes sent. */
 static int fill(pend *e, int wait) {
-  size_t want = READ_CHUNK;
+  size_t want = READ_CHUNK, room = e->incap - e->inlen;
   int64_t len = frame_len(e);
   int whole = 0;
   ssize_t r;
   if (len >= 0 && FRAME_HEAD + (size_t)len > e->inlen) {
     size_t rest = FRAME_HEAD + (size_t)len - e->inlen;
     if (rest > want) {             /* a big frame: straight to its place */
+      size_t grow = e->inlen > READ_CHUNK ? e->inlen : READ_CHUNK;
       want = rest;
+      if (want > room && want > grow) want = room > grow ? room : grow;
       whole = 1;
     }
   }
-  if (e->incap - e->inlen < want) {
+  if (room < want) {
     size_t cap = e->incap ? e->incap : READ_CHUNK;
     char *np;
+    if (whole) cap = e->inlen + want;
     while (cap - e->inlen < want) cap *= 2;
     np = realloc(e->in, cap);
     if (np == NULL) return -2;
@@ -479,7 +488,7 @@ static int push_failure(lua_State *L, int r) {
   switch (r) {
     case CUT: return luaL_error(L, "pipe closed in the middle of a message");
     case CORRUPT: return luaL_error(L, "corrupt message on pipe");
-    default: return luaL_error(L, "not enough memory");
+    default: return conc_nomem(L);
   }
 }
 
@@ -515,7 +524,7 @@ static int pipe_recv(lua_State *L) {
       lua_pushcfunction(L, decode_body);
       lua_pushlightuserdata(L, &a);
       st = lua_pcall(L, 1, LUA_MULTRET, 0);
-      frame_drop(e);
+      if (st != LUA_ERRMEM) frame_drop(e);   /* out of memory: kept */
     }
     pthread_mutex_lock(&e->mu);
     if (r == CUT || r == CORRUPT) {       /* nothing sane can follow */
@@ -623,18 +632,19 @@ static int pipe_sel_try(cobj *o, selnode *n) {
       break;
     }
     if (f > 0) {
-      if (sel_claim(n->sw, n->index)) {
-        msg *m = msg_copy(e->in + FRAME_HEAD, (size_t)frame_len(e));
-        if (m) {
-          frame_drop(e);
-          n->m = m;
-          n->result = SEL_VALUE;
-          r = GOT;
-        } else {
-          r = NOMEM;
-        }
+      /* copied before the claim: a select claimed must get its value */
+      msg *m = msg_copy(e->in + FRAME_HEAD, (size_t)frame_len(e));
+      if (m == NULL) {
+        r = NOMEM;
+      } else if (sel_claim(n->sw, n->index)) {
+        frame_drop(e);
+        n->m = m;
+        n->result = SEL_VALUE;
+        r = GOT;
+      } else {
+        msg_free(m);             /* another item won */
       }
-      break;                     /* not claimed: another item won */
+      break;
     }
     if (e->eof) {
       r = e->inlen ? CUT : CLOSED;
@@ -648,10 +658,10 @@ static int pipe_sel_try(cobj *o, selnode *n) {
     }
   }
   pthread_mutex_lock(&e->mu);
-  if (r != EMPTY && r != GOT) {
+  if (r != EMPTY && r != GOT && r != NOMEM) {
     n->result = SEL_CLOSED;     /* closed, cut short or corrupt: done */
     e->eof = 1;
-  }
+  }                             /* out of memory: the frame waits */
   give_turn(e, &e->reading);
   pthread_mutex_unlock(&e->mu);
   return r == GOT || atomic_load(&n->sw->won) != 0;

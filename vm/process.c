@@ -134,7 +134,7 @@ int process_spawn(lua_State *L) {
   n = lua_gettop(L) - fi + 1;
   process_atfork_install();
   w = worker_new(cs->rt, WK_PROCESS, name, daemon);
-  if (w == NULL) return luaL_error(L, "not enough memory");
+  if (w == NULL) return conc_nomem(L);
   obj_push(L, cs, &w->obj);       /* the handle holds the reference */
   obj_release(&w->obj);
   if (fd_pipe(rfd) != 0)

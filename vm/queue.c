@@ -13,10 +13,22 @@
 ** is still being written), copies it out unlocked, then frees it; freed
 ** slots at the head give their space back. So messages arrive whole and
 ** never interleave, copies run in parallel, and nobody holds the lock
-** while copying. Each slot records the process and thread that owns it
-** (writing or reading): a waiter that has waited a while checks that
-** owner, and a slot whose owner died is dropped, so a killed worker
-** never blocks a queue. Pages the ring no longer needs are given back
+** while copying. Each slot records the id of the thread that owns it
+** (writing or reading: owner.c), and a slot whose owner died is dropped
+** whole, so a killed worker never blocks a queue: a consumer at the head
+** of the line checks the producer of the slot it waits for (a trylock, no
+** system call), senders of a full queue look for such slots before they
+** give up and after each quiet spell, and the slot of a consumer killed
+** while copying is freed (its message is lost with it). Telling that an
+** owner died does not depend on reaping it. The index lock is taken over
+** from an owner that died holding it, and the one that takes it over
+** recounts 'count', the only index a death between two stores can leave
+** wrong (each other one changes in a single store, and a slot is seen
+** only once 'tail' has passed it). A slot that claims more than the ring
+** holds is corrupt: the queue is then closed and emptied, never read
+** past its end. A consumer allocates what it copies into before it takes
+** a slot, so running out of memory leaves the message queued. Pages the
+** ring no longer needs are given back
 ** (MADV_REMOVE), so a long-lived queue keeps little memory. Waiters sleep
 ** on shared sequence words (futexes); select polls an eventfd doorbell,
 ** rung by producers while a select waits.
@@ -28,7 +40,6 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
-#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "internal.h"
@@ -41,9 +52,8 @@ enum { S_RESERVED = 1, S_READY, S_TAKEN, S_FREE };
 
 typedef struct qslot {
   _Atomic uint32_t state;
-  int32_t pid;                  /* the owner while RESERVED or TAKEN */
-  uint32_t tid;
   uint32_t pad;
+  uint64_t owner;               /* its owner's id while RESERVED or TAKEN */
   uint64_t len;
 } qslot;
 
@@ -110,20 +120,27 @@ static void ring_punch(qhdr *h, uint64_t from, uint64_t to) {
   }
 }
 
-static int owner_dead(const qslot *s) {
-  if (s->pid <= 0) return 0;
-  return syscall(SYS_tgkill, s->pid, s->tid, 0) != 0 && errno == ESRCH;
+/* The largest message a slot may hold. */
+static uint64_t max_len(const qhdr *h) {
+  return (h->ringsz - HOT) / 2 - sizeof(qslot);
+}
+
+/* Whether the slot at pos, below tail, is one a producer could have
+** written: it fits in what lies before tail. */
+static int slot_sane(qhdr *h, uint64_t pos, uint64_t tail) {
+  const qslot *s = slot_at(h, pos);
+  return s->len <= max_len(h) && slot_size(s->len) <= tail - pos;
 }
 
 /* With the lock held: frees slots at the head, gives back pages. Slots
 ** taken by a consumer that died are freed too (their message is lost
 ** with it). */
-static void advance_head(qhdr *h, int check_dead) {
+static void advance_head(qhdr *h) {
   uint64_t old = h->head;
   while (h->head < h->rnext) {
     qslot *s = slot_at(h, h->head);
     uint32_t st = atomic_load(&s->state);
-    if (st == S_TAKEN && check_dead && owner_dead(s)) {
+    if (st == S_TAKEN && owner_dead(s->owner)) {
       atomic_store(&s->state, S_FREE);
       st = S_FREE;
     }
@@ -145,6 +162,47 @@ static void advance_head(qhdr *h, int check_dead) {
   }
 }
 
+/* With the lock held: drops the slots of producers that died while
+** writing them, anywhere in the queue (a consumer drops the one at the
+** head of the line itself); 1 if it dropped any. */
+static int drop_orphans(qhdr *h) {
+  uint64_t pos = h->rnext, tail = atomic_load(&h->tail);
+  int dropped = 0;
+  while (pos < tail && slot_sane(h, pos, tail)) {
+    qslot *s = slot_at(h, pos);
+    if (atomic_load(&s->state) == S_RESERVED && owner_dead(s->owner)) {
+      atomic_store(&s->state, S_FREE);
+      atomic_fetch_sub(&h->count, 1);
+      dropped = 1;
+    }
+    pos += slot_size(s->len);
+  }
+  if (dropped) bump(&h->spaceseq, &h->spacenwait, INT32_MAX);
+  return dropped;
+}
+
+/* Takes the queue's lock. When it was taken over from a process that
+** died holding it, the section that process was in may be half done:
+** each index changes in one store and a slot counts only once 'tail' has
+** passed it, so only 'count' can be wrong. It is counted again, and
+** every waiter is woken to look again. */
+static void qlock(qhdr *h) {
+  uint64_t pos, tail;
+  int64_t n = 0;
+  if (!slock_lock(&h->lock)) return;
+  pos = h->rnext;
+  tail = atomic_load(&h->tail);
+  while (pos < tail && slot_sane(h, pos, tail)) {
+    qslot *s = slot_at(h, pos);
+    uint32_t st = atomic_load(&s->state);
+    if (st == S_RESERVED || st == S_READY) n++;
+    pos += slot_size(s->len);
+  }
+  atomic_store(&h->count, n);
+  bump(&h->dataseq, &h->datanwait, INT32_MAX);
+  bump(&h->spaceseq, &h->spacenwait, INT32_MAX);
+}
+
 static void queue_destroy(cobj *o) {
   queue *q = (queue *)o;
   fd_close(q->efd);
@@ -163,7 +221,7 @@ int queue_new(lua_State *L) {
     luaL_argcheck(L, cap >= 1, 1, "capacity must be positive");
   }
   q = calloc(1, sizeof *q);
-  if (q == NULL) return luaL_error(L, "not enough memory");
+  if (q == NULL) return conc_nomem(L);
   q->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   if (q->efd < 0) {
     free(q);
@@ -189,7 +247,8 @@ static queue *check_queue(lua_State *L) {
 }
 
 /* Sleeps on 'seq' (seen: its value before the test that failed) with the
-** lock released; back with the lock held. -1 stop, 0 deadline, 1 woken. */
+** lock released; back with the lock held. -1 stop, 0 deadline, 1 woken,
+** 2 a quiet spell passed (time to look for dead owners). */
 static int qsleep(qhdr *h, cstate *cs, _Atomic uint32_t *seq,
                   _Atomic uint32_t *nwait, uint32_t seen, const deadline *d,
                   const char **why) {
@@ -205,11 +264,11 @@ static int qsleep(qhdr *h, cstate *cs, _Atomic uint32_t *seq,
   } else {
     deadline_in(&slice, 0.2);          /* then look for dead owners */
     if (!d->forever && deadline_left(d) < 0.2) slice = *d;
-    futex_wait(seq, seen, &slice, 1);
+    if (futex_wait(seq, seen, &slice, 1) == ETIMEDOUT) r = 2;
   }
   atomic_fetch_sub(nwait, 1);
   cs_unblock(cs);
-  slock_lock(&h->lock);
+  qlock(h);
   return r;
 }
 
@@ -225,13 +284,14 @@ static void ring_doorbell(queue *q) {
 static int qput(lua_State *L, queue *q, cstate *cs, const char *p, size_t n,
                 const deadline *d) {
   qhdr *h = q->so.shm;
-  uint64_t need = slot_size(n), pos;
+  uint64_t need = slot_size(n), pos, me = owner_self();
   qslot *s;
   const char *why = NULL;
-  if (need > (h->ringsz - HOT) / 2)
+  int look = 0;
+  if (n > max_len(h))
     return luaL_error(L, "message too big for a queue (%I bytes)",
                       (LUAI_UACINT)n);
-  slock_lock(&h->lock);
+  qlock(h);
   for (;;) {
     uint32_t seen = atomic_load(&h->spaceseq);
     int r;
@@ -242,8 +302,18 @@ static int qput(lua_State *L, queue *q, cstate *cs, const char *p, size_t n,
     if ((h->cap < 0 || atomic_load(&h->count) < h->cap) &&
         atomic_load(&h->tail) + need - h->head <= h->ringsz - HOT)
       break;
-    advance_head(h, 1);
+    advance_head(h);
     if (atomic_load(&h->spaceseq) != seen) continue;
+    /* full: before giving up, and after each quiet spell, look for what
+    ** dead producers left (a scan of the queue: not at every wake-up) */
+    if (look || deadline_passed(d)) {
+      look = 0;
+      if (drop_orphans(h)) continue;
+    }
+    if (deadline_passed(d)) {
+      slock_unlock(&h->lock);
+      return 0;
+    }
     cs_waiting(cs, "send");
     r = qsleep(h, cs, &h->spaceseq, &h->spacenwait, seen, d, &why);
     cs_waiting(cs, NULL);
@@ -251,15 +321,11 @@ static int qput(lua_State *L, queue *q, cstate *cs, const char *p, size_t n,
       slock_unlock(&h->lock);
       return cs_raisestop(L, cs, why);
     }
-    if (r == 0) {
-      slock_unlock(&h->lock);
-      return 0;
-    }
+    look = r != 1;
   }
   pos = atomic_load(&h->tail);
   s = slot_at(h, pos);
-  s->pid = (int32_t)conc_getpid();
-  s->tid = conc_gettid();
+  s->owner = me;
   s->len = n;
   atomic_store(&s->state, S_RESERVED);
   atomic_store(&h->tail, pos + need);
@@ -282,7 +348,7 @@ static int queue_send(lua_State *L) {
   deadline_in(&d, conc_opttimeout(L, 3));
   if (marshal_encode(L, cs, 2, 1, &cs->scratch, MARSHAL_REMOTE, "value", err,
                      sizeof err) != 0)
-    return luaL_error(L, "%s", err);
+    return msg_raise(L, err);
   r = qput(L, q, cs, cs->scratch.p, cs->scratch.n, &d);
   mbuf_reset(&cs->scratch);
   lua_pushboolean(L, r);
@@ -291,55 +357,69 @@ static int queue_send(lua_State *L) {
 
 /* ------------------------------------------------------------ recv */
 
-enum { Q_GOT, Q_EMPTY, Q_CLOSED };
+enum { Q_GOT, Q_EMPTY, Q_CLOSED, Q_CORRUPT, Q_NOMEM };
 
 /* With the lock held: takes the first ready slot (or, with take 0, says
-** whether there is one), if the head of the line is ready. Slots of dead
-** producers are dropped. */
-static int qnext_locked(qhdr *h, uint64_t *pos, int check_dead, int take) {
-  while (h->rnext < atomic_load(&h->tail)) {
+** where it is), if the head of the line is ready. Slots of dead producers
+** are dropped. A slot that cannot be one closes and empties the queue
+** (Q_CORRUPT): what lies past it cannot be found. */
+static int qnext_locked(qhdr *h, uint64_t *pos, int take) {
+  uint64_t tail;
+  while (h->rnext < (tail = atomic_load(&h->tail))) {
     qslot *s = slot_at(h, h->rnext);
     uint32_t st = atomic_load_explicit(&s->state, memory_order_acquire);
+    if (!slot_sane(h, h->rnext, tail) ||
+        (st != S_RESERVED && st != S_READY && st != S_TAKEN &&
+         st != S_FREE)) {
+      atomic_store(&h->closed, 1);
+      h->rnext = h->head = tail;
+      atomic_store(&h->count, 0);
+      bump(&h->dataseq, &h->datanwait, INT32_MAX);
+      bump(&h->spaceseq, &h->spacenwait, INT32_MAX);
+      return Q_CORRUPT;
+    }
     if (st == S_READY) {
-      if (!take) return Q_GOT;   /* only a look: it stays the queue's */
-      s->pid = (int32_t)conc_getpid();
-      s->tid = conc_gettid();
-      atomic_store(&s->state, S_TAKEN);
       *pos = h->rnext;
+      if (!take) return Q_GOT;   /* only a look: it stays the queue's */
+      s->owner = owner_self();
+      atomic_store(&s->state, S_TAKEN);
       h->rnext += slot_size(s->len);
       atomic_fetch_sub(&h->count, 1);
       bump(&h->spaceseq, &h->spacenwait, INT32_MAX);
       return Q_GOT;
     }
     if (st == S_RESERVED) {
-      if (!check_dead || !owner_dead(s)) return Q_EMPTY;
+      if (!owner_dead(s->owner)) return Q_EMPTY;   /* being written */
       atomic_store(&s->state, S_FREE);       /* its producer died */
       atomic_fetch_sub(&h->count, 1);
+      bump(&h->spaceseq, &h->spacenwait, INT32_MAX);
     }
     h->rnext += slot_size(s->len);             /* FREE or TAKEN: skip */
-    advance_head(h, 0);
+    advance_head(h);
   }
   return atomic_load(&h->closed) ? Q_CLOSED : Q_EMPTY;
 }
 
-static int qtake_locked(qhdr *h, uint64_t *pos, int check_dead) {
-  return qnext_locked(h, pos, check_dead, 1);
+/* With the lock held: the message to copy the next slot into (*m), then
+** the slot, taken. Out of memory (Q_NOMEM) the slot stays the queue's. */
+static int qtake_locked(qhdr *h, uint64_t *pos, msg **m) {
+  int r = qnext_locked(h, pos, 0);
+  if (r != Q_GOT) return r;
+  if ((*m = msg_alloc((size_t)slot_at(h, *pos)->len)) == NULL) return Q_NOMEM;
+  return qnext_locked(h, pos, 1);      /* the same slot: the lock is held */
 }
 
-/* Copies the taken slot at pos out and frees it. NULL: out of memory
-** (the message is dropped: nothing else could take it). */
-static msg *qfinish(qhdr *h, uint64_t pos) {
+/* Copies the taken slot at pos out into m, and frees the slot. */
+static void qfinish(qhdr *h, uint64_t pos, msg *m) {
   qslot *s = slot_at(h, pos);
   size_t n = (size_t)s->len;
-  msg *m = msg_alloc(n);
-  if (m) ring_get(h, pos + sizeof(qslot), m->inl, n);
+  ring_get(h, pos + sizeof(qslot), m->inl, n);
   if (n >= 16 * PAGE)         /* a big payload: give its pages back now */
     ring_punch(h, pos + sizeof(qslot), pos + sizeof(qslot) + n);
-  slock_lock(&h->lock);
+  qlock(h);
   atomic_store(&s->state, S_FREE);
-  advance_head(h, 0);
+  advance_head(h);
   slock_unlock(&h->lock);
-  return m;
 }
 
 struct qwatch {
@@ -353,15 +433,15 @@ static int queue_moved(void *arg) {
 }
 
 /* Gets a message, waiting until the deadline: Q_GOT (*m), Q_EMPTY at the
-** deadline, Q_CLOSED; raises a stop request. */
+** deadline, Q_CLOSED; raises a stop request or a corrupt queue. */
 static int qget(lua_State *L, qhdr *h, cstate *cs, const deadline *d, msg **m) {
   const char *why = NULL;
   uint64_t pos;
   int r, spun = 0;
-  slock_lock(&h->lock);
+  qlock(h);
   for (;;) {
     uint32_t seen = atomic_load(&h->dataseq);
-    r = qtake_locked(h, &pos, 0);
+    r = qtake_locked(h, &pos, m);
     if (r != Q_EMPTY) break;
     if (!spun && !d->forever && deadline_left(d) == 0) break;
     if (!spun) {               /* a producer may be a moment away */
@@ -369,7 +449,7 @@ static int qget(lua_State *L, qhdr *h, cstate *cs, const deadline *d, msg **m) {
       slock_unlock(&h->lock);
       conc_spin(&h->spin, queue_moved, &qw);
       spun = 1;
-      slock_lock(&h->lock);
+      qlock(h);
       continue;
     }
     cs_waiting(cs, "recv");
@@ -383,13 +463,12 @@ static int qget(lua_State *L, qhdr *h, cstate *cs, const deadline *d, msg **m) {
       r = Q_EMPTY;
       break;
     }
-    r = qtake_locked(h, &pos, 1);   /* after a quiet spell: dead owners */
-    if (r != Q_EMPTY) break;
   }
   slock_unlock(&h->lock);
+  if (r == Q_CORRUPT) luaL_error(L, "corrupt message on queue");
+  if (r == Q_NOMEM) conc_nomem(L);          /* the message stays queued */
   if (r != Q_GOT) return r;
-  *m = qfinish(h, pos);
-  if (*m == NULL) luaL_error(L, "not enough memory");
+  qfinish(h, pos, *m);
   return Q_GOT;
 }
 
@@ -418,7 +497,7 @@ static int queue_recv(lua_State *L) {
 static int queue_close(lua_State *L) {
   queue *q = check_queue(L);
   qhdr *h = q->so.shm;
-  slock_lock(&h->lock);
+  qlock(h);
   atomic_store(&h->closed, 1);
   slock_unlock(&h->lock);
   bump(&h->dataseq, &h->datanwait, INT32_MAX);
@@ -482,21 +561,26 @@ static int queue_sel_try(cobj *o, selnode *n) {
   /* look first (skipping what dead producers left), take only once the
   ** select is claimed: a message taken for a select that another item
   ** won would be lost. A ready slot stays ready while we hold the lock. */
-  slock_lock(&h->lock);
-  r = qnext_locked(h, &pos, 1, 0);
+  qlock(h);
+  r = qnext_locked(h, &pos, 0);
   if (r == Q_GOT) {
-    if (!sel_claim(n->sw, n->index)) {
+    /* the message to copy into first: out of memory, the select goes on
+    ** waiting and the message stays queued (there is no error to give) */
+    msg *m = msg_alloc((size_t)slot_at(h, pos)->len);
+    if (m == NULL || !sel_claim(n->sw, n->index)) {
       slock_unlock(&h->lock);
-      return 1;
+      msg_free(m);
+      return m != NULL;
     }
-    qtake_locked(h, &pos, 0);
+    qnext_locked(h, &pos, 1);        /* the same slot: the lock was held */
     slock_unlock(&h->lock);
-    n->m = qfinish(h, pos);
-    n->result = n->m ? SEL_VALUE : SEL_CLOSED;
+    qfinish(h, pos, m);
+    n->m = m;
+    n->result = SEL_VALUE;
     return 1;
   }
   slock_unlock(&h->lock);
-  if (r == Q_CLOSED) n->result = SEL_CLOSED;
+  if (r == Q_CLOSED || r == Q_CORRUPT) n->result = SEL_CLOSED;
   return 0;
 }
 

@@ -44,14 +44,28 @@ static const char *signame(int sig, char *buf, size_t n) {
 /* Reads what the child sent so far, without blocking; 1 at end of file.
 ** The buffer starts small and doubles only when full: every page the
 ** parent writes between forks costs a copy-on-write fault, so a trivial
-** result must not make it touch a big buffer. */
+** result must not make it touch a big buffer. Out of memory, the result
+** is given up (w->nomem: its join says so) and the rest read and dropped,
+** so that the child can finish writing and exit. */
 static int drain(worker *w) {
+  char sink[4096];
   for (;;) {
     ssize_t r;
+    if (w->nomem) {
+      r = read(w->rfd, sink, sizeof sink);
+      if (r > 0) continue;
+      if (r == 0) return 1;
+      if (errno == EINTR) continue;
+      return errno != EAGAIN;
+    }
     if (w->inbuf.cap == w->inbuf.n) {
       size_t cap = w->inbuf.cap ? w->inbuf.cap * 2 : 1024;
       char *np = realloc(w->inbuf.p, cap);
-      if (np == NULL) return 1;           /* give up on the result */
+      if (np == NULL) {
+        mbuf_free(&w->inbuf);
+        w->nomem = 1;
+        continue;
+      }
       w->inbuf.p = np;
       w->inbuf.cap = cap;
     }
@@ -86,9 +100,16 @@ static void conclude(worker *w, int wst) {
   } else {
     w->exitcode = WEXITSTATUS(wst);
   }
-  if (framed && f.status == 0 && !WIFSIGNALED(wst)) {
+  if (w->nomem && !WIFSIGNALED(wst)) {
+    errmsg = strdup("not enough memory");
+    status = W_FAILED;
+  } else if (framed && f.status == 0 && !WIFSIGNALED(wst)) {
     result = msg_copy(w->inbuf.p + sizeof f + f.msglen, (size_t)f.len);
     status = W_DONE;
+    if (result == NULL) {
+      errmsg = strdup("not enough memory");
+      status = W_FAILED;
+    }
   } else if (framed && f.status == 1) {
     errmsg = malloc((size_t)f.msglen + 1);
     if (errmsg) {
@@ -103,6 +124,11 @@ static void conclude(worker *w, int wst) {
              (int)w->pid, WTERMSIG(wst), signame(WTERMSIG(wst), sb, sizeof sb));
     errmsg = strdup(buf);
     status = W_KILLED;
+  } else if (WEXITSTATUS(wst) == 0 && w->inbuf.n > 0) {
+    /* it exited as after a return, but what it sent is no frame */
+    snprintf(buf, sizeof buf, "process %d: corrupt message", (int)w->pid);
+    errmsg = strdup(buf);
+    status = W_FAILED;
   } else if (WEXITSTATUS(wst) == 0) {
     status = W_DONE;                /* os.exit(0): nothing returned */
   } else {
@@ -355,10 +381,15 @@ static int reaper_watch(worker *w) {
   int r = 0;
   pthread_mutex_lock(&reap_mu);
   if (reap_efd < 0) reap_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-  if (reap_efd < 0 || (nwatched == capwatched &&
-                       (capwatched = capwatched ? capwatched * 2 : 16,
-                        !(watched = realloc(watched, sizeof *watched *
-                                                         (size_t)capwatched))))) {
+  if (reap_efd >= 0 && nwatched == capwatched) {
+    int cap = capwatched ? capwatched * 2 : 16;
+    worker **nw = realloc(watched, sizeof *watched * (size_t)cap);
+    if (nw != NULL) {               /* else the list stays as it was */
+      watched = nw;
+      capwatched = cap;
+    }
+  }
+  if (reap_efd < 0 || nwatched == capwatched) {
     pthread_mutex_unlock(&reap_mu);
     return ENOMEM;
   }

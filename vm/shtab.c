@@ -292,7 +292,6 @@ static uint64_t entry_new(shop *o, const skey *k, const char *v,
   atomic_init(&e->ulock.word, 0);
   atomic_init(&e->ulock.seq, 0);
   atomic_init(&e->ulock.nwait, 0);
-  atomic_init(&e->ulock.pid, 0);
   for (int i = 0; i < nrefs; i++) {
     cobj *obj = refs[i];
     shref *r = &e->refs[i];
@@ -479,9 +478,6 @@ static void recover(shop *o) {
       continue;
     }
     e = AT(o, off);
-    /* an update lock taken half-way (the word, not yet the pid) */
-    if (atomic_load(&e->ulock.word) && atomic_load(&e->ulock.pid) <= 0)
-      atomic_store(&e->ulock.word, 0);
     if (e->vlen == SHTAB_NOVALUE && atomic_load(&e->ulock.word) == 0) {
       ix->slot[i].off = SHTAB_TOMB;  /* a placeholder no update holds */
     } else {
@@ -626,8 +622,7 @@ const char shtab_self_update[] =
     "a shared key cannot be changed inside its own update";
 
 int shtab_held(shent *e) {
-  return atomic_load(&e->ulock.word) == conc_gettid() &&
-         atomic_load(&e->ulock.pid) == (int32_t)conc_getpid();
+  return atomic_load(&e->ulock.word) == owner_self();
 }
 
 typedef struct idlewait {

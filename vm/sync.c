@@ -11,21 +11,20 @@
 ** change a waiter may care about bumps, so the usual read-seq, test,
 ** sleep-if-unchanged protocol of wait.c never loses a wake-up. A canceller
 ** or Ctrl-C bumps the same word to wake its target (cs_block_on).
-** A lock records its owner (pid and thread id). A waiter that has slept
-** for a while checks that the owner still exists, and takes over a lock
-** whose owner died (a killed process, an exited thread), so a death never
-** leaves the others waiting forever; like a robust mutex, without needing
-** the owner's cooperation.
+** A lock records its owner's id (owner.c). A waiter that has slept for a
+** while checks that the owner still lives, and takes over a lock whose
+** owner died (a killed process, zombie or reaped, an exited thread), so a
+** death never leaves the others waiting forever; the kernel's robust-mutex
+** owner-died mark says so, not a probe by pid that a zombie or a reused
+** pid would fool. Unlike a robust mutex, any thread may release it.
 ** Every shared object of the process is also in a table by uid, so one
 ** that comes back through a pipe finds its local record (shm_lookup).
 */
 
 #include <errno.h>
-#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "internal.h"
@@ -61,6 +60,8 @@ int shmobj_init(shmobj *o, int kind, size_t size) {
   unsigned b;
   obj_init(&o->obj, kind);
   o->size = size;
+  o->shm = NULL;
+  if (owner_init() != 0) return -1;     /* before a fork can share o */
   o->shm = shm_alloc(size);
   if (o->shm == NULL) return -1;
   pthread_once(&tab_once, tab_init);
@@ -184,16 +185,13 @@ void conc_checkoptions(lua_State *L, int arg, const char *const *known) {
 
 /* ------------------------------------------------------------ lock */
 
-/* The lock word holds the owner's thread id (0: free) and 'pid' its
-** process, so a waiter can tell that the owner died. */
+/* The lock word holds the owner's id (0: free), set and cleared in one
+** atomic step, so a waiter can tell that the owner died whenever it
+** died. */
 
 int slock_try(slock *s) {
-  uint32_t zero = 0, me = conc_gettid();
-  if (atomic_compare_exchange_strong(&s->word, &zero, me)) {
-    atomic_store(&s->pid, (int32_t)conc_getpid());
-    return 1;
-  }
-  return 0;
+  uint64_t zero = 0;
+  return atomic_compare_exchange_strong(&s->word, &zero, owner_self());
 }
 
 static int lock_try(void *state, void *arg) {
@@ -201,12 +199,10 @@ static int lock_try(void *state, void *arg) {
   return slock_try(state);
 }
 
-/* Takes over the lock if its owner is gone; 1 if it did. */
+/* Frees the lock if its owner is gone; 1 if it did. */
 int slock_owner_dead(slock *s) {
-  uint32_t owner = atomic_load(&s->word);
-  int32_t pid = atomic_load(&s->pid);
-  if (owner == 0 || pid <= 0) return 0;
-  if (syscall(SYS_tgkill, pid, owner, 0) == 0 || errno != ESRCH) return 0;
+  uint64_t owner = atomic_load(&s->word);
+  if (owner == 0 || !owner_dead(owner)) return 0;
   if (atomic_compare_exchange_strong(&s->word, &owner, 0)) {
     bump(&s->seq, &s->nwait, INT32_MAX);
     return 1;
@@ -220,28 +216,40 @@ static int lock_check_owner(void *state, void *arg) {
   return 0;
 }
 
-/* For short critical sections of the runtime: waits as long as it takes
-** (checking for a dead owner), with no cancellation. */
-void slock_lock(slock *s) {
+/* For short critical sections of the runtime: waits as long as it takes,
+** with no cancellation. An owner that died holding the lock hands it
+** straight to the waiter that notices (1), so that one alone repairs what
+** the dead owner left half done before anyone else gets in. */
+int slock_lock(slock *s) {
+  uint64_t me = owner_self();
   int spins = 0;
-  while (!slock_try(s)) {
-    uint32_t seq = atomic_load(&s->seq);
+  for (;;) {
+    uint64_t owner = 0;
+    uint32_t seq;
     deadline d;
+    int r = 0;
+    if (atomic_compare_exchange_strong(&s->word, &owner, me)) return 0;
     if (++spins < 100) continue;
+    seq = atomic_load(&s->seq);
     atomic_fetch_add(&s->nwait, 1);
-    if (!slock_try(s)) {
-      deadline_in(&d, OWNER_CHECK);
-      if (futex_wait(&s->seq, seq, &d, 1) == ETIMEDOUT) slock_owner_dead(s);
-    } else {
+    owner = 0;
+    if (atomic_compare_exchange_strong(&s->word, &owner, me)) {
       atomic_fetch_sub(&s->nwait, 1);
-      return;
+      return 0;
+    }
+    deadline_in(&d, OWNER_CHECK);
+    if (futex_wait(&s->seq, seq, &d, 1) == ETIMEDOUT) {
+      owner = atomic_load(&s->word);
+      if (owner != 0 && owner_dead(owner) &&
+          atomic_compare_exchange_strong(&s->word, &owner, me))
+        r = 1;
     }
     atomic_fetch_sub(&s->nwait, 1);
+    if (r) return 1;
   }
 }
 
 void slock_unlock(slock *s) {
-  atomic_store(&s->pid, 0);
   atomic_store(&s->word, 0);
   bump(&s->seq, &s->nwait, 1);
 }
@@ -278,8 +286,6 @@ static int lock_acquire(lua_State *L) {
   return 1;
 }
 
-/* slock_unlock clears the owner's pid before the word, so that a waiter
-** checking for a dead owner never pairs a new owner with an old pid. */
 static void lock_release_s(lua_State *L, slock *s) {
   if (atomic_load(&s->word) == 0)
     luaL_error(L, "release of an unlocked lock");
@@ -306,7 +312,7 @@ static int lock_with(lua_State *L) {
   lock_acquire_d(L, s, -1);
   st = lua_pcall(L, n - 2, LUA_MULTRET, 0);
   /* still ours (fn may have released it, and another thread taken it) */
-  if (atomic_load(&s->word) == conc_gettid()) slock_unlock(s);
+  if (atomic_load(&s->word) == owner_self()) slock_unlock(s);
   if (st != LUA_OK) return lua_error(L);
   return lua_gettop(L) - 1;
 }

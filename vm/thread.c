@@ -400,7 +400,7 @@ static void job_run(job *j, lua_State *L) {
     lua_pushcclosure(L, job_body, 1);
     lua_pushlightuserdata(L, j->m);
     if (lua_pcall(L, 1, LUA_MULTRET, base) == LUA_OK) {
-      char err[512];
+      char err[512] = "not enough memory";   /* if only the seal fails */
       int n = lua_gettop(L) - base;
       if (marshal_encode(L, cs, base + 1, n, &cs->scratch, 0, "results[%d]",
                          err, sizeof err) == 0 &&
@@ -637,7 +637,7 @@ int thread_spawn(lua_State *L) {
   if (w == NULL) {
     free(j);
     msg_free(m);
-    return luaL_error(L, "not enough memory");
+    return conc_nomem(L);
   }
   w->owner = conc_getpid();
   j->w = w;                       /* the job's reference */
