@@ -2,10 +2,12 @@
 ** repl.c
 ** The interactive loop of the conclua command.
 **
-** A line that is an expression prints its values (pretty.c shows tables);
-** a statement runs silently; an incomplete chunk asks for more lines on
-** the second prompt until it compiles. Errors print with their traceback
-** and the loop goes on.
+** A chunk prints the values it returns (pretty.c shows tables), as in
+** lua5.4: a line that is an expression runs as "return <line>", so its
+** values print; a statement prints what a return at its end gives
+** (return 1, 2), else nothing. An incomplete chunk asks for more lines
+** on the second prompt until it compiles. Errors print with their
+** traceback and the loop goes on.
 **
 ** DESIGN. On a terminal, input comes through GNU readline's callback
 ** interface: the loop sleeps in poll() on stdin and on a self-pipe that
@@ -510,10 +512,10 @@ static int incomplete(lua_State *L, int status) {
   return 0;
 }
 
-/* Reads and compiles one chunk. LUA_OK: the function on top (*expr says
-** whether it returns the values of an expression); LUA_ERRSYNTAX: the
+/* Reads and compiles one chunk. LUA_OK: the function on top (an
+** expression is compiled as "return <expression>"); LUA_ERRSYNTAX: the
 ** message on top; CHUNK_EOF or CHUNK_INTR: nothing pushed. */
-static int readchunk(lua_State *L, int *expr) {
+static int readchunk(lua_State *L) {
   int r = pushline(L, 1), retmore = 0;
   if (r != IN_LINE) return r == IN_EOF ? CHUNK_EOF : CHUNK_INTR;
   for (;;) {
@@ -525,7 +527,6 @@ static int readchunk(lua_State *L, int *expr) {
       lua_remove(L, -2);                      /* the "return" text */
       hist_add(buf, 1);
       lua_remove(L, -2);                      /* buf */
-      *expr = 1;
       return LUA_OK;
     }
     more = incomplete(L, st);
@@ -535,7 +536,6 @@ static int readchunk(lua_State *L, int *expr) {
     if (st == LUA_OK) {
       hist_add(buf, 1);
       lua_remove(L, -2);
-      *expr = 0;
       return LUA_OK;
     }
     if (!(more || incomplete(L, st))) {
@@ -657,7 +657,8 @@ static void report(lua_State *L) {
   lua_pop(L, 1);
 }
 
-static void evaluate(lua_State *L, int expr) {
+/* Runs the chunk on top and prints what it returned, if anything. */
+static void evaluate(lua_State *L) {
   int base = lua_gettop(L) - 1, st;
   if (tty && take_interrupt()) {
     lua_settop(L, base);
@@ -666,7 +667,7 @@ static void evaluate(lua_State *L, int expr) {
     return;
   }
   st = docall(L, 0, LUA_MULTRET);
-  if (st == LUA_OK && expr && lua_gettop(L) > base) {
+  if (st == LUA_OK && lua_gettop(L) > base) {
     int n = lua_gettop(L) - base;
     if (!lua_checkstack(L, LUA_MINSTACK)) {   /* an error, not the end */
       lua_settop(L, base);
@@ -928,17 +929,17 @@ static void tty_close(void) {
 }
 
 int conclua_repl(lua_State *L) {
-  int st, expr = 0;
+  int st;
   repl_L = L;
   tty = isatty(STDIN_FILENO);
   if (tty) tty_open();
   lua_settop(L, 0);
   for (;;) {
     if (tty) report_failures(L);
-    st = readchunk(L, &expr);
+    st = readchunk(L);
     if (st == CHUNK_EOF) break;
     if (st == CHUNK_INTR) continue;
-    if (st == LUA_OK) evaluate(L, expr);
+    if (st == LUA_OK) evaluate(L);
     else report(L);
     lua_settop(L, 0);
   }
