@@ -523,6 +523,30 @@ T.test("a worker that fails unjoined is reported at the prompt", function()
   end)
 end)
 
+T.test("a process that ends unjoined is reaped and reported at once", function()
+  session(function(t)
+    t:run('p = spawn_process({name = "crasher"}, function() conc.sleep(0.3) error("ka" .. "boom") end)')
+    -- told while the prompt waits, without a key pressed
+    local s = t:wait("kaboom")
+    T.ok(s:match('crasher: stdin:1: kaboom'), s)
+    T.eq(t:run("p:status(), conc._stats().children"), "failed  0")
+    has(t:run("p:join()"), "kaboom")      -- join still raises it
+    -- one that ends well leaves no zombie either
+    t:run("q = spawn_process(function() return 1 end)")
+    local deadline = conc.now() + 10
+    repeat
+      s = t:run("conc._stats().children")
+    until s == "0" or conc.now() > deadline
+    T.eq(s, "0")
+    -- killed while a chunk runs: told before the next prompt
+    t:run("k = spawn_process({name = 'victim'}, function() conc.sleep(30) end)")
+    s = t:run("os.execute('kill -KILL ' .. k.pid) conc.sleep(0.2)")
+    t:wait("victim: process")
+    has(t:screen(), "killed by signal 9 (SIGKILL)")
+    T.eq(t:run("k:status()"), "killed")
+  end)
+end)
+
 -- ------------------------------------------------------------ history
 
 T.test("history is kept across sessions, a chunk as one entry", function()

@@ -20,7 +20,9 @@
 ** Processes spawned meanwhile ignore SIGINT (process_ignore_sigint): the
 ** terminal sends it to them too, and Ctrl-C is the REPL's.
 ** The poll also wakes every NOTICE_MS to tell about workers that failed
-** with nobody joining them, above the line being edited.
+** with nobody joining them, above the line being edited, and it watches
+** the children that no thread watches (their result pipes and pidfds),
+** so that one that ends is reaped, and told about if it failed, at once.
 ** History is readline's list, loaded from and appended to a file one
 ** entry a line (newlines and backslashes escaped, so a multi-line chunk
 ** stays one entry); only chunks that compiled go to the file, and it is
@@ -397,6 +399,79 @@ static void notice_at_prompt(lua_State *L) {
   rl_redisplay();
 }
 
+/* The prompt watches the running children that no thread watches (a
+** join, a select, the reaper): their result pipe and pidfd go into its
+** poll, so one that ends is reaped at once and, if it failed, reported
+** (nothing else would look at it before some later conc call). */
+typedef struct watchset {
+  worker **v;                  /* the children, retained */
+  int n;
+  struct pollfd *fds;          /* stdin, the self-pipe, then theirs */
+  int *of;                     /* fds[i] belongs to v[of[i]] (i >= 2) */
+  int nfds;
+} watchset;
+
+static int running_child(worker *w) {
+  return w->obj.kind == K_PROCESS && w->owner == conc_getpid() &&
+         worker_status(w) == W_RUNNING;
+}
+
+/* 0, or -1 when out of memory (then only stdin and the self-pipe). */
+static int watch_begin(lua_State *L, watchset *ws) {
+  static struct pollfd two[2];
+  cstate *cs = cs_of(L);
+  memset(ws, 0, sizeof *ws);
+  if (cs) ws->v = rt_pick(cs->rt, running_child, &ws->n);
+  ws->fds = malloc(sizeof *ws->fds * (size_t)(2 + 2 * ws->n));
+  ws->of = malloc(sizeof *ws->of * (size_t)(2 + 2 * ws->n));
+  if (ws->fds == NULL || ws->of == NULL) {
+    free(ws->fds);
+    free(ws->of);
+    ws->fds = two;
+    ws->of = NULL;
+  }
+  ws->fds[0].fd = STDIN_FILENO;
+  ws->fds[0].events = POLLIN;
+  ws->fds[1].fd = sigfd[0];
+  ws->fds[1].events = POLLIN;
+  ws->nfds = 2;
+  for (int i = 0; ws->of && i < ws->n; i++) {
+    int f[2], k = proc_sel_fds(&ws->v[i]->obj, f);
+    for (int j = 0; j < k; j++) {
+      ws->fds[ws->nfds].fd = f[j];
+      ws->fds[ws->nfds].events = POLLIN;
+      ws->of[ws->nfds++] = i;
+    }
+  }
+  return ws->of ? 0 : -1;
+}
+
+/* After the poll: steps the children that had news; 1 if one ended. */
+static int watch_end(watchset *ws) {
+  int ended = 0, last = -1;
+  for (int i = 2; i < ws->nfds; i++)
+    if (ws->fds[i].revents && ws->of[i] != last) {
+      last = ws->of[i];
+      ended |= process_poll(ws->v[last]);
+    }
+  for (int i = 0; i < ws->n; i++) obj_release(&ws->v[i]->obj);
+  free(ws->v);
+  if (ws->of) {
+    free(ws->fds);
+    free(ws->of);
+  }
+  return ended;
+}
+
+/* Before a prompt: children that ended while a chunk ran are reaped (and
+** their failures then reported). */
+static void poll_children(lua_State *L) {
+  watchset ws;
+  watch_begin(L, &ws);
+  for (int i = 2; i < ws.nfds; i++) ws.fds[i].revents = POLLIN;
+  watch_end(&ws);
+}
+
 static int tty_line(lua_State *L, const char *prompt, char **out) {
   got_line = NULL;
   got_done = 0;
@@ -406,24 +481,27 @@ static int tty_line(lua_State *L, const char *prompt, char **out) {
   rl_started = 1;
   rl_callback_handler_install(prompt, on_line);
   while (!got_done) {
-    struct pollfd fds[2];
-    int r;
-    fds[0].fd = STDIN_FILENO;
-    fds[0].events = POLLIN;
-    fds[1].fd = sigfd[0];
-    fds[1].events = POLLIN;
-    r = poll(fds, 2, NOTICE_MS);
-    if (r < 0 && errno != EINTR) {
+    watchset ws;
+    int r, e, ended, in, sig;
+    watch_begin(L, &ws);
+    r = poll(ws.fds, (nfds_t)ws.nfds, NOTICE_MS);
+    e = errno;
+    if (r < 0)
+      for (int i = 0; i < ws.nfds; i++) ws.fds[i].revents = 0;
+    in = ws.fds[0].revents;
+    sig = ws.fds[1].revents;
+    ended = watch_end(&ws);
+    if (r < 0 && e != EINTR) {
       rl_callback_handler_remove();
       return IN_EOF;
     }
-    if (r == 0) notice_at_prompt(L);
+    if (r == 0 || ended) notice_at_prompt(L);
     if (r <= 0) continue;
-    if ((fds[1].revents & POLLIN) && drain_signals()) {
+    if ((sig & POLLIN) && drain_signals()) {
       cancel_line();
       return IN_INTR;
     }
-    if (fds[0].revents & (POLLIN | POLLHUP | POLLERR)) rl_callback_read_char();
+    if (in & (POLLIN | POLLHUP | POLLERR)) rl_callback_read_char();
   }
   using_history();
   if (got_line == NULL) {          /* Ctrl-D: end the line on the screen */
@@ -935,7 +1013,10 @@ int conclua_repl(lua_State *L) {
   if (tty) tty_open();
   lua_settop(L, 0);
   for (;;) {
-    if (tty) report_failures(L);
+    if (tty) {
+      poll_children(L);
+      report_failures(L);
+    }
     st = readchunk(L);
     if (st == CHUNK_EOF) break;
     if (st == CHUNK_INTR) continue;
