@@ -29,8 +29,9 @@
 ** cut back to HISTORY_MAX entries when a session starts and ends.
 ** Tab completion resolves the dotted name before the cursor without
 ** running Lua code (raw reads, __index tables, conc handles' method
-** lists). At end of input the loop says which workers it waits for, and
-** Ctrl-C during that wait stops them.
+** lists); after a call, only a conc constructor's result is known (the
+** kind it makes). At end of input the loop says which workers it waits
+** for, and Ctrl-C during that wait stops them.
 ** Without a terminal there is no readline, no prompt and no history:
 ** lines are read with getline and evaluated the same way.
 */
@@ -830,19 +831,36 @@ static int is_name(const char *s) {
   return 1;
 }
 
-/* Adds the identifier keys of the table at t (functions only if 'meth'). */
+/* Adds the identifier keys of the table at t (functions only if 'meth').
+** Names of metamethods (__index, __close...) a user seldom means: only
+** once "__" is typed. */
 static void add_keys(lua_State *L, int t, int set, const char *prefix,
                      int meth) {
   size_t pl = strlen(prefix);
+  int meta = strncmp(prefix, "__", 2) == 0;
   lua_pushnil(L);
   while (lua_next(L, t)) {
     if (lua_type(L, -2) == LUA_TSTRING) {
       const char *k = lua_tostring(L, -2);
       if (strncmp(k, prefix, pl) == 0 && is_name(k) &&
+          (meta || strncmp(k, "__", 2) != 0) &&
           (!meth || lua_type(L, -1) == LUA_TFUNCTION))
         add_cand(L, set, k);
     }
     lua_pop(L, 1);
+  }
+}
+
+/* The methods (and, unless 'meth', fields) of a conc handle of kind k. */
+static void add_kind_members(lua_State *L, int kind, int set,
+                             const char *prefix, int meth) {
+  const luaL_Reg *m = conc_kinds[kind]->methods;
+  size_t pl = strlen(prefix);
+  for (; m && m->name; m++)
+    if (strncmp(m->name, prefix, pl) == 0) add_cand(L, set, m->name);
+  if (!meth) {
+    for (const char *const *f = handle_fields(kind); *f; f++)
+      if (strncmp(*f, prefix, pl) == 0) add_cand(L, set, *f);
   }
 }
 
@@ -851,16 +869,9 @@ static void add_members(lua_State *L, int v, int set, const char *prefix,
                         int meth) {
   cstate *cs = cs_of(L);
   cobj *o;
-  size_t pl = strlen(prefix);
   v = lua_absindex(L, v);
   if (cs && (o = obj_test(L, cs, v)) != NULL) {
-    const luaL_Reg *m = conc_kinds[o->kind]->methods;
-    for (; m && m->name; m++)
-      if (strncmp(m->name, prefix, pl) == 0) add_cand(L, set, m->name);
-    if (!meth) {
-      for (const char *const *f = handle_fields(o->kind); *f; f++)
-        if (strncmp(*f, prefix, pl) == 0) add_cand(L, set, *f);
-    }
+    add_kind_members(L, o->kind, set, prefix, meth);
     return;
   }
   lua_pushvalue(L, v);
@@ -873,14 +884,51 @@ static void add_members(lua_State *L, int v, int set, const char *prefix,
   lua_pop(L, 1);
 }
 
-/* complete(path, sep, prefix) -> a set of names: the globals and
-** keywords (sep ""), or the members of the value at path. */
+/* The kind of handle that calling the function at f makes, if it is a
+** conc constructor: a function of the conc table named after a kind
+** (conc.channel makes a channel), or spawn_thread / spawn_process (the
+** globals or conc's). -1 for anything else. Nothing is called. */
+static int made_kind(lua_State *L, int f) {
+  char made[32] = "";
+  int top = lua_gettop(L), kind = -1;
+  f = lua_absindex(L, f);
+  if (!lua_iscfunction(L, f)) return -1;
+  lua_pushglobaltable(L);
+  lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+  lua_getfield(L, -1, "conc");
+  for (int t = top + 1; t <= top + 3 && !made[0]; t += 2) {   /* _G, conc */
+    if (lua_type(L, t) != LUA_TTABLE) continue;
+    lua_pushnil(L);
+    while (lua_next(L, t)) {
+      if (lua_type(L, -2) == LUA_TSTRING && lua_rawequal(L, f, -1) &&
+          (t != top + 1 || strncmp(lua_tostring(L, -2), "spawn_", 6) == 0))
+        snprintf(made, sizeof made, "%s", lua_tostring(L, -2));
+      lua_pop(L, 1);
+    }
+  }
+  lua_settop(L, top);
+  if (strncmp(made, "spawn_", 6) == 0) memmove(made, made + 6, strlen(made) - 5);
+  for (int k = 0; made[0] && k < K_NKINDS; k++)
+    if (strcmp(conc_kinds[k]->name, made) == 0) kind = k;
+  return kind;
+}
+
+/* complete(path, sep, prefix, what) -> a set of names: the globals and
+** keywords (sep ""), or the members of the value at path (what
+** "value"), of what calling the function at path gives ("call"), or of
+** a string ("string"). */
 static int complete_k(lua_State *L) {
   const char *path = lua_tostring(L, 1), *sep = lua_tostring(L, 2);
-  const char *prefix = lua_tostring(L, 3);
+  const char *prefix = lua_tostring(L, 3), *what = lua_tostring(L, 4);
   int set;
   lua_newtable(L);
   set = lua_gettop(L);
+  if (strcmp(what, "string") == 0) {
+    lua_pushliteral(L, "");
+    add_members(L, -1, set, prefix, sep[0] == ':');
+    lua_pushvalue(L, set);
+    return 1;
+  }
   lua_pushglobaltable(L);
   if (sep[0] == '\0') {
     size_t pl = strlen(prefix);
@@ -901,9 +949,66 @@ static int complete_k(lua_State *L) {
     if (lua_isnil(L, -1)) return 0;
     path += l + (dot ? 1 : 0);
   }
-  add_members(L, -1, set, prefix, sep[0] == ':');
+  if (strcmp(what, "call") == 0) {
+    int kind = made_kind(L, -1);
+    if (kind < 0) return 0;
+    add_kind_members(L, kind, set, prefix, sep[0] == ':');
+  } else {
+    add_members(L, -1, set, prefix, sep[0] == ':');
+  }
   lua_pushvalue(L, set);
   return 1;
+}
+
+/* What comes before a "." or ":" that follows no name: the expression
+** that ends at line[end]. A call "f(...)" gives "call" and f's dotted
+** name (*callee, malloc'd); a string literal in parentheses "string";
+** anything else (a method's result, an index, a number) NULL. */
+static const char *before_sep(const char *line, int end, char **callee) {
+  int i = end - 1, close, open, j, k;
+  *callee = NULL;
+  while (i >= 0 && (line[i] == ' ' || line[i] == '\t')) i--;
+  if (i < 0 || line[i] != ')') return NULL;
+  close = i;
+  for (int depth = 0; i >= 0; i--) {  /* the "(" that matches */
+    char c = line[i];
+    if (c == '"' || c == '\'') {       /* back over a string literal */
+      int q = i - 1;
+      while (q >= 0 && !(line[q] == c && (q == 0 || line[q - 1] != '\\'))) q--;
+      if (q < 0) return NULL;
+      i = q;
+    } else if (c == ')') {
+      depth++;
+    } else if (c == '(' && --depth == 0) {
+      break;
+    }
+  }
+  if (i < 0) return NULL;
+  open = j = i;
+  while (j > 0 && (line[j - 1] == ' ' || line[j - 1] == '\t')) j--;
+  k = j;
+  while (k > 0 && (line[k - 1] == '_' || line[k - 1] == '.' ||
+                   (line[k - 1] >= 'a' && line[k - 1] <= 'z') ||
+                   (line[k - 1] >= 'A' && line[k - 1] <= 'Z') ||
+                   (line[k - 1] >= '0' && line[k - 1] <= '9')))
+    k--;
+  if (k == j) {                         /* ( expression ) */
+    int a = open + 1, b = close - 1;
+    while (a <= b && (line[a] == ' ' || line[a] == '\t')) a++;
+    while (b >= a && (line[b] == ' ' || line[b] == '\t')) b--;
+    if (b > a && (line[a] == '"' || line[a] == '\'') && line[b] == line[a]) {
+      for (int q = a + 1; q < b; q++)
+        if (line[q] == line[a] && line[q - 1] != '\\') return NULL;
+      return "string";
+    }
+    return NULL;
+  }
+  if (k > 0 && line[k - 1] == ':') return NULL;   /* a method's result */
+  for (int q = k; q + 1 < j; q++)                 /* a .. b(): b */
+    if (line[q] == '.' && line[q + 1] == '.') k = q + 2;
+  if (k >= j || line[k] == '.' || line[j - 1] == '.') return NULL;
+  *callee = strndup(line + k, (size_t)(j - k));
+  return *callee ? "call" : NULL;
 }
 
 static char *gen_cand(const char *text, int state) {
@@ -921,11 +1026,10 @@ static void free_cand(void) {
 
 static char **complete(const char *text, int start, int end) {
   lua_State *L = repl_L;
-  const char *word = text, *cut, *sepp = NULL;
+  const char *word = text, *cut, *sepp = NULL, *what = "value";
   char *path = NULL;
   char sep[2] = {0, 0};
   int top = lua_gettop(L);
-  CONC_UNUSED(start);
   CONC_UNUSED(end);
   rl_attempted_completion_over = 1;     /* never file names */
   rl_completion_append_character = '\0';
@@ -933,7 +1037,11 @@ static char **complete(const char *text, int start, int end) {
   while ((cut = strstr(word, "..")) != NULL) word = cut + 2;   /* a..b */
   for (const char *p = word; *p; p++)
     if (*p == '.' || *p == ':') sepp = p;
-  if (sepp) {
+  if (sepp == word) {                   /* after "(...)": a call's result? */
+    what = before_sep(rl_line_buffer, start + (int)(word - text), &path);
+    if (what == NULL) return NULL;      /* never the globals */
+    sep[0] = *sepp;
+  } else if (sepp) {
     path = strndup(word, (size_t)(sepp - word));
     sep[0] = *sepp;
     if (path == NULL || strchr(path, ':')) {
@@ -945,8 +1053,9 @@ static char **complete(const char *text, int start, int end) {
   lua_pushstring(L, path ? path : "");
   lua_pushstring(L, sep);
   lua_pushstring(L, sepp ? sepp + 1 : word);
+  lua_pushstring(L, what);
   free(path);
-  if (lua_pcall(L, 3, 1, 0) == LUA_OK && lua_istable(L, -1)) {
+  if (lua_pcall(L, 4, 1, 0) == LUA_OK && lua_istable(L, -1)) {
     size_t keep = (size_t)((sepp ? sepp + 1 : word) - text);
     int cap = 0;
     lua_pushnil(L);
