@@ -296,35 +296,19 @@ static void setup(void) {
 
 /* ------------------------------------------------------------ cases */
 
-static int t_sigkill(void) {
+/* Rounds of TREE ended by signal sig from here, or by the script's own
+** end (how) with exit status code. */
+static int tree(const char *how, int sig, int code) {
   setup();
-  for (int i = 0; i < rounds(3); i++) one_round("TREE", "wait", SIGKILL, 0, 0);
+  for (int i = 0; i < rounds(3); i++) one_round("TREE", how, sig, code, 0);
   return 0;
 }
 
-static int t_sigterm(void) {
-  setup();
-  for (int i = 0; i < rounds(3); i++) one_round("TREE", "wait", SIGTERM, 0, 0);
-  return 0;
-}
-
-static int t_normal_exit(void) {
-  setup();
-  for (int i = 0; i < rounds(3); i++) one_round("TREE", "exit", 0, 0, 0);
-  return 0;
-}
-
-static int t_uncaught_error(void) {
-  setup();
-  for (int i = 0; i < rounds(3); i++) one_round("TREE", "error", 0, 1, 0);
-  return 0;
-}
-
-static int t_osexit_main(void) {
-  setup();
-  for (int i = 0; i < rounds(3); i++) one_round("TREE", "osexit", 0, 0, 0);
-  return 0;
-}
+static int t_sigkill(void) { return tree("wait", SIGKILL, 0); }
+static int t_sigterm(void) { return tree("wait", SIGTERM, 0); }
+static int t_normal_exit(void) { return tree("exit", 0, 0); }
+static int t_uncaught_error(void) { return tree("error", 0, 1); }
+static int t_osexit_main(void) { return tree("osexit", 0, 0); }
 
 /* Children forked while the parent ends: os.exit in a thread, or a
 ** signal, at a random moment while two threads spawn daemons. */
