@@ -365,7 +365,7 @@ int process_child_main(int argc, char **argv) {
   lfd = atoi(argv[4]);
   if (lfd >= 0) {                      /* first of all */
     fcntl(lfd, F_SETFD, FD_CLOEXEC);
-    lifeline_arm(lfd);
+    lifeline_arm(lfd, getpid());
   }
   jfd = atoi(argv[2]);
   rfd = atoi(argv[3]);

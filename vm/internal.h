@@ -530,11 +530,11 @@ int lifeline_make(void);                 /* 0, or -1 and errno */
 int lifeline_take(int *kept);
 void lifeline_given(int fd, int kept, pid_t pid);
 void lifeline_ended(pid_t pid);          /* a child was reaped */
-/* A child arms the read end made for it. */
-void lifeline_arm(int fd);
-/* In the child of any fork; 'mine' is the read end made for a
+/* A child (pid self) arms the read end made for it. */
+void lifeline_arm(int fd, pid_t self);
+/* In the child (self) of any fork; 'mine' is the read end made for a
 ** spawn_process child, else -1. */
-void lifeline_atfork_child(int mine);
+void lifeline_atfork_child(int mine, pid_t self);
 
 /* reap.c */
 void reap_init(void);

@@ -94,12 +94,13 @@ static void atfork_parent(void) {
 /* The child: one thread; the parent's reaper, pool and fds are not its,
 ** nor its lifeline (before any code but these handlers runs). */
 static void atfork_child(void) {
-  atomic_store(&cached_pid, getpid());
+  pid_t self = getpid();
+  atomic_store(&cached_pid, self);
   tls_tid = 0;
   if (atomic_load_explicit(&fork_locked, memory_order_relaxed))
     objreg_unlockall(1);
   lifeline_atfork_child(atomic_load(&spawn_thread) == (uintptr_t)&tls_tid
-                            ? atomic_load(&spawn_lfd) : -1);
+                            ? atomic_load(&spawn_lfd) : -1, self);
   atomic_store(&spawn_lfd, -1);       /* not for the child's own forks */
   threadpool_atfork_child();
   reap_atfork_child();
