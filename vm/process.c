@@ -115,12 +115,14 @@ static pthread_mutex_t fork_mu = PTHREAD_MUTEX_INITIALIZER;
 ** lifeline's write end (lifeline.c). Set under the fork lock, so every
 ** fork that got past it has its handlers run. */
 static _Atomic int forks_closed;
+static _Atomic uintptr_t exit_thread;    /* the one running exit (tls_tid) */
 
 /* At exit (also after os.exit): wait for the non-daemon workers of every
 ** runtime still open, then stop the daemons; then no more forks. */
 static void at_exit(void) {
   rt_exit_all();
   pthread_mutex_lock(&fork_mu);
+  atomic_store(&exit_thread, (uintptr_t)&tls_tid);
   atomic_store(&forks_closed, 1);
   pthread_mutex_unlock(&fork_mu);
 }
@@ -142,11 +144,15 @@ void process_atfork_install(void) {
   pthread_once(&atfork_once, atfork_install_once);
 }
 
-/* A spawn_process that comes after the exit handlers (from a thread,
-** while another thread ends the process) waits for the end, a
-** cancellation point like any wait. */
+/* A spawn_process that comes after the exit handlers from a thread,
+** while another thread ends the process, waits for the end, a
+** cancellation point like any wait. The thread that runs exit (a host's
+** own exit handler closing a state whose finalizer spawns) cannot wait
+** for itself: it gets an error. */
 static int spawn_too_late(lua_State *L, cstate *cs) {
   const char *why;
+  if (atomic_load(&exit_thread) == (uintptr_t)&tls_tid)
+    return luaL_error(L, "cannot start process: the process is exiting");
   cs_waiting(cs, "exit");
   for (;;) {
     uint32_t seen = park_seq(&cs->park);

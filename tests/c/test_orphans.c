@@ -17,6 +17,11 @@
 #include <poll.h>
 #include <sys/prctl.h>
 
+#include <lauxlib.h>
+#include <lua.h>
+#include <lualib.h>
+
+#include "conclua.h"
 #include "runner.h"
 
 #define MAXPIDS 4096
@@ -327,6 +332,32 @@ static int t_killed_while_spawning(void) {
   return 0;
 }
 
+/* A host whose own exit handler closes its state, where a finalizer
+** spawns a process: conclua's exit handler has run by then (it was
+** registered later), forks are over, and the spawn must fail at once
+** rather than wait for an exit that is this very thread's. */
+static lua_State *exit_L;
+
+static void close_at_exit(void) {
+  lua_close(exit_L);
+}
+
+static int t_spawn_from_an_exit_handler(void) {
+  static const char code[] =
+      "late = setmetatable({}, {__gc = function()\n"
+      "  local ok, e = pcall(spawn_process, function() end)\n"
+      "  io.stderr:write(ok and 'spawned\\n' or e .. '\\n')\n"
+      "  if ok then e:join() end\n"
+      "end})\n";
+  atexit(close_at_exit);             /* before conclua's: runs after it */
+  exit_L = luaL_newstate();
+  CHECK(exit_L != NULL);
+  luaL_openlibs(exit_L);
+  conclua_open(exit_L);
+  CHECK(luaL_dostring(exit_L, code) == LUA_OK);
+  return 0;                          /* the runner's exit() does the rest */
+}
+
 static const tcase cases[] = {
     {"parent SIGKILLed: every child gone", t_sigkill, 120},
     {"parent SIGTERMed: every child gone", t_sigterm, 120},
@@ -335,6 +366,8 @@ static const tcase cases[] = {
     {"os.exit in the main thread: every child gone", t_osexit_main, 120},
     {"os.exit in a thread while others spawn", t_osexit_thread_while_spawning, 300},
     {"parent killed while spawning", t_killed_while_spawning, 300},
+    {"spawn_process from an exit handler fails, no hang",
+     t_spawn_from_an_exit_handler, 20},
     {NULL, NULL, 0}};
 
 int main(int argc, char **argv) {
