@@ -144,14 +144,16 @@ void process_atfork_install(void) {
   pthread_once(&atfork_once, atfork_install_once);
 }
 
-/* A spawn_process that comes after the exit handlers from a thread,
-** while another thread ends the process, waits for the end, a
-** cancellation point like any wait. The thread that runs exit (a host's
-** own exit handler closing a state whose finalizer spawns) cannot wait
-** for itself: it gets an error. */
+/* A spawn_process that comes after the exit handlers. In a worker
+** thread, or in the thread that runs exit (a host's own exit handler
+** closing a state whose finalizer spawns), it fails: a host's handler
+** may still wait for the workers, and a thread cannot wait for its own
+** exit. The main or a host thread, while another thread ends the
+** process, waits for the end (a cancellation point like any wait): an
+** error there would end it, and its process, a second time. */
 static int spawn_too_late(lua_State *L, cstate *cs) {
   const char *why;
-  if (atomic_load(&exit_thread) == (uintptr_t)&tls_tid)
+  if (cs->self || atomic_load(&exit_thread) == (uintptr_t)&tls_tid)
     return luaL_error(L, "cannot start process: the process is exiting");
   cs_waiting(cs, "exit");
   for (;;) {

@@ -358,6 +358,28 @@ static int t_spawn_from_an_exit_handler(void) {
   return 0;                          /* the runner's exit() does the rest */
 }
 
+/* os.exit in a daemon thread while a worker thread spawns in a loop, in
+** a host whose exit handler then closes the state (and so waits for the
+** workers that are not daemons): the worker's next spawn fails, it
+** ends, the wait ends. (With a thread that is not a daemon calling
+** os.exit, that wait would wait for it too: a hang of its own.) */
+static int t_exit_while_a_worker_spawns(void) {
+  static const char code[] =
+      "spawn_thread(function()\n"
+      "  while true do spawn_process(function() end):join() end\n"
+      "end)\n"
+      "spawn_thread({daemon = true}, function() conc.sleep(0.2) os.exit(0) end)\n";
+  atexit(close_at_exit);
+  exit_L = luaL_newstate();
+  CHECK(exit_L != NULL);
+  luaL_openlibs(exit_L);
+  conclua_open(exit_L);
+  CHECK(luaL_dostring(exit_L, code) == LUA_OK);
+  runner_sleep(15);                  /* os.exit ends the case before */
+  FAIL("os.exit in the thread did not end the process");
+  return 1;
+}
+
 static const tcase cases[] = {
     {"parent SIGKILLed: every child gone", t_sigkill, 120},
     {"parent SIGTERMed: every child gone", t_sigterm, 120},
@@ -368,6 +390,8 @@ static const tcase cases[] = {
     {"parent killed while spawning", t_killed_while_spawning, 300},
     {"spawn_process from an exit handler fails, no hang",
      t_spawn_from_an_exit_handler, 20},
+    {"os.exit while a worker thread spawns, then lua_close at exit",
+     t_exit_while_a_worker_spawns, 20},
     {NULL, NULL, 0}};
 
 int main(int argc, char **argv) {
