@@ -153,7 +153,10 @@ scenario("orphans_thread_retired", 1, function()
   local p = spawn_thread(function(ev)
     return spawn_process(function() ev:wait(60) return "still here" end)
   end, ev):join()
-  local t0 = conc.now()
+  local t0 = conc.now()         -- its OS thread goes back to the pool...
+  while conc._stats().idle == 0 and conc.now() - t0 < 5 do conc.sleep(0.01) end
+  assert(conc._stats().idle > 0, "the OS thread never went idle")
+  t0 = conc.now()               -- ...and retires after 5 idle seconds
   while conc._stats().idle > 0 and conc.now() - t0 < 30 do conc.sleep(0.1) end
   assert(conc._stats().idle == 0, "the pooled OS thread never retired")
   assert(p:alive(), "the child died with the thread that forked it")
