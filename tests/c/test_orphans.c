@@ -342,6 +342,16 @@ static void close_at_exit(void) {
   lua_close(exit_L);
 }
 
+/* A host state that an exit handler of the host closes, running code. */
+static void exit_host(const char *code) {
+  atexit(close_at_exit);             /* before conclua's: runs after it */
+  exit_L = luaL_newstate();
+  CHECK(exit_L != NULL);
+  luaL_openlibs(exit_L);
+  conclua_open(exit_L);
+  CHECK(luaL_dostring(exit_L, code) == LUA_OK);
+}
+
 static int t_spawn_from_an_exit_handler(void) {
   static const char code[] =
       "late = setmetatable({}, {__gc = function()\n"
@@ -349,12 +359,7 @@ static int t_spawn_from_an_exit_handler(void) {
       "  io.stderr:write(ok and 'spawned\\n' or e .. '\\n')\n"
       "  if ok then e:join() end\n"
       "end})\n";
-  atexit(close_at_exit);             /* before conclua's: runs after it */
-  exit_L = luaL_newstate();
-  CHECK(exit_L != NULL);
-  luaL_openlibs(exit_L);
-  conclua_open(exit_L);
-  CHECK(luaL_dostring(exit_L, code) == LUA_OK);
+  exit_host(code);
   return 0;                          /* the runner's exit() does the rest */
 }
 
@@ -369,12 +374,7 @@ static int t_exit_while_a_worker_spawns(void) {
       "  while true do spawn_process(function() end):join() end\n"
       "end)\n"
       "spawn_thread({daemon = true}, function() conc.sleep(0.2) os.exit(0) end)\n";
-  atexit(close_at_exit);
-  exit_L = luaL_newstate();
-  CHECK(exit_L != NULL);
-  luaL_openlibs(exit_L);
-  conclua_open(exit_L);
-  CHECK(luaL_dostring(exit_L, code) == LUA_OK);
+  exit_host(code);
   runner_sleep(15);                  /* os.exit ends the case before */
   FAIL("os.exit in the thread did not end the process");
   return 1;
