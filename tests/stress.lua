@@ -126,6 +126,44 @@ scenario("spawns", 10000, function(run, runs)
   end
 end)
 
+-- No child outlives its parent: test_orphans (a C test, the subreaper
+-- that adopts what a killed conclua leaves), each case in turn with 5
+-- times the rounds of make test: hundreds of parents ended while they
+-- spawn, by os.exit in a thread, by SIGTERM and by SIGKILL.
+local orphan_cases = {
+  "parent SIGKILLed: every child gone", "parent SIGTERMed: every child gone",
+  "parent exits: every child gone", "parent fails: every child gone",
+  "os.exit in the main thread: every child gone",
+  "os.exit in a thread while others spawn", "parent killed while spawning",
+}
+scenario("orphans", 2 * #orphan_cases, function(run)
+  local exe = (os.getenv("CONCLUA_BUILD") or "build") .. "/tests/test_orphans"
+  local case = orphan_cases[(run - 1) % #orphan_cases + 1]
+  local f = assert(io.popen("CONCLUA_ROUNDS=5 " .. exe .. " '" .. case .. "' 2>&1"))
+  local out = f:read("a")
+  local ok = f:close()
+  assert(ok and out:find("# 1 passed, 0 failed", 1, true), out)
+end)
+
+-- The other way round: a child forked from a thread lives on once that
+-- thread has ended and its OS thread has retired from the pool (after 5
+-- idle seconds), as long as the parent process does.
+scenario("orphans_thread_retired", 1, function()
+  local ev = conc.event()
+  local p = spawn_thread(function(ev)
+    return spawn_process(function() ev:wait(60) return "still here" end)
+  end, ev):join()
+  local t0 = conc.now()         -- its OS thread goes back to the pool...
+  while conc._stats().idle == 0 and conc.now() - t0 < 5 do conc.sleep(0.01) end
+  assert(conc._stats().idle > 0, "the OS thread never went idle")
+  t0 = conc.now()               -- ...and retires after 5 idle seconds
+  while conc._stats().idle > 0 and conc.now() - t0 < 30 do conc.sleep(0.1) end
+  assert(conc._stats().idle == 0, "the pooled OS thread never retired")
+  assert(p:alive(), "the child died with the thread that forked it")
+  ev:set()
+  assert(p:join() == "still here")
+end)
+
 -- Forks taken while four threads hammer channels: no deadlock.
 scenario("fork_hammer", 200, function(run)
   if run == 1 then

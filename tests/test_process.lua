@@ -256,6 +256,66 @@ T.test("daemon children are terminated when the parent exits", function()
   os.remove(script)
 end)
 
+-- Whether a pid is a process still running (a zombie has ended).
+local function running(pid)
+  local f = io.open("/proc/" .. pid .. "/stat")
+  if not f then return false end
+  local st = f:read("a"):match("^%d+ %b() (%a)")
+  f:close()
+  return st ~= nil and st ~= "Z" and st ~= "X"
+end
+
+T.test("a script killed with SIGKILL takes its workers with it", function()
+  -- what a user writes: a pool of processes, a daemon logger, a helper
+  -- started from a thread; then the script is killed
+  local script = T.tmpfile([[
+    local pool = require "conc.pool"
+    local log = conc.queue()
+    local logger = spawn_process({daemon = true}, function()
+      for line in log:iter() do io.stderr:write(line, "\n") end
+    end)
+    local crunch = pool.processes(2)
+    local squares = crunch:map(function(x) return x * x end, {1, 2, 3, 4})
+    log:send("squares: " .. table.concat(squares, " "))
+    local helper = spawn_thread(function()
+      return spawn_process(function() conc.sleep(60) end).pid
+    end):join()
+    local pids = {logger.pid, helper}
+    for _, w in ipairs(conc.workers()) do
+      if w.kind == "process" and w.name:find("pool") then pids[#pids + 1] = w.pid end
+    end
+    print(table.concat(pids, " "))
+    io.stdout:flush()
+    conc.sleep(60)
+  ]])
+  local out = os.tmpname()
+  local pid = tonumber((T.sh(T.q(T.conclua) .. " " .. script .. " > " .. out ..
+                             " 2>/dev/null & echo $!")))
+  local pids, t0 = nil, conc.now()
+  repeat
+    conc.sleep(0.02)
+    local text = T.readfile(out) or ""
+    if text:find("\n") then pids = text end
+  until pids or conc.now() - t0 > 30
+  T.ok(pids, "the script never printed its workers")
+  local list = {}
+  for p in pids:gmatch("%d+") do list[#list + 1] = tonumber(p) end
+  T.eq(#list, 4)
+  for _, p in ipairs(list) do T.ok(running(p), "worker " .. p .. " not running") end
+  os.execute("kill -KILL " .. pid)
+  local left
+  t0 = conc.now()
+  repeat
+    left = {}
+    for _, p in ipairs(list) do if running(p) then left[#left + 1] = p end end
+    if #left > 0 then conc.sleep(0.02) end
+  until #left == 0 or conc.now() - t0 > 2
+  for _, p in ipairs(left) do os.execute("kill -KILL " .. p) end
+  T.eq(#left, 0, "workers still running 2 s after the parent was killed")
+  os.remove(script)
+  os.remove(out)
+end)
+
 T.test("the parent waits for non-daemon children at exit", function()
   local script = T.tmpfile([[
     spawn_process(function() conc.sleep(0.2) print("child done") end)

@@ -238,11 +238,12 @@ const char *conclua_exe(char *buf, size_t n) {
 }
 
 /* Everything a fresh conclua needs, in one pipe write: key, id, name,
-** package paths, then fn and its arguments. */
+** package paths, then fn and its arguments. Hands lfd, the lifeline
+** read end for the child (or -1), back, whatever happens. */
 int spawn_exec(lua_State *L, cstate *cs, worker *w, int fi, int n,
-                      const char *exe, int rfd[2]) {
+                      const char *exe, int rfd[2], int lfd, int lkept) {
   int jfd[2];
-  char err[512], fdarg[2][16];
+  char err[512], fdarg[3][16];
   mbuf b;
   unsigned char key[16];
   char *path = NULL, *cpath = NULL;
@@ -254,13 +255,16 @@ int spawn_exec(lua_State *L, cstate *cs, worker *w, int fi, int n,
     mbuf_free(&b);
     fd_close(rfd[0]);
     fd_close(rfd[1]);
+    lifeline_given(lfd, lkept, -1);
     return luaL_error(L, "%s", err);
   }
   if (fd_pipe(jfd) != 0) {
+    int e = errno;
     mbuf_free(&b);
     fd_close(rfd[0]);
     fd_close(rfd[1]);
-    return luaL_error(L, "cannot start process: %s", strerror(errno));
+    lifeline_given(lfd, lkept, -1);
+    return luaL_error(L, "cannot start process: %s", strerror(e));
   }
   lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
   if (lua_getfield(L, -1, LUA_LOADLIBNAME) == LUA_TTABLE) {
@@ -273,25 +277,29 @@ int spawn_exec(lua_State *L, cstate *cs, worker *w, int fi, int n,
   lua_pop(L, 2);
   snprintf(fdarg[0], sizeof fdarg[0], "%d", jfd[0]);
   snprintf(fdarg[1], sizeof fdarg[1], "%d", rfd[1]);
+  snprintf(fdarg[2], sizeof fdarg[2], "%d", lfd);
   {
     /* dup2 of an fd onto itself clears its close-on-exec flag: the two
-    ** pipe ends, and only they, cross the exec */
+    ** pipe ends and the lifeline's read end, and only they, cross the
+    ** exec */
     posix_spawn_file_actions_t fa;
     posix_spawnattr_t sa;
     sigset_t all, none;
-    char *args[5];
+    char *args[6];
     int e;
     args[0] = (char *)exe;
     args[1] = (char *)"--conc-child";
     args[2] = fdarg[0];
     args[3] = fdarg[1];
-    args[4] = NULL;
+    args[4] = fdarg[2];
+    args[5] = NULL;
     sigfillset(&all);
     sigemptyset(&none);
     if (atomic_load(&children_ignore_sigint)) sigaddset(&none, SIGINT);
     posix_spawn_file_actions_init(&fa);
     posix_spawn_file_actions_adddup2(&fa, jfd[0], jfd[0]);
     posix_spawn_file_actions_adddup2(&fa, rfd[1], rfd[1]);
+    if (lfd >= 0) posix_spawn_file_actions_adddup2(&fa, lfd, lfd);
     posix_spawnattr_init(&sa);
     posix_spawnattr_setflags(&sa, POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK);
     posix_spawnattr_setsigdefault(&sa, &all);
@@ -307,6 +315,7 @@ int spawn_exec(lua_State *L, cstate *cs, worker *w, int fi, int n,
   }
   fd_close(jfd[0]);
   fd_close(rfd[1]);
+  lifeline_given(lfd, lkept, pid);
   if (pid < 0) {
     int e = errno;
     fd_close(jfd[1]);
@@ -339,9 +348,10 @@ int spawn_exec(lua_State *L, cstate *cs, worker *w, int fi, int n,
 
 /* ------------------------------------------------------------ spawned */
 
-/* The child side of start = "spawn": conclua --conc-child JOBFD RESFD. */
+/* The child side of start = "spawn": conclua --conc-child JOBFD RESFD
+** LIFELINEFD. */
 int process_child_main(int argc, char **argv) {
-  int jfd, rfd, n;
+  int jfd, rfd, lfd, n;
   unsigned char key[16];
   int64_t id;
   uint64_t lens[4];
@@ -351,7 +361,12 @@ int process_child_main(int argc, char **argv) {
   rt *r;
   worker *w;
   char err[256];
-  if (argc < 4) return 2;
+  if (argc < 5) return 2;
+  lfd = atoi(argv[4]);
+  if (lfd >= 0) {                      /* first of all */
+    fcntl(lfd, F_SETFD, FD_CLOEXEC);
+    lifeline_arm(lfd, getpid());
+  }
   jfd = atoi(argv[2]);
   rfd = atoi(argv[3]);
   fcntl(jfd, F_SETFD, FD_CLOEXEC);

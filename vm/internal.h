@@ -568,7 +568,22 @@ void child_run(lua_State *L, cstate *cs, worker *w, int fd, int first, int n,
                const sigset_t *mask);
 const char *conclua_exe(char *buf, size_t n);
 int spawn_exec(lua_State *L, cstate *cs, worker *w, int fi, int n,
-               const char *exe, int rfd[2]);
+               const char *exe, int rfd[2], int lfd, int lkept);
+
+/* lifeline.c: a child dies with its parent, however the parent ends. */
+void lifeline_init(void);                /* once, before the first fork */
+int lifeline_make(void);                 /* 0, or -1 and errno */
+/* A read end for one child to arm, or -1 and errno (ENOENT, EACCES: no
+** /proc, the child goes unguarded). Hand it back with lifeline_given
+** once the child has it (pid; -1 if no child was made). */
+int lifeline_take(int *kept);
+void lifeline_given(int fd, int kept, pid_t pid);
+void lifeline_ended(pid_t pid);          /* a child was reaped */
+/* A child (pid self) arms the read end made for it. */
+void lifeline_arm(int fd, pid_t self);
+/* In the child (self) of any fork; 'mine' is the read end made for a
+** spawn_process child, else -1. */
+void lifeline_atfork_child(int mine, pid_t self);
 
 /* reap.c */
 void reap_init(void);

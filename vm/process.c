@@ -13,7 +13,9 @@
 ** sibling inherits it. Watching the child, draining its answer, reaping
 ** it is reap.c's; the record then ends like a thread's, so processes look
 ** like threads to joins, selects and the wait at exit.
-** start = "spawn" executes a fresh conclua instead (child.c).
+** start = "spawn" executes a fresh conclua instead (child.c). Either way
+** the child hangs on the parent's lifeline (lifeline.c), which kills it
+** when the parent process ends, however it ends.
 ** A process with one thread skips those locks: no other thread can hold
 ** one or print meanwhile, and each lock written is a page the parent
 ** then copies on write while the child lives (a fault that costs tens of
@@ -72,28 +74,57 @@ static void atfork_prepare(void) {
 
 _Atomic unsigned conc_forkgen;      /* forks this process made */
 
+/* Set around the fork of spawn_process (under the fork lock when there
+** are threads): the lifeline read end made for the child, and which
+** thread forks it (the address of its tls_tid: fork keeps it, no other
+** thread has it), so the child knows it is a spawn_process child and not
+** popen's or a host's fork in another thread. Not thread-local: the
+** parent resets it after the fork, and this page is written then anyway
+** (conc_forkgen), a TLS page not: every page the parent writes while the
+** child lives is a copy-on-write fault. */
+static _Atomic int spawn_lfd = -1;
+static _Atomic uintptr_t spawn_thread;
+
 static void atfork_parent(void) {
   atomic_fetch_add(&conc_forkgen, 1);
   if (atomic_load_explicit(&fork_locked, memory_order_relaxed))
     objreg_unlockall(0);
 }
 
-/* The child: one thread; the parent's reaper, pool and fds are not its. */
+/* The child: one thread; the parent's reaper, pool and fds are not its,
+** nor its lifeline (before any code but these handlers runs). */
 static void atfork_child(void) {
-  atomic_store(&cached_pid, getpid());
+  pid_t self = getpid();
+  atomic_store(&cached_pid, self);
   tls_tid = 0;
   if (atomic_load_explicit(&fork_locked, memory_order_relaxed))
     objreg_unlockall(1);
+  lifeline_atfork_child(atomic_load(&spawn_thread) == (uintptr_t)&tls_tid
+                            ? atomic_load(&spawn_lfd) : -1, self);
+  atomic_store(&spawn_lfd, -1);       /* not for the child's own forks */
   threadpool_atfork_child();
   reap_atfork_child();
 }
 
 static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
 
+static pthread_mutex_t fork_mu = PTHREAD_MUTEX_INITIALIZER;
+
+/* No fork once the exit handlers are done: after them, exit unregisters
+** the atfork handlers, and a child forked without them would keep the
+** lifeline's write end (lifeline.c). Set under the fork lock, so every
+** fork that got past it has its handlers run. */
+static _Atomic int forks_closed;
+static _Atomic uintptr_t exit_thread;    /* the one running exit (tls_tid) */
+
 /* At exit (also after os.exit): wait for the non-daemon workers of every
-** runtime still open, then stop the daemons. */
+** runtime still open, then stop the daemons; then no more forks. */
 static void at_exit(void) {
   rt_exit_all();
+  pthread_mutex_lock(&fork_mu);
+  atomic_store(&exit_thread, (uintptr_t)&tls_tid);
+  atomic_store(&forks_closed, 1);
+  pthread_mutex_unlock(&fork_mu);
 }
 
 static void atfork_install_once(void) {
@@ -103,6 +134,8 @@ static void atfork_install_once(void) {
   ** other's functions */
   marshal_key(key);
   reap_init();
+  lifeline_init();
+  lifeline_make();        /* now, not at the first spawn: fds stay put */
   pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
   atexit(at_exit);
 }
@@ -111,12 +144,31 @@ void process_atfork_install(void) {
   pthread_once(&atfork_once, atfork_install_once);
 }
 
-static pthread_mutex_t fork_mu = PTHREAD_MUTEX_INITIALIZER;
+/* A spawn_process that comes after the exit handlers. In a worker
+** thread, or in the thread that runs exit (a host's own exit handler
+** closing a state whose finalizer spawns), it fails: a host's handler
+** may still wait for the workers, and a thread cannot wait for its own
+** exit. The main or a host thread, while another thread ends the
+** process, waits for the end (a cancellation point like any wait): an
+** error there would end it, and its process, a second time. */
+static int spawn_too_late(lua_State *L, cstate *cs) {
+  const char *why;
+  if (cs->self || atomic_load(&exit_thread) == (uintptr_t)&tls_tid)
+    return luaL_error(L, "cannot start process: the process is exiting");
+  cs_waiting(cs, "exit");
+  for (;;) {
+    uint32_t seen = park_seq(&cs->park);
+    if ((why = cs_stopreason(cs)) != NULL) break;
+    park_sleep(&cs->park, seen, NULL);
+  }
+  cs_waiting(cs, NULL);
+  return cs_raisestop(L, cs, why);
+}
 
 int process_spawn(lua_State *L) {
   cstate *cs = conc_cs(L);
   const char *name = NULL, *start = "fork", *exe = NULL;
-  int daemon = 0, fi = 1, n, rfd[2];
+  int daemon = 0, fi = 1, n, rfd[2], lfd, lkept;
   char exebuf[512];
   worker *w;
   pid_t pid;
@@ -139,8 +191,15 @@ int process_spawn(lua_State *L) {
   obj_release(&w->obj);
   if (fd_pipe(rfd) != 0)
     return luaL_error(L, "cannot start process: %s", strerror(errno));
+  /* no /proc: the child goes unguarded; any other failure is the fds' */
+  if ((lfd = lifeline_take(&lkept)) < 0 && errno != ENOENT && errno != EACCES) {
+    int e = errno;
+    fd_close(rfd[0]);
+    fd_close(rfd[1]);
+    return luaL_error(L, "cannot start process: %s", strerror(e));
+  }
   if (start[0] == 's') {
-    spawn_exec(L, cs, w, fi, n, exe, rfd);
+    spawn_exec(L, cs, w, fi, n, exe, rfd, lfd, lkept);
     pid = w->pid;
   } else {
     /* no other thread may buffer output between the flush and the fork;
@@ -148,14 +207,25 @@ int process_spawn(lua_State *L) {
     sigset_t all, old;
     int alone = __libc_single_threaded;
     sigfillset(&all);
+    if (!alone) pthread_mutex_lock(&fork_mu);
+    if (atomic_load(&forks_closed)) {
+      if (!alone) pthread_mutex_unlock(&fork_mu);
+      fd_close(rfd[0]);
+      fd_close(rfd[1]);
+      lifeline_given(lfd, lkept, -1);
+      return spawn_too_late(L, cs);
+    }
     if (!alone) {
-      pthread_mutex_lock(&fork_mu);
       flockfile(stdout);
       flockfile(stderr);
     }
     fflush(NULL);
     pthread_sigmask(SIG_SETMASK, &all, &old);
+    atomic_store_explicit(&spawn_lfd, lfd, memory_order_relaxed);
+    atomic_store_explicit(&spawn_thread, (uintptr_t)&tls_tid,
+                          memory_order_relaxed);
     pid = fork();
+    if (pid != 0) atomic_store_explicit(&spawn_lfd, -1, memory_order_relaxed);
     if (!alone) {
       funlockfile(stderr);
       funlockfile(stdout);
@@ -170,6 +240,7 @@ int process_spawn(lua_State *L) {
     ** which is why the child's end is learned from its pidfd, not from
     ** end of file on the pipe */
     fd_close(rfd[1]);
+    lifeline_given(lfd, lkept, pid);   /* the child arms its copy */
     if (!alone) pthread_mutex_unlock(&fork_mu);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     if (pid < 0) {
@@ -187,6 +258,7 @@ int process_spawn(lua_State *L) {
     int e = errno;
     kill(pid, SIGKILL);
     waitpid(pid, NULL, 0);
+    lifeline_ended(pid);
     fd_close(w->rfd);
     w->rfd = -1;
     worker_finish(w, W_KILLED, NULL, strdup("process: cannot watch it"));
@@ -328,17 +400,18 @@ static int own_daemon_process(worker *w) {
 void process_stop_daemons(rt *r) {
   int n;
   worker **v = rt_pick(r, own_daemon_process, &n);
+  deadline d;
   for (int i = 0; i < n; i++) process_signal(v[i], SIGTERM);
+  deadline_in(&d, 1.0);               /* one second for them all */
   for (int i = 0; i < n; i++) {
-    deadline d;
     parker p;
     const char *why;
     park_init(&p);
-    deadline_in(&d, 1.0);
     if (process_wait(NULL, &p, v[i], &d, &why) != 1) {
+      deadline forever;
       process_signal(v[i], SIGKILL);
-      deadline_in(&d, -1);
-      process_wait(NULL, &p, v[i], &d, &why);
+      deadline_in(&forever, -1);
+      process_wait(NULL, &p, v[i], &forever, &why);
     }
     park_destroy(&p);
     obj_release(&v[i]->obj);

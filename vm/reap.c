@@ -218,6 +218,7 @@ static int proc_step(worker *w) {
   }
   pthread_mutex_unlock(&w->mu);
   if (!w->reaped) return 0;
+  lifeline_ended(w->pid);
   if (w->rfd >= 0) {
     drain(w);
     fd_close(w->rfd);

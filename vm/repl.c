@@ -2,10 +2,12 @@
 ** repl.c
 ** The interactive loop of the conclua command.
 **
-** A line that is an expression prints its values (pretty.c shows tables);
-** a statement runs silently; an incomplete chunk asks for more lines on
-** the second prompt until it compiles. Errors print with their traceback
-** and the loop goes on.
+** A chunk prints the values it returns (pretty.c shows tables), as in
+** lua5.4: a line that is an expression runs as "return <line>", so its
+** values print; a statement prints what a return at its end gives
+** (return 1, 2), else nothing. An incomplete chunk asks for more lines
+** on the second prompt until it compiles. Errors print with their
+** traceback and the loop goes on.
 **
 ** DESIGN. On a terminal, input comes through GNU readline's callback
 ** interface: the loop sleeps in poll() on stdin and on a self-pipe that
@@ -18,15 +20,18 @@
 ** Processes spawned meanwhile ignore SIGINT (process_ignore_sigint): the
 ** terminal sends it to them too, and Ctrl-C is the REPL's.
 ** The poll also wakes every NOTICE_MS to tell about workers that failed
-** with nobody joining them, above the line being edited.
+** with nobody joining them, above the line being edited, and it watches
+** the children that no thread watches (their result pipes and pidfds),
+** so that one that ends is reaped, and told about if it failed, at once.
 ** History is readline's list, loaded from and appended to a file one
 ** entry a line (newlines and backslashes escaped, so a multi-line chunk
 ** stays one entry); only chunks that compiled go to the file, and it is
 ** cut back to HISTORY_MAX entries when a session starts and ends.
 ** Tab completion resolves the dotted name before the cursor without
 ** running Lua code (raw reads, __index tables, conc handles' method
-** lists). At end of input the loop says which workers it waits for, and
-** Ctrl-C during that wait stops them.
+** lists); after a call, only a conc constructor's result is known (the
+** kind it makes). At end of input the loop says which workers it waits
+** for, and Ctrl-C during that wait stops them.
 ** Without a terminal there is no readline, no prompt and no history:
 ** lines are read with getline and evaluated the same way.
 */
@@ -347,6 +352,79 @@ static void notice_at_prompt(lua_State *L) {
   rl_redisplay();
 }
 
+/* The prompt watches the running children that no thread watches (a
+** join, a select, the reaper): their result pipe and pidfd go into its
+** poll, so one that ends is reaped at once and, if it failed, reported
+** (nothing else would look at it before some later conc call). */
+typedef struct watchset {
+  worker **v;                  /* the children, retained */
+  int n;
+  struct pollfd *fds;          /* stdin, the self-pipe, then theirs */
+  int *of;                     /* fds[i] belongs to v[of[i]] (i >= 2) */
+  int nfds;
+} watchset;
+
+static int running_child(worker *w) {
+  return w->obj.kind == K_PROCESS && w->owner == conc_getpid() &&
+         worker_status(w) == W_RUNNING;
+}
+
+/* 0, or -1 when out of memory (then only stdin and the self-pipe). */
+static int watch_begin(lua_State *L, watchset *ws) {
+  static struct pollfd two[2];
+  cstate *cs = cs_of(L);
+  memset(ws, 0, sizeof *ws);
+  if (cs) ws->v = rt_pick(cs->rt, running_child, &ws->n);
+  ws->fds = malloc(sizeof *ws->fds * (size_t)(2 + 2 * ws->n));
+  ws->of = malloc(sizeof *ws->of * (size_t)(2 + 2 * ws->n));
+  if (ws->fds == NULL || ws->of == NULL) {
+    free(ws->fds);
+    free(ws->of);
+    ws->fds = two;
+    ws->of = NULL;
+  }
+  ws->fds[0].fd = STDIN_FILENO;
+  ws->fds[0].events = POLLIN;
+  ws->fds[1].fd = sigfd[0];
+  ws->fds[1].events = POLLIN;
+  ws->nfds = 2;
+  for (int i = 0; ws->of && i < ws->n; i++) {
+    int f[2], k = proc_sel_fds(&ws->v[i]->obj, f);
+    for (int j = 0; j < k; j++) {
+      ws->fds[ws->nfds].fd = f[j];
+      ws->fds[ws->nfds].events = POLLIN;
+      ws->of[ws->nfds++] = i;
+    }
+  }
+  return ws->of ? 0 : -1;
+}
+
+/* After the poll: steps the children that had news; 1 if one ended. */
+static int watch_end(watchset *ws) {
+  int ended = 0, last = -1;
+  for (int i = 2; i < ws->nfds; i++)
+    if (ws->fds[i].revents && ws->of[i] != last) {
+      last = ws->of[i];
+      ended |= process_poll(ws->v[last]);
+    }
+  for (int i = 0; i < ws->n; i++) obj_release(&ws->v[i]->obj);
+  free(ws->v);
+  if (ws->of) {
+    free(ws->fds);
+    free(ws->of);
+  }
+  return ended;
+}
+
+/* Before a prompt: children that ended while a chunk ran are reaped (and
+** their failures then reported). */
+static void poll_children(lua_State *L) {
+  watchset ws;
+  watch_begin(L, &ws);
+  for (int i = 2; i < ws.nfds; i++) ws.fds[i].revents = POLLIN;
+  watch_end(&ws);
+}
+
 static int tty_line(lua_State *L, const char *prompt, char **out) {
   got_line = NULL;
   got_done = 0;
@@ -356,24 +434,27 @@ static int tty_line(lua_State *L, const char *prompt, char **out) {
   rl_started = 1;
   rl_callback_handler_install(prompt, on_line);
   while (!got_done) {
-    struct pollfd fds[2];
-    int r;
-    fds[0].fd = STDIN_FILENO;
-    fds[0].events = POLLIN;
-    fds[1].fd = sigfd[0];
-    fds[1].events = POLLIN;
-    r = poll(fds, 2, NOTICE_MS);
-    if (r < 0 && errno != EINTR) {
+    watchset ws;
+    int r, e, ended, in, sig;
+    watch_begin(L, &ws);
+    r = poll(ws.fds, (nfds_t)ws.nfds, NOTICE_MS);
+    e = errno;
+    if (r < 0)
+      for (int i = 0; i < ws.nfds; i++) ws.fds[i].revents = 0;
+    in = ws.fds[0].revents;
+    sig = ws.fds[1].revents;
+    ended = watch_end(&ws);
+    if (r < 0 && e != EINTR) {
       rl_callback_handler_remove();
       return IN_EOF;
     }
-    if (r == 0) notice_at_prompt(L);
+    if (r == 0 || ended) notice_at_prompt(L);
     if (r <= 0) continue;
-    if ((fds[1].revents & POLLIN) && drain_signals()) {
+    if ((sig & POLLIN) && drain_signals()) {
       cancel_line();
       return IN_INTR;
     }
-    if (fds[0].revents & (POLLIN | POLLHUP | POLLERR)) rl_callback_read_char();
+    if (in & (POLLIN | POLLHUP | POLLERR)) rl_callback_read_char();
   }
   using_history();
   if (got_line == NULL) {          /* Ctrl-D: end the line on the screen */
@@ -462,10 +543,10 @@ static int incomplete(lua_State *L, int status) {
   return 0;
 }
 
-/* Reads and compiles one chunk. LUA_OK: the function on top (*expr says
-** whether it returns the values of an expression); LUA_ERRSYNTAX: the
+/* Reads and compiles one chunk. LUA_OK: the function on top (an
+** expression is compiled as "return <expression>"); LUA_ERRSYNTAX: the
 ** message on top; CHUNK_EOF or CHUNK_INTR: nothing pushed. */
-static int readchunk(lua_State *L, int *expr) {
+static int readchunk(lua_State *L) {
   int r = pushline(L, 1), retmore = 0;
   if (r != IN_LINE) return r == IN_EOF ? CHUNK_EOF : CHUNK_INTR;
   for (;;) {
@@ -477,7 +558,6 @@ static int readchunk(lua_State *L, int *expr) {
       lua_remove(L, -2);                      /* the "return" text */
       hist_add(buf, 1);
       lua_remove(L, -2);                      /* buf */
-      *expr = 1;
       return LUA_OK;
     }
     more = incomplete(L, st);
@@ -487,7 +567,6 @@ static int readchunk(lua_State *L, int *expr) {
     if (st == LUA_OK) {
       hist_add(buf, 1);
       lua_remove(L, -2);
-      *expr = 0;
       return LUA_OK;
     }
     if (!(more || incomplete(L, st))) {
@@ -609,7 +688,8 @@ static void report(lua_State *L) {
   lua_pop(L, 1);
 }
 
-static void evaluate(lua_State *L, int expr) {
+/* Runs the chunk on top and prints what it returned, if anything. */
+static void evaluate(lua_State *L) {
   int base = lua_gettop(L) - 1, st;
   if (tty && take_interrupt()) {
     lua_settop(L, base);
@@ -618,7 +698,7 @@ static void evaluate(lua_State *L, int expr) {
     return;
   }
   st = docall(L, 0, LUA_MULTRET);
-  if (st == LUA_OK && expr && lua_gettop(L) > base) {
+  if (st == LUA_OK && lua_gettop(L) > base) {
     int n = lua_gettop(L) - base;
     if (!lua_checkstack(L, LUA_MINSTACK)) {   /* an error, not the end */
       lua_settop(L, base);
@@ -703,19 +783,36 @@ static int is_name(const char *s) {
   return 1;
 }
 
-/* Adds the identifier keys of the table at t (functions only if 'meth'). */
+/* Adds the identifier keys of the table at t (functions only if 'meth').
+** Names of metamethods (__index, __close...) a user seldom means: only
+** once "__" is typed. */
 static void add_keys(lua_State *L, int t, int set, const char *prefix,
                      int meth) {
   size_t pl = strlen(prefix);
+  int meta = strncmp(prefix, "__", 2) == 0;
   lua_pushnil(L);
   while (lua_next(L, t)) {
     if (lua_type(L, -2) == LUA_TSTRING) {
       const char *k = lua_tostring(L, -2);
       if (strncmp(k, prefix, pl) == 0 && is_name(k) &&
+          (meta || strncmp(k, "__", 2) != 0) &&
           (!meth || lua_type(L, -1) == LUA_TFUNCTION))
         add_cand(L, set, k);
     }
     lua_pop(L, 1);
+  }
+}
+
+/* The methods (and, unless 'meth', fields) of a conc handle of kind k. */
+static void add_kind_members(lua_State *L, int kind, int set,
+                             const char *prefix, int meth) {
+  const luaL_Reg *m = conc_kinds[kind]->methods;
+  size_t pl = strlen(prefix);
+  for (; m && m->name; m++)
+    if (strncmp(m->name, prefix, pl) == 0) add_cand(L, set, m->name);
+  if (!meth) {
+    for (const char *const *f = handle_fields(kind); *f; f++)
+      if (strncmp(*f, prefix, pl) == 0) add_cand(L, set, *f);
   }
 }
 
@@ -724,16 +821,9 @@ static void add_members(lua_State *L, int v, int set, const char *prefix,
                         int meth) {
   cstate *cs = cs_of(L);
   cobj *o;
-  size_t pl = strlen(prefix);
   v = lua_absindex(L, v);
   if (cs && (o = obj_test(L, cs, v)) != NULL) {
-    const luaL_Reg *m = conc_kinds[o->kind]->methods;
-    for (; m && m->name; m++)
-      if (strncmp(m->name, prefix, pl) == 0) add_cand(L, set, m->name);
-    if (!meth) {
-      for (const char *const *f = handle_fields(o->kind); *f; f++)
-        if (strncmp(*f, prefix, pl) == 0) add_cand(L, set, *f);
-    }
+    add_kind_members(L, o->kind, set, prefix, meth);
     return;
   }
   lua_pushvalue(L, v);
@@ -746,14 +836,51 @@ static void add_members(lua_State *L, int v, int set, const char *prefix,
   lua_pop(L, 1);
 }
 
-/* complete(path, sep, prefix) -> a set of names: the globals and
-** keywords (sep ""), or the members of the value at path. */
+/* The kind of handle that calling the function at f makes, if it is a
+** conc constructor: a function of the conc table named after a kind
+** (conc.channel makes a channel), or spawn_thread / spawn_process (the
+** globals or conc's). -1 for anything else. Nothing is called. */
+static int made_kind(lua_State *L, int f) {
+  char made[32] = "";
+  int top = lua_gettop(L), kind = -1;
+  f = lua_absindex(L, f);
+  if (!lua_iscfunction(L, f)) return -1;
+  lua_pushglobaltable(L);
+  lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+  lua_getfield(L, -1, "conc");
+  for (int t = top + 1; t <= top + 3 && !made[0]; t += 2) {   /* _G, conc */
+    if (lua_type(L, t) != LUA_TTABLE) continue;
+    lua_pushnil(L);
+    while (lua_next(L, t)) {
+      if (lua_type(L, -2) == LUA_TSTRING && lua_rawequal(L, f, -1) &&
+          (t != top + 1 || strncmp(lua_tostring(L, -2), "spawn_", 6) == 0))
+        snprintf(made, sizeof made, "%s", lua_tostring(L, -2));
+      lua_pop(L, 1);
+    }
+  }
+  lua_settop(L, top);
+  if (strncmp(made, "spawn_", 6) == 0) memmove(made, made + 6, strlen(made) - 5);
+  for (int k = 0; made[0] && k < K_NKINDS; k++)
+    if (strcmp(conc_kinds[k]->name, made) == 0) kind = k;
+  return kind;
+}
+
+/* complete(path, sep, prefix, what) -> a set of names: the globals and
+** keywords (sep ""), or the members of the value at path (what
+** "value"), of what calling the function at path gives ("call"), or of
+** a string ("string"). */
 static int complete_k(lua_State *L) {
   const char *path = lua_tostring(L, 1), *sep = lua_tostring(L, 2);
-  const char *prefix = lua_tostring(L, 3);
+  const char *prefix = lua_tostring(L, 3), *what = lua_tostring(L, 4);
   int set;
   lua_newtable(L);
   set = lua_gettop(L);
+  if (strcmp(what, "string") == 0) {
+    lua_pushliteral(L, "");
+    add_members(L, -1, set, prefix, sep[0] == ':');
+    lua_pushvalue(L, set);
+    return 1;
+  }
   lua_pushglobaltable(L);
   if (sep[0] == '\0') {
     size_t pl = strlen(prefix);
@@ -774,9 +901,66 @@ static int complete_k(lua_State *L) {
     if (lua_isnil(L, -1)) return 0;
     path += l + (dot ? 1 : 0);
   }
-  add_members(L, -1, set, prefix, sep[0] == ':');
+  if (strcmp(what, "call") == 0) {
+    int kind = made_kind(L, -1);
+    if (kind < 0) return 0;
+    add_kind_members(L, kind, set, prefix, sep[0] == ':');
+  } else {
+    add_members(L, -1, set, prefix, sep[0] == ':');
+  }
   lua_pushvalue(L, set);
   return 1;
+}
+
+/* What comes before a "." or ":" that follows no name: the expression
+** that ends at line[end]. A call "f(...)" gives "call" and f's dotted
+** name (*callee, malloc'd); a string literal in parentheses "string";
+** anything else (a method's result, an index, a number) NULL. */
+static const char *before_sep(const char *line, int end, char **callee) {
+  int i = end - 1, close, open, j, k;
+  *callee = NULL;
+  while (i >= 0 && (line[i] == ' ' || line[i] == '\t')) i--;
+  if (i < 0 || line[i] != ')') return NULL;
+  close = i;
+  for (int depth = 0; i >= 0; i--) {  /* the "(" that matches */
+    char c = line[i];
+    if (c == '"' || c == '\'') {       /* back over a string literal */
+      int q = i - 1;
+      while (q >= 0 && !(line[q] == c && (q == 0 || line[q - 1] != '\\'))) q--;
+      if (q < 0) return NULL;
+      i = q;
+    } else if (c == ')') {
+      depth++;
+    } else if (c == '(' && --depth == 0) {
+      break;
+    }
+  }
+  if (i < 0) return NULL;
+  open = j = i;
+  while (j > 0 && (line[j - 1] == ' ' || line[j - 1] == '\t')) j--;
+  k = j;
+  while (k > 0 && (line[k - 1] == '_' || line[k - 1] == '.' ||
+                   (line[k - 1] >= 'a' && line[k - 1] <= 'z') ||
+                   (line[k - 1] >= 'A' && line[k - 1] <= 'Z') ||
+                   (line[k - 1] >= '0' && line[k - 1] <= '9')))
+    k--;
+  if (k == j) {                         /* ( expression ) */
+    int a = open + 1, b = close - 1;
+    while (a <= b && (line[a] == ' ' || line[a] == '\t')) a++;
+    while (b >= a && (line[b] == ' ' || line[b] == '\t')) b--;
+    if (b > a && (line[a] == '"' || line[a] == '\'') && line[b] == line[a]) {
+      for (int q = a + 1; q < b; q++)
+        if (line[q] == line[a] && line[q - 1] != '\\') return NULL;
+      return "string";
+    }
+    return NULL;
+  }
+  if (k > 0 && line[k - 1] == ':') return NULL;   /* a method's result */
+  for (int q = k; q + 1 < j; q++)                 /* a .. b(): b */
+    if (line[q] == '.' && line[q + 1] == '.') k = q + 2;
+  if (k >= j || line[k] == '.' || line[j - 1] == '.') return NULL;
+  *callee = strndup(line + k, (size_t)(j - k));
+  return *callee ? "call" : NULL;
 }
 
 static char *gen_cand(const char *text, int state) {
@@ -794,11 +978,10 @@ static void free_cand(void) {
 
 static char **complete(const char *text, int start, int end) {
   lua_State *L = repl_L;
-  const char *word = text, *cut, *sepp = NULL;
+  const char *word = text, *cut, *sepp = NULL, *what = "value";
   char *path = NULL;
   char sep[2] = {0, 0};
   int top = lua_gettop(L);
-  CONC_UNUSED(start);
   CONC_UNUSED(end);
   rl_attempted_completion_over = 1;     /* never file names */
   rl_completion_append_character = '\0';
@@ -806,7 +989,11 @@ static char **complete(const char *text, int start, int end) {
   while ((cut = strstr(word, "..")) != NULL) word = cut + 2;   /* a..b */
   for (const char *p = word; *p; p++)
     if (*p == '.' || *p == ':') sepp = p;
-  if (sepp) {
+  if (sepp == word) {                   /* after "(...)": a call's result? */
+    what = before_sep(rl_line_buffer, start + (int)(word - text), &path);
+    if (what == NULL) return NULL;      /* never the globals */
+    sep[0] = *sepp;
+  } else if (sepp) {
     path = strndup(word, (size_t)(sepp - word));
     sep[0] = *sepp;
     if (path == NULL || strchr(path, ':')) {
@@ -818,8 +1005,9 @@ static char **complete(const char *text, int start, int end) {
   lua_pushstring(L, path ? path : "");
   lua_pushstring(L, sep);
   lua_pushstring(L, sepp ? sepp + 1 : word);
+  lua_pushstring(L, what);
   free(path);
-  if (lua_pcall(L, 3, 1, 0) == LUA_OK && lua_istable(L, -1)) {
+  if (lua_pcall(L, 4, 1, 0) == LUA_OK && lua_istable(L, -1)) {
     size_t keep = (size_t)((sepp ? sepp + 1 : word) - text);
     int cap = 0;
     lua_pushnil(L);
@@ -880,17 +1068,20 @@ static void tty_close(void) {
 }
 
 int conclua_repl(lua_State *L) {
-  int st, expr = 0;
+  int st;
   repl_L = L;
   tty = isatty(STDIN_FILENO);
   if (tty) tty_open();
   lua_settop(L, 0);
   for (;;) {
-    if (tty) report_failures(L);
-    st = readchunk(L, &expr);
+    if (tty) {
+      poll_children(L);
+      report_failures(L);
+    }
+    st = readchunk(L);
     if (st == CHUNK_EOF) break;
     if (st == CHUNK_INTR) continue;
-    if (st == LUA_OK) evaluate(L, expr);
+    if (st == LUA_OK) evaluate(L);
     else report(L);
     lua_settop(L, 0);
   }
