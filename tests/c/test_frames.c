@@ -274,14 +274,15 @@ static int t_spawn_pipe_forged_length(void) {
   CHECK(pid >= 0);
   if (pid == 0) {
     char a[16], b[16];
-    char *argv[] = {(char *)"conclua", (char *)"--conc-child", a, b, NULL};
+    char *argv[] = {(char *)"conclua", (char *)"--conc-child", a, b,
+                    (char *)"-1", NULL};   /* no lifeline */
     double peak;
     int r;
     close(jfd[1]);
     snprintf(a, sizeof a, "%d", jfd[0]);
     snprintf(b, sizeof b, "%d", rfd[1]);
     peak = vm_peak();
-    r = process_child_main(4, argv);
+    r = process_child_main(5, argv);
     _exit(r != 3 ? 10 : vm_peak() - peak < 32 * MiB ? 0 : 11);
   }
   {
