@@ -539,6 +539,18 @@ T.test("objects cross to thread workers by reference, to processes when shared",
   q:close()
 end)
 
+T.test("a task closes or terminates its own pool", function()
+  local p = pool.threads(2)
+  local f = p:submit(function(p) p:close() return "closed from inside" end, p)
+  T.eq(f:result(30), "closed from inside")
+  p:close()
+  T.eq(tostring(p), "<pool of 2 threads, closed>")
+  local q = pool.threads(2)
+  local g = q:submit(function(q) q:terminate() conc.sleep(30) return "x" end, q)
+  T.raises("pool terminated", g.result, g, 30)
+  q:terminate()
+end)
+
 T.test("futures in select and as_completed with a timeout", function()
   local p = pool.threads(2)
   local slow = p:submit(conc.sleep, 5)

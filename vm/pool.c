@@ -182,18 +182,22 @@ static void push_methods(lua_State *L) {
     luaL_error(L, "conc.pool did not load");
 }
 
+/* Fields, then the methods written in Lua (found without looking at the
+** pool: in a forked child, p:map is found, and raises when called). */
 static int pool_index(lua_State *L) {
-  pool *p = check_pool(L, 1);
   const char *k = lua_tostring(L, 2);
-  if (k && strcmp(k, "n") == 0) lua_pushinteger(L, p->n);
-  else if (k && strcmp(k, "kind") == 0) lua_pushstring(L, p->kind);
-  else if (k && strcmp(k, "name") == 0 && p->name) lua_pushstring(L, p->name);
-  else if (k && strcmp(k, "id") == 0) lua_pushinteger(L, p->id);
-  else {
-    push_methods(L);
-    lua_pushvalue(L, 2);
-    lua_rawget(L, -2);
+  if (k && (strcmp(k, "n") == 0 || strcmp(k, "kind") == 0 ||
+            strcmp(k, "name") == 0 || strcmp(k, "id") == 0)) {
+    pool *p = check_pool(L, 1);
+    if (k[0] == 'n' && k[1] == '\0') lua_pushinteger(L, p->n);
+    else if (k[0] == 'k') lua_pushstring(L, p->kind);
+    else if (k[0] == 'n') lua_pushstring(L, p->name);   /* NULL: nil */
+    else lua_pushinteger(L, p->id);
+    return 1;
   }
+  push_methods(L);
+  lua_pushvalue(L, 2);
+  lua_rawget(L, -2);
   return 1;
 }
 

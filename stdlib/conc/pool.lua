@@ -57,7 +57,8 @@ local BATCH = 16                -- ranges per message after the first
 -- (the function comes with each call, with its upvalues as they are
 -- then); map {id, k, first, n, items = packed list}; stop. Answers:
 -- {wid, id, ok, p = the packed results or error value}.
-local function worker_loop(inbox, results, wid, name, remote)
+local function worker_loop(inbox, results, wid, name, remote, poolid)
+  debug.getregistry()["conc.pool worker of"] = poolid
   local kit = conc._poolkit()
   local pack, unpack = kit.pack, kit.unpack
   local tpack, tunpack = table.pack, table.unpack
@@ -146,7 +147,7 @@ transports.threads = {
     local inbox = conc.channel()
     local name = P.prefix .. "-thread-" .. slot
     local h = spawn_thread({name = name, daemon = true}, worker_loop, inbox,
-                           P.results, slot, name, false)
+                           P.results, slot, name, false, P.id)
     return {slot = slot, h = h, inbox = inbox, name = name}
   end,
   send = function(w, m) w.inbox:send(m) end,
@@ -162,7 +163,7 @@ transports.processes = {
     local inbox = conc.queue()        -- made before the fork: the child has it
     local name = P.prefix .. "-process-" .. slot
     local h = spawn_process({name = name, daemon = true}, worker_loop, inbox,
-                            P.results, slot, name, true)
+                            P.results, slot, name, true, P.id)
     return {slot = slot, h = h, inbox = inbox, name = name}
   end,
   send = function(w, m) w.inbox:send(m) end,
@@ -349,6 +350,24 @@ local function requeue(P, r)
   end
 end
 
+local function idle(P)
+  return P.calls[P.chead] == nil and next(P.bykey) == nil and next(P.work) == nil
+end
+
+-- Everything not finished fails with e.
+local function fail_all(P, e)
+  for id, r in pairs(P.work) do
+    P.work[id] = nil
+    fail_work(P, r, e)
+  end
+  for i = P.chead, P.ctail do
+    local c = P.calls[i]
+    if c then c.f:_settle(false, packed_error(e)) end
+  end
+  P.calls, P.chead, P.ctail = {}, 1, 0
+  for _, m in pairs(P.bykey) do map_fail(P, m, e) end
+end
+
 -- A worker ended while it should not have: what it never took goes back
 -- to the queue, the task it was running fails with how it ended, and a
 -- new worker takes its place.
@@ -377,10 +396,11 @@ local function worker_died(P, w)
       fail_work(P, r, why)
     end
   end
-  if P.stopping then return end
+  if P.stopping or (P.closing and idle(P)) then return end
   local okw, werr = pcall(new_worker, P, w.slot)
-  if not okw and next(P.workers) == nil then
+  if not okw and next(P.workers) == nil then    -- nobody left to do the work
     P.broken = "pool worker died, and no new one can start: " .. tostring(werr)
+    fail_all(P, P.broken)
   end
 end
 
@@ -429,24 +449,6 @@ local function request(P, r)
   end
 end
 
-local function idle(P)
-  return P.calls[P.chead] == nil and next(P.bykey) == nil and next(P.work) == nil
-end
-
--- Everything not finished fails with e.
-local function fail_all(P, e)
-  for id, r in pairs(P.work) do
-    P.work[id] = nil
-    fail_work(P, r, e)
-  end
-  for i = P.chead, P.ctail do
-    local c = P.calls[i]
-    if c then c.f:_settle(false, packed_error(e)) end
-  end
-  P.calls, P.chead, P.ctail = {}, 1, 0
-  for _, m in pairs(P.bykey) do map_fail(P, m, e) end
-end
-
 local function stop_workers(P, kill)
   P.stopping = true
   for _, w in pairs(P.workers) do
@@ -481,8 +483,8 @@ end
 
 -- The manager's thread: starts the workers, tells 'ready' how that went,
 -- then runs the pool until it is closed, collected or terminated.
-function pool._manage(kind, n, requests, lifeline, ready)
-  local P = {kind = kind, n = n, T = transports[kind], requests = requests,
+function pool._manage(id, kind, n, requests, lifeline, ready)
+  local P = {id = id, kind = kind, n = n, T = transports[kind], requests = requests,
              lifeline = lifeline, prefix = "pool", workers = {}, calls = {},
              chead = 1, ctail = 0, maps = {}, bykey = {}, work = {},
              nextid = 0, nextk = 0}
@@ -527,7 +529,7 @@ local function new_pool(kind, n)
   local p = kit.pool(kind, n, nil, requests, lifeline)
   local ok, h = pcall(spawn_thread, {name = "pool-" .. p.id .. "-manager", daemon = true},
                       function(...) return require("conc.pool")._manage(...) end,
-                      kind, n, requests, lifeline, ready)
+                      p.id, kind, n, requests, lifeline, ready)
   if not ok then
     p:_mark("terminated")
     error(string.format("%s: cannot start the pool: %s", kind, tostring(h)), 3)
@@ -704,10 +706,11 @@ end
 
 -- ------------------------------------------------------------ ending
 
--- Waits for the manager to end (it has stopped every worker then).
+-- Waits for the manager to end (it has stopped every worker then); not
+-- from a worker of the pool itself, which the manager waits for.
 local function wait_manager(p)
   local h = p:_manager()
-  if h then h:wait() end
+  if h and debug.getregistry()["conc.pool worker of"] ~= p.id then h:wait() end
 end
 
 -- close: the queued work is done, then the workers stop.
