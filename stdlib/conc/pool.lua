@@ -73,6 +73,14 @@ local function worker_loop(inbox, results, wid, name, remote, poolid)
   local function call(t)
     return t[1](tunpack(t, 2, t.n))
   end
+  -- an answer too big for the results goes as an error of its own
+  local function answer(a)
+    local ok, e = pcall(results.send, results, a)
+    if not ok then
+      a.ok, a.p = false, pack(remote, "error", "the results cannot be sent: " .. tostring(e))
+      results:send(a)
+    end
+  end
   while true do
     local m = inbox:recv()
     if m == nil or m.op == "stop" then return end
@@ -94,7 +102,7 @@ local function worker_loop(inbox, results, wid, name, remote, poolid)
       else
         p = failed(r[2])
       end
-      results:send({wid = wid, id = m.id, ok = ok, p = p})
+      answer({wid = wid, id = m.id, ok = ok, p = p})
     else                        -- a range of a map: one value per item
       local fn, vals, err = defs[m.k], {}, nil
       local ok, items = pcall(unpack, m.items)
@@ -125,7 +133,7 @@ local function worker_loop(inbox, results, wid, name, remote, poolid)
           err = err or pack(remote, "error", "map: results cannot be copied")
         end
       end
-      results:send({wid = wid, id = m.id, ok = err == nil, p = p or err})
+      answer({wid = wid, id = m.id, ok = err == nil, p = p or err})
     end
   end
 end
@@ -248,10 +256,7 @@ local function send_work(P, w, r, m)
   P.nextid = P.nextid + 1
   m.id = P.nextid
   local ok, err = pcall(P.T.send, w, m)
-  if not ok then
-    if r.map then r.map.out = r.map.out + 1 end
-    return fail_work(P, r, err)
-  end
+  if not ok then return fail_work(P, r, "pool: cannot send the work: " .. tostring(err)) end
   r.w = w
   w.count = w.count + 1
   w.inflight[m.id] = true
@@ -655,6 +660,9 @@ function Pool:map(fn, list, opts)
   local reply = conc.channel()
   local bar = opts.progress and progress_bar(n)
   local done, nxt, argerr = 0, 1, nil
+  local function put(m)
+    if not pcall(requests.send, requests, m) then error("pool is closed", 0) end
+  end
   -- protected, so that a failure, an interrupt or a cancel leaves nothing
   -- of this map queued in the pool
   local ok, err = pcall(function()
@@ -678,17 +686,21 @@ function Pool:map(fn, list, opts)
       nxt = nxt + size
       if nxt > n or #batch >= (sent and BATCH or first_batch) then
         if sent then
-          requests:send({op = "more", reply = reply, ranges = batch, last = nxt > n})
+          put({op = "more", reply = reply, ranges = batch, last = nxt > n})
         else
-          requests:send({op = "map", reply = reply, fn = fnp, ranges = batch,
-                         last = nxt > n})
+          put({op = "map", reply = reply, fn = fnp, ranges = batch, last = nxt > n})
           sent = true
         end
         batch = {}
       end
     end
+    local manager = self:_manager()
     while done < n do
-      local r = reply:recv()
+      local r = reply:recv(1)
+      while r == nil do          -- nothing yet: is there still a manager?
+        if not manager:alive() and reply:len() == 0 then error("pool is closed", 0) end
+        r = reply:recv(1)
+      end
       if r.err then error(unpack(r.err), 0) end
       table.move(unpack(r.p), 1, r.count, r.first, out)
       done = done + r.count
