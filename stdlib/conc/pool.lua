@@ -44,7 +44,12 @@ kit.register(Pool)
 
 local tpack, tunpack = table.pack, table.unpack
 local now = conc.now
-local MAX_RANGE = 256           -- items per range at most (guided scheduling)
+-- A range is at most MAX_RANGE items and, once the items' size is known,
+-- about RANGE_BYTES: a range costs the manager a few microseconds, so
+-- ranges of small items are long, and ranges of big ones stay small
+-- messages.
+local MAX_RANGE = 2048
+local RANGE_BYTES = 1 << 20
 local BATCH = 16                -- ranges per message after the first
 
 -- ------------------------------------------------------------ workers
@@ -668,13 +673,18 @@ function Pool:map(fn, list, opts)
   local ok, err = pcall(function()
     local batch, sent = {}, false
     local first_batch = 2 * i.n
+    local cap = MAX_RANGE         -- how many items make a range: the first
+    local one = pack(remote, "args", {list[1]})            -- item says first
+    if type(one) == "string" then
+      cap = math.max(1, math.min(MAX_RANGE, RANGE_BYTES // #one))
+    end
     while nxt <= n do
       local left = n - nxt + 1
       local size
       if chunk >= left then
         size = left
       else                      -- a share of what is left, in whole chunks
-        size = math.max(chunk, math.min(MAX_RANGE, left // (2 * i.n)))
+        size = math.max(chunk, math.min(cap, left // (2 * i.n)))
         size = math.min(left, (size + chunk - 1) // chunk * chunk)
       end
       local items = pack(remote, "args", table.move(list, nxt, nxt + size - 1, 1, {}))
@@ -682,6 +692,8 @@ function Pool:map(fn, list, opts)
         argerr = item_error(list, nxt, size, remote)
         error(argerr, 0)
       end
+      local bytes = type(items) == "string" and #items or 64 * size
+      cap = math.max(1, math.min(MAX_RANGE, cap * 4, RANGE_BYTES * size // bytes))
       batch[#batch + 1] = {first = nxt, count = size, items = items}
       nxt = nxt + size
       if nxt > n or #batch >= (sent and BATCH or first_batch) then
