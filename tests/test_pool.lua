@@ -539,6 +539,32 @@ T.test("objects cross to thread workers by reference, to processes when shared",
   q:close()
 end)
 
+T.test("Ctrl-C during a map: the map raises, the pool goes on", function()
+  local script = T.tmpfile([[
+    local pool = require "conc.pool"
+    local p = pool.threads(2)
+    local list = {} for i = 1, 400 do list[i] = i end
+    print("mapping")
+    io.stdout:flush()
+    local ok, err = pcall(p.map, p, function(x) conc.sleep(0.05) return x end, list)
+    print(ok, err)
+    local r = p:map(function(x) return x * 2 end, {1, 2, 3})
+    print(r[1], r[2], r[3], r.n)
+    p:close()
+  ]])
+  local out = os.tmpname()
+  local cmd = string.format("%s %s >%s 2>&1 & pid=$!; " ..
+    "for i in $(seq 100); do grep -q mapping %s && break; sleep 0.05; done; " ..
+    "sleep 0.2; kill -INT $pid; wait $pid", T.q(T.conclua), T.q(script), T.q(out), T.q(out))
+  local _, code = T.sh(cmd)
+  local text = T.readfile(out)
+  T.eq(code, 0, text)
+  T.ok(text:find("false\tinterrupted!\n", 1, true), text)
+  T.ok(text:find("2\t4\t6\t3\n", 1, true), text)
+  os.remove(out)
+  os.remove(script)
+end)
+
 T.test("a task closes or terminates its own pool", function()
   local p = pool.threads(2)
   local f = p:submit(function(p) p:close() return "closed from inside" end, p)

@@ -227,13 +227,15 @@ cobj *obj_check(lua_State *L, int arg, int kind) {
     if (mt == cs->mt[kind] && lua_type(L, arg) == LUA_TUSERDATA) {
       h = lua_touserdata(L, arg);
       if (h->o == NULL) luaL_argerror(L, arg, "handle already released");
-      if (pinning[kind].pinned) obj_checkhome(L, h->o);
+      if (pinning[kind].pinned && obj_home(h->o) != (uint32_t)conc_getpid())
+        obj_checkhome(L, h->o);
       return h->o;
     }
   }
   h = luaL_checkudata(L, arg, conc_kinds[kind]->tname);
   if (h->o == NULL) luaL_argerror(L, arg, "handle already released");
-  if (pinning[kind].pinned) obj_checkhome(L, h->o);
+  if (pinning[kind].pinned && obj_home(h->o) != (uint32_t)conc_getpid())
+    obj_checkhome(L, h->o);
   return h->o;
 }
 

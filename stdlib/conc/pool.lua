@@ -41,6 +41,7 @@ local pack, unpack = kit.pack, kit.unpack
 local pool = {}
 local Pool = {}                 -- the methods of pool handles
 kit.register(Pool)
+pool._methods = Pool
 
 local tpack, tunpack = table.pack, table.unpack
 local now = conc.now
@@ -557,6 +558,17 @@ end
 function pool.threads(n) return new_pool("threads", n) end
 function pool.processes(n) return new_pool("processes", n) end
 
+-- Raises e again at 'level' (2: the caller of the function that calls
+-- this). An error raised inside this module (an interrupt in a wait,
+-- say) has this file's position: it gets the caller's instead.
+local HERE = "^%[conclua stdlib conc%.pool%]:%d+: "
+local function rethrow(e, level)
+  if type(e) == "string" and e:find(HERE) then
+    error((e:gsub(HERE, "")), level + 1)
+  end
+  error(e, 0)
+end
+
 -- What a state keeps of each pool it uses: whether its values go to
 -- other processes, and the manager's channel.
 local info_of = setmetatable({}, {__mode = "k"})
@@ -723,7 +735,7 @@ function Pool:map(fn, list, opts)
   if not ok then
     pcall(requests.send, requests, {op = "drop", reply = reply})
     if argerr then error(argerr, 2) end
-    error(err, 0)
+    rethrow(err, 2)
   end
   return out
 end
@@ -734,7 +746,10 @@ end
 -- from a worker of the pool itself, which the manager waits for.
 local function wait_manager(p)
   local h = p:_manager()
-  if h and debug.getregistry()["conc.pool worker of"] ~= p.id then h:wait() end
+  if h and debug.getregistry()["conc.pool worker of"] ~= p.id then
+    local ok, err = pcall(h.wait, h)
+    if not ok then rethrow(err, 3) end
+  end
 end
 
 -- close: the queued work is done, then the workers stop.
@@ -784,7 +799,9 @@ function pool.as_completed(futures, seconds)
       local k = kit.earliest(left)
       if k then return table.remove(left, k) end
       local wait = deadline and math.max(0, deadline - now())
-      if conc.select(left, wait) == nil then error("timeout", 2) end
+      local ok, item = pcall(conc.select, left, wait)
+      if not ok then rethrow(item, 2) end
+      if item == nil then error("timeout", 2) end
     end
     return nil
   end
