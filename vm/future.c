@@ -69,7 +69,6 @@ static int settled(int st) {
 ** 0 if it was settled already (value freed then). */
 int future_settle(cobj *o, int ok, msg *value) {
   future *f = (future *)o;
-  selnode *n;
   pthread_mutex_lock(&f->mu);
   if (settled(atomic_load(&f->state))) {
     pthread_mutex_unlock(&f->mu);
@@ -80,13 +79,7 @@ int future_settle(cobj *o, int ok, msg *value) {
   f->seq = atomic_fetch_add(&settles, 1) + 1;
   atomic_store_explicit(&f->state, ok ? F_DONE : F_FAILED,
                         memory_order_release);
-  while ((n = f->waiters) != NULL) {
-    selq_remove(&f->waiters, n);
-    if (sel_claim(n->sw, n->index)) {
-      n->result = SEL_SELF;
-      park_wake(n->sw->park);
-    }
-  }
+  selq_wake_all(&f->waiters, SEL_SELF);
   pthread_mutex_unlock(&f->mu);
   return 1;
 }

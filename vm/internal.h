@@ -577,6 +577,9 @@ int sel_claim(selwait *sw, int index);
 void sel_deliver(selnode *n, int result);
 void selq_push(struct selnode **head, selnode *n);
 void selq_remove(struct selnode **head, selnode *n);
+/* Claims and wakes every node of q with 'result' (SEL_DONE, SEL_SELF),
+** under the lock that guards q. */
+void selq_wake_all(struct selnode **q, int result);
 int conc_select(lua_State *L);
 
 /* ------------------------------------------------------------ pools */

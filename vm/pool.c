@@ -147,7 +147,8 @@ static int pool_state(lua_State *L) {
   return 1;
 }
 
-/* p:_mark(state) -> the state before: closing or terminating, once. */
+/* p:_mark(state) -> the state before, and whether it changed: a pool is
+** closed, then maybe terminated, never opened again. */
 static int pool_mark(lua_State *L) {
   pool *p = check_pool(L, 1);
   int want = luaL_checkoption(L, 2, NULL, pstate_names);
@@ -155,7 +156,8 @@ static int pool_mark(lua_State *L) {
   while (old < want && !atomic_compare_exchange_weak(&p->state, &old, want)) {
   }
   lua_pushstring(L, pstate_names[old]);
-  return 1;
+  lua_pushboolean(L, old < want);
+  return 2;
 }
 
 /* ------------------------------------------------------------ the Lua side */

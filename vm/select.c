@@ -54,6 +54,18 @@ void selq_push(selnode **head, selnode *n) {
   n->linked = 1;
 }
 
+/* Claims and wakes every node of q with 'result'; with q's lock held. */
+void selq_wake_all(selnode **q, int result) {
+  selnode *n;
+  while ((n = *q) != NULL) {
+    selq_remove(q, n);
+    if (sel_claim(n->sw, n->index)) {
+      n->result = result;
+      park_wake(n->sw->park);
+    }
+  }
+}
+
 void selq_remove(selnode **head, selnode *n) {
   if (!n->linked) return;
   if (*head == n) {

@@ -111,18 +111,11 @@ static int isfailure(int st) {
 }
 
 void worker_finish(worker *w, int status, msg *result, char *errmsg) {
-  selnode *n;
   pthread_mutex_lock(&w->mu);
   w->result = result;
   w->errmsg = errmsg;
   atomic_store_explicit(&w->status, status, memory_order_release);
-  while ((n = w->waiters) != NULL) {
-    selq_remove(&w->waiters, n);
-    if (sel_claim(n->sw, n->index)) {
-      n->result = SEL_DONE;
-      park_wake(n->sw->park);
-    }
-  }
+  selq_wake_all(&w->waiters, SEL_DONE);
   pthread_mutex_unlock(&w->mu);
   /* Its lock is not for forked children any more: they never take it
   ** (handles of another process's workers are refused), and fork need

@@ -154,37 +154,32 @@ end
 -- answers on; remote: packed values must be bytes only.
 local transports = {}
 
-transports.threads = {
-  remote = false,
-  results = function() return conc.channel() end,
-  start = function(P, slot)
-    local inbox = conc.channel()
-    local name = P.prefix .. "-thread-" .. slot
-    local h = spawn_thread({name = name, daemon = true}, worker_loop, inbox,
-                           P.results, slot, name, false, P.id)
-    return {slot = slot, h = h, inbox = inbox, name = name}
-  end,
-  send = function(w, m) w.inbox:send(m) end,
-  take = function(w) return w.inbox:recv(0) end,
-  stop = function(w) w.inbox:send({op = "stop"}) end,
-  kill = function(w) w.h:cancel() end,
-}
+-- Workers of this machine: an inbox each, made by 'box' (a channel; or a
+-- queue, made before the fork so that the child has it), one results
+-- object for all, started by 'spawn', stopped at once by 'kill'.
+local function local_workers(kind, box, spawn, kill)
+  local remote = box == conc.queue
+  return {
+    remote = remote,
+    results = box,
+    start = function(P, slot)
+      local inbox = box()
+      local name = P.prefix .. "-" .. kind .. "-" .. slot
+      local h = spawn({name = name, daemon = true}, worker_loop, inbox, P.results,
+                      slot, name, remote, P.id)
+      return {slot = slot, h = h, inbox = inbox, name = name}
+    end,
+    send = function(w, m) w.inbox:send(m) end,
+    take = function(w) return w.inbox:recv(0) end,
+    stop = function(w) w.inbox:send({op = "stop"}) end,
+    kill = kill,
+  }
+end
 
-transports.processes = {
-  remote = true,
-  results = function() return conc.queue() end,
-  start = function(P, slot)
-    local inbox = conc.queue()        -- made before the fork: the child has it
-    local name = P.prefix .. "-process-" .. slot
-    local h = spawn_process({name = name, daemon = true}, worker_loop, inbox,
-                            P.results, slot, name, true, P.id)
-    return {slot = slot, h = h, inbox = inbox, name = name}
-  end,
-  send = function(w, m) w.inbox:send(m) end,
-  take = function(w) return w.inbox:recv(0) end,
-  stop = function(w) w.inbox:send({op = "stop"}) end,
-  kill = function(w) w.h:kill("KILL") end,
-}
+transports.threads = local_workers("thread", conc.channel, spawn_thread,
+                                   function(w) w.h:cancel() end)
+transports.processes = local_workers("process", conc.queue, spawn_process,
+                                     function(w) w.h:kill("KILL") end)
 
 -- ------------------------------------------------------------ the manager
 
@@ -742,37 +737,33 @@ end
 
 -- ------------------------------------------------------------ ending
 
--- Waits for the manager to end (it has stopped every worker then); not
--- from a worker of the pool itself, which the manager waits for.
-local function wait_manager(p)
+-- The pool goes to 'state' (the first time, the manager is told 'op'),
+-- then waits for the manager to end: it has stopped every worker then.
+-- Not from a worker of the pool itself, which the manager waits for.
+local function ending(p, state, op)
+  local _, changed = p:_mark(state)
+  if changed then
+    local i = info(p)
+    pcall(i.requests.send, i.requests, {op = op})
+  end
   local h = p:_manager()
   if h and debug.getregistry()["conc.pool worker of"] ~= p.id then
     local ok, err = pcall(h.wait, h)
-    if not ok then rethrow(err, 3) end
+    if not ok then rethrow(err, 4) end
   end
 end
 
 -- close: the queued work is done, then the workers stop.
 function Pool:close()
-  local st = check(self, "close")
-  if st == "open" then
-    self:_mark("closed")
-    local i = info(self)
-    pcall(i.requests.send, i.requests, {op = "close"})
-  end
-  wait_manager(self)
+  check(self, "close")
+  ending(self, "closed", "close")
 end
 
 -- terminate: the workers stop now; what they had, or had not started,
 -- fails.
 function Pool:terminate()
-  local st = check(self, "terminate")
-  if st ~= "terminated" then
-    self:_mark("terminated")
-    local i = info(self)
-    pcall(i.requests.send, i.requests, {op = "terminate"})
-  end
-  wait_manager(self)
+  check(self, "terminate")
+  ending(self, "terminated", "terminate")
 end
 
 -- ------------------------------------------------------------ futures
