@@ -267,20 +267,29 @@ end
 -- Sends work to the workers with room, a message each per round (every
 -- idle worker gets some before any gets a second): calls first, then
 -- map ranges.
+-- The next call to send (its future now running), or nil.
+local function next_call(P)
+  while true do
+    local c = P.calls[P.chead]
+    if c == nil then
+      if P.chead ~= 1 then P.calls, P.chead, P.ctail = {}, 1, 0 end   -- compact
+      return nil
+    end
+    P.calls[P.chead] = nil
+    P.chead = P.chead + 1
+    if c.started or c.f:_start() then       -- not when it was cancelled
+      c.started = true
+      return c
+    end
+  end
+end
+
 local function dispatch(P)
   for round = 1, 2 do
     for _, w in pairs(P.workers) do
       if w.count < round then
-        local c = P.calls[P.chead]
-        while c and not c.started and not c.f:_start() do   -- cancelled
-          P.calls[P.chead] = nil
-          P.chead = P.chead + 1
-          c = P.calls[P.chead]
-        end
+        local c = next_call(P)
         if c then
-          P.calls[P.chead] = nil
-          P.chead = P.chead + 1
-          c.started = true
           send_work(P, w, c, {op = "call", p = c.p})
         else
           local m = P.maps[1]
@@ -541,7 +550,12 @@ local function new_pool(kind, n)
     error(string.format("%s: cannot start the pool: %s", kind, tostring(h)), 3)
   end
   p:_setmanager(h)
-  local r = ready:recv()
+  local item, r = conc.select({ready, h})
+  if item == h then                      -- the manager failed to start
+    p:_mark("terminated")
+    error(string.format("%s: cannot start the pool: %s", kind,
+                        select(2, pcall(h.join, h))), 3)
+  end
   if not r.ok then
     p:_mark("terminated")
     h:wait()
