@@ -20,10 +20,13 @@
 -- where they are made and unpacked once where they are used (vm/parcel.c):
 -- the manager routes them unopened. The manager hands work out as
 -- workers have room, a message each per round, two at most in flight per
--- worker, calls before map ranges. A map's list is cut in ranges sized
--- to what is left (guided scheduling: big while much is left, smaller
--- towards the end), so small items cost little and big ones still spread
--- over every worker. The manager selects over the requests, the answers,
+-- worker, calls before map ranges. The submitter of a map cuts its list
+-- in ranges sized to what is left (guided scheduling: big while much is
+-- left, smaller towards the end), so small items cost little and big
+-- ones still spread over every worker; it packs and sends them in
+-- batches, so the workers start on the first ones while it packs the
+-- rest, and an item that cannot be copied stops the map before anything
+-- after it is sent. The manager selects over the requests, the answers,
 -- every worker's handle and the pool's lifeline (settled when the pool
 -- is collected, or at exit): a worker that ends is noticed at once, the
 -- messages it never took from its inbox go back to the queue, only the
