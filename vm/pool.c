@@ -17,9 +17,9 @@
 ** work and stops. At exit (the host state closing), every pool of the
 ** runtime still running is told the same, and waited for, before the
 ** daemons are stopped: a pool is closed when collected and at exit. The
-** methods written in Lua (map, submit, close...) are found through the
-** handle's __index in the module's method table, which any state loads
-** on first use: a thread that was only handed a pool can call p:map.
+** handle's methods (map, submit, close...) forward to those written in
+** the module, which any state loads on first use: a thread that was
+** only handed a pool can call p:map.
 */
 
 #include <stdlib.h>
@@ -106,7 +106,7 @@ static int pool_new(lua_State *L) {
   return 1;
 }
 
-/* p:_setmanager(thread): the manager the exit waits for. */
+/* kit.setmanager(p, thread): the manager the exit waits for. */
 static int pool_setmanager(lua_State *L) {
   pool *p = check_pool(L, 1);
   cobj *w = obj_check(L, 2, K_THREAD);
@@ -120,7 +120,7 @@ static int pool_setmanager(lua_State *L) {
   return 0;
 }
 
-/* p:_manager() -> the manager's thread, or nil. */
+/* kit.manager(p) -> the manager's thread, or nil. */
 static int pool_manager(lua_State *L) {
   pool *p = check_pool(L, 1);
   cobj *w;
@@ -134,20 +134,14 @@ static int pool_manager(lua_State *L) {
   return 1;
 }
 
+/* kit.requests(p) -> the manager's channel. */
 static int pool_requests(lua_State *L) {
   pool *p = check_pool(L, 1);
   obj_push(L, conc_cs(L), p->requests);
   return 1;
 }
 
-/* p:_state() -> "open", "closed" or "terminated". */
-static int pool_state(lua_State *L) {
-  pool *p = check_pool(L, 1);
-  lua_pushstring(L, pstate_names[atomic_load(&p->state)]);
-  return 1;
-}
-
-/* p:_mark(state) -> the state before, and whether it changed: a pool is
+/* kit.mark(p, state) -> the state before, and whether it changed: a pool is
 ** closed, then maybe terminated, never opened again. */
 static int pool_mark(lua_State *L) {
   pool *p = check_pool(L, 1);
@@ -184,33 +178,39 @@ static void push_methods(lua_State *L) {
     luaL_error(L, "conc.pool did not load");
 }
 
-/* Fields, then the methods written in Lua (found without looking at the
-** pool: in a forked child, p:map is found, and raises when called). */
-static int pool_index(lua_State *L) {
-  const char *k = lua_tostring(L, 2);
-  if (k && (strcmp(k, "n") == 0 || strcmp(k, "kind") == 0 ||
-            strcmp(k, "name") == 0 || strcmp(k, "id") == 0)) {
-    pool *p = check_pool(L, 1);
-    if (k[0] == 'n' && k[1] == '\0') lua_pushinteger(L, p->n);
-    else if (k[0] == 'k') lua_pushstring(L, p->kind);
-    else if (k[0] == 'n') lua_pushstring(L, p->name);   /* NULL: nil */
-    else lua_pushinteger(L, p->id);
-    return 1;
-  }
+/* Calls the method 'name' written in Lua with this call's arguments. The
+** handle's own methods are these forwarders, so that a pool's methods
+** are listed, completed and named like any handle's. */
+static int call_lua(lua_State *L, const char *name) {
+  int n = lua_gettop(L);
   push_methods(L);
-  lua_pushvalue(L, 2);
-  lua_rawget(L, -2);
-  return 1;
+  if (lua_getfield(L, -1, name) != LUA_TFUNCTION)
+    return luaL_error(L, "conc.pool has no method '%s'", name);
+  lua_replace(L, -2);
+  lua_insert(L, 1);
+  lua_call(L, n, LUA_MULTRET);
+  return lua_gettop(L);
 }
+
+#define LUA_METHOD(m) \
+  static int pool_##m(lua_State *L) { return call_lua(L, #m); }
+LUA_METHOD(map) LUA_METHOD(submit) LUA_METHOD(close) LUA_METHOD(terminate)
 
 /* __close: p:close(). */
 static int pool_close_mm(lua_State *L) {
-  check_pool(L, 1);
-  push_methods(L);
-  lua_getfield(L, -1, "close");
-  lua_pushvalue(L, 1);
-  lua_call(L, 1, 0);
-  return 0;
+  lua_settop(L, 1);
+  return call_lua(L, "close");
+}
+
+static int pool_index(lua_State *L) {
+  pool *p = check_pool(L, 1);
+  const char *k = lua_tostring(L, 2);
+  if (k && strcmp(k, "n") == 0) lua_pushinteger(L, p->n);
+  else if (k && strcmp(k, "kind") == 0) lua_pushstring(L, p->kind);
+  else if (k && strcmp(k, "name") == 0 && p->name) lua_pushstring(L, p->name);
+  else if (k && strcmp(k, "id") == 0) lua_pushinteger(L, p->id);
+  else lua_pushnil(L);
+  return 1;
 }
 
 static void pool_meta(lua_State *L, cstate *cs) {
@@ -309,10 +309,11 @@ static int pool_kstate(lua_State *L) {
 
 /* conc._poolkit() -> the functions conc.pool is built on. */
 int pool_kit(lua_State *L) {
-  static const luaL_Reg kit[] = {{"pool", pool_new},
-                                 {"state", pool_kstate},
-                                 {"register", pool_register},
-                                 {NULL, NULL}};
+  static const luaL_Reg kit[] = {
+      {"pool", pool_new},          {"state", pool_kstate},
+      {"mark", pool_mark},         {"requests", pool_requests},
+      {"manager", pool_manager},   {"setmanager", pool_setmanager},
+      {"register", pool_register}, {NULL, NULL}};
   cstate *cs = conc_cs(L);
   lua_createtable(L, 0, 8);
   cs_setfuncs(L, cs, kit);
@@ -322,9 +323,9 @@ int pool_kit(lua_State *L) {
 }
 
 static const luaL_Reg pool_methods[] = {
-    {"_state", pool_state},       {"_mark", pool_mark},
-    {"_requests", pool_requests}, {"_manager", pool_manager},
-    {"_setmanager", pool_setmanager}, {NULL, NULL}};
+    {"map", pool_map},     {"submit", pool_submit},
+    {"close", pool_close}, {"terminate", pool_terminate},
+    {NULL, NULL}};
 
 const kindinfo pool_kind = {
     "conc.pool", "pool", 0, 1, pool_destroy, pool_methods, pool_index,

@@ -44,7 +44,10 @@ local pack, unpack = kit.pack, kit.unpack
 local pool = {}
 local Pool = {}                 -- the methods of pool handles
 kit.register(Pool)
-pool._methods = Pool
+
+-- The methods of Pool are called by the handle's own (C) methods: their
+-- caller is that far up.
+local CALLER = 3
 
 local tpack, tunpack = table.pack, table.unpack
 local now = conc.now
@@ -549,18 +552,18 @@ local function new_pool(kind, n)
                       function(...) return require("conc.pool")._manage(...) end,
                       p.id, kind, n, requests, lifeline, ready)
   if not ok then
-    p:_mark("terminated")
+    kit.mark(p, "terminated")
     error(string.format("%s: cannot start the pool: %s", kind, tostring(h)), 3)
   end
-  p:_setmanager(h)
+  kit.setmanager(p, h)
   local item, r = conc.select({ready, h})
   if item == h then                      -- the manager failed to start
-    p:_mark("terminated")
+    kit.mark(p, "terminated")
     error(string.format("%s: cannot start the pool: %s", kind,
                         select(2, pcall(h.join, h))), 3)
   end
   if not r.ok then
-    p:_mark("terminated")
+    kit.mark(p, "terminated")
     h:wait()
     error(string.format("%s: cannot start the workers: %s", kind, r.err), 3)
   end
@@ -588,7 +591,7 @@ local info_of = setmetatable({}, {__mode = "k"})
 local function info(p)
   local i = info_of[p]
   if i == nil then
-    i = {remote = p.kind ~= "threads", requests = p:_requests(), n = p.n}
+    i = {remote = p.kind ~= "threads", requests = kit.requests(p), n = p.n}
     info_of[p] = i
   end
   return i
@@ -599,23 +602,23 @@ local function check(p, name)
   local st, why, isarg = kit.state(p)
   if st then return st end
   if isarg then
-    error(string.format("bad argument #1 to '%s' (%s)", name, why), 3)
+    error(string.format("bad argument #1 to '%s' (%s)", name, why), CALLER + 1)
   end
-  error(why, 3)
+  error(why, CALLER + 1)
 end
 
 local function send(p, m)
   local i = info(p)
-  if not pcall(i.requests.send, i.requests, m) then error("pool is closed", 3) end
+  if not pcall(i.requests.send, i.requests, m) then error("pool is closed", CALLER + 1) end
 end
 
 function Pool:submit(fn, ...)
   local st = check(self, "submit")
   if type(fn) ~= "function" then
     error(string.format("bad argument #1 to 'submit' (function expected, got %s)",
-                        type(fn)), 2)
+                        type(fn)), CALLER)
   end
-  if st ~= "open" then error("pool is closed", 2) end
+  if st ~= "open" then error("pool is closed", CALLER) end
   local f = kit.future()
   local p, err = pack(info(self).remote, "spawn", fn, ...)
   if not p then                          -- fails its own future only
@@ -660,32 +663,32 @@ end
 function Pool:map(fn, list, opts)
   local st = check(self, "map")
   if type(fn) ~= "function" then
-    error(string.format("bad argument #1 to 'map' (function expected, got %s)", type(fn)), 2)
+    error(string.format("bad argument #1 to 'map' (function expected, got %s)", type(fn)), CALLER)
   end
   if type(list) ~= "table" then
-    error(string.format("bad argument #2 to 'map' (table expected, got %s)", type(list)), 2)
+    error(string.format("bad argument #2 to 'map' (table expected, got %s)", type(list)), CALLER)
   end
   opts = opts or {}
   if type(opts) ~= "table" then
-    error(string.format("bad argument #3 to 'map' (table expected, got %s)", type(opts)), 2)
+    error(string.format("bad argument #3 to 'map' (table expected, got %s)", type(opts)), CALLER)
   end
   for key in pairs(opts) do
     if key ~= "chunksize" and key ~= "progress" then
-      error(string.format("bad argument #3 to 'map' (unknown option '%s')", tostring(key)), 2)
+      error(string.format("bad argument #3 to 'map' (unknown option '%s')", tostring(key)), CALLER)
     end
   end
   local chunk = opts.chunksize or 1
   if math.type(chunk) ~= "integer" or chunk < 1 then
-    error("bad argument #3 to 'map' (chunksize must be a positive integer)", 2)
+    error("bad argument #3 to 'map' (chunksize must be a positive integer)", CALLER)
   end
-  if st ~= "open" then error("pool is closed", 2) end
+  if st ~= "open" then error("pool is closed", CALLER) end
   local n = #list
   local out = {n = n}
   if n == 0 then return out end
   local i = info(self)
   local remote, requests = i.remote, i.requests
   local fnp, ferr = pack(remote, "fn", fn)
-  if not fnp then error(ferr, 2) end
+  if not fnp then error(ferr, CALLER) end
   local reply = conc.channel()
   local bar = opts.progress and progress_bar(n)
   local done, nxt, argerr = 0, 1, nil
@@ -730,7 +733,7 @@ function Pool:map(fn, list, opts)
         batch = {}
       end
     end
-    local manager = self:_manager()
+    local manager = kit.manager(self)
     while done < n do
       local r = reply:recv(1)
       while r == nil do          -- nothing yet: is there still a manager?
@@ -746,8 +749,8 @@ function Pool:map(fn, list, opts)
   if bar then bar(done, true) end
   if not ok then
     pcall(requests.send, requests, {op = "drop", reply = reply})
-    if argerr then error(argerr, 2) end
-    rethrow(err, 2)
+    if argerr then error(argerr, CALLER) end
+    rethrow(err, CALLER)
   end
   return out
 end
@@ -758,15 +761,15 @@ end
 -- then waits for the manager to end: it has stopped every worker then.
 -- Not from a worker of the pool itself, which the manager waits for.
 local function ending(p, state, op)
-  local _, changed = p:_mark(state)
+  local _, changed = kit.mark(p, state)
   if changed then
     local i = info(p)
     pcall(i.requests.send, i.requests, {op = op})
   end
-  local h = p:_manager()
+  local h = kit.manager(p)
   if h and debug.getregistry()["conc.pool worker of"] ~= p.id then
     local ok, err = pcall(h.wait, h)
-    if not ok then rethrow(err, 4) end
+    if not ok then rethrow(err, CALLER + 1) end
   end
 end
 
