@@ -66,13 +66,14 @@ T.test("a parent's pool and futures, in a child", function()
     local r = table.pack(in_child(function()
       return why(p.map, p, print, {1}), why(p.submit, p, print), why(p.close, p),
              why(function() return p.n end), why(f.result, f), why(f.wait, f),
-             why(f.done, f), why(p.terminate, p)
+             why(f.done, f), why(p.terminate, p), why(pool.as_completed, {f})
     end))
     for i = 1, 4 do
       T.ok(r[i]:find("pool %d+ belongs to another process"), r[i])
       T.ok(not r[i]:find("conclua stdlib", 1, true), r[i])
     end
     for i = 5, 7 do T.ok(r[i]:find("future %d+ belongs to another process"), r[i]) end
+    T.ok(r[9]:find("item 1 is future %d+, which belongs to another process"), r[9])
     T.ok(r[8]:find("pool %d+ belongs to another process"), r[8])
     -- the child's copies went away with it; the pool is the parent's still
     T.eq(p:submit(function() return "after" end):result(30), "after")

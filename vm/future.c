@@ -215,10 +215,22 @@ lua_Integer future_id(cobj *o) {
   return (lua_Integer)((future *)o)->id;
 }
 
-/* kit.isfuture(v) -> whether v is a future. */
+/* kit.isfuture(v) -> true if v is a future of this process; else false
+** and why not. */
 static int fut_is(lua_State *L) {
   cobj *o = obj_test(L, conc_cs(L), 1);
-  lua_pushboolean(L, o != NULL && o->kind == K_FUTURE);
+  char what[64];
+  if (o == NULL || o->kind != K_FUTURE) {
+    lua_pushboolean(L, 0);
+    lua_pushliteral(L, "is not a future");
+    return 2;
+  }
+  if (obj_foreign(o, what, sizeof what)) {
+    lua_pushboolean(L, 0);
+    lua_pushfstring(L, "is %s, which belongs to another process", what);
+    return 2;
+  }
+  lua_pushboolean(L, 1);
   return 1;
 }
 
@@ -228,12 +240,17 @@ static int fut_earliest(lua_State *L) {
   cstate *cs = conc_cs(L);
   lua_Integer n = luaL_len(L, 1), best = 0;
   uint64_t bestseq = 0;
+  char what[64];
   for (lua_Integer i = 1; i <= n; i++) {
     future *f;
     lua_rawgeti(L, 1, i);
     f = (future *)obj_test(L, cs, -1);
     lua_pop(L, 1);
     if (f == NULL || f->obj.kind != K_FUTURE) continue;
+    if (obj_foreign(&f->obj, what, sizeof what)) {   /* its lock is not ours */
+      lua_pushfstring(L, "%s belongs to another process", what);
+      return lua_error(L);
+    }
     pthread_mutex_lock(&f->mu);
     if (settled(atomic_load(&f->state)) && (best == 0 || f->seq < bestseq)) {
       best = i;

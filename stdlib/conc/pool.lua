@@ -799,8 +799,9 @@ function pool.as_completed(futures, seconds)
   end
   local left = {}
   for k, f in ipairs(futures) do
-    if not kit.isfuture(f) then
-      error(string.format("bad argument #1 to 'as_completed' (item %d is not a future)", k), 2)
+    local ok, why = kit.isfuture(f)
+    if not ok then
+      error(string.format("bad argument #1 to 'as_completed' (item %d %s)", k, why), 2)
     end
     left[k] = f
   end
