@@ -46,8 +46,16 @@ typedef struct pool {
   struct pool *prev, *next;    /* every pool of the process */
 } pool;
 
+/* The list of pools; its lock is taken by fork like an object's (a child
+** made while another thread holds it can still make pools). */
 static pthread_mutex_t pools_mu = PTHREAD_MUTEX_INITIALIZER;
 static pool *pools;
+static objlink pools_link;
+static pthread_once_t pools_once = PTHREAD_ONCE_INIT;
+
+static void pools_init(void) {
+  objreg_add(&pools_link, &pools_mu);
+}
 
 static void pool_destroy(cobj *o) {
   pool *p = (pool *)o;
@@ -86,6 +94,7 @@ static int pool_new(lua_State *L) {
     free(p);
     return luaL_error(L, "not enough memory");
   }
+  pthread_once(&pools_once, pools_init);
   obj_init(&p->obj, K_POOL);
   p->id = atomic_fetch_add(&next, 1);
   p->n = n;
