@@ -185,7 +185,7 @@ static int fut_done(lua_State *L) {
 
 /* ------------------------------------------------------------ the pool's side */
 
-/* f:_start() -> true if it was pending (it is running now). */
+/* kit.start(f) -> true if it was pending (it is running now). */
 static int fut_start(lua_State *L) {
   future *f = check_future(L, 1);
   int expect = F_PENDING, ok;
@@ -196,7 +196,7 @@ static int fut_start(lua_State *L) {
   return 1;
 }
 
-/* f:_settle(ok, packed) -> true, or false if it was settled already. */
+/* kit.settle(f, ok, packed) -> true, or false if it was settled already. */
 static int fut_settle(lua_State *L) {
   future *f = check_future(L, 1);
   int ok = lua_toboolean(L, 2);
@@ -234,13 +234,26 @@ static int fut_is(lua_State *L) {
   return 1;
 }
 
-/* kit.earliest(list) -> the index of the future of the list that was
-** settled first, or nothing when none is. The list holds futures only. */
-static int fut_earliest(lua_State *L) {
+typedef struct doneat {
+  lua_Integer index;
+  uint64_t seq;
+} doneat;
+
+static int by_seq(const void *a, const void *b) {
+  uint64_t x = ((const doneat *)a)->seq, y = ((const doneat *)b)->seq;
+  return x < y ? -1 : x > y;
+}
+
+/* kit.settled(list) -> the indexes of the futures of the list that are
+** settled, in the order they were (a list, maybe empty). Other values
+** of the list are skipped. */
+static int fut_settled(lua_State *L) {
   cstate *cs = conc_cs(L);
-  lua_Integer n = luaL_len(L, 1), best = 0;
-  uint64_t bestseq = 0;
+  lua_Integer n = luaL_len(L, 1), k = 0;
+  doneat *v;
   char what[64];
+  luaL_argcheck(L, n >= 0 && n <= 10000000, 1, "too many futures");
+  v = lua_newuserdatauv(L, sizeof *v * (size_t)(n ? n : 1), 0);  /* GC'd */
   for (lua_Integer i = 1; i <= n; i++) {
     future *f;
     lua_rawgeti(L, 1, i);
@@ -252,14 +265,19 @@ static int fut_earliest(lua_State *L) {
       return lua_error(L);
     }
     pthread_mutex_lock(&f->mu);
-    if (settled(atomic_load(&f->state)) && (best == 0 || f->seq < bestseq)) {
-      best = i;
-      bestseq = f->seq;
+    if (settled(atomic_load(&f->state))) {
+      v[k].index = i;
+      v[k].seq = f->seq;
+      k++;
     }
     pthread_mutex_unlock(&f->mu);
   }
-  if (best == 0) return 0;
-  lua_pushinteger(L, best);
+  qsort(v, (size_t)k, sizeof *v, by_seq);
+  lua_createtable(L, (int)k, 0);
+  for (lua_Integer i = 0; i < k; i++) {
+    lua_pushinteger(L, v[i].index);
+    lua_rawseti(L, -2, i + 1);
+  }
   return 1;
 }
 
@@ -274,12 +292,12 @@ int future_new(lua_State *L) {
 }
 
 const luaL_Reg future_funcs[] = {
-    {"future", future_new}, {"isfuture", fut_is}, {"earliest", fut_earliest},
-    {NULL, NULL}};
+    {"future", future_new}, {"isfuture", fut_is}, {"settled", fut_settled},
+    {"start", fut_start},   {"settle", fut_settle}, {NULL, NULL}};
 
 static const luaL_Reg fut_methods[] = {
-    {"result", fut_result},   {"wait", fut_wait},      {"done", fut_done},
-    {"_start", fut_start},    {"_settle", fut_settle}, {NULL, NULL}};
+    {"result", fut_result}, {"wait", fut_wait}, {"done", fut_done},
+    {NULL, NULL}};
 
 const kindinfo future_kind = {
     "conc.future", "future", 0, 1, future_destroy, fut_methods, NULL,

@@ -596,7 +596,7 @@ cobj *future_make(void);                 /* a pending future, or NULL */
 ** 0 if it was settled already. */
 int future_settle(cobj *f, int ok, msg *value);
 int future_new(lua_State *L);            /* kit.future */
-extern const luaL_Reg future_funcs[];    /* kit.future, isfuture, earliest */
+extern const luaL_Reg future_funcs[];    /* kit.future, settle, settled... */
 lua_Integer future_id(cobj *f);
 
 /* pool.c */

@@ -251,7 +251,7 @@ local function map_fail(P, m, e)
 end
 
 local function fail_work(P, r, e)
-  if r.f then r.f:_settle(false, packed_error(e))
+  if r.f then kit.settle(r.f, false, packed_error(e))
   else
     local m = r.map
     m.out = m.out - 1
@@ -283,7 +283,7 @@ local function next_call(P)
     end
     P.calls[P.chead] = nil
     P.chead = P.chead + 1
-    if c.started or c.f:_start() then       -- not when it was cancelled
+    if c.started or kit.start(c.f) then       -- not when it was cancelled
       c.started = true
       return c
     end
@@ -329,7 +329,7 @@ local function take(P, a)
   if r == nil then return end          -- its map was dropped, or terminated
   P.work[a.id] = nil
   if r.f then
-    r.f:_settle(a.ok, a.p)
+    kit.settle(r.f, a.ok, a.p)
   else
     local m = r.map
     m.out = m.out - 1
@@ -383,7 +383,7 @@ local function fail_all(P, e)
   end
   for i = P.chead, P.ctail do
     local c = P.calls[i]
-    if c then c.f:_settle(false, packed_error(e)) end
+    if c then kit.settle(c.f, false, packed_error(e)) end
   end
   P.calls, P.chead, P.ctail = {}, 1, 0
   for _, m in pairs(P.bykey) do map_fail(P, m, e) end
@@ -426,7 +426,7 @@ local function worker_died(P, w)
 end
 
 local function refuse(r, why)
-  if r.op == "call" then r.f:_settle(false, packed_error(why))
+  if r.op == "call" then kit.settle(r.f, false, packed_error(why))
   elseif r.op == "map" or r.op == "more" then r.reply:send({err = packed_error(why)}) end
 end
 
@@ -622,7 +622,7 @@ function Pool:submit(fn, ...)
   local f = kit.future()
   local p, err = pack(info(self).remote, "spawn", fn, ...)
   if not p then                          -- fails its own future only
-    f:_settle(false, packed_error(err))
+    kit.settle(f, false, packed_error(err))
     return f
   end
   send(self, {op = "call", f = f, p = p})
@@ -806,16 +806,39 @@ function pool.as_completed(futures, seconds)
     left[k] = f
   end
   local deadline = seconds and now() + seconds
+  local ready, rnext = {}, 1          -- settled, in the order they were
   return function()
-    while #left > 0 do
-      local k = kit.earliest(left)
-      if k then return table.remove(left, k) end
+    while true do
+      local f = ready[rnext]
+      if f then
+        ready[rnext] = nil
+        rnext = rnext + 1
+        return f
+      end
+      if #left == 0 then return nil end
+      local done = kit.settled(left)
+      if #done > 0 then               -- they move from left to ready
+        ready, rnext = {}, 1
+        local gone = {}
+        for j, k in ipairs(done) do
+          ready[j] = left[k]
+          gone[k] = true
+        end
+        local rest = {}
+        for k, x in ipairs(left) do
+          if not gone[k] then rest[#rest + 1] = x end
+        end
+        left = rest
+        goto continue
+      end
       local wait = deadline and math.max(0, deadline - now())
-      local ok, item = pcall(conc.select, left, wait)
-      if not ok then rethrow(item, 2) end
-      if item == nil then error("timeout", 2) end
+      do
+        local ok, item = pcall(conc.select, left, wait)
+        if not ok then rethrow(item, 2) end
+        if item == nil then error("timeout", 2) end
+      end
+      ::continue::
     end
-    return nil
   end
 end
 
