@@ -219,11 +219,16 @@ local function packed_error(e)
   return pack(false, "error", e) or pack(false, "error", tostring(e))
 end
 
+-- m has no more ranges to send (now, or ever).
+local function unlist(P, m)
+  for i, x in ipairs(P.maps) do
+    if x == m then return table.remove(P.maps, i) end
+  end
+end
+
 local function forget_map(P, m)
   P.bykey[m.reply] = nil
-  for i, x in ipairs(P.maps) do
-    if x == m then table.remove(P.maps, i) break end
-  end
+  unlist(P, m)
   for _, w in pairs(P.workers) do
     if w.defs[m.k] then
       w.defs[m.k] = nil
@@ -239,15 +244,18 @@ local function map_check(P, m)
   end
 end
 
--- The map fails: its reply says why, what was not sent is dropped.
-local function map_fail(P, m, e)
+-- The map is dropped (failed, or its submitter gave up): what was not
+-- sent never will be; if 'packed' (an error value), its reply says so.
+local function map_drop(P, m, packed)
   if m.dropped then return end
   m.dropped = true
-  m.reply:send({err = packed_error(e)})
-  for i, x in ipairs(P.maps) do
-    if x == m then table.remove(P.maps, i) break end
-  end
+  if packed then m.reply:send({err = packed}) end
+  unlist(P, m)
   map_check(P, m)
+end
+
+local function map_fail(P, m, e)
+  map_drop(P, m, packed_error(e))
 end
 
 local function fail_work(P, r, e)
@@ -333,18 +341,12 @@ local function take(P, a)
   else
     local m = r.map
     m.out = m.out - 1
-    if not m.dropped then
-      if a.ok then
-        m.reply:send({first = r.first, count = r.count, p = a.p})
-      else
-        m.dropped = true
-        m.reply:send({err = a.p})
-        for i, x in ipairs(P.maps) do
-          if x == m then table.remove(P.maps, i) break end
-        end
-      end
+    if not a.ok then
+      map_drop(P, m, a.p)
+    else
+      if not m.dropped then m.reply:send({first = r.first, count = r.count, p = a.p}) end
+      map_check(P, m)
     end
-    map_check(P, m)
   end
 end
 
@@ -456,13 +458,7 @@ local function request(P, r)
     map_check(P, m)
   elseif op == "drop" then
     local m = P.bykey[r.reply]
-    if m then
-      m.dropped = true
-      for i, x in ipairs(P.maps) do
-        if x == m then table.remove(P.maps, i) break end
-      end
-      map_check(P, m)
-    end
+    if m then map_drop(P, m) end
   elseif op == "close" then
     P.closing = true
   elseif op == "terminate" then
