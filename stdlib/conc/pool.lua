@@ -18,7 +18,8 @@
 -- items, packed, with a reply channel of its own, and gathers the
 -- results that come back there. Arguments and results are packed once
 -- where they are made and unpacked once where they are used (vm/parcel.c):
--- the manager routes them unopened. The manager hands work out as
+-- the manager routes them unopened (a thread worker settles its call's
+-- future itself: one hop less). The manager hands work out as
 -- workers have room, a message each per round, two at most in flight per
 -- worker, calls before map ranges. The submitter of a map cuts its list
 -- in ranges sized to what is left (guided scheduling: big while much is
@@ -68,7 +69,9 @@ local BATCH = 16                -- ranges per message after the first
 -- dropped when the map ends); call {id, p = fn and its arguments, packed}
 -- (the function comes with each call, with its upvalues as they are
 -- then); map {id, k, first, n, items = packed list}; stop. Answers:
--- {wid, id, ok, p = the packed results or error value}.
+-- {wid, id, ok, p = the packed results or error value}. A call may come
+-- with its future f (a thread worker's: one hop less back to whoever
+-- waits): the worker settles it and answers {wid, id, ok, direct}.
 local function worker_loop(inbox, results, wid, name, remote, poolid)
   debug.getregistry()["conc.pool worker of"] = poolid
   local kit = conc._poolkit()
@@ -114,7 +117,15 @@ local function worker_loop(inbox, results, wid, name, remote, poolid)
       else
         p = failed(r[2])
       end
-      answer({wid = wid, id = m.id, ok = ok, p = p})
+      if m.f then                -- settled here; the manager hears it is done
+        -- a worker being cancelled (terminate) raises here instead of
+        -- settling with its 'cancelled': the manager says terminated
+        conc.sleep(0)
+        kit.settle(m.f, ok, p)
+        answer({wid = wid, id = m.id, ok = ok, direct = true})
+      else
+        answer({wid = wid, id = m.id, ok = ok, p = p})
+      end
     else                        -- a range of a map: one value per item
       local fn, vals, err = defs[m.k], {}, nil
       local ok, items = pcall(unpack, m.items)
@@ -152,7 +163,8 @@ end
 
 -- ------------------------------------------------------------ transports
 
--- One table per kind of worker. start(P, slot) -> a worker record w whose
+-- One table per kind of worker. direct: a call goes with its future, for
+-- the worker to settle. start(P, slot) -> a worker record w whose
 -- w.h is selectable and ready once the worker has ended; send(w, m);
 -- take(w) -> a message still in w's inbox, without waiting (a dead
 -- worker's untaken work); stop(w) asks it to end after what it has;
@@ -167,6 +179,7 @@ local function local_workers(kind, box, spawn, kill)
   local remote = box == conc.queue
   return {
     remote = remote,
+    direct = not remote,
     results = box,
     start = function(P, slot)
       local inbox = box()
@@ -304,7 +317,7 @@ local function dispatch(P)
       if w.count < round then
         local c = next_call(P)
         if c then
-          send_work(P, w, c, {op = "call", p = c.p})
+          send_work(P, w, c, {op = "call", p = c.p, f = P.T.direct and c.f or nil})
         else
           local m = P.maps[1]
           if not m then return end
@@ -337,7 +350,7 @@ local function take(P, a)
   if r == nil then return end          -- its map was dropped, or terminated
   P.work[a.id] = nil
   if r.f then
-    kit.settle(r.f, a.ok, a.p)
+    if not a.direct then kit.settle(r.f, a.ok, a.p) end
   else
     local m = r.map
     m.out = m.out - 1
