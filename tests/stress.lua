@@ -189,6 +189,165 @@ scenario("cancel", 300, function()
   lk:release()
 end)
 
+-- Cancel, at random moments of their start and with both cores kept
+-- busy, threads that catch their cancel and would return: once cancel()
+-- said true the thread ends "cancelled", and a thread that started ran
+-- its __close handler whole.
+local hog_stop
+scenario("cancel_caught", 3000, function(run, runs)
+  if run == 1 then
+    hog_stop = conc.event()
+    for _ = 1, 2 do
+      spawn_thread({daemon = true}, function()
+        while not hog_stop:is_set() do
+          local x = 0
+          for k = 1, 20000 do x = x + k end
+        end
+      end)
+    end
+  end
+  local ch = conc.channel()
+  local t = spawn_thread(function()
+    local c <close> = setmetatable({}, {__close = function()
+      local s = 0
+      for i = 1, 1000 do s = s + i end
+      ch:send(s)
+    end})
+    ch:send("started")
+    pcall(conc.sleep, 10)
+    pcall(conc.sleep, 10)
+    return "done"
+  end)
+  if run % 3 ~= 0 then conc.sleep((run % 7) * 0.0005) end
+  local ok = t:cancel()
+  assert(t:wait(30), "a cancelled thread did not end")
+  if ok then assert(t:status() == "cancelled", t:status()) end
+  if ch:recv(0) == "started" then
+    local v = ch:recv(0)
+    assert(v == 500500, "__close did not run whole: " .. tostring(v))
+  end
+  if run == runs then hog_stop:set() end
+end)
+
+-- A Ctrl-C that lands as the main chunk ends, or as the wait at exit
+-- begins, still stops the workers (status 130, what it stopped on
+-- stderr): SIGINT is armed from the first chunk to the end of the wait.
+local exe = arg and arg[-1] or "conclua"
+local ctrlc_script = os.tmpname() .. ".lua"
+do
+  local f = assert(io.open(ctrlc_script, "w"))
+  f:write([[
+    spawn_thread({name = "slow"}, function() conc.sleep(60) end)
+    io.write("ready ", assert(io.open("/proc/self/stat")):read("n"), "\n")
+    io.stdout:flush()
+  ]])
+  f:close()
+end
+scenario("ctrl_c_at_exit", 200, function(run, runs)
+  local out = os.tmpname()
+  local rc = out .. ".rc"
+  os.execute(string.format("(%q %q > %q 2>&1; echo $? > %q) &", exe,
+                           ctrlc_script, out, rc))
+  local function read(path)
+    local f = io.open(path)
+    local s = f and f:read("a") or ""
+    if f then f:close() end
+    return s
+  end
+  local pid, t0 = nil, conc.now()
+  repeat
+    pid = read(out):match("ready (%d+)")
+    if not pid then conc.sleep(0.001) end
+  until pid or conc.now() - t0 > 30
+  assert(pid, "never ready: " .. read(out))
+  if run % 2 == 0 then conc.sleep((run % 10) * 0.0005) end
+  os.execute("kill -INT " .. pid)
+  local code
+  t0 = conc.now()
+  repeat
+    code = tonumber(read(rc))
+    if not code then conc.sleep(0.005) end
+  until code or conc.now() - t0 > 30
+  local text = read(out)
+  os.remove(out)
+  os.remove(rc)
+  if run == runs then os.remove(ctrlc_script) end
+  assert(code == 130, "exit status " .. tostring(code) .. ": " .. text)
+  assert(text:find('stopping 1 worker: thread %d+ "slow"'), text)
+end)
+
+-- Shared tables under a kill storm: three processes update a pair of
+-- counters atomically, rewrite big values and count hits; one of them is
+-- SIGKILLed at a random moment (in the middle of an update, of a copy
+-- under the table's lock, anywhere). The others must go on, the pair must
+-- add up (a killed update is dropped whole), no value may be torn, and
+-- the table must stay usable.
+local rebuilt = 0              -- by the survivors, after a death
+scenario("shared_kill", 150, function(run, runs)
+  local s, ready = conc.shared(), conc.semaphore(0)
+  s.pair = {n = 0}
+  s.stop = false
+  local size = 300000 + run % 7
+  local ws = {}
+  for id = 1, 3 do
+    ws[id] = spawn_process(function()
+      local big = string.rep(string.char(64 + id), size + id)
+      ready:release()
+      while not s.stop do
+        s:update("pair", function(p)
+          p.n = p.n + 1
+          p[id] = (p[id] or 0) + 1
+          return p
+        end)
+        s["big" .. id] = big
+        s:incr("hits")
+      end
+      return conc._stats().shared_recoveries
+    end)
+  end
+  for _ = 1, 3 do assert(ready:acquire(30), "workers did not start") end
+  conc.sleep(math.random() * 0.03)
+  local victim = ws[math.random(3)]
+  victim:kill("KILL")
+  pcall(victim.join, victim)
+  conc.sleep(math.random() * 0.02)
+  s.stop = true
+  for _, w in ipairs(ws) do
+    if w ~= victim then rebuilt = rebuilt + w:join() end
+  end
+  local p, sum = s.pair, 0
+  for id = 1, 3 do sum = sum + (p[id] or 0) end
+  assert(p.n == sum, string.format("pair: n = %d, parts add up to %d", p.n, sum))
+  local keys = 0
+  for k, v in pairs(s) do
+    keys = keys + 1
+    local id = type(k) == "string" and tonumber(k:match("^big(%d)$"))
+    if id then
+      assert(#v == size + id and v == string.rep(string.char(64 + id), #v),
+             "torn value at " .. k)
+    end
+  end
+  assert(tostring(s) == "<shared " .. keys .. " keys>", tostring(s))
+  s.after = run
+  assert(s.after == run and s:incr("hits") > 0)
+  if run == runs then
+    assert(rebuilt + conc._stats().shared_recoveries > 0,
+           "no kill caught a writer changing the table: nothing tested")
+  end
+end)
+
+-- Atomic incr from threads and processes at once.
+scenario("shared_incr", 200, function()
+  local s = conc.shared()
+  local ws = {}
+  for i = 1, 4 do
+    local spawn = i % 2 == 0 and spawn_thread or spawn_process
+    ws[i] = spawn(function() for _ = 1, 250 do s:incr("n") end end)
+  end
+  for _, w in ipairs(ws) do w:join() end
+  assert(s.n == 1000, "lost increments: " .. tostring(s.n))
+end)
+
 -- Pools: one pool shared by several threads, each mapping and
 -- submitting at once; every thread gets its own results, all of them.
 local pool = require "conc.pool"

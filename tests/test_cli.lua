@@ -210,4 +210,135 @@ T.test("the article's examples print each line once", function()
   end
 end)
 
+-- ------------------------------------------------------------ Ctrl-C and the wait at exit
+
+-- conclua with these arguments, Ctrl-C'ed as T.ctrl_c does it.
+local function ctrl_c(args, input, times)
+  return T.ctrl_c(exe .. " " .. args, input, times)
+end
+
+local function gone(pid)
+  local t0 = conc.now()
+  while os.execute("kill -0 " .. pid .. " 2>/dev/null") do
+    if conc.now() - t0 > 5 then return false end
+    conc.sleep(0.02)
+  end
+  return true
+end
+
+local READY = T.READY
+
+T.test("one Ctrl-C during the exit wait stops the workers: status 130", function()
+  local s = T.tmpfile(READY .. [[
+    spawn_thread({name = "slow"}, function()
+      local c <close> = setmetatable({}, {__close = function()
+        io.stderr:write("slow closed\n")
+      end})
+      conc.sleep(60)
+    end)
+    local p = spawn_process({name = "nap"}, function() conc.sleep(60) end)
+    spawn_thread({name = "bg", daemon = true}, function() conc.sleep(60) end)
+    ready(p.pid)
+  ]])
+  local out, rc, pids = ctrl_c(T.q(s))
+  os.remove(s)
+  T.eq(rc, 130, out)
+  T.ok(out:find('conclua: stopping 2 workers: thread %d+ "slow", process ' ..
+                pids[2] .. ' "nap"\n'), out)
+  T.ok(out:find("slow closed", 1, true), out)
+  T.ok(not out:find("bg", 1, true), "the daemon is not one the exit waited for:\n" .. out)
+  T.ok(not out:find("signal", 1, true), "a stopped worker reported as failed:\n" .. out)
+  T.ok(gone(pids[2]), "the process outlived conclua")
+end)
+
+T.test("Ctrl-C in a join of the main chunk stops the workers as well", function()
+  local s = T.tmpfile(READY .. [[
+    local t = spawn_thread({name = "slow"}, function() conc.sleep(60) end)
+    local p = spawn_process({name = "nap"}, function() conc.sleep(60) end)
+    ready(p.pid)
+    t:join()
+  ]])
+  local out, rc, pids = ctrl_c(T.q(s))
+  os.remove(s)
+  T.eq(rc, 130, out)
+  T.ok(out:find("interrupted!", 1, true), out)
+  T.ok(out:find('stopping 2 workers: thread %d+ "slow", process ' .. pids[2]), out)
+  T.ok(gone(pids[2]), "the process outlived conclua")
+end)
+
+T.test("Ctrl-C with no worker left: interrupted!, status 1 as lua", function()
+  local s = T.tmpfile(READY .. [[
+    ready()
+    conc.channel():recv()
+  ]])
+  local out, rc = ctrl_c(T.q(s))
+  os.remove(s)
+  T.eq(rc, 1, out)
+  T.ok(out:find("interrupted!", 1, true), out)
+  T.ok(not out:find("stopping", 1, true), out)
+end)
+
+-- A script whose worker process "deaf" ignores SIGTERM (a C function of
+-- a module built for the test), Ctrl-C'ed 'times' times: what ctrl_c
+-- returns.
+local function deaf(times)
+  local c = T.tmpfile([[
+    #include <signal.h>
+    int conc_test_ignterm(void *L) { (void)L; signal(SIGTERM, SIG_IGN); return 0; }
+  ]], ".c")
+  local so = c:gsub("%.c$", ".so")
+  local out, code = T.sh("cc -shared -fPIC -o " .. T.q(so) .. " " .. T.q(c))
+  os.remove(c)
+  T.eq(code, 0, out)
+  local s = T.tmpfile(READY .. [[
+    local p = spawn_process({name = "deaf"}, function()
+      package.loadlib(]] .. string.format("%q", so) .. [[, "conc_test_ignterm")()
+      conc.sleep(60)
+    end)
+    conc.sleep(0.2)                 -- it ignores SIGTERM by now
+    ready(p.pid)
+  ]])
+  local rc, pids, dt
+  out, rc, pids, dt = ctrl_c(T.q(s), nil, times)
+  os.remove(s)
+  os.remove(so)
+  return out, rc, pids, dt
+end
+
+T.test("a worker that ignores SIGTERM is killed after a grace", function()
+  local out, rc, pids, dt = deaf(1)
+  T.eq(rc, 130, out)
+  T.ok(out:find('stopping 1 worker: process ' .. pids[2] .. ' "deaf"', 1, true), out)
+  T.ok(out:find('process ' .. pids[2] .. ' "deaf" ignored SIGTERM: killed', 1, true), out)
+  T.ok(dt < 20, dt)
+  T.ok(gone(pids[2]), "the process outlived conclua")
+end)
+
+T.test("a second Ctrl-C ends the grace at once", function()
+  local out, rc, pids = deaf(2)
+  T.eq(rc, 130, out)
+  T.ok(out:find("stopping 1 worker", 1, true), out)
+  T.ok(gone(pids[2]), "the process outlived conclua")
+end)
+
+T.test("Ctrl-C stops the exit wait of a piped REPL and of os.exit", function()
+  -- the REPL reads a line at a time: one line each
+  local out, rc = ctrl_c("-i", READY:gsub("local function", "function")
+                                    :gsub("\n%s*", " ") .. "\n" .. [[
+    th = spawn_thread({name = "slow"}, function() conc.sleep(60) end)
+    ready()
+  ]])
+  T.eq(rc, 130, out)
+  T.ok(out:find('stopping 1 worker: thread %d+ "slow"'), out)
+  local s = T.tmpfile(READY .. [[
+    spawn_thread({name = "slow"}, function() conc.sleep(60) end)
+    ready()
+    os.exit(3)
+  ]])
+  out, rc = ctrl_c(T.q(s))
+  os.remove(s)
+  T.eq(rc, 130, out)
+  T.ok(out:find('stopping 1 worker: thread %d+ "slow"'), out)
+end)
+
 T.done()

@@ -227,6 +227,76 @@ T.test("lua5.4's os.exit waits for the workers too", function()
   T.eq(code, 3)
 end)
 
+-- lua5.4 running a script (or reading lines) from the installed conc.so,
+-- Ctrl-C'ed as a user would (T.ctrl_c).
+local function lua54_ctrl_c(code, args, times)
+  local script = T.tmpfile('package.cpath = "' .. prefix ..
+                           '/lib/lua/5.4/?.so;" .. package.cpath\n' ..
+                           T.READY .. code)
+  local out, rc, pids = T.ctrl_c(env .. lua54cmd .. " " .. q(script) ..
+                                 (args or ""), nil, times)
+  os.remove(script)
+  return out, rc, pids
+end
+
+T.test("Ctrl-C interrupts blocking conc calls under lua5.4", function()
+  install()
+  for _, call in ipairs({
+      "spawn_thread({daemon = true}, function() conc.sleep(60) end):join()",
+      "conc.channel():recv()", "conc.sleep(60)",
+      "local l = conc.lock() l:acquire() l:acquire()",
+      "conc.select({conc.channel()})", "conc.event():wait()"}) do
+    local out, rc = lua54_ctrl_c('require "conc"\nready()\n' .. call .. "\n")
+    T.eq(rc, 1, call .. ":\n" .. out)
+    T.ok(out:find("lua5.4: [^\n]*interrupted!\nstack traceback:"), call .. ":\n" .. out)
+  end
+  -- the script ended by it: its workers are stopped, not waited for, as
+  -- conclua does
+  local out, rc, pids = lua54_ctrl_c([[
+    require "conc"
+    local p = spawn_process({name = "nap"}, function() conc.sleep(60) end)
+    spawn_thread({name = "slow"}, function() conc.sleep(60) end)
+    ready(p.pid)
+    p:join()
+  ]])
+  T.eq(rc, 1, out)
+  T.ok(out:find("interrupted!", 1, true), out)
+  T.ok(out:find('lua5.4: stopping 2 workers: process ' .. pids[2] ..
+                ' "nap", thread %d+ "slow"'), out)
+  -- lua.c's own Ctrl-C still works: a busy loop, and a pcall that catches
+  -- (the script then goes on, and its end waits for its workers)
+  out, rc = lua54_ctrl_c('require "conc"\nready()\nwhile true do end\n')
+  T.eq(rc, 1, out)
+  T.ok(out:find("interrupted!", 1, true), out)
+  out, rc = lua54_ctrl_c([[
+    require "conc"
+    ready()
+    print(pcall(conc.sleep, 60))
+    spawn_thread(function() conc.sleep(0.2) print("late") end)
+    print("goes on")
+  ]])
+  T.eq(rc, 0, out)
+  T.ok(out:find("false\tinterrupted!\ngoes on\nlate\n", 1, true), out)
+end)
+
+T.test("Ctrl-C interrupts a blocking conc call in a piped lua5.4 -i", function()
+  install()
+  -- lua.c reads a line only once the one before has run: the blocked recv
+  -- is interrupted, and the session goes on with the next lines
+  local lines = table.concat({
+    'package.cpath = "' .. prefix .. '/lib/lua/5.4/?.so;" .. package.cpath',
+    'conc = require "conc"',
+    (T.READY:gsub("local function", "function"):gsub("\n%s*", " ")),
+    'ready()',
+    'conc.channel():recv()',
+    'print("after", 1 + 1)', ""}, "\n")
+  local out, rc = T.ctrl_c(env .. lua54cmd .. " -i", lines)
+  T.eq(rc, 0, out)
+  T.ok(out:find("stdin:1: interrupted!\nstack traceback:\n\t[C]: in method 'recv'",
+                1, true), out)
+  T.ok(out:find("after\t2", 1, true), out)
+end)
+
 T.test("only conclua_* and luaopen_conc are exported", function()
   install()
   for _, lib in ipairs({build .. "/libconclua.so", build .. "/conc.so",

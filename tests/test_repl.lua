@@ -457,6 +457,22 @@ T.test("Ctrl-C during the exit wait stops the workers", function()
   end)
 end)
 
+T.test("one Ctrl-C at the exit wait: stopped on stderr, status 130", function()
+  session(function(t)
+    t:run('th = spawn_thread({name = "slow"}, function() local c <close> = ' ..
+          'setmetatable({}, {__close = function() io.stderr:write("closed\\n") end}) ' ..
+          'conc.sleep(60) end)')
+    t:keys("C-d")
+    t:wait("waiting for 1 worker")
+    t:keys("C-c")
+    local s = t:wait("[exit")
+    s = s:sub((s:find("waiting for", 1, true)))
+    T.ok(s:find('conclua: stopping 1 worker: thread %d+ "slow"\n'), s)
+    has(s, "closed")
+    has(s, "[exit 130]")
+  end)
+end)
+
 -- ------------------------------------------------------------ prompts
 
 T.test("_PROMPT and _PROMPT2 are honoured", function()

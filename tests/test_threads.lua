@@ -272,6 +272,228 @@ T.test("cancel inside coroutines", function()
   T.raises("cancelled", t2.join, t2)
 end)
 
+-- Spinning threads that keep both cores busy: a woken worker then often
+-- runs on the canceller's core before the canceller goes on (the window
+-- in which a cancel used to be swallowed). They stop on 'stop'.
+local function hogs(n)
+  local stop = conc.event()
+  local ts = {}
+  for i = 1, n do
+    ts[i] = spawn_thread(function()
+      while not stop:is_set() do
+        local x = 0
+        for k = 1, 20000 do x = x + k end
+      end
+    end)
+  end
+  return function()
+    stop:set()
+    for _, t in ipairs(ts) do t:join() end
+  end
+end
+
+T.test("a cancel answered true always ends cancelled (300 runs)", function()
+  local unhog = hogs(2)
+  local wrong = {}
+  for i = 1, 300 do
+    local t = spawn_thread(function()
+      pcall(conc.sleep, 10)
+      pcall(conc.sleep, 10)
+      return "done"
+    end)
+    conc.sleep(0.002)
+    local ok = t:cancel()
+    T.ok(t:wait(30), "run " .. i .. ": the cancelled thread did not end")
+    if ok and t:status() ~= "cancelled" then
+      wrong[#wrong + 1] = i .. ": " .. t:status()
+    end
+  end
+  unhog()
+  T.eq(#wrong, 0, "runs that did not end cancelled: " ..
+                  table.concat(wrong, ", ", 1, math.min(#wrong, 10)))
+end)
+
+T.test("every cancellation point after a caught cancel raises again", function()
+  local bodies = {
+    function() pcall(conc.sleep, 60) conc.sleep(60) end,
+    function() pcall(conc.sleep, 60) conc.channel():recv() end,
+    function() while true do pcall(conc.sleep, 60) end end,
+    function() while true do pcall(conc.event().wait, conc.event()) end end,
+  }
+  if T.sanitizer ~= "tsan" then      -- tsan holds signals back in pure Lua
+    bodies[#bodies + 1] = function() pcall(conc.sleep, 60) while true do end end
+    bodies[#bodies + 1] = function()
+      while true do pcall(function() while true do end end) end
+    end
+  end
+  for i, body in ipairs(bodies) do
+    local t = spawn_thread(body)
+    conc.sleep(0.02)
+    local t0 = conc.now()
+    T.eq(t:cancel(), true)
+    T.ok(t:wait(30), "body " .. i .. " swallowed its cancel")
+    T.ok(conc.now() - t0 < 30, "body " .. i)
+    T.raises("cancelled", t.join, t)
+    T.eq(t:status(), "cancelled", "body " .. i)
+  end
+end)
+
+T.test("a worker that returns after catching its cancel ends cancelled", function()
+  local ch = conc.channel()
+  local t = spawn_thread(function()
+    local ok, err = pcall(conc.sleep, 10)
+    ch:send(err)                       -- the grace after the catch
+    return "swallowed"
+  end)
+  conc.sleep(0.05)
+  T.eq(t:cancel(), true)
+  T.eq(ch:recv(30), "cancelled")
+  T.raises("cancelled", t.join, t)
+  T.eq(t:status(), "cancelled")
+  T.eq(t:cancel(), false)
+end)
+
+-- What the handlers of a cancelled thread saw: one line per handler, in
+-- the order they ran.
+local function closes(body)
+  local ch = conc.channel()
+  local t = spawn_thread(body, ch)
+  T.eq(ch:recv(30), "ready")
+  conc.sleep(0.02)
+  T.eq(t:cancel(), true)
+  T.raises("cancelled", t.join, t)
+  T.eq(t:status(), "cancelled")
+  local got = {}
+  while true do
+    local v = ch:recv(0)
+    if v == nil then break end
+    got[#got + 1] = v
+  end
+  return table.concat(got, ",")
+end
+
+T.test("<close> and __close run when a thread is cancelled", function()
+  -- each handler runs Lua code of its own to the end (a loop, a call)
+  local function body(block)
+    return function(ch)
+      local function closer(tag)
+        return setmetatable({}, {__close = function(_, e)
+          local s = 0
+          for i = 1, 100000 do s = s + i end      -- long enough to be cut
+          ch:send(tag .. ":" .. tostring(e) .. ":" .. s)
+        end})
+      end
+      local outer <close> = closer("outer")
+      do
+        local inner <close> = closer("inner")
+        ch:send("ready")
+        block()
+      end
+    end
+  end
+  local want = "inner:cancelled:5000050000,outer:cancelled:5000050000"
+  T.eq(closes(body(function() conc.sleep(100) end)), want)
+  T.eq(closes(body(function() conc.event():wait() end)), want)
+  if T.sanitizer ~= "tsan" then     -- tsan holds signals back in pure Lua
+    T.eq(closes(body(function() while true do end end)), want)
+  end
+end)
+
+T.test("__close runs on cancel through pcall, coroutines and handlers", function()
+  -- closed by the pcall that catches the cancel, then by the outer one
+  T.eq(closes(function(ch)
+    local a <close> = setmetatable({}, {__close = function() ch:send("a") end})
+    pcall(function()
+      local b <close> = setmetatable({}, {__close = function() ch:send("b") end})
+      ch:send("ready")
+      conc.sleep(100)
+    end)
+    conc.sleep(100)                   -- raises again at once
+    ch:send("not reached")
+  end), "b,a")
+  -- a coroutine's own variables, through coroutine.wrap
+  T.eq(closes(function(ch)
+    local a <close> = setmetatable({}, {__close = function() ch:send("a") end})
+    coroutine.wrap(function()
+      local c <close> = setmetatable({}, {__close = function() ch:send("c") end})
+      ch:send("ready")
+      conc.sleep(100)
+    end)()
+  end), "c,a")
+  -- a handler's own pcall and coroutine work inside the unwinding
+  T.eq(closes(function(ch)
+    local a <close> = setmetatable({}, {__close = function()
+      local ok = pcall(error, "x")
+      local co = coroutine.wrap(function() coroutine.yield("y") end)
+      ch:send("a" .. tostring(ok) .. co())
+    end})
+    ch:send("ready")
+    conc.sleep(100)
+  end), "afalsey")
+end)
+
+T.test("a program that cancels its workers at a deadline", function()
+  -- as a user writes it from the reference: workers take jobs from a
+  -- channel, clean up in a __close handler, log what pcall caught
+  local jobs, log = conc.channel(), conc.channel()
+  local workers = {}
+  for i = 1, 4 do
+    workers[i] = spawn_thread({name = "w" .. i}, function()
+      local bye <close> = setmetatable({}, {__close = function(_, err)
+        log:send(select(2, conc.self()) .. " " .. tostring(err))
+      end})
+      for job in jobs:iter() do
+        local ok, err = pcall(conc.sleep, job)
+        if not ok then log:send("caught " .. err) end
+      end
+    end)
+  end
+  for _ = 1, 1000 do jobs:send(0.01) end
+  conc.sleep(0.1)
+  for _, w in ipairs(workers) do T.eq(w:cancel(), true) end
+  for _, w in ipairs(workers) do
+    T.raises("cancelled", w.join, w)
+    T.eq(w:status(), "cancelled")
+  end
+  local closed, caught = {}, 0
+  while true do
+    local line = log:recv(0)
+    if line == nil then break end
+    if line:find("^caught ") then
+      T.eq(line, "caught cancelled")
+      caught = caught + 1
+    else
+      local name, err = line:match("^(%S+) (.*)$")
+      T.eq(err, "cancelled", line)
+      T.ok(not closed[name], "closed twice: " .. name)
+      closed[name] = true
+    end
+  end
+  for i = 1, 4 do T.ok(closed["w" .. i], "w" .. i .. " did not clean up") end
+  T.ok(caught <= 4, caught)
+end)
+
+T.test("pcall and xpcall behave as the standard ones", function()
+  local t = spawn_thread(function()
+    local r = {}
+    r[1] = select("#", pcall(function() return 1, nil, 3 end))
+    r[2] = select(2, pcall(error, "e", 0))
+    r[3] = select(2, xpcall(error, function(m) return "h:" .. m end, "m", 0))
+    r[4] = select(2, xpcall(function(a, b) return a + b end, print, 2, 3))
+    r[5] = select(2, pcall(pcall))
+    local co = coroutine.wrap(function()
+      return pcall(function() return coroutine.yield(1) + 1 end)
+    end)
+    r[6] = co()
+    r[7] = select(2, co(41))
+    r[8] = select(2, pcall(xpcall, print))
+    return table.concat(r, "|")
+  end)
+  T.eq(t:join(), "4|e|h:m|5|bad argument #1 to 'pcall' (value expected)|1|42|" ..
+                 "bad argument #2 to 'xpcall' (function expected, got no value)")
+  T.eq(pcall, spawn_thread(function() return pcall end):join())
+end)
+
 T.test("a collected handle leaves the thread running and awaited", function()
   local ch = conc.channel()
   do

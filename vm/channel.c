@@ -388,10 +388,11 @@ static int chan_tostring(lua_State *L) {
   chan *c = check_chan(L);
   size_t len = atomic_load(&c->len);
   if (c->cap < 0)
-    lua_pushfstring(L, "<channel %d queued%s>", (int)len,
+    lua_pushfstring(L, "<channel %I queued%s>", (LUAI_UACINT)len,
                     atomic_load(&c->closed) ? ", closed" : "");
   else
-    lua_pushfstring(L, "<channel %d/%d queued%s>", (int)len, (int)c->cap,
+    lua_pushfstring(L, "<channel %I/%I queued%s>", (LUAI_UACINT)len,
+                    (LUAI_UACINT)c->cap,
                     atomic_load(&c->closed) ? ", closed" : "");
   return 1;
 }

@@ -8,10 +8,12 @@
 ** stock lua5.4's after require "conc") gets a runtime and a cstate kept
 ** in a userdata box in its registry; the box's __gc, run when the host
 ** closes the state, waits for the non-daemon workers (as at the end of a
-** Python program), cancels the daemon threads and signals the daemon
-** processes, retires the host's hooks (waiting for any that runs), then
-** drops the state's hold on the runtime: workers still running keep it
-** alive, so nothing they use is freed under them. Process-wide are only
+** Python program; exit.c: a Ctrl-C that ended the host's code, or one
+** during the conclua command's wait, stops them instead), cancels the
+** daemon threads and signals the daemon processes, retires the host's
+** hooks (waiting for any that runs), then drops the state's hold on the
+** runtime: workers still running keep it alive, so nothing they use is
+** freed under them. Process-wide are only
 ** the thread pool, the reaper and the one-time signal, fork and exit
 ** handlers: any number of host states, each with its own runtime, live
 ** side by side.
@@ -107,6 +109,8 @@ static int conc_stats(lua_State *L) {
   lua_setfield(L, -2, "idle");
   lua_pushinteger(L, process_reaper_running());
   lua_setfield(L, -2, "reaper");
+  lua_pushinteger(L, atomic_load(&conc_shared_recoveries));
+  lua_setfield(L, -2, "shared_recoveries");
   f = fopen("/proc/self/status", "re");
   if (f) {
     while (fgets(line, sizeof line, f)) {
@@ -297,6 +301,11 @@ void conc_install(lua_State *L, cstate *cs) {
   lua_setfield(L, -2, "conc");
   lua_pushcfunction(L, conc_print);
   lua_setglobal(L, "print");
+  /* pcall and xpcall that a cancelled thread cannot swallow a cancel with */
+  lua_pushcfunction(L, thread_pcall);
+  lua_setglobal(L, "pcall");
+  lua_pushcfunction(L, thread_xpcall);
+  lua_setglobal(L, "xpcall");
   /* coroutine.resume and wrap that keep track of the running coroutine */
   if (lua_getfield(L, -1, LUA_COLIBNAME) == LUA_TTABLE) {
     lua_pushcfunction(L, thread_co_resume);
@@ -342,9 +351,18 @@ static int hostbox_gc(lua_State *L) {
   if (!b->open) return 0;
   b->open = 0;
   if (cs->rt->pid == conc_getpid()) {
-    rt_waitall(cs->rt, NULL);
-    pool_exit_all(cs->rt);      /* pools finish their queued work */
+    /* the conclua command's state: a Ctrl-C may stop the wait (os.exit
+    ** with close set; the main chunk's end waited already); a host's
+    ** state that a Ctrl-C in a conc call ended (lua5.4's script): no wait,
+    ** the workers are stopped */
+    cstate *target = conc_interrupt_for(cs->rt);
+    int ctrlc = rt_exit_wait(cs->rt, target, cs->ctrlc_uncaught,
+                             program_invocation_short_name);
     rt_shutdown(cs->rt);
+    if (ctrlc == 2 && target) {          /* the command's own exit status */
+      fflush(NULL);
+      _exit(128 + SIGINT);
+    }
   }
   rt_close_hooks(cs->rt);
   conc_interrupt_forget(cs);
@@ -377,12 +395,15 @@ static cstate *host_open(lua_State *L) {
   rt_release(r);                        /* the cstate holds it */
   lua_pop(L, 1);
   cs->ishost = 1;
-  cs->L = L;
   b->open = 1;                          /* the box owns cs from here */
   thread_cancel_install();
   process_atfork_install();
   conc_install(L, cs);
-  state_bind(L, cs);
+  /* cs->L is the main thread, what a host's Ctrl-C handler hooks (L may
+  ** be a coroutine: require "conc" from one) */
+  lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
+  state_bind(lua_tothread(L, -1), cs);
+  lua_pop(L, 1);
   return cs;
 }
 

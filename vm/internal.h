@@ -7,10 +7,13 @@
 ** Lock order, outermost first (a thread never takes an earlier lock while
 ** holding a later one):
 **   fork lock (process.c) > runtime list lock (rt->mu) > object locks
-**   (chan->mu, worker->mu, shared->mu, pool lock) > cstate->mu.
+**   (chan->mu, worker->mu, pool lock) > cstate->mu.
 ** Object locks are leaves among themselves: no code holds two at once,
 ** except the fork, which takes them all in registry order while no other
-** runtime lock can be taken (objreg_lockall).
+** runtime lock can be taken (objreg_lockall). A shared table's slock
+** (shtab.c) is held for copies only, and takes only the table of shm
+** objects (sync.c's tab_mu) inside; it lives in shared memory, so a fork
+** needs no care for it: its holder releases it in every process.
 */
 
 #ifndef conc_internal_h
@@ -29,6 +32,8 @@
 #include "conclua.h"
 
 #define CONC_UNUSED(x) ((void)(x))
+/* Thread-local, and readable from a signal handler (no lazy allocation). */
+#define CONC_TLS __thread __attribute__((tls_model("initial-exec")))
 
 #if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
 #define CONC_SANITIZED 1
@@ -240,9 +245,17 @@ msg *msg_alloc(size_t n);
 msg *msg_copy(const void *p, size_t n);
 /* A copy of m holding its own references; NULL on out of memory. */
 msg *msg_dup(const msg *m);
-/* If m holds one number: 1 integer (in *i), 2 float (in *f); else 0. */
-int msg_tonumber(const msg *m, lua_Integer *i, lua_Number *f);
-msg *msg_fromnumber(int isint, lua_Integer i, lua_Number f);
+/* A message with room for n bytes and nrefs references (m->refs), not
+** filled yet: m->nrefs is 0 until the caller stored them. */
+msg *msg_new(size_t n, int nrefs);
+/* If the n bytes at p are a message of one number: 1 integer (in *i),
+** 2 float (in *f); else 0. */
+int marshal_tonumber(const char *p, size_t n, lua_Integer *i, lua_Number *f);
+/* Writes a message of one number, MARSHAL_NUMLEN bytes; its last 8 are
+** the number's. */
+#define MARSHAL_NUMLEN 12
+void marshal_number(char out[MARSHAL_NUMLEN], int isint, lua_Integer i,
+                    lua_Number f);
 /* Seals b into a message (b is left empty); NULL on out of memory. */
 msg *msg_seal(mbuf *b);
 void msg_free(msg *m);
@@ -303,6 +316,8 @@ typedef struct rt {
   pid_t pid;                   /* the process the list belongs to */
   int closed;                  /* the host state is gone */
   int exited;                  /* the exit handler took care of it */
+  int stopped;                 /* a Ctrl-C stopped its workers (exit.c) */
+  int sigint_exit;             /* ... and the run ends with status 130 */
   paths *paths;                /* the last paths handed to a worker */
   objlink link;
   struct rt *allnext;          /* the process's list of runtimes */
@@ -327,6 +342,8 @@ typedef struct cstate {
   const void *mt[K_NKINDS];    /* metatables of handle kinds, or NULL */
   int ishost;                  /* a host or main state (cstate in a box) */
   int gone;                    /* its box was finalized: calls raise */
+  int ctrlc_uncaught;          /* a host's Ctrl-C raised "interrupted!" in
+                                  a conc wait and nothing caught it yet */
   int light;                   /* conc functions are light C functions and
                                   the cstate is in the state's extra space
                                   (worker states: no closure to pay for) */
@@ -397,7 +414,16 @@ void rt_close_hooks(rt *r);
 void conc_interrupt_target(cstate *cs);
 /* cs goes away: it stops being the interrupt target if it was. */
 void conc_interrupt_forget(cstate *cs);
-void conc_interrupt_install(int on);
+void conc_interrupt_install(int on);         /* calls nest */
+void conc_interrupt_rearm(void);      /* armed again after a first Ctrl-C */
+/* Takes a pending Ctrl-C of cs (1 if there was one) and the hook it set. */
+int conc_interrupt_take(cstate *cs);
+/* The interrupt target if it is r's and runs on this thread, else NULL. */
+cstate *conc_interrupt_for(rt *r);
+/* How many Ctrl-C the handler has seen so far. */
+unsigned conc_interrupt_count(void);
+/* A catcher (pcall, resume) in L caught an error. */
+void cs_caught(lua_State *L);
 
 /* ------------------------------------------------------------ worker.c */
 
@@ -416,6 +442,7 @@ typedef struct worker {
   _Atomic int status;          /* written under mu, read without */
   int joined;                  /* a join has seen the failure */
   int reported;                /* the exit report printed it */
+  int stopped;                 /* a Ctrl-C stopped it: no failure report */
   int registered;              /* on rt's list */
   struct selnode *waiters;     /* select nodes waiting for the end */
   msg *result;                 /* results (done) or error value (failed) */
@@ -459,6 +486,13 @@ int worker_push_outcome(lua_State *L, cstate *cs, worker *w);
 ** when cs (may be NULL) is asked to stop. */
 int rt_waitall(rt *r, worker *self);
 int rt_waitall_cs(rt *r, worker *self, cstate *cs);
+/* The wait at exit, which a Ctrl-C turns into a stop (exit.c): 2 when
+** this call decided that the run ends with status 130, 1 when an earlier
+** one did, 0 otherwise. */
+int rt_exit_wait(rt *r, cstate *cs, int interrupted, const char *prog);
+/* How many workers the exit waits for, listed in buf (if not NULL). */
+int rt_awaited(rt *r, char *buf, size_t n);
+int worker_isfailure(int status);
 void rt_forget_workers(rt *r);
 worker **rt_pick(rt *r, int (*pick)(worker *w), int *n);
 /* Prints the failures of r's workers that nobody joined or reported yet
@@ -477,9 +511,13 @@ int thread_spawn(lua_State *L);                /* spawn_thread */
 void thread_cancel_install(void);
 int thread_cancel(worker *w);
 /* Coroutine functions that keep the cancellation hook on the running
-** coroutine. */
+** coroutine, and pcall and xpcall that put it back after a catch. */
 int thread_co_resume(lua_State *L);
 int thread_co_wrap(lua_State *L);
+int thread_pcall(lua_State *L);
+int thread_xpcall(lua_State *L);
+/* Raises "cancelled" in L, a state of the calling (cancelled) worker. */
+int thread_raise_cancel(lua_State *L);
 void thread_set_current(lua_State *L);
 worker *thread_current_worker(void);
 lua_State *thread_get_current(void);
@@ -618,6 +656,7 @@ int sync_semaphore(lua_State *L);
 int sync_event(lua_State *L);
 int sync_barrier(lua_State *L);
 int shared_new(lua_State *L);
+extern _Atomic int conc_shared_recoveries;     /* for conc._stats */
 int pipe_new(lua_State *L);
 int queue_new(lua_State *L);
 
@@ -654,6 +693,44 @@ typedef int (*ready_fn)(void *state, void *arg);
 int sync_wait(cstate *cs, _Atomic uint32_t *seq, _Atomic uint32_t *nwait,
               const deadline *d, ready_fn ready, ready_fn idle, void *state,
               void *arg, const char **why);
+
+/* Raises unless the argument at 'arg' is absent, nil, or a table whose
+** keys are all among 'known' (NULL-terminated; NULL: no option at all):
+** "bad argument #1 to 'lock' (unknown option 'reentrant')" (sync.c). */
+void conc_checkoptions(lua_State *L, int arg, const char *const *known);
+
+/* ------------------------------------------------------------ shmheap.c */
+
+/* A heap of buddy blocks in one MAP_SHARED mapping (see shmheap.c): the
+** mapping is a page for the owner's header, holding this record, then
+** 2^order bytes. Blocks are offsets from the mapping's start, 0 none.
+** The caller locks. */
+#define SHHEAP_MINORDER 5
+#define SHHEAP_ORDERS 48
+#define SHHEAP_QORDERS 5       /* orders 5..9 keep freed blocks for reuse */
+#define SHHEAP_QUICK 16        /* that many of each */
+typedef struct shheap {
+  uint32_t order, pad;
+  uint64_t top;                /* below: carved into blocks; above: untouched */
+  uint64_t used;               /* bytes in used blocks */
+  uint64_t freed;              /* bytes freed since pages were given back */
+  uint64_t free[SHHEAP_ORDERS];  /* free lists, by order */
+  uint32_t nquick[SHHEAP_QORDERS];
+  uint64_t quick[SHHEAP_QORDERS][SHHEAP_QUICK];   /* freed, kept used */
+} shheap;
+size_t shheap_mapsize(unsigned order);          /* the mapping for it */
+void shheap_init(shheap *hp, char *base, unsigned order);
+size_t shheap_max(const shheap *hp);           /* the biggest block */
+/* A block of n bytes or more (its offset), or 0 when there is no room. */
+uint64_t shheap_alloc(shheap *hp, char *base, size_t n);
+void shheap_free(shheap *hp, char *base, uint64_t p);
+size_t shheap_size(char *base, uint64_t p);    /* what the block holds */
+/* Whether p can be a used block of this heap. */
+int shheap_valid(const shheap *hp, char *base, uint64_t p);
+/* Makes the free lists again from the n live blocks (any order); sets
+** live[i] to 0 for one that is no block or overlaps another. 0, or -1
+** out of memory (nothing changed). */
+int shheap_rebuild(shheap *hp, char *base, uint64_t *live, size_t n);
 
 /* Shared memory for objects that cross fork (sync.c). */
 void *shm_alloc(size_t size);

@@ -6,7 +6,10 @@
 ** main makes the state and runs pmain under lua_pcall; every message goes
 ** through report(), and every chunk through docall(), whose handler adds
 ** the traceback. Ctrl-C while a chunk runs raises "interrupted!" in it
-** (a second Ctrl-C kills the process).
+** (a second Ctrl-C kills the process). At the end pmain waits for the
+** workers (exit.c): one Ctrl-C during that wait, or a chunk that an
+** uncaught Ctrl-C ended while workers run, stops them, and conclua exits
+** with status 130.
 */
 
 #include <signal.h>
@@ -90,8 +93,26 @@ int conclua_pcall(lua_State *L, int narg, int nres, lua_CFunction msgh) {
   return status;
 }
 
+/* A chunk ended by a Ctrl-C that nothing caught. */
+static int interrupted;
+
+/* Whether the error at the top of L is the "interrupted!" of a Ctrl-C
+** that came during the call (not a chunk's own error("interrupted!")). */
+static int is_interrupt(lua_State *L, unsigned seen) {
+  const char *msg = lua_tostring(L, -1);
+  const char *nl;
+  size_t n, k = sizeof "interrupted!" - 1;
+  if (msg == NULL || conc_interrupt_count() == seen) return 0;
+  nl = strchr(msg, '\n');
+  n = nl ? (size_t)(nl - msg) : strlen(msg);
+  return n >= k && memcmp(msg + n - k, "interrupted!", k) == 0;
+}
+
 static int docall(lua_State *L, int narg, int nres) {
-  return conclua_pcall(L, narg, nres, msghandler);
+  unsigned seen = conc_interrupt_count();
+  int status = conclua_pcall(L, narg, nres, msghandler);
+  if (status != LUA_OK && is_interrupt(L, seen)) interrupted = 1;
+  return status;
 }
 
 static void print_version(void) {
@@ -251,13 +272,11 @@ static int handle_luainit(lua_State *L) {
   return dostring(L, init, name);
 }
 
-/* Waits for the workers at the end, Ctrl-C armed (first: stop waiting). */
-static void wait_workers(lua_State *L) {
+/* Waits for the workers at the end, Ctrl-C armed; 1 if a Ctrl-C stopped
+** them instead (the exit status is then 130). */
+static int wait_workers(lua_State *L) {
   cstate *cs = cs_of(L);
-  conc_interrupt_target(cs);
-  conc_interrupt_install(1);
-  conclua_wait(L);
-  conc_interrupt_install(0);
+  return cs && rt_exit_wait(cs->rt, cs, interrupted, progname) != 0;
 }
 
 static int pmain(lua_State *L) {
@@ -268,7 +287,8 @@ static int pmain(lua_State *L) {
   luaL_checkversion(L);
   if (args == has_error) {
     print_usage(argv[script]);
-    return 0;
+    lua_pushinteger(L, EXIT_FAILURE);
+    return 1;
   }
   if (args & has_E) {
     lua_pushboolean(L, 1);
@@ -276,6 +296,9 @@ static int pmain(lua_State *L) {
   }
   luaL_openlibs(L);
   conclua_open(L);
+  /* Ctrl-C armed from the first chunk to the end of the wait at exit */
+  conc_interrupt_target(cs_of(L));
+  conc_interrupt_install(1);
   createargtable(L, argv, argc, script);
   lua_gc(L, LUA_GCRESTART);
   lua_gc(L, LUA_GCGEN, 0, 0);
@@ -295,13 +318,14 @@ static int pmain(lua_State *L) {
       }
     }
   }
-  wait_workers(L);
-  lua_pushboolean(L, ok);
+  if (wait_workers(L)) lua_pushinteger(L, 128 + SIGINT);
+  else lua_pushinteger(L, ok ? EXIT_SUCCESS : EXIT_FAILURE);
+  conc_interrupt_install(0);
   return 1;
 }
 
 int main(int argc, char **argv) {
-  int status, result;
+  int status, code;
   lua_State *L;
   if (argc >= 2 && strcmp(argv[1], "--conc-child") == 0)
     return process_child_main(argc, argv);
@@ -317,8 +341,8 @@ int main(int argc, char **argv) {
   lua_pushinteger(L, argc);
   lua_pushlightuserdata(L, argv);
   status = lua_pcall(L, 2, 1, 0);
-  result = lua_toboolean(L, -1);
+  code = status == LUA_OK ? (int)lua_tointeger(L, -1) : EXIT_FAILURE;
   report(L, status);
   lua_close(L);
-  return (result && status == LUA_OK) ? EXIT_SUCCESS : EXIT_FAILURE;
+  return code;
 }

@@ -47,29 +47,26 @@ enum {
 };
 
 /* A one-value message: MAGIC VERSION 1 then the value. */
-int msg_tonumber(const msg *m, lua_Integer *i, lua_Number *f) {
-  const unsigned char *p = (const unsigned char *)m->data;
-  if (m->n < 4 || p[0] != MAGIC || p[1] != VERSION || p[2] != 1) return 0;
+int marshal_tonumber(const char *bytes, size_t n, lua_Integer *i,
+                     lua_Number *f) {
+  const unsigned char *p = (const unsigned char *)bytes;
+  if (n < 4 || p[0] != MAGIC || p[1] != VERSION || p[2] != 1) return 0;
   switch (p[3]) {
-    case T_INT8: if (m->n == 5) { int8_t v; memcpy(&v, p + 4, 1); *i = v; return 1; } break;
-    case T_INT16: if (m->n == 6) { int16_t v; memcpy(&v, p + 4, 2); *i = v; return 1; } break;
-    case T_INT32: if (m->n == 8) { int32_t v; memcpy(&v, p + 4, 4); *i = v; return 1; } break;
-    case T_INT64: if (m->n == 12) { int64_t v; memcpy(&v, p + 4, 8); *i = (lua_Integer)v; return 1; } break;
-    case T_FLOAT: if (m->n == 12) { double v; memcpy(&v, p + 4, 8); *f = (lua_Number)v; return 2; } break;
+    case T_INT8: if (n == 5) { int8_t v; memcpy(&v, p + 4, 1); *i = v; return 1; } break;
+    case T_INT16: if (n == 6) { int16_t v; memcpy(&v, p + 4, 2); *i = v; return 1; } break;
+    case T_INT32: if (n == 8) { int32_t v; memcpy(&v, p + 4, 4); *i = v; return 1; } break;
+    case T_INT64: if (n == 12) { int64_t v; memcpy(&v, p + 4, 8); *i = (lua_Integer)v; return 1; } break;
+    case T_FLOAT: if (n == 12) { double v; memcpy(&v, p + 4, 8); *f = (lua_Number)v; return 2; } break;
   }
   return 0;
 }
 
-msg *msg_fromnumber(int isint, lua_Integer i, lua_Number f) {
-  msg *m = malloc(sizeof *m + 12);
-  unsigned char *p;
-  if (m == NULL) return NULL;
-  m->next = NULL;
-  m->nrefs = 0;
-  m->refs = NULL;
-  m->owndata = 0;
-  m->data = m->inl;
-  p = (unsigned char *)m->inl;
+/* The 8 bytes of the number come last, so that a number can be changed
+** in place by one store (shared.c). */
+void marshal_number(char out[MARSHAL_NUMLEN], int isint, lua_Integer i,
+                    lua_Number f) {
+  unsigned char *p = (unsigned char *)out;
+  _Static_assert(MARSHAL_NUMLEN == 12, "one-number message size");
   p[0] = MAGIC;
   p[1] = VERSION;
   p[2] = 1;
@@ -82,8 +79,6 @@ msg *msg_fromnumber(int isint, lua_Integer i, lua_Number f) {
     p[3] = T_FLOAT;
     memcpy(p + 4, &v, 8);
   }
-  m->n = 12;
-  return m;
 }
 
 /* ------------------------------------------------------------ encoder */

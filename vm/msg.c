@@ -188,6 +188,19 @@ msg *msg_alloc(size_t n) {
   return m;
 }
 
+msg *msg_new(size_t n, int nrefs) {
+  size_t refsz = (size_t)nrefs * sizeof(cobj *);
+  msg *m = malloc(sizeof *m + refsz + n);
+  if (m == NULL) return NULL;
+  m->next = NULL;
+  m->n = n;
+  m->nrefs = 0;
+  m->refs = (cobj **)(void *)m->inl;
+  m->data = m->inl + refsz;
+  m->owndata = 0;
+  return m;
+}
+
 msg *msg_copy(const void *p, size_t n) {
   msg *m = msg_alloc(n);
   if (m) memcpy(m->inl, p, n);

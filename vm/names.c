@@ -22,9 +22,21 @@
 ** of conc, by name. */
 
 static cfname *byptr, *byname;
-static int ncf;
+static int ncf, nbyname;          /* byptr has aliases too: ncf >= nbyname */
 static pthread_once_t names_once = PTHREAD_ONCE_INIT;
 
+/* The standard functions conclua replaces in every state it opens: the
+** standard ones still cross (a function that captured 'pcall' before
+** require "conc"), by their name, and arrive as conclua's. */
+static const char *const replaced[] = {
+    "coroutine.resume", "coroutine.wrap", "_G.print", "_G.pcall", "_G.xpcall",
+    NULL};
+
+static int is_replaced(const char *name) {
+  for (int i = 0; replaced[i]; i++)
+    if (strcmp(name, replaced[i]) == 0) return 1;
+  return 0;
+}
 
 static int cmp_ptr(const void *a, const void *b) {
   uintptr_t x = (uintptr_t)((const cfname *)a)->f;
@@ -36,24 +48,24 @@ static int cmp_name(const void *a, const void *b) {
   return strcmp(((const cfname *)a)->name, ((const cfname *)b)->name);
 }
 
-static void names_add(cfname **v, int *cap, lua_CFunction f,
+static void names_add(cfname **v, int *n, int *cap, lua_CFunction f,
                       const char *name, int isconc, int closure) {
-  if (ncf == *cap) {
+  if (*n == *cap) {
     *cap = *cap ? *cap * 2 : 256;
     *v = realloc(*v, sizeof **v * (size_t)*cap);
     if (*v == NULL) abort();
   }
-  (*v)[ncf].f = f;
-  (*v)[ncf].name = strdup(name);
-  if ((*v)[ncf].name == NULL) abort();
-  (*v)[ncf].isconc = isconc;
-  (*v)[ncf].closure = closure;
-  ncf++;
+  (*v)[*n].f = f;
+  (*v)[*n].name = strdup(name);
+  if ((*v)[*n].name == NULL) abort();
+  (*v)[*n].isconc = isconc;
+  (*v)[*n].closure = closure;
+  (*n)++;
 }
 
 static void names_init(void) {
-  cfname *v = NULL;
-  int cap = 0;
+  cfname *v = NULL, *alias = NULL;
+  int cap = 0, nalias = 0, acap = 0;
   char name[128];
   lua_State *L = luaL_newstate();
   if (L == NULL) abort();
@@ -69,10 +81,12 @@ static void names_init(void) {
           int closure = lua_getupvalue(L, -1, 1) != NULL;
           if (closure) lua_pop(L, 1);
           snprintf(name, sizeof name, "%s.%s", lib, lua_tostring(L, -2));
-          if (strcmp(name, "coroutine.resume") != 0 &&
-              strcmp(name, "coroutine.wrap") != 0 &&
-              strcmp(name, "_G.print") != 0)
-            names_add(&v, &cap, lua_tocfunction(L, -1), name, 0, closure);
+          if (is_replaced(name))
+            names_add(&alias, &nalias, &acap, lua_tocfunction(L, -1), name,
+                      0, closure);
+          else
+            names_add(&v, &ncf, &cap, lua_tocfunction(L, -1), name, 0,
+                      closure);
         }
         lua_pop(L, 1);
       }
@@ -80,29 +94,36 @@ static void names_init(void) {
     lua_pop(L, 1);
   }
   lua_close(L);
-  /* conclua's own coroutine.resume and wrap replace the standard ones */
-  names_add(&v, &cap, thread_co_resume, "coroutine.resume", 0, 0);
-  names_add(&v, &cap, thread_co_wrap, "coroutine.wrap", 0, 0);
-  names_add(&v, &cap, conc_print, "_G.print", 0, 0);
+  /* conclua's own, in their place (init.c, thread.c) */
+  names_add(&v, &ncf, &cap, thread_co_resume, "coroutine.resume", 0, 0);
+  names_add(&v, &ncf, &cap, thread_co_wrap, "coroutine.wrap", 0, 0);
+  names_add(&v, &ncf, &cap, conc_print, "_G.print", 0, 0);
+  names_add(&v, &ncf, &cap, thread_pcall, "_G.pcall", 0, 0);
+  names_add(&v, &ncf, &cap, thread_xpcall, "_G.xpcall", 0, 0);
   for (const luaL_Reg *r = conc_funcs; r->name; r++) {
     snprintf(name, sizeof name, "conc.%s", r->name);
-    names_add(&v, &cap, r->func, name, 1, 0);
+    names_add(&v, &ncf, &cap, r->func, name, 1, 0);
   }
-  names_add(&v, &cap, conc_spawn_thread, "_G.spawn_thread", 1, 0);
-  names_add(&v, &cap, conc_spawn_process, "_G.spawn_process", 1, 0);
+  names_add(&v, &ncf, &cap, conc_spawn_thread, "_G.spawn_thread", 1, 0);
+  names_add(&v, &ncf, &cap, conc_spawn_process, "_G.spawn_process", 1, 0);
   for (int k = 0; k < K_NKINDS; k++) {
     const luaL_Reg *r = conc_kinds[k]->methods;
     for (; r && r->name; r++) {
       snprintf(name, sizeof name, "conc.%s:%s", conc_kinds[k]->name, r->name);
-      names_add(&v, &cap, r->func, name, 1, 0);
+      names_add(&v, &ncf, &cap, r->func, name, 1, 0);
     }
   }
+  nbyname = ncf;
   byname = malloc(sizeof *byname * (size_t)ncf);
   if (byname == NULL) abort();
   memcpy(byname, v, sizeof *v * (size_t)ncf);
+  for (int i = 0; i < nalias; i++)     /* named, but not looked up by name */
+    names_add(&v, &ncf, &cap, alias[i].f, alias[i].name, 0, alias[i].closure);
+  for (int i = 0; i < nalias; i++) free((char *)alias[i].name);
+  free(alias);
   byptr = v;
   qsort(byptr, (size_t)ncf, sizeof *byptr, cmp_ptr);
-  qsort(byname, (size_t)ncf, sizeof *byname, cmp_name);
+  qsort(byname, (size_t)nbyname, sizeof *byname, cmp_name);
 }
 
 const char *cfunc_name(lua_CFunction f, int *isconc) {
@@ -119,7 +140,7 @@ const cfname *cfunc_find(const char *name) {
   cfname key;
   pthread_once(&names_once, names_init);
   key.name = name;
-  return bsearch(&key, byname, (size_t)ncf, sizeof key, cmp_name);
+  return bsearch(&key, byname, (size_t)nbyname, sizeof key, cmp_name);
 }
 
 lua_CFunction cfunc_lookup(const char *name, size_t len, int *isconc) {

@@ -454,11 +454,13 @@ static int queue_tostring(lua_State *L) {
   queue *q = check_queue(L);
   qhdr *h = q->so.shm;
   if (h->cap < 0)
-    lua_pushfstring(L, "<queue %d queued%s>", (int)atomic_load(&h->count),
+    lua_pushfstring(L, "<queue %I queued%s>",
+                    (LUAI_UACINT)atomic_load(&h->count),
                     atomic_load(&h->closed) ? ", closed" : "");
   else
-    lua_pushfstring(L, "<queue %d/%d queued%s>", (int)atomic_load(&h->count),
-                    (int)h->cap, atomic_load(&h->closed) ? ", closed" : "");
+    lua_pushfstring(L, "<queue %I/%I queued%s>",
+                    (LUAI_UACINT)atomic_load(&h->count), (LUAI_UACINT)h->cap,
+                    atomic_load(&h->closed) ? ", closed" : "");
   return 1;
 }
 

@@ -135,47 +135,6 @@ static void settle_interrupt(lua_State *L) {
 
 /* ------------------------------------------------------------ workers */
 
-/* A running worker of this process that the exit waits for. */
-static int awaited_running(worker *w) {
-  return !w->daemon && (!w->owner || w->owner == conc_getpid()) &&
-         worker_status(w) == W_RUNNING;
-}
-
-/* Running workers that the exit waits for: counts them and, if 'out'
-** is given, lists them there ("thread 3 "w", process 412"). */
-static int pending_workers(lua_State *L, char *out, size_t outsz, int stop) {
-  cstate *cs = cs_of(L);
-  worker **v;
-  int n;
-  size_t used = 0;
-  if (cs == NULL) return 0;
-  v = rt_pick(cs->rt, awaited_running, &n);
-  if (out && outsz) out[0] = '\0';
-  for (int i = n - 1; i >= 0; i--) {            /* oldest first */
-    worker *w = v[i];
-    if (out && used + 1 < outsz) {
-      int k;
-      if (w->obj.kind == K_THREAD)
-        k = snprintf(out + used, outsz - used, "%sthread %lld \"%s\"",
-                     i == n - 1 ? "" : ", ", (long long)w->id, w->name);
-      else
-        k = snprintf(out + used, outsz - used, "%sprocess %d \"%s\"",
-                     i == n - 1 ? "" : ", ", (int)w->pid, w->name);
-      if (k > 0) used += (size_t)k < outsz - used ? (size_t)k : outsz - used - 1;
-    }
-    if (stop) {
-      if (w->obj.kind == K_THREAD) {
-        thread_cancel(w);
-      } else {
-        process_signal(w, SIGTERM);
-      }
-    }
-    obj_release(&w->obj);
-  }
-  free(v);
-  return n;
-}
-
 /* Whether some worker failed and nobody joined it or was told yet. */
 static int failures_pending(lua_State *L) {
   cstate *cs = cs_of(L);
@@ -200,27 +159,20 @@ static void report_failures(lua_State *L) {
 }
 
 /* The end of input: wait for the workers, saying so; Ctrl-C stops them
-** (threads are cancelled, processes get SIGTERM). */
+** (exit.c: threads are cancelled, processes get SIGTERM, conclua exits
+** with status 130). */
 static void wait_at_exit(lua_State *L) {
   cstate *cs = cs_of(L);
   char names[512];
-  int n = pending_workers(L, names, sizeof names, 0);
-  if (n == 0 || cs == NULL) return;
+  int n = cs ? rt_awaited(cs->rt, names, sizeof names) : 0;
+  if (n == 0) return;
   conc_interrupt_target(cs);        /* armed before the message invites it */
   conc_interrupt_install(1);
   printf("waiting for %d worker%s: %s (Ctrl-C to stop %s)\n", n,
          n == 1 ? "" : "s", names, n == 1 ? "it" : "them");
   fflush(stdout);
-  conclua_wait(L);
+  rt_exit_wait(cs->rt, cs, 0, "conclua");
   conc_interrupt_install(0);
-  if (atomic_exchange(&cs->interrupt, 0)) {
-    lua_sethook(L, NULL, 0, 0);
-    n = pending_workers(L, names, sizeof names, 1);
-    if (n > 0) {
-      printf("\nstopping %d worker%s: %s\n", n, n == 1 ? "" : "s", names);
-      fflush(stdout);
-    }
-  }
 }
 
 /* ------------------------------------------------------------ history */

@@ -82,7 +82,9 @@ void rt_release(rt *r) {
 /* At exit: runtimes whose host state was never closed (os.exit, a host
 ** that exits without lua_close) still wait for their workers. Not when a
 ** worker thread itself calls exit: others may be waiting for it (a join),
-** so waiting for them could wait forever; daemons are still stopped. */
+** so waiting for them could wait forever; daemons are still stopped.
+** In the conclua command a Ctrl-C during that wait stops the workers,
+** and the process then ends with status 130 (exit.c). */
 void rt_exit_all(void) {
   int from_worker = thread_current_worker() != NULL;
   for (;;) {
@@ -103,9 +105,17 @@ void rt_exit_all(void) {
     }
     pthread_mutex_unlock(&all_mu);
     if (found == NULL) return;
-    if (!from_worker) rt_waitall(found, NULL);
-    else process_stop_daemons(found);
-    if (!from_worker) rt_shutdown(found);
+    if (from_worker) {
+      process_stop_daemons(found);
+    } else {
+      int ctrlc = rt_exit_wait(found, conc_interrupt_for(found), 0,
+                               "conclua");
+      rt_shutdown(found);
+      if (ctrlc == 2) {
+        fflush(NULL);
+        _exit(128 + SIGINT);
+      }
+    }
     rt_release(found);
   }
 }
@@ -260,18 +270,24 @@ const char *cs_stopreason(cstate *cs) {
   return NULL;
 }
 
+static void host_wait(cstate *cs, int on);
+static void host_settle(cstate *cs);
+
 int cs_raisestop(lua_State *L, cstate *cs, const char *why) {
   if (why[0] == 'i') {
     atomic_store(&cs->interrupt, 0);
     lua_sethook(L, NULL, 0, 0);
+    host_settle(cs);
     return luaL_error(L, "%s", why);
   }
-  lua_pushstring(L, why);          /* "cancelled", without a position */
-  return lua_error(L);
+  return thread_raise_cancel(L);   /* "cancelled", without a position */
 }
 
+/* Every blocking conc call says here when it starts and ends waiting: a
+** host state's waits are where a host's Ctrl-C gets in (see Ctrl-C). */
 void cs_waiting(cstate *cs, const char *what) {
   atomic_store_explicit(&cs->waiting_on, what, memory_order_relaxed);
+  if (cs->ishost && cs->self == NULL) host_wait(cs, what != NULL);
 }
 
 void cs_block_on(cstate *cs, _Atomic uint32_t *word, int shared) {
@@ -471,11 +487,34 @@ void rt_close_hooks(rt *r) {
   pthread_mutex_unlock(&r->mu);
 }
 
-/* ------------------------------------------------------------ Ctrl-C */
+/* ------------------------------------------------------------ Ctrl-C
+**
+** Two ways for a Ctrl-C to reach a state's Lua code and conc waits.
+** The conclua command names its state the target and arms its own
+** handler (conc_interrupt_install): the handler sets the target's flag,
+** wakes its wait and hooks its running code, which raises
+** "interrupted!". Any other host (lua5.4 with conc.so, an embedder) gets
+** no handler of conclua's: SIGINT stays whatever the host made it. A host
+** that wants its Lua code stopped on Ctrl-C does what lua.c does, a
+** handler of its own that sets a hook on its state; but the hook only
+** fires when Lua code runs, never in a conc call that blocks. So, for
+** the time such a call waits (cs_waiting) and only when SIGINT has a
+** handler of the host's, conclua wraps that handler: the wrapper calls
+** it, and if it hooked the host's main state, also sets the state's flag
+** and wakes the wait, which raises "interrupted!" and takes the hook off
+** (it did what the hook would have done). When the wait ends the host's
+** handler is put back, unless the host changed it meanwhile (lua.c's
+** resets itself to SIG_DFL). A host with SIG_DFL or SIG_IGN, or whose
+** handler does not hook its state, sees nothing change. */
 
 static cstate *volatile sigint_cs;
-static struct sigaction sigint_old;
-static int sigint_on;
+static volatile sig_atomic_t sigint_seen;     /* Ctrl-C handled so far */
+
+/* The dispositions that conc_interrupt_install replaced, innermost last
+** (only the target's thread arms and disarms). */
+#define SIGINT_NEST 8
+static struct sigaction sigint_saved[SIGINT_NEST];
+static int sigint_depth;
 
 static void interrupt_hook(lua_State *L, lua_Debug *ar) {
   cstate *cs = sigint_cs;
@@ -500,6 +539,7 @@ static void on_sigint(int sig) {
     return;
   }
   signal(SIGINT, SIG_DFL);
+  sigint_seen++;
   if (cs) {
     atomic_store(&cs->interrupt, 1);
     cs_wake_signal(cs);
@@ -521,17 +561,167 @@ void conc_interrupt_forget(cstate *cs) {
   if (sigint_cs == cs) sigint_cs = NULL;
 }
 
+static void set_on_sigint(struct sigaction *old) {
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = on_sigint;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGINT, &sa, old);
+}
+
+/* on: Ctrl-C interrupts the target from now on (a pending one is
+** forgotten); off: back to what the matching 'on' replaced. Calls nest,
+** so that the command can keep it armed from its first chunk to the end
+** of the wait at exit, with no moment in between where SIGINT kills. */
 void conc_interrupt_install(int on) {
   if (on) {
-    struct sigaction sa;
     if (sigint_cs) atomic_store(&sigint_cs->interrupt, 0);
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_sigint;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGINT, &sa, sigint_on ? NULL : &sigint_old);
-    sigint_on = 1;
-  } else if (sigint_on) {
-    sigaction(SIGINT, &sigint_old, NULL);
-    sigint_on = 0;
+    set_on_sigint(sigint_depth < SIGINT_NEST ? &sigint_saved[sigint_depth]
+                                             : NULL);
+    sigint_depth++;
+  } else if (sigint_depth > 0) {
+    sigint_depth--;
+    if (sigint_depth < SIGINT_NEST)
+      sigaction(SIGINT, &sigint_saved[sigint_depth], NULL);
   }
+}
+
+/* Armed again after a Ctrl-C, which made the handler step aside. */
+void conc_interrupt_rearm(void) {
+  if (sigint_depth == 0) return;
+  if (sigint_cs) atomic_store(&sigint_cs->interrupt, 0);
+  set_on_sigint(NULL);
+}
+
+unsigned conc_interrupt_count(void) {
+  return (unsigned)sigint_seen;
+}
+
+static void drop_interrupt_hook(lua_State *L) {
+  if (L && lua_gethook(L) == interrupt_hook) lua_sethook(L, NULL, 0, 0);
+}
+
+int conc_interrupt_take(cstate *cs) {
+  int was = atomic_exchange(&cs->interrupt, 0);
+  drop_interrupt_hook(cs->L);
+  drop_interrupt_hook(thread_get_current());
+  return was;
+}
+
+cstate *conc_interrupt_for(rt *r) {
+  cstate *cs = sigint_cs;
+  if (cs && cs->rt == r && pthread_equal(pthread_self(), sigint_thread))
+    return cs;
+  return NULL;
+}
+
+/* ------------------------------------------------------------ a host's Ctrl-C */
+
+static pthread_mutex_t host_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct sigaction host_old;      /* the host's handler, wrapped */
+static _Atomic int host_waiters;       /* waits sharing the wrapping */
+static int host_wrapped;
+static pthread_t host_thread;          /* a thread that waits (set before
+                                          host_waiters counts it) */
+static CONC_TLS cstate *tls_host_cs;      /* this thread's waiting state */
+static CONC_TLS lua_Hook tls_host_hook;   /* the hook the host's handler set */
+
+static int is_host_handler(const struct sigaction *sa);
+
+static void on_sigint_host(int sig, siginfo_t *si, void *uc) {
+  int saved = errno;
+  cstate *cs = tls_host_cs;
+  lua_Hook before = NULL, after;
+  if (cs == NULL && atomic_load(&host_waiters) > 0 &&
+      !pthread_equal(pthread_self(), host_thread)) {
+    pthread_kill(host_thread, sig);          /* for the waiting thread */
+    errno = saved;
+    return;
+  }
+  if (cs) before = lua_gethook(cs->L);
+  if (host_old.sa_flags & SA_SIGINFO) host_old.sa_sigaction(sig, si, uc);
+  else if (is_host_handler(&host_old)) host_old.sa_handler(sig);
+  if (cs && (after = lua_gethook(cs->L)) != NULL && after != before) {
+    tls_host_hook = after;
+    atomic_store(&cs->interrupt, 1);
+    cs_wake_signal(cs);
+  }
+  errno = saved;
+}
+
+static int is_host_handler(const struct sigaction *sa) {
+  if (sa->sa_flags & SA_SIGINFO) return sa->sa_sigaction != on_sigint_host;
+  return sa->sa_handler != SIG_DFL && sa->sa_handler != SIG_IGN &&
+         sa->sa_handler != on_sigint;
+}
+
+/* A wait of host state cs starts (on) or ends. */
+static void host_wait(cstate *cs, int on) {
+  if (sigint_depth > 0) return;          /* the command's own is armed */
+  if (on) {
+    cs->ctrlc_uncaught = 0;              /* the code went on after it */
+    if (tls_host_cs) return;             /* an outer wait of this thread */
+    pthread_mutex_lock(&host_mu);
+    if (atomic_load(&host_waiters) == 0) {
+      struct sigaction cur, sa, prev;
+      sigaction(SIGINT, NULL, &cur);
+      if (is_host_handler(&cur)) {
+        memset(&sa, 0, sizeof sa);
+        sa.sa_sigaction = on_sigint_host;
+        sa.sa_mask = cur.sa_mask;
+        sa.sa_flags = cur.sa_flags | SA_SIGINFO;
+        host_old = cur;
+        sigaction(SIGINT, &sa, &prev);
+        host_wrapped = 1;
+        if (memcmp(&prev.sa_handler, &cur.sa_handler,
+                   sizeof cur.sa_handler) != 0) {
+          /* the host's handler ran in between, and changed SIGINT: if
+          ** it hooked the state, that is the stop this wait is for */
+          sigaction(SIGINT, &prev, NULL);
+          host_wrapped = 0;
+          if ((tls_host_hook = lua_gethook(cs->L)) != NULL)
+            atomic_store(&cs->interrupt, 1);
+        }
+      }
+    }
+    if (host_wrapped) {
+      host_thread = pthread_self();
+      tls_host_cs = cs;
+      atomic_fetch_add(&host_waiters, 1);
+    }
+    pthread_mutex_unlock(&host_mu);
+  } else if (tls_host_cs == cs) {
+    pthread_mutex_lock(&host_mu);
+    tls_host_cs = NULL;
+    if (atomic_fetch_sub(&host_waiters, 1) == 1) {
+      struct sigaction cur;
+      sigaction(SIGINT, NULL, &cur);
+      if ((cur.sa_flags & SA_SIGINFO) && cur.sa_sigaction == on_sigint_host)
+        sigaction(SIGINT, &host_old, NULL);
+      host_wrapped = 0;
+    }
+    pthread_mutex_unlock(&host_mu);
+  }
+}
+
+/* Whether any host's Ctrl-C was ever raised in this process. */
+static _Atomic int host_raised;
+
+/* The interrupt is raised: the hook the host's handler set has done its
+** work. Until something catches the error, the state is one that a
+** Ctrl-C ends: its close stops the workers rather than wait (init.c), as
+** the conclua command does after a chunk that an uncaught Ctrl-C ended. */
+static void host_settle(cstate *cs) {
+  if (tls_host_hook == NULL) return;
+  if (cs->L && lua_gethook(cs->L) == tls_host_hook)
+    lua_sethook(cs->L, NULL, 0, 0);
+  tls_host_hook = NULL;
+  cs->ctrlc_uncaught = 1;
+  atomic_store(&host_raised, 1);
+}
+
+void cs_caught(lua_State *L) {
+  cstate *cs;
+  if (!atomic_load_explicit(&host_raised, memory_order_relaxed)) return;
+  if ((cs = cs_of(L)) != NULL) cs->ctrlc_uncaught = 0;
 }

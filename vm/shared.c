@@ -1,15 +1,24 @@
 /*
 ** shared.c
-** conc.shared(): a table that every thread it is passed to sees.
+** conc.shared(): a table that every thread, and every process forked
+** after it was made, sees (Python's Manager dict and Value).
 **
-** DESIGN. A hash map from keys (strings, numbers, booleans, in a small
-** canonical byte form: 2.0 and 2 are one key, as in Lua tables) to sealed
-** messages, under one mutex. A write encodes the value before taking the
-** lock; a read copies the message under the lock and decodes it after,
-** so no Lua code and no error ever runs with the lock held. update(k, fn)
-** marks the entry busy, runs fn unlocked, then stores the result: other
-** writers of that key wait (readers see the old value), and an error in
-** fn leaves the old value. incr works on the bytes of a number directly.
+** DESIGN. The storage is shared memory, not a server thread in the
+** creator. A server would make every access from another process a round
+** trip through a socket (tens of microseconds: Python's Manager works
+** so), cost a thread per table, and end the table with its creator; a
+** MAP_SHARED mapping made before the fork is simply there in every
+** child, at the cost of a memcpy under a robust lock, and threads use it
+** as fast as they used a private table. shtab.c keeps the table in that
+** mapping (its DESIGN says how a death anywhere leaves it whole); this
+** file is the Lua side: keys in a canonical form (strings, numbers,
+** booleans; 2.0 and 2 are one key, as in Lua tables), values encoded
+** before the table's lock is taken and decoded after it is let go, so no
+** Lua code, no Lua allocation and no error ever runs with it held.
+** s:update(k, fn) holds k while fn runs, in a protected call, so that k
+** is let go whatever fn does. Reading a value that names an object of
+** another process raises '<kind> <id> belongs to another process', never
+** hands out a copy.
 */
 
 #include <errno.h>
@@ -17,96 +26,23 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "internal.h"
-
-typedef struct sentry {
-  struct sentry *next;
-  uint64_t hash;
-  msg *val;                    /* NULL: no value (a busy placeholder) */
-  int busy;                    /* an update runs on it */
-  cstate *updater;             /* the state running that update */
-  size_t klen;
-  char key[];
-} sentry;
-
-typedef struct shtab {
-  cobj obj;
-  pthread_mutex_t mu;
-  objlink link;
-  sentry **b;
-  size_t nb, count;
-  selnode *waiters;            /* threads waiting for a busy entry */
-} shtab;
-
-static void shtab_destroy(cobj *o) {
-  shtab *t = (shtab *)o;
-  objreg_remove(&t->link);
-  for (size_t i = 0; i < t->nb; i++) {
-    sentry *e = t->b[i], *next;
-    for (; e; e = next) {
-      next = e->next;
-      msg_free(e->val);
-      free(e);
-    }
-  }
-  free(t->b);
-  pthread_mutex_destroy(&t->mu);
-  free(t);
-}
-
-int shared_new(lua_State *L) {
-  shtab *t = calloc(1, sizeof *t);
-  if (t == NULL) return luaL_error(L, "not enough memory");
-  obj_init(&t->obj, K_SHARED);
-  pthread_mutex_init(&t->mu, NULL);
-  objreg_add(&t->link, &t->mu);
-  obj_push(L, conc_cs(L), &t->obj);
-  obj_release(&t->obj);
-  return 1;
-}
-
-static shtab *check_shared(lua_State *L) {
-  return (shtab *)obj_check(L, 1, K_SHARED);
-}
-
-/* ------------------------------------------------------------ keys */
-
-typedef struct skey {
-  char buf[1 + 64];
-  const char *p;
-  size_t n;
-  uint64_t hash;
-} skey;
-
-static uint64_t fnv(const char *p, size_t n) {
-  uint64_t h = 1469598103934665603ULL;
-  for (size_t i = 0; i < n; i++) h = (h ^ (unsigned char)p[i]) * 1099511628211ULL;
-  return h;
-}
+#include "shtab.h"
 
 /* The canonical bytes of the key at idx; raises for other types. Long
-** strings point into the Lua string (valid while it is on the stack). */
+** strings are copied into a box that replaces the key on the stack. */
 static void key_get(lua_State *L, int idx, skey *k) {
   switch (lua_type(L, idx)) {
     case LUA_TSTRING: {
       size_t n;
       const char *s = lua_tolstring(L, idx, &n);
-      if (n < sizeof k->buf - 1) {
-        k->buf[0] = 's';
-        memcpy(k->buf + 1, s, n);
-        k->p = k->buf;
-        k->n = n + 1;
-      } else {
-        k->p = NULL;           /* filled below from a box */
-        k->n = n + 1;
-        {
-          char *box = lua_newuserdatauv(L, n + 1, 0);
-          box[0] = 's';
-          memcpy(box + 1, s, n);
-          lua_replace(L, idx);  /* the box keeps the bytes for the call */
-          k->p = box;
-        }
-      }
+      char *dst = k->buf;
+      if (n >= UINT32_MAX) luaL_error(L, "shared table key too long");
+      if (n >= sizeof k->buf - 1) dst = lua_newuserdatauv(L, n + 1, 0);
+      dst[0] = 's';
+      memcpy(dst + 1, s, n);
+      if (dst != k->buf) lua_replace(L, idx);   /* the box keeps the bytes */
+      k->p = dst;
+      k->n = n + 1;
       break;
     }
     case LUA_TNUMBER: {
@@ -117,15 +53,13 @@ static void key_get(lua_State *L, int idx, skey *k) {
       else if (isnan(f)) luaL_error(L, "shared table index is NaN");
       else isint = lua_numbertointeger(f, &i) && (lua_Number)i == f;
       if (isint) {              /* 2.0 and 2 are one key, as in tables */
-        k->buf[0] = 'i';
-        memcpy(k->buf + 1, &i, sizeof i);
-        k->n = 1 + sizeof i;
-      } else {
-        k->buf[0] = 'f';
-        memcpy(k->buf + 1, &f, sizeof f);
-        k->n = 1 + sizeof f;
+        shtab_key_int(k, i);
+        return;
       }
+      k->buf[0] = 'f';
+      memcpy(k->buf + 1, &f, sizeof f);
       k->p = k->buf;
+      k->n = 1 + sizeof f;
       break;
     }
     case LUA_TBOOLEAN:
@@ -138,147 +72,69 @@ static void key_get(lua_State *L, int idx, skey *k) {
       luaL_error(L, "shared table keys must be strings, numbers or booleans "
                     "(got %s)", luaL_typename(L, idx));
   }
-  k->hash = fnv(k->p, k->n);
+  k->hash = shtab_hash(k->p, k->n);
 }
 
-static void key_push(lua_State *L, const sentry *e) {
-  switch (e->key[0]) {
-    case 's': lua_pushlstring(L, e->key + 1, e->klen - 1); break;
+static void key_push(lua_State *L, const char *key, size_t n) {
+  switch (key[0]) {
+    case 's': lua_pushlstring(L, key + 1, n - 1); break;
     case 'i': {
       lua_Integer i;
-      memcpy(&i, e->key + 1, sizeof i);
+      memcpy(&i, key + 1, sizeof i);
       lua_pushinteger(L, i);
       break;
     }
     case 'f': {
       lua_Number f;
-      memcpy(&f, e->key + 1, sizeof f);
+      memcpy(&f, key + 1, sizeof f);
       lua_pushnumber(L, f);
       break;
     }
-    default: lua_pushboolean(L, e->key[1]); break;
+    default: lua_pushboolean(L, key[1]); break;
   }
 }
 
-/* ------------------------------------------------------------ map */
+/* ------------------------------------------------------------ values */
 
-static sentry **find(shtab *t, const skey *k) {
-  sentry **p;
-  if (t->nb == 0) return NULL;
-  for (p = &t->b[k->hash & (t->nb - 1)]; *p; p = &(*p)->next)
-    if ((*p)->hash == k->hash && (*p)->klen == k->n &&
-        memcmp((*p)->key, k->p, k->n) == 0)
-      return p;
-  return NULL;
+static shtab *check_shared(lua_State *L) {
+  return (shtab *)obj_check(L, 1, K_SHARED);
 }
 
-/* The entry of k, made if missing; NULL when out of memory. */
-static sentry *find_or_add(shtab *t, const skey *k) {
-  sentry **p = find(t, k), *e;
-  if (p) return *p;
-  if (t->count + 1 > t->nb) {          /* grow: load factor 1 */
-    size_t nb = t->nb ? t->nb * 2 : 16;
-    sentry **nbk = calloc(nb, sizeof *nbk);
-    if (nbk == NULL) return NULL;
-    for (size_t i = 0; i < t->nb; i++) {
-      sentry *x = t->b[i], *next;
-      for (; x; x = next) {
-        next = x->next;
-        x->next = nbk[x->hash & (nb - 1)];
-        nbk[x->hash & (nb - 1)] = x;
-      }
-    }
-    free(t->b);
-    t->b = nbk;
-    t->nb = nb;
-  }
-  e = malloc(sizeof *e + k->n);
-  if (e == NULL) return NULL;
-  e->hash = k->hash;
-  e->val = NULL;
-  e->busy = 0;
-  e->updater = NULL;
-  e->klen = k->n;
-  memcpy(e->key, k->p, k->n);
-  e->next = t->b[k->hash & (t->nb - 1)];
-  t->b[k->hash & (t->nb - 1)] = e;
-  t->count++;
-  return e;
+static int raise_bad(lua_State *L, const badref *bad) {
+  if (bad->kind < 0) return luaL_error(L, "%s", shtab_nomem);
+  return luaL_error(L, "%s %I belongs to another process",
+                    bad->kind < K_NKINDS ? conc_kinds[bad->kind]->name
+                                         : "object",
+                    (LUAI_UACINT)bad->label);
 }
-
-static void remove_entry(shtab *t, const skey *k) {
-  sentry **p = find(t, k), *e;
-  if (p == NULL) return;
-  e = *p;
-  *p = e->next;
-  t->count--;
-  free(e);
-}
-
-static const char SELF_UPDATE[] =
-    "a shared key cannot be changed inside its own update";
-
-/* Waits (lock held on entry and exit) until k's entry is not busy. The
-** lock is dropped while sleeping. Returns a stop reason, SELF_UPDATE if
-** the update holding the entry is the caller's own (it would wait for
-** itself), or NULL. */
-static const char *wait_idle(shtab *t, cstate *cs, const skey *k) {
-  for (;;) {
-    sentry **p = find(t, k);
-    selwait sw;
-    selnode n;
-    const char *why;
-    uint32_t seen;
-    if (p == NULL || !(*p)->busy) return NULL;
-    if ((*p)->updater == cs) return SELF_UPDATE;
-    sw.park = &cs->park;
-    atomic_init(&sw.won, 0);
-    memset(&n, 0, sizeof n);
-    n.sw = &sw;
-    selq_push(&t->waiters, &n);
-    seen = park_seq(&cs->park);
-    pthread_mutex_unlock(&t->mu);
-    cs_waiting(cs, "shared");
-    why = cs_stopreason(cs);
-    if (why == NULL) park_sleep(&cs->park, seen, NULL);
-    cs_waiting(cs, NULL);
-    pthread_mutex_lock(&t->mu);
-    if (n.linked) selq_remove(&t->waiters, &n);
-    if (why) return why;
-  }
-}
-
-/* Raises what wait_idle returned (the lock released). */
-static int raise_wait(lua_State *L, cstate *cs, const char *why) {
-  if (why == SELF_UPDATE) return luaL_error(L, "%s", why);
-  return cs_raisestop(L, cs, why);
-}
-
-static void wake_all(shtab *t) {
-  selnode *n;
-  while ((n = t->waiters) != NULL) {
-    selq_remove(&t->waiters, n);
-    park_wake(n->sw->park);
-  }
-}
-
-/* ------------------------------------------------------------ Lua */
 
 static int shared_index(lua_State *L) {
   shtab *t = check_shared(L);
   skey k;
-  sentry **p;
-  msg *copy = NULL;
+  shop o;
+  shent *e;
+  msg *m = NULL;
+  badref bad = {-1, 0};
+  vcopy c;
+  int r = -2;                       /* -2: no value */
   key_get(L, 2, &k);
-  pthread_mutex_lock(&t->mu);
-  p = find(t, &k);
-  if (p && (*p)->val) copy = msg_dup((*p)->val);
-  pthread_mutex_unlock(&t->mu);
-  if (copy == NULL) {
-    lua_pushnil(L);
-    return 1;
+  if (shtab_lock(&o, t)) return luaL_error(L, "%s", shtab_nomem);
+  e = shtab_find(&o, &k);
+  if (e && e->vlen != SHTAB_NOVALUE) r = shtab_copy(&o, e, &c, &m, &bad);
+  shtab_unlock(&o);
+  if (r == 1 && c.nrefs == 0) {     /* a Lua error now leaves nothing held */
+    char err[160];
+    int n = marshal_decode(L, conc_cs(L), c.bytes, c.n, NULL, 0, 0, err,
+                           sizeof err);
+    if (n < 0) return luaL_error(L, "%s", err);
+    return n;
   }
-  return msg_push(L, conc_cs(L), copy);
+  if (r == 1 && (m = shtab_copy_msg(&c)) == NULL)
+    return luaL_error(L, "%s", shtab_nomem);
+  if (r >= 0) return msg_push(L, conc_cs(L), m);
+  if (r == -1) return raise_bad(L, &bad);
+  lua_pushnil(L);
+  return 1;
 }
 
 /* __index: the methods first, then the data. */
@@ -291,89 +147,124 @@ static int shared_meta_index(lua_State *L) {
   return shared_index(L);
 }
 
-/* Stores m (NULL: removes) under k, waiting for a busy entry. */
-static void store(lua_State *L, shtab *t, const skey *k, msg *m) {
+/* Raises what shtab_wait_idle returned, letting go of what o holds. */
+static int raise_wait(lua_State *L, shop *o, cstate *cs, const char *why) {
+  if (why == shtab_self_update) {
+    shtab_unlock(o);
+    return luaL_error(L, "%s", why);
+  }
+  shtab_done(o);
+  if (why == shtab_nomem) return luaL_error(L, "%s", why);
+  return cs_raisestop(L, cs, why);
+}
+
+/* ------------------------------------------------------------ writes */
+
+/* Raises unless an entry for k with the value in b fits the heap. */
+static void check_size(lua_State *L, shtab *t, const skey *k, const mbuf *b) {
+  shhdr *h = t->so.shm;
+  if (shtab_entry_size(k->n, (uint64_t)b->nrefs, b->n) >
+      shheap_max(&h->heap)) {
+    size_t n = b->n;
+    mbuf_reset(&conc_cs(L)->scratch);
+    luaL_error(L, "value too big for a shared table (%I bytes)",
+               (LUAI_UACINT)n);
+  }
+}
+
+/* Stores the value encoded in the state's scratch buffer under k, or
+** removes k; waits while an update holds k. */
+static void store(lua_State *L, shtab *t, const skey *k, int remove) {
   cstate *cs = conc_cs(L);
-  const char *why;
-  sentry *e;
-  msg *old = NULL;
-  pthread_mutex_lock(&t->mu);
-  why = wait_idle(t, cs, k);
+  mbuf *b = &cs->scratch;
+  const char *why, *err = NULL;
+  shslot *s, *ins;
+  shop o;
+  if (shtab_lock(&o, t)) {
+    mbuf_reset(b);
+    luaL_error(L, "%s", shtab_nomem);
+  }
+  why = shtab_wait_idle(&o, cs, k, &s, &ins);
   if (why) {
-    pthread_mutex_unlock(&t->mu);
-    msg_free(m);
-    raise_wait(L, cs, why);
+    mbuf_reset(b);
+    raise_wait(L, &o, cs, why);
   }
-  if (m == NULL) {
-    sentry **p = find(t, k);
-    if (p) {
-      old = (*p)->val;
-      remove_entry(t, k);
-    }
+  shtab_begin(&o);
+  if (remove) {
+    if (s) shtab_unpublish(&o, s);
   } else {
-    e = find_or_add(t, k);
-    if (e == NULL) {
-      pthread_mutex_unlock(&t->mu);
-      msg_free(m);
-      luaL_error(L, "not enough memory");
-    }
-    old = e->val;
-    e->val = m;
+    err = shtab_put(&o, k, s, ins, b->p, b->n, b->refs, b->nrefs, NULL);
+    if (err == NULL) b->nrefs = 0;  /* the entry holds those references */
   }
-  pthread_mutex_unlock(&t->mu);
-  msg_free(old);
+  shtab_end(&o);
+  shtab_unlock(&o);
+  if (b->nrefs) mbuf_reset(b);      /* (only refs need more than that) */
+  else b->n = 0;
+  if (err) luaL_error(L, "%s", err);
 }
 
 static int shared_newindex(lua_State *L) {
   shtab *t = check_shared(L);
+  cstate *cs = conc_cs(L);
+  char err[512];
   skey k;
-  msg *m = NULL;
   key_get(L, 2, &k);
-  if (!lua_isnil(L, 3)) m = msg_encode(L, conc_cs(L), 3, 1, "value");
-  store(L, t, &k, m);
+  if (lua_isnil(L, 3)) {
+    store(L, t, &k, 1);
+    return 0;
+  }
+  if (marshal_encode(L, cs, 3, 1, &cs->scratch, 0, "value", err,
+                     sizeof err) != 0)
+    return luaL_error(L, "%s", err);
+  check_size(L, t, &k, &cs->scratch);
+  store(L, t, &k, 0);
   return 0;
 }
 
+/* ------------------------------------------------------------ reads */
+
 static int shared_len(lua_State *L) {
   shtab *t = check_shared(L);
-  lua_Integer n = 0;
-  pthread_mutex_lock(&t->mu);
-  for (;;) {
+  uint64_t n;
+  shop o;
+  if (shtab_lock(&o, t)) return luaL_error(L, "%s", shtab_nomem);
+  n = o.h->border;
+  while (n < (uint64_t)LUA_MAXINTEGER) {
     skey k;
-    sentry **p;
-    lua_Integer i = n + 1;
-    k.buf[0] = 'i';
-    memcpy(k.buf + 1, &i, sizeof i);
-    k.p = k.buf;
-    k.n = 1 + sizeof i;
-    k.hash = fnv(k.p, k.n);
-    p = find(t, &k);
-    if (p == NULL || (*p)->val == NULL) break;
+    shent *e;
+    shtab_key_int(&k, (lua_Integer)n + 1);
+    e = shtab_find(&o, &k);
+    if (e == NULL || e->vlen == SHTAB_NOVALUE) break;
     n++;
   }
-  pthread_mutex_unlock(&t->mu);
-  lua_pushinteger(L, n);
+  o.h->border = n;
+  shtab_unlock(&o);
+  lua_pushinteger(L, (lua_Integer)n);
   return 1;
 }
 
-/* A snapshot of the entries, in a box that frees its copies when
+/* A snapshot of the entries, in a box that frees what it holds when
 ** collected. */
+typedef struct snapit {
+  msg *v;
+  size_t klen;
+  char key[];
+} snapit;
+
 typedef struct snap {
   size_t n;
-  sentry **e;                  /* copies: key bytes and a value copy */
+  snapit **it;
 } snap;
 
 static int snap_gc(lua_State *L) {
   snap *s = lua_touserdata(L, 1);
   for (size_t i = 0; i < s->n; i++) {
-    if (s->e[i]) {
-      msg_free(s->e[i]->val);
-      free(s->e[i]);
-    }
+    if (s->it[i]) msg_free(s->it[i]->v);
+    free(s->it[i]);
   }
-  free(s->e);
+  free(s->it);
   s->n = 0;
-  s->e = NULL;
+  s->it = NULL;
   return 0;
 }
 
@@ -381,40 +272,43 @@ static int shared_pairs(lua_State *L) {
   shtab *t = check_shared(L);
   cstate *cs = conc_cs(L);
   snap *s = lua_newuserdatauv(L, sizeof *s, 0);
-  size_t i, j = 0;
-  int oom = 0;
+  badref bad = {-1, 0};
+  int failed = 0;
+  size_t i;
+  shop o;
   s->n = 0;
-  s->e = NULL;
+  s->it = NULL;
   lua_createtable(L, 0, 1);
   lua_pushcfunction(L, snap_gc);
   lua_setfield(L, -2, "__gc");
   lua_setmetatable(L, -2);
-  pthread_mutex_lock(&t->mu);
-  s->e = calloc(t->count ? t->count : 1, sizeof *s->e);
-  if (s->e == NULL) oom = 1;
-  for (i = 0; i < t->nb && !oom; i++) {
-    for (sentry *e = t->b[i]; e && !oom; e = e->next) {
-      sentry *c;
-      if (e->val == NULL) continue;
-      c = malloc(sizeof *c + e->klen);
-      if (c == NULL || (c->val = msg_dup(e->val)) == NULL) {
-        free(c);
-        oom = 1;
-        break;
-      }
-      c->klen = e->klen;
-      memcpy(c->key, e->key, e->klen);
-      s->e[j++] = c;
-      s->n = j;
+  if (shtab_lock(&o, t)) return luaL_error(L, "%s", shtab_nomem);
+  s->it = calloc(o.h->count ? o.h->count : 1, sizeof *s->it);
+  if (s->it == NULL) failed = 1;
+  for (i = 0; !failed && i < shtab_index(&o)->cap; i++) {
+    shslot *sl = &shtab_index(&o)->slot[i];
+    shent *e;
+    snapit *it;
+    if (sl->off <= SHTAB_TOMB) continue;
+    e = AT(&o, sl->off);
+    if (e->vlen == SHTAB_NOVALUE || s->n == o.h->count) continue;
+    it = malloc(sizeof *it + e->klen);
+    if (it == NULL || (it->v = shtab_value(&o, e, &bad)) == NULL) {
+      free(it);
+      failed = 1;
+      break;
     }
+    it->klen = e->klen;
+    memcpy(it->key, shtab_ekey(e), e->klen);
+    s->it[s->n++] = it;
   }
-  pthread_mutex_unlock(&t->mu);
-  if (oom) return luaL_error(L, "not enough memory");
-  lua_createtable(L, 0, (int)s->n);
+  shtab_unlock(&o);
+  if (failed) return raise_bad(L, &bad);
+  lua_createtable(L, 0, (int)(s->n < INT32_MAX ? s->n : 0));
   for (i = 0; i < s->n; i++) {
-    msg *v = s->e[i]->val;
-    key_push(L, s->e[i]);
-    s->e[i]->val = NULL;
+    msg *v = s->it[i]->v;
+    key_push(L, s->it[i]->key, s->it[i]->klen);
+    s->it[i]->v = NULL;
     msg_push(L, cs, v);
     lua_rawset(L, -3);
   }
@@ -427,17 +321,21 @@ static int shared_pairs(lua_State *L) {
   return 3;
 }
 
+/* ------------------------------------------------------------ incr */
+
 /* s:incr(k [, n]): adds n (default 1) to a number (absent: 0) at once. */
 static int shared_incr(lua_State *L) {
   shtab *t = check_shared(L);
   cstate *cs = conc_cs(L);
-  skey k;
   lua_Integer ii = 0, di = 1;
   lua_Number fi = 0, df = 1;
-  int dint = 1, kind;
-  const char *why, *bad = NULL;
-  sentry *e;
-  msg *nm;
+  int dint = 1, kind = 1;
+  const char *why, *err = NULL;
+  char num[MARSHAL_NUMLEN];
+  shslot *s, *ins;
+  shent *e;
+  skey k;
+  shop o;
   key_get(L, 2, &k);
   if (!lua_isnoneornil(L, 3)) {
     luaL_checknumber(L, 3);
@@ -445,112 +343,181 @@ static int shared_incr(lua_State *L) {
     if (dint) di = lua_tointeger(L, 3);
     else df = lua_tonumber(L, 3);
   }
-  pthread_mutex_lock(&t->mu);
-  why = wait_idle(t, cs, &k);
-  if (why) {
-    pthread_mutex_unlock(&t->mu);
-    return raise_wait(L, cs, why);
-  }
-  e = find_or_add(t, &k);
-  if (e == NULL) {
-    pthread_mutex_unlock(&t->mu);
-    return luaL_error(L, "not enough memory");
-  }
-  kind = e->val ? msg_tonumber(e->val, &ii, &fi) : 1;
+  if (shtab_lock(&o, t)) return luaL_error(L, "%s", shtab_nomem);
+  why = shtab_wait_idle(&o, cs, &k, &s, &ins);
+  if (why) return raise_wait(L, &o, cs, why);
+  e = s ? AT(&o, s->off) : NULL;
+  if (e && e->vlen != SHTAB_NOVALUE)
+    kind = marshal_tonumber(shtab_evalue(e), (size_t)e->vlen, &ii, &fi);
   if (kind == 0) {
-    bad = "value is not a number";
-    nm = NULL;
-  } else if (kind == 1 && dint) {
-    ii = (lua_Integer)((lua_Unsigned)ii + (lua_Unsigned)di);
-    nm = msg_fromnumber(1, ii, 0);
+    err = "cannot incr: value is not a number";
   } else {
-    lua_Number a = kind == 1 ? (lua_Number)ii : fi;
-    fi = a + (dint ? (lua_Number)di : df);
-    nm = msg_fromnumber(0, 0, fi);
-    kind = 2;
+    if (kind == 1 && dint) {
+      /* wraps around, as + does */
+      ii = (lua_Integer)((lua_Unsigned)ii + (lua_Unsigned)di);
+    } else {
+      fi = (kind == 1 ? (lua_Number)ii : fi) + (dint ? (lua_Number)di : df);
+      kind = 2;
+    }
+    marshal_number(num, kind == 1, ii, fi);
+    if (e && e->vlen == MARSHAL_NUMLEN &&
+        memcmp(shtab_evalue(e), num, MARSHAL_NUMLEN - 8) == 0) {
+      /* the same form: the number's 8 bytes change, in one store */
+      memcpy(shtab_evalue(e) + MARSHAL_NUMLEN - 8, num + MARSHAL_NUMLEN - 8, 8);
+    } else {
+      shtab_begin(&o);
+      err = shtab_put(&o, &k, s, ins, num, MARSHAL_NUMLEN, NULL, 0, NULL);
+      shtab_end(&o);
+    }
   }
-  if (nm) {
-    msg_free(e->val);
-    e->val = nm;
-  } else if (bad == NULL) {
-    bad = "not enough memory";
-  }
-  if (e->val == NULL) remove_entry(t, &k);
-  pthread_mutex_unlock(&t->mu);
-  if (bad) return luaL_error(L, "cannot incr: %s", bad);
+  shtab_unlock(&o);
+  if (err) return luaL_error(L, "%s", err);
   if (kind == 1) lua_pushinteger(L, ii);
   else lua_pushnumber(L, fi);
   return 1;
 }
 
-/* s:update(k, fn): stores fn(old value) with the entry held; returns the
-** new value. An error in fn leaves the old value. */
+/* ------------------------------------------------------------ update */
+
+/* What an update hands to its protected call. */
+typedef struct upd {
+  msg *old;                         /* the old value, or NULL */
+  cstate *cs;
+} upd;
+
+/* fn(old) in a protected call: decodes the old value, calls fn, encodes
+** what it returned (unless nil) into the state's scratch buffer, and
+** returns it. */
+static int update_call(lua_State *L) {
+  upd *u = lua_touserdata(L, 2);
+  msg *old = u->old;
+  char err[512];
+  u->old = NULL;
+  lua_settop(L, 1);
+  if (old) msg_push(L, u->cs, old);
+  else lua_pushnil(L);
+  lua_call(L, 1, 1);
+  if (!lua_isnil(L, -1) &&
+      marshal_encode(L, u->cs, lua_gettop(L), 1, &u->cs->scratch, 0, "value",
+                     err, sizeof err) != 0)
+    return luaL_error(L, "%s", err);
+  return 1;
+}
+
+/* After the update's call, with the lock held: stores its outcome in
+** k's entry, which this thread holds. NULL or an error message. */
+static const char *update_end(shop *o, const skey *k, int ok, int isnil,
+                              mbuf *b) {
+  shslot *s = shtab_slot(o, k, NULL);
+  shent *e = s ? AT(o, s->off) : NULL;
+  const char *err = NULL;
+  if (e == NULL || !shtab_held(e))   /* it was taken for a dead one's */
+    return ok ? "a shared key was taken over during its update" : NULL;
+  shtab_begin(o);
+  if (ok && !isnil) {               /* it replaces: the index stays */
+    err = shtab_put(o, k, s, NULL, b->p, b->n, b->refs, b->nrefs, NULL);
+    if (err == NULL) b->nrefs = 0;
+    else ok = 0;
+  }
+  if (ok && isnil) shtab_unpublish(o, s);
+  else if (!ok && e->vlen == SHTAB_NOVALUE) shtab_unpublish(o, s);
+  else if (!ok) slock_unlock(&e->ulock);
+  shtab_end(o);
+  return err;
+}
+
+/* s:update(k, fn): stores fn(old value), holding k meanwhile; returns
+** the new value. An error in fn leaves the old value. */
 static int shared_update(lua_State *L) {
   shtab *t = check_shared(L);
   cstate *cs = conc_cs(L);
+  upd u = {NULL, cs};
+  badref bad = {-1, 0};
+  const char *why, *err;
+  shslot *s, *ins;
+  shent *e;
   skey k;
-  const char *why;
-  sentry *e;
-  msg *old = NULL, *nm = NULL;
+  shop o;
   int st;
   key_get(L, 2, &k);
   luaL_checktype(L, 3, LUA_TFUNCTION);
   lua_settop(L, 3);
-  pthread_mutex_lock(&t->mu);
-  why = wait_idle(t, cs, &k);
-  if (why) {
-    pthread_mutex_unlock(&t->mu);
-    return raise_wait(L, cs, why);
-  }
-  e = find_or_add(t, &k);
-  if (e == NULL || (e->val && (old = msg_dup(e->val)) == NULL)) {
-    if (e && e->val == NULL) remove_entry(t, &k);
-    pthread_mutex_unlock(&t->mu);
-    return luaL_error(L, "not enough memory");
-  }
-  e->busy = 1;
-  e->updater = cs;
-  pthread_mutex_unlock(&t->mu);
-  lua_pushvalue(L, 3);
-  if (old) msg_push(L, cs, old);
-  else lua_pushnil(L);
-  st = lua_pcall(L, 1, 1, 0);
-  if (st == LUA_OK && !lua_isnil(L, -1)) {
-    char err[256];
-    if (marshal_encode(L, cs, lua_gettop(L), 1, &cs->scratch, 0, "value", err,
-                       sizeof err) != 0) {
-      lua_pushstring(L, err);
-      st = LUA_ERRRUN;
-    } else if ((nm = msg_seal(&cs->scratch)) == NULL) {
-      lua_pushliteral(L, "not enough memory");
-      st = LUA_ERRMEM;
+  lua_pushcfunction(L, update_call);  /* what the call needs, pushed now: */
+  lua_pushvalue(L, 3);                /* no allocation once k is held */
+  lua_pushlightuserdata(L, &u);
+  if (shtab_lock(&o, t)) return luaL_error(L, "%s", shtab_nomem);
+  why = shtab_wait_idle(&o, cs, &k, &s, &ins);
+  if (why) return raise_wait(L, &o, cs, why);
+  e = s ? AT(&o, s->off) : NULL;
+  if (e && e->vlen != SHTAB_NOVALUE) {
+    u.old = shtab_value(&o, e, &bad);
+    if (u.old == NULL) {
+      shtab_unlock(&o);
+      return raise_bad(L, &bad);
     }
+  } else if (e == NULL) {             /* a placeholder holds the key */
+    uint64_t off = 0;
+    shtab_begin(&o);
+    err = shtab_put(&o, &k, NULL, ins, NULL, SHTAB_NOVALUE, NULL, 0, &off);
+    shtab_end(&o);
+    if (err) {
+      shtab_unlock(&o);
+      return luaL_error(L, "%s", err);
+    }
+    e = AT(&o, off);
   }
-  pthread_mutex_lock(&t->mu);
-  e = *find(t, &k);           /* busy entries are never removed */
-  e->busy = 0;
-  e->updater = NULL;
-  if (st == LUA_OK) {
-    old = e->val;
-    e->val = nm;
+  shtab_begin(&o);                  /* word then pid: see shtab.c */
+  slock_try(&e->ulock);
+  shtab_end(&o);
+  shtab_unlock(&o);
+  st = lua_pcall(L, 2, 1, 0);
+  msg_free(u.old);                    /* if the call never took it */
+  if (shtab_lock(&o, t)) {               /* the table is broken: let k go */
+    slock_unlock(&e->ulock);          /* (a held entry stays where it is) */
+    err = shtab_nomem;
   } else {
-    old = NULL;
+    err = update_end(&o, &k, st == LUA_OK, st == LUA_OK && lua_isnil(L, -1),
+                     &cs->scratch);
+    shtab_unlock(&o);
   }
-  if (e->val == NULL) remove_entry(t, &k);
-  wake_all(t);
-  pthread_mutex_unlock(&t->mu);
-  msg_free(old);
+  mbuf_reset(&cs->scratch);
+  bump(&o.h->seq, &o.h->nwait, INT32_MAX);
+  if (err) return luaL_error(L, "%s", err);
   if (st != LUA_OK) return lua_error(L);
   return 1;
 }
 
+/* ------------------------------------------------------------ object */
+
 static int shared_tostring(lua_State *L) {
-  shtab *t = check_shared(L);
-  size_t n;
-  pthread_mutex_lock(&t->mu);
-  n = t->count;
-  pthread_mutex_unlock(&t->mu);
-  lua_pushfstring(L, "<shared %d keys>", (int)n);
+  uint64_t n;
+  shop o;
+  if (shtab_lock(&o, check_shared(L))) return luaL_error(L, "%s", shtab_nomem);
+  n = o.h->count;
+  shtab_unlock(&o);
+  lua_pushfstring(L, n == 1 ? "<shared %I key>" : "<shared %I keys>",
+                  (LUAI_UACINT)n);
+  return 1;
+}
+
+/* The last reference of this process: the objects it stored are
+** released (no read in this process can reach them any more). */
+static void shared_destroy(cobj *obj) {
+  shtab_destroy((shtab *)obj);
+  free(obj);
+}
+
+int shared_new(lua_State *L) {
+  shtab *t;
+  conc_checkoptions(L, 1, NULL);
+  t = calloc(1, sizeof *t);
+  if (t == NULL) return luaL_error(L, "%s", shtab_nomem);
+  if (shtab_create(t) != 0) {
+    free(t);
+    return luaL_error(L, "cannot make a shared table: %s", strerror(errno));
+  }
+  obj_push(L, conc_cs(L), &t->so.obj);
+  obj_release(&t->so.obj);
   return 1;
 }
 
@@ -572,5 +539,5 @@ static void shared_meta(lua_State *L, cstate *cs) {
 }
 
 const kindinfo shared_kind = {
-    "conc.shared", "shared", 0, 1, shtab_destroy, shared_methods, NULL,
+    "conc.shared", "shared", 1, 0, shared_destroy, shared_methods, NULL,
     shared_tostring, NULL, NULL, NULL, shared_meta};

@@ -164,6 +164,24 @@ static double opt_timeout(lua_State *L, int arg) {
   return conc_opttimeout(L, arg);
 }
 
+void conc_checkoptions(lua_State *L, int arg, const char *const *known) {
+  if (lua_isnoneornil(L, arg)) return;
+  luaL_checktype(L, arg, LUA_TTABLE);
+  lua_pushnil(L);
+  while (lua_next(L, arg)) {
+    const char *const *k = known;
+    lua_pop(L, 1);
+    if (lua_type(L, -1) == LUA_TSTRING)
+      for (; k && *k; k++)
+        if (strcmp(*k, lua_tostring(L, -1)) == 0) break;
+    if (k == NULL || *k == NULL) {
+      lua_pushvalue(L, -1);       /* tolstring changes a number key */
+      luaL_argerror(L, arg, lua_pushfstring(L, "unknown option '%s'",
+                                            luaL_tolstring(L, -1, NULL)));
+    }
+  }
+}
+
 /* ------------------------------------------------------------ lock */
 
 /* The lock word holds the owner's thread id (0: free) and 'pid' its
@@ -249,6 +267,7 @@ static int lock_acquire_d(lua_State *L, slock *s, double t) {
 }
 
 static int lock_new(lua_State *L) {
+  conc_checkoptions(L, 1, NULL);
   sync_new(L, K_LOCK, sizeof(slock));
   return 1;
 }
@@ -304,6 +323,7 @@ typedef struct ssem {
   _Atomic int64_t count;
   _Atomic uint32_t seq;
   _Atomic uint32_t nwait;
+  int64_t bound;               /* the most a bounded one holds; -1: none */
 } ssem;
 
 static int sem_try(void *state, void *arg) {
@@ -316,11 +336,23 @@ static int sem_try(void *state, void *arg) {
 }
 
 static int sem_new(lua_State *L) {
+  static const char *const known[] = {"bounded", NULL};
   lua_Integer n = luaL_optinteger(L, 1, 1);
+  int bounded = 0;
   ssem *s;
   luaL_argcheck(L, n >= 0, 1, "count must be non-negative");
+  conc_checkoptions(L, 2, known);
+  if (lua_istable(L, 2)) {
+    lua_getfield(L, 2, "bounded");
+    if (!lua_isnil(L, -1) && !lua_isboolean(L, -1))
+      luaL_error(L, "bad option 'bounded' to 'semaphore' (boolean expected, "
+                    "got %s)", luaL_typename(L, -1));
+    bounded = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+  }
   s = sync_new(L, K_SEMAPHORE, sizeof(ssem));
   atomic_store(&s->count, (int64_t)n);
+  s->bound = bounded ? (int64_t)n : -1;
   return 1;
 }
 
@@ -350,11 +382,20 @@ static int sem_acquire(lua_State *L) {
   return 1;
 }
 
+/* release: the count goes up by n, unless that passes the bound of a
+** bounded semaphore or INT64_MAX; then it raises and nothing changes. */
 static int sem_release(lua_State *L) {
   ssem *s = sync_check(L, K_SEMAPHORE);
   lua_Integer n = luaL_optinteger(L, 2, 1);
+  int64_t c = atomic_load(&s->count), most;
   luaL_argcheck(L, n >= 1, 2, "count must be positive");
-  atomic_fetch_add(&s->count, (int64_t)n);
+  most = s->bound >= 0 ? s->bound : INT64_MAX;
+  do {
+    if (c > most - (int64_t)n)
+      return luaL_error(L, s->bound >= 0
+                               ? "semaphore released too many times"
+                               : "semaphore count would overflow");
+  } while (!atomic_compare_exchange_weak(&s->count, &c, c + (int64_t)n));
   bump(&s->seq, &s->nwait, (int)(n > INT32_MAX ? INT32_MAX : n));
   return 0;
 }
@@ -385,6 +426,7 @@ static int event_isset_fn(void *state, void *arg) {
 }
 
 static int event_new(lua_State *L) {
+  conc_checkoptions(L, 1, NULL);
   sync_new(L, K_EVENT, sizeof(sevent));
   return 1;
 }
@@ -453,7 +495,9 @@ static int barrier_passed(void *state, void *arg) {
 static int barrier_new(lua_State *L) {
   lua_Integer n = luaL_checkinteger(L, 1);
   sbarrier *b;
-  luaL_argcheck(L, n >= 1 && n <= INT32_MAX, 1, "parties must be positive");
+  luaL_argcheck(L, n >= 1, 1, "parties must be positive");
+  luaL_argcheck(L, n <= INT32_MAX, 1, "too many parties");
+  conc_checkoptions(L, 2, NULL);
   b = sync_new(L, K_BARRIER, sizeof(sbarrier));
   b->parties = (uint32_t)n;
   return 1;
@@ -506,8 +550,9 @@ static int barrier_wait(lua_State *L) {
 
 static int barrier_tostring(lua_State *L) {
   sbarrier *b = sync_check(L, K_BARRIER);
-  lua_pushfstring(L, "<barrier %d/%d>", (int)(uint32_t)atomic_load(&b->state),
-                  (int)b->parties);
+  lua_pushfstring(L, "<barrier %I/%I>",
+                  (LUAI_UACINT)(uint32_t)atomic_load(&b->state),
+                  (LUAI_UACINT)b->parties);
   return 1;
 }
 

@@ -12,11 +12,22 @@
 ** (so __gc and __close run before anyone sees the end), then finishes the
 ** worker and goes back to the pool for a while.
 ** Cancellation costs nothing until asked for: cancel() sets the worker's
-** flag, wakes it out of any conc wait (cs_wake) and sends its OS thread a
-** signal whose handler, running on that thread, sets a count hook on the
-** running coroutine (the lua command's Ctrl-C trick). The hook raises
-** "cancelled" and stays set, so a pcall in the worker cannot swallow it:
-** the next instruction raises again. coroutine.resume and wrap are
+** flag, sends its OS thread a signal whose handler, running on that
+** thread, sets a count hook on the running coroutine (the lua command's
+** Ctrl-C trick), then wakes it out of any conc wait (cs_wake): signal
+** first, so the hook is set before a woken worker runs one instruction.
+** Every cancellation point raises "cancelled": the hook, and each conc
+** call that blocks (it checks the flag). A raise takes the hook off the
+** raising state, so that the error unwinds like any other and the
+** pending <close> variables and __close handlers run to their end; the
+** catcher puts it back: a pcall or xpcall (conclua's own) that catches
+** the error, or a coroutine.resume that returns it. The first catch
+** gives the code after it a grace of CANCEL_GRACE instructions to clean
+** up; any later one, none: the next instruction raises again, so a
+** pcall in a loop cannot swallow a cancel. Catches inside the unwinding
+** (a pcall in a __close handler) are the handler's own and put nothing
+** back. Whatever fn then does, a worker that cancel() answered true for
+** ends "cancelled" (worker_finish). coroutine.resume and wrap are
 ** replaced so the thread always knows its running coroutine.
 */
 
@@ -38,12 +49,11 @@
 #define IDLE_SECONDS 5.0
 #define SIGCANCEL (SIGRTMIN + 4)
 
-#define TLS __thread __attribute__((tls_model("initial-exec")))
 
 /* The state and context this OS thread runs: the coroutine that is
 ** running (for the signal handlers) and the worker context (cancel). */
-static TLS lua_State *volatile tls_current;
-static TLS cstate *volatile tls_cs;
+static CONC_TLS lua_State *volatile tls_current;
+static CONC_TLS cstate *volatile tls_cs;
 
 /* The worker this OS thread runs, or NULL (main, host, pool idle). */
 worker *thread_current_worker(void) {
@@ -61,19 +71,64 @@ lua_State *thread_get_current(void) {
 
 /* ------------------------------------------------------------ cancel */
 
-static void cancel_hook(lua_State *L, lua_Debug *ar) {
+/* Instructions the code after the first catch of a cancel may run. */
+#define CANCEL_GRACE 1000
+
+/* Where this OS thread's job is with its cancel: the error is on its way
+** up and no catcher outside the unwinding took it yet (the signal then
+** leaves the hooks alone: the handlers run); the first catch had its
+** grace. Only this thread and its signal handler touch them. */
+static CONC_TLS volatile sig_atomic_t tls_unwinding;
+static CONC_TLS int tls_graced;
+
+static int cancel_pending(void) {
   cstate *cs = tls_cs;
-  CONC_UNUSED(ar);
-  if (cs == NULL || cs->self == NULL || !atomic_load(&cs->self->cancel)) {
-    lua_sethook(L, NULL, 0, 0);   /* a late signal for an older job */
-    return;
-  }
-  lua_pushliteral(L, "cancelled");
-  lua_error(L);
+  return cs && cs->self && atomic_load(&cs->self->cancel);
 }
 
-static void set_cancel_hook(lua_State *L) {
+static void cancel_hook(lua_State *L, lua_Debug *ar);
+
+/* Strict: the next call, return or instruction raises. */
+static void arm_strict(lua_State *L) {
   lua_sethook(L, cancel_hook, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
+}
+
+/* An error leaves L while a cancel is pending: no hook on L until a
+** catcher sets it again, so that L's __close handlers run. */
+static void unwind_begin(lua_State *L) {
+  if (!cancel_pending()) return;
+  tls_unwinding = 1;                   /* first: the signal keeps out */
+  lua_sethook(L, NULL, 0, 0);
+}
+
+int thread_raise_cancel(lua_State *L) {
+  tls_unwinding = 1;
+  lua_sethook(L, NULL, 0, 0);
+  lua_pushliteral(L, "cancelled");     /* no position: the value join raises */
+  return lua_error(L);
+}
+
+static void cancel_hook(lua_State *L, lua_Debug *ar) {
+  CONC_UNUSED(ar);
+  if (!cancel_pending()) {
+    lua_sethook(L, NULL, 0, 0);        /* a late signal for an older job */
+    return;
+  }
+  thread_raise_cancel(L);
+}
+
+/* A catcher of L got an error, or a resume returned to L; 'inner': the
+** catcher started inside an unwinding (a handler's own pcall). */
+static void caught(lua_State *L, int inner) {
+  if (inner || !cancel_pending()) return;
+  if (tls_unwinding && !tls_graced) {
+    tls_unwinding = 0;
+    tls_graced = 1;
+    lua_sethook(L, cancel_hook, LUA_MASKCOUNT, CANCEL_GRACE);
+  } else {
+    tls_unwinding = 0;
+    arm_strict(L);
+  }
 }
 
 static void on_sigcancel(int sig) {
@@ -81,9 +136,9 @@ static void on_sigcancel(int sig) {
   cstate *cs = tls_cs;
   lua_State *L = tls_current;
   CONC_UNUSED(sig);
-  if (cs && cs->self && atomic_load(&cs->self->cancel)) {
-    if (L) set_cancel_hook(L);
-    if (cs->L && cs->L != L) set_cancel_hook(cs->L);
+  if (cs && cs->self && atomic_load(&cs->self->cancel) && !tls_unwinding) {
+    if (L) arm_strict(L);
+    if (cs->L && cs->L != L) arm_strict(cs->L);
   }
   errno = saved;
 }
@@ -103,36 +158,84 @@ void thread_cancel_install(void) {
   pthread_once(&cancel_once, cancel_install_once);
 }
 
-/* Asks w to stop; 1 if it was running. */
+/* Asks w to stop; 1 if it was running (it then ends "cancelled"). The
+** signal goes before the wake-up: a worker woken out of a conc wait
+** runs its handler before anything else. */
 int thread_cancel(worker *w) {
   int running;
   pthread_mutex_lock(&w->mu);
   running = w->status == W_RUNNING;
   if (running && !atomic_exchange(&w->cancel, 1)) {
-    if (w->cs) cs_wake(w->cs);
     if (w->hastid) pthread_kill(w->tid, SIGCANCEL);
+    if (w->cs) cs_wake(w->cs);
   }
   pthread_mutex_unlock(&w->mu);
   return running;
 }
 
+/* ------------------------------------------------------------ catching */
+
+/* pcall and xpcall: the standard ones, plus the catch of a cancel. The
+** context carries the slots below the results and whether the call
+** began inside an unwinding (bit 8). */
+#define CTX_INNER 0x100
+
+static int catch_finish(lua_State *L, int status, lua_KContext ctx) {
+  if (status == LUA_OK || status == LUA_YIELD)
+    return lua_gettop(L) - (int)(ctx & 0xff);
+  caught(L, (ctx & CTX_INNER) != 0);
+  cs_caught(L);
+  lua_pushboolean(L, 0);
+  lua_insert(L, -2);                   /* false, the error value */
+  return 2;
+}
+
+static lua_KContext catch_ctx(int slots) {
+  return (lua_KContext)slots | (tls_unwinding ? CTX_INNER : 0);
+}
+
+int thread_pcall(lua_State *L) {
+  lua_KContext ctx;
+  luaL_checkany(L, 1);
+  ctx = catch_ctx(0);
+  lua_pushboolean(L, 1);               /* the first result, if all goes well */
+  lua_insert(L, 1);
+  return catch_finish(L, lua_pcallk(L, lua_gettop(L) - 2, LUA_MULTRET, 0,
+                                    ctx, catch_finish), ctx);
+}
+
+/* xpcall(f, msgh, ...): msgh stays at 2, true and f go above it. */
+int thread_xpcall(lua_State *L) {
+  int nargs = lua_gettop(L) - 2;
+  lua_KContext ctx;
+  luaL_checktype(L, 2, LUA_TFUNCTION);
+  ctx = catch_ctx(2);
+  lua_pushboolean(L, 1);
+  lua_pushvalue(L, 1);
+  lua_rotate(L, 3, 2);
+  return catch_finish(L, lua_pcallk(L, nargs, LUA_MULTRET, 2, ctx,
+                                    catch_finish), ctx);
+}
+
 /* ------------------------------------------------------------ coroutines */
 
-static int resume_co(lua_State *L, lua_State *co, int narg) {
-  int status, nres;
+/* Resumes co with narg values from L; the results' count, or -1 with the
+** error on L. A cancel reaches co as it starts, and the caller as it
+** gets control back (a catch, unless 'rethrow': wrap raises it on). */
+static int resume_co(lua_State *L, lua_State *co, int narg, int rethrow) {
+  int status, nres, inner = tls_unwinding;
   lua_State *prev = tls_current;
-  cstate *cs = tls_cs;
   if (!lua_checkstack(co, narg)) {
     lua_pushliteral(L, "too many arguments to resume");
     return -1;
   }
   lua_xmove(L, co, narg);
-  if (cs && cs->self && atomic_load(&cs->self->cancel)) set_cancel_hook(co);
-  tls_current = co;
+  tls_current = co;                    /* first: a signal now hooks co */
+  if (!inner && cancel_pending()) arm_strict(co);
   status = lua_resume(co, L, narg, &nres);
   tls_current = prev;
-  if (cs && cs->self && atomic_load(&cs->self->cancel)) set_cancel_hook(L);
   if (status == LUA_OK || status == LUA_YIELD) {
+    caught(L, inner);
     if (!lua_checkstack(L, nres + 1)) {
       lua_pop(co, nres);
       lua_pushliteral(L, "too many results to resume");
@@ -140,6 +243,12 @@ static int resume_co(lua_State *L, lua_State *co, int narg) {
     }
     lua_xmove(co, L, nres);
     return nres;
+  }
+  if (!rethrow) {
+    caught(L, inner);
+    cs_caught(L);
+  } else if (cancel_pending()) {
+    lua_sethook(co, NULL, 0, 0);       /* co's closing runs whole */
   }
   lua_xmove(co, L, 1);
   return -1;
@@ -149,7 +258,7 @@ int thread_co_resume(lua_State *L) {
   lua_State *co = lua_tothread(L, 1);
   int r;
   luaL_argexpected(L, co, 1, "coroutine");
-  r = resume_co(L, co, lua_gettop(L) - 1);
+  r = resume_co(L, co, lua_gettop(L) - 1, 0);
   if (r < 0) {
     lua_pushboolean(L, 0);
     lua_insert(L, -2);
@@ -162,7 +271,7 @@ int thread_co_resume(lua_State *L) {
 
 static int co_wrapped(lua_State *L) {
   lua_State *co = lua_tothread(L, lua_upvalueindex(1));
-  int r = resume_co(L, co, lua_gettop(L));
+  int r = resume_co(L, co, lua_gettop(L), 1);
   if (r < 0) {
     int st = lua_status(co);
     if (st != LUA_OK && st != LUA_YIELD) {
@@ -174,6 +283,7 @@ static int co_wrapped(lua_State *L) {
       lua_insert(L, -2);
       lua_concat(L, 2);
     }
+    unwind_begin(L);
     return lua_error(L);
   }
   return r;
@@ -273,6 +383,8 @@ static void job_run(job *j, lua_State *L) {
   ** finds the state to hook */
   tls_cs = cs;
   tls_current = L;
+  tls_unwinding = 0;
+  tls_graced = 0;
   pthread_mutex_lock(&w->mu);
   w->cs = cs;
   w->tid = pthread_self();

@@ -2,7 +2,7 @@
 ** worker.c
 ** What threads and processes have in common: identity, the end of a
 ** worker and who hears of it, the outcome a join returns, the list of a
-** runtime's workers and the wait at exit.
+** runtime's workers (the wait at exit is exit.c's).
 **
 ** DESIGN. A worker is a refcounted object held by its handles, by the
 ** code that runs it (the OS thread, or the parent's process record) and
@@ -106,22 +106,43 @@ void worker_unregister(worker *w) {
   if (was) obj_release(&w->obj);
 }
 
-static int isfailure(int st) {
+int worker_isfailure(int st) {
   return st == W_FAILED || st == W_KILLED;
 }
 
+/* A cancel that thread_cancel answered true for (under w->mu, while the
+** worker ran) decides the end, whatever the worker's code did after it:
+** its results or error are dropped (outside the lock: dropping them may
+** destroy objects, whose locks are not taken under another's). */
 void worker_finish(worker *w, int status, msg *result, char *errmsg) {
+  msg *drop = NULL;
+  char *droperr = NULL;
   pthread_mutex_lock(&w->mu);
+  if (atomic_load(&w->cancel) && status != W_CANCELLED) {
+    drop = result;
+    droperr = errmsg;
+    result = NULL;
+    errmsg = NULL;
+    status = W_CANCELLED;
+  }
   w->result = result;
   w->errmsg = errmsg;
   atomic_store_explicit(&w->status, status, memory_order_release);
   selq_wake_all(&w->waiters, SEL_DONE);
   pthread_mutex_unlock(&w->mu);
+  msg_free(drop);
+  free(droperr);
   /* Its lock is not for forked children any more: they never take it
   ** (handles of another process's workers are refused), and fork need
   ** not touch it. */
   objreg_remove(&w->link);
-  if (!isfailure(status)) worker_unregister(w);
+  if (!worker_isfailure(status)) worker_unregister(w);
+}
+
+void worker_await(worker *w) {
+  pthread_mutex_lock(&w->rt->mu);
+  w->daemon = 0;
+  pthread_mutex_unlock(&w->rt->mu);
 }
 
 int worker_status(worker *w) {
@@ -205,11 +226,6 @@ int worker_wait_end(parker *p, cstate *cs, worker *w, const deadline *d,
   return r;
 }
 
-static int wait_end(parker *p, cstate *cs, worker *w, const deadline *d,
-                    const char **why) {
-  return worker_wait_end(p, cs, w, d, why, 0);
-}
-
 int worker_wait(lua_State *L, cstate *cs, worker *w, const deadline *d) {
   const char *why = NULL;
   int r;
@@ -217,7 +233,7 @@ int worker_wait(lua_State *L, cstate *cs, worker *w, const deadline *d) {
   if (w->obj.kind == K_PROCESS)
     r = process_wait(cs, &cs->park, w, d, &why);
   else
-    r = wait_end(&cs->park, cs, w, d, &why);
+    r = worker_wait_end(&cs->park, cs, w, d, &why, 0);
   cs_waiting(cs, NULL);
   if (r < 0) cs_raisestop(L, cs, why);
   return r;
@@ -257,95 +273,6 @@ int worker_push_outcome(lua_State *L, cstate *cs, worker *w) {
   }
   lua_pushstring(L, w->errmsg ? w->errmsg : "failed");
   return lua_error(L);
-}
-
-/* ------------------------------------------------------------ exit */
-
-/* Waits for w without a Lua state (exit, conclua_wait); cs, if given,
-** can interrupt it. */
-static void wait_plain(worker *w, cstate *cs) {
-  deadline d;
-  const char *why;
-  deadline_in(&d, -1);
-  if (cs) {
-    if (w->obj.kind == K_PROCESS) process_wait(cs, &cs->park, w, &d, &why);
-    else wait_end(&cs->park, cs, w, &d, &why);
-  } else {
-    parker p;
-    park_init(&p);
-    if (w->obj.kind == K_PROCESS) process_wait(NULL, &p, w, &d, &why);
-    else wait_end(&p, NULL, w, &d, &why);
-    park_destroy(&p);
-  }
-}
-
-/* "name: error" and its traceback, the error without the "thread 3
-** (name): " a join would show before it. */
-static void report_one(worker *w) {
-  const char *e = w->errmsg ? w->errmsg : "failed";
-  char tag[160];
-  const char *p;
-  snprintf(tag, sizeof tag, "(%s): ", w->name);
-  p = strstr(e, tag);
-  if (p && p - e < 32) e = p + strlen(tag);
-  flockfile(stderr);
-  fprintf(stderr, "%s: %s\n", w->name, e);
-  fflush(stderr);
-  funlockfile(stderr);
-}
-
-/* Prints the failures nobody joined, once each; returns how many of
-** them were not daemons (what conclua_wait reports). */
-int rt_report_failures(rt *r) {
-  int count = 0;
-  for (;;) {
-    worker *w, *found = NULL;
-    pthread_mutex_lock(&r->mu);
-    for (w = r->head; w; w = w->next) {
-      pthread_mutex_lock(&w->mu);
-      if (isfailure(w->status) && !w->joined && !w->reported) {
-        w->reported = 1;
-        found = w;
-        obj_retain(&w->obj);
-      }
-      pthread_mutex_unlock(&w->mu);
-      if (found) break;
-    }
-    pthread_mutex_unlock(&r->mu);
-    if (found == NULL) break;
-    report_one(found);
-    if (!found->daemon) count++;
-    worker_unregister(found);
-    obj_release(&found->obj);
-  }
-  return count;
-}
-
-/* Interrupting the wait (Ctrl-C in a conclua run) stops it early. */
-int rt_waitall_cs(rt *r, worker *self, cstate *cs) {
-  for (;;) {
-    worker *w, *found = NULL;
-    if (cs && cs_stopreason(cs)) break;
-    pthread_mutex_lock(&r->mu);
-    for (w = r->head; w; w = w->next) {
-      if (w == self || w->daemon) continue;
-      if (w->owner && w->owner != conc_getpid()) continue;
-      if (worker_status(w) == W_RUNNING) {
-        found = w;
-        obj_retain(&w->obj);
-        break;
-      }
-    }
-    pthread_mutex_unlock(&r->mu);
-    if (found == NULL) break;
-    wait_plain(found, cs);
-    obj_release(&found->obj);
-  }
-  return rt_report_failures(r);
-}
-
-int rt_waitall(rt *r, worker *self) {
-  return rt_waitall_cs(r, self, NULL);
 }
 
 /* ------------------------------------------------------------ listing */
@@ -465,28 +392,4 @@ worker **rt_pick(rt *r, int (*pick)(worker *w), int *n) {
   }
   pthread_mutex_unlock(&r->mu);
   return v;
-}
-
-static int own_thread(worker *w) {
-  return w->obj.kind == K_THREAD && w->owner == conc_getpid();
-}
-
-/* After the wait at exit: cancel daemon threads (and give them a moment
-** to unwind), signal daemon processes. */
-void rt_shutdown(rt *r) {
-  int n;
-  worker **v = rt_pick(r, own_thread, &n);
-  deadline d;
-  for (int i = 0; i < n; i++) thread_cancel(v[i]);
-  deadline_in(&d, 1.0);
-  for (int i = 0; i < n; i++) {
-    parker p;
-    const char *why;
-    park_init(&p);
-    wait_end(&p, NULL, v[i], &d, &why);
-    park_destroy(&p);
-    obj_release(&v[i]->obj);
-  }
-  free(v);
-  process_stop_daemons(r);
 }

@@ -27,6 +27,9 @@
 **               and writes its result on a pipe, parent reads and waitpids
 **   pipebw MB   fork, the child writes MB MiB in 1 MiB writes to a pipe,
 **               the parent reads it
+**   pcall N     the Lua loop of bench_threads.lua's pcall mode in a stock
+**               state: the standard pcall, N calls that return and N/10
+**               that raise
 ** Times are CLOCK_MONOTONIC; bigstr and bigtbl report the median of their
 ** iterations, the others a total divided by the count.
 */
@@ -492,6 +495,37 @@ static void mode_pipebw(long mb) {
   free(buf);
 }
 
+/* ------------------------------------------------------------ pcall */
+
+/* The same loop as bench_threads.lua's (now: a clock in seconds). */
+static const char *PCALL_LOOP =
+    "local n, now = ...\n"
+    "local f = function(x) return x end\n"
+    "local g = function() error('x', 0) end\n"
+    "for i = 1, n // 10 do pcall(f, i) pcall(g) end\n"
+    "local t0 = now()\n"
+    "for i = 1, n do pcall(f, i) end\n"
+    "local t1 = now()\n"
+    "for i = 1, n // 10 do pcall(g) end\n"
+    "local t2 = now()\n"
+    "return (t1 - t0) / n * 1e9, (t2 - t1) / (n // 10) * 1e9";
+
+static int lua_clock(lua_State *L) {
+  lua_pushnumber(L, clock_s());
+  return 1;
+}
+
+static void mode_pcall(long n) {
+  lua_State *L = fresh_state();
+  if (luaL_loadstring(L, PCALL_LOOP) != LUA_OK) fail("load");
+  lua_pushinteger(L, n);
+  lua_pushcfunction(L, lua_clock);
+  if (lua_pcall(L, 2, 2, 0) != LUA_OK) fail("pcall");
+  printf("RESULT ns_ok=%.3f ns_err=%.3f\n", lua_tonumber(L, -2),
+         lua_tonumber(L, -1));
+  lua_close(L);
+}
+
 /* ------------------------------------------------------------ main */
 
 static const struct {
@@ -506,6 +540,7 @@ static const struct {
     {"pingpong", 20000, mode_pingpong},
     {"fork", 300, mode_fork},
     {"pipebw", 256, mode_pipebw},
+    {"pcall", 3000000, mode_pcall},
 };
 
 int main(int argc, char **argv) {

@@ -10,6 +10,10 @@
 --   queue M       M small integers from a child over conc.queue   msgs_per_s
 --   pool_processes M   pool.processes(2):map over M trivial items items_per_s
 --   pool_threads M     pool.threads(2):map, the same              items_per_s
+--   shared_incr N  N s:incr("n") on a conc.shared, split over two
+--                  processes                                    ops_per_s
+--   shared_rw N    N stores and reads (s[k] = i; s[k]) of 64 keys per
+--                  process, split over two processes            ops_per_s
 
 local mode, n = arg[1], tonumber(arg[2])
 local now = conc.now
@@ -80,8 +84,17 @@ end
 function modes.pool_processes(count) pool_rate("processes", count) end
 function modes.pool_threads(count) pool_rate("threads", count) end
 
+function modes.shared_incr(count)
+  report{ops_per_s = common.shared_incr(spawn_process, count)}
+end
+
+function modes.shared_rw(count)
+  report{ops_per_s = common.shared_rw(spawn_process, count)}
+end
+
 local defaults = {spawn = 300, pipebw = 256, queue = 50000,
-                  pool_processes = 20000, pool_threads = 20000}
+                  pool_processes = 20000, pool_threads = 20000,
+                  shared_incr = 200000, shared_rw = 200000}
 if not modes[mode] then
   io.stderr:write("bench_procs.lua: unknown mode ", tostring(mode), "\n")
   os.exit(2)

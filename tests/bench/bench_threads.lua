@@ -13,6 +13,13 @@
 --   pingpong R  R round trips over two channels (an echo thread) us_per_rt
 --   bigstr I    a 10 MiB string from a thread, per iteration    ms (median)
 --   bigtbl I    a 100000-integer table, the same way            ms (median)
+--   pcall N     in a thread, N pcalls of a function that returns and
+--               N/10 of one that raises (conclua's own pcall,
+--               which a cancel cannot get past)                 ns_ok, ns_err
+--   shared_incr N   N s:incr("n") on a conc.shared, split over two
+--               threads                                         ops_per_s
+--   shared_rw N     N stores and reads (s[k] = i; s[k]) of 64 keys
+--               per thread, split over two threads              ops_per_s
 
 local mode, n = arg[1], tonumber(arg[2])
 local now = conc.now
@@ -141,8 +148,33 @@ function modes.bigtbl(iters)
   end, 100000)
 end
 
+-- The same loop as baseline.c's PCALL_LOOP.
+function modes.pcall(count)
+  local ok, err = spawn_thread(function(n, now)
+    local f = function(x) return x end
+    local g = function() error('x', 0) end
+    for i = 1, n // 10 do pcall(f, i) pcall(g) end
+    local t0 = now()
+    for i = 1, n do pcall(f, i) end
+    local t1 = now()
+    for i = 1, n // 10 do pcall(g) end
+    local t2 = now()
+    return (t1 - t0) / n * 1e9, (t2 - t1) / (n // 10) * 1e9
+  end, count, now):join()
+  report{ns_ok = ok, ns_err = err}
+end
+
+function modes.shared_incr(count)
+  report{ops_per_s = common.shared_incr(spawn_thread, count)}
+end
+
+function modes.shared_rw(count)
+  report{ops_per_s = common.shared_rw(spawn_thread, count)}
+end
+
 local defaults = {spawn = 1000, cpu = 60000000, idle = 1000, chan = 200000,
-                  pingpong = 20000, bigstr = 15, bigtbl = 15}
+                  pingpong = 20000, bigstr = 15, bigtbl = 15, pcall = 3000000,
+                  shared_incr = 400000, shared_rw = 400000}
 if not modes[mode] then
   io.stderr:write("bench_threads.lua: unknown mode ", tostring(mode), "\n")
   os.exit(2)

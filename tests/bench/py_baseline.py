@@ -11,6 +11,15 @@ threading and multiprocessing (always the 'fork' start method):
   mpqueue   N ints from a child process through mp.Queue         msgs_per_s
   mppool    Pool(2).imap(f, range(N), chunksize=1)               items_per_s
   threadpool  ThreadPool(2).imap(f, range(N), chunksize=1)       items_per_s
+  thincr    N increments of d["n"] under a threading.Lock, 2 threads ops_per_s
+  thrw      N stores and reads of a dict, 64 keys per thread, 2 threads
+                                                                 ops_per_s
+  mpvalue   N increments of a multiprocessing.Value under its own lock,
+            2 processes                                          ops_per_s
+  mgrincr   N increments of d["n"] in a Manager().dict() under a
+            Manager().Lock(), 2 processes                        ops_per_s
+  mgrrw     N stores and reads of a Manager().dict(), 64 keys per
+            process, 2 processes                                 ops_per_s
 """
 import multiprocessing
 import queue
@@ -142,6 +151,88 @@ def pool_rate(pool, n):
     report(items_per_s=n / dt)
 
 
+def two_workers(start, count, work, args):
+    """Runs work(go, w, k, *args) on two workers made by start (a Thread
+    or Process class), k = count // 2 each, timed from the go (an Event
+    they wait on) to the end of both."""
+    go = (threading.Event() if start is threading.Thread else FORK.Event())
+    k = count // 2
+    ws = [start(target=work, args=(go, w, k) + args) for w in (1, 2)]
+    for w in ws:
+        w.start()
+    time.sleep(0.05)
+    t0 = clock()
+    go.set()
+    for w in ws:
+        w.join()
+        if getattr(w, "exitcode", 0) != 0:
+            raise RuntimeError("worker failed")
+    return clock() - t0, 2 * k
+
+
+def incr_locked(go, w, k, d, lock):
+    go.wait()
+    for _ in range(k):
+        with lock:
+            d["n"] = d["n"] + 1
+
+
+def store_read(go, w, k, d):
+    go.wait()
+    keys = [f"w{w}k{i}" for i in range(64)]
+    for i in range(1, k // 2 + 1):
+        key = keys[i % 64]
+        d[key] = i
+        if d[key] != i:
+            raise RuntimeError("wrong value read back")
+
+
+def value_incr(go, w, k, v):
+    go.wait()
+    for _ in range(k):
+        with v.get_lock():
+            v.value += 1
+
+
+def thincr(n):
+    d = {"n": 0}
+    dt, total = two_workers(threading.Thread, n, incr_locked,
+                            (d, threading.Lock()))
+    if d["n"] != total:
+        raise RuntimeError("lost increments")
+    report(ops_per_s=total / dt)
+
+
+def thrw(n):
+    dt, total = two_workers(threading.Thread, n, store_read, ({},))
+    report(ops_per_s=total / dt)
+
+
+def mpvalue(n):
+    v = FORK.Value("q", 0)
+    dt, total = two_workers(FORK.Process, n, value_incr, (v,))
+    if v.value != total:
+        raise RuntimeError("lost increments")
+    report(ops_per_s=total / dt)
+
+
+def mgrincr(n):
+    with FORK.Manager() as m:
+        d = m.dict()
+        d["n"] = 0
+        dt, total = two_workers(FORK.Process, n, incr_locked, (d, m.Lock()))
+        if d["n"] != total:
+            raise RuntimeError("lost increments")
+    report(ops_per_s=total / dt)
+
+
+def mgrrw(n):
+    with FORK.Manager() as m:
+        d = m.dict()
+        dt, total = two_workers(FORK.Process, n, store_read, (d,))
+    report(ops_per_s=total / dt)
+
+
 MODES = {
     "spawn": (spawn, 1000),
     "idle": (idle, 1000),
@@ -150,6 +241,11 @@ MODES = {
     "mpqueue": (mpqueue, 50000),
     "mppool": (lambda n: pool_rate(FORK.Pool(2), n), 20000),
     "threadpool": (lambda n: pool_rate(ThreadPool(2), n), 20000),
+    "thincr": (thincr, 400000),
+    "thrw": (thrw, 400000),
+    "mpvalue": (mpvalue, 200000),
+    "mgrincr": (mgrincr, 10000),
+    "mgrrw": (mgrrw, 20000),
 }
 
 if __name__ == "__main__":

@@ -7,8 +7,9 @@
 # Environment: CONCLUA_BUILD (the build directory, default build),
 # BENCH_ROUNDS (rounds per figure, default 5), PYTHON (default python3).
 # Figures named on the command line (spawn_thread, cpu, idle, idle10k, chan,
-# pingpong, pingpong_pinned, bigstr, bigtbl, spawn_process, pipe, queue,
-# pool_processes, pool_threads) select what runs.
+# pingpong, pingpong_pinned, bigstr, bigtbl, pcall, spawn_process, pipe,
+# queue, pool_processes, pool_threads, shared_threads, shared_procs) select
+# what runs.
 #
 # Each figure runs conclua's script (bench_threads.lua, bench_procs.lua) and
 # its baselines (baseline.c built here, py_baseline.py) in turns, the order
@@ -73,7 +74,7 @@ selected() {
   return 1
 }
 wanted=("$@")
-figures=" spawn_thread cpu idle idle10k chan pingpong pingpong_pinned bigstr bigtbl spawn_process pipe queue pool_processes pool_threads "
+figures=" spawn_thread cpu idle idle10k chan pingpong pingpong_pinned bigstr bigtbl pcall spawn_process pipe queue pool_processes pool_threads shared_threads shared_procs "
 for w in "${wanted[@]}"; do
   case $figures in
     *[[:space:]]"$w"[[:space:]]*) ;;
@@ -277,6 +278,12 @@ if selected bigtbl; then
   row bigtbl ms "100000-int table thread -> thread (ms)" ms c "C" "ratio<=2.0"
 fi
 
+if selected pcall; then
+  measure pcall "$rounds" conclua="$TH pcall 3000000" c="$BL pcall 3000000"
+  row pcall ns_ok "pcall in a thread (ns)" ns c "lua5.4" "ratio<=1.2"
+  row pcall ns_err "pcall of an error in a thread (ns)" ns c "lua5.4" "ratio<=1.2"
+fi
+
 if selected spawn_process; then
   measure spawn_process "$rounds" conclua="$PR spawn 100" c="$BL fork 100" \
     py="$PY mpspawn 20"
@@ -304,6 +311,25 @@ if selected pool_threads; then
   measure pool_threads "$rounds" conclua="$PR pool_threads 20000" \
     py="$PY threadpool 20000"
   row pool_threads items_per_s "pool.threads(2):map (items/s)" items/s py "Py" "ratio>=1"
+fi
+
+if selected shared_threads; then
+  measure shared_incr_t "$rounds" conclua="$TH shared_incr 400000" \
+    py="$PY thincr 400000"
+  row shared_incr_t ops_per_s "conc.shared incr, 2 threads (ops/s)" ops/s py "Py" "ratio>=1"
+  measure shared_rw_t "$rounds" conclua="$TH shared_rw 400000" \
+    py="$PY thrw 400000"
+  row shared_rw_t ops_per_s "conc.shared store+read, 2 threads (ops/s)" ops/s py "Py" -
+fi
+
+if selected shared_procs; then
+  measure shared_incr_p "$rounds" conclua="$PR shared_incr 200000" \
+    pyv="$PY mpvalue 200000" pym="$PY mgrincr 10000"
+  row shared_incr_p ops_per_s "conc.shared incr, 2 processes (ops/s)" ops/s pyv "Py Value" "ratio>=1"
+  row shared_incr_p ops_per_s "  vs Python Manager dict + Lock" ops/s pym "Py" "ratio>=20"
+  measure shared_rw_p "$rounds" conclua="$PR shared_rw 200000" \
+    py="$PY mgrrw 20000"
+  row shared_rw_p ops_per_s "conc.shared store+read, 2 procs (ops/s)" ops/s py "Py Manager" "ratio>=20"
 fi
 
 echo "$rule"

@@ -5,6 +5,8 @@
 ** workers around. Each case runs in a process of its own (runner.h).
 */
 
+#include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdint.h>
 
@@ -570,6 +572,132 @@ static int t_two_host_states(void) {
   return 0;
 }
 
+/* ------------------------------------------------------------ Ctrl-C */
+
+/* A host's own Ctrl-C, done the way lua.c does it: the handler hooks the
+** state, the hook raises. conclua adds no handler of its own; a blocking
+** conc call still ends when the host's handler asks the state to stop. */
+static lua_State *sig_L;
+static atomic_int sig_calls;
+static int sig_hooks;               /* the handler hooks sig_L */
+
+static void stop_hook(lua_State *L, lua_Debug *ar) {
+  (void)ar;
+  lua_sethook(L, NULL, 0, 0);
+  luaL_error(L, "interrupted!");
+}
+
+static void host_sigint(int sig) {
+  (void)sig;
+  atomic_fetch_add(&sig_calls, 1);
+  if (sig_hooks)
+    lua_sethook(sig_L, stop_hook, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
+}
+
+static void pause_ms(int ms) {
+  struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+  while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {}
+}
+
+/* Sends the process SIGINT after 'arg' ms (from a thread: the kernel
+** may hand it to any thread, which must pass it on). */
+static void *send_sigint(void *arg) {
+  pause_ms((int)(intptr_t)arg);
+  kill(getpid(), SIGINT);
+  return NULL;
+}
+
+/* Watches SIGINT's disposition while 'watching': whether it was ever
+** anything but SIG_DFL. */
+static atomic_int watching, saw_handler;
+
+static void *watch_sigint(void *arg) {
+  (void)arg;
+  while (atomic_load(&watching)) {
+    struct sigaction cur;
+    sigaction(SIGINT, NULL, &cur);
+    if ((cur.sa_flags & SA_SIGINFO) || cur.sa_handler != SIG_DFL)
+      atomic_store(&saw_handler, 1);
+    pause_ms(1);
+  }
+  return NULL;
+}
+
+static int t_no_sigint_handler_for_a_host_without_one(void) {
+  lua_State *L = host_new();
+  pthread_t th;
+  atomic_store(&watching, 1);
+  CHECK(pthread_create(&th, NULL, watch_sigint, NULL) == 0);
+  run(L, "local ch = conc.channel() ch:recv(0.2) conc.sleep(0.1) "
+         "spawn_thread(function() conc.sleep(0.1) end):join()");
+  atomic_store(&watching, 0);
+  pthread_join(th, NULL);
+  CHECK(!atomic_load(&saw_handler));
+  lua_close(L);
+  return 0;
+}
+
+/* Runs code (which blocks) while a thread sends SIGINT after 100 ms;
+** returns the error message, or NULL if code returned. */
+static const char *blocked_sigint(lua_State *L, const char *code) {
+  pthread_t th;
+  int st;
+  sig_L = L;
+  CHECK(pthread_create(&th, NULL, send_sigint, (void *)(intptr_t)100) == 0);
+  lua_pushcfunction(L, traceback);
+  CHECK(luaL_loadstring(L, code) == LUA_OK);
+  st = lua_pcall(L, 0, 0, -2);
+  pthread_join(th, NULL);
+  return st == LUA_OK ? NULL : lua_tostring(L, -1);
+}
+
+static int t_host_sigint_handler_interrupts_a_wait(void) {
+  lua_State *L = host_new();
+  struct sigaction sa, cur;
+  const char *err;
+  const char *const waits[] = {
+      "conc.channel():recv()", "conc.sleep(30)",
+      "spawn_thread({daemon = true}, function() conc.sleep(30) end):join()",
+      "local l = conc.lock() l:acquire() l:acquire()",
+      "conc.select({conc.channel()})", "conc.event():wait()", NULL};
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = host_sigint;
+  sigemptyset(&sa.sa_mask);
+  CHECK(sigaction(SIGINT, &sa, NULL) == 0);
+  sig_hooks = 1;
+  for (int i = 0; waits[i]; i++) {
+    atomic_store(&sig_calls, 0);
+    err = blocked_sigint(L, waits[i]);
+    if (err == NULL || strstr(err, "interrupted!") == NULL)
+      FAIL("%s: %s", waits[i], err ? err : "returned");
+    CHECK_INT(atomic_load(&sig_calls), 1);
+    CHECK(lua_gethook(L) == NULL);       /* its work is done */
+    lua_settop(L, 0);
+    sigaction(SIGINT, NULL, &cur);       /* the host's own is back */
+    CHECK(!(cur.sa_flags & SA_SIGINFO) && cur.sa_handler == host_sigint);
+  }
+  CHECK_INT(run_int(L, "return 1 + 1"), 2);   /* no stale hook */
+  sig_hooks = 0;
+  lua_close(L);
+  return 0;
+}
+
+static int t_host_sigint_handler_that_does_not_hook(void) {
+  lua_State *L = host_new();
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = host_sigint;
+  sigemptyset(&sa.sa_mask);
+  CHECK(sigaction(SIGINT, &sa, NULL) == 0);
+  sig_hooks = 0;
+  atomic_store(&sig_calls, 0);
+  if (blocked_sigint(L, "conc.sleep(0.5)") != NULL)
+    FAIL("the wait was interrupted: %s", lua_tostring(L, -1));
+  CHECK_INT(atomic_load(&sig_calls), 1);
+  lua_close(L);
+  return 0;
+}
+
 /* ------------------------------------------------------------ main */
 
 static const tcase cases[] = {
@@ -586,6 +714,12 @@ static const tcase cases[] = {
     {"exit_without_close_waits", t_exit_without_close_waits, 20},
     {"no_hook_after_close", t_no_hook_after_close, 20},
     {"two_host_states", t_two_host_states, 30},
+    {"no_sigint_handler_for_a_host_without_one",
+     t_no_sigint_handler_for_a_host_without_one, 20},
+    {"host_sigint_handler_interrupts_a_wait",
+     t_host_sigint_handler_interrupts_a_wait, 20},
+    {"host_sigint_handler_that_does_not_hook",
+     t_host_sigint_handler_that_does_not_hook, 20},
     {NULL, NULL, 0}};
 
 int main(int argc, char **argv) {

@@ -155,4 +155,67 @@ function T.tmpfile(content, suffix)
   return path
 end
 
+-- Lua source that defines ready(...): prints "ready <own pid> ..." for
+-- T.ctrl_c.
+T.READY = [[
+  local function ready(...)
+    local me = assert(io.open("/proc/self/stat")):read("n")
+    print("ready " .. table.concat({me, ...}, " "))
+    io.stdout:flush()
+  end
+]]
+
+-- Runs the shell command cmd (with 'input' on its stdin if given) in the
+-- background, as a user's Ctrl-C would find it: once its output shows
+-- "ready <pid> [<pid>...]" (the script prints its own pid first), sends
+-- the first pid SIGINT 'times' times (default 1; each after the first
+-- once the output says "stopping") and waits (up to 30 s) for cmd to
+-- end. Returns the output (stdout and stderr), the exit status (nil if it
+-- did not end: it is then killed), the pids, and the seconds from the
+-- first SIGINT to the end.
+function T.ctrl_c(cmd, input, times)
+  local out_file = os.tmpname()
+  local rc_file = out_file .. ".rc"
+  local in_file = input and T.tmpfile(input, ".in") or "/dev/null"
+  os.execute(string.format("(%s < %s > %s 2>&1; echo $? > %s) &", cmd,
+                           T.q(in_file), T.q(out_file), T.q(rc_file)))
+  local function output() return T.readfile(out_file) or "" end
+  local t0 = conc.now()
+  local pids
+  repeat
+    conc.sleep(0.02)
+    local l = output():match("ready ([%d ]+)")
+    if l then
+      pids = {}
+      for pid in l:gmatch("%d+") do pids[#pids + 1] = pid end
+    end
+  until pids or conc.now() - t0 > 30 or T.readfile(rc_file)
+  if not pids then
+    os.remove(out_file)
+    os.remove(rc_file)
+    if input then os.remove(in_file) end
+    error("the command never got ready:\n" .. output(), 2)
+  end
+  t0 = conc.now()
+  for i = 1, times or 1 do
+    if i > 1 then
+      local t1 = conc.now()
+      repeat conc.sleep(0.02) until output():find("stopping") or conc.now() - t1 > 10
+    end
+    os.execute("kill -INT " .. pids[1])
+  end
+  local rc
+  repeat
+    conc.sleep(0.02)
+    rc = tonumber(T.readfile(rc_file) or "")
+  until rc or conc.now() - t0 > 30
+  local dt = conc.now() - t0
+  local text = output()
+  if not rc then os.execute("kill -KILL " .. pids[1] .. " 2>/dev/null") end
+  os.remove(out_file)
+  os.remove(rc_file)
+  if input then os.remove(in_file) end
+  return text, rc, pids, dt
+end
+
 return T
