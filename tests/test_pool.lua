@@ -470,6 +470,41 @@ T.test("a pool whose worker was replaced still closes at exit", function()
   os.remove(script)
 end)
 
+T.test("at exit a pool finishes its queued work; one Ctrl-C stops it", function()
+  local script = T.tmpfile([[
+    local pool = require "conc.pool"
+    local p = pool.processes(1)
+    local w = p:submit(function()
+      local f = io.open("/proc/self/stat") local pid = f:read("n") f:close() return pid
+    end)
+    print(w:result())
+    p:submit(function() conc.sleep(60) end)
+    print("queued")
+    io.stdout:flush()
+  ]])
+  local out = os.tmpname()
+  local t0 = conc.now()
+  local _, code = T.sh(string.format("%s %s >%s 2>&1 & pid=$!; " ..
+    "for i in $(seq 200); do grep -q queued %s && break; sleep 0.05; done; " ..
+    "sleep 0.3; kill -INT $pid; wait $pid", T.q(T.conclua), T.q(script), T.q(out), T.q(out)))
+  local text = T.readfile(out)
+  T.eq(code, 130, text)
+  T.ok(conc.now() - t0 < 30, "stopped, not waited for")
+  T.ok(text:find("stopping 1 worker: thread %d+ \"pool%-%d+%-manager\""), text)
+  local pid = text:match("^(%d+)\n")
+  T.ok(pid, text)
+  local alive
+  for _ = 1, 40 do                       -- within 2 s
+    alive = os.execute("kill -0 " .. pid .. " 2>/dev/null")
+    if not alive then break end
+    conc.sleep(0.05)
+  end
+  if alive then os.execute("kill -KILL " .. pid) end
+  T.ok(not alive, "orphan " .. pid)
+  os.remove(out)
+  os.remove(script)
+end)
+
 T.test("progress: nothing on stderr when it is not a terminal", function()
   local script = T.tmpfile([[
     local pool = require "conc.pool"

@@ -490,6 +490,13 @@ int rt_waitall_cs(rt *r, worker *self, cstate *cs);
 ** this call decided that the run ends with status 130, 1 when an earlier
 ** one did, 0 otherwise. */
 int rt_exit_wait(rt *r, cstate *cs, int interrupted, const char *prog);
+/* Called by rt_exit_wait before it waits (unless a Ctrl-C ended the main
+** chunk): set by pool.c when a pool is made, it closes the pools of r and
+** has the exit wait for their managers to finish their queued work. */
+extern void (*rt_exit_hook)(rt *r);
+/* The exit waits for w from now on, as for a worker that is not a daemon
+** (a pool's manager with work to finish). */
+void worker_await(worker *w);
 /* How many workers the exit waits for, listed in buf (if not NULL). */
 int rt_awaited(rt *r, char *buf, size_t n);
 int worker_isfailure(int status);
@@ -640,9 +647,6 @@ lua_Integer future_id(cobj *f);
 /* pool.c */
 int pool_kit(lua_State *L);              /* conc._poolkit */
 lua_Integer pool_id(cobj *p);
-/* The host state of r closes: every pool of r still running finishes its
-** queued work and stops; returns once they all have. */
-void pool_exit_all(rt *r);
 
 /* ------------------------------------------------------------ modules */
 

@@ -14,8 +14,9 @@
 ** The manager does not hold the pool object, so the pool is collected
 ** once no thread holds it: its destroy settles the pool's lifeline, a
 ** future the manager selects on, and the manager finishes the queued
-** work and stops. At exit (the host state closing), every pool of the
-** runtime still running is told the same, and waited for, before the
+** work and stops. At exit, every pool of the runtime still running is
+** told the same, and the exit waits for its manager like for a worker
+** that is not a daemon (a Ctrl-C stops it like the others) before the
 ** daemons are stopped: a pool is closed when collected and at exit. The
 ** handle's methods (map, submit, close...) forward to those written in
 ** the module, which any state loads on first use: a thread that was
@@ -42,7 +43,7 @@ typedef struct pool {
   cobj *requests;              /* the manager's channel */
   cobj *lifeline;              /* a future: settled when the pool goes */
   cobj *manager;               /* the manager's thread; under pools_mu */
-  int exiting;                 /* pool_exit_all took it; under pools_mu */
+  int exiting;                 /* pool_exit took it; under pools_mu */
   struct pool *prev, *next;    /* every pool of the process */
 } pool;
 
@@ -53,8 +54,11 @@ static pool *pools;
 static objlink pools_link;
 static pthread_once_t pools_once = PTHREAD_ONCE_INIT;
 
+static void pool_exit(rt *r);
+
 static void pools_init(void) {
   objreg_add(&pools_link, &pools_mu);
+  rt_exit_hook = pool_exit;
 }
 
 static void pool_destroy(cobj *o) {
@@ -250,9 +254,11 @@ static int retain_live(cobj *o) {
   return 0;
 }
 
-/* Closes every pool of r that still runs, and waits for each to finish
-** its queued work: the host state closes. Nothing here raises. */
-void pool_exit_all(rt *r) {
+/* The exit (rt_exit_hook): every pool of r still running is closed, and
+** the exit waits for its manager as for a worker that is not a daemon,
+** so its queued work finishes first (and one Ctrl-C stops it, as it stops
+** the rest: exit.c). Nothing here waits or raises. */
+static void pool_exit(rt *r) {
   for (;;) {
     pool *p;
     worker *w = NULL;
@@ -276,16 +282,8 @@ void pool_exit_all(rt *r) {
       future_settle(p->lifeline, 1, NULL);
       obj_release(&p->obj);
     }
-    {
-      parker pk;
-      deadline d;
-      const char *why;
-      park_init(&pk);
-      deadline_in(&d, -1);
-      worker_wait_end(&pk, NULL, w, &d, &why, 0);
-      park_destroy(&pk);
-      obj_release(&w->obj);
-    }
+    worker_await(w);
+    obj_release(&w->obj);
   }
 }
 
