@@ -138,7 +138,7 @@ tsan: test-deps
 	  SAN="-fsanitize=thread" all
 	@TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" \
 	  CONCLUA_BUILD=build/tsan CONCLUA_SANITIZER=tsan \
-	  build/tsan/conclua tests/run.lua threads channel sync shared select
+	  build/tsan/conclua tests/run.lua threads channel sync shared select pool pinned
 
 stress: test-deps
 	@$(MAKE) --no-print-directory all

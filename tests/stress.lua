@@ -558,6 +558,123 @@ scenario("shared_incr", 200, function()
   assert(s.n == 1000, "lost increments: " .. tostring(s.n))
 end)
 
+-- Pools: one pool shared by several threads, each mapping and
+-- submitting at once; every thread gets its own results, all of them.
+local pool = require "conc.pool"
+local shared_pools = {}
+scenario("pool_shared", 300, function(run)
+  local kind = run % 2 == 0 and "threads" or "processes"
+  shared_pools[kind] = shared_pools[kind] or pool[kind](2)
+  local p = shared_pools[kind]
+  local function work(p, t, run)
+    local list = {}
+    for i = 1, 100 do list[i] = run * 10000 + t * 1000 + i end
+    local r = p:map(function(x) return x + 1 end, list)
+    assert(r.n == 100, "n")
+    for i = 1, 100 do assert(r[i] == list[i] + 1, "map item " .. i) end
+    local fs = {}
+    for i = 1, 10 do fs[i] = p:submit(function(a, b) return a * b end, t, i) end
+    for i = 1, 10 do assert(fs[i]:result(60) == t * i, "future " .. i) end
+    return true
+  end
+  local ts = {}
+  for t = 1, 3 do ts[t] = spawn_thread(work, p, t, run) end
+  assert(work(p, 4, run))
+  for t = 1, 3 do assert(ts[t]:join() == true) end
+  if run >= 299 then p:close() shared_pools[kind] = nil end
+end)
+
+-- A kill storm on a process pool: workers SIGKILLed at random while a
+-- map and futures run. Only what a dead worker was running fails, with
+-- "pool worker died"; everything else gives its right result; the pool
+-- is whole afterwards.
+scenario("pool_kill_storm", 100, function(run)
+  local pids = conc.queue()
+  local p = pool.processes(3)
+  local function task(q, x, s)
+    local f = io.open("/proc/self/stat") local pid = f:read("n") f:close()
+    q:send(pid)
+    conc.sleep(s)
+    return x * 2
+  end
+  local fs = {}
+  for i = 1, 30 do fs[i] = p:submit(task, pids, i, 0.002 * (i % 4)) end
+  local mapper = spawn_thread(function(p, q, task)
+    local ok, r = pcall(p.map, p, function(x) return task(q, x, 0.001) end, (function()
+      local l = {} for i = 1, 60 do l[i] = i end return l end)(), {chunksize = 1})
+    if ok then
+      for i = 1, 60 do assert(r[i] == i * 2, "map item " .. i) end
+      return "ok"
+    end
+    assert(tostring(r):find("pool worker died", 1, true), tostring(r))
+    return "died"
+  end, p, pids, task)
+  local kills = 0
+  for _ = 1, 3 do
+    local pid = pids:recv(30)
+    conc.sleep(math.random() * 0.01)
+    if pid and os.execute("kill -KILL " .. pid .. " 2>/dev/null") then kills = kills + 1 end
+  end
+  local died = 0
+  for i = 1, 30 do
+    local ok, v = pcall(fs[i].result, fs[i], 60)
+    if ok then assert(v == i * 2, "future " .. i .. ": " .. tostring(v))
+    else
+      assert(tostring(v):find("pool worker died", 1, true), tostring(v))
+      died = died + 1
+    end
+  end
+  local m = mapper:join()
+  if m == "died" then died = died + 1 end
+  assert(died <= kills, died .. " failed for " .. kills .. " kills")
+  local r = p:map(function(x) return -x end, {1, 2, 3, 4})
+  assert(r[1] == -1 and r[4] == -4 and r.n == 4)
+  p:close()
+  while pids:recv(0) do end
+end)
+
+-- close and terminate racing with submitters on other threads: every
+-- future settles (its result, or "pool is closed" / "pool terminated"),
+-- every map returns or raises; nothing hangs.
+scenario("pool_close_race", 300, function(run)
+  local kind = run % 2 == 0 and "threads" or "processes"
+  local p = pool[kind](2)
+  local function submitter(p)
+    local fs, out = {}, {ok = 0, closed = 0}
+    for i = 1, 20 do
+      local ok, f = pcall(p.submit, p, function(x) return x end, i)
+      if ok then fs[#fs + 1] = {f, i}
+      else assert(tostring(f):find("pool is closed", 1, true), tostring(f)) out.closed = out.closed + 1 end
+    end
+    local ok, r = pcall(p.map, p, function(x) return x end, {1, 2, 3, 4, 5, 6})
+    assert(ok or tostring(r):find("pool", 1, true), tostring(r))
+    for _, e in ipairs(fs) do
+      local ok2, v = pcall(e[1].result, e[1], 60)
+      if ok2 then assert(v == e[2]) out.ok = out.ok + 1
+      else assert(tostring(v):find("pool is closed", 1, true) or
+                  tostring(v):find("pool terminated", 1, true), tostring(v)) end
+    end
+    return true
+  end
+  local ts = {}
+  for t = 1, 2 do ts[t] = spawn_thread(submitter, p) end
+  conc.sleep(math.random() * 0.005)
+  if run % 3 == 0 then p:terminate() else p:close() end
+  for t = 1, 2 do assert(ts[t]:join() == true) end
+end)
+
+-- Pools dropped with work queued: collected, they finish it and stop.
+scenario("pool_collect", 200, function(run)
+  local seen = conc.queue()
+  do
+    local p = pool[run % 2 == 0 and "threads" or "processes"](1)
+    for i = 1, 3 do p:submit(function(q, i) q:send(i) end, seen, i) end
+  end
+  collectgarbage()
+  collectgarbage()
+  for i = 1, 3 do assert(seen:recv(60) == i, "queued work done") end
+end)
+
 local passed, failed = 0, 0
 for _, name in ipairs(order) do
   if next(wanted) == nil or wanted[name] then

@@ -228,7 +228,9 @@ T.test("the reference has a heading for every function and method", function()
   a:close()
   b:close()
   local pool = require "conc.pool"
-  for k in pairs(pool) do need("pool." .. k .. "(") end
+  for k in pairs(pool) do
+    if not k:find("^_") then need("pool." .. k .. "(") end
+  end
   local pl = pool.threads(1)
   local f = pl:submit(function() end)
   f:wait()

@@ -239,6 +239,8 @@ static int rt_stop(rt *r, cstate *cs, const char *prog) {
 ** Returns 2 when the run is to end by Ctrl-C (exit status 130): the
 ** wait was interrupted, or the chunk was and workers were stopped; 1
 ** when an earlier call decided so; else 0. */
+void (*rt_exit_hook)(rt *r);
+
 int rt_exit_wait(rt *r, cstate *cs, int interrupted, const char *prog) {
   int stop = 0, done, was;
   if (cs) {
@@ -246,6 +248,7 @@ int rt_exit_wait(rt *r, cstate *cs, int interrupted, const char *prog) {
     if (conc_interrupt_take(cs)) stop = 1;      /* came before the arming */
     conc_interrupt_install(1);
   }
+  if (rt_exit_hook && !stop && !interrupted) rt_exit_hook(r);   /* pools */
   if (!stop && !interrupted) stop = wait_awaited(r, NULL, cs);
   pthread_mutex_lock(&r->mu);
   done = r->stopped;                            /* by an earlier call */

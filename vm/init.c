@@ -22,6 +22,7 @@
 ** Worker states get the same table lazily (runtime.c).
 */
 
+#include <dirent.h>
 #include <errno.h>
 #include <dlfcn.h>
 #include <math.h>
@@ -125,26 +126,34 @@ static int conc_stats(lua_State *L) {
     fclose(f);
   }
   {
+    /* children of every thread of the process: a child belongs to the
+    ** thread that forked it (a pool's manager forks its workers) */
     char path[64];
     int children = 0, zombies = 0;
-    snprintf(path, sizeof path, "/proc/self/task/%d/children", (int)getpid());
-    f = fopen(path, "re");
-    if (f) {
-      int pid;
-      while (fscanf(f, "%d", &pid) == 1) {
-        char sp[64];
-        FILE *s;
-        children++;
-        snprintf(sp, sizeof sp, "/proc/%d/stat", pid);
-        s = fopen(sp, "re");
-        if (s) {
-          char st = 0;
-          if (fscanf(s, "%*d (%*[^)]) %c", &st) == 1 && st == 'Z') zombies++;
-          fclose(s);
+    DIR *tasks = opendir("/proc/self/task");
+    struct dirent *t;
+    while (tasks && (t = readdir(tasks)) != NULL) {
+      if (t->d_name[0] == '.') continue;
+      snprintf(path, sizeof path, "/proc/self/task/%.20s/children", t->d_name);
+      f = fopen(path, "re");
+      if (f) {
+        int pid;
+        while (fscanf(f, "%d", &pid) == 1) {
+          char sp[64];
+          FILE *s;
+          children++;
+          snprintf(sp, sizeof sp, "/proc/%d/stat", pid);
+          s = fopen(sp, "re");
+          if (s) {
+            char st = 0;
+            if (fscanf(s, "%*d (%*[^)]) %c", &st) == 1 && st == 'Z') zombies++;
+            fclose(s);
+          }
         }
+        fclose(f);
       }
-      fclose(f);
     }
+    if (tasks) closedir(tasks);
     lua_pushinteger(L, children);
     lua_setfield(L, -2, "children");
     lua_pushinteger(L, zombies);
@@ -181,6 +190,7 @@ const luaL_Reg conc_funcs[] = {
     {"workers", conc_workers},
     {"_stats", conc_stats},
     {"_isatty", conc_isatty},
+    {"_poolkit", pool_kit},
     {NULL, NULL}};
 
 /* print, with the whole line written at once: lines of threads that

@@ -116,7 +116,8 @@ int park_poll(parker *p, uint32_t seen, struct pollfd *fds, int nfds,
 /* The kinds of runtime objects that Lua handles refer to. */
 enum {
   K_CHANNEL, K_THREAD, K_PROCESS, K_LOCK, K_SEMAPHORE, K_EVENT,
-  K_BARRIER, K_SHARED, K_PIPE, K_QUEUE, K_NKINDS
+  K_BARRIER, K_SHARED, K_PIPE, K_QUEUE, K_FUTURE, K_PARCEL, K_POOL,
+  K_NKINDS
 };
 
 /* The header of every refcounted runtime object. 'refs' counts the Lua
@@ -167,6 +168,12 @@ cobj *obj_check(lua_State *L, int arg, int kind);
 /* The object behind any conc handle at idx, or NULL. */
 cobj *obj_test(lua_State *L, struct cstate *cs, int idx);
 void obj_newmetatable(lua_State *L, struct cstate *cs, int kind);
+/* A pinned object (of a kind that means nothing outside the process that
+** made it: object.c's table) of another process, a forked child's copy
+** of its parent's: 1, with "channel 3" (kind and id) in buf. */
+int obj_foreign(const cobj *o, char *buf, size_t n);
+/* Raises "<name> <id> belongs to another process" if o is foreign. */
+void obj_checkhome(lua_State *L, cobj *o);
 
 /* Fork safety of process-local objects: every object whose lock must not
 ** be held across fork registers here. */
@@ -494,6 +501,13 @@ int rt_waitall_cs(rt *r, worker *self, cstate *cs);
 ** this call decided that the run ends with status 130, 1 when an earlier
 ** one did, 0 otherwise. */
 int rt_exit_wait(rt *r, cstate *cs, int interrupted, const char *prog);
+/* Called by rt_exit_wait before it waits (unless a Ctrl-C ended the main
+** chunk): set by pool.c when a pool is made, it closes the pools of r and
+** has the exit wait for their managers to finish their queued work. */
+extern void (*rt_exit_hook)(rt *r);
+/* The exit waits for w from now on, as for a worker that is not a daemon
+** (a pool's manager with work to finish). */
+void worker_await(worker *w);
 /* How many workers the exit waits for, listed in buf (if not NULL). */
 int rt_awaited(rt *r, char *buf, size_t n);
 int worker_isfailure(int status);
@@ -593,7 +607,9 @@ int proc_sel_fds(cobj *o, int fds[2]);
 
 /* ------------------------------------------------------------ select.c */
 
-enum { SEL_NONE, SEL_VALUE, SEL_CLOSED, SEL_DONE, SEL_TAKEN };
+/* What a node got: a value, closed, done (select gives true), taken (a
+** sender's value went), or ready (select gives the item itself). */
+enum { SEL_NONE, SEL_VALUE, SEL_CLOSED, SEL_DONE, SEL_TAKEN, SEL_SELF };
 
 /* Small messages travel inline (no malloc): up to this many bytes. */
 #define SEL_INLINE 48
@@ -632,12 +648,37 @@ int sel_claim(selwait *sw, int index);
 void sel_deliver(selnode *n, int result);
 void selq_push(struct selnode **head, selnode *n);
 void selq_remove(struct selnode **head, selnode *n);
+/* Claims and wakes every node of q with 'result' (SEL_DONE, SEL_SELF),
+** under the lock that guards q. */
+void selq_wake_all(struct selnode **q, int result);
 int conc_select(lua_State *L);
+
+/* ------------------------------------------------------------ pools */
+
+/* parcel.c: packed values (kit.pack, kit.unpack). */
+extern const luaL_Reg parcel_funcs[];
+/* A new message holding a copy of the packed values at idx (a string or
+** a parcel); raises on a bad argument or out of memory. */
+msg *parcel_tomsg(lua_State *L, int idx);
+
+/* future.c */
+cobj *future_make(void);                 /* a pending future, or NULL */
+/* Settles f with value (taken over; may be NULL) and wakes its waiters;
+** 0 if it was settled already. */
+int future_settle(cobj *f, int ok, msg *value);
+int future_new(lua_State *L);            /* kit.future */
+extern const luaL_Reg future_funcs[];    /* kit.future, settle, settled... */
+lua_Integer future_id(cobj *f);
+
+/* pool.c */
+int pool_kit(lua_State *L);              /* conc._poolkit */
+lua_Integer pool_id(cobj *p);
 
 /* ------------------------------------------------------------ modules */
 
 extern const kindinfo channel_kind, lock_kind, semaphore_kind, event_kind,
-    barrier_kind, shared_kind, pipe_kind, queue_kind;
+    barrier_kind, shared_kind, pipe_kind, queue_kind, future_kind,
+    parcel_kind, pool_kind;
 
 int chan_new(lua_State *L);
 int sync_lock(lua_State *L);

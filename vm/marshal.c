@@ -102,6 +102,7 @@ typedef struct enc {
   char path[MAXPATH + 1];  /* path below the root, built while unwinding */
   size_t pathlen;
   int pathcut;
+  char whybuf[96];   /* room for a 'why' made up on the spot */
 } enc;
 
 static int put(enc *e, const void *p, size_t n) {
@@ -475,6 +476,14 @@ static int enc_obj(enc *e, int idx) {
   const kindinfo *k;
   if (o == NULL) return fail(e, idx, NULL);
   k = conc_kinds[o->kind];
+  if (obj_foreign(o, e->whybuf, 64)) {       /* a forked child's copy */
+    size_t len = strlen(e->whybuf);
+    snprintf(e->whybuf + len, sizeof e->whybuf - len,
+             " belongs to another process");
+    e->badtype = k->tname;
+    e->why = e->whybuf;
+    return -1;
+  }
   if (e->flags & MARSHAL_NOSHM) {
     e->badtype = k->tname;
     e->why = "a process started with start = 'spawn' shares nothing";

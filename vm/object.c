@@ -12,6 +12,18 @@
 ** The objects whose mutexes must not be held across fork() register in a
 ** list; fork takes all of them (objreg_lockall) so the child never inherits
 ** a lock held by a thread it does not have.
+** A kind marked pinned (a channel, a thread, a pool...) means nothing
+** outside the process that made it: a forked child has a copy of the
+** parent's objects, but no thread, waiter or worker of the parent is
+** there to answer. Its creation number (uid) names the process that made
+** it, so the one check is a compare with the cached pid, done where every
+** use goes through: obj_check (every method and field), obj_test's
+** callers that act on an object (select, the encoder). Using a parent's
+** pinned object in a child raises "channel 3 belongs to another process"
+** at once instead of waiting for ever. Its handles still print, compare
+** and collect; collecting does not tear the child's copy down (its locks
+** may be held by a parent thread, its fds are the parent's), so a child
+** leaves what it inherited alone.
 */
 
 #include <stdio.h>
@@ -23,11 +35,27 @@
 const kindinfo *conc_kinds[K_NKINDS] = {
     &channel_kind, &thread_kind,    &process_kind, &lock_kind,
     &semaphore_kind, &event_kind,   &barrier_kind, &shared_kind,
-    &pipe_kind,    &queue_kind};
+    &pipe_kind,    &queue_kind,     &future_kind,  &parcel_kind,
+    &pool_kind};
 
 typedef struct handle {
   cobj *o;
 } handle;
+
+static lua_Integer thread_id(cobj *o) { return (lua_Integer)((worker *)o)->id; }
+static lua_Integer process_id(cobj *o) { return (lua_Integer)((worker *)o)->pid; }
+
+/* The kinds pinned to the process that made them (see DESIGN), and the
+** number their message names them by ("<name> <id> belongs to another
+** process"; no function: the object's creation number). A new kind that
+** lives in one process only gets its line here. */
+static const struct pinning {
+  int pinned;
+  lua_Integer (*id)(cobj *o);
+} pinning[K_NKINDS] = {
+    [K_CHANNEL] = {1, NULL},       [K_THREAD] = {1, thread_id},
+    [K_PROCESS] = {1, process_id}, [K_FUTURE] = {1, future_id},
+    [K_PARCEL] = {1, NULL},        [K_POOL] = {1, pool_id}};
 
 static const char HANDLES_KEY = 'h';
 
@@ -41,9 +69,32 @@ void obj_retain(cobj *o) {
   atomic_fetch_add_explicit(&o->refs, 1, memory_order_relaxed);
 }
 
+/* The process that made o, from its uid (obj_newuid). */
+static uint32_t obj_home(const cobj *o) {
+  return (uint32_t)(o->uid >> 32);
+}
+
 void obj_release(cobj *o) {
-  if (o && atomic_fetch_sub_explicit(&o->refs, 1, memory_order_acq_rel) == 1)
+  if (o && atomic_fetch_sub_explicit(&o->refs, 1, memory_order_acq_rel) == 1) {
+    if (pinning[o->kind].pinned && obj_home(o) != (uint32_t)conc_getpid())
+      return;                   /* a child's copy of a parent's object */
     conc_kinds[o->kind]->destroy(o);
+  }
+}
+
+int obj_foreign(const cobj *o, char *buf, size_t n) {
+  const struct pinning *pin = &pinning[o->kind];
+  if (!pin->pinned || obj_home(o) == (uint32_t)conc_getpid()) return 0;
+  snprintf(buf, n, "%s %lld", conc_kinds[o->kind]->name,
+           (long long)(pin->id ? pin->id((cobj *)o)
+                               : (lua_Integer)(o->uid & 0xffffffffu)));
+  return 1;
+}
+
+void obj_checkhome(lua_State *L, cobj *o) {
+  char what[64];
+  if (obj_foreign(o, what, sizeof what))
+    luaL_error(L, "%s belongs to another process", what);
 }
 
 /* Unique across the process tree: the creating pid and a counter. */
@@ -75,9 +126,14 @@ static int handle_eq(lua_State *L) {
 static int handle_tostring(lua_State *L) {
   handle *h = lua_touserdata(L, 1);
   const kindinfo *k;
+  char what[64];
   if (h->o == NULL) {
     luaL_getmetafield(L, 1, "__name");
     lua_pushfstring(L, "<%s released>", lua_tostring(L, -1));
+    return 1;
+  }
+  if (obj_foreign(h->o, what, sizeof what)) {   /* printing is no use */
+    lua_pushfstring(L, "<%s of process %d>", what, (int)obj_home(h->o));
     return 1;
   }
   k = conc_kinds[h->o->kind];
@@ -171,11 +227,15 @@ cobj *obj_check(lua_State *L, int arg, int kind) {
     if (mt == cs->mt[kind] && lua_type(L, arg) == LUA_TUSERDATA) {
       h = lua_touserdata(L, arg);
       if (h->o == NULL) luaL_argerror(L, arg, "handle already released");
+      if (pinning[kind].pinned && obj_home(h->o) != (uint32_t)conc_getpid())
+        obj_checkhome(L, h->o);
       return h->o;
     }
   }
   h = luaL_checkudata(L, arg, conc_kinds[kind]->tname);
   if (h->o == NULL) luaL_argerror(L, arg, "handle already released");
+  if (pinning[kind].pinned && obj_home(h->o) != (uint32_t)conc_getpid())
+    obj_checkhome(L, h->o);
   return h->o;
 }
 

@@ -1,7 +1,7 @@
 /*
 ** select.c
-** conc.select: wait for the first of several channels, pipe ends, queues
-** and worker handles.
+** conc.select: wait for the first of several channels, pipe ends, queues,
+** worker handles and futures.
 **
 ** DESIGN. The waiter makes one node per item, all sharing one selwait
 ** (its parker and a 'won' word). It offers each node to its object in
@@ -52,6 +52,18 @@ void selq_push(selnode **head, selnode *n) {
     (*head)->prev = n;
   }
   n->linked = 1;
+}
+
+/* Claims and wakes every node of q with 'result'; with q's lock held. */
+void selq_wake_all(selnode **q, int result) {
+  selnode *n;
+  while ((n = *q) != NULL) {
+    selq_remove(q, n);
+    if (sel_claim(n->sw, n->index)) {
+      n->result = result;
+      park_wake(n->sw->park);
+    }
+  }
 }
 
 void selq_remove(selnode **head, selnode *n) {
@@ -117,18 +129,19 @@ int conc_select(lua_State *L) {
   }
   for (i = 0; i < n; i++) {
     lua_rawgeti(L, 1, i + 1);
+    char what[64];
     items[i].o = obj_test(L, cs, -1);
     if (items[i].o == NULL || conc_kinds[items[i].o->kind]->sel_try == NULL)
       return luaL_argerror(L, 1, lua_pushfstring(L,
                         "item %d is a %s, not a channel, pipe end, queue, "
-                        "thread or process", (int)i + 1,
+                        "thread, process or future", (int)i + 1,
                         items[i].o ? conc_kinds[items[i].o->kind]->tname
                                    : luaL_typename(L, -1)));
     items[i].k = conc_kinds[items[i].o->kind];
-    if ((items[i].o->kind == K_THREAD || items[i].o->kind == K_PROCESS) &&
-        ((worker *)items[i].o)->owner != conc_getpid())
+    if (obj_foreign(items[i].o, what, sizeof what))
       return luaL_argerror(L, 1, lua_pushfstring(L,
-                           "item %d is a worker of another process", (int)i + 1));
+                           "item %d: %s belongs to another process", (int)i + 1,
+                           what));
     lua_pop(L, 1);
     memset(&nodes[i], 0, sizeof nodes[i]);
     offered[i] = 0;
@@ -193,7 +206,8 @@ int conc_select(lua_State *L) {
     int w = atomic_load(&sw.won) - 1;
     lua_rawgeti(L, 1, w + 1);
     if (nodes[w].result == SEL_VALUE) return 1 + sel_push(L, cs, &nodes[w]);
-    lua_pushboolean(L, 1);
+    if (nodes[w].result == SEL_SELF) lua_pushvalue(L, -1);   /* a future */
+    else lua_pushboolean(L, 1);
     return 2;
   }
   if (stop) return cs_raisestop(L, cs, why);

@@ -115,7 +115,6 @@ int worker_isfailure(int st) {
 ** its results or error are dropped (outside the lock: dropping them may
 ** destroy objects, whose locks are not taken under another's). */
 void worker_finish(worker *w, int status, msg *result, char *errmsg) {
-  selnode *n;
   msg *drop = NULL;
   char *droperr = NULL;
   pthread_mutex_lock(&w->mu);
@@ -129,13 +128,7 @@ void worker_finish(worker *w, int status, msg *result, char *errmsg) {
   w->result = result;
   w->errmsg = errmsg;
   atomic_store_explicit(&w->status, status, memory_order_release);
-  while ((n = w->waiters) != NULL) {
-    selq_remove(&w->waiters, n);
-    if (sel_claim(n->sw, n->index)) {
-      n->result = SEL_DONE;
-      park_wake(n->sw->park);
-    }
-  }
+  selq_wake_all(&w->waiters, SEL_DONE);
   pthread_mutex_unlock(&w->mu);
   msg_free(drop);
   free(droperr);
@@ -144,6 +137,12 @@ void worker_finish(worker *w, int status, msg *result, char *errmsg) {
   ** not touch it. */
   objreg_remove(&w->link);
   if (!worker_isfailure(status)) worker_unregister(w);
+}
+
+void worker_await(worker *w) {
+  pthread_mutex_lock(&w->rt->mu);
+  w->daemon = 0;
+  pthread_mutex_unlock(&w->rt->mu);
 }
 
 int worker_status(worker *w) {

@@ -7,94 +7,547 @@
 --   print(f:result())                    --> ababab
 --   p:close()
 --
--- DESIGN. Each worker has an inbox of its own (a channel for threads, a
--- queue for processes) and every worker answers on one shared results
--- channel or queue. A function goes to a worker once ("def"); then work
--- names it by number. Work is a submitted call, or a range of a map's
--- list: the pool carves ranges as workers have room, big while much is
--- left and smaller towards the end (guided scheduling), so small items
--- cost little and big ones still spread over every worker; the worker
--- sends back the range's results in one message. Each worker has at most
--- two messages in flight. There is no thread in the pool's own state:
--- whoever waits (map, result, wait, as_completed, close) pumps: sends
--- what is pending, takes what came back. Waiting selects over the results
--- and the worker handles, so a worker process that dies is noticed at
--- once: its work fails with how it died, and a new worker takes its place.
+-- DESIGN. A pool is an executor: its manager, a daemon thread of its own,
+-- owns the workers, schedules the work, watches the workers end and
+-- settles the futures, whatever the threads that submitted the work do
+-- meanwhile. Those threads reach it through the pool object (vm/pool.c):
+-- a handle that crosses between threads by reference, holding the
+-- manager's request channel, so any number of threads submit and map at
+-- once. A submit sends the manager a future (vm/future.c, a one-shot slot
+-- any thread can wait on) with the packed call; a map sends its ranges of
+-- items, packed, with a reply channel of its own, and gathers the
+-- results that come back there. Arguments and results are packed once
+-- where they are made and unpacked once where they are used (vm/parcel.c):
+-- the manager routes them unopened (a thread worker settles its call's
+-- future itself: one hop less). The manager hands work out as
+-- workers have room, a message each per round, two at most in flight per
+-- worker, calls before map ranges. The submitter of a map cuts its list
+-- in ranges sized to what is left (guided scheduling: big while much is
+-- left, smaller towards the end), so small items cost little and big
+-- ones still spread over every worker; it packs and sends them in
+-- batches, so the workers start on the first ones while it packs the
+-- rest, and an item that cannot be copied stops the map before anything
+-- after it is sent. The manager selects over the requests, the answers,
+-- every worker's handle and the pool's lifeline (settled when the pool
+-- is collected, or at exit): a worker that ends is noticed at once, the
+-- messages it never took from its inbox go back to the queue, only the
+-- task it was running fails, and a new worker takes its place before any
+-- more work is sent. close() lets the queued work finish; terminate()
+-- stops the workers now and fails what is left with "pool terminated".
+-- How a task reaches a worker, how the answer comes back, how a worker
+-- starts, stops and is seen to end is a transport (one per kind of
+-- worker: threads, processes), so a new kind of worker is one table.
 
 local conc = require "conc"
+local kit = conc._poolkit()
+local pack, unpack = kit.pack, kit.unpack
 
 local pool = {}
+local Pool = {}                 -- the methods of pool handles
+kit.register(Pool)
 
-local Pool = {}
-Pool.__index = Pool
-local Future = {}
-Future.__index = Future
+-- The methods of Pool are called by the handle's own (C) methods: their
+-- caller is that far up.
+local CALLER = 3
 
-local unpack, pack = table.unpack, table.pack
+local tpack, tunpack = table.pack, table.unpack
 local now = conc.now
-local MAX_RANGE = 256
+-- A range is at most MAX_RANGE items and, once the items' size is known,
+-- about RANGE_BYTES: a range costs the manager a few microseconds, so
+-- ranges of small items are long, and ranges of big ones stay small
+-- messages.
+local MAX_RANGE = 2048
+local RANGE_BYTES = 1 << 20
+local BATCH = 16                -- ranges per message after the first
 
 -- ------------------------------------------------------------ workers
 
--- The loop every worker runs. Messages: def {k, fn} and undef {k} (the
--- function of a map, sent once to each worker it reaches, dropped when
--- the map ends); call {id, fn, args} (the function comes with each call,
--- so that it carries its upvalues as they are then); map {id, k, items};
--- stop.
-local function worker_loop(inbox, results, wid)
-  local defs = {}
+-- The loop of every worker, thread or process: messages arrive in its
+-- inbox, answers go to the pool's results; 'remote' when the answers go
+-- to another process (packed as bytes only). Messages: def {k, fn} and
+-- undef {k} (a map's function, sent once to each worker it reaches,
+-- dropped when the map ends); call {id, p = fn and its arguments, packed}
+-- (the function comes with each call, with its upvalues as they are
+-- then); map {id, k, first, n, items = packed list}; stop. Answers:
+-- {wid, id, ok, p = the packed results or error value}. A call may come
+-- with its future f (a thread worker's: one hop less back to whoever
+-- waits): the worker settles it and answers {wid, id, ok, direct}.
+local function worker_loop(inbox, results, wid, name, remote, poolid)
+  debug.getregistry()["conc.pool worker of"] = poolid
+  local kit = conc._poolkit()
+  local pack, unpack = kit.pack, kit.unpack
+  local tpack, tunpack = table.pack, table.unpack
   local traceback = debug.traceback
+  local defs = {}
+  -- a task's error as its submitter sees it: a message names the worker
+  local function failed(e)
+    if type(e) == "string" then e = name .. ": " .. e end
+    return pack(remote, "error", e) or
+           pack(remote, "error", name .. ": (error object is a " .. type(e) .. " value)")
+  end
+  local function call(t)
+    return t[1](tunpack(t, 2, t.n))
+  end
+  -- an answer too big for the results goes as an error of its own
+  local function answer(a)
+    local ok, e = pcall(results.send, results, a)
+    if not ok then
+      a.ok, a.p = false, pack(remote, "error", "the results cannot be sent: " .. tostring(e))
+      results:send(a)
+    end
+  end
   while true do
     local m = inbox:recv()
     if m == nil or m.op == "stop" then return end
-    if m.op == "def" then
-      defs[m.k] = m.fn
-    elseif m.op == "undef" then
+    local op = m.op
+    if op == "def" then
+      local ok, fn = pcall(unpack, m.fn)
+      defs[m.k] = ok and fn or function() error(fn, 0) end
+    elseif op == "undef" then
       defs[m.k] = nil
-    elseif m.op == "call" then
-      local a = m.args
-      results:send({wid = wid, id = m.id,
-                    r = pack(xpcall(m.fn, traceback, unpack(a, 1, a.n)))})
-    else                         -- a range of a map: one value per item
-      local fn, items, vals = defs[m.k], m.items, {}
-      local n, err = #items, nil
-      for i = 1, n do
-        local ok, v = xpcall(fn, traceback, items[i])
-        if not ok then
-          err = v
-          break
-        end
-        vals[i] = v
+    elseif op == "call" then
+      local okd, t = pcall(function() return tpack(unpack(m.p)) end)
+      local r = okd and tpack(xpcall(call, traceback, t)) or
+                {false, "the call cannot be received: " .. tostring(t)}
+      local ok, p = r[1], nil
+      if ok then
+        local err
+        p, err = pack(remote, "results[%d]", tunpack(r, 2, r.n))
+        if not p then ok, p = false, pack(remote, "error", err) end
+      else
+        p = failed(r[2])
       end
-      results:send({wid = wid, id = m.id, vals = vals, n = n, err = err})
+      if m.f then                -- settled here; the manager hears it is done
+        -- a worker being cancelled (terminate) raises here instead of
+        -- settling with its 'cancelled': the manager says terminated
+        conc.sleep(0)
+        kit.settle(m.f, ok, p)
+        answer({wid = wid, id = m.id, ok = ok, direct = true})
+      else
+        answer({wid = wid, id = m.id, ok = ok, p = p})
+      end
+    else                        -- a range of a map: one value per item
+      local fn, vals, err = defs[m.k], {}, nil
+      local ok, items = pcall(unpack, m.items)
+      if not ok then
+        err = failed(string.format("map items %d to %d cannot be received: %s", m.first,
+                                   m.first + m.n - 1, tostring(items)))
+      else
+        for i = 1, m.n do
+          local ok2, v = xpcall(fn, traceback, items[i])
+          if not ok2 then
+            err = failed(v)
+            break
+          end
+          vals[i] = v
+        end
+      end
+      local p
+      if not err then
+        p = pack(remote, "result", vals)
+        if not p then           -- which result cannot go: that item's error
+          for i = 1, m.n do
+            local _, e = pack(remote, "result", vals[i])
+            if e then
+              err = pack(remote, "error", string.format("map item %d: %s", m.first + i - 1, e))
+              break
+            end
+          end
+          err = err or pack(remote, "error", "map: results cannot be copied")
+        end
+      end
+      answer({wid = wid, id = m.id, ok = err == nil, p = p or err})
     end
   end
 end
 
--- A pool is closed when it is collected (and so at exit) by the __gc of
--- a guard. Finalizers run newest first, and a handle's own __gc releases
--- it: the guard must be newer than every handle the pool holds, so each
--- new worker gets a new guard and the old one goes inert.
-local guard_mt = {__gc = function(g)
-  local p = g.pool
-  if p and p.open then pcall(Pool.close, p) end
-end}
+-- ------------------------------------------------------------ transports
 
-local function new_guard(p)
-  if p.guard then p.guard.pool = nil end
-  p.guard = setmetatable({pool = p}, guard_mt)
+-- One table per kind of worker. direct: a call goes with its future, for
+-- the worker to settle. start(P, slot) -> a worker record w whose
+-- w.h is selectable and ready once the worker has ended; send(w, m);
+-- take(w) -> a message still in w's inbox, without waiting (a dead
+-- worker's untaken work); stop(w) asks it to end after what it has;
+-- kill(w) ends it now; results() -> the one channel or queue every worker
+-- answers on; remote: packed values must be bytes only.
+local transports = {}
+
+-- Workers of this machine: an inbox each, made by 'box' (a channel; or a
+-- queue, made before the fork so that the child has it), one results
+-- object for all, started by 'spawn', stopped at once by 'kill'.
+local function local_workers(kind, box, spawn, kill)
+  local remote = box == conc.queue
+  return {
+    remote = remote,
+    direct = not remote,
+    results = box,
+    start = function(P, slot)
+      local inbox = box()
+      local name = P.prefix .. "-" .. kind .. "-" .. slot
+      local h = spawn({name = name, daemon = true}, worker_loop, inbox, P.results,
+                      slot, name, remote, P.id)
+      return {slot = slot, h = h, inbox = inbox, name = name}
+    end,
+    send = function(w, m) w.inbox:send(m) end,
+    take = function(w) return w.inbox:recv(0) end,
+    stop = function(w) w.inbox:send({op = "stop"}) end,
+    kill = kill,
+  }
 end
 
-local function start_worker(p, slot)
-  local inbox = p.kind == "threads" and conc.channel() or conc.queue()
-  local spawn = p.kind == "threads" and spawn_thread or spawn_process
-  local name = string.format("pool-%s-%d", p.kind == "threads" and "thread" or "process", slot)
-  local h = spawn({name = name, daemon = true}, worker_loop, inbox, p.results, slot)
-  p.workers[slot] = {h = h, inbox = inbox, defs = {}, inflight = {}, count = 0,
-                     slot = slot}
-  p.select_list = nil
-  if p.guard then new_guard(p) end
+transports.threads = local_workers("thread", conc.channel, spawn_thread,
+                                   function(w) w.h:cancel() end)
+transports.processes = local_workers("process", conc.queue, spawn_process,
+                                     function(w) w.h:kill("KILL") end)
+
+-- ------------------------------------------------------------ the manager
+
+-- Its state P: workers[slot] = {slot, h, inbox, name, count (answers
+-- owed), inflight[id], defs[k]}; calls[chead..ctail]: the calls {f, p}
+-- not sent yet; maps: the maps with ranges to send now, oldest first;
+-- bykey[reply]: each map still going, {reply, k, fnp, ranges[rnext..
+-- rtail] (not sent yet), out (ranges sent, not answered), last (every
+-- range has come), dropped}; work[id]: a call or a range a worker has.
+
+local function new_worker(P, slot)
+  local w = P.T.start(P, slot)
+  w.count, w.inflight, w.defs = 0, {}, {}
+  P.workers[slot] = w
+  P.sel = nil
+  return w
 end
+
+local function select_list(P)
+  if not P.sel then
+    local list = {P.requests, P.results}
+    if not P.closing then list[#list + 1] = P.lifeline end
+    for _, w in pairs(P.workers) do list[#list + 1] = w.h end
+    P.sel = list
+  end
+  return P.sel
+end
+
+-- The packed form of an error value, for a future or a map's reply.
+local function packed_error(e)
+  return pack(false, "error", e) or pack(false, "error", tostring(e))
+end
+
+-- m has no more ranges to send (now, or ever).
+local function unlist(P, m)
+  for i, x in ipairs(P.maps) do
+    if x == m then return table.remove(P.maps, i) end
+  end
+end
+
+local function forget_map(P, m)
+  P.bykey[m.reply] = nil
+  unlist(P, m)
+  for _, w in pairs(P.workers) do
+    if w.defs[m.k] then
+      w.defs[m.k] = nil
+      pcall(P.T.send, w, {op = "undef", k = m.k})
+    end
+  end
+end
+
+-- A map is over once every range it will have has been answered.
+local function map_check(P, m)
+  if m.out == 0 and (m.dropped or (m.last and m.rnext > m.rtail)) then
+    forget_map(P, m)
+  end
+end
+
+-- The map is dropped (failed, or its submitter gave up): what was not
+-- sent never will be; if 'packed' (an error value), its reply says so.
+local function map_drop(P, m, packed)
+  if m.dropped then return end
+  m.dropped = true
+  if packed then m.reply:send({err = packed}) end
+  unlist(P, m)
+  map_check(P, m)
+end
+
+local function map_fail(P, m, e)
+  map_drop(P, m, packed_error(e))
+end
+
+local function fail_work(P, r, e)
+  if r.f then kit.settle(r.f, false, packed_error(e))
+  else
+    local m = r.map
+    m.out = m.out - 1
+    map_fail(P, m, e)
+  end
+end
+
+local function send_work(P, w, r, m)
+  P.nextid = P.nextid + 1
+  m.id = P.nextid
+  local ok, err = pcall(P.T.send, w, m)
+  if not ok then return fail_work(P, r, "pool: cannot send the work: " .. tostring(err)) end
+  r.w = w
+  w.count = w.count + 1
+  w.inflight[m.id] = true
+  P.work[m.id] = r
+end
+
+-- Sends work to the workers with room, a message each per round (every
+-- idle worker gets some before any gets a second): calls first, then
+-- map ranges.
+-- The next call to send (its future now running), or nil.
+local function next_call(P)
+  while true do
+    local c = P.calls[P.chead]
+    if c == nil then
+      if P.chead ~= 1 then P.calls, P.chead, P.ctail = {}, 1, 0 end   -- compact
+      return nil
+    end
+    P.calls[P.chead] = nil
+    P.chead = P.chead + 1
+    if c.started or kit.start(c.f) then       -- not when it was cancelled
+      c.started = true
+      return c
+    end
+  end
+end
+
+local function dispatch(P)
+  for round = 1, 2 do
+    for _, w in pairs(P.workers) do
+      if w.count < round then
+        local c = next_call(P)
+        if c then
+          send_work(P, w, c, {op = "call", p = c.p, f = P.T.direct and c.f or nil})
+        else
+          local m = P.maps[1]
+          if not m then return end
+          local r = m.ranges[m.rnext]
+          m.ranges[m.rnext] = nil
+          m.rnext = m.rnext + 1
+          if m.rnext > m.rtail then table.remove(P.maps, 1) end
+          if not w.defs[m.k] then
+            w.defs[m.k] = true
+            pcall(P.T.send, w, {op = "def", k = m.k, fn = m.fnp})
+          end
+          m.out = m.out + 1
+          r.map = m
+          send_work(P, w, r, {op = "map", k = m.k, first = r.first, n = r.count,
+                              items = r.items})
+        end
+      end
+    end
+  end
+end
+
+-- An answer from a worker.
+local function take(P, a)
+  local w = P.workers[a.wid]
+  if w and w.inflight[a.id] then
+    w.inflight[a.id] = nil
+    w.count = w.count - 1
+  end
+  local r = P.work[a.id]
+  if r == nil then return end          -- its map was dropped, or terminated
+  P.work[a.id] = nil
+  if r.f then
+    if not a.direct then kit.settle(r.f, a.ok, a.p) end
+  else
+    local m = r.map
+    m.out = m.out - 1
+    if not a.ok then
+      map_drop(P, m, a.p)
+    else
+      if not m.dropped then m.reply:send({first = r.first, count = r.count, p = a.p}) end
+      map_check(P, m)
+    end
+  end
+end
+
+local function drain_results(P)
+  while true do
+    local a = P.results:recv(0)
+    if a == nil then return end
+    take(P, a)
+  end
+end
+
+-- Puts work that a worker never took back at the front of the queue.
+local function requeue(P, r)
+  if r.f then
+    P.chead = P.chead - 1
+    P.calls[P.chead] = r
+  else
+    local m = r.map
+    m.out = m.out - 1
+    if m.dropped then return map_check(P, m) end
+    if m.rnext > m.rtail then table.insert(P.maps, 1, m) end   -- listed again
+    m.rnext = m.rnext - 1
+    m.ranges[m.rnext] = r
+  end
+end
+
+local function idle(P)
+  return P.calls[P.chead] == nil and next(P.bykey) == nil and next(P.work) == nil
+end
+
+-- Everything not finished fails with e.
+local function fail_all(P, e)
+  for id, r in pairs(P.work) do
+    P.work[id] = nil
+    fail_work(P, r, e)
+  end
+  for i = P.chead, P.ctail do
+    local c = P.calls[i]
+    if c then kit.settle(c.f, false, packed_error(e)) end
+  end
+  P.calls, P.chead, P.ctail = {}, 1, 0
+  for _, m in pairs(P.bykey) do map_fail(P, m, e) end
+end
+
+-- A worker ended while it should not have: what it never took goes back
+-- to the queue, the task it was running fails with how it ended, and a
+-- new worker takes its place.
+local function worker_died(P, w)
+  local ok, err = pcall(w.h.join, w.h)
+  P.workers[w.slot] = nil
+  P.sel = nil
+  drain_results(P)                     -- what it answered before it ended
+  local back = {}
+  while true do
+    local okm, m = pcall(P.T.take, w)
+    if not okm or m == nil then break end
+    if m.id and P.work[m.id] then back[#back + 1] = m.id end
+  end
+  for i = #back, 1, -1 do
+    local id = back[i]
+    w.inflight[id] = nil
+    requeue(P, P.work[id])
+    P.work[id] = nil
+  end
+  local why = "pool worker died: " .. (ok and (w.name .. " ended") or tostring(err))
+  for id in pairs(w.inflight) do
+    local r = P.work[id]
+    if r then
+      P.work[id] = nil
+      fail_work(P, r, why)
+    end
+  end
+  if P.stopping or (P.closing and idle(P)) then return end
+  local okw, werr = pcall(new_worker, P, w.slot)
+  if not okw and next(P.workers) == nil then    -- nobody left to do the work
+    P.broken = "pool worker died, and no new one can start: " .. tostring(werr)
+    fail_all(P, P.broken)
+  end
+end
+
+local function refuse(r, why)
+  if r.op == "call" then kit.settle(r.f, false, packed_error(why))
+  elseif r.op == "map" or r.op == "more" then r.reply:send({err = packed_error(why)}) end
+end
+
+local function request(P, r)
+  local op = r.op
+  if op == "call" then
+    if P.broken then return refuse(r, P.broken) end
+    P.ctail = P.ctail + 1
+    P.calls[P.ctail] = {f = r.f, p = r.p}
+  elseif op == "map" or op == "more" then
+    local m = P.bykey[r.reply]
+    if op == "map" then
+      if P.broken then return refuse(r, P.broken) end
+      P.nextk = P.nextk + 1
+      m = {reply = r.reply, k = P.nextk, fnp = r.fn, ranges = {}, rnext = 1,
+           rtail = 0, out = 0}
+      P.bykey[r.reply] = m
+    end
+    if m == nil or m.dropped then return end
+    local had = m.rnext <= m.rtail
+    for _, x in ipairs(r.ranges) do
+      m.rtail = m.rtail + 1
+      m.ranges[m.rtail] = x
+    end
+    m.last = r.last
+    if not had and m.rnext <= m.rtail then P.maps[#P.maps + 1] = m end
+    map_check(P, m)
+  elseif op == "drop" then
+    local m = P.bykey[r.reply]
+    if m then map_drop(P, m) end
+  elseif op == "close" then
+    P.closing = true
+  elseif op == "terminate" then
+    P.closing, P.terminating = true, true
+  end
+end
+
+local function stop_workers(P, kill)
+  P.stopping = true
+  for _, w in pairs(P.workers) do
+    if kill then pcall(P.T.kill, w) else pcall(P.T.stop, w) end
+  end
+  for _, w in pairs(P.workers) do pcall(w.h.join, w.h) end
+end
+
+local function run(P)
+  while true do
+    dispatch(P)
+    if P.terminating or (P.closing and idle(P)) then break end
+    local item, v = conc.select(select_list(P))
+    if item == P.requests then
+      request(P, v)
+    elseif item == P.results then
+      take(P, v)
+      drain_results(P)
+    elseif item == P.lifeline then
+      P.closing = true
+      P.sel = nil
+    else
+      for _, w in pairs(P.workers) do
+        if w.h == item then
+          worker_died(P, w)
+          break
+        end
+      end
+    end
+  end
+end
+
+-- The manager's thread: starts the workers, tells 'ready' how that went,
+-- then runs the pool until it is closed, collected or terminated.
+function pool._manage(id, kind, n, requests, lifeline, ready)
+  local P = {id = id, kind = kind, n = n, T = transports[kind], requests = requests,
+             lifeline = lifeline, prefix = "pool", workers = {}, calls = {},
+             chead = 1, ctail = 0, maps = {}, bykey = {}, work = {},
+             nextid = 0, nextk = 0}
+  local ok, err = pcall(function()
+    P.results = P.T.results()
+    for slot = 1, n do new_worker(P, slot) end
+  end)
+  if not ok then
+    stop_workers(P, true)
+    ready:send({err = tostring(err)})
+    return
+  end
+  ready:send({ok = true})
+  ok, err = pcall(run, P)
+  if P.terminating then
+    stop_workers(P, true)
+    fail_all(P, "pool terminated")
+  elseif not ok then
+    stop_workers(P, true)
+    fail_all(P, "pool manager failed: " .. tostring(err))
+  else
+    stop_workers(P, false)
+  end
+  -- what came in meanwhile, or comes from now on, is refused
+  requests:close()
+  while true do
+    local r = requests:recv(0)
+    if r == nil then break end
+    refuse(r, P.terminating and "pool terminated" or "pool is closed")
+  end
+end
+
+-- ------------------------------------------------------------ the pool
 
 local function new_pool(kind, n)
   if n == nil then n = conc.cpu_count() end
@@ -102,290 +555,87 @@ local function new_pool(kind, n)
     error(string.format("bad argument #1 to '%s' (positive integer expected, got %s)",
                         kind, tostring(n)), 3)
   end
-  local p = setmetatable({
-    kind = kind, n = n, workers = {}, nextid = 0, nextk = 0,
-    fns = {},                                 -- map number -> its function
-    calls = {}, chead = 1, ctail = 0,         -- submitted calls not sent yet
-    maps = {},                                -- maps with ranges left to send
-    work = {},                                -- id -> work in flight
-    live = 0,                                 -- calls and maps not settled
-    settled = 0,                              -- completion counter
-    open = true,
-  }, Pool)
-  p.results = kind == "threads" and conc.channel() or conc.queue()
-  for i = 1, n do start_worker(p, i) end
-  new_guard(p)
+  local requests, lifeline, ready = conc.channel(), kit.future(), conc.channel()
+  local p = kit.pool(kind, n, nil, requests, lifeline)
+  local ok, h = pcall(spawn_thread, {name = "pool-" .. p.id .. "-manager", daemon = true},
+                      function(...) return require("conc.pool")._manage(...) end,
+                      p.id, kind, n, requests, lifeline, ready)
+  if not ok then
+    kit.mark(p, "terminated")
+    error(string.format("%s: cannot start the pool: %s", kind, tostring(h)), 3)
+  end
+  kit.setmanager(p, h)
+  local item, r = conc.select({ready, h})
+  if item == h then                      -- the manager failed to start
+    kit.mark(p, "terminated")
+    error(string.format("%s: cannot start the pool: %s", kind,
+                        select(2, pcall(h.join, h))), 3)
+  end
+  if not r.ok then
+    kit.mark(p, "terminated")
+    h:wait()
+    error(string.format("%s: cannot start the workers: %s", kind, r.err), 3)
+  end
   return p
 end
 
 function pool.threads(n) return new_pool("threads", n) end
 function pool.processes(n) return new_pool("processes", n) end
 
--- ------------------------------------------------------------ dispatch
-
--- A map's function gets a number, under which each worker keeps the copy
--- it was sent until the map ends (forget).
-local function define(p, fn)
-  p.nextk = p.nextk + 1
-  p.fns[p.nextk] = fn
-  return p.nextk
+-- Raises e again at 'level' (2: the caller of the function that calls
+-- this). An error raised inside this module (an interrupt in a wait,
+-- say) has this file's position: it gets the caller's instead.
+local HERE = "^%[conclua stdlib conc%.pool%]:%d+: "
+local function rethrow(e, level)
+  if type(e) == "string" and e:find(HERE) then
+    error((e:gsub(HERE, "")), level + 1)
+  end
+  error(e, 0)
 end
 
-local function forget(p, k)
-  p.fns[k] = nil
-  for _, w in ipairs(p.workers) do
-    if w.defs[k] then
-      w.defs[k] = nil
-      pcall(w.inbox.send, w.inbox, {op = "undef", k = k})
-    end
+-- What a state keeps of each pool it uses: whether its values go to
+-- other processes, and the manager's channel.
+local info_of = setmetatable({}, {__mode = "k"})
+
+local function info(p)
+  local i = info_of[p]
+  if i == nil then
+    i = {remote = p.kind ~= "threads", requests = kit.requests(p), n = p.n}
+    info_of[p] = i
   end
+  return i
 end
 
-local function send(p, w, k, msg)
-  if k and not w.defs[k] then
-    w.inbox:send({op = "def", k = k, fn = p.fns[k]})
-    w.defs[k] = true
+-- The pool's state; raises the way a method of 'name' should.
+local function check(p, name)
+  local st, why, isarg = kit.state(p)
+  if st then return st end
+  if isarg then
+    error(string.format("bad argument #1 to '%s' (%s)", name, why), CALLER + 1)
   end
-  p.nextid = p.nextid + 1
-  msg.id = p.nextid
-  w.inbox:send(msg)
-  w.count = w.count + 1
-  w.inflight[msg.id] = true
-  return msg.id
+  error(why, CALLER + 1)
 end
 
-local function settle_call(p, c, ok, values, err)
-  p.live = p.live - 1
-  p.settled = p.settled + 1
-  c.sink(ok, values, err, p.settled)
-end
-
-local function fail_range(p, r, err)
-  local m = r.map
-  if not m.failed then m.failed = err end
-  m.done = m.done + r.n
-end
-
--- Sends work to the workers with room, a message each per round (every
--- idle worker gets some before any gets a second): calls first, then
--- map ranges.
-local function dispatch(p)
-  for round = 1, 2 do
-  for _, w in ipairs(p.workers) do
-    if w.count < round then
-      local c = p.calls[p.chead]
-      if c then
-        p.calls[p.chead] = nil
-        p.chead = p.chead + 1
-        c.worker = w
-        local ok, id = pcall(send, p, w, nil, {op = "call", fn = c.fn, args = c.args})
-        if ok then p.work[id] = c
-        else settle_call(p, c, false, nil, id) end      -- its args cannot go
-      else
-        local m = p.maps[1]
-        if not m then goto done end
-        local left = m.n - m.next + 1
-        -- a share of what is left, in whole chunks
-        local size = math.max(m.chunk, math.min(MAX_RANGE, left // (2 * p.n)))
-        size = math.min(left, (size + m.chunk - 1) // m.chunk * m.chunk)
-        local items = table.move(m.list, m.next, m.next + size - 1, 1, {})
-        local r = {map = m, first = m.next, n = size, worker = w}
-        m.next = m.next + size
-        if m.next > m.n then table.remove(p.maps, 1) end
-        local ok, id = pcall(send, p, w, m.k, {op = "map", k = m.k, items = items})
-        if ok then p.work[id] = r
-        else fail_range(p, r, id) end                   -- its items cannot go
-      end
-    end
-  end
-  end
-  ::done::
-  if p.chead > p.ctail then p.calls, p.chead, p.ctail = {}, 1, 0 end
-end
-
-local function take(p, msg)
-  local w = p.workers[msg.wid]
-  local r = p.work[msg.id]
-  if w and w.inflight[msg.id] then
-    w.inflight[msg.id] = nil
-    w.count = w.count - 1
-  end
-  if r == nil then return end
-  p.work[msg.id] = nil
-  local who = w and w.h.name or "pool worker"
-  if r.map then
-    local m = r.map
-    if msg.err then
-      local e = msg.err
-      if type(e) == "string" then e = who .. ": " .. e end
-      fail_range(p, r, e)
-    else
-      table.move(msg.vals, 1, r.n, r.first, m.out)
-      m.done = m.done + r.n
-    end
-  else
-    local res = msg.r
-    if res[1] then
-      settle_call(p, r, true, pack(unpack(res, 2, res.n)))
-    else
-      local e = res[2]
-      if type(e) == "string" then e = who .. ": " .. e end
-      settle_call(p, r, false, nil, e)
-    end
-  end
-end
-
--- A worker ended while it should not have: its work fails, a new worker
--- takes its place.
-local function worker_died(p, w)
-  local ok, err = pcall(w.h.join, w.h)
-  -- What it sent before it ended is already in the results (select may
-  -- have seen the end first, racing with the results' readiness): take
-  -- that before failing the rest.
-  while next(w.inflight) ~= nil do
-    local msg = p.results:recv(0)
-    if msg == nil then break end
-    take(p, msg)
-  end
-  local why = "pool worker died: " .. (ok and (w.h.name .. " ended") or tostring(err))
-  for id in pairs(w.inflight) do
-    local r = p.work[id]
-    if r then
-      p.work[id] = nil
-      if r.map then fail_range(p, r, why) else settle_call(p, r, false, nil, why) end
-    end
-  end
-  start_worker(p, w.slot)
-end
-
--- Dispatches, then waits (until the deadline) for one answer or one
--- worker's end. False on timeout.
-local function pump(p, timeout)
-  dispatch(p)
-  local list = p.select_list
-  if not list then
-    list = {p.results}
-    for _, w in ipairs(p.workers) do list[#list + 1] = w.h end
-    p.select_list = list
-  end
-  local item, v = conc.select(list, timeout)
-  if item == nil then
-    if v == "timeout" then return false end
-    error("pool: results closed")
-  end
-  if item == p.results then
-    take(p, v)
-  else
-    for _, w in ipairs(p.workers) do
-      if w.h == item then
-        worker_died(p, w)
-        break
-      end
-    end
-  end
-  return true
-end
-
--- ------------------------------------------------------------ futures
-
-local function check_pool(p, name)
-  if getmetatable(p) ~= Pool then
-    error(string.format("bad argument #1 to '%s' (pool expected, got %s)", name,
-                        type(p)), 3)
-  end
-  if not p.open then error("pool is closed", 3) end
+local function send(p, m)
+  local i = info(p)
+  if not pcall(i.requests.send, i.requests, m) then error("pool is closed", CALLER + 1) end
 end
 
 function Pool:submit(fn, ...)
-  check_pool(self, "submit")
+  local st = check(self, "submit")
   if type(fn) ~= "function" then
     error(string.format("bad argument #1 to 'submit' (function expected, got %s)",
-                        type(fn)), 2)
+                        type(fn)), CALLER)
   end
-  local f = setmetatable({pool = self, state = "pending"}, Future)
-  self.ctail = self.ctail + 1
-  self.calls[self.ctail] = {fn = fn, args = pack(...),
-    sink = function(ok, values, err, seq)
-      f.seq = seq
-      if ok then f.state, f.values = "done", values
-      else f.state, f.err = "failed", err end
-    end}
-  self.live = self.live + 1
-  dispatch(self)
+  if st ~= "open" then error("pool is closed", CALLER) end
+  local f = kit.future()
+  local p, err = pack(info(self).remote, "spawn", fn, ...)
+  if not p then                          -- fails its own future only
+    kit.settle(f, false, packed_error(err))
+    return f
+  end
+  send(self, {op = "call", f = f, p = p})
   return f
-end
-
-local function check_future(f, name)
-  if getmetatable(f) ~= Future then
-    error(string.format("bad argument #1 to '%s' (future expected, got %s)", name,
-                        type(f)), 3)
-  end
-end
-
-local function check_timeout(t, name)
-  if t ~= nil and (type(t) ~= "number" or t < 0 or t ~= t) then
-    error(string.format("bad argument #1 to '%s' (non-negative number expected)", name), 3)
-  end
-end
-
--- Pumps until f settles or the deadline passes; true if it settled.
-local function await(f, timeout)
-  local deadline = timeout and now() + timeout
-  while f.state == "pending" do
-    local left = deadline and deadline - now()
-    if left and left <= 0 then return false end
-    pump(f.pool, left)
-  end
-  return true
-end
-
-function Future:wait(timeout)
-  check_future(self, "wait")
-  check_timeout(timeout, "wait")
-  return await(self, timeout)
-end
-
-function Future:done()
-  check_future(self, "done")
-  if self.state == "pending" then pump(self.pool, 0) end
-  return self.state ~= "pending"
-end
-
-function Future:result(timeout)
-  check_future(self, "result")
-  check_timeout(timeout, "result")
-  if not await(self, timeout) then error("timeout", 2) end
-  if self.state == "failed" then error(self.err, 0) end
-  return unpack(self.values, 1, self.values.n)
-end
-
-function Future:__tostring()
-  return string.format("<future %s>", self.state)
-end
-
--- The futures of the list, in the order they settle.
-function pool.as_completed(futures)
-  if type(futures) ~= "table" then
-    error("bad argument #1 to 'as_completed' (table expected, got " .. type(futures) .. ")", 2)
-  end
-  local left = {}
-  for i, f in ipairs(futures) do
-    check_future(f, "as_completed")
-    left[i] = f
-  end
-  return function()
-    while #left > 0 do
-      local best
-      for i, f in ipairs(left) do
-        if f.state ~= "pending" and (best == nil or f.seq < left[best].seq) then
-          best = i
-        end
-      end
-      if best then return table.remove(left, best) end
-      pump(left[1].pool)
-    end
-    return nil
-  end
 end
 
 -- ------------------------------------------------------------ map
@@ -409,110 +659,196 @@ local function progress_bar(total)
   end
 end
 
+-- The error of the first item of list[first..first+size-1] that cannot
+-- be packed, in the words of that item.
+local function item_error(list, first, size, remote)
+  for i = first, first + size - 1 do
+    local _, e = pack(remote, "args[1]", list[i])
+    if e then return string.format("map item %d: %s", i, e) end
+  end
+  return "map: the items cannot be copied"
+end
+
 function Pool:map(fn, list, opts)
-  check_pool(self, "map")
+  local st = check(self, "map")
   if type(fn) ~= "function" then
-    error(string.format("bad argument #1 to 'map' (function expected, got %s)", type(fn)), 2)
+    error(string.format("bad argument #1 to 'map' (function expected, got %s)", type(fn)), CALLER)
   end
   if type(list) ~= "table" then
-    error(string.format("bad argument #2 to 'map' (table expected, got %s)", type(list)), 2)
+    error(string.format("bad argument #2 to 'map' (table expected, got %s)", type(list)), CALLER)
   end
   opts = opts or {}
   if type(opts) ~= "table" then
-    error(string.format("bad argument #3 to 'map' (table expected, got %s)", type(opts)), 2)
+    error(string.format("bad argument #3 to 'map' (table expected, got %s)", type(opts)), CALLER)
   end
   for key in pairs(opts) do
     if key ~= "chunksize" and key ~= "progress" then
-      error(string.format("bad argument #3 to 'map' (unknown option '%s')", tostring(key)), 2)
+      error(string.format("bad argument #3 to 'map' (unknown option '%s')", tostring(key)), CALLER)
     end
   end
   local chunk = opts.chunksize or 1
   if math.type(chunk) ~= "integer" or chunk < 1 then
-    error("bad argument #3 to 'map' (chunksize must be a positive integer)", 2)
+    error("bad argument #3 to 'map' (chunksize must be a positive integer)", CALLER)
   end
+  if st ~= "open" then error("pool is closed", CALLER) end
   local n = #list
-  local m = {k = define(self, fn), list = list, n = n, next = 1, chunk = chunk,
-             out = {}, done = 0}
-  if n == 0 then return {} end
-  self.maps[#self.maps + 1] = m
-  self.live = self.live + 1
+  local out = {n = n}
+  if n == 0 then return out end
+  local i = info(self)
+  local remote, requests = i.remote, i.requests
+  local fnp, ferr = pack(remote, "fn", fn)
+  if not fnp then error(ferr, CALLER) end
+  local reply = conc.channel()
   local bar = opts.progress and progress_bar(n)
-  -- protected, so that an interrupt, a cancel or an error of the pool
-  -- leaves no map behind that later calls would wait for
+  local done, nxt, argerr = 0, 1, nil
+  local function put(m)
+    if not pcall(requests.send, requests, m) then error("pool is closed", 0) end
+  end
+  -- protected, so that a failure, an interrupt or a cancel leaves nothing
+  -- of this map queued in the pool
   local ok, err = pcall(function()
-    while m.done < n and not m.failed do
-      pump(self)
-      if bar then bar(m.done) end
+    local batch, sent = {}, false
+    local first_batch = 2 * i.n
+    local cap = MAX_RANGE         -- how many items make a range: the first
+    local one = pack(remote, "args", {list[1]})            -- item says first
+    if type(one) == "string" then
+      cap = math.max(1, math.min(MAX_RANGE, RANGE_BYTES // #one))
+    end
+    while nxt <= n do
+      local left = n - nxt + 1
+      local size
+      if chunk >= left then
+        size = left
+      else                      -- a share of what is left, in whole chunks
+        size = math.max(chunk, math.min(cap, left // (2 * i.n)))
+        size = math.min(left, (size + chunk - 1) // chunk * chunk)
+      end
+      local items = pack(remote, "args", table.move(list, nxt, nxt + size - 1, 1, {}))
+      if not items then
+        argerr = item_error(list, nxt, size, remote)
+        error(argerr, 0)
+      end
+      local bytes = type(items) == "string" and #items or 64 * size
+      cap = math.max(1, math.min(MAX_RANGE, cap * 4, RANGE_BYTES * size // bytes))
+      batch[#batch + 1] = {first = nxt, count = size, items = items}
+      nxt = nxt + size
+      if nxt > n or #batch >= (sent and BATCH or first_batch) then
+        if sent then
+          put({op = "more", reply = reply, ranges = batch, last = nxt > n})
+        else
+          put({op = "map", reply = reply, fn = fnp, ranges = batch, last = nxt > n})
+          sent = true
+        end
+        batch = {}
+      end
+    end
+    local manager = kit.manager(self)
+    while done < n do
+      local r = reply:recv(1)
+      while r == nil do          -- nothing yet: is there still a manager?
+        if not manager:alive() and reply:len() == 0 then error("pool is closed", 0) end
+        r = reply:recv(1)
+      end
+      if r.err then error(unpack(r.err), 0) end
+      table.move(unpack(r.p), 1, r.count, r.first, out)
+      done = done + r.count
+      if bar then bar(done) end
     end
   end)
-  if bar then bar(m.done, true) end
-  self.live = self.live - 1
-  forget(self, m.k)
-  if not ok or m.failed then
-    for i, x in ipairs(self.maps) do       -- what is not sent yet: dropped
-      if x == m then table.remove(self.maps, i) break end
-    end
-    m.next = n + 1
-    error(ok and m.failed or err, 0)
+  if bar then bar(done, true) end
+  if not ok then
+    pcall(requests.send, requests, {op = "drop", reply = reply})
+    if argerr then error(argerr, CALLER) end
+    rethrow(err, CALLER)
   end
-  return m.out
+  return out
 end
 
 -- ------------------------------------------------------------ ending
 
-local function stop_workers(p, how)
-  for _, w in ipairs(p.workers) do
-    if how == "terminate" then
-      if p.kind == "threads" then w.h:cancel() else w.h:kill("KILL") end
-    else
-      pcall(w.inbox.send, w.inbox, {op = "stop"})
-    end
+-- The pool goes to 'state' (the first time, the manager is told 'op'),
+-- then waits for the manager to end: it has stopped every worker then.
+-- Not from a worker of the pool itself, which the manager waits for.
+local function ending(p, state, op)
+  local _, changed = kit.mark(p, state)
+  if changed then
+    local i = info(p)
+    pcall(i.requests.send, i.requests, {op = op})
   end
-  for _, w in ipairs(p.workers) do pcall(w.h.join, w.h) end
+  local h = kit.manager(p)
+  if h and debug.getregistry()["conc.pool worker of"] ~= p.id then
+    local ok, err = pcall(h.wait, h)
+    if not ok then rethrow(err, CALLER + 1) end
+  end
 end
 
 -- close: the queued work is done, then the workers stop.
 function Pool:close()
-  if getmetatable(self) ~= Pool then
-    error("bad argument #1 to 'close' (pool expected)", 2)
-  end
-  if not self.open then return end
-  self.open = false
-  while next(self.work) ~= nil or self.calls[self.chead] or self.maps[1] do
-    pump(self)
-  end
-  stop_workers(self, "close")
+  check(self, "close")
+  ending(self, "closed", "close")
 end
 
 -- terminate: the workers stop now; what they had, or had not started,
 -- fails.
 function Pool:terminate()
-  if getmetatable(self) ~= Pool then
-    error("bad argument #1 to 'terminate' (pool expected)", 2)
-  end
-  if not self.open then return end
-  self.open = false
-  stop_workers(self, "terminate")
-  for id, r in pairs(self.work) do
-    self.work[id] = nil
-    if r.map then fail_range(self, r, "pool terminated")
-    else settle_call(self, r, false, nil, "pool terminated") end
-  end
-  for i = self.chead, self.ctail do
-    settle_call(self, self.calls[i], false, nil, "pool terminated")
-  end
-  self.calls, self.chead, self.ctail = {}, 1, 0
-  for _, m in ipairs(self.maps) do
-    m.failed = m.failed or "pool terminated"
-  end
-  self.maps = {}
+  check(self, "terminate")
+  ending(self, "terminated", "terminate")
 end
 
-function Pool:__tostring()
-  return string.format("<pool of %d %s%s>", self.n, self.kind,
-                       self.open and "" or ", closed")
-end
+-- ------------------------------------------------------------ futures
 
-Pool.__close = Pool.close
+-- The futures of the list, in the order they finish; raises timeout when
+-- 'seconds' pass first.
+function pool.as_completed(futures, seconds)
+  if type(futures) ~= "table" then
+    error("bad argument #1 to 'as_completed' (table expected, got " .. type(futures) .. ")", 2)
+  end
+  if seconds ~= nil and (type(seconds) ~= "number" or seconds < 0 or seconds ~= seconds) then
+    error("bad argument #2 to 'as_completed' (non-negative number expected)", 2)
+  end
+  local left = {}
+  for k, f in ipairs(futures) do
+    local ok, why = kit.isfuture(f)
+    if not ok then
+      error(string.format("bad argument #1 to 'as_completed' (item %d %s)", k, why), 2)
+    end
+    left[k] = f
+  end
+  local deadline = seconds and now() + seconds
+  local ready, rnext = {}, 1          -- settled, in the order they were
+  return function()
+    while true do
+      local f = ready[rnext]
+      if f then
+        ready[rnext] = nil
+        rnext = rnext + 1
+        return f
+      end
+      if #left == 0 then return nil end
+      local done = kit.settled(left)
+      if #done > 0 then               -- they move from left to ready
+        ready, rnext = {}, 1
+        local gone = {}
+        for j, k in ipairs(done) do
+          ready[j] = left[k]
+          gone[k] = true
+        end
+        local rest = {}
+        for k, x in ipairs(left) do
+          if not gone[k] then rest[#rest + 1] = x end
+        end
+        left = rest
+        goto continue
+      end
+      local wait = deadline and math.max(0, deadline - now())
+      do
+        local ok, item = pcall(conc.select, left, wait)
+        if not ok then rethrow(item, 2) end
+        if item == nil then error("timeout", 2) end
+      end
+      ::continue::
+    end
+  end
+end
 
 return pool
