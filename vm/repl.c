@@ -824,6 +824,10 @@ static void add_members(lua_State *L, int v, int set, const char *prefix,
   v = lua_absindex(L, v);
   if (cs && (o = obj_test(L, cs, v)) != NULL) {
     add_kind_members(L, o->kind, set, prefix, meth);
+    if (strncmp(prefix, "__", 2) == 0 && lua_getmetatable(L, v)) {
+      add_keys(L, lua_gettop(L), set, prefix, meth);   /* asked for */
+      lua_pop(L, 1);
+    }
     return;
   }
   lua_pushvalue(L, v);
