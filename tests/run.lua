@@ -43,7 +43,7 @@ for _, path in ipairs(list("ls " .. q(build .. "/tests") .. "/test_* 2>/dev/null
   end
 end
 
-local passed, failed, t0 = 0, 0, conc.now()
+local passed, failed, skipped, t0 = 0, 0, 0, conc.now()
 for _, job in ipairs(jobs) do
   local cmd = string.format("LUA_PATH='tests/lib/?.lua;;' timeout -k 5 %d %s 2>&1",
                             limit, job.cmd)
@@ -52,6 +52,9 @@ for _, job in ipairs(jobs) do
   for line in f:lines() do
     if line:match("^ok ") then
       p = p + 1
+    elseif line:match("^skip ") then         -- named, with its reason
+      skipped = skipped + 1
+      print(job.name .. ": " .. line)
     elseif line:match("^not ok ") then
       n = n + 1
       print(job.name .. ": " .. line)
@@ -73,5 +76,6 @@ for _, job in ipairs(jobs) do
   passed, failed = passed + p, failed + n
 end
 print(string.format("(%.1fs)", conc.now() - t0))
+if skipped > 0 then print(string.format("%d skipped", skipped)) end
 print(string.format("%d passed, %d failed", passed, failed))
 os.exit(failed == 0 and 0 or 1)
