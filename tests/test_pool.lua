@@ -9,6 +9,8 @@ local pool = require "conc.pool"
 -- sanitizer for ever (seen with gdb: StackDepot refillAndAlloc in a pool
 -- worker, 7 minutes at 100% of a core; the rounds made it likely).
 local function fork_rounds_test(name, fn)
+  local only = os.getenv("CONCLUA_ONLY")
+  if only and not name:find(only, 1, true) then return end
   if T.sanitizer == "tsan" then
     print("skip - " .. name .. ": under tsan (fork in its runtime)")
     return
