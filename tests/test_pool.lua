@@ -9,13 +9,8 @@ local pool = require "conc.pool"
 -- sanitizer for ever (seen with gdb: StackDepot refillAndAlloc in a pool
 -- worker, 7 minutes at 100% of a core; the rounds made it likely).
 local function fork_rounds_test(name, fn)
-  local only = os.getenv("CONCLUA_ONLY")
-  if only and not name:find(only, 1, true) then return end
-  if T.sanitizer == "tsan" then
-    print("skip - " .. name .. ": under tsan (fork in its runtime)")
-    return
-  end
-  T.test(name, fn)
+  if T.sanitizer == "tsan" then T.skip(name, "under tsan (fork in its runtime)")
+  else T.test(name, fn) end
 end
 
 -- The pid of the process it runs in (a process worker's, say).

@@ -289,10 +289,6 @@ static int t_process_result_too_big_for_parent(void) {
   return 0;
 }
 
-/* vm/reap.c grew the reaper's list with watched = realloc(watched, ...):
-** out of memory, the list was lost while the reaper still used it (the
-** next child handed over was written through a null pointer). Now the
-** list is kept and the child is handed over again, so all are reaped. */
 /* Children of this thread not reaped yet, zombies or still dying: one
 ** killed is not a zombie at once, so "no zombie now" is not "all reaped". */
 static int count_children(void) {
@@ -307,6 +303,10 @@ static int count_children(void) {
   return n;
 }
 
+/* vm/reap.c grew the reaper's list with watched = realloc(watched, ...):
+** out of memory, the list was lost while the reaper still used it (the
+** next child handed over was written through a null pointer). Now the
+** list is kept and the child is handed over again, so all are reaped. */
 static int t_reaper_list_survives_oom(void) {
   lua_State *L = luaL_newstate();
   double t0;
