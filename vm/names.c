@@ -95,11 +95,11 @@ static void names_init(void) {
   }
   lua_close(L);
   /* conclua's own, in their place (init.c, thread.c) */
-  names_add(&v, &ncf, &cap, thread_co_resume, "coroutine.resume", 0, 0);
-  names_add(&v, &ncf, &cap, thread_co_wrap, "coroutine.wrap", 0, 0);
+  names_add(&v, &ncf, &cap, conc_thread_co_resume, "coroutine.resume", 0, 0);
+  names_add(&v, &ncf, &cap, conc_thread_co_wrap, "coroutine.wrap", 0, 0);
   names_add(&v, &ncf, &cap, conc_print, "_G.print", 0, 0);
-  names_add(&v, &ncf, &cap, thread_pcall, "_G.pcall", 0, 0);
-  names_add(&v, &ncf, &cap, thread_xpcall, "_G.xpcall", 0, 0);
+  names_add(&v, &ncf, &cap, conc_thread_pcall, "_G.pcall", 0, 0);
+  names_add(&v, &ncf, &cap, conc_thread_xpcall, "_G.xpcall", 0, 0);
   for (const luaL_Reg *r = conc_funcs; r->name; r++) {
     snprintf(name, sizeof name, "conc.%s", r->name);
     names_add(&v, &ncf, &cap, r->func, name, 1, 0);
@@ -126,7 +126,7 @@ static void names_init(void) {
   qsort(byname, (size_t)nbyname, sizeof *byname, cmp_name);
 }
 
-const char *cfunc_name(lua_CFunction f, int *isconc) {
+const char *conc_cfunc_name(lua_CFunction f, int *isconc) {
   cfname key, *hit;
   pthread_once(&names_once, names_init);
   key.f = f;
@@ -136,20 +136,20 @@ const char *cfunc_name(lua_CFunction f, int *isconc) {
   return hit->name;
 }
 
-const cfname *cfunc_find(const char *name) {
+const cfname *conc_cfunc_find(const char *name) {
   cfname key;
   pthread_once(&names_once, names_init);
   key.name = name;
   return bsearch(&key, byname, (size_t)nbyname, sizeof key, cmp_name);
 }
 
-lua_CFunction cfunc_lookup(const char *name, size_t len, int *isconc) {
+lua_CFunction conc_cfunc_lookup(const char *name, size_t len, int *isconc) {
   char tmp[128];
   const cfname *hit;
   if (len >= sizeof tmp) return NULL;
   memcpy(tmp, name, len);
   tmp[len] = '\0';
-  hit = cfunc_find(tmp);
+  hit = conc_cfunc_find(tmp);
   if (hit == NULL) return NULL;
   *isconc = hit->isconc;
   return hit->f;
