@@ -21,7 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "internal.h"
+#include "os.h"
 
 #define SMALL 2048
 #define FINE 256                  /* 8-byte classes up to here, then 64 */

@@ -20,7 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "internal.h"
+#include "modules.h"
 
 
 /* A ring slot: a small value inline (no malloc), or a sealed message. */
@@ -436,6 +436,14 @@ static const luaL_Reg chan_methods[] = {
     {NULL, NULL}};
 
 const kindinfo conc_channel_kind = {
-    "conc.channel", "channel", 0, 1, chan_destroy, chan_methods, NULL,
-    chan_tostring, chan_sel_try, chan_sel_delist, NULL, NULL};
+    .kind = K_CHANNEL,
+    .tname = "conc.channel",
+    .name = "channel",
+    .local = 1,
+    .destroy = chan_destroy,
+    .methods = chan_methods,
+    .tostring = chan_tostring,
+    .sel_try = chan_sel_try,
+    .sel_delist = chan_sel_delist,
+    .pinned = 1};
 

@@ -24,7 +24,7 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
-#include "internal.h"
+#include "workers.h"
 
 #ifndef CONCLUA_BINDIR
 #define CONCLUA_BINDIR "/usr/local/bin"
@@ -137,7 +137,7 @@ void conc_child_run(lua_State *L, cstate *cs, worker *w, int fd, int first,
   cs->self = w;
   w->owner = conc_getpid();
   atomic_store(&cs->interrupt, 0);
-  conc_thread_set_current(L);
+  conc_tls_L = L;
   /* os.exit reports like a return would not: exit status only */
   lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
   if (lua_getfield(L, -1, LUA_OSLIBNAME) == LUA_TTABLE) {
@@ -151,9 +151,9 @@ void conc_child_run(lua_State *L, cstate *cs, worker *w, int fd, int first,
   base = lua_gettop(L);
   for (int i = 0; i < n; i++) lua_pushvalue(L, first + i);
   lua_xmove(L, co, n);
-  conc_thread_set_current(co);
+  conc_tls_L = co;
   st = lua_resume(co, L, n - 1, &nres);
-  conc_thread_set_current(L);
+  conc_tls_L = L;
   if (st == LUA_YIELD) {
     lua_settop(co, 0);
     lua_pushliteral(co, "attempt to yield from outside a coroutine");
@@ -350,7 +350,7 @@ int conc_spawn_exec(lua_State *L, cstate *cs, worker *w, int fi, int n,
 
 /* The child side of start = "spawn": conclua --conc-child JOBFD RESFD
 ** LIFELINEFD. */
-int conc_process_child_main(int argc, char **argv) {
+int conc_process_child_main(int argc, char **argv, int (*open)(lua_State *L)) {
   int jfd, rfd, lfd, n;
   unsigned char key[16];
   int64_t id;
@@ -391,10 +391,10 @@ int conc_process_child_main(int argc, char **argv) {
   L = luaL_newstate();
   if (L == NULL) return 3;
   luaL_openlibs(L);
-  conclua_open(L);
+  open(L);
   cs = conc_cs_of(L);
   r = cs->rt;
-  w = conc_worker_new(r, WK_PROCESS, name, 0);
+  w = conc_worker_new(r, K_PROCESS, name, 0);
   if (w == NULL) return 3;
   w->id = id;
   if (lens[1]) {

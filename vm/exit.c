@@ -28,7 +28,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "internal.h"
+#include "workers.h"
 
 #define STOP_GRACE 1.0         /* seconds the stopped get before SIGKILL */
 
@@ -293,4 +293,30 @@ void conc_rt_shutdown(rt *r) {
   }
   free(v);
   conc_process_stop_daemons(r);
+}
+
+/* At exit: runtimes whose host state was never closed (os.exit, a host
+** that exits without lua_close) still wait for their workers. Not when a
+** worker thread itself calls exit: others may be waiting for it (a join),
+** so waiting for them could wait forever; daemons are still stopped.
+** In the conclua command a Ctrl-C during that wait stops the workers,
+** and the process then ends with status 130 (exit.c). */
+void conc_rt_exit_all(void) {
+  int from_worker = conc_thread_current_worker() != NULL;
+  for (;;) {
+    rt *found = conc_rt_take_unexited();
+    if (found == NULL) return;
+    if (from_worker) {
+      conc_process_stop_daemons(found);
+    } else {
+      int ctrlc = conc_rt_exit_wait(found, conc_interrupt_for(found), 0,
+                               "conclua");
+      conc_rt_shutdown(found);
+      if (ctrlc == 2) {
+        fflush(NULL);
+        _exit(128 + SIGINT);
+      }
+    }
+    conc_rt_release(found);
+  }
 }

@@ -17,7 +17,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "internal.h"
+#include "os.h"
 
 int conc_fd_pipe(int fds[2]) {
   return pipe2(fds, O_CLOEXEC);

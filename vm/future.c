@@ -24,7 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "internal.h"
+#include "modules.h"
 
 enum { F_PENDING, F_RUNNING, F_DONE, F_FAILED, F_CANCELLED };
 
@@ -300,5 +300,14 @@ static const luaL_Reg fut_methods[] = {
     {NULL, NULL}};
 
 const kindinfo conc_future_kind = {
-    "conc.future", "future", 0, 1, future_destroy, fut_methods, NULL,
-    fut_tostring, fut_sel_try, fut_sel_delist, NULL, NULL};
+    .kind = K_FUTURE,
+    .tname = "conc.future",
+    .name = "future",
+    .local = 1,
+    .destroy = future_destroy,
+    .methods = fut_methods,
+    .tostring = fut_tostring,
+    .sel_try = fut_sel_try,
+    .sel_delist = fut_sel_delist,
+    .pinned = 1,
+    .id = conc_future_id};

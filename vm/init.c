@@ -32,7 +32,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "internal.h"
+#include "init.h"
 #include <lualib.h>
 
 /* ------------------------------------------------------------ conc.* */
@@ -329,6 +329,46 @@ void conc_install(lua_State *L, cstate *cs) {
   make_libmap(L);
 }
 
+/* ------------------------------------------------------------ the kinds */
+
+/* Every kind of runtime object, as linit.c lists Lua's libraries: the
+** layers below know a kind only by its number and what is registered. */
+static const kindinfo *const kinds[] = {
+    &conc_channel_kind, &conc_thread_kind,    &conc_process_kind,
+    &conc_lock_kind,    &conc_semaphore_kind, &conc_event_kind,
+    &conc_barrier_kind, &conc_shared_kind,    &conc_pipe_kind,
+    &conc_queue_kind,   &conc_future_kind,    &conc_parcel_kind,
+    &conc_pool_kind};
+_Static_assert(sizeof kinds / sizeof kinds[0] == K_NKINDS, "a kind is missing");
+
+/* Registers the kinds, the C functions that may cross (names.c) and what
+** opens conc in a worker's state; once, before the first state opens. */
+static void init_once(void) {
+  char prefix[32];
+  for (size_t i = 0; i < sizeof kinds / sizeof kinds[0]; i++)
+    conc_obj_addkind(kinds[i]);
+  conc_names_replace(conc_thread_co_resume, "coroutine.resume");
+  conc_names_replace(conc_thread_co_wrap, "coroutine.wrap");
+  conc_names_replace(conc_print, "_G.print");
+  conc_names_replace(conc_thread_pcall, "_G.pcall");
+  conc_names_replace(conc_thread_xpcall, "_G.xpcall");
+  conc_names_register("conc.", conc_funcs, 1);
+  conc_names_register("_G.", (const luaL_Reg[]){
+      {"spawn_thread", conc_spawn_thread},
+      {"spawn_process", conc_spawn_process},
+      {NULL, NULL}}, 1);
+  for (size_t i = 0; i < sizeof kinds / sizeof kinds[0]; i++) {
+    snprintf(prefix, sizeof prefix, "conc.%s:", kinds[i]->name);
+    conc_names_register(prefix, kinds[i]->methods, 1);
+  }
+  conc_opener = conc_install;
+}
+
+void conc_init(void) {
+  static pthread_once_t once = PTHREAD_ONCE_INIT;
+  pthread_once(&once, init_once);
+}
+
 /* ------------------------------------------------------------ hosts */
 
 static const char BOX_KEY = 'b';
@@ -380,6 +420,7 @@ static cstate *host_open(lua_State *L) {
   rt *r;
   cstate *cs = conc_cs_of(L);
   if (cs) return cs;
+  conc_init();
   b = lua_newuserdatauv(L, sizeof *b, 0);
   b->open = 0;
   lua_createtable(L, 0, 1);

@@ -47,7 +47,7 @@
 #include <signal.h>
 #include <unistd.h>
 
-#include "internal.h"
+#include "os.h"
 
 static pthread_mutex_t ll_mu = PTHREAD_MUTEX_INITIALIZER;  /* guards: */
 static objlink ll_link;

@@ -18,7 +18,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "internal.h"
+#include "init.h"
 #include "lualib.h"
 
 #define PROGNAME "conclua"
@@ -328,7 +328,7 @@ int main(int argc, char **argv) {
   int status, code;
   lua_State *L;
   if (argc >= 2 && strcmp(argv[1], "--conc-child") == 0)
-    return conc_process_child_main(argc, argv);
+    return conc_process_child_main(argc, argv, conclua_open);
   signal(SIGPIPE, SIG_IGN);
   conc_self_exe = "/proc/self/exe";
   L = luaL_newstate();

@@ -33,7 +33,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "internal.h"
+#include "values.h"
 
 #define MAGIC 0xC7
 #define VERSION 1
@@ -1243,3 +1243,44 @@ failed:
   return -1;
 }
 
+/* ------------------------------------------------------------ messages */
+
+msg *conc_msg_encode(lua_State *L, cstate *cs, int first, int n,
+                const char *root) {
+  char err[512];
+  msg *m;
+  if (conc_marshal_encode(L, cs, first, n, &cs->scratch, 0, root, err, sizeof err))
+    conc_msg_raise(L, err);
+  m = conc_msg_seal(&cs->scratch);
+  if (m == NULL) {
+    conc_mbuf_reset(&cs->scratch);
+    conc_nomem(L);
+  }
+  return m;
+}
+
+/* Decodes m onto L's stack (flags as for conc_marshal_decode) and frees it.
+** Meanwhile m is on the state's pending list: a finalizer run by an
+** allocation of the decoder may decode messages of its own, stacked
+** above m; one cut short by a Lua error (out of memory) stays there, and
+** is freed when the decode below it ends, or with the state. */
+int conc_msg_push_flags(lua_State *L, cstate *cs, msg *m, int flags) {
+  char err[160];
+  int n;
+  m->next = cs->pending;
+  cs->pending = m;
+  n = conc_marshal_decode(L, cs, m->data, m->n, m->refs, m->nrefs, flags, err,
+                     sizeof err);
+  for (;;) {
+    msg *top = cs->pending;
+    cs->pending = top->next;
+    conc_msg_free(top);
+    if (top == m) break;
+  }
+  if (n < 0) conc_msg_raise(L, err);
+  return n;
+}
+
+int conc_msg_push(lua_State *L, cstate *cs, msg *m) {
+  return conc_msg_push_flags(L, cs, m, 0);
+}

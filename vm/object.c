@@ -30,32 +30,17 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "internal.h"
+#include "core.h"
 
-const kindinfo *conc_kinds[K_NKINDS] = {
-    &conc_channel_kind, &conc_thread_kind,    &conc_process_kind, &conc_lock_kind,
-    &conc_semaphore_kind, &conc_event_kind,   &conc_barrier_kind, &conc_shared_kind,
-    &conc_pipe_kind,    &conc_queue_kind,     &conc_future_kind,  &conc_parcel_kind,
-    &conc_pool_kind};
+const kindinfo *conc_kinds[K_NKINDS];
+
+void conc_obj_addkind(const kindinfo *k) {
+  conc_kinds[k->kind] = k;
+}
 
 typedef struct handle {
   cobj *o;
 } handle;
-
-static lua_Integer thread_id(cobj *o) { return (lua_Integer)((worker *)o)->id; }
-static lua_Integer process_id(cobj *o) { return (lua_Integer)((worker *)o)->pid; }
-
-/* The kinds pinned to the process that made them (see DESIGN), and the
-** number their message names them by ("<name> <id> belongs to another
-** process"; no function: the object's creation number). A new kind that
-** lives in one process only gets its line here. */
-static const struct pinning {
-  int pinned;
-  lua_Integer (*id)(cobj *o);
-} pinning[K_NKINDS] = {
-    [K_CHANNEL] = {1, NULL},       [K_THREAD] = {1, thread_id},
-    [K_PROCESS] = {1, process_id}, [K_FUTURE] = {1, conc_future_id},
-    [K_PARCEL] = {1, NULL},        [K_POOL] = {1, conc_pool_id}};
 
 static const char HANDLES_KEY = 'h';
 
@@ -76,18 +61,18 @@ static uint32_t obj_home(const cobj *o) {
 
 void conc_obj_release(cobj *o) {
   if (o && atomic_fetch_sub_explicit(&o->refs, 1, memory_order_acq_rel) == 1) {
-    if (pinning[o->kind].pinned && obj_home(o) != (uint32_t)conc_getpid())
+    if (conc_kinds[o->kind]->pinned && obj_home(o) != (uint32_t)conc_getpid())
       return;                   /* a child's copy of a parent's object */
     conc_kinds[o->kind]->destroy(o);
   }
 }
 
 int conc_obj_foreign(const cobj *o, char *buf, size_t n) {
-  const struct pinning *pin = &pinning[o->kind];
-  if (!pin->pinned || obj_home(o) == (uint32_t)conc_getpid()) return 0;
-  snprintf(buf, n, "%s %lld", conc_kinds[o->kind]->name,
-           (long long)(pin->id ? pin->id((cobj *)o)
-                               : (lua_Integer)(o->uid & 0xffffffffu)));
+  const kindinfo *k = conc_kinds[o->kind];
+  if (!k->pinned || obj_home(o) == (uint32_t)conc_getpid()) return 0;
+  snprintf(buf, n, "%s %lld", k->name,
+           (long long)(k->id ? k->id((cobj *)o)
+                             : (lua_Integer)(o->uid & 0xffffffffu)));
   return 1;
 }
 
@@ -109,7 +94,7 @@ static int handle_gc(lua_State *L) {
   if (h->o) {
     cobj *o = h->o;
     h->o = NULL;
-    if (o->kind == K_PROCESS) conc_process_handle_gone((worker *)o);
+    if (conc_kinds[o->kind]->handle_gone) conc_kinds[o->kind]->handle_gone(o);
     conc_obj_release(o);
   }
   return 0;
@@ -210,8 +195,7 @@ void conc_obj_push(lua_State *L, cstate *cs, cobj *o) {
   luaL_setmetatable(L, conc_kinds[o->kind]->tname);
   conc_obj_retain(o);
   h->o = o;
-  if (o->kind == K_PROCESS) atomic_fetch_add(&((worker *)o)->handles, 1);
-  if (o->kind == K_PIPE) conc_pipe_handle_made(o, cs);
+  if (conc_kinds[o->kind]->handle_made) conc_kinds[o->kind]->handle_made(o, cs);
   lua_pushvalue(L, -1);
   lua_rawsetp(L, -3, o);
   lua_remove(L, -2);
@@ -227,14 +211,14 @@ cobj *conc_obj_check(lua_State *L, int arg, int kind) {
     if (mt == cs->mt[kind] && lua_type(L, arg) == LUA_TUSERDATA) {
       h = lua_touserdata(L, arg);
       if (h->o == NULL) luaL_argerror(L, arg, "handle already released");
-      if (pinning[kind].pinned && obj_home(h->o) != (uint32_t)conc_getpid())
+      if (conc_kinds[kind]->pinned && obj_home(h->o) != (uint32_t)conc_getpid())
         conc_obj_checkhome(L, h->o);
       return h->o;
     }
   }
   h = luaL_checkudata(L, arg, conc_kinds[kind]->tname);
   if (h->o == NULL) luaL_argerror(L, arg, "handle already released");
-  if (pinning[kind].pinned && obj_home(h->o) != (uint32_t)conc_getpid())
+  if (conc_kinds[kind]->pinned && obj_home(h->o) != (uint32_t)conc_getpid())
     conc_obj_checkhome(L, h->o);
   return h->o;
 }
@@ -253,61 +237,4 @@ cobj *conc_obj_test(lua_State *L, cstate *cs, int idx) {
     }
   }
   return NULL;
-}
-
-/* ------------------------------------------------------------ fork */
-
-static pthread_mutex_t reg_mu = PTHREAD_MUTEX_INITIALIZER;
-static objlink reg_head = {&reg_head, &reg_head, NULL, NULL};
-
-static void objreg_link(objlink *l) {
-  pthread_mutex_lock(&reg_mu);
-  l->next = &reg_head;
-  l->prev = reg_head.prev;
-  reg_head.prev->next = l;
-  reg_head.prev = l;
-  pthread_mutex_unlock(&reg_mu);
-}
-
-void conc_fork_register(objlink *l, pthread_mutex_t *mu) {
-  l->mu = mu;
-  l->cm = NULL;
-  objreg_link(l);
-}
-
-void conc_fork_register_cm(objlink *l, cmutex *cm) {
-  l->mu = NULL;
-  l->cm = cm;
-  objreg_link(l);
-}
-
-void conc_fork_unregister(objlink *l) {
-  pthread_mutex_lock(&reg_mu);
-  l->prev->next = l->next;
-  l->next->prev = l->prev;
-  l->next = l->prev = l;
-  pthread_mutex_unlock(&reg_mu);
-}
-
-/* Called with the fork lock held, so no other fork runs. The registry
-** lock stays held until conc_objreg_unlockall, so no object comes or goes. */
-void conc_objreg_lockall(void) {
-  objlink *l;
-  pthread_mutex_lock(&reg_mu);
-  for (l = reg_head.next; l != &reg_head; l = l->next) {
-    if (l->mu) pthread_mutex_lock(l->mu);
-    else conc_cmutex_lock(l->cm);
-  }
-}
-
-/* In the child the forking thread is the only one left and it owns
-** every lock taken above, so plain unlocks are right on both sides. */
-void conc_objreg_unlockall(int child) {
-  objlink *l;
-  CONC_UNUSED(child);
-  for (l = reg_head.prev; l != &reg_head; l = l->prev) {
-    if (l->mu) pthread_mutex_unlock(l->mu);
-    else conc_cmutex_unlock(l->cm);
-  }
-  pthread_mutex_unlock(&reg_mu);
 }

@@ -27,7 +27,7 @@
 #include <string.h>
 #include <sys/mman.h>
 
-#include "internal.h"
+#include "os.h"
 
 #define MAXTOKENS (1u << 17)        /* live threads of a process tree */
 

@@ -24,7 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "internal.h"
+#include "values.h"
 
 typedef struct parcel {
   cobj obj;
@@ -127,5 +127,9 @@ const luaL_Reg conc_parcel_funcs[] = {
     {"pack", parcel_pack}, {"unpack", parcel_unpack}, {NULL, NULL}};
 
 const kindinfo conc_parcel_kind = {
-    "conc.parcel", "parcel", 0, 1, parcel_destroy, NULL, NULL, NULL, NULL,
-    NULL, NULL, NULL};
+    .kind = K_PARCEL,
+    .tname = "conc.parcel",
+    .name = "parcel",
+    .local = 1,
+    .destroy = parcel_destroy,
+    .pinned = 1};

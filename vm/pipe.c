@@ -33,7 +33,7 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
-#include "internal.h"
+#include "modules.h"
 
 /* What the two ends share: which of them this process has used. */
 typedef struct pipepair {
@@ -152,7 +152,7 @@ static pend *check_pend(lua_State *L) {
 ** pair's maker (a thread; a forked child's copy of the maker is the maker
 ** still), an end unused in this process may be a thread's live one, not a
 ** copy that a fork left: claim_end then closes nothing. */
-void conc_pipe_handle_made(cobj *o, struct cstate *cs) {
+static void pipe_handle_made(cobj *o, struct cstate *cs) {
   pipepair *pp = ((pend *)o)->pair;
   if (cs != pp->maker) atomic_store(&pp->threaded, 1);
 }
@@ -691,5 +691,14 @@ static const luaL_Reg pipe_methods[] = {
     {"iter", pipe_iter}, {NULL, NULL}};
 
 const kindinfo conc_pipe_kind = {
-    "conc.pipe", "pipe", 0, 1, pend_destroy, pipe_methods, NULL,
-    pipe_tostring, pipe_sel_try, pipe_sel_delist, pipe_sel_fds, NULL};
+    .kind = K_PIPE,
+    .tname = "conc.pipe",
+    .name = "pipe",
+    .local = 1,
+    .destroy = pend_destroy,
+    .methods = pipe_methods,
+    .tostring = pipe_tostring,
+    .sel_try = pipe_sel_try,
+    .sel_delist = pipe_sel_delist,
+    .sel_fds = pipe_sel_fds,
+    .handle_made = pipe_handle_made};

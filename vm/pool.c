@@ -26,7 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "internal.h"
+#include "modules.h"
 
 enum { P_OPEN, P_CLOSED, P_TERMINATED };
 
@@ -335,5 +335,14 @@ static const luaL_Reg pool_methods[] = {
     {NULL, NULL}};
 
 const kindinfo conc_pool_kind = {
-    "conc.pool", "pool", 0, 1, pool_destroy, pool_methods, pool_index,
-    pool_tostring, NULL, NULL, NULL, pool_meta};
+    .kind = K_POOL,
+    .tname = "conc.pool",
+    .name = "pool",
+    .local = 1,
+    .destroy = pool_destroy,
+    .methods = pool_methods,
+    .index = pool_index,
+    .tostring = pool_tostring,
+    .meta = pool_meta,
+    .pinned = 1,
+    .id = conc_pool_id};

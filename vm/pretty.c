@@ -25,7 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "internal.h"
+#include "init.h"
 
 #define PP_DEPTH 6       /* tables nested deeper show as {...} */
 #define PP_ITEMS 100     /* entries shown per table */

@@ -37,97 +37,14 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "internal.h"
+#include "workers.h"
 #include <lualib.h>
 
-static _Atomic pid_t cached_pid;
 const char *conc_self_exe;     /* set by the conclua command's main */
 
-/* The thread id, cached: gettid is a system call. */
-static __thread __attribute__((tls_model("initial-exec"))) uint32_t tls_tid;
-
-uint32_t conc_gettid(void) {
-  if (tls_tid == 0) tls_tid = (uint32_t)syscall(SYS_gettid);
-  return tls_tid;
-}
-
-pid_t conc_getpid(void) {
-  pid_t p = atomic_load_explicit(&cached_pid, memory_order_relaxed);
-  if (p == 0) {
-    p = getpid();
-    atomic_store(&cached_pid, p);
-  }
-  return p;
-}
-
-/* ------------------------------------------------------------ fork */
-
-/* The runtime's locks are held for a fork. Atomic: a host's own fork in
-** another thread may run these handlers too. */
-static _Atomic int fork_locked;
-
-static void atfork_prepare(void) {
-  int locked = !__libc_single_threaded;
-  atomic_store_explicit(&fork_locked, locked, memory_order_relaxed);
-  if (locked) conc_objreg_lockall();
-}
-
-_Atomic unsigned conc_forkgen;      /* forks this process made */
-
-/* Set around the fork of spawn_process (under the fork lock when there
-** are threads): the lifeline read end made for the child, and which
-** thread forks it (the address of its tls_tid: fork keeps it, no other
-** thread has it), so the child knows it is a spawn_process child and not
-** popen's or a host's fork in another thread. Not thread-local: the
-** parent resets it after the fork, and this page is written then anyway
-** (conc_forkgen), a TLS page not: every page the parent writes while the
-** child lives is a copy-on-write fault. */
-static _Atomic int spawn_lfd = -1;
-static _Atomic uintptr_t spawn_thread;
-
-static void atfork_parent(void) {
-  atomic_fetch_add(&conc_forkgen, 1);
-  if (atomic_load_explicit(&fork_locked, memory_order_relaxed))
-    conc_objreg_unlockall(0);
-}
-
-/* The child: one thread; the parent's reaper, pool and fds are not its,
-** nor its lifeline (before any code but these handlers runs). */
-static void atfork_child(void) {
-  pid_t self = getpid();
-  atomic_store(&cached_pid, self);
-  tls_tid = 0;
-  if (atomic_load_explicit(&fork_locked, memory_order_relaxed))
-    conc_objreg_unlockall(1);
-  conc_lifeline_atfork_child(atomic_load(&spawn_thread) == (uintptr_t)&tls_tid
-                            ? atomic_load(&spawn_lfd) : -1, self);
-  atomic_store(&spawn_lfd, -1);       /* not for the child's own forks */
-  conc_threadpool_atfork_child();
-  conc_reap_atfork_child();
-}
-
-static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
-
-static pthread_mutex_t fork_mu = PTHREAD_MUTEX_INITIALIZER;
-
-/* No fork once the exit handlers are done: after them, exit unregisters
-** the atfork handlers, and a child forked without them would keep the
-** lifeline's write end (lifeline.c). Set under the fork lock, so every
-** fork that got past it has its handlers run. */
-static _Atomic int forks_closed;
-static _Atomic uintptr_t exit_thread;    /* the one running exit (tls_tid) */
-
 /* At exit (also after os.exit): wait for the non-daemon workers of every
-** runtime still open, then stop the daemons; then no more forks. */
-static void at_exit(void) {
-  conc_rt_exit_all();
-  pthread_mutex_lock(&fork_mu);
-  atomic_store(&exit_thread, (uintptr_t)&tls_tid);
-  atomic_store(&forks_closed, 1);
-  pthread_mutex_unlock(&fork_mu);
-}
-
-static void atfork_install_once(void) {
+** runtime still open, then stop the daemons (fork.c closes forks then). */
+static void install_once(void) {
   unsigned char key[16];
   /* the bytecode key is per process tree: make it before the first fork,
   ** or parent and child would each draw their own and reject each
@@ -135,13 +52,13 @@ static void atfork_install_once(void) {
   conc_marshal_key(key);
   conc_reap_init();
   conc_lifeline_init();
-  conc_lifeline_make();        /* now, not at the first spawn: fds stay put */
-  pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
-  atexit(at_exit);
+  conc_lifeline_make();   /* now, not at the first spawn: fds stay put */
+  conc_fork_install(conc_rt_exit_all);
 }
 
 void conc_process_atfork_install(void) {
-  pthread_once(&atfork_once, atfork_install_once);
+  static pthread_once_t once = PTHREAD_ONCE_INIT;
+  pthread_once(&once, install_once);
 }
 
 /* A spawn_process that comes after the exit handlers. In a worker
@@ -153,7 +70,7 @@ void conc_process_atfork_install(void) {
 ** error there would end it, and its process, a second time. */
 static int spawn_too_late(lua_State *L, cstate *cs) {
   const char *why;
-  if (cs->self || atomic_load(&exit_thread) == (uintptr_t)&tls_tid)
+  if (cs->self || conc_fork_exiting())
     return luaL_error(L, "cannot start process: the process is exiting");
   conc_cs_waiting(cs, "exit");
   for (;;) {
@@ -185,7 +102,7 @@ int conc_process_spawn(lua_State *L) {
                          "CONCLUA_EXE to its path");
   n = lua_gettop(L) - fi + 1;
   conc_process_atfork_install();
-  w = conc_worker_new(cs->rt, WK_PROCESS, name, daemon);
+  w = conc_worker_new(cs->rt, K_PROCESS, name, daemon);
   if (w == NULL) return conc_nomem(L);
   conc_obj_push(L, cs, &w->obj);       /* the handle holds the reference */
   conc_obj_release(&w->obj);
@@ -207,9 +124,7 @@ int conc_process_spawn(lua_State *L) {
     sigset_t all, old;
     int alone = __libc_single_threaded;
     sigfillset(&all);
-    if (!alone) pthread_mutex_lock(&fork_mu);
-    if (atomic_load(&forks_closed)) {
-      if (!alone) pthread_mutex_unlock(&fork_mu);
+    if (conc_fork_lock(alone) < 0) {
       conc_fd_close(rfd[0]);
       conc_fd_close(rfd[1]);
       conc_lifeline_given(lfd, lkept, -1);
@@ -221,17 +136,13 @@ int conc_process_spawn(lua_State *L) {
     }
     fflush(NULL);
     pthread_sigmask(SIG_SETMASK, &all, &old);
-    atomic_store_explicit(&spawn_lfd, lfd, memory_order_relaxed);
-    atomic_store_explicit(&spawn_thread, (uintptr_t)&tls_tid,
-                          memory_order_relaxed);
-    pid = fork();
-    if (pid != 0) atomic_store_explicit(&spawn_lfd, -1, memory_order_relaxed);
+    pid = conc_fork_spawn(lfd);
     if (!alone) {
       funlockfile(stderr);
       funlockfile(stdout);
     }
     if (pid == 0) {
-      if (!alone) pthread_mutex_unlock(&fork_mu);
+      conc_fork_unlock(alone);
       conc_fd_close(rfd[0]);
       conc_child_run(L, cs, w, rfd[1], fi, n, &old);     /* does not return */
     }
@@ -241,7 +152,7 @@ int conc_process_spawn(lua_State *L) {
     ** end of file on the pipe */
     conc_fd_close(rfd[1]);
     conc_lifeline_given(lfd, lkept, pid);   /* the child arms its copy */
-    if (!alone) pthread_mutex_unlock(&fork_mu);
+    conc_fork_unlock(alone);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     if (pid < 0) {
       int e = errno;
@@ -385,9 +296,31 @@ static const luaL_Reg proc_methods[] = {
     {"kill", proc_kill},     {"exitcode", proc_exitcode},
     {NULL, NULL}};
 
+static lua_Integer process_id(cobj *o) {
+  return (lua_Integer)((worker *)o)->pid;
+}
+
+static void process_handle_made(cobj *o, cstate *cs) {
+  CONC_UNUSED(cs);
+  atomic_fetch_add(&((worker *)o)->handles, 1);
+}
+
 const kindinfo conc_process_kind = {
-    "conc.process", "process", 0, 1, conc_worker_destroy, proc_methods, proc_index,
-    proc_tostring, conc_proc_sel_try, conc_worker_sel_delist, conc_proc_sel_fds, NULL};
+    .kind = K_PROCESS,
+    .tname = "conc.process",
+    .name = "process",
+    .local = 1,
+    .destroy = conc_worker_destroy,
+    .methods = proc_methods,
+    .index = proc_index,
+    .tostring = proc_tostring,
+    .sel_try = conc_proc_sel_try,
+    .sel_delist = conc_worker_sel_delist,
+    .sel_fds = conc_proc_sel_fds,
+    .pinned = 1,
+    .id = process_id,
+    .handle_made = process_handle_made,
+    .handle_gone = conc_process_handle_gone};
 
 /* ------------------------------------------------------------ exit */
 

@@ -42,7 +42,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-#include "internal.h"
+#include "modules.h"
 
 #define PAGE 4096u
 #define SLOT_ALIGN 32u
@@ -605,5 +605,13 @@ static const luaL_Reg queue_methods[] = {
     {"len", queue_len},   {"iter", queue_iter}, {NULL, NULL}};
 
 const kindinfo conc_queue_kind = {
-    "conc.queue", "queue", 1, 0, queue_destroy, queue_methods, NULL,
-    queue_tostring, queue_sel_try, queue_sel_delist, queue_sel_fds, NULL};
+    .kind = K_QUEUE,
+    .tname = "conc.queue",
+    .name = "queue",
+    .shm = 1,
+    .destroy = queue_destroy,
+    .methods = queue_methods,
+    .tostring = queue_tostring,
+    .sel_try = queue_sel_try,
+    .sel_delist = queue_sel_delist,
+    .sel_fds = queue_sel_fds};

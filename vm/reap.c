@@ -25,7 +25,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "internal.h"
+#include "workers.h"
 
 static pthread_mutex_t reap_mu = PTHREAD_MUTEX_INITIALIZER;
 static objlink reap_link;
@@ -424,7 +424,8 @@ static int reaper_watch(worker *w) {
 
 /* The last Lua handle of a process went away: a child still running is
 ** handed to the reaper (unless a thread watches it: it will reap it). */
-void conc_process_handle_gone(worker *w) {
+void conc_process_handle_gone(cobj *o) {
+  worker *w = (worker *)o;
   if (atomic_fetch_sub(&w->handles, 1) != 1) return;
   /* a forked child collecting its copy of a handle: the child is not its
   ** own, and w->mu may have been held by a thread it does not have */
@@ -435,12 +436,8 @@ void conc_process_handle_gone(worker *w) {
 
 /* ------------------------------------------------------------ fork */
 
-void conc_reap_init(void) {
-  conc_fork_register(&reap_link, &reap_mu);
-}
-
 /* In a forked child the reaper and the parent's children are not its. */
-void conc_reap_atfork_child(void) {
+static void reap_atfork_child(void) {
   for (int i = 0; i < nwatched; i++) {
     conc_fd_close(watched[i]->pidfd);
     conc_fd_close(watched[i]->rfd);
@@ -453,4 +450,9 @@ void conc_reap_atfork_child(void) {
     conc_fd_close(reap_efd);
     reap_efd = -1;
   }
+}
+
+void conc_reap_init(void) {
+  conc_fork_register(&reap_link, &reap_mu);
+  conc_fork_onchild(reap_atfork_child);
 }

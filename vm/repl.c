@@ -49,7 +49,7 @@
 #include <readline/history.h>
 #include <readline/readline.h>
 
-#include "internal.h"
+#include "init.h"
 
 int conc_pretty_push(lua_State *L, int idx, int width, int col);   /* pretty.c */
 int conclua_pcall(lua_State *L, int narg, int nres,

@@ -23,7 +23,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "internal.h"
+#include "core.h"
 
 const char conc_libskey = 'l';
 static const char CS_KEY = 'c';
@@ -32,6 +32,21 @@ static const char LAZYMT_KEY = 'z';
 /* ------------------------------------------------------------ runtime */
 
 /* Every runtime of the process, for the wait at exit. */
+/* ------------------------------------------------------------ this thread */
+
+CONC_TLS lua_State *volatile conc_tls_L;
+CONC_TLS volatile sig_atomic_t conc_tls_unwinding;
+void (*conc_opener)(lua_State *L, cstate *cs);
+
+int conc_raise_cancel(lua_State *L) {
+  conc_tls_unwinding = 1;
+  lua_sethook(L, NULL, 0, 0);
+  lua_pushliteral(L, "cancelled");     /* no position: the value join raises */
+  return lua_error(L);
+}
+
+/* ------------------------------------------------------------ runtimes */
+
 static pthread_mutex_t all_mu = PTHREAD_MUTEX_INITIALIZER;
 static rt *all_head;
 static objlink all_link;
@@ -79,45 +94,24 @@ void conc_rt_release(rt *r) {
   free(r);
 }
 
-/* At exit: runtimes whose host state was never closed (os.exit, a host
-** that exits without lua_close) still wait for their workers. Not when a
-** worker thread itself calls exit: others may be waiting for it (a join),
-** so waiting for them could wait forever; daemons are still stopped.
-** In the conclua command a Ctrl-C during that wait stops the workers,
-** and the process then ends with status 130 (exit.c). */
-void conc_rt_exit_all(void) {
-  int from_worker = conc_thread_current_worker() != NULL;
-  for (;;) {
-    rt *r, *found = NULL;
-    pthread_once(&all_once, all_init);
-    pthread_mutex_lock(&all_mu);
-    for (r = all_head; r; r = r->allnext) {
-      int skip;
-      pthread_mutex_lock(&r->mu);
-      skip = r->closed || r->exited || r->pid != conc_getpid();
-      if (!skip) r->exited = 1;
-      pthread_mutex_unlock(&r->mu);
-      if (!skip) {
-        found = r;
-        conc_rt_retain(r);
-        break;
-      }
+rt *conc_rt_take_unexited(void) {
+  rt *r, *found = NULL;
+  pthread_once(&all_once, all_init);
+  pthread_mutex_lock(&all_mu);
+  for (r = all_head; r; r = r->allnext) {
+    int skip;
+    pthread_mutex_lock(&r->mu);
+    skip = r->closed || r->exited || r->pid != conc_getpid();
+    if (!skip) r->exited = 1;
+    pthread_mutex_unlock(&r->mu);
+    if (!skip) {
+      found = r;
+      conc_rt_retain(r);
+      break;
     }
-    pthread_mutex_unlock(&all_mu);
-    if (found == NULL) return;
-    if (from_worker) {
-      conc_process_stop_daemons(found);
-    } else {
-      int ctrlc = conc_rt_exit_wait(found, conc_interrupt_for(found), 0,
-                               "conclua");
-      conc_rt_shutdown(found);
-      if (ctrlc == 2) {
-        fflush(NULL);
-        _exit(128 + SIGINT);
-      }
-    }
-    conc_rt_release(found);
   }
+  pthread_mutex_unlock(&all_mu);
+  return found;
 }
 
 int64_t conc_rt_nextid(void) {
@@ -127,7 +121,7 @@ int64_t conc_rt_nextid(void) {
 
 /* ------------------------------------------------------------ cstate */
 
-void conc_cs_init(cstate *cs, rt *r, worker *self) {
+void conc_cs_init(cstate *cs, rt *r, struct worker *self) {
   memset(cs, 0, sizeof *cs);
   cs->rt = r;
   if (r) conc_rt_retain(r);
@@ -140,7 +134,7 @@ void conc_cs_init(cstate *cs, rt *r, worker *self) {
   conc_mbuf_init(&cs->scratch);
 }
 
-cstate *conc_cs_new(rt *r, worker *self) {
+cstate *conc_cs_new(rt *r, struct worker *self) {
   cstate *cs = malloc(sizeof *cs);
   if (cs) conc_cs_init(cs, r, self);
   return cs;
@@ -263,7 +257,7 @@ void conc_state_bind(lua_State *L, cstate *cs) {
 }
 
 const char *conc_cs_stopreason(cstate *cs) {
-  if (cs->self && atomic_load_explicit(&cs->self->cancel, memory_order_acquire))
+  if (cs->cancel && atomic_load_explicit(cs->cancel, memory_order_acquire))
     return "cancelled";
   if (atomic_load_explicit(&cs->interrupt, memory_order_acquire))
     return "interrupted!";
@@ -280,7 +274,7 @@ int conc_cs_raisestop(lua_State *L, cstate *cs, const char *why) {
     host_settle(cs);
     return luaL_error(L, "%s", why);
   }
-  return conc_thread_raise_cancel(L);   /* "cancelled", without a position */
+  return conc_raise_cancel(L);   /* "cancelled", without a position */
 }
 
 /* Every blocking conc call says here when it starts and ends waiting: a
@@ -417,7 +411,7 @@ void conc_cs_materialize(lua_State *L, cstate *cs) {
     lua_rawset(L, saved);
   }
   luaL_openlibs(L);
-  conc_install(L, cs);
+  conc_opener(L, cs);
   lua_pushnil(L);
   while (lua_next(L, saved)) {
     lua_pushvalue(L, -2);
@@ -543,7 +537,7 @@ static void on_sigint(int sig) {
   if (cs) {
     atomic_store(&cs->interrupt, 1);
     cs_wake_signal(cs);
-    L = conc_thread_get_current();
+    L = conc_tls_L;
     if (L == NULL) L = cs->L;
     lua_sethook(L, interrupt_hook, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT,
                 1);
@@ -604,7 +598,7 @@ static void drop_interrupt_hook(lua_State *L) {
 int conc_interrupt_take(cstate *cs) {
   int was = atomic_exchange(&cs->interrupt, 0);
   drop_interrupt_hook(cs->L);
-  drop_interrupt_hook(conc_thread_get_current());
+  drop_interrupt_hook(conc_tls_L);
   return was;
 }
 
@@ -724,4 +718,22 @@ void conc_cs_caught(lua_State *L) {
   cstate *cs;
   if (!atomic_load_explicit(&host_raised, memory_order_relaxed)) return;
   if ((cs = conc_cs_of(L)) != NULL) cs->ctrlc_uncaught = 0;
+}
+
+void conc_checkoptions(lua_State *L, int arg, const char *const *known) {
+  if (lua_isnoneornil(L, arg)) return;
+  luaL_checktype(L, arg, LUA_TTABLE);
+  lua_pushnil(L);
+  while (lua_next(L, arg)) {
+    const char *const *k = known;
+    lua_pop(L, 1);
+    if (lua_type(L, -1) == LUA_TSTRING)
+      for (; k && *k; k++)
+        if (strcmp(*k, lua_tostring(L, -1)) == 0) break;
+    if (k == NULL || *k == NULL) {
+      lua_pushvalue(L, -1);       /* tolstring changes a number key */
+      luaL_argerror(L, arg, lua_pushfstring(L, "unknown option '%s'",
+                                            luaL_tolstring(L, -1, NULL)));
+    }
+  }
 }

@@ -23,62 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "internal.h"
-
-int conc_sel_claim(selwait *sw, int index) {
-  int expect = 0;
-  return atomic_compare_exchange_strong(&sw->won, &expect, index + 1);
-}
-
-void conc_sel_deliver(selnode *n, int result) {
-  parker *p = n->sw->park;      /* n may be gone once result is set */
-  atomic_fetch_add(&p->wakers, 1);
-  atomic_store(&n->result, result);
-  conc_park_wake(p);
-  atomic_fetch_sub(&p->wakers, 1);
-}
-
-void conc_selq_push(selnode **head, selnode *n) {
-  /* FIFO: append at the tail, kept as head->prev */
-  if (*head == NULL) {
-    n->next = NULL;
-    n->prev = n;
-    *head = n;
-  } else {
-    selnode *tail = (*head)->prev;
-    tail->next = n;
-    n->prev = tail;
-    n->next = NULL;
-    (*head)->prev = n;
-  }
-  n->linked = 1;
-}
-
-/* Claims and wakes every node of q with 'result'; with q's lock held. */
-void conc_selq_wake_all(selnode **q, int result) {
-  selnode *n;
-  while ((n = *q) != NULL) {
-    conc_selq_remove(q, n);
-    if (conc_sel_claim(n->sw, n->index)) {
-      n->result = result;
-      conc_park_wake(n->sw->park);
-    }
-  }
-}
-
-void conc_selq_remove(selnode **head, selnode *n) {
-  if (!n->linked) return;
-  if (*head == n) {
-    *head = n->next;
-    if (*head) (*head)->prev = n->prev;
-  } else {
-    n->prev->next = n->next;
-    if (n->next) n->next->prev = n->prev;
-    else (*head)->prev = n->prev;
-  }
-  n->next = n->prev = NULL;
-  n->linked = 0;
-}
+#include "modules.h"
 
 /* Pushes a received value: a message (freed), or else n bytes inline
 ** (a copy on the caller's stack: nothing to free if decoding raises). */

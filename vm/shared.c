@@ -539,5 +539,11 @@ static void shared_meta(lua_State *L, cstate *cs) {
 }
 
 const kindinfo conc_shared_kind = {
-    "conc.shared", "shared", 1, 0, shared_destroy, shared_methods, NULL,
-    shared_tostring, NULL, NULL, NULL, shared_meta};
+    .kind = K_SHARED,
+    .tname = "conc.shared",
+    .name = "shared",
+    .shm = 1,
+    .destroy = shared_destroy,
+    .methods = shared_methods,
+    .tostring = shared_tostring,
+    .meta = shared_meta};

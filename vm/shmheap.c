@@ -37,7 +37,7 @@
 #include <string.h>
 #include <sys/mman.h>
 
-#include "internal.h"
+#include "os.h"
 
 #define PAGE 4096u
 #define PAGE_ORDER 12

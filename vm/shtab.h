@@ -7,7 +7,7 @@
 #ifndef conc_shtab_h
 #define conc_shtab_h
 
-#include "internal.h"
+#include "modules.h"
 
 #define SHTAB_NOVALUE UINT64_MAX    /* an entry with no value (an update's) */
 #define SHTAB_EMPTY 0

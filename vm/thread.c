@@ -38,7 +38,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "internal.h"
+#include "workers.h"
 #include <lualib.h>
 
 #ifdef CONC_SANITIZED
@@ -50,9 +50,8 @@
 #define SIGCANCEL (SIGRTMIN + 4)
 
 
-/* The state and context this OS thread runs: the coroutine that is
-** running (for the signal handlers) and the worker context (cancel). */
-static CONC_TLS lua_State *volatile tls_current;
+/* The worker context this OS thread runs (cancel); the running state is
+** runtime.c's conc_tls_L. */
 static CONC_TLS cstate *volatile tls_cs;
 
 /* The worker this OS thread runs, or NULL (main, host, pool idle). */
@@ -61,24 +60,13 @@ worker *conc_thread_current_worker(void) {
   return cs ? cs->self : NULL;
 }
 
-void conc_thread_set_current(lua_State *L) {
-  tls_current = L;
-}
-
-lua_State *conc_thread_get_current(void) {
-  return tls_current;
-}
-
 /* ------------------------------------------------------------ cancel */
 
 /* Instructions the code after the first catch of a cancel may run. */
 #define CANCEL_GRACE 1000
 
-/* Where this OS thread's job is with its cancel: the error is on its way
-** up and no catcher outside the unwinding took it yet (the signal then
-** leaves the hooks alone: the handlers run); the first catch had its
-** grace. Only this thread and its signal handler touch them. */
-static CONC_TLS volatile sig_atomic_t tls_unwinding;
+/* The first catch of a cancel had its grace. Only this thread and its
+** signal handler touch it (conc_tls_unwinding: runtime.c). */
 static CONC_TLS int tls_graced;
 
 static int cancel_pending(void) {
@@ -97,15 +85,8 @@ static void arm_strict(lua_State *L) {
 ** catcher sets it again, so that L's __close handlers run. */
 static void unwind_begin(lua_State *L) {
   if (!cancel_pending()) return;
-  tls_unwinding = 1;                   /* first: the signal keeps out */
+  conc_tls_unwinding = 1;                   /* first: the signal keeps out */
   lua_sethook(L, NULL, 0, 0);
-}
-
-int conc_thread_raise_cancel(lua_State *L) {
-  tls_unwinding = 1;
-  lua_sethook(L, NULL, 0, 0);
-  lua_pushliteral(L, "cancelled");     /* no position: the value join raises */
-  return lua_error(L);
 }
 
 static void cancel_hook(lua_State *L, lua_Debug *ar) {
@@ -114,19 +95,19 @@ static void cancel_hook(lua_State *L, lua_Debug *ar) {
     lua_sethook(L, NULL, 0, 0);        /* a late signal for an older job */
     return;
   }
-  conc_thread_raise_cancel(L);
+  conc_raise_cancel(L);
 }
 
 /* A catcher of L got an error, or a resume returned to L; 'inner': the
 ** catcher started inside an unwinding (a handler's own pcall). */
 static void caught(lua_State *L, int inner) {
   if (inner || !cancel_pending()) return;
-  if (tls_unwinding && !tls_graced) {
-    tls_unwinding = 0;
+  if (conc_tls_unwinding && !tls_graced) {
+    conc_tls_unwinding = 0;
     tls_graced = 1;
     lua_sethook(L, cancel_hook, LUA_MASKCOUNT, CANCEL_GRACE);
   } else {
-    tls_unwinding = 0;
+    conc_tls_unwinding = 0;
     arm_strict(L);
   }
 }
@@ -134,9 +115,9 @@ static void caught(lua_State *L, int inner) {
 static void on_sigcancel(int sig) {
   int saved = errno;
   cstate *cs = tls_cs;
-  lua_State *L = tls_current;
+  lua_State *L = conc_tls_L;
   CONC_UNUSED(sig);
-  if (cs && cs->self && atomic_load(&cs->self->cancel) && !tls_unwinding) {
+  if (cs && cs->self && atomic_load(&cs->self->cancel) && !conc_tls_unwinding) {
     if (L) arm_strict(L);
     if (cs->L && cs->L != L) arm_strict(cs->L);
   }
@@ -191,7 +172,7 @@ static int catch_finish(lua_State *L, int status, lua_KContext ctx) {
 }
 
 static lua_KContext catch_ctx(int slots) {
-  return (lua_KContext)slots | (tls_unwinding ? CTX_INNER : 0);
+  return (lua_KContext)slots | (conc_tls_unwinding ? CTX_INNER : 0);
 }
 
 int conc_thread_pcall(lua_State *L) {
@@ -223,17 +204,17 @@ int conc_thread_xpcall(lua_State *L) {
 ** error on L. A cancel reaches co as it starts, and the caller as it
 ** gets control back (a catch, unless 'rethrow': wrap raises it on). */
 static int resume_co(lua_State *L, lua_State *co, int narg, int rethrow) {
-  int status, nres, inner = tls_unwinding;
-  lua_State *prev = tls_current;
+  int status, nres, inner = conc_tls_unwinding;
+  lua_State *prev = conc_tls_L;
   if (!lua_checkstack(co, narg)) {
     lua_pushliteral(L, "too many arguments to resume");
     return -1;
   }
   lua_xmove(L, co, narg);
-  tls_current = co;                    /* first: a signal now hooks co */
+  conc_tls_L = co;                    /* first: a signal now hooks co */
   if (!inner && cancel_pending()) arm_strict(co);
   status = lua_resume(co, L, narg, &nres);
-  tls_current = prev;
+  conc_tls_L = prev;
   if (status == LUA_OK || status == LUA_YIELD) {
     caught(L, inner);
     if (!lua_checkstack(L, nres + 1)) {
@@ -368,6 +349,7 @@ static void job_run(job *j, lua_State *L) {
   msg *result = NULL;
   char *errmsg = NULL;
   conc_cs_init(cs, w->rt, w);
+  cs->cancel = &w->cancel;
   cs->paths = j->paths;              /* the cstate's reference now */
   j->paths = NULL;
   if (L == NULL) {
@@ -382,8 +364,8 @@ static void job_run(job *j, lua_State *L) {
   /* set before the thread can be signalled (hastid): a cancel signal
   ** finds the state to hook */
   tls_cs = cs;
-  tls_current = L;
-  tls_unwinding = 0;
+  conc_tls_L = L;
+  conc_tls_unwinding = 0;
   tls_graced = 0;
   pthread_mutex_lock(&w->mu);
   w->cs = cs;
@@ -427,7 +409,7 @@ static void job_run(job *j, lua_State *L) {
   w->hastid = 0;
   pthread_mutex_unlock(&w->mu);
   tls_cs = NULL;
-  tls_current = NULL;
+  conc_tls_L = NULL;
   lua_sethook(L, NULL, 0, 0);
   conc_state_close(L);
   conc_cs_fini(cs);
@@ -450,10 +432,17 @@ static pthr *pool_idle;
 static int pool_nidle, pool_max;
 static pthread_once_t pool_once = PTHREAD_ONCE_INIT;
 
+/* In a forked child the pool's threads do not exist. */
+static void pool_atfork_child(void) {
+  pool_idle = NULL;
+  pool_nidle = 0;
+}
+
 static void pool_init(void) {
   long n = sysconf(_SC_NPROCESSORS_ONLN);
   pool_max = (int)(n > 0 ? n : 1) * 2 + 2;
   conc_fork_register(&pool_link, &pool_mu);
+  conc_fork_onchild(pool_atfork_child);
 }
 
 int conc_threadpool_idle(void) {
@@ -462,12 +451,6 @@ int conc_threadpool_idle(void) {
   n = pool_nidle;
   pthread_mutex_unlock(&pool_mu);
   return n;
-}
-
-/* In a forked child the pool's threads do not exist. */
-void conc_threadpool_atfork_child(void) {
-  pool_idle = NULL;
-  pool_nidle = 0;
 }
 
 static void job_free(job *j) {
@@ -633,7 +616,7 @@ int conc_thread_spawn(lua_State *L) {
   luaL_checktype(L, fi, LUA_TFUNCTION);
   m = conc_msg_encode(L, cs, fi, lua_gettop(L) - fi + 1, "spawn");
   j = calloc(1, sizeof *j);
-  w = j ? conc_worker_new(cs->rt, WK_THREAD, name, daemon) : NULL;
+  w = j ? conc_worker_new(cs->rt, K_THREAD, name, daemon) : NULL;
   if (w == NULL) {
     free(j);
     conc_msg_free(m);
@@ -726,7 +709,20 @@ static const luaL_Reg thread_methods[] = {
     {"status", thread_status}, {"alive", thread_alive},
     {"cancel", thread_cancel_m}, {NULL, NULL}};
 
+static lua_Integer thread_id(cobj *o) {
+  return (lua_Integer)((worker *)o)->id;
+}
+
 const kindinfo conc_thread_kind = {
-    "conc.thread", "thread", 0, 1, conc_worker_destroy, thread_methods,
-    thread_index, thread_tostring, conc_worker_sel_try, conc_worker_sel_delist, NULL,
-    NULL};
+    .kind = K_THREAD,
+    .tname = "conc.thread",
+    .name = "thread",
+    .local = 1,
+    .destroy = conc_worker_destroy,
+    .methods = thread_methods,
+    .index = thread_index,
+    .tostring = thread_tostring,
+    .sel_try = conc_worker_sel_try,
+    .sel_delist = conc_worker_sel_delist,
+    .pinned = 1,
+    .id = thread_id};

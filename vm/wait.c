@@ -27,7 +27,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#include "internal.h"
+#include "os.h"
 
 double conc_now(void) {
   struct timespec ts;

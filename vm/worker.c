@@ -20,7 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "internal.h"
+#include "workers.h"
 
 void conc_worker_destroy(cobj *o) {
   worker *w = (worker *)o;
@@ -55,10 +55,10 @@ worker *conc_worker_new(rt *r, int kind, const char *name, int daemon) {
   worker *w = calloc(1, sizeof *w);
   char buf[48];
   if (w == NULL) return NULL;
-  conc_obj_init(&w->obj, kind == WK_THREAD ? K_THREAD : K_PROCESS);
+  conc_obj_init(&w->obj, kind);
   w->id = conc_rt_nextid();
   if (name == NULL)
-    name = default_name(buf, kind == WK_THREAD ? "thread" : "process", w->id);
+    name = default_name(buf, kind == K_THREAD ? "thread" : "process", w->id);
   w->name = strdup(name);
   if (w->name == NULL) {
     free(w);

@@ -19,7 +19,7 @@
 #include <sys/stat.h>
 #include <sys/wait.h>
 
-#include "internal.h"
+#include "init.h"
 #include "chunk.h"
 #include "runner.h"
 
@@ -282,7 +282,7 @@ static int t_spawn_pipe_forged_length(void) {
     snprintf(a, sizeof a, "%d", jfd[0]);
     snprintf(b, sizeof b, "%d", rfd[1]);
     peak = vm_peak();
-    r = conc_process_child_main(5, argv);
+    r = conc_process_child_main(5, argv, conclua_open);
     _exit(r != 3 ? 10 : vm_peak() - peak < 32 * MiB ? 0 : 11);
   }
   {

@@ -27,7 +27,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "internal.h"
+#include "init.h"
 #include "walker.h"
 
 /* Must match FUZZ_KEY in tests/fuzz/fuzz_decode.c. */

@@ -15,7 +15,7 @@
 #include <stdint.h>
 #include <sys/wait.h>
 
-#include "internal.h"
+#include "init.h"
 #include "chunk.h"
 #include "runner.h"
 

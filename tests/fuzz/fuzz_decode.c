@@ -25,7 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "internal.h"
+#include "init.h"
 #include "../c/walker.h"
 
 /* Must match FUZZ_KEY in tests/c/test_marshal.c. */
