@@ -342,6 +342,8 @@ void conc_waiter_init(selwait *sw, selnode *n, parker *p);
 int conc_wait_until(parker *p, struct cstate *cs, const deadline *d,
                     int (*done)(void *arg), void *arg, const char **why);
 
+/* A done for conc_wait_until: the selwait was claimed. */
+int conc_waiter_won(void *sw);
 int conc_sel_claim(selwait *sw, int index);
 /* Sets n's result and wakes its waiter, which may then go on without
 ** taking the object's lock again: its parker is held meanwhile. Read the

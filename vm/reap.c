@@ -174,7 +174,6 @@ static int reaper_watch(worker *w);
 ** look would have two selects on one child wake each other forever). A
 ** running child that no handle refers to any more goes to the reaper. */
 static void role_give(worker *w) {
-  selnode *n;
   int orphan;
   pthread_mutex_lock(&w->mu);
   orphan = atomic_load(&w->handles) == 0 && conc_worker_status(w) == W_RUNNING &&
@@ -185,10 +184,7 @@ static void role_give(worker *w) {
   w->busy = 0;
   if (w->contended) {
     w->contended = 0;
-    while ((n = w->waiters) != NULL) {
-      conc_selq_remove(&w->waiters, n);
-      conc_park_wake(n->sw->park);
-    }
+    conc_selq_nudge_all(&w->waiters);
   }
   pthread_mutex_unlock(&w->mu);
 }

@@ -184,45 +184,37 @@ void conc_worker_sel_delist(cobj *o, selnode *n) {
 ** any) is asked to stop. 1 ended, 0 timeout, -1 stop (why in *why); with
 ** 'watched', 2 when the thread watching the process gave that role up
 ** (the caller may take it). */
-int conc_worker_wait_end(parker *p, cstate *cs, worker *w, const deadline *d,
-                    const char **why, int watched) {
+typedef struct endwait {
   selwait sw;
   selnode n;
-  int r = 0;
-  sw.park = p;
-  atomic_init(&sw.won, 0);
-  memset(&n, 0, sizeof n);
-  n.sw = &sw;
-  if (conc_worker_sel_try(&w->obj, &n)) return 1;
-  for (;;) {
-    uint32_t seen = conc_park_seq(p);
-    if (atomic_load(&sw.won)) {
-      r = 1;
-      break;
-    }
-    if (watched) {
-      int gone;
-      pthread_mutex_lock(&w->mu);
-      /* unlinked by the watcher giving up; or it gave up before this
-      ** node was on the list, and nobody watches */
-      gone = !n.linked || !w->busy;
-      pthread_mutex_unlock(&w->mu);
-      if (gone) {
-        r = 2;
-        break;
-      }
-    }
-    if (cs && (*why = conc_cs_stopreason(cs)) != NULL) {
-      r = -1;
-      break;
-    }
-    if (conc_park_sleep(p, seen, d) == ETIMEDOUT && !atomic_load(&sw.won)) {
-      r = 0;
-      break;
-    }
-  }
-  conc_worker_sel_delist(&w->obj, &n);
-  if (atomic_load(&sw.won)) r = 1;
+  worker *w;
+  int watched;
+} endwait;
+
+static int end_done(void *arg) {
+  endwait *e = arg;
+  int gone;
+  if (atomic_load(&e->sw.won)) return 1;
+  if (!e->watched) return 0;
+  pthread_mutex_lock(&e->w->mu);
+  /* unlinked by the watcher giving up; or it gave up before this node
+  ** was on the list, and nobody watches */
+  gone = !e->n.linked || !e->w->busy;
+  pthread_mutex_unlock(&e->w->mu);
+  return gone ? 2 : 0;
+}
+
+int conc_worker_wait_end(parker *p, cstate *cs, worker *w, const deadline *d,
+                         const char **why, int watched) {
+  endwait e;
+  int r;
+  conc_waiter_init(&e.sw, &e.n, p);
+  e.w = w;
+  e.watched = watched;
+  if (conc_worker_sel_try(&w->obj, &e.n)) return 1;
+  r = conc_wait_until(p, cs, d, end_done, &e, why);
+  conc_worker_sel_delist(&w->obj, &e.n);
+  if (atomic_load(&e.sw.won)) r = 1;
   return r;
 }
 

@@ -109,6 +109,17 @@ int conc_thread_co_wrap(lua_State *L);
 int conc_thread_pcall(lua_State *L);
 int conc_thread_xpcall(lua_State *L);
 worker *conc_thread_current_worker(void);
+
+/* threadpool.c: a task for an OS thread of the pool. run gets a fresh
+** worker state (NULL when none could be made) and owns it; the task may
+** be freed by run. L is the pool's own. */
+typedef struct conc_task {
+  void (*run)(struct conc_task *t, lua_State *L);
+  lua_State *L;
+} conc_task;
+/* Runs t on an idle OS thread of the pool or a new one: 0, or an errno
+** (t was not run). */
+int conc_threadpool_start(conc_task *t);
 int conc_threadpool_idle(void);              /* idle OS threads in the pool */
 extern const kindinfo conc_thread_kind;
 
