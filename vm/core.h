@@ -61,6 +61,7 @@ typedef struct kindinfo {
   void (*destroy)(cobj *o);
   const luaL_Reg *methods;
   int (*index)(lua_State *L);      /* __index for fields, or NULL */
+  const char *const *fields;       /* their names (the REPL completes them) */
   int (*tostring)(lua_State *L);
   /* conc.select: take a ready value without blocking, or enlist 'n' to be
   ** told; see select.c for the protocol. */
@@ -94,6 +95,9 @@ void conc_obj_newmetatable(lua_State *L, struct cstate *cs, int kind);
 ** made it: object.c's table) of another process, a forked child's copy
 ** of its parent's: 1, with "channel 3" (kind and id) in buf. */
 int conc_obj_foreign(const cobj *o, char *buf, size_t n);
+/* The number that names o in messages: its kind's id, or its creation
+** number. */
+lua_Integer conc_obj_number(const cobj *o);
 /* Raises "<name> <id> belongs to another process" if o is foreign. */
 void conc_obj_checkhome(lua_State *L, cobj *o);
 

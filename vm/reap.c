@@ -228,7 +228,7 @@ static int proc_step(worker *w) {
 
 /* Waits for the child of w to end, on parker p; cs (may be NULL) can
 ** stop the wait. 1 ended, 0 deadline, -1 stop (*why). */
-int conc_process_wait(cstate *cs, parker *p, worker *w, const deadline *d,
+int conc_process_wait(parker *p, cstate *cs, worker *w, const deadline *d,
                  const char **why) {
   for (;;) {
     int r = role_take(w);

@@ -724,12 +724,10 @@ static const char *const keywords[] = {
     "function", "goto", "if", "in", "local", "nil", "not", "or", "repeat",
     "return", "then", "true", "until", "while", NULL};
 
-/* Fields of conc handles besides their methods (SPEC: t.id, p.pid...). */
+/* Fields of conc handles besides their methods (t.id, p.pid...). */
 static const char *const *handle_fields(int kind) {
-  static const char *const thread_f[] = {"id", "name", NULL};
-  static const char *const process_f[] = {"pid", "name", NULL};
   static const char *const none[] = {NULL};
-  return kind == K_THREAD ? thread_f : kind == K_PROCESS ? process_f : none;
+  return conc_kinds[kind]->fields ? conc_kinds[kind]->fields : none;
 }
 
 /* The __index table of the value at idx's metatable, pushed; 0 if none. */

@@ -492,7 +492,7 @@ int conc_thread_spawn(lua_State *L) {
   luaL_checktype(L, fi, LUA_TFUNCTION);
   m = conc_msg_encode(L, cs, fi, lua_gettop(L) - fi + 1, "spawn");
   j = calloc(1, sizeof *j);
-  w = j ? conc_worker_new(cs->rt, K_THREAD, name, daemon) : NULL;
+  w = j ? conc_worker_new(cs->rt, &conc_thread_ops, name, daemon) : NULL;
   if (w == NULL) {
     free(j);
     conc_msg_free(m);
@@ -518,77 +518,40 @@ int conc_thread_spawn(lua_State *L) {
 
 /* ------------------------------------------------------------ handle */
 
-static worker *check_thread(lua_State *L, int arg) {
-  worker *w = (worker *)conc_obj_check(L, arg, K_THREAD);
-  if (w->owner != conc_getpid())
-    luaL_error(L, "thread %I belongs to another process", (LUAI_UACINT)w->id);
-  return w;
-}
-
-static int thread_join(lua_State *L) {
-  cstate *cs = conc_cs(L);
-  worker *w = check_thread(L, 1);
-  deadline d;
-  if (cs->self == w) return luaL_error(L, "a thread cannot join itself");
-  conc_deadline_in(&d, -1);
-  conc_worker_wait(L, cs, w, &d);
-  return conc_worker_push_outcome(L, cs, w);
-}
-
-static int thread_wait(lua_State *L) {
-  cstate *cs = conc_cs(L);
-  worker *w = check_thread(L, 1);
-  deadline d;
-  double t = conc_opttimeout(L, 2);
-  if (cs->self == w && t < 0)
-    return luaL_error(L, "a thread cannot wait for itself");
-  conc_deadline_in(&d, t);
-  lua_pushboolean(L, conc_worker_wait(L, cs, w, &d));
-  return 1;
-}
-
-static int thread_status(lua_State *L) {
-  worker *w = check_thread(L, 1);
-  lua_pushstring(L, conc_worker_statusname(conc_worker_status(w)));
-  return 1;
-}
-
-static int thread_alive(lua_State *L) {
-  worker *w = check_thread(L, 1);
-  lua_pushboolean(L, conc_worker_status(w) == W_RUNNING);
-  return 1;
-}
-
 static int thread_cancel_m(lua_State *L) {
-  worker *w = check_thread(L, 1);
+  worker *w = (worker *)conc_obj_check(L, 1, K_THREAD);
+  if (w->owner != conc_getpid())
+    luaL_error(L, conc_thread_ops.notmine, (LUAI_UACINT)w->id);
   lua_pushboolean(L, conc_thread_cancel(w));
   return 1;
 }
 
-static int thread_index(lua_State *L) {
-  worker *w = (worker *)conc_obj_check(L, 1, K_THREAD);
-  const char *k = lua_tostring(L, 2);
-  if (k && strcmp(k, "id") == 0) lua_pushinteger(L, w->id);
-  else if (k && strcmp(k, "name") == 0) lua_pushstring(L, w->name);
-  else lua_pushnil(L);
-  return 1;
-}
-
-static int thread_tostring(lua_State *L) {
-  worker *w = (worker *)conc_obj_check(L, 1, K_THREAD);
-  lua_pushfstring(L, "<thread %I \"%s\" %s>", (LUAI_UACINT)w->id, w->name,
-                  conc_worker_statusname(conc_worker_status(w)));
-  return 1;
-}
-
 static const luaL_Reg thread_methods[] = {
-    {"join", thread_join},     {"wait", thread_wait},
-    {"status", thread_status}, {"alive", thread_alive},
-    {"cancel", thread_cancel_m}, {NULL, NULL}};
+    {"join", conc_worker_join},     {"wait", conc_worker_wait_m},
+    {"status", conc_worker_status_m}, {"alive", conc_worker_alive},
+    {"cancel", thread_cancel_m},    {NULL, NULL}};
 
 static lua_Integer thread_id(cobj *o) {
   return (lua_Integer)((worker *)o)->id;
 }
+
+static lua_Integer thread_number(worker *w) {
+  return (lua_Integer)w->id;
+}
+
+static int thread_wait_end(parker *p, cstate *cs, worker *w, const deadline *d,
+                           const char **why) {
+  return conc_worker_wait_end(p, cs, w, d, why, 0);
+}
+
+const workerops conc_thread_ops = {
+    .kind = K_THREAD,
+    .name = "thread",
+    .wait = thread_wait_end,
+    .stop = conc_thread_cancel,
+    .number = thread_number,
+    .numfield = "id",
+    .notmine = "thread %I belongs to another process"};
 
 const kindinfo conc_thread_kind = {
     .kind = K_THREAD,
@@ -597,8 +560,9 @@ const kindinfo conc_thread_kind = {
     .local = 1,
     .destroy = conc_worker_destroy,
     .methods = thread_methods,
-    .index = thread_index,
-    .tostring = thread_tostring,
+    .index = conc_worker_index,
+    .fields = (const char *const[]){"id", "name", NULL},
+    .tostring = conc_worker_tostring,
     .sel_try = conc_worker_sel_try,
     .sel_delist = conc_worker_sel_delist,
     .pinned = 1,
