@@ -258,6 +258,13 @@ void conc_paths_release(paths *p);
 const char *conc_errmsg(lua_State *L, int idx);
 void conc_cs_setfuncs(lua_State *L, cstate *cs, const luaL_Reg *l);
 void conc_cs_pushfunc(lua_State *L, cstate *cs, lua_CFunction f);
+/* Lua's Name (an identifier that is no reserved word): conc_isname for n
+** bytes, conc_isname_z for a string (NULL: no); conc_isnamechar for one
+** of its characters. For keys printed as t.key and completed. */
+int conc_isname(const char *s, size_t n);
+int conc_isname_z(const char *s);
+int conc_isnamechar(int c);
+extern const char *const conc_reserved[];   /* Lua's reserved words */
 /* The cstate of a state made by conclua_open, or NULL. */
 cstate *conc_cs_of(lua_State *L);
 /* The stop request pending for the state: "cancelled" for a cancelled

@@ -199,16 +199,6 @@ static void path_prepend(enc *e, const char *seg) {
   e->pathlen += sl;
 }
 
-static int isident(const char *s, size_t n) {
-  if (n == 0 || n > 40 || (s[0] >= '0' && s[0] <= '9')) return 0;
-  for (size_t i = 0; i < n; i++) {
-    unsigned char c = (unsigned char)s[i];
-    if (!(c == '_' || (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') ||
-          (c >= 'A' && c <= 'Z')))
-      return 0;
-  }
-  return 1;
-}
 
 /* The path segment for key at stack index k. */
 static void path_key(enc *e, int k) {
@@ -218,7 +208,7 @@ static void path_key(enc *e, int k) {
     case LUA_TSTRING: {
       size_t n;
       const char *s = lua_tolstring(L, k, &n);
-      if (isident(s, n))
+      if (n <= 40 && conc_isname(s, n))
         snprintf(seg, sizeof seg, ".%s", s);
       else
         snprintf(seg, sizeof seg, "[\"%.*s%s\"]", n > 30 ? 30 : (int)n, s,
