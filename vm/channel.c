@@ -206,11 +206,12 @@ static int chan_send(lua_State *L) {
   deadline d;
   const char *why = NULL;
   char err[512];
-  int result, room;
+  int result, room, r;
   luaL_argcheck(L, !lua_isnoneornil(L, 2), 2, "cannot send nil");
   t = conc_opttimeout(L, 3);
-  if (conc_marshal_encode(L, cs, 2, 1, &cs->scratch, 0, "value", err, sizeof err))
-    return conc_msg_raise(L, err);
+  if ((r = conc_marshal_encode(L, cs, 2, 1, &cs->scratch, 0, "value", err,
+                               sizeof err)) != 0)
+    return conc_msg_raise(L, r, err);
   o.m = NULL;
   o.p = cs->scratch.p;
   o.n = (uint32_t)cs->scratch.n;

@@ -405,7 +405,7 @@ int conc_process_child_main(int argc, char **argv, int (*open)(lua_State *L)) {
     lua_setfield(L, -2, "cpath");
     lua_pop(L, 1);
   }
-  n = conc_marshal_decode(L, cs, payload, (size_t)lens[3], NULL, 0, MARSHAL_REMOTE,
+  n = conc_marshal_decode(L, cs, payload, (size_t)lens[3], NULL, 0,
                      err, sizeof err);
   if (n < 1) {
     lua_pushfstring(L, "process %d (%s): %s", (int)getpid(), name, err);

@@ -144,9 +144,13 @@ void conc_msg_free_pending(struct cstate *cs);
 /* Raises Lua's own out-of-memory error message, "not enough memory", with
 ** no position in front (luaL_error would add the caller's). */
 int conc_nomem(lua_State *L);
-/* Raises a message of conc_marshal_encode or conc_marshal_decode: out of memory as
-** conc_nomem does, anything else like luaL_error. */
-int conc_msg_raise(lua_State *L, const char *err);
+/* What conc_marshal_encode and conc_marshal_decode return when memory
+** ran out (the message then says so too). */
+#define CONC_ENOMEM (-2)
+/* Raises a failure of conc_marshal_encode or conc_marshal_decode (its
+** return code and message): out of memory as conc_nomem does, anything
+** else like luaL_error. */
+int conc_msg_raise(lua_State *L, int code, const char *err);
 
 /* The keyed hash that guards bytecode; the key is per process tree. */
 void conc_marshal_key(unsigned char key[16]);
@@ -270,6 +274,8 @@ cstate *conc_cs_of(lua_State *L);
 /* The stop request pending for the state: "cancelled" for a cancelled
 ** worker, "interrupted!" after Ctrl-C; NULL when none. */
 const char *conc_cs_stopreason(cstate *cs);
+/* The two stop reasons it returns, told apart by address. */
+extern const char conc_why_cancelled[], conc_why_interrupted[];
 /* Raises the stop request (clearing an interrupt); only call when
 ** conc_cs_stopreason returned non-NULL, with no lock held. */
 int conc_cs_raisestop(lua_State *L, cstate *cs, const char *why);

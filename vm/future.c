@@ -137,7 +137,7 @@ static int fut_push_value(lua_State *L, cstate *cs, future *f) {
   int k;
   if (f->value == NULL) return 0;
   k = conc_marshal_decode(L, cs, f->value->data, f->value->n, f->value->refs,
-                     f->value->nrefs, 0, err, sizeof err);
+                     f->value->nrefs, err, sizeof err);
   if (k < 0) return luaL_error(L, "%s", err);
   return k;
 }

@@ -46,6 +46,9 @@ enum {
   T_OBJ, T_SHMOBJ
 };
 
+/* The encoder's reason when memory ran out: told apart by address. */
+static const char NOMEM[] = "not enough memory";
+
 /* ------------------------------------------------------------ integers */
 
 /* An integer is its tag and then 1, 2, 4 or 8 bytes, the fewest that
@@ -162,7 +165,7 @@ typedef struct enc {
 
 static int put(enc *e, const void *p, size_t n) {
   if (conc_mbuf_reserve(e->b, n)) {
-    e->why = "not enough memory";
+    e->why = NOMEM;
     return -1;
   }
   memcpy(e->b->p + e->b->n, p, n);
@@ -283,7 +286,7 @@ static int enc_int(enc *e, lua_Integer v) {
 
 static int enc_str(enc *e, int tag, const char *s, size_t n) {
   if (conc_mbuf_reserve(e->b, n + 11)) {
-    e->why = "not enough memory";
+    e->why = NOMEM;
     return -1;
   }
   if (putbyte(e, tag) || putvar(e, n)) return -1;
@@ -323,7 +326,7 @@ static int enc_meta(enc *e, int idx, size_t flagpos) {
     return 0;
   }
   e->inmeta--;
-  if (e->why && strcmp(e->why, "not enough memory") == 0) {
+  if (e->why == NOMEM) {
     lua_pop(L, 1);
     return -1;
   }
@@ -364,7 +367,7 @@ static int enc_table(enc *e, int idx) {
   while (lua_next(L, idx)) {
     int top = lua_gettop(L), isnum;
     if (e->b->cap - e->b->n < 9 && conc_mbuf_reserve(e->b, 4096)) {
-      e->why = "not enough memory";
+      e->why = NOMEM;
       lua_settop(L, top - 2);
       return -1;
     }
@@ -526,7 +529,7 @@ static int enc_obj(enc *e, int idx) {
   } else {
     int i = conc_mbuf_addref(e->b, o);
     if (i < 0) {
-      e->why = "not enough memory";
+      e->why = NOMEM;
       return -1;
     }
     if (putbyte(e, T_OBJ) || putbyte(e, o->kind)) return -1;
@@ -584,8 +587,8 @@ static int enc_value(enc *e, int idx) {
 
 static void enc_message(enc *e, const char *root, char *err, size_t errsz) {
   const char *sep = e->pathcut ? "..." : "";
-  if (e->why && strcmp(e->why, "not enough memory") == 0) {
-    snprintf(err, errsz, "not enough memory");   /* as Lua says it */
+  if (e->why == NOMEM) {
+    snprintf(err, errsz, "%s", NOMEM);   /* as Lua says it */
   } else if (e->badtype == NULL) {
     snprintf(err, errsz, "cannot transfer %s (%s%s%s)", e->why ? e->why : "value",
              root, sep, e->path);
@@ -679,8 +682,8 @@ int conc_marshal_encode(lua_State *L, cstate *cs, int first, int n, mbuf *b,
     r = encode_scalar(L, first, b);
     if (r == 0) return 0;
     if (r < 0) {
-      snprintf(err, errsz, "not enough memory");
-      return -1;
+      snprintf(err, errsz, "%s", NOMEM);
+      return CONC_ENOMEM;
     }
   }
   if (!lua_checkstack(L, n + 2)) {
@@ -712,12 +715,12 @@ int conc_marshal_encode(lua_State *L, cstate *cs, int first, int n, mbuf *b,
   if (st != LUA_OK) {
     conc_mbuf_free(&own);
     if (st == LUA_ERRMEM)
-      snprintf(err, errsz, "not enough memory");
+      snprintf(err, errsz, "%s", NOMEM);
     else
       snprintf(err, errsz, "cannot transfer values: %s",
                lua_isstring(L, -1) ? lua_tostring(L, -1) : "error");
     lua_pop(L, 1);
-    return -1;
+    return st == LUA_ERRMEM ? CONC_ENOMEM : -1;
   }
   *b = own;
   return a.r;
@@ -757,7 +760,7 @@ static int encode_values(lua_State *L, cstate *cs, int first, int n,
       lua_settop(L, top);
       conc_mbuf_reset(b);
       enc_message(&e, name, err, errsz);
-      return -1;
+      return e.why == NOMEM ? CONC_ENOMEM : -1;
     }
   }
   lua_settop(L, top);
@@ -765,8 +768,8 @@ static int encode_values(lua_State *L, cstate *cs, int first, int n,
 failed:
   lua_settop(L, top);
   conc_mbuf_reset(b);
-  snprintf(err, errsz, "not enough memory");
-  return -1;
+  snprintf(err, errsz, "%s", NOMEM);
+  return CONC_ENOMEM;
 }
 
 /* ------------------------------------------------------------ decoder */
@@ -777,7 +780,6 @@ typedef struct dec {
   const unsigned char *p, *end;
   cobj **refs;
   int nrefs;
-  int flags;
   int reftab;        /* stack index: ref number -> value */
   int nref;
   int depth;
@@ -1151,7 +1153,7 @@ static int dec_value(dec *d) {
 }
 
 int conc_marshal_decode(lua_State *L, cstate *cs, const char *p, size_t n,
-                   cobj **refs, int nrefs, int flags, char *err,
+                   cobj **refs, int nrefs, char *err,
                    size_t errsz) {
   dec d;
   uint64_t count;
@@ -1180,7 +1182,6 @@ int conc_marshal_decode(lua_State *L, cstate *cs, const char *p, size_t n,
   d.end = d.p + n;
   d.refs = refs;
   d.nrefs = nrefs;
-  d.flags = flags;
   if (getbyte(&d, &c) || c != MAGIC || getbyte(&d, &c) || c != VERSION) {
     bad(&d, "not a conclua message");
     goto failed;
@@ -1215,8 +1216,9 @@ msg *conc_msg_encode(lua_State *L, cstate *cs, int first, int n,
                 const char *root) {
   char err[512];
   msg *m;
-  if (conc_marshal_encode(L, cs, first, n, &cs->scratch, 0, root, err, sizeof err))
-    conc_msg_raise(L, err);
+  int r = conc_marshal_encode(L, cs, first, n, &cs->scratch, 0, root, err,
+                              sizeof err);
+  if (r != 0) conc_msg_raise(L, r, err);
   m = conc_msg_seal(&cs->scratch);
   if (m == NULL) {
     conc_mbuf_reset(&cs->scratch);
@@ -1225,17 +1227,17 @@ msg *conc_msg_encode(lua_State *L, cstate *cs, int first, int n,
   return m;
 }
 
-/* Decodes m onto L's stack (flags as for conc_marshal_decode) and frees it.
+/* Decodes m onto L's stack and frees it.
 ** Meanwhile m is on the state's pending list: a finalizer run by an
 ** allocation of the decoder may decode messages of its own, stacked
 ** above m; one cut short by a Lua error (out of memory) stays there, and
 ** is freed when the decode below it ends, or with the state. */
-int conc_msg_push_flags(lua_State *L, cstate *cs, msg *m, int flags) {
+int conc_msg_push(lua_State *L, cstate *cs, msg *m) {
   char err[160];
   int n;
   m->next = cs->pending;
   cs->pending = m;
-  n = conc_marshal_decode(L, cs, m->data, m->n, m->refs, m->nrefs, flags, err,
+  n = conc_marshal_decode(L, cs, m->data, m->n, m->refs, m->nrefs, err,
                      sizeof err);
   for (;;) {
     msg *top = cs->pending;
@@ -1243,10 +1245,7 @@ int conc_msg_push_flags(lua_State *L, cstate *cs, msg *m, int flags) {
     conc_msg_free(top);
     if (top == m) break;
   }
-  if (n < 0) conc_msg_raise(L, err);
+  if (n < 0) conc_msg_raise(L, n, err);
   return n;
 }
 
-int conc_msg_push(lua_State *L, cstate *cs, msg *m) {
-  return conc_msg_push_flags(L, cs, m, 0);
-}

@@ -232,8 +232,8 @@ int conc_nomem(lua_State *L) {
   return lua_error(L);
 }
 
-int conc_msg_raise(lua_State *L, const char *err) {
-  if (strcmp(err, "not enough memory") == 0) return conc_nomem(L);
+int conc_msg_raise(lua_State *L, int code, const char *err) {
+  if (code == CONC_ENOMEM) return conc_nomem(L);
   return luaL_error(L, "%s", err);
 }
 

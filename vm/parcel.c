@@ -98,7 +98,7 @@ static int parcel_unpack(lua_State *L) {
   int nrefs, k;
   char err[160];
   parcel_view(L, 1, &data, &n, &refs, &nrefs);
-  k = conc_marshal_decode(L, cs, data, n, refs, nrefs, 0, err, sizeof err);
+  k = conc_marshal_decode(L, cs, data, n, refs, nrefs, err, sizeof err);
   if (k < 0) {                        /* no position: the pool words it */
     lua_pushstring(L, err);
     return lua_error(L);

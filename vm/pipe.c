@@ -303,9 +303,9 @@ static int pipe_send(lua_State *L) {
   int r, timedout, started;
   luaL_argcheck(L, !lua_isnoneornil(L, 2), 2, "cannot send nil");
   t = conc_opttimeout(L, 3);
-  if (conc_marshal_encode(L, cs, 2, 1, &cs->scratch, MARSHAL_REMOTE, "value", err,
-                     sizeof err) != 0)
-    return conc_msg_raise(L, err);
+  if ((r = conc_marshal_encode(L, cs, 2, 1, &cs->scratch, MARSHAL_REMOTE,
+                               "value", err, sizeof err)) != 0)
+    return conc_msg_raise(L, r, err);
   claim_end(e);
   conc_deadline_in(&d, t);
   pthread_mutex_lock(&e->mu);
@@ -471,7 +471,7 @@ static int decode_body(lua_State *L) {
   decarg *a = lua_touserdata(L, 1);
   int n;
   lua_pop(L, 1);
-  n = conc_marshal_decode(L, a->cs, a->p, a->n, NULL, 0, MARSHAL_REMOTE, a->err,
+  n = conc_marshal_decode(L, a->cs, a->p, a->n, NULL, 0, a->err,
                      sizeof a->err);
   if (n < 0) {
     lua_pushstring(L, a->err);

@@ -85,6 +85,7 @@ static int spawn_too_late(lua_State *L, cstate *cs) {
 int conc_process_spawn(lua_State *L) {
   cstate *cs = conc_cs(L);
   const char *name = NULL, *start = "fork", *exe = NULL;
+  int spawn;                           /* start = "spawn": exec a conclua */
   int daemon = 0, fi = 1, n, rfd[2], lfd, lkept;
   char exebuf[512];
   worker *w;
@@ -97,7 +98,8 @@ int conc_process_spawn(lua_State *L) {
   if (strcmp(start, "fork") != 0 && strcmp(start, "spawn") != 0)
     return luaL_error(L, "bad option 'start' to 'spawn_process' ('fork' or "
                          "'spawn' expected, got '%s')", start);
-  if (start[0] == 's' && (exe = conclua_exe(exebuf, sizeof exebuf)) == NULL)
+  spawn = strcmp(start, "spawn") == 0;
+  if (spawn && (exe = conclua_exe(exebuf, sizeof exebuf)) == NULL)
     return luaL_error(L, "start = 'spawn' needs the conclua command: set "
                          "CONCLUA_EXE to its path");
   n = lua_gettop(L) - fi + 1;
@@ -115,7 +117,7 @@ int conc_process_spawn(lua_State *L) {
     conc_fd_close(rfd[1]);
     return luaL_error(L, "cannot start process: %s", strerror(e));
   }
-  if (start[0] == 's') {
+  if (spawn) {
     conc_spawn_exec(L, cs, w, fi, n, exe, rfd, lfd, lkept);
     pid = w->pid;
   } else {
@@ -256,7 +258,6 @@ static int process_stop(worker *w) {
 const workerops conc_process_ops = {
     .kind = K_PROCESS,
     .name = "process",
-    .decode_flags = MARSHAL_REMOTE,
     .wait = conc_process_wait,
     .poll = conc_process_poll,
     .stop = process_stop,

@@ -346,9 +346,9 @@ static int queue_send(lua_State *L) {
   int r;
   luaL_argcheck(L, !lua_isnoneornil(L, 2), 2, "cannot send nil");
   conc_deadline_in(&d, conc_opttimeout(L, 3));
-  if (conc_marshal_encode(L, cs, 2, 1, &cs->scratch, MARSHAL_REMOTE, "value", err,
-                     sizeof err) != 0)
-    return conc_msg_raise(L, err);
+  if ((r = conc_marshal_encode(L, cs, 2, 1, &cs->scratch, MARSHAL_REMOTE,
+                               "value", err, sizeof err)) != 0)
+    return conc_msg_raise(L, r, err);
   r = qput(L, q, cs, cs->scratch.p, cs->scratch.n, &d);
   conc_mbuf_reset(&cs->scratch);
   lua_pushboolean(L, r);
@@ -473,7 +473,7 @@ static int qget(lua_State *L, qhdr *h, cstate *cs, const deadline *d, msg **m) {
 }
 
 static int push_msg(lua_State *L, cstate *cs, msg *m) {
-  return conc_msg_push_flags(L, cs, m, MARSHAL_REMOTE);
+  return conc_msg_push(L, cs, m);
 }
 
 static int queue_recv_d(lua_State *L, double t) {

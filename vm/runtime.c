@@ -256,11 +256,14 @@ void conc_state_bind(lua_State *L, cstate *cs) {
   lua_rawsetp(L, LUA_REGISTRYINDEX, &CS_KEY);
 }
 
+const char conc_why_cancelled[] = "cancelled";
+const char conc_why_interrupted[] = "interrupted!";
+
 const char *conc_cs_stopreason(cstate *cs) {
   if (cs->cancel && atomic_load_explicit(cs->cancel, memory_order_acquire))
-    return "cancelled";
+    return conc_why_cancelled;
   if (atomic_load_explicit(&cs->interrupt, memory_order_acquire))
-    return "interrupted!";
+    return conc_why_interrupted;
   return NULL;
 }
 
@@ -268,7 +271,7 @@ static void host_wait(cstate *cs, int on);
 static void host_settle(cstate *cs);
 
 int conc_cs_raisestop(lua_State *L, cstate *cs, const char *why) {
-  if (why[0] == 'i') {
+  if (why == conc_why_interrupted) {
     atomic_store(&cs->interrupt, 0);
     lua_sethook(L, NULL, 0, 0);
     host_settle(cs);

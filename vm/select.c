@@ -32,7 +32,7 @@ int conc_sel_push_value(lua_State *L, cstate *cs, msg *m, const char *inl,
   char err[160];
   int k;
   if (m) return conc_msg_push(L, cs, m);
-  k = conc_marshal_decode(L, cs, inl, n, NULL, 0, 0, err, sizeof err);
+  k = conc_marshal_decode(L, cs, inl, n, NULL, 0, err, sizeof err);
   if (k < 0) return luaL_error(L, "%s", err);
   return k;
 }

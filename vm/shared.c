@@ -124,7 +124,7 @@ static int shared_index(lua_State *L) {
   conc_shtab_unlock(&o);
   if (r == 1 && c.nrefs == 0) {     /* a Lua error now leaves nothing held */
     char err[160];
-    int n = conc_marshal_decode(L, conc_cs(L), c.bytes, c.n, NULL, 0, 0, err,
+    int n = conc_marshal_decode(L, conc_cs(L), c.bytes, c.n, NULL, 0, err,
                            sizeof err);
     if (n < 0) return luaL_error(L, "%s", err);
     return n;

@@ -306,7 +306,7 @@ static int job_body(lua_State *L) {
   lua_settop(L, 0);
   conc_state_run_hooks(L, cs);
   lua_settop(L, 0);
-  n = conc_marshal_decode(L, cs, m->data, m->n, m->refs, m->nrefs, 0, err,
+  n = conc_marshal_decode(L, cs, m->data, m->n, m->refs, m->nrefs, err,
                      sizeof err);
   if (n < 1) return luaL_error(L, "%s", n < 0 ? err : "no function");
   lua_call(L, n - 1, LUA_MULTRET);

@@ -29,7 +29,7 @@ int conc_marshal_encode(lua_State *L, struct cstate *cs, int first, int n,
 ** how many, or -1 with a message in err (nothing pushed). Safe against
 ** any bytes. 'refs' must be the buffer's refs (local) or NULL (remote). */
 int conc_marshal_decode(lua_State *L, struct cstate *cs, const char *p, size_t n,
-                   cobj **refs, int nrefs, int flags, char *err, size_t errsz);
+                   cobj **refs, int nrefs, char *err, size_t errsz);
 /* If the n bytes at p are a message of one number: 1 integer (in *i),
 ** 2 float (in *f); else 0. */
 int conc_marshal_tonumber(const char *p, size_t n, lua_Integer *i, lua_Number *f);
@@ -41,7 +41,6 @@ void conc_marshal_number(char out[MARSHAL_NUMLEN], int isint, lua_Integer i,
 /* Decodes m into L and frees it; on failure raises with the message
 ** (m is freed either way). Returns the number of values pushed. */
 int conc_msg_push(lua_State *L, struct cstate *cs, msg *m);
-int conc_msg_push_flags(lua_State *L, struct cstate *cs, msg *m, int flags);
 /* Encodes n values into a message, raising a Lua error on failure. */
 msg *conc_msg_encode(lua_State *L, struct cstate *cs, int first, int n,
                 const char *root);

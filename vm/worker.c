@@ -319,8 +319,7 @@ int conc_worker_push_outcome(lua_State *L, cstate *cs, worker *w) {
     int n = 0;
     if (w->result) {
       n = conc_marshal_decode(L, cs, w->result->data, w->result->n,
-                         w->result->refs, w->result->nrefs,
-                         w->ops->decode_flags, err,
+                         w->result->refs, w->result->nrefs, err,
                          sizeof err);
       if (n < 0) return luaL_error(L, "%s", err);
     }
@@ -337,7 +336,6 @@ int conc_worker_push_outcome(lua_State *L, cstate *cs, worker *w) {
   if (w->result) {      /* a non-string error value, copied */
     int n = conc_marshal_decode(L, cs, w->result->data, w->result->n,
                            w->result->refs, w->result->nrefs,
-                           w->ops->decode_flags,
                            err, sizeof err);
     if (n < 0) return luaL_error(L, "%s", err);
     lua_settop(L, lua_gettop(L) - n + 1);

@@ -24,7 +24,6 @@ struct worker;
 typedef struct workerops {
   int kind;                    /* K_THREAD, K_PROCESS */
   const char *name;            /* "thread", "process" */
-  int decode_flags;            /* for its results (marshal.c's flags) */
   /* Waits for its end on p; cs (may be NULL) can stop the wait: 1 ended,
   ** 0 at the deadline, -1 on a stop request (*why). */
   int (*wait)(parker *p, struct cstate *cs, struct worker *w,
@@ -64,7 +63,6 @@ typedef struct worker {
   cstate *cs;                  /* a running thread's state */
   pthread_t tid;               /* the OS thread while running */
   int hastid;
-  const char *proc_waiting;    /* process: unused */
   struct worker *prev, *next;  /* rt list */
   /* processes */
   pid_t pid;

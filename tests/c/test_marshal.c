@@ -99,7 +99,8 @@ static int encode(lua_State *L, cstate *cs, int n, mbuf *b, int flags,
 
 static int decode(lua_State *L, cstate *cs, const mbuf *b, int flags,
                   char *err, size_t errsz) {
-  return conc_marshal_decode(L, cs, b->p, b->n, b->refs, b->nrefs, flags, err,
+  (void)flags;                  /* the decoder takes none: refs say it */
+  return conc_marshal_decode(L, cs, b->p, b->n, b->refs, b->nrefs, err,
                         errsz);
 }
 
@@ -150,7 +151,7 @@ static const char *roundtrip(const char *make, const char *verify, int bare) {
     return r;
   }
   if (bare) {
-    got = conc_marshal_decode(B, NULL, b.p, b.n, NULL, 0, 0, err, sizeof err);
+    got = conc_marshal_decode(B, NULL, b.p, b.n, NULL, 0, err, sizeof err);
     if (got != n) {
       conc_mbuf_free(&b);
       FAIL("decode in B gave %d values, wanted %d: %s", got, n,
@@ -396,7 +397,7 @@ static const char *t_libraries(void) {
     REQUIRE(encode(S, Scs, 1, &b, 0, "value", err, sizeof err) == 0, "%s",
             err);
     lua_pop(S, 1);
-    n = conc_marshal_decode(B, NULL, b.p, b.n, NULL, 0, 0, err, sizeof err);
+    n = conc_marshal_decode(B, NULL, b.p, b.n, NULL, 0, err, sizeof err);
     conc_mbuf_free(&b);
     REQUIRE(n == -1 && lua_gettop(B) == top, "conc.sleep decoded without a "
             "conclua state");
@@ -407,7 +408,7 @@ static const char *t_libraries(void) {
     REQUIRE(encode(S, Scs, 1, &b, 0, "value", err, sizeof err) == 0, "%s",
             err);
     lua_pop(S, 1);
-    n = conc_marshal_decode(B, NULL, b.p, b.n, NULL, 0, 0, err, sizeof err);
+    n = conc_marshal_decode(B, NULL, b.p, b.n, NULL, 0, err, sizeof err);
     conc_mbuf_free(&b);
     REQUIRE(n == -1 && lua_gettop(B) == top, "conc decoded in a bare state");
     REQUIRE(strcmp(err, "corrupt message (unknown library)") == 0,
@@ -479,7 +480,7 @@ static const char *t_objects(void) {
           "message: %s", err);
   /* without the buffer's refs: refused */
   top = lua_gettop(R);
-  n = conc_marshal_decode(R, Rcs, b.p, b.n, NULL, 0, 0, err, sizeof err);
+  n = conc_marshal_decode(R, Rcs, b.p, b.n, NULL, 0, err, sizeof err);
   REQUIRE(n == -1 && lua_gettop(R) == top, "objects decoded without refs");
   /* in R: one handle, the same object */
   n = decode(R, Rcs, &b, 0, err, sizeof err);
@@ -553,7 +554,7 @@ static const char *t_remote_objects(void) {
           "%s", err);
   lua_pop(S, 2);
   REQUIRE(b.nrefs == 0, "a remote message holds no local references");
-  n = conc_marshal_decode(R, Rcs, b.p, b.n, NULL, 0, MARSHAL_REMOTE, err,
+  n = conc_marshal_decode(R, Rcs, b.p, b.n, NULL, 0, err,
                      sizeof err);
   REQUIRE(n == 2, "decode: %s", err);
   REQUIRE(conc_obj_test(R, Rcs, -2) == o, "the same lock");
@@ -562,7 +563,7 @@ static const char *t_remote_objects(void) {
   if (r) { conc_mbuf_free(&b); return r; }
   fullgc(R);
   REQUIRE(refcount(o) == r0, "lookup reference given back: %d", refcount(o));
-  n = conc_marshal_decode(B, NULL, b.p, b.n, NULL, 0, MARSHAL_REMOTE, err,
+  n = conc_marshal_decode(B, NULL, b.p, b.n, NULL, 0, err,
                      sizeof err);
   REQUIRE(n == -1, "a remote object without a state");
   conc_mbuf_free(&b);
@@ -640,12 +641,12 @@ static const char *encode1(const char *code, mbuf *b) {
 static const char *want_error(const char *p, size_t n, const char *want) {
   char err[256];
   int top = lua_gettop(R), r;
-  r = conc_marshal_decode(R, Rcs, p, n, NULL, 0, 0, err, sizeof err);
+  r = conc_marshal_decode(R, Rcs, p, n, NULL, 0, err, sizeof err);
   REQUIRE(r == -1, "decoded %d values, wanted the error '%s'", r, want);
   REQUIRE(lua_gettop(R) == top, "values left after an error");
   REQUIRE(strstr(err, want) != NULL, "error \"%s\", wanted '%s'", err, want);
   top = lua_gettop(B);
-  r = conc_marshal_decode(B, NULL, p, n, NULL, 0, 0, err, sizeof err);
+  r = conc_marshal_decode(B, NULL, p, n, NULL, 0, err, sizeof err);
   REQUIRE(r == -1 && lua_gettop(B) == top, "B decoded what R refused");
   return NULL;
 }
@@ -750,7 +751,7 @@ static const char *t_deep_messages(void) {
     memcpy(deep + m, deep + n - 10, 10);
     m += 10;
     top = lua_gettop(R);
-    got = conc_marshal_decode(R, Rcs, deep, m, NULL, 0, 0, err, sizeof err);
+    got = conc_marshal_decode(R, Rcs, deep, m, NULL, 0, err, sizeof err);
     if (got != 1) {
       snprintf(why, sizeof why, "900 levels: %s", err);
       r = why;
@@ -970,11 +971,12 @@ static const char *feed(lua_State *L, cstate *cs, int walker, const char *p,
                         mstats *st) {
   char err[256];
   int top = lua_gettop(L), got;
+  (void)flags;                  /* the decoder takes none: refs say it */
   /* a block of exactly n bytes, so that ASan sees any read past the end */
   char *exact = malloc(n ? n : 1);
   REQUIRE(exact, "no memory");
   if (n) memcpy(exact, p, n);
-  got = conc_marshal_decode(L, cs, exact, n, refs, nrefs, flags, err, sizeof err);
+  got = conc_marshal_decode(L, cs, exact, n, refs, nrefs, err, sizeof err);
   free(exact);
   if (got < 0) {
     REQUIRE(lua_gettop(L) == top, "an error left %d values",

@@ -58,7 +58,7 @@ static int pdecode(lua_State *L) {
   lua_settop(L, 0);
   base = lua_gettop(L);
   c->result = conc_marshal_decode(L, c->cs, (const char *)c->p, c->n, c->refs,
-                             c->nrefs, c->flags, c->err, sizeof c->err);
+                             c->nrefs, c->err, sizeof c->err);
   if (c->result < 0) {
     if (lua_gettop(L) != base) abort();     /* an error pushes nothing */
     return 0;
