@@ -27,6 +27,9 @@ static const char *progname = PROGNAME;
 
 int conclua_repl(lua_State *L);      /* repl.c */
 
+/* Registry key of the base library's print, as luaL_openlibs made it. */
+#define CONCLUA_STOCK_PRINT "conclua.stock_print"
+
 static void print_usage(const char *badoption) {
   fprintf(stderr, "%s: ", progname);
   if (badoption[1] == 'e' || badoption[1] == 'l')
@@ -295,6 +298,8 @@ static int pmain(lua_State *L) {
     lua_setfield(L, LUA_REGISTRYINDEX, "LUA_NOENV");
   }
   luaL_openlibs(L);
+  lua_getglobal(L, "print");        /* the REPL tells it from a user's */
+  lua_setfield(L, LUA_REGISTRYINDEX, CONCLUA_STOCK_PRINT);
   conclua_open(L);
   /* Ctrl-C armed from the first chunk to the end of the wait at exit */
   conc_interrupt_target(cs_of(L));
@@ -329,6 +334,7 @@ int main(int argc, char **argv) {
   lua_State *L;
   if (argc >= 2 && strcmp(argv[1], "--conc-child") == 0)
     return process_child_main(argc, argv);
+  if (argv[0] && argv[0][0]) progname = argv[0];   /* as lua.c names itself */
   signal(SIGPIPE, SIG_IGN);
   conc_self_exe = "/proc/self/exe";
   L = luaL_newstate();
