@@ -27,9 +27,6 @@ static const char *progname = PROGNAME;
 
 int conclua_repl(lua_State *L);      /* repl.c */
 
-/* Registry key of the base library's print, as luaL_openlibs made it. */
-#define CONCLUA_STOCK_PRINT "conclua.stock_print"
-
 static void print_usage(const char *badoption) {
   fprintf(stderr, "%s: ", progname);
   if (badoption[1] == 'e' || badoption[1] == 'l')
@@ -298,8 +295,6 @@ static int pmain(lua_State *L) {
     lua_setfield(L, LUA_REGISTRYINDEX, "LUA_NOENV");
   }
   luaL_openlibs(L);
-  lua_getglobal(L, "print");        /* the REPL tells it from a user's */
-  lua_setfield(L, LUA_REGISTRYINDEX, CONCLUA_STOCK_PRINT);
   conclua_open(L);
   /* Ctrl-C armed from the first chunk to the end of the wait at exit */
   conc_interrupt_target(cs_of(L));

@@ -55,9 +55,6 @@ int pretty_push(lua_State *L, int idx, int width, int col);   /* pretty.c */
 int conclua_pcall(lua_State *L, int narg, int nres,
                   lua_CFunction msgh);                      /* main.c */
 
-/* Registry key of the base library's print (main.c stores it there). */
-#define CONCLUA_STOCK_PRINT "conclua.stock_print"
-
 #define HISTORY_MAX 1000      /* entries kept in the history file */
 #define NOTICE_MS 250         /* how often the prompt checks on workers */
 
@@ -704,15 +701,12 @@ static void report(lua_State *L) {
 
 /* Pushes the global print and returns 1 if results are to go through it:
 ** always without a terminal (as in lua5.4), and on a terminal when the
-** program replaced the stock print (by nil too); else pushes nothing. */
+** program replaced conclua's print (by nil too); else pushes nothing. */
 static int user_print(lua_State *L) {
-  int stock;
   lua_getglobal(L, "print");
-  if (!tty) return 1;
-  lua_getfield(L, LUA_REGISTRYINDEX, CONCLUA_STOCK_PRINT);
-  stock = lua_rawequal(L, -1, -2);
-  lua_pop(L, stock ? 2 : 1);
-  return !stock;
+  if (!tty || lua_tocfunction(L, -1) != conc_print) return 1;
+  lua_pop(L, 1);
+  return 0;
 }
 
 /* print's own error, as it is: the REPL says it came from print. */
