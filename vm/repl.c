@@ -723,7 +723,7 @@ static int call_print(lua_State *L, int n) {
   if (st != LUA_OK) {
     const char *msg = lua_tostring(L, -1);
     if (msg == NULL)
-      msg = lua_pushfstring(L, "(error object is a %s value)",
+      msg = lua_pushfstring(L, "error object is a %s value",
                             luaL_typename(L, -1));
     lua_pushfstring(L, "error calling 'print' (%s)", msg);
   }
