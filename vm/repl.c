@@ -32,8 +32,12 @@
 ** lists); after a call, only a conc constructor's result is known (the
 ** kind it makes). At end of input the loop says which workers it waits
 ** for, and Ctrl-C during that wait stops them.
-** Without a terminal there is no readline, no prompt and no history:
-** lines are read with getline and evaluated the same way.
+** Without a terminal there is no readline and no history: as in
+** lua5.4 -i, lines are read with getline after the prompt and shown as
+** lua5.4's readline shows them (the prompt, then the line read), and
+** results go through the global print. On a terminal they go through a
+** print the program replaced, else through the pretty-printer. A chunk's
+** first line "=e" is "return e" (as in lua5.4), on a terminal or not.
 */
 
 #include <errno.h>
