@@ -268,6 +268,11 @@ T.test("piped -i: results go through the global print, whatever it is", function
   T.eq(n, 2, err)
   out, err = piped_i([[-e "print = function() error({}) end"]], "1\n")
   T.ok(err:find("error calling 'print' (error object is a table value)", 1, true), err)
+  -- a lookup of print that raises is an error of print's, and the loop goes on
+  out, err = piped_i([[-e "setmetatable(_G, {__index = function(_, k) error('strict: ' .. k, 0) end}) print = nil"]],
+                     "1\nio.write('after\\n')\n")
+  T.ok(err:find("error calling 'print' (strict: print)", 1, true), err)
+  T.ok(out:find("\nafter\n", 1, true), out)
 end)
 
 T.test("a failed require says what lua5.4 says; a conc.* name also says it is not built in", function()

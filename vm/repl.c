@@ -703,13 +703,27 @@ static void report(lua_State *L) {
   lua_pop(L, 1);
 }
 
-/* Pushes the global print and returns 1 if results are to go through it:
-** always without a terminal (as in lua5.4), and on a terminal when the
-** program replaced conclua's print (by nil too); else pushes nothing. */
+/* Whether results are to go through the global print: always without a
+** terminal (as in lua5.4), and on a terminal when the program replaced
+** conclua's print (by nil too). A raw read: no code of the program runs
+** outside a protected call. */
 static int user_print(lua_State *L) {
+  int stock;
+  if (!tty) return 1;
+  lua_pushglobaltable(L);
+  lua_pushliteral(L, "print");
+  lua_rawget(L, -2);
+  stock = lua_tocfunction(L, -1) == conc_print;
+  lua_pop(L, 2);
+  return !stock;
+}
+
+/* print(...) with the global print, found as lua5.4 finds it. */
+static int print_k(lua_State *L) {
+  int n = lua_gettop(L);
   lua_getglobal(L, "print");
-  if (!tty || lua_tocfunction(L, -1) != conc_print) return 1;
-  lua_pop(L, 1);
+  lua_insert(L, 1);
+  lua_call(L, n, 0);
   return 0;
 }
 
@@ -719,10 +733,13 @@ static int print_msgh(lua_State *L) {
   return 1;
 }
 
-/* Calls the print below the n results on top, as lua5.4 does; on error,
-** leaves the message "error calling 'print' (...)" on top. */
+/* Prints the n results on top through print_k; on error, leaves the
+** message "error calling 'print' (...)" on top. */
 static int call_print(lua_State *L, int n) {
-  int st = conclua_pcall(L, n, 0, print_msgh);
+  int st;
+  lua_pushcfunction(L, print_k);
+  lua_insert(L, -(n + 1));
+  st = conclua_pcall(L, n, 0, print_msgh);
   settle_interrupt(L);
   if (st != LUA_OK) {
     const char *msg = lua_tostring(L, -1);
@@ -751,7 +768,6 @@ static void evaluate(lua_State *L) {
       lua_pushliteral(L, "too many results to print");
       st = LUA_ERRRUN;
     } else if (user_print(L)) {
-      lua_insert(L, base + 1);
       st = call_print(L, n);
     } else {
       lua_pushcfunction(L, show_k);
