@@ -717,6 +717,14 @@ T.test("the pretty printer's corners", function()
   end)
 end)
 
+T.test("on a terminal too, '=' on a chunk's first line is 'return'", function()
+  session(function(t)
+    T.eq(t:run("=1 + 1"), "2")
+    T.eq(t:run("= {k = 'v'}"), '{k = "v"}')
+    T.eq(t:run("="), "")
+  end)
+end)
+
 T.test("on a terminal, results go through a print the program replaced", function()
   session({args = [[-e "print = function(...) io.write('[', select('#', ...), '] ', tostring((...)), '\\n') end" -i]]},
           function(t)
