@@ -1,7 +1,8 @@
 # conclua: Lua 5.4 with threads and processes.
 #
 #   make demo      build, then run scripts/demo.lua
-#   make test      build, then run the whole suite
+#   make test      build, check the layers, then run the whole suite
+#   make layers    vm/ depends only downward, no unprefixed global
 #   make asan      the suite under AddressSanitizer + UBSan
 #   make tsan      the thread and channel tests under ThreadSanitizer
 #   make stress    concurrency tests in loops of many runs
@@ -41,12 +42,13 @@ STDLIB = $(shell find stdlib -name '*.lua' 2>/dev/null | sort)
 VERSION = $(shell sed -n 's/^\#define CONCLUA_VERSION "conclua \(.*\)"/\1/p' vm/conclua.h)
 CTESTS = $(patsubst tests/c/%.c,$(BUILD)/tests/%,$(wildcard tests/c/test_*.c))
 HEADERS = $(wildcard vm/*.h)
+SOVERSION = 0
 
-.PHONY: all deps test-deps demo test check asan tsan stress fuzz bench \
+.PHONY: all deps test-deps demo test check layers asan tsan stress fuzz bench \
         conformance install uninstall clean
 
 all: $(BUILD)/conclua $(BUILD)/libconclua.a $(BUILD)/libconclua.so \
-     $(BUILD)/conc.so $(CTESTS)
+     $(BUILD)/conc.so $(CTESTS) $(BUILD)/tests/test_hostnames_so
 
 $(BUILD)/obj/%.o: vm/%.c $(HEADERS) | $(BUILD)/obj
 	$(CC) $(CFLAGS) -c $< -o $@
@@ -67,9 +69,14 @@ $(BUILD)/libconclua.a: $(LIB_OBJ)
 	rm -f $@
 	ar rcs $@ $(LIB_OBJ)
 
-$(BUILD)/libconclua.so: $(LIB_OBJ)
-	$(CC) -shared -Wl,-soname,libconclua.so -o $@ $(LIB_OBJ) $(LDFLAGS) \
-	  $(LUA_LIBS) -ldl -lm
+# the shared library's soname carries its ABI version; libconclua.so is
+# the link for -lconclua
+$(BUILD)/libconclua.so.$(SOVERSION): $(LIB_OBJ)
+	$(CC) -shared -Wl,-soname,libconclua.so.$(SOVERSION) -o $@ $(LIB_OBJ) \
+	  $(LDFLAGS) $(LUA_LIBS) -ldl -lm
+
+$(BUILD)/libconclua.so: $(BUILD)/libconclua.so.$(SOVERSION)
+	ln -sf libconclua.so.$(SOVERSION) $@
 
 # the module for lua5.4: Lua's symbols come from the interpreter
 $(BUILD)/conc.so: $(LIB_OBJ)
@@ -84,6 +91,12 @@ $(BUILD)/tests/%: tests/c/%.c $(BUILD)/libconclua.a $(HEADERS) \
                   $(wildcard tests/c/*.h)
 	$(CC) $(CFLAGS) -Ivm $< -o $@ $(BUILD)/libconclua.a $(LDFLAGS) \
 	  $(CTEST_LDFLAGS) $(LUA_LIBS) -ldl -lm
+
+# the host-names test once more, against the shared library
+$(BUILD)/tests/test_hostnames_so: tests/c/test_hostnames.c \
+                                  $(BUILD)/libconclua.so $(wildcard tests/c/*.h)
+	$(CC) $(CFLAGS) -Ivm $< -o $@ -L$(BUILD) -lconclua \
+	  -Wl,-rpath,'$$ORIGIN/..' $(LDFLAGS) $(LUA_LIBS) -ldl -lm
 
 # the out-of-memory test puts an allocator that fails on demand in front
 # of the library's own malloc calls (the Lua library is a shared one: its
@@ -121,8 +134,13 @@ demo: deps
 # ------------------------------------------------------------ tests
 
 test: test-deps
-	@$(MAKE) --no-print-directory all
+	@$(MAKE) --no-print-directory all layers
 	@CONCLUA_BUILD=$(BUILD) $(BUILD)/conclua tests/run.lua
+
+# no file of vm/ uses one of a layer above its own, and every global of
+# the library is conclua_*, luaopen_conc* or conc_* (vm/tools/layers.sh)
+layers: $(LIB_OBJ) $(BIN_OBJ)
+	@sh vm/tools/layers.sh $(BUILD)/obj && echo "layers: ok"
 
 check: test
 
@@ -175,7 +193,9 @@ install: all
 	  $(DESTDIR)$(PREFIX)/lib/lua/5.4 $(DESTDIR)$(PREFIX)/share/lua/5.4/conc
 	install -m 755 $(BUILD)/conclua $(DESTDIR)$(PREFIX)/bin/conclua
 	install -m 644 $(BUILD)/libconclua.a $(DESTDIR)$(PREFIX)/lib/libconclua.a
-	install -m 755 $(BUILD)/libconclua.so $(DESTDIR)$(PREFIX)/lib/libconclua.so
+	install -m 755 $(BUILD)/libconclua.so.$(SOVERSION) \
+	  $(DESTDIR)$(PREFIX)/lib/libconclua.so.$(SOVERSION)
+	ln -sf libconclua.so.$(SOVERSION) $(DESTDIR)$(PREFIX)/lib/libconclua.so
 	install -m 644 vm/conclua.h $(DESTDIR)$(PREFIX)/include/conclua.h
 	install -m 755 $(BUILD)/conc.so $(DESTDIR)$(PREFIX)/lib/lua/5.4/conc.so
 	for f in $(STDLIB); do \
@@ -187,6 +207,7 @@ install: all
 uninstall:
 	rm -f $(DESTDIR)$(PREFIX)/bin/conclua $(DESTDIR)$(PREFIX)/lib/libconclua.a \
 	  $(DESTDIR)$(PREFIX)/lib/libconclua.so $(DESTDIR)$(PREFIX)/include/conclua.h \
+	  $(DESTDIR)$(PREFIX)/lib/libconclua.so.$(SOVERSION) \
 	  $(DESTDIR)$(PREFIX)/lib/lua/5.4/conc.so \
 	  $(DESTDIR)$(PREFIX)/lib/pkgconfig/conclua.pc
 	rm -rf $(DESTDIR)$(PREFIX)/share/lua/5.4/conc

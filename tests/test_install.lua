@@ -136,12 +136,12 @@ T.test("the host program, linked to libconclua.so", function()
   must(env .. "cc -Wall -Wextra -Werror docs/examples/host.c" .. sanflags ..
        " $(pkg-config --cflags --libs conclua) -o " .. q(exe))
   local dyn = must("readelf -d " .. q(exe))
-  T.ok(dyn:find("NEEDED.-%[libconclua%.so%]"), dyn)
+  T.ok(dyn:find("NEEDED.-%[libconclua%.so%.0%]"), dyn)
   T.ok(dyn:find("R[UN]*PATH.-%[" .. (prefix .. "/lib"):gsub("%p", "%%%0") ..
                 "%]"), dyn)
   local ldd = must(env .. "ldd " .. q(exe))
-  T.ok(ldd:find("libconclua.so => " .. prefix .. "/lib/libconclua.so", 1,
-                true), ldd)
+  T.ok(ldd:find("libconclua.so.0 => " .. prefix .. "/lib/libconclua.so.0",
+                1, true), ldd)
   check_host(exe)
 end)
 

@@ -21,7 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "internal.h"
+#include "os.h"
 
 #define SMALL 2048
 #define FINE 256                  /* 8-byte classes up to here, then 64 */
@@ -124,9 +124,9 @@ static void warnf(void *ud, const char *msg, int tocont) {
   }
 }
 
-/* A new state with its own arena; close it with state_close. The arena's
+/* A new state with its own arena; close it with conc_state_close. The arena's
 ** record sits at the start of its block: one malloc in all. */
-lua_State *state_new(void) {
+lua_State *conc_state_new(void) {
   char *block = malloc(ARENA);
   size_t hdr = (sizeof(arena) + 15) & ~(size_t)15;
   arena *a;
@@ -147,7 +147,7 @@ lua_State *state_new(void) {
   return L;
 }
 
-void state_close(lua_State *L) {
+void conc_state_close(lua_State *L) {
   void *ud;
   lua_Alloc f = lua_getallocf(L, &ud);
   lua_close(L);

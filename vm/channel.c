@@ -20,7 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "internal.h"
+#include "modules.h"
 
 
 /* A ring slot: a small value inline (no malloc), or a sealed message. */
@@ -57,14 +57,14 @@ typedef struct offer {
 
 static void chan_destroy(cobj *o) {
   chan *c = (chan *)o;
-  objreg_remove(&c->link);
+  conc_fork_unregister(&c->link);
   for (size_t i = 0; i < c->len; i++)
-    msg_free(c->ring[(c->head + i) % c->ringsz].m);
+    conc_msg_free(c->ring[(c->head + i) % c->ringsz].m);
   free(c->ring);
   free(c);
 }
 
-int chan_new(lua_State *L) {
+int conc_chan_new(lua_State *L) {
   cstate *cs = conc_cs(L);
   lua_Integer cap = -1;
   chan *c;
@@ -75,20 +75,20 @@ int chan_new(lua_State *L) {
   c = aligned_alloc(64, (sizeof *c + 63) & ~(size_t)63);
   if (c == NULL) return luaL_error(L, "not enough memory");
   memset(c, 0, sizeof *c);
-  obj_init(&c->obj, K_CHANNEL);
-  cmutex_init(&c->mu);
+  conc_obj_init(&c->obj, K_CHANNEL);
+  conc_cmutex_init(&c->mu);
   c->cap = cap;
   atomic_init(&c->len, 0);
   atomic_init(&c->closed, 0);
   atomic_init(&c->spin, 0);
-  objreg_add_cm(&c->link, &c->mu);
-  obj_push(L, cs, &c->obj);
-  obj_release(&c->obj);             /* the handle holds it now */
+  conc_fork_register_cm(&c->link, &c->mu);
+  conc_obj_push(L, cs, &c->obj);
+  conc_obj_release(&c->obj);             /* the handle holds it now */
   return 1;
 }
 
 static chan *check_chan(lua_State *L) {
-  return (chan *)obj_check(L, 1, K_CHANNEL);
+  return (chan *)conc_obj_check(L, 1, K_CHANNEL);
 }
 
 /* Whether the ring has room for one more message; grows it if needed.
@@ -139,10 +139,10 @@ static cslot *ring_pop(chan *c) {
 static int hand_to_receiver(chan *c, const offer *o) {
   selnode *n;
   while ((n = c->recvq) != NULL) {
-    selq_remove(&c->recvq, n);
-    if (sel_claim(n->sw, n->index)) {
+    conc_selq_remove(&c->recvq, n);
+    if (conc_sel_claim(n->sw, n->index)) {
       place(&n->m, &n->inln, n->inl, o);
-      sel_deliver(n, SEL_VALUE);
+      conc_sel_deliver(n, SEL_VALUE);
       return 1;
     }
   }
@@ -153,13 +153,13 @@ static int hand_to_receiver(chan *c, const offer *o) {
 static int take_from_sender(chan *c, msg **m, uint32_t *n, char *inl) {
   selnode *s = c->sendq;
   if (s == NULL) return 0;
-  selq_remove(&c->sendq, s);
-  sel_claim(s->sw, 0);
+  conc_selq_remove(&c->sendq, s);
+  conc_sel_claim(s->sw, 0);
   *m = s->m;
   *n = s->inln;
   if (s->m == NULL) memcpy(inl, s->inl, s->inln);
   s->m = NULL;
-  sel_deliver(s, SEL_TAKEN);
+  conc_sel_deliver(s, SEL_TAKEN);
   return 1;
 }
 
@@ -203,41 +203,41 @@ static int chan_send(lua_State *L) {
   int result, room;
   luaL_argcheck(L, !lua_isnoneornil(L, 2), 2, "cannot send nil");
   t = conc_opttimeout(L, 3);
-  if (marshal_encode(L, cs, 2, 1, &cs->scratch, 0, "value", err, sizeof err))
-    return msg_raise(L, err);
+  if (conc_marshal_encode(L, cs, 2, 1, &cs->scratch, 0, "value", err, sizeof err))
+    return conc_msg_raise(L, err);
   o.m = NULL;
   o.p = cs->scratch.p;
   o.n = (uint32_t)cs->scratch.n;
   if (cs->scratch.n > SEL_INLINE || cs->scratch.nrefs > 0) {
-    o.m = msg_seal(&cs->scratch);
+    o.m = conc_msg_seal(&cs->scratch);
     if (o.m == NULL) {
-      mbuf_reset(&cs->scratch);
+      conc_mbuf_reset(&cs->scratch);
       return conc_nomem(L);
     }
   }
-  cmutex_lock(&c->mu);
+  conc_cmutex_lock(&c->mu);
   if (atomic_load_explicit(&c->closed, memory_order_relaxed)) {
-    cmutex_unlock(&c->mu);
-    msg_free(o.m);
-    mbuf_reset(&cs->scratch);
+    conc_cmutex_unlock(&c->mu);
+    conc_msg_free(o.m);
+    conc_mbuf_reset(&cs->scratch);
     return luaL_error(L, "send on a closed channel");
   }
   room = hand_to_receiver(c, &o) ? 2 : c->cap != 0 ? ring_room(c) : 0;
   if (room == 1) ring_push(c, &o);
   if (room != 0) {
-    cmutex_unlock(&c->mu);
-    mbuf_reset(&cs->scratch);
+    conc_cmutex_unlock(&c->mu);
+    conc_mbuf_reset(&cs->scratch);
     if (room > 0) {
       lua_pushboolean(L, 1);
       return 1;
     }
-    msg_free(o.m);            /* an unbounded ring that cannot grow */
+    conc_msg_free(o.m);            /* an unbounded ring that cannot grow */
     return conc_nomem(L);
   }
   if (t == 0) {
-    cmutex_unlock(&c->mu);
-    msg_free(o.m);
-    mbuf_reset(&cs->scratch);
+    conc_cmutex_unlock(&c->mu);
+    conc_msg_free(o.m);
+    conc_mbuf_reset(&cs->scratch);
     lua_pushboolean(L, 0);
     return 1;
   }
@@ -247,33 +247,33 @@ static int chan_send(lua_State *L) {
   memset(&n, 0, sizeof n);
   n.sw = &sw;
   place(&n.m, &n.inln, n.inl, &o);
-  mbuf_reset(&cs->scratch);
-  selq_push(&c->sendq, &n);
-  cmutex_unlock(&c->mu);
-  deadline_in(&d, t);
-  cs_waiting(cs, "send");
+  conc_mbuf_reset(&cs->scratch);
+  conc_selq_push(&c->sendq, &n);
+  conc_cmutex_unlock(&c->mu);
+  conc_deadline_in(&d, t);
+  conc_cs_waiting(cs, "send");
   for (;;) {
-    uint32_t seen = park_seq(&cs->park);
+    uint32_t seen = conc_park_seq(&cs->park);
     if (n.result != SEL_NONE) break;   /* set last, after the value */
-    if ((why = cs_stopreason(cs)) != NULL) break;
-    if (park_sleep(&cs->park, seen, &d) == ETIMEDOUT) break;
+    if ((why = conc_cs_stopreason(cs)) != NULL) break;
+    if (conc_park_sleep(&cs->park, seen, &d) == ETIMEDOUT) break;
   }
-  cs_waiting(cs, NULL);
+  conc_cs_waiting(cs, NULL);
   result = n.result;            /* set last by a receiver or a close */
   if (result == SEL_NONE) {
-    cmutex_lock(&c->mu);
-    if (n.linked) selq_remove(&c->sendq, &n);
+    conc_cmutex_lock(&c->mu);
+    if (n.linked) conc_selq_remove(&c->sendq, &n);
     result = n.result;
-    cmutex_unlock(&c->mu);
+    conc_cmutex_unlock(&c->mu);
   }
   o.m = n.m;                    /* NULL once a receiver took it */
   if (result == SEL_TAKEN) {
     lua_pushboolean(L, 1);
     return 1;
   }
-  msg_free(o.m);
+  conc_msg_free(o.m);
   if (result == SEL_CLOSED) return luaL_error(L, "send on a closed channel");
-  if (why) return cs_raisestop(L, cs, why);
+  if (why) return conc_cs_raisestop(L, cs, why);
   lua_pushboolean(L, 0);
   return 1;
 }
@@ -288,18 +288,18 @@ static int chan_recv_d(lua_State *L, cstate *cs, chan *c, double t) {
   deadline d;
   const char *why = NULL;
   int r, result;
-  cmutex_lock(&c->mu);
+  conc_cmutex_lock(&c->mu);
   r = take(c, &m, &len, inl);
   if (r == 0 && t != 0) {
     /* spin a little: a sender on another core may be just about to send */
-    cmutex_unlock(&c->mu);
+    conc_cmutex_unlock(&c->mu);
     conc_spin(&c->spin, chan_ready, c);
-    cmutex_lock(&c->mu);
+    conc_cmutex_lock(&c->mu);
     r = take(c, &m, &len, inl);
   }
   if (r != 0 || t == 0) {
-    cmutex_unlock(&c->mu);
-    if (r > 0) return sel_push_value(L, cs, m, inl, len);
+    conc_cmutex_unlock(&c->mu);
+    if (r > 0) return conc_sel_push_value(L, cs, m, inl, len);
     lua_pushnil(L);
     lua_pushstring(L, r < 0 ? "closed" : "timeout");
     return 2;
@@ -308,34 +308,34 @@ static int chan_recv_d(lua_State *L, cstate *cs, chan *c, double t) {
   atomic_init(&sw.won, 0);
   memset(&n, 0, sizeof n);
   n.sw = &sw;
-  selq_push(&c->recvq, &n);
-  cmutex_unlock(&c->mu);
-  deadline_in(&d, t);
-  cs_waiting(cs, "recv");
+  conc_selq_push(&c->recvq, &n);
+  conc_cmutex_unlock(&c->mu);
+  conc_deadline_in(&d, t);
+  conc_cs_waiting(cs, "recv");
   for (;;) {
-    uint32_t seen = park_seq(&cs->park);
+    uint32_t seen = conc_park_seq(&cs->park);
     if (n.result != SEL_NONE) break;   /* set last, after the value */
-    if ((why = cs_stopreason(cs)) != NULL) break;
-    if (park_sleep(&cs->park, seen, &d) == ETIMEDOUT) break;
+    if ((why = conc_cs_stopreason(cs)) != NULL) break;
+    if (conc_park_sleep(&cs->park, seen, &d) == ETIMEDOUT) break;
   }
-  cs_waiting(cs, NULL);
+  conc_cs_waiting(cs, NULL);
   /* a sender that handed a value over unlinked the node, filled it, then
   ** set its result: nothing left to do under the lock (and the woken
   ** thread does not fight the sender for it) */
   result = n.result;
   if (result == SEL_NONE) {
-    cmutex_lock(&c->mu);
-    if (n.linked) selq_remove(&c->recvq, &n);
+    conc_cmutex_lock(&c->mu);
+    if (n.linked) conc_selq_remove(&c->recvq, &n);
     result = n.result;
-    cmutex_unlock(&c->mu);
+    conc_cmutex_unlock(&c->mu);
   }
-  if (result == SEL_VALUE) return sel_push(L, cs, &n);
+  if (result == SEL_VALUE) return conc_sel_push(L, cs, &n);
   if (result == SEL_CLOSED) {
     lua_pushnil(L);
     lua_pushliteral(L, "closed");
     return 2;
   }
-  if (why) return cs_raisestop(L, cs, why);
+  if (why) return conc_cs_raisestop(L, cs, why);
   lua_pushnil(L);
   lua_pushliteral(L, "timeout");
   return 2;
@@ -349,17 +349,17 @@ static int chan_recv(lua_State *L) {
 static int chan_close(lua_State *L) {
   chan *c = check_chan(L);
   selnode *n;
-  cmutex_lock(&c->mu);
+  conc_cmutex_lock(&c->mu);
   atomic_store(&c->closed, 1);
   while ((n = c->recvq) != NULL) {
-    selq_remove(&c->recvq, n);
-    sel_deliver(n, SEL_CLOSED);
+    conc_selq_remove(&c->recvq, n);
+    conc_sel_deliver(n, SEL_CLOSED);
   }
   while ((n = c->sendq) != NULL) {
-    selq_remove(&c->sendq, n);
-    sel_deliver(n, SEL_CLOSED);
+    conc_selq_remove(&c->sendq, n);
+    conc_sel_deliver(n, SEL_CLOSED);
   }
-  cmutex_unlock(&c->mu);
+  conc_cmutex_unlock(&c->mu);
   return 0;
 }
 
@@ -408,26 +408,26 @@ static int chan_tostring(lua_State *L) {
 ** takes nothing from here. */
 static int chan_sel_try(cobj *o, selnode *n) {
   chan *c = (chan *)o;
-  cmutex_lock(&c->mu);
+  conc_cmutex_lock(&c->mu);
   if (atomic_load_explicit(&c->len, memory_order_relaxed) > 0 || c->sendq) {
-    if (sel_claim(n->sw, n->index) && take(c, &n->m, &n->inln, n->inl) > 0)
+    if (conc_sel_claim(n->sw, n->index) && take(c, &n->m, &n->inln, n->inl) > 0)
       n->result = SEL_VALUE;
-    cmutex_unlock(&c->mu);
+    conc_cmutex_unlock(&c->mu);
     return 1;
   }
   if (atomic_load_explicit(&c->closed, memory_order_relaxed))
     n->result = SEL_CLOSED;
   else
-    selq_push(&c->recvq, n);
-  cmutex_unlock(&c->mu);
+    conc_selq_push(&c->recvq, n);
+  conc_cmutex_unlock(&c->mu);
   return 0;
 }
 
 static void chan_sel_delist(cobj *o, selnode *n) {
   chan *c = (chan *)o;
-  cmutex_lock(&c->mu);
-  if (n->linked) selq_remove(&c->recvq, n);
-  cmutex_unlock(&c->mu);
+  conc_cmutex_lock(&c->mu);
+  if (n->linked) conc_selq_remove(&c->recvq, n);
+  conc_cmutex_unlock(&c->mu);
 }
 
 static const luaL_Reg chan_methods[] = {
@@ -435,7 +435,15 @@ static const luaL_Reg chan_methods[] = {
     {"len", chan_len},     {"iter", chan_iter},     {"closed", chan_closed},
     {NULL, NULL}};
 
-const kindinfo channel_kind = {
-    "conc.channel", "channel", 0, 1, chan_destroy, chan_methods, NULL,
-    chan_tostring, chan_sel_try, chan_sel_delist, NULL, NULL};
+const kindinfo conc_channel_kind = {
+    .kind = K_CHANNEL,
+    .tname = "conc.channel",
+    .name = "channel",
+    .local = 1,
+    .destroy = chan_destroy,
+    .methods = chan_methods,
+    .tostring = chan_tostring,
+    .sel_try = chan_sel_try,
+    .sel_delist = chan_sel_delist,
+    .pinned = 1};
 

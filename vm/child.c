@@ -24,7 +24,7 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
-#include "internal.h"
+#include "workers.h"
 
 #ifndef CONCLUA_BINDIR
 #define CONCLUA_BINDIR "/usr/local/bin"
@@ -72,7 +72,7 @@ static void child_send(int fd, int failed, const char *emsg, size_t elen,
       iov[i].iov_len -= (size_t)w;
     }
   }
-  fd_close(fd);
+  conc_fd_close(fd);
 }
 
 static int child_rfd = -1;     /* where a child's os.exit reports from */
@@ -82,7 +82,7 @@ static int child_rfd = -1;     /* where a child's os.exit reports from */
 ** it from its initial signal mask, which has SIGINT blocked. */
 static _Atomic int children_ignore_sigint;
 
-void process_ignore_sigint(int on) {
+void conc_process_ignore_sigint(int on) {
   atomic_store(&children_ignore_sigint, on);
 }
 
@@ -90,15 +90,15 @@ void process_ignore_sigint(int on) {
 ** parent's exit handlers are not the child's to run. */
 static int child_exit(lua_State *L) {
   int code;
-  cstate *cs = cs_of(L);
+  cstate *cs = conc_cs_of(L);
   if (lua_isboolean(L, 1))
     code = lua_toboolean(L, 1) ? EXIT_SUCCESS : EXIT_FAILURE;
   else
     code = (int)luaL_optinteger(L, 1, EXIT_SUCCESS);
-  if (child_rfd >= 0) fd_close(child_rfd);
+  if (child_rfd >= 0) conc_fd_close(child_rfd);
   if (cs) {
-    rt_waitall(cs->rt, NULL);
-    rt_shutdown(cs->rt);       /* its daemons: cancelled, or SIGTERM */
+    conc_rt_waitall(cs->rt, NULL);
+    conc_rt_shutdown(cs->rt);       /* its daemons: cancelled, or SIGTERM */
   }
   fflush(NULL);
   _exit(code);
@@ -107,7 +107,7 @@ static int child_exit(lua_State *L) {
 
 /* Runs the n values at L[first..] as fn(args...) in this (child) process,
 ** reports to fd and exits. */
-void child_run(lua_State *L, cstate *cs, worker *w, int fd, int first,
+void conc_child_run(lua_State *L, cstate *cs, worker *w, int fd, int first,
                       int n, const sigset_t *mask) {
   int base, st, nres = 0, failed = 0;
   lua_State *co;
@@ -133,11 +133,11 @@ void child_run(lua_State *L, cstate *cs, worker *w, int fd, int first,
   if (mask) pthread_sigmask(SIG_SETMASK, mask, NULL);
   child_rfd = fd;
   /* this process's runtime: the parent's workers are not its own */
-  rt_forget_workers(cs->rt);
+  conc_rt_forget_workers(cs->rt);
   cs->self = w;
   w->owner = conc_getpid();
   atomic_store(&cs->interrupt, 0);
-  thread_set_current(L);
+  conc_tls_L = L;
   /* os.exit reports like a return would not: exit status only */
   lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
   if (lua_getfield(L, -1, LUA_OSLIBNAME) == LUA_TTABLE) {
@@ -151,17 +151,17 @@ void child_run(lua_State *L, cstate *cs, worker *w, int fd, int first,
   base = lua_gettop(L);
   for (int i = 0; i < n; i++) lua_pushvalue(L, first + i);
   lua_xmove(L, co, n);
-  thread_set_current(co);
+  conc_tls_L = co;
   st = lua_resume(co, L, n - 1, &nres);
-  thread_set_current(L);
+  conc_tls_L = L;
   if (st == LUA_YIELD) {
     lua_settop(co, 0);
     lua_pushliteral(co, "attempt to yield from outside a coroutine");
     st = LUA_ERRRUN;
   }
-  mbuf_init(&out);
+  conc_mbuf_init(&out);
   if (st == LUA_OK) {
-    if (marshal_encode(co, cs, lua_gettop(co) - nres + 1, nres, &out,
+    if (conc_marshal_encode(co, cs, lua_gettop(co) - nres + 1, nres, &out,
                        MARSHAL_REMOTE, "results[%d]", err, sizeof err) != 0) {
       lua_pushfstring(L, "process %d (%s): %s", (int)getpid(), w->name, err);
       failed = 1;
@@ -169,9 +169,9 @@ void child_run(lua_State *L, cstate *cs, worker *w, int fd, int first,
   } else {
     int e = lua_gettop(co);
     if (lua_type(co, e) != LUA_TSTRING &&
-        marshal_encode(co, cs, e, 1, &out, MARSHAL_REMOTE, "error", err,
+        conc_marshal_encode(co, cs, e, 1, &out, MARSHAL_REMOTE, "error", err,
                        sizeof err) != 0)
-      mbuf_reset(&out);
+      conc_mbuf_reset(&out);
     lua_pushvalue(co, e);
     lua_xmove(co, L, 1);
     conc_errmsg(L, -1);
@@ -190,8 +190,8 @@ void child_run(lua_State *L, cstate *cs, worker *w, int fd, int first,
   }
   child_rfd = -1;
   if (cs->rt->head) {                /* it spawned workers */
-    rt_waitall(cs->rt, NULL);
-    rt_shutdown(cs->rt);               /* its daemons: cancelled, or SIGTERM */
+    conc_rt_waitall(cs->rt, NULL);
+    conc_rt_shutdown(cs->rt);               /* its daemons: cancelled, or SIGTERM */
   }
   fflush(NULL);
   _exit(failed ? 1 : 0);
@@ -240,7 +240,7 @@ const char *conclua_exe(char *buf, size_t n) {
 /* Everything a fresh conclua needs, in one pipe write: key, id, name,
 ** package paths, then fn and its arguments. Hands lfd, the lifeline
 ** read end for the child (or -1), back, whatever happens. */
-int spawn_exec(lua_State *L, cstate *cs, worker *w, int fi, int n,
+int conc_spawn_exec(lua_State *L, cstate *cs, worker *w, int fi, int n,
                       const char *exe, int rfd[2], int lfd, int lkept) {
   int jfd[2];
   char err[512], fdarg[3][16];
@@ -249,21 +249,21 @@ int spawn_exec(lua_State *L, cstate *cs, worker *w, int fi, int n,
   char *path = NULL, *cpath = NULL;
   uint64_t lens[4];
   pid_t pid;
-  mbuf_init(&b);
-  if (marshal_encode(L, cs, fi, n, &b, MARSHAL_REMOTE | MARSHAL_NOSHM, "spawn",
+  conc_mbuf_init(&b);
+  if (conc_marshal_encode(L, cs, fi, n, &b, MARSHAL_REMOTE | MARSHAL_NOSHM, "spawn",
                      err, sizeof err) != 0) {
-    mbuf_free(&b);
-    fd_close(rfd[0]);
-    fd_close(rfd[1]);
-    lifeline_given(lfd, lkept, -1);
+    conc_mbuf_free(&b);
+    conc_fd_close(rfd[0]);
+    conc_fd_close(rfd[1]);
+    conc_lifeline_given(lfd, lkept, -1);
     return luaL_error(L, "%s", err);
   }
-  if (fd_pipe(jfd) != 0) {
+  if (conc_fd_pipe(jfd) != 0) {
     int e = errno;
-    mbuf_free(&b);
-    fd_close(rfd[0]);
-    fd_close(rfd[1]);
-    lifeline_given(lfd, lkept, -1);
+    conc_mbuf_free(&b);
+    conc_fd_close(rfd[0]);
+    conc_fd_close(rfd[1]);
+    conc_lifeline_given(lfd, lkept, -1);
     return luaL_error(L, "cannot start process: %s", strerror(e));
   }
   lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
@@ -313,34 +313,34 @@ int spawn_exec(lua_State *L, cstate *cs, worker *w, int fi, int n,
       errno = e;
     }
   }
-  fd_close(jfd[0]);
-  fd_close(rfd[1]);
-  lifeline_given(lfd, lkept, pid);
+  conc_fd_close(jfd[0]);
+  conc_fd_close(rfd[1]);
+  conc_lifeline_given(lfd, lkept, pid);
   if (pid < 0) {
     int e = errno;
-    fd_close(jfd[1]);
-    fd_close(rfd[0]);
-    mbuf_free(&b);
+    conc_fd_close(jfd[1]);
+    conc_fd_close(rfd[0]);
+    conc_mbuf_free(&b);
     free(path);
     free(cpath);
     return luaL_error(L, "cannot start process: %s", strerror(e));
   }
   w->pid = pid;
-  marshal_key(key);
+  conc_marshal_key(key);
   lens[0] = (uint64_t)strlen(w->name);
   lens[1] = path ? strlen(path) : 0;
   lens[2] = cpath ? strlen(cpath) : 0;
   lens[3] = b.n;
   /* the child may die first: EPIPE is fine, the reaper reports it */
-  if (fd_write_all(jfd[1], key, sizeof key) == 0 &&
-      fd_write_all(jfd[1], &w->id, sizeof w->id) == 0 &&
-      fd_write_all(jfd[1], lens, sizeof lens) == 0 &&
-      fd_write_all(jfd[1], w->name, (size_t)lens[0]) == 0 &&
-      (!lens[1] || fd_write_all(jfd[1], path, (size_t)lens[1]) == 0) &&
-      (!lens[2] || fd_write_all(jfd[1], cpath, (size_t)lens[2]) == 0))
-    fd_write_all(jfd[1], b.p, b.n);
-  fd_close(jfd[1]);
-  mbuf_free(&b);
+  if (conc_fd_write_all(jfd[1], key, sizeof key) == 0 &&
+      conc_fd_write_all(jfd[1], &w->id, sizeof w->id) == 0 &&
+      conc_fd_write_all(jfd[1], lens, sizeof lens) == 0 &&
+      conc_fd_write_all(jfd[1], w->name, (size_t)lens[0]) == 0 &&
+      (!lens[1] || conc_fd_write_all(jfd[1], path, (size_t)lens[1]) == 0) &&
+      (!lens[2] || conc_fd_write_all(jfd[1], cpath, (size_t)lens[2]) == 0))
+    conc_fd_write_all(jfd[1], b.p, b.n);
+  conc_fd_close(jfd[1]);
+  conc_mbuf_free(&b);
   free(path);
   free(cpath);
   return 0;
@@ -350,7 +350,7 @@ int spawn_exec(lua_State *L, cstate *cs, worker *w, int fi, int n,
 
 /* The child side of start = "spawn": conclua --conc-child JOBFD RESFD
 ** LIFELINEFD. */
-int process_child_main(int argc, char **argv) {
+int conc_process_child_main(int argc, char **argv, int (*open)(lua_State *L)) {
   int jfd, rfd, lfd, n;
   unsigned char key[16];
   int64_t id;
@@ -365,15 +365,15 @@ int process_child_main(int argc, char **argv) {
   lfd = atoi(argv[4]);
   if (lfd >= 0) {                      /* first of all */
     fcntl(lfd, F_SETFD, FD_CLOEXEC);
-    lifeline_arm(lfd, getpid());
+    conc_lifeline_arm(lfd, getpid());
   }
   jfd = atoi(argv[2]);
   rfd = atoi(argv[3]);
   fcntl(jfd, F_SETFD, FD_CLOEXEC);
   fcntl(rfd, F_SETFD, FD_CLOEXEC);
-  if (fd_read_full(jfd, key, sizeof key) != sizeof key ||
-      fd_read_full(jfd, &id, sizeof id) != sizeof id ||
-      fd_read_full(jfd, lens, sizeof lens) != sizeof lens ||
+  if (conc_fd_read_full(jfd, key, sizeof key) != sizeof key ||
+      conc_fd_read_full(jfd, &id, sizeof id) != sizeof id ||
+      conc_fd_read_full(jfd, lens, sizeof lens) != sizeof lens ||
       lens[0] > 4096 || lens[1] > 65536 || lens[2] > 65536)
     return 3;
   name = calloc(1, (size_t)lens[0] + 1);
@@ -381,20 +381,20 @@ int process_child_main(int argc, char **argv) {
   cpath = calloc(1, (size_t)lens[2] + 1);
   if (!name || !path || !cpath) return 3;
   /* the payload's length is the pipe's word: read as it comes */
-  if (fd_read_full(jfd, name, (size_t)lens[0]) != (ssize_t)lens[0] ||
-      fd_read_full(jfd, path, (size_t)lens[1]) != (ssize_t)lens[1] ||
-      fd_read_full(jfd, cpath, (size_t)lens[2]) != (ssize_t)lens[2] ||
-      fd_read_alloc(jfd, (size_t)lens[3], &payload) != 0)
+  if (conc_fd_read_full(jfd, name, (size_t)lens[0]) != (ssize_t)lens[0] ||
+      conc_fd_read_full(jfd, path, (size_t)lens[1]) != (ssize_t)lens[1] ||
+      conc_fd_read_full(jfd, cpath, (size_t)lens[2]) != (ssize_t)lens[2] ||
+      conc_fd_read_alloc(jfd, (size_t)lens[3], &payload) != 0)
     return 3;
-  fd_close(jfd);
-  marshal_setkey(key);
+  conc_fd_close(jfd);
+  conc_marshal_setkey(key);
   L = luaL_newstate();
   if (L == NULL) return 3;
   luaL_openlibs(L);
-  conclua_open(L);
-  cs = cs_of(L);
+  open(L);
+  cs = conc_cs_of(L);
   r = cs->rt;
-  w = worker_new(r, WK_PROCESS, name, 0);
+  w = conc_worker_new(r, K_PROCESS, name, 0);
   if (w == NULL) return 3;
   w->id = id;
   if (lens[1]) {
@@ -405,7 +405,7 @@ int process_child_main(int argc, char **argv) {
     lua_setfield(L, -2, "cpath");
     lua_pop(L, 1);
   }
-  n = marshal_decode(L, cs, payload, (size_t)lens[3], NULL, 0, MARSHAL_REMOTE,
+  n = conc_marshal_decode(L, cs, payload, (size_t)lens[3], NULL, 0, MARSHAL_REMOTE,
                      err, sizeof err);
   if (n < 1) {
     lua_pushfstring(L, "process %d (%s): %s", (int)getpid(), name, err);
@@ -416,6 +416,6 @@ int process_child_main(int argc, char **argv) {
   free(name);
   free(path);
   free(cpath);
-  child_run(L, cs, w, rfd, lua_gettop(L) - n + 1, n, NULL);
+  conc_child_run(L, cs, w, rfd, lua_gettop(L) - n + 1, n, NULL);
   return 0;
 }

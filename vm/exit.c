@@ -28,7 +28,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "internal.h"
+#include "workers.h"
 
 #define STOP_GRACE 1.0         /* seconds the stopped get before SIGKILL */
 
@@ -38,10 +38,10 @@ static int wait_one(worker *w, cstate *cs, const deadline *d) {
   const char *why;
   parker own, *p = cs ? &cs->park : &own;
   int r;
-  if (cs == NULL) park_init(&own);
-  if (w->obj.kind == K_PROCESS) r = process_wait(cs, p, w, d, &why);
-  else r = worker_wait_end(p, cs, w, d, &why, 0);
-  if (cs == NULL) park_destroy(&own);
+  if (cs == NULL) conc_park_init(&own);
+  if (w->obj.kind == K_PROCESS) r = conc_process_wait(cs, p, w, d, &why);
+  else r = conc_worker_wait_end(p, cs, w, d, &why, 0);
+  if (cs == NULL) conc_park_destroy(&own);
   return r;
 }
 
@@ -65,7 +65,7 @@ static void report_one(worker *w) {
 /* Prints the failures nobody joined, once each (not those of workers a
 ** Ctrl-C stopped: the stop said so already); returns how many of them
 ** were not daemons (what conclua_wait reports). */
-int rt_report_failures(rt *r) {
+int conc_rt_report_failures(rt *r) {
   int count = 0;
   for (;;) {
     worker *w, *found = NULL;
@@ -73,11 +73,11 @@ int rt_report_failures(rt *r) {
     pthread_mutex_lock(&r->mu);
     for (w = r->head; w; w = w->next) {
       pthread_mutex_lock(&w->mu);
-      if (worker_isfailure(w->status) && !w->joined && !w->reported) {
+      if (conc_worker_isfailure(w->status) && !w->joined && !w->reported) {
         w->reported = 1;
         quiet = w->stopped;
         found = w;
-        obj_retain(&w->obj);
+        conc_obj_retain(&w->obj);
       }
       pthread_mutex_unlock(&w->mu);
       if (found) break;
@@ -88,8 +88,8 @@ int rt_report_failures(rt *r) {
       report_one(found);
       if (!found->daemon) count++;
     }
-    worker_unregister(found);
-    obj_release(&found->obj);
+    conc_worker_unregister(found);
+    conc_obj_release(&found->obj);
   }
   return count;
 }
@@ -99,7 +99,7 @@ int rt_report_failures(rt *r) {
 /* A running worker of this process that the exit waits for. */
 static int awaited(worker *w) {
   return !w->daemon && (!w->owner || w->owner == conc_getpid()) &&
-         worker_status(w) == W_RUNNING;
+         conc_worker_status(w) == W_RUNNING;
 }
 
 /* Waits for the awaited workers of r but 'self' (may be NULL); 1 when cs
@@ -109,30 +109,30 @@ static int wait_awaited(rt *r, worker *self, cstate *cs) {
   for (;;) {
     worker *w, *found = NULL;
     deadline d;
-    if (cs && cs_stopreason(cs)) return 1;
+    if (cs && conc_cs_stopreason(cs)) return 1;
     pthread_mutex_lock(&r->mu);
     for (w = r->stopped ? NULL : r->head; w; w = w->next) {
       if (w != self && awaited(w)) {
         found = w;
-        obj_retain(&w->obj);
+        conc_obj_retain(&w->obj);
         break;
       }
     }
     pthread_mutex_unlock(&r->mu);
     if (found == NULL) return 0;
-    deadline_in(&d, -1);
+    conc_deadline_in(&d, -1);
     wait_one(found, cs, &d);
-    obj_release(&found->obj);
+    conc_obj_release(&found->obj);
   }
 }
 
-int rt_waitall_cs(rt *r, worker *self, cstate *cs) {
+int conc_rt_waitall_cs(rt *r, worker *self, cstate *cs) {
   wait_awaited(r, self, cs);
-  return rt_report_failures(r);
+  return conc_rt_report_failures(r);
 }
 
-int rt_waitall(rt *r, worker *self) {
-  return rt_waitall_cs(r, self, NULL);
+int conc_rt_waitall(rt *r, worker *self) {
+  return conc_rt_waitall_cs(r, self, NULL);
 }
 
 /* Appends 'thread 3 "w"' or 'process 412 "p"' to buf (size n, *used
@@ -151,14 +151,14 @@ static void describe(char *buf, size_t n, size_t *used, worker *w,
 }
 
 /* How many workers the exit waits for, oldest first in buf (if any). */
-int rt_awaited(rt *r, char *buf, size_t n) {
+int conc_rt_awaited(rt *r, char *buf, size_t n) {
   int count;
   size_t used = 0;
-  worker **v = rt_pick(r, awaited, &count);
+  worker **v = conc_rt_pick(r, awaited, &count);
   if (buf && n) buf[0] = '\0';
   for (int i = count - 1; i >= 0; i--) {
     if (buf && n) describe(buf, n, &used, v[i], i == count - 1);
-    obj_release(&v[i]->obj);
+    conc_obj_release(&v[i]->obj);
   }
   free(v);
   return count;
@@ -192,7 +192,7 @@ static int rt_stop(rt *r, cstate *cs, const char *prog) {
   pthread_mutex_lock(&r->mu);
   r->stopped = 1;
   pthread_mutex_unlock(&r->mu);
-  v = rt_pick(r, stoppable, &n);
+  v = conc_rt_pick(r, stoppable, &n);
   for (int i = n - 1; i >= 0; i--)              /* oldest first */
     if (!v[i]->daemon) describe(names, sizeof names, &used, v[i], listed++ == 0);
   if (listed) {
@@ -205,18 +205,18 @@ static int rt_stop(rt *r, cstate *cs, const char *prog) {
     pthread_mutex_lock(&w->mu);
     w->stopped = 1;
     pthread_mutex_unlock(&w->mu);
-    if (w->obj.kind == K_THREAD) thread_cancel(w);
-    else process_signal(w, SIGTERM);
+    if (w->obj.kind == K_THREAD) conc_thread_cancel(w);
+    else conc_process_signal(w, SIGTERM);
   }
-  deadline_in(&d, STOP_GRACE);
+  conc_deadline_in(&d, STOP_GRACE);
   for (int i = n - 1; i >= 0 && !cut; i--)
     if (wait_one(v[i], cs, &d) < 0) cut = 1;    /* a second Ctrl-C */
   for (int i = n - 1; i >= 0; i--) {
     worker *w = v[i];
-    if (worker_status(w) != W_RUNNING) continue;
+    if (conc_worker_status(w) != W_RUNNING) continue;
     if (w->obj.kind == K_PROCESS) {
-      deadline_in(&d, STOP_GRACE);
-      process_signal(w, SIGKILL);
+      conc_deadline_in(&d, STOP_GRACE);
+      conc_process_signal(w, SIGKILL);
       wait_one(w, NULL, &d);
       if (!w->daemon && !cut)
         fprintf(stderr, "%s: process %d \"%s\" ignored SIGTERM: killed\n",
@@ -228,7 +228,7 @@ static int rt_stop(rt *r, cstate *cs, const char *prog) {
     }
   }
   fflush(stderr);
-  for (int i = 0; i < n; i++) obj_release(&v[i]->obj);
+  for (int i = 0; i < n; i++) conc_obj_release(&v[i]->obj);
   free(v);
   return listed;
 }
@@ -239,16 +239,16 @@ static int rt_stop(rt *r, cstate *cs, const char *prog) {
 ** Returns 2 when the run is to end by Ctrl-C (exit status 130): the
 ** wait was interrupted, or the chunk was and workers were stopped; 1
 ** when an earlier call decided so; else 0. */
-void (*rt_exit_hook)(rt *r);
+void (*conc_rt_exit_hook)(rt *r);
 
-int rt_exit_wait(rt *r, cstate *cs, int interrupted, const char *prog) {
+int conc_rt_exit_wait(rt *r, cstate *cs, int interrupted, const char *prog) {
   int stop = 0, done, was;
   if (cs) {
     conc_interrupt_target(cs);
     if (conc_interrupt_take(cs)) stop = 1;      /* came before the arming */
     conc_interrupt_install(1);
   }
-  if (rt_exit_hook && !stop && !interrupted) rt_exit_hook(r);   /* pools */
+  if (conc_rt_exit_hook && !stop && !interrupted) conc_rt_exit_hook(r);   /* pools */
   if (!stop && !interrupted) stop = wait_awaited(r, NULL, cs);
   pthread_mutex_lock(&r->mu);
   done = r->stopped;                            /* by an earlier call */
@@ -261,7 +261,7 @@ int rt_exit_wait(rt *r, cstate *cs, int interrupted, const char *prog) {
     conc_interrupt_install(0);
     conc_interrupt_take(cs);
   }
-  rt_report_failures(r);
+  conc_rt_report_failures(r);
   pthread_mutex_lock(&r->mu);
   was = r->sigint_exit;
   if (stop) r->sigint_exit = 1;
@@ -278,19 +278,45 @@ static int own_thread(worker *w) {
 /* After the wait at exit: cancel daemon threads (and give them a moment
 ** to unwind, unless a stop gave them theirs already), signal daemon
 ** processes. */
-void rt_shutdown(rt *r) {
+void conc_rt_shutdown(rt *r) {
   int n, stopped;
-  worker **v = rt_pick(r, own_thread, &n);
+  worker **v = conc_rt_pick(r, own_thread, &n);
   deadline d;
   pthread_mutex_lock(&r->mu);
   stopped = r->stopped;
   pthread_mutex_unlock(&r->mu);
-  for (int i = 0; i < n; i++) thread_cancel(v[i]);
-  deadline_in(&d, stopped ? 0 : 1.0);
+  for (int i = 0; i < n; i++) conc_thread_cancel(v[i]);
+  conc_deadline_in(&d, stopped ? 0 : 1.0);
   for (int i = 0; i < n; i++) {
     wait_one(v[i], NULL, &d);
-    obj_release(&v[i]->obj);
+    conc_obj_release(&v[i]->obj);
   }
   free(v);
-  process_stop_daemons(r);
+  conc_process_stop_daemons(r);
+}
+
+/* At exit: runtimes whose host state was never closed (os.exit, a host
+** that exits without lua_close) still wait for their workers. Not when a
+** worker thread itself calls exit: others may be waiting for it (a join),
+** so waiting for them could wait forever; daemons are still stopped.
+** In the conclua command a Ctrl-C during that wait stops the workers,
+** and the process then ends with status 130 (exit.c). */
+void conc_rt_exit_all(void) {
+  int from_worker = conc_thread_current_worker() != NULL;
+  for (;;) {
+    rt *found = conc_rt_take_unexited();
+    if (found == NULL) return;
+    if (from_worker) {
+      conc_process_stop_daemons(found);
+    } else {
+      int ctrlc = conc_rt_exit_wait(found, conc_interrupt_for(found), 0,
+                               "conclua");
+      conc_rt_shutdown(found);
+      if (ctrlc == 2) {
+        fflush(NULL);
+        _exit(128 + SIGINT);
+      }
+    }
+    conc_rt_release(found);
+  }
 }

@@ -17,13 +17,13 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "internal.h"
+#include "os.h"
 
-int fd_pipe(int fds[2]) {
+int conc_fd_pipe(int fds[2]) {
   return pipe2(fds, O_CLOEXEC);
 }
 
-int fd_socketpair(int fds[2]) {
+int conc_fd_socketpair(int fds[2]) {
   return socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds);
 }
 
@@ -56,7 +56,7 @@ static ssize_t write_nosigpipe(int fd, const void *p, size_t n) {
 
 /* Writes all n bytes. On a socket, send() with MSG_NOSIGNAL so a closed
 ** peer is EPIPE, not a signal; on anything else write_nosigpipe(). */
-int fd_write_all(int fd, const void *p, size_t n) {
+int conc_fd_write_all(int fd, const void *p, size_t n) {
   const char *c = p;
   int sock = 1;
   while (n > 0) {
@@ -80,7 +80,7 @@ int fd_write_all(int fd, const void *p, size_t n) {
   return 0;
 }
 
-ssize_t fd_read_full(int fd, void *p, size_t n) {
+ssize_t conc_fd_read_full(int fd, void *p, size_t n) {
   char *c = p;
   size_t got = 0;
   while (got < n) {
@@ -98,7 +98,7 @@ ssize_t fd_read_full(int fd, void *p, size_t n) {
 /* The length is the writer's word: the buffer grows with what came (at
 ** most doubling it, or 64 KiB), so a length never backed by bytes costs
 ** no more than the bytes that did come. */
-int fd_read_alloc(int fd, size_t n, char **out) {
+int conc_fd_read_alloc(int fd, size_t n, char **out) {
   size_t got = 0;
   char *p = NULL;
   *out = NULL;
@@ -110,7 +110,7 @@ int fd_read_alloc(int fd, size_t n, char **out) {
     np = realloc(p, cap ? cap : 1);
     if (np == NULL) break;
     p = np;
-    r = fd_read_full(fd, p + got, cap - got);
+    r = conc_fd_read_full(fd, p + got, cap - got);
     if (r < 0 || (size_t)r != cap - got) break;
     got = cap;
     if (got == n) {
@@ -122,21 +122,21 @@ int fd_read_alloc(int fd, size_t n, char **out) {
   return -1;
 }
 
-int fd_set_nonblock(int fd, int on) {
+int conc_fd_set_nonblock(int fd, int on) {
   int fl = fcntl(fd, F_GETFL);
   if (fl < 0) return -1;
   fl = on ? (fl | O_NONBLOCK) : (fl & ~O_NONBLOCK);
   return fcntl(fd, F_SETFL, fl);
 }
 
-void fd_close(int fd) {
+void conc_fd_close(int fd) {
   int saved = errno;
   if (fd >= 0) close(fd);
   errno = saved;
 }
 
 /* Counts the entries of /proc/self/fd, minus the one opendir uses. */
-int fd_count(void) {
+int conc_fd_count(void) {
   DIR *d = opendir("/proc/self/fd");
   struct dirent *e;
   int n = 0;

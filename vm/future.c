@@ -24,7 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "internal.h"
+#include "modules.h"
 
 enum { F_PENDING, F_RUNNING, F_DONE, F_FAILED, F_CANCELLED };
 
@@ -45,16 +45,16 @@ static _Atomic uint64_t settles;     /* futures settled so far */
 
 static void future_destroy(cobj *o) {
   future *f = (future *)o;
-  msg_free(f->value);
+  conc_msg_free(f->value);
   pthread_mutex_destroy(&f->mu);
   free(f);
 }
 
-cobj *future_make(void) {
+cobj *conc_future_make(void) {
   static _Atomic int64_t next = 1;
   future *f = calloc(1, sizeof *f);
   if (f == NULL) return NULL;
-  obj_init(&f->obj, K_FUTURE);
+  conc_obj_init(&f->obj, K_FUTURE);
   f->id = atomic_fetch_add(&next, 1);
   pthread_mutex_init(&f->mu, NULL);
   atomic_init(&f->state, F_PENDING);
@@ -67,25 +67,25 @@ static int settled(int st) {
 
 /* Settles f with 'value' (taken over; may be NULL), waking every waiter;
 ** 0 if it was settled already (value freed then). */
-int future_settle(cobj *o, int ok, msg *value) {
+int conc_future_settle(cobj *o, int ok, msg *value) {
   future *f = (future *)o;
   pthread_mutex_lock(&f->mu);
   if (settled(atomic_load(&f->state))) {
     pthread_mutex_unlock(&f->mu);
-    msg_free(value);
+    conc_msg_free(value);
     return 0;
   }
   f->value = value;
   f->seq = atomic_fetch_add(&settles, 1) + 1;
   atomic_store_explicit(&f->state, ok ? F_DONE : F_FAILED,
                         memory_order_release);
-  selq_wake_all(&f->waiters, SEL_SELF);
+  conc_selq_wake_all(&f->waiters, SEL_SELF);
   pthread_mutex_unlock(&f->mu);
   return 1;
 }
 
 static future *check_future(lua_State *L, int arg) {
-  return (future *)obj_check(L, arg, K_FUTURE);
+  return (future *)conc_obj_check(L, arg, K_FUTURE);
 }
 
 /* ------------------------------------------------------------ waiting */
@@ -94,11 +94,11 @@ static int fut_sel_try(cobj *o, selnode *n) {
   future *f = (future *)o;
   pthread_mutex_lock(&f->mu);
   if (settled(atomic_load(&f->state))) {
-    if (sel_claim(n->sw, n->index)) n->result = SEL_SELF;
+    if (conc_sel_claim(n->sw, n->index)) n->result = SEL_SELF;
     pthread_mutex_unlock(&f->mu);
     return 1;
   }
-  selq_push(&f->waiters, n);
+  conc_selq_push(&f->waiters, n);
   pthread_mutex_unlock(&f->mu);
   return 0;
 }
@@ -106,7 +106,7 @@ static int fut_sel_try(cobj *o, selnode *n) {
 static void fut_sel_delist(cobj *o, selnode *n) {
   future *f = (future *)o;
   pthread_mutex_lock(&f->mu);
-  if (n->linked) selq_remove(&f->waiters, n);
+  if (n->linked) conc_selq_remove(&f->waiters, n);
   pthread_mutex_unlock(&f->mu);
 }
 
@@ -124,19 +124,19 @@ static int fut_await(lua_State *L, cstate *cs, future *f, double seconds) {
   memset(&n, 0, sizeof n);
   n.sw = &sw;
   if (fut_sel_try(&f->obj, &n)) return 1;
-  deadline_in(&d, seconds);
-  cs_waiting(cs, "result");
+  conc_deadline_in(&d, seconds);
+  conc_cs_waiting(cs, "result");
   for (;;) {
-    uint32_t seen = park_seq(&cs->park);
+    uint32_t seen = conc_park_seq(&cs->park);
     if (atomic_load(&sw.won)) break;
-    if ((why = cs_stopreason(cs)) != NULL) break;
-    if (park_sleep(&cs->park, seen, &d) == ETIMEDOUT && !atomic_load(&sw.won))
+    if ((why = conc_cs_stopreason(cs)) != NULL) break;
+    if (conc_park_sleep(&cs->park, seen, &d) == ETIMEDOUT && !atomic_load(&sw.won))
       break;
   }
-  cs_waiting(cs, NULL);
+  conc_cs_waiting(cs, NULL);
   fut_sel_delist(&f->obj, &n);
   if (atomic_load(&sw.won)) return 1;
-  if (why) cs_raisestop(L, cs, why);
+  if (why) conc_cs_raisestop(L, cs, why);
   return 0;
 }
 
@@ -145,7 +145,7 @@ static int fut_push_value(lua_State *L, cstate *cs, future *f) {
   char err[160];
   int k;
   if (f->value == NULL) return 0;
-  k = marshal_decode(L, cs, f->value->data, f->value->n, f->value->refs,
+  k = conc_marshal_decode(L, cs, f->value->data, f->value->n, f->value->refs,
                      f->value->nrefs, 0, err, sizeof err);
   if (k < 0) return luaL_error(L, "%s", err);
   return k;
@@ -200,8 +200,8 @@ static int fut_start(lua_State *L) {
 static int fut_settle(lua_State *L) {
   future *f = check_future(L, 1);
   int ok = lua_toboolean(L, 2);
-  msg *m = lua_isnoneornil(L, 3) ? NULL : parcel_tomsg(L, 3);
-  lua_pushboolean(L, future_settle(&f->obj, ok, m));
+  msg *m = lua_isnoneornil(L, 3) ? NULL : conc_parcel_tomsg(L, 3);
+  lua_pushboolean(L, conc_future_settle(&f->obj, ok, m));
   return 1;
 }
 
@@ -211,21 +211,21 @@ static int fut_tostring(lua_State *L) {
   return 1;
 }
 
-lua_Integer future_id(cobj *o) {
+lua_Integer conc_future_id(cobj *o) {
   return (lua_Integer)((future *)o)->id;
 }
 
 /* kit.isfuture(v) -> true if v is a future of this process; else false
 ** and why not. */
 static int fut_is(lua_State *L) {
-  cobj *o = obj_test(L, conc_cs(L), 1);
+  cobj *o = conc_obj_test(L, conc_cs(L), 1);
   char what[64];
   if (o == NULL || o->kind != K_FUTURE) {
     lua_pushboolean(L, 0);
     lua_pushliteral(L, "is not a future");
     return 2;
   }
-  if (obj_foreign(o, what, sizeof what)) {
+  if (conc_obj_foreign(o, what, sizeof what)) {
     lua_pushboolean(L, 0);
     lua_pushfstring(L, "is %s, which belongs to another process", what);
     return 2;
@@ -257,10 +257,10 @@ static int fut_settled(lua_State *L) {
   for (lua_Integer i = 1; i <= n; i++) {
     future *f;
     lua_rawgeti(L, 1, i);
-    f = (future *)obj_test(L, cs, -1);
+    f = (future *)conc_obj_test(L, cs, -1);
     lua_pop(L, 1);
     if (f == NULL || f->obj.kind != K_FUTURE) continue;
-    if (obj_foreign(&f->obj, what, sizeof what)) {   /* its lock is not ours */
+    if (conc_obj_foreign(&f->obj, what, sizeof what)) {   /* its lock is not ours */
       lua_pushfstring(L, "%s belongs to another process", what);
       return lua_error(L);
     }
@@ -282,23 +282,32 @@ static int fut_settled(lua_State *L) {
 }
 
 /* kit.future() -> a new pending future. */
-int future_new(lua_State *L) {
+int conc_future_new(lua_State *L) {
   cstate *cs = conc_cs(L);
-  cobj *f = future_make();
+  cobj *f = conc_future_make();
   if (f == NULL) return luaL_error(L, "not enough memory");
-  obj_push(L, cs, f);
-  obj_release(f);
+  conc_obj_push(L, cs, f);
+  conc_obj_release(f);
   return 1;
 }
 
-const luaL_Reg future_funcs[] = {
-    {"future", future_new}, {"isfuture", fut_is}, {"settled", fut_settled},
+const luaL_Reg conc_future_funcs[] = {
+    {"future", conc_future_new}, {"isfuture", fut_is}, {"settled", fut_settled},
     {"start", fut_start},   {"settle", fut_settle}, {NULL, NULL}};
 
 static const luaL_Reg fut_methods[] = {
     {"result", fut_result}, {"wait", fut_wait}, {"done", fut_done},
     {NULL, NULL}};
 
-const kindinfo future_kind = {
-    "conc.future", "future", 0, 1, future_destroy, fut_methods, NULL,
-    fut_tostring, fut_sel_try, fut_sel_delist, NULL, NULL};
+const kindinfo conc_future_kind = {
+    .kind = K_FUTURE,
+    .tname = "conc.future",
+    .name = "future",
+    .local = 1,
+    .destroy = future_destroy,
+    .methods = fut_methods,
+    .tostring = fut_tostring,
+    .sel_try = fut_sel_try,
+    .sel_delist = fut_sel_delist,
+    .pinned = 1,
+    .id = conc_future_id};

@@ -32,7 +32,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "internal.h"
+#include "init.h"
 #include <lualib.h>
 
 /* ------------------------------------------------------------ conc.* */
@@ -43,16 +43,16 @@ static int conc_sleep(lua_State *L) {
   deadline d;
   const char *why = NULL;
   luaL_argcheck(L, s >= 0 && !isnan(s), 1, "non-negative number expected");
-  deadline_in(&d, s == HUGE_VAL ? -1 : (double)s);
-  cs_waiting(cs, "sleep");
+  conc_deadline_in(&d, s == HUGE_VAL ? -1 : (double)s);
+  conc_cs_waiting(cs, "sleep");
   for (;;) {
-    uint32_t seen = park_seq(&cs->park);
-    if ((why = cs_stopreason(cs)) != NULL) break;
-    if (deadline_passed(&d)) break;
-    park_sleep(&cs->park, seen, &d);
+    uint32_t seen = conc_park_seq(&cs->park);
+    if ((why = conc_cs_stopreason(cs)) != NULL) break;
+    if (conc_deadline_passed(&d)) break;
+    conc_park_sleep(&cs->park, seen, &d);
   }
-  cs_waiting(cs, NULL);
-  if (why) return cs_raisestop(L, cs, why);
+  conc_cs_waiting(cs, NULL);
+  if (why) return conc_cs_raisestop(L, cs, why);
   return 0;
 }
 
@@ -80,7 +80,7 @@ static int conc_self(lua_State *L) {
 }
 
 static int conc_workers(lua_State *L) {
-  worker_list(L, conc_cs(L));
+  conc_worker_list(L, conc_cs(L));
   return 1;
 }
 
@@ -103,11 +103,11 @@ static int conc_stats(lua_State *L) {
   FILE *f;
   char line[256];
   lua_newtable(L);
-  lua_pushinteger(L, fd_count());
+  lua_pushinteger(L, conc_fd_count());
   lua_setfield(L, -2, "fds");
-  lua_pushinteger(L, threadpool_idle());
+  lua_pushinteger(L, conc_threadpool_idle());
   lua_setfield(L, -2, "idle");
-  lua_pushinteger(L, process_reaper_running());
+  lua_pushinteger(L, conc_process_reaper_running());
   lua_setfield(L, -2, "reaper");
   lua_pushinteger(L, atomic_load(&conc_shared_recoveries));
   lua_setfield(L, -2, "shared_recoveries");
@@ -164,25 +164,25 @@ static int conc_stats(lua_State *L) {
 
 /* The globals spawn_thread and spawn_process. */
 int conc_spawn_thread(lua_State *L) {
-  return thread_spawn(L);
+  return conc_thread_spawn(L);
 }
 
 int conc_spawn_process(lua_State *L) {
-  return process_spawn(L);
+  return conc_process_spawn(L);
 }
 
 const luaL_Reg conc_funcs[] = {
-    {"spawn_thread", thread_spawn},
-    {"spawn_process", process_spawn},
-    {"channel", chan_new},
+    {"spawn_thread", conc_thread_spawn},
+    {"spawn_process", conc_process_spawn},
+    {"channel", conc_chan_new},
     {"select", conc_select},
-    {"lock", sync_lock},
-    {"semaphore", sync_semaphore},
-    {"event", sync_event},
-    {"barrier", sync_barrier},
-    {"shared", shared_new},
-    {"pipe", pipe_new},
-    {"queue", queue_new},
+    {"lock", conc_sync_lock},
+    {"semaphore", conc_sync_semaphore},
+    {"event", conc_sync_event},
+    {"barrier", conc_sync_barrier},
+    {"shared", conc_shared_new},
+    {"pipe", conc_pipe_new},
+    {"queue", conc_queue_new},
     {"sleep", conc_sleep},
     {"now", conc_nowf},
     {"cpu_count", conc_cpu_count},
@@ -190,7 +190,7 @@ const luaL_Reg conc_funcs[] = {
     {"workers", conc_workers},
     {"_stats", conc_stats},
     {"_isatty", conc_isatty},
-    {"_poolkit", pool_kit},
+    {"_poolkit", conc_pool_kit},
     {NULL, NULL}};
 
 /* print, with the whole line written at once: lines of threads that
@@ -289,14 +289,14 @@ static void make_libmap(lua_State *L) {
 void conc_install(lua_State *L, cstate *cs) {
   luaL_checkstack(L, 8, NULL);
   lua_createtable(L, 0, 24);
-  cs_setfuncs(L, cs, conc_funcs);
+  conc_cs_setfuncs(L, cs, conc_funcs);
   lua_pushliteral(L, CONCLUA_VERSION);
   lua_setfield(L, -2, "version");
   /* the globals are functions of their own, so that an error names them
   ** 'spawn_thread' rather than 'conc.spawn_thread' */
-  cs_pushfunc(L, cs, conc_spawn_thread);
+  conc_cs_pushfunc(L, cs, conc_spawn_thread);
   lua_setglobal(L, "spawn_thread");
-  cs_pushfunc(L, cs, conc_spawn_process);
+  conc_cs_pushfunc(L, cs, conc_spawn_process);
   lua_setglobal(L, "spawn_process");
   lua_pushvalue(L, -1);
   lua_setglobal(L, "conc");
@@ -306,15 +306,15 @@ void conc_install(lua_State *L, cstate *cs) {
   lua_pushcfunction(L, conc_print);
   lua_setglobal(L, "print");
   /* pcall and xpcall that a cancelled thread cannot swallow a cancel with */
-  lua_pushcfunction(L, thread_pcall);
+  lua_pushcfunction(L, conc_thread_pcall);
   lua_setglobal(L, "pcall");
-  lua_pushcfunction(L, thread_xpcall);
+  lua_pushcfunction(L, conc_thread_xpcall);
   lua_setglobal(L, "xpcall");
   /* coroutine.resume and wrap that keep track of the running coroutine */
   if (lua_getfield(L, -1, LUA_COLIBNAME) == LUA_TTABLE) {
-    lua_pushcfunction(L, thread_co_resume);
+    lua_pushcfunction(L, conc_thread_co_resume);
     lua_setfield(L, -2, "resume");
-    lua_pushcfunction(L, thread_co_wrap);
+    lua_pushcfunction(L, conc_thread_co_wrap);
     lua_setfield(L, -2, "wrap");
   }
   /* the package paths a worker inherited */
@@ -331,6 +331,46 @@ void conc_install(lua_State *L, cstate *cs) {
   lua_pop(L, 4);
   add_searcher(L);
   make_libmap(L);
+}
+
+/* ------------------------------------------------------------ the kinds */
+
+/* Every kind of runtime object, as linit.c lists Lua's libraries: the
+** layers below know a kind only by its number and what is registered. */
+static const kindinfo *const kinds[] = {
+    &conc_channel_kind, &conc_thread_kind,    &conc_process_kind,
+    &conc_lock_kind,    &conc_semaphore_kind, &conc_event_kind,
+    &conc_barrier_kind, &conc_shared_kind,    &conc_pipe_kind,
+    &conc_queue_kind,   &conc_future_kind,    &conc_parcel_kind,
+    &conc_pool_kind};
+_Static_assert(sizeof kinds / sizeof kinds[0] == K_NKINDS, "a kind is missing");
+
+/* Registers the kinds, the C functions that may cross (names.c) and what
+** opens conc in a worker's state; once, before the first state opens. */
+static void init_once(void) {
+  char prefix[32];
+  for (size_t i = 0; i < sizeof kinds / sizeof kinds[0]; i++)
+    conc_obj_addkind(kinds[i]);
+  conc_names_replace(conc_thread_co_resume, "coroutine.resume");
+  conc_names_replace(conc_thread_co_wrap, "coroutine.wrap");
+  conc_names_replace(conc_print, "_G.print");
+  conc_names_replace(conc_thread_pcall, "_G.pcall");
+  conc_names_replace(conc_thread_xpcall, "_G.xpcall");
+  conc_names_register("conc.", conc_funcs, 1);
+  conc_names_register("_G.", (const luaL_Reg[]){
+      {"spawn_thread", conc_spawn_thread},
+      {"spawn_process", conc_spawn_process},
+      {NULL, NULL}}, 1);
+  for (size_t i = 0; i < sizeof kinds / sizeof kinds[0]; i++) {
+    snprintf(prefix, sizeof prefix, "conc.%s:", kinds[i]->name);
+    conc_names_register(prefix, kinds[i]->methods, 1);
+  }
+  conc_opener = conc_install;
+}
+
+void conc_init(void) {
+  static pthread_once_t once = PTHREAD_ONCE_INIT;
+  pthread_once(&once, init_once);
 }
 
 /* ------------------------------------------------------------ hosts */
@@ -360,30 +400,31 @@ static int hostbox_gc(lua_State *L) {
     ** state that a Ctrl-C in a conc call ended (lua5.4's script): no wait,
     ** the workers are stopped */
     cstate *target = conc_interrupt_for(cs->rt);
-    int ctrlc = rt_exit_wait(cs->rt, target, cs->ctrlc_uncaught,
+    int ctrlc = conc_rt_exit_wait(cs->rt, target, cs->ctrlc_uncaught,
                              program_invocation_short_name);
-    rt_shutdown(cs->rt);
+    conc_rt_shutdown(cs->rt);
     if (ctrlc == 2 && target) {          /* the command's own exit status */
       fflush(NULL);
       _exit(128 + SIGINT);
     }
   }
-  rt_close_hooks(cs->rt);
+  conc_rt_close_hooks(cs->rt);
   conc_interrupt_forget(cs);
-  cs_fini(cs);
+  conc_cs_fini(cs);
   cs->rt = NULL;
   cs->gone = 1;
   return 0;
 }
 
 /* Gives L a runtime; returns its cstate. Raises only on memory errors;
-** L is marked as opened (cs_of) only once everything is in place, so a
+** L is marked as opened (conc_cs_of) only once everything is in place, so a
 ** failed open can be retried. */
 static cstate *host_open(lua_State *L) {
   hostbox *b;
   rt *r;
-  cstate *cs = cs_of(L);
+  cstate *cs = conc_cs_of(L);
   if (cs) return cs;
+  conc_init();
   b = lua_newuserdatauv(L, sizeof *b, 0);
   b->open = 0;
   lua_createtable(L, 0, 1);
@@ -392,21 +433,21 @@ static cstate *host_open(lua_State *L) {
   lua_setmetatable(L, -2);
   lua_pushvalue(L, -1);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &BOX_KEY);   /* drops an older box */
-  r = rt_new();
+  r = conc_rt_new();
   if (r == NULL) luaL_error(L, "not enough memory");
   cs = &b->cs;
-  cs_init(cs, r, NULL);
-  rt_release(r);                        /* the cstate holds it */
+  conc_cs_init(cs, r, NULL);
+  conc_rt_release(r);                        /* the cstate holds it */
   lua_pop(L, 1);
   cs->ishost = 1;
   b->open = 1;                          /* the box owns cs from here */
-  thread_cancel_install();
-  process_atfork_install();
+  conc_thread_cancel_install();
+  conc_process_atfork_install();
   conc_install(L, cs);
   /* cs->L is the main thread, what a host's Ctrl-C handler hooks (L may
   ** be a coroutine: require "conc" from one) */
   lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
-  state_bind(lua_tothread(L, -1), cs);
+  conc_state_bind(lua_tothread(L, -1), cs);
   lua_pop(L, 1);
   return cs;
 }
@@ -445,7 +486,7 @@ int luaopen_conc(lua_State *L) {
 void conclua_on_state(lua_State *L, conclua_hook hook, void *ud) {
   cstate *cs;
   rt *r;
-  if (hook == NULL || !lua_checkstack(L, 1) || (cs = cs_of(L)) == NULL)
+  if (hook == NULL || !lua_checkstack(L, 1) || (cs = conc_cs_of(L)) == NULL)
     return;
   r = cs->rt;
   pthread_mutex_lock(&r->mu);
@@ -473,6 +514,6 @@ void conclua_on_state(lua_State *L, conclua_hook hook, void *ud) {
 ** routes to it (conc_interrupt_target) ends the wait early. */
 int conclua_wait(lua_State *L) {
   cstate *cs;
-  if (!lua_checkstack(L, 1) || (cs = cs_of(L)) == NULL) return 0;
-  return rt_waitall_cs(cs->rt, cs->self, cs->self ? NULL : cs);
+  if (!lua_checkstack(L, 1) || (cs = conc_cs_of(L)) == NULL) return 0;
+  return conc_rt_waitall_cs(cs->rt, cs->self, cs->self ? NULL : cs);
 }

@@ -47,7 +47,7 @@
 #include <signal.h>
 #include <unistd.h>
 
-#include "internal.h"
+#include "os.h"
 
 static pthread_mutex_t ll_mu = PTHREAD_MUTEX_INITIALIZER;  /* guards: */
 static objlink ll_link;
@@ -59,8 +59,8 @@ static pid_t kept_by;       /* the child kept is lent to (0: free, -1:
 static int made;            /* the pipe was made (in this process) */
 static int up = -1;         /* armed: the one this process hangs on */
 
-void lifeline_init(void) {
-  objreg_add(&ll_link, &ll_mu);
+void conc_lifeline_init(void) {
+  conc_fork_register(&ll_link, &ll_mu);
 }
 
 /* A new description of the pipe's read end, set to signal SIGKILL once
@@ -74,7 +74,7 @@ static int reopen(int from) {
   if (fd >= 0 && (fcntl(fd, F_SETSIG, SIGKILL) != 0 ||
                   fcntl(fd, F_SETFL, O_NONBLOCK | O_ASYNC) != 0)) {
     int e = errno;
-    fd_close(fd);
+    conc_fd_close(fd);
     errno = e;
     fd = -1;
   }
@@ -88,12 +88,12 @@ static int reopen(int from) {
 static int make(void) {
   int p[2], e;
   if (made) return kept >= 0 ? 0 : (errno = ENOENT, -1);
-  if (fd_pipe(p) != 0) return -1;
+  if (conc_fd_pipe(p) != 0) return -1;
   kept = reopen(p[0]);
   e = errno;
-  fd_close(p[0]);
+  conc_fd_close(p[0]);
   if (kept < 0) {
-    fd_close(p[1]);
+    conc_fd_close(p[1]);
     if (e == ENOENT || e == EACCES) made = 1;   /* for good */
     errno = e;
     return -1;
@@ -104,7 +104,7 @@ static int make(void) {
   return 0;
 }
 
-int lifeline_make(void) {
+int conc_lifeline_make(void) {
   int r;
   pthread_mutex_lock(&ll_mu);
   r = make();
@@ -116,7 +116,7 @@ int lifeline_make(void) {
 ** living child has: a spawn and a join in turn use the same one, kept
 ** by the parent and free again when its child is reaped; while it is
 ** lent, a new one is opened (and closed once the child has it). */
-int lifeline_take(int *is_kept) {
+int conc_lifeline_take(int *is_kept) {
   int fd, e = 0;
   pthread_mutex_lock(&ll_mu);
   if (make() != 0) {
@@ -136,9 +136,9 @@ int lifeline_take(int *is_kept) {
 
 /* The child pid (-1: none was made) has fd now: the kept one is lent to
 ** it, another is closed here. */
-void lifeline_given(int fd, int is_kept, pid_t pid) {
+void conc_lifeline_given(int fd, int is_kept, pid_t pid) {
   if (!is_kept) {
-    if (fd >= 0) fd_close(fd);
+    if (fd >= 0) conc_fd_close(fd);
     return;
   }
   pthread_mutex_lock(&ll_mu);
@@ -146,7 +146,7 @@ void lifeline_given(int fd, int is_kept, pid_t pid) {
   pthread_mutex_unlock(&ll_mu);
 }
 
-void lifeline_ended(pid_t pid) {
+void conc_lifeline_ended(pid_t pid) {
   pthread_mutex_lock(&ll_mu);
   if (kept_by == pid) kept_by = 0;
   pthread_mutex_unlock(&ll_mu);
@@ -156,11 +156,11 @@ void lifeline_ended(pid_t pid) {
 ** that no other living process arms, for process 'self'. Two system
 ** calls: they are on the path of every spawn and join, as the child's
 ** own work. Async-signal-safe: it runs in the child of a fork. */
-void lifeline_arm(int fd, pid_t self) {
+void conc_lifeline_arm(int fd, pid_t self) {
   ssize_t r;
   char c;
   if (fcntl(fd, F_SETOWN, self) != 0) {
-    fd_close(fd);
+    conc_fd_close(fd);
     return;
   }
   up = fd;
@@ -172,12 +172,12 @@ void lifeline_arm(int fd, pid_t self) {
 /* In the child of any fork: the parent's lifeline is not the child's,
 ** nor the one the parent hangs on. 'mine' (-1 if none: not a
 ** spawn_process child) is the read end made for this child. */
-void lifeline_atfork_child(int mine, pid_t self) {
-  if (down_w >= 0) fd_close(down_w);
-  if (kept >= 0 && kept != mine) fd_close(kept);
-  if (up >= 0) fd_close(up);
+void conc_lifeline_atfork_child(int mine, pid_t self) {
+  if (down_w >= 0) conc_fd_close(down_w);
+  if (kept >= 0 && kept != mine) conc_fd_close(kept);
+  if (up >= 0) conc_fd_close(up);
   down_w = kept = up = -1;
   kept_by = 0;
   made = 0;
-  if (mine >= 0) lifeline_arm(mine, self);
+  if (mine >= 0) conc_lifeline_arm(mine, self);
 }

@@ -19,7 +19,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "internal.h"
+#include "init.h"
 #include "lualib.h"
 
 #define PROGNAME "conclua"
@@ -86,7 +86,7 @@ int conclua_pcall(lua_State *L, int narg, int nres, lua_CFunction msgh) {
   int status, base = lua_gettop(L) - narg;
   lua_pushcfunction(L, msgh);
   lua_insert(L, base);
-  conc_interrupt_target(cs_of(L));
+  conc_interrupt_target(conc_cs_of(L));
   conc_interrupt_install(1);
   status = lua_pcall(L, narg, nres, base);
   conc_interrupt_install(0);
@@ -276,8 +276,8 @@ static int handle_luainit(lua_State *L) {
 /* Waits for the workers at the end, Ctrl-C armed; 1 if a Ctrl-C stopped
 ** them instead (the exit status is then 130). */
 static int wait_workers(lua_State *L) {
-  cstate *cs = cs_of(L);
-  return cs && rt_exit_wait(cs->rt, cs, interrupted, progname) != 0;
+  cstate *cs = conc_cs_of(L);
+  return cs && conc_rt_exit_wait(cs->rt, cs, interrupted, progname) != 0;
 }
 
 static int pmain(lua_State *L) {
@@ -298,7 +298,7 @@ static int pmain(lua_State *L) {
   luaL_openlibs(L);
   conclua_open(L);
   /* Ctrl-C armed from the first chunk to the end of the wait at exit */
-  conc_interrupt_target(cs_of(L));
+  conc_interrupt_target(conc_cs_of(L));
   conc_interrupt_install(1);
   createargtable(L, argv, argc, script);
   lua_gc(L, LUA_GCRESTART);
@@ -329,7 +329,7 @@ int main(int argc, char **argv) {
   int status, code;
   lua_State *L;
   if (argc >= 2 && strcmp(argv[1], "--conc-child") == 0)
-    return process_child_main(argc, argv);
+    return conc_process_child_main(argc, argv, conclua_open);
   if (argv[0] && argv[0][0]) progname = argv[0];   /* as lua.c names itself */
   signal(SIGPIPE, SIG_IGN);
   conc_self_exe = "/proc/self/exe";

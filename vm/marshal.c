@@ -33,7 +33,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "internal.h"
+#include "values.h"
 
 #define MAGIC 0xC7
 #define VERSION 1
@@ -47,7 +47,7 @@ enum {
 };
 
 /* A one-value message: MAGIC VERSION 1 then the value. */
-int marshal_tonumber(const char *bytes, size_t n, lua_Integer *i,
+int conc_marshal_tonumber(const char *bytes, size_t n, lua_Integer *i,
                      lua_Number *f) {
   const unsigned char *p = (const unsigned char *)bytes;
   if (n < 4 || p[0] != MAGIC || p[1] != VERSION || p[2] != 1) return 0;
@@ -63,7 +63,7 @@ int marshal_tonumber(const char *bytes, size_t n, lua_Integer *i,
 
 /* The 8 bytes of the number come last, so that a number can be changed
 ** in place by one store (shared.c). */
-void marshal_number(char out[MARSHAL_NUMLEN], int isint, lua_Integer i,
+void conc_marshal_number(char out[MARSHAL_NUMLEN], int isint, lua_Integer i,
                     lua_Number f) {
   unsigned char *p = (unsigned char *)out;
   _Static_assert(MARSHAL_NUMLEN == 12, "one-number message size");
@@ -106,7 +106,7 @@ typedef struct enc {
 } enc;
 
 static int put(enc *e, const void *p, size_t n) {
-  if (mbuf_reserve(e->b, n)) {
+  if (conc_mbuf_reserve(e->b, n)) {
     e->why = "not enough memory";
     return -1;
   }
@@ -259,7 +259,7 @@ static int enc_int(enc *e, lua_Integer v) {
 }
 
 static int enc_str(enc *e, int tag, const char *s, size_t n) {
-  if (mbuf_reserve(e->b, n + 11)) {
+  if (conc_mbuf_reserve(e->b, n + 11)) {
     e->why = "not enough memory";
     return -1;
   }
@@ -306,7 +306,7 @@ static int enc_meta(enc *e, int idx, size_t flagpos) {
   }
   /* roll back: bytes, refs taken, and table numbers given out */
   e->b->n = mark;
-  while (e->b->nrefs > markrefs) obj_release(e->b->refs[--e->b->nrefs]);
+  while (e->b->nrefs > markrefs) conc_obj_release(e->b->refs[--e->b->nrefs]);
   for (int i = marknundo + 1; i <= e->nundo; i++) {
     lua_rawgeti(L, e->undo, i);
     lua_pushnil(L);
@@ -340,7 +340,7 @@ static int enc_table(enc *e, int idx) {
   lua_pushnil(L);
   while (lua_next(L, idx)) {
     int top = lua_gettop(L), isnum;
-    if (e->b->cap - e->b->n < 9 && mbuf_reserve(e->b, 4096)) {
+    if (e->b->cap - e->b->n < 9 && conc_mbuf_reserve(e->b, 4096)) {
       e->why = "not enough memory";
       lua_settop(L, top - 2);
       return -1;
@@ -429,7 +429,7 @@ static int enc_lfunc(enc *e, int idx) {
   }
   lua_pop(L, 1);
   patch32(e->b, lenpos, (uint32_t)(e->b->n - start));
-  mac = marshal_mac(e->b->p + start, e->b->n - start);
+  mac = conc_marshal_mac(e->b->p + start, e->b->n - start);
   if (put(e, &mac, 8)) return -1;
   lua_pushvalue(L, idx);
   lua_getinfo(L, ">u", &ar);
@@ -464,7 +464,7 @@ static int enc_lfunc(enc *e, int idx) {
 
 static int enc_cfunc(enc *e, int idx) {
   int isconc = 0;
-  const char *name = cfunc_name(lua_tocfunction(e->L, idx), &isconc);
+  const char *name = conc_cfunc_name(lua_tocfunction(e->L, idx), &isconc);
   if (name == NULL)
     return fail(e, idx, "only C functions of the standard libraries and conc "
                         "can cross");
@@ -472,11 +472,11 @@ static int enc_cfunc(enc *e, int idx) {
 }
 
 static int enc_obj(enc *e, int idx) {
-  cobj *o = e->cs ? obj_test(e->L, e->cs, idx) : NULL;
+  cobj *o = e->cs ? conc_obj_test(e->L, e->cs, idx) : NULL;
   const kindinfo *k;
   if (o == NULL) return fail(e, idx, NULL);
   k = conc_kinds[o->kind];
-  if (obj_foreign(o, e->whybuf, 64)) {       /* a forked child's copy */
+  if (conc_obj_foreign(o, e->whybuf, 64)) {       /* a forked child's copy */
     size_t len = strlen(e->whybuf);
     snprintf(e->whybuf + len, sizeof e->whybuf - len,
              " belongs to another process");
@@ -501,7 +501,7 @@ static int enc_obj(enc *e, int idx) {
     memcpy(tmp + 2, &o->uid, 8);
     return put(e, tmp, 10);
   } else {
-    int i = mbuf_addref(e->b, o);
+    int i = conc_mbuf_addref(e->b, o);
     if (i < 0) {
       e->why = "not enough memory";
       return -1;
@@ -589,7 +589,7 @@ static int encode_scalar(lua_State *L, int idx, mbuf *b) {
   } else if (t != LUA_TNUMBER && t != LUA_TBOOLEAN) {
     return 1;
   }
-  if (b->cap - b->n < 140 && mbuf_reserve(b, 140)) return -1;
+  if (b->cap - b->n < 140 && conc_mbuf_reserve(b, 140)) return -1;
   p = (unsigned char *)b->p + b->n;
   p[0] = MAGIC;
   p[1] = VERSION;
@@ -666,14 +666,14 @@ static int encode_body(lua_State *L) {
 ** call gives a pending stop no new place to be raised (the encoder of a
 ** thread's results runs where nothing could catch it). So it never
 ** raises. */
-int marshal_encode(lua_State *L, cstate *cs, int first, int n, mbuf *b,
+int conc_marshal_encode(lua_State *L, cstate *cs, int first, int n, mbuf *b,
                    int flags, const char *root, char *err, size_t errsz) {
   mbuf own;
   encarg a;
   lua_Hook hook;
   int r, st, mask = 0, count = 0;
   if (n == 1) {
-    mbuf_reset(b);
+    conc_mbuf_reset(b);
     r = encode_scalar(L, first, b);
     if (r == 0) return 0;
     if (r < 0) {
@@ -686,7 +686,7 @@ int marshal_encode(lua_State *L, cstate *cs, int first, int n, mbuf *b,
     return -1;
   }
   own = *b;
-  mbuf_init(b);
+  conc_mbuf_init(b);
   a.cs = cs;
   a.n = n;
   a.flags = flags;
@@ -706,9 +706,9 @@ int marshal_encode(lua_State *L, cstate *cs, int first, int n, mbuf *b,
   st = lua_pcall(L, n + 1, 0, 0);
   /* back, unless a signal handler set a hook of its own meanwhile */
   if (hook != NULL && lua_gethook(L) == NULL) lua_sethook(L, hook, mask, count);
-  mbuf_free(b);               /* what a finalizer's send left there */
+  conc_mbuf_free(b);               /* what a finalizer's send left there */
   if (st != LUA_OK) {
-    mbuf_free(&own);
+    conc_mbuf_free(&own);
     if (st == LUA_ERRMEM)
       snprintf(err, errsz, "not enough memory");
     else
@@ -734,7 +734,7 @@ static int encode_values(lua_State *L, cstate *cs, int first, int n,
   e.cs = cs;
   e.b = b;
   e.flags = flags;
-  mbuf_reset(b);
+  conc_mbuf_reset(b);
   if (!lua_checkstack(L, 8)) {
     snprintf(err, errsz, "cannot transfer values: stack overflow");
     return -1;
@@ -753,7 +753,7 @@ static int encode_values(lua_State *L, cstate *cs, int first, int n,
         snprintf(name, sizeof name, "%s", root);
       }
       lua_settop(L, top);
-      mbuf_reset(b);
+      conc_mbuf_reset(b);
       enc_message(&e, name, err, errsz);
       return -1;
     }
@@ -762,7 +762,7 @@ static int encode_values(lua_State *L, cstate *cs, int first, int n,
   return 0;
 failed:
   lua_settop(L, top);
-  mbuf_reset(b);
+  conc_mbuf_reset(b);
   snprintf(err, errsz, "not enough memory");
   return -1;
 }
@@ -906,7 +906,7 @@ static int dec_lfunc(dec *d) {
   c.n = len;
   d->p += len;
   if (getbytes(d, &mac, 8)) return -1;
-  if (mac != marshal_mac(c.p, len)) return bad(d, "function failed its check");
+  if (mac != conc_marshal_mac(c.p, len)) return bad(d, "function failed its check");
   if (c.p[0] != LUA_SIGNATURE[0]) return bad(d, "not a function");
   if (lua_load(L, chunk_reader, &c, "=?", "b") != LUA_OK) {
     lua_pop(L, 1);
@@ -961,7 +961,7 @@ static int conc_own(lua_State *L, cstate *cs, const char *name,
   const char *colon = strchr(name, ':');
   int top = lua_gettop(L);
   if (!lua_checkstack(L, 16)) return 0;
-  if (cs->lazy) cs_materialize(L, cs);
+  if (cs->lazy) conc_cs_materialize(L, cs);
   if (colon == NULL) {
     lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
     if (strncmp(name, "_G.", 3) == 0) {        /* spawn_thread, spawn_process */
@@ -977,7 +977,7 @@ static int conc_own(lua_State *L, cstate *cs, const char *name,
           memcmp(conc_kinds[k]->name, name + 5, kl) == 0)
         break;
     if (k == K_NKINDS) return 0;
-    obj_newmetatable(L, cs, k);        /* if the state has none yet */
+    conc_obj_newmetatable(L, cs, k);        /* if the state has none yet */
     luaL_getmetatable(L, conc_kinds[k]->tname);
     /* __index is the methods table, or (for kinds with fields) a closure
     ** whose second upvalue is */
@@ -1005,24 +1005,24 @@ static int dec_cfunc(dec *d) {
   char name[128];
   const cfname *hit;
   if (dec_name(d, &s, &n)) return -1;
-  f = cfunc_lookup(s, n, &isconc);
+  f = conc_cfunc_lookup(s, n, &isconc);
   if (f == NULL) return bad(d, "unknown C function");
   memcpy(name, s, n);
   name[n] = '\0';
   if (isconc) {
     if (d->cs == NULL) return bad(d, "conc functions need a conclua state");
     /* in a light state the receiver's own is this very light function */
-    if (d->cs->light || !conc_own(L, d->cs, name, f)) cs_pushfunc(L, d->cs, f);
+    if (d->cs->light || !conc_own(L, d->cs, name, f)) conc_cs_pushfunc(L, d->cs, f);
     return 0;
   }
-  hit = cfunc_find(name);
+  hit = conc_cfunc_find(name);
   /* by name: the receiver's own function of that name. A lazy receiver
   ** has opened nothing yet: its own will be this very function. */
   if (!hit->closure && d->cs && d->cs->lazy) {
     lua_pushcfunction(L, f);
     return 0;
   }
-  if (hit->closure && d->cs && d->cs->lazy) cs_materialize(L, d->cs);
+  if (hit->closure && d->cs && d->cs->lazy) conc_cs_materialize(L, d->cs);
   {
     const char *dot = strchr(name, '.');
     lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
@@ -1051,7 +1051,7 @@ static int dec_lib(dec *d) {
   const char *s;
   size_t n;
   if (dec_name(d, &s, &n)) return -1;
-  if (d->cs && d->cs->lazy) cs_materialize(L, d->cs);
+  if (d->cs && d->cs->lazy) conc_cs_materialize(L, d->cs);
   lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
   lua_pushlstring(L, s, n);
   lua_rawget(L, -2);
@@ -1072,7 +1072,7 @@ static int dec_obj(dec *d, int remote) {
   if (remote) {
     uint64_t uid;
     if (getbytes(d, &uid, 8)) return -1;
-    o = shm_lookup(uid);
+    o = conc_shm_lookup(uid);
     if (o == NULL || o->kind != kind)
       return bad(d, "a conc object made by another process after this one "
                     "was forked");
@@ -1083,8 +1083,8 @@ static int dec_obj(dec *d, int remote) {
     o = d->refs[i];
     if (o->kind != kind) return bad(d, "bad object");
   }
-  obj_push(d->L, d->cs, o);
-  if (remote) obj_release(o);   /* shm_lookup gave a reference */
+  conc_obj_push(d->L, d->cs, o);
+  if (remote) conc_obj_release(o);   /* conc_shm_lookup gave a reference */
   return 0;
 }
 
@@ -1166,7 +1166,7 @@ static int dec_value(dec *d) {
   }
 }
 
-int marshal_decode(lua_State *L, cstate *cs, const char *p, size_t n,
+int conc_marshal_decode(lua_State *L, cstate *cs, const char *p, size_t n,
                    cobj **refs, int nrefs, int flags, char *err,
                    size_t errsz) {
   dec d;
@@ -1243,3 +1243,44 @@ failed:
   return -1;
 }
 
+/* ------------------------------------------------------------ messages */
+
+msg *conc_msg_encode(lua_State *L, cstate *cs, int first, int n,
+                const char *root) {
+  char err[512];
+  msg *m;
+  if (conc_marshal_encode(L, cs, first, n, &cs->scratch, 0, root, err, sizeof err))
+    conc_msg_raise(L, err);
+  m = conc_msg_seal(&cs->scratch);
+  if (m == NULL) {
+    conc_mbuf_reset(&cs->scratch);
+    conc_nomem(L);
+  }
+  return m;
+}
+
+/* Decodes m onto L's stack (flags as for conc_marshal_decode) and frees it.
+** Meanwhile m is on the state's pending list: a finalizer run by an
+** allocation of the decoder may decode messages of its own, stacked
+** above m; one cut short by a Lua error (out of memory) stays there, and
+** is freed when the decode below it ends, or with the state. */
+int conc_msg_push_flags(lua_State *L, cstate *cs, msg *m, int flags) {
+  char err[160];
+  int n;
+  m->next = cs->pending;
+  cs->pending = m;
+  n = conc_marshal_decode(L, cs, m->data, m->n, m->refs, m->nrefs, flags, err,
+                     sizeof err);
+  for (;;) {
+    msg *top = cs->pending;
+    cs->pending = top->next;
+    conc_msg_free(top);
+    if (top == m) break;
+  }
+  if (n < 0) conc_msg_raise(L, err);
+  return n;
+}
+
+int conc_msg_push(lua_State *L, cstate *cs, msg *m) {
+  return conc_msg_push_flags(L, cs, m, 0);
+}

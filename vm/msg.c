@@ -15,7 +15,7 @@
 #include <string.h>
 #include <sys/random.h>
 
-#include "internal.h"
+#include "core.h"
 
 /* ------------------------------------------------------------ siphash */
 
@@ -34,12 +34,12 @@ static void key_init(void) {
   }
 }
 
-void marshal_key(unsigned char key[16]) {
+void conc_marshal_key(unsigned char key[16]) {
   pthread_once(&key_once, key_init);
   memcpy(key, hashkey, sizeof hashkey);
 }
 
-void marshal_setkey(const unsigned char key[16]) {
+void conc_marshal_setkey(const unsigned char key[16]) {
   pthread_once(&key_once, key_init);
   memcpy(hashkey, key, sizeof hashkey);
 }
@@ -60,7 +60,7 @@ static uint64_t load64(const unsigned char *p) {
 }
 
 /* SipHash-2-4 (Aumasson and Bernstein), 64-bit output. */
-uint64_t siphash24(const unsigned char key[16], const void *data, size_t n) {
+uint64_t conc_siphash24(const unsigned char key[16], const void *data, size_t n) {
   const unsigned char *p = data;
   uint64_t k0 = load64(key), k1 = load64(key + 8);
   uint64_t v0 = k0 ^ 0x736f6d6570736575ULL, v1 = k1 ^ 0x646f72616e646f6dULL;
@@ -87,31 +87,31 @@ uint64_t siphash24(const unsigned char key[16], const void *data, size_t n) {
   return v0 ^ v1 ^ v2 ^ v3;
 }
 
-uint64_t marshal_mac(const void *p, size_t n) {
+uint64_t conc_marshal_mac(const void *p, size_t n) {
   pthread_once(&key_once, key_init);
-  return siphash24(hashkey, p, n);
+  return conc_siphash24(hashkey, p, n);
 }
 
 /* ------------------------------------------------------------ buffers */
 
-void mbuf_init(mbuf *b) {
+void conc_mbuf_init(mbuf *b) {
   memset(b, 0, sizeof *b);
 }
 
-void mbuf_reset(mbuf *b) {
-  for (int i = 0; i < b->nrefs; i++) obj_release(b->refs[i]);
+void conc_mbuf_reset(mbuf *b) {
+  for (int i = 0; i < b->nrefs; i++) conc_obj_release(b->refs[i]);
   b->nrefs = 0;
   b->n = 0;
 }
 
-void mbuf_free(mbuf *b) {
-  mbuf_reset(b);
+void conc_mbuf_free(mbuf *b) {
+  conc_mbuf_reset(b);
   free(b->p);
   free(b->refs);
-  mbuf_init(b);
+  conc_mbuf_init(b);
 }
 
-int mbuf_reserve(mbuf *b, size_t extra) {
+int conc_mbuf_reserve(mbuf *b, size_t extra) {
   size_t need = b->n + extra, cap;
   char *np;
   if (need < b->n) return -1;                       /* overflow */
@@ -125,7 +125,7 @@ int mbuf_reserve(mbuf *b, size_t extra) {
   return 0;
 }
 
-int mbuf_addref(mbuf *b, cobj *o) {
+int conc_mbuf_addref(mbuf *b, cobj *o) {
   if (b->nrefs == b->refcap) {
     int cap = b->refcap ? b->refcap * 2 : 4;
     cobj **nr = realloc(b->refs, sizeof *nr * (size_t)cap);
@@ -133,7 +133,7 @@ int mbuf_addref(mbuf *b, cobj *o) {
     b->refs = nr;
     b->refcap = cap;
   }
-  obj_retain(o);
+  conc_obj_retain(o);
   b->refs[b->nrefs] = o;
   return b->nrefs++;
 }
@@ -143,7 +143,7 @@ int mbuf_addref(mbuf *b, cobj *o) {
 ** afresh. The object references come first (pointer-aligned). */
 #define SEAL_COPY_MAX 4096
 
-msg *msg_seal(mbuf *b) {
+msg *conc_msg_seal(mbuf *b) {
   size_t refsz = (size_t)b->nrefs * sizeof(cobj *);
   size_t inl = b->n <= SEAL_COPY_MAX ? b->n : 0;
   msg *m = malloc(sizeof *m + refsz + inl);
@@ -168,15 +168,15 @@ msg *msg_seal(mbuf *b) {
   return m;
 }
 
-void msg_free(msg *m) {
+void conc_msg_free(msg *m) {
   if (m == NULL) return;
-  for (int i = 0; i < m->nrefs; i++) obj_release(m->refs[i]);
+  for (int i = 0; i < m->nrefs; i++) conc_obj_release(m->refs[i]);
   if (m->owndata) free(m->data);
   free(m);
 }
 
 /* A message with room for n bytes of data inline, not filled yet. */
-msg *msg_alloc(size_t n) {
+msg *conc_msg_alloc(size_t n) {
   msg *m = malloc(sizeof *m + n);
   if (m == NULL) return NULL;
   m->next = NULL;
@@ -188,7 +188,7 @@ msg *msg_alloc(size_t n) {
   return m;
 }
 
-msg *msg_new(size_t n, int nrefs) {
+msg *conc_msg_new(size_t n, int nrefs) {
   size_t refsz = (size_t)nrefs * sizeof(cobj *);
   msg *m = malloc(sizeof *m + refsz + n);
   if (m == NULL) return NULL;
@@ -201,13 +201,13 @@ msg *msg_new(size_t n, int nrefs) {
   return m;
 }
 
-msg *msg_copy(const void *p, size_t n) {
-  msg *m = msg_alloc(n);
+msg *conc_msg_copy(const void *p, size_t n) {
+  msg *m = conc_msg_alloc(n);
   if (m) memcpy(m->inl, p, n);
   return m;
 }
 
-msg *msg_dup(const msg *m) {
+msg *conc_msg_dup(const msg *m) {
   size_t refsz = (size_t)m->nrefs * sizeof(cobj *);
   msg *c = malloc(sizeof *c + refsz + m->n);
   if (c == NULL) return NULL;
@@ -217,7 +217,7 @@ msg *msg_dup(const msg *m) {
   c->refs = (cobj **)(void *)c->inl;
   for (int i = 0; i < m->nrefs; i++) {
     c->refs[i] = m->refs[i];
-    obj_retain(c->refs[i]);
+    conc_obj_retain(c->refs[i]);
   }
   c->data = c->inl + refsz;
   c->owndata = 0;
@@ -232,55 +232,15 @@ int conc_nomem(lua_State *L) {
   return lua_error(L);
 }
 
-int msg_raise(lua_State *L, const char *err) {
+int conc_msg_raise(lua_State *L, const char *err) {
   if (strcmp(err, "not enough memory") == 0) return conc_nomem(L);
   return luaL_error(L, "%s", err);
 }
 
-msg *msg_encode(lua_State *L, cstate *cs, int first, int n,
-                const char *root) {
-  char err[512];
-  msg *m;
-  if (marshal_encode(L, cs, first, n, &cs->scratch, 0, root, err, sizeof err))
-    msg_raise(L, err);
-  m = msg_seal(&cs->scratch);
-  if (m == NULL) {
-    mbuf_reset(&cs->scratch);
-    conc_nomem(L);
-  }
-  return m;
-}
-
-/* Decodes m onto L's stack (flags as for marshal_decode) and frees it.
-** Meanwhile m is on the state's pending list: a finalizer run by an
-** allocation of the decoder may decode messages of its own, stacked
-** above m; one cut short by a Lua error (out of memory) stays there, and
-** is freed when the decode below it ends, or with the state. */
-int msg_push_flags(lua_State *L, cstate *cs, msg *m, int flags) {
-  char err[160];
-  int n;
-  m->next = cs->pending;
-  cs->pending = m;
-  n = marshal_decode(L, cs, m->data, m->n, m->refs, m->nrefs, flags, err,
-                     sizeof err);
-  for (;;) {
-    msg *top = cs->pending;
-    cs->pending = top->next;
-    msg_free(top);
-    if (top == m) break;
-  }
-  if (n < 0) msg_raise(L, err);
-  return n;
-}
-
-int msg_push(lua_State *L, cstate *cs, msg *m) {
-  return msg_push_flags(L, cs, m, 0);
-}
-
-void msg_free_pending(cstate *cs) {
+void conc_msg_free_pending(cstate *cs) {
   while (cs->pending) {
     msg *m = cs->pending;
     cs->pending = m->next;
-    msg_free(m);
+    conc_msg_free(m);
   }
 }

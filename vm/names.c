@@ -7,34 +7,33 @@
 ** once by walking a scratch state) and of conc are named ("string.format",
 ** "conc.channel", "conc.channel:send"), and only those cross. The decoder
 ** turns a name back into the receiver's own function of that name.
+** The layers above register their functions here (init.c, with
+** conc_names_register and conc_names_replace) before the first state
+** opens; names.c reads nobody's tables.
 */
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "internal.h"
-
-/* ------------------------------------------------------------ names */
-
-/* The C functions allowed to cross: every function of the standard
-** libraries (found by walking a scratch state once) and every function
-** of conc, by name. */
+#include "values.h"
 
 static cfname *byptr, *byname;
 static int ncf, nbyname;          /* byptr has aliases too: ncf >= nbyname */
 static pthread_once_t names_once = PTHREAD_ONCE_INIT;
 
-/* The standard functions conclua replaces in every state it opens: the
-** standard ones still cross (a function that captured 'pcall' before
-** require "conc"), by their name, and arrive as conclua's. */
-static const char *const replaced[] = {
-    "coroutine.resume", "coroutine.wrap", "_G.print", "_G.pcall", "_G.xpcall",
-    NULL};
+/* What the layers above registered (init.c, before any state opens):
+** conc's functions, and conclua's replacements of standard ones. */
+static cfname *regs;
+static int nregs, capregs;
+static pthread_mutex_t regs_mu = PTHREAD_MUTEX_INITIALIZER;
 
+/* A standard function conclua replaces in every state it opens: the
+** standard one still crosses (a function that captured 'pcall' before
+** require "conc"), by its name, and arrives as conclua's. */
 static int is_replaced(const char *name) {
-  for (int i = 0; replaced[i]; i++)
-    if (strcmp(name, replaced[i]) == 0) return 1;
+  for (int i = 0; i < nregs; i++)
+    if (regs[i].closure < 0 && strcmp(name, regs[i].name) == 0) return 1;
   return 0;
 }
 
@@ -61,6 +60,25 @@ static void names_add(cfname **v, int *n, int *cap, lua_CFunction f,
   (*v)[*n].isconc = isconc;
   (*v)[*n].closure = closure;
   (*n)++;
+}
+
+static void add_reg(lua_CFunction f, const char *name, int isconc,
+                    int replaces) {
+  pthread_mutex_lock(&regs_mu);
+  names_add(&regs, &nregs, &capregs, f, name, isconc, replaces ? -1 : 0);
+  pthread_mutex_unlock(&regs_mu);
+}
+
+void conc_names_register(const char *prefix, const luaL_Reg *l, int isconc) {
+  char name[128];
+  for (; l && l->name; l++) {
+    snprintf(name, sizeof name, "%s%s", prefix, l->name);
+    add_reg(l->func, name, isconc, 0);
+  }
+}
+
+void conc_names_replace(lua_CFunction f, const char *name) {
+  add_reg(f, name, 0, 1);
 }
 
 static void names_init(void) {
@@ -94,25 +112,8 @@ static void names_init(void) {
     lua_pop(L, 1);
   }
   lua_close(L);
-  /* conclua's own, in their place (init.c, thread.c) */
-  names_add(&v, &ncf, &cap, thread_co_resume, "coroutine.resume", 0, 0);
-  names_add(&v, &ncf, &cap, thread_co_wrap, "coroutine.wrap", 0, 0);
-  names_add(&v, &ncf, &cap, conc_print, "_G.print", 0, 0);
-  names_add(&v, &ncf, &cap, thread_pcall, "_G.pcall", 0, 0);
-  names_add(&v, &ncf, &cap, thread_xpcall, "_G.xpcall", 0, 0);
-  for (const luaL_Reg *r = conc_funcs; r->name; r++) {
-    snprintf(name, sizeof name, "conc.%s", r->name);
-    names_add(&v, &ncf, &cap, r->func, name, 1, 0);
-  }
-  names_add(&v, &ncf, &cap, conc_spawn_thread, "_G.spawn_thread", 1, 0);
-  names_add(&v, &ncf, &cap, conc_spawn_process, "_G.spawn_process", 1, 0);
-  for (int k = 0; k < K_NKINDS; k++) {
-    const luaL_Reg *r = conc_kinds[k]->methods;
-    for (; r && r->name; r++) {
-      snprintf(name, sizeof name, "conc.%s:%s", conc_kinds[k]->name, r->name);
-      names_add(&v, &ncf, &cap, r->func, name, 1, 0);
-    }
-  }
+  for (int i = 0; i < nregs; i++)      /* conclua's own, in their place */
+    names_add(&v, &ncf, &cap, regs[i].f, regs[i].name, regs[i].isconc, 0);
   nbyname = ncf;
   byname = malloc(sizeof *byname * (size_t)ncf);
   if (byname == NULL) abort();
@@ -126,7 +127,7 @@ static void names_init(void) {
   qsort(byname, (size_t)nbyname, sizeof *byname, cmp_name);
 }
 
-const char *cfunc_name(lua_CFunction f, int *isconc) {
+const char *conc_cfunc_name(lua_CFunction f, int *isconc) {
   cfname key, *hit;
   pthread_once(&names_once, names_init);
   key.f = f;
@@ -136,20 +137,20 @@ const char *cfunc_name(lua_CFunction f, int *isconc) {
   return hit->name;
 }
 
-const cfname *cfunc_find(const char *name) {
+const cfname *conc_cfunc_find(const char *name) {
   cfname key;
   pthread_once(&names_once, names_init);
   key.name = name;
   return bsearch(&key, byname, (size_t)nbyname, sizeof key, cmp_name);
 }
 
-lua_CFunction cfunc_lookup(const char *name, size_t len, int *isconc) {
+lua_CFunction conc_cfunc_lookup(const char *name, size_t len, int *isconc) {
   char tmp[128];
   const cfname *hit;
   if (len >= sizeof tmp) return NULL;
   memcpy(tmp, name, len);
   tmp[len] = '\0';
-  hit = cfunc_find(tmp);
+  hit = conc_cfunc_find(tmp);
   if (hit == NULL) return NULL;
   *isconc = hit->isconc;
   return hit->f;

@@ -10,14 +10,14 @@
 ** maps the object's address to its userdata, so a channel that comes back
 ** through a message is == (and the same table key) as the one sent.
 ** The objects whose mutexes must not be held across fork() register in a
-** list; fork takes all of them (objreg_lockall) so the child never inherits
+** list; fork takes all of them (conc_objreg_lockall) so the child never inherits
 ** a lock held by a thread it does not have.
 ** A kind marked pinned (a channel, a thread, a pool...) means nothing
 ** outside the process that made it: a forked child has a copy of the
 ** parent's objects, but no thread, waiter or worker of the parent is
 ** there to answer. Its creation number (uid) names the process that made
 ** it, so the one check is a compare with the cached pid, done where every
-** use goes through: obj_check (every method and field), obj_test's
+** use goes through: conc_obj_check (every method and field), conc_obj_test's
 ** callers that act on an object (select, the encoder). Using a parent's
 ** pinned object in a child raises "channel 3 belongs to another process"
 ** at once instead of waiting for ever. Its handles still print, compare
@@ -30,75 +30,60 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "internal.h"
+#include "core.h"
 
-const kindinfo *conc_kinds[K_NKINDS] = {
-    &channel_kind, &thread_kind,    &process_kind, &lock_kind,
-    &semaphore_kind, &event_kind,   &barrier_kind, &shared_kind,
-    &pipe_kind,    &queue_kind,     &future_kind,  &parcel_kind,
-    &pool_kind};
+const kindinfo *conc_kinds[K_NKINDS];
+
+void conc_obj_addkind(const kindinfo *k) {
+  conc_kinds[k->kind] = k;
+}
 
 typedef struct handle {
   cobj *o;
 } handle;
 
-static lua_Integer thread_id(cobj *o) { return (lua_Integer)((worker *)o)->id; }
-static lua_Integer process_id(cobj *o) { return (lua_Integer)((worker *)o)->pid; }
-
-/* The kinds pinned to the process that made them (see DESIGN), and the
-** number their message names them by ("<name> <id> belongs to another
-** process"; no function: the object's creation number). A new kind that
-** lives in one process only gets its line here. */
-static const struct pinning {
-  int pinned;
-  lua_Integer (*id)(cobj *o);
-} pinning[K_NKINDS] = {
-    [K_CHANNEL] = {1, NULL},       [K_THREAD] = {1, thread_id},
-    [K_PROCESS] = {1, process_id}, [K_FUTURE] = {1, future_id},
-    [K_PARCEL] = {1, NULL},        [K_POOL] = {1, pool_id}};
-
 static const char HANDLES_KEY = 'h';
 
-void obj_init(cobj *o, int kind) {
+void conc_obj_init(cobj *o, int kind) {
   atomic_init(&o->refs, 1);
   o->kind = kind;
-  o->uid = obj_newuid();
+  o->uid = conc_obj_newuid();
 }
 
-void obj_retain(cobj *o) {
+void conc_obj_retain(cobj *o) {
   atomic_fetch_add_explicit(&o->refs, 1, memory_order_relaxed);
 }
 
-/* The process that made o, from its uid (obj_newuid). */
+/* The process that made o, from its uid (conc_obj_newuid). */
 static uint32_t obj_home(const cobj *o) {
   return (uint32_t)(o->uid >> 32);
 }
 
-void obj_release(cobj *o) {
+void conc_obj_release(cobj *o) {
   if (o && atomic_fetch_sub_explicit(&o->refs, 1, memory_order_acq_rel) == 1) {
-    if (pinning[o->kind].pinned && obj_home(o) != (uint32_t)conc_getpid())
+    if (conc_kinds[o->kind]->pinned && obj_home(o) != (uint32_t)conc_getpid())
       return;                   /* a child's copy of a parent's object */
     conc_kinds[o->kind]->destroy(o);
   }
 }
 
-int obj_foreign(const cobj *o, char *buf, size_t n) {
-  const struct pinning *pin = &pinning[o->kind];
-  if (!pin->pinned || obj_home(o) == (uint32_t)conc_getpid()) return 0;
-  snprintf(buf, n, "%s %lld", conc_kinds[o->kind]->name,
-           (long long)(pin->id ? pin->id((cobj *)o)
-                               : (lua_Integer)(o->uid & 0xffffffffu)));
+int conc_obj_foreign(const cobj *o, char *buf, size_t n) {
+  const kindinfo *k = conc_kinds[o->kind];
+  if (!k->pinned || obj_home(o) == (uint32_t)conc_getpid()) return 0;
+  snprintf(buf, n, "%s %lld", k->name,
+           (long long)(k->id ? k->id((cobj *)o)
+                             : (lua_Integer)(o->uid & 0xffffffffu)));
   return 1;
 }
 
-void obj_checkhome(lua_State *L, cobj *o) {
+void conc_obj_checkhome(lua_State *L, cobj *o) {
   char what[64];
-  if (obj_foreign(o, what, sizeof what))
+  if (conc_obj_foreign(o, what, sizeof what))
     luaL_error(L, "%s belongs to another process", what);
 }
 
 /* Unique across the process tree: the creating pid and a counter. */
-uint64_t obj_newuid(void) {
+uint64_t conc_obj_newuid(void) {
   static _Atomic uint64_t counter;
   uint64_t c = atomic_fetch_add(&counter, 1) + 1;
   return ((uint64_t)(uint32_t)conc_getpid() << 32) | (c & 0xffffffffu);
@@ -109,8 +94,8 @@ static int handle_gc(lua_State *L) {
   if (h->o) {
     cobj *o = h->o;
     h->o = NULL;
-    if (o->kind == K_PROCESS) process_handle_gone((worker *)o);
-    obj_release(o);
+    if (conc_kinds[o->kind]->handle_gone) conc_kinds[o->kind]->handle_gone(o);
+    conc_obj_release(o);
   }
   return 0;
 }
@@ -132,7 +117,7 @@ static int handle_tostring(lua_State *L) {
     lua_pushfstring(L, "<%s released>", lua_tostring(L, -1));
     return 1;
   }
-  if (obj_foreign(h->o, what, sizeof what)) {   /* printing is no use */
+  if (conc_obj_foreign(h->o, what, sizeof what)) {   /* printing is no use */
     lua_pushfstring(L, "<%s of process %d>", what, (int)obj_home(h->o));
     return 1;
   }
@@ -157,16 +142,16 @@ static int handle_index(lua_State *L) {
 }
 
 /* Makes the metatable of 'kind' in L's registry if it is not there. */
-void obj_newmetatable(lua_State *L, cstate *cs, int kind) {
+void conc_obj_newmetatable(lua_State *L, cstate *cs, int kind) {
   const kindinfo *k = conc_kinds[kind];
   if (luaL_newmetatable(L, k->tname)) {
     static const luaL_Reg meta[] = {{"__gc", handle_gc},
                                     {"__eq", handle_eq},
                                     {"__tostring", handle_tostring},
                                     {NULL, NULL}};
-    cs_setfuncs(L, cs, meta);
+    conc_cs_setfuncs(L, cs, meta);
     lua_newtable(L);                           /* methods */
-    if (k->methods) cs_setfuncs(L, cs, k->methods);
+    if (k->methods) conc_cs_setfuncs(L, cs, k->methods);
     if (k->index) {                            /* fields too: a function */
       lua_pushlightuserdata(L, cs);
       lua_pushvalue(L, -2);
@@ -184,7 +169,7 @@ void obj_newmetatable(lua_State *L, cstate *cs, int kind) {
   lua_pop(L, 1);
 }
 
-void obj_push(lua_State *L, cstate *cs, cobj *o) {
+void conc_obj_push(lua_State *L, cstate *cs, cobj *o) {
   handle *h;
   if (lua_rawgetp(L, LUA_REGISTRYINDEX, &HANDLES_KEY) != LUA_TTABLE) {
     lua_pop(L, 1);
@@ -206,18 +191,17 @@ void obj_push(lua_State *L, cstate *cs, cobj *o) {
   lua_pop(L, 1);
   h = lua_newuserdatauv(L, sizeof *h, 0);
   h->o = NULL;
-  if (cs == NULL || cs->mt[o->kind] == NULL) obj_newmetatable(L, cs, o->kind);
+  if (cs == NULL || cs->mt[o->kind] == NULL) conc_obj_newmetatable(L, cs, o->kind);
   luaL_setmetatable(L, conc_kinds[o->kind]->tname);
-  obj_retain(o);
+  conc_obj_retain(o);
   h->o = o;
-  if (o->kind == K_PROCESS) atomic_fetch_add(&((worker *)o)->handles, 1);
-  if (o->kind == K_PIPE) pipe_handle_made(o, cs);
+  if (conc_kinds[o->kind]->handle_made) conc_kinds[o->kind]->handle_made(o, cs);
   lua_pushvalue(L, -1);
   lua_rawsetp(L, -3, o);
   lua_remove(L, -2);
 }
 
-cobj *obj_check(lua_State *L, int arg, int kind) {
+cobj *conc_obj_check(lua_State *L, int arg, int kind) {
   cstate *cs = lua_touserdata(L, CS_UPVAL);
   handle *h;
   /* fast path: compare the metatable with the one this state made */
@@ -227,19 +211,19 @@ cobj *obj_check(lua_State *L, int arg, int kind) {
     if (mt == cs->mt[kind] && lua_type(L, arg) == LUA_TUSERDATA) {
       h = lua_touserdata(L, arg);
       if (h->o == NULL) luaL_argerror(L, arg, "handle already released");
-      if (pinning[kind].pinned && obj_home(h->o) != (uint32_t)conc_getpid())
-        obj_checkhome(L, h->o);
+      if (conc_kinds[kind]->pinned && obj_home(h->o) != (uint32_t)conc_getpid())
+        conc_obj_checkhome(L, h->o);
       return h->o;
     }
   }
   h = luaL_checkudata(L, arg, conc_kinds[kind]->tname);
   if (h->o == NULL) luaL_argerror(L, arg, "handle already released");
-  if (pinning[kind].pinned && obj_home(h->o) != (uint32_t)conc_getpid())
-    obj_checkhome(L, h->o);
+  if (conc_kinds[kind]->pinned && obj_home(h->o) != (uint32_t)conc_getpid())
+    conc_obj_checkhome(L, h->o);
   return h->o;
 }
 
-cobj *obj_test(lua_State *L, cstate *cs, int idx) {
+cobj *conc_obj_test(lua_State *L, cstate *cs, int idx) {
   const void *mt;
   int k;
   if (lua_type(L, idx) != LUA_TUSERDATA || !lua_getmetatable(L, idx))
@@ -253,61 +237,4 @@ cobj *obj_test(lua_State *L, cstate *cs, int idx) {
     }
   }
   return NULL;
-}
-
-/* ------------------------------------------------------------ fork */
-
-static pthread_mutex_t reg_mu = PTHREAD_MUTEX_INITIALIZER;
-static objlink reg_head = {&reg_head, &reg_head, NULL, NULL};
-
-static void objreg_link(objlink *l) {
-  pthread_mutex_lock(&reg_mu);
-  l->next = &reg_head;
-  l->prev = reg_head.prev;
-  reg_head.prev->next = l;
-  reg_head.prev = l;
-  pthread_mutex_unlock(&reg_mu);
-}
-
-void objreg_add(objlink *l, pthread_mutex_t *mu) {
-  l->mu = mu;
-  l->cm = NULL;
-  objreg_link(l);
-}
-
-void objreg_add_cm(objlink *l, cmutex *cm) {
-  l->mu = NULL;
-  l->cm = cm;
-  objreg_link(l);
-}
-
-void objreg_remove(objlink *l) {
-  pthread_mutex_lock(&reg_mu);
-  l->prev->next = l->next;
-  l->next->prev = l->prev;
-  l->next = l->prev = l;
-  pthread_mutex_unlock(&reg_mu);
-}
-
-/* Called with the fork lock held, so no other fork runs. The registry
-** lock stays held until objreg_unlockall, so no object comes or goes. */
-void objreg_lockall(void) {
-  objlink *l;
-  pthread_mutex_lock(&reg_mu);
-  for (l = reg_head.next; l != &reg_head; l = l->next) {
-    if (l->mu) pthread_mutex_lock(l->mu);
-    else cmutex_lock(l->cm);
-  }
-}
-
-/* In the child the forking thread is the only one left and it owns
-** every lock taken above, so plain unlocks are right on both sides. */
-void objreg_unlockall(int child) {
-  objlink *l;
-  CONC_UNUSED(child);
-  for (l = reg_head.prev; l != &reg_head; l = l->prev) {
-    if (l->mu) pthread_mutex_unlock(l->mu);
-    else cmutex_unlock(l->cm);
-  }
-  pthread_mutex_unlock(&reg_mu);
 }

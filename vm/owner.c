@@ -27,7 +27,7 @@
 #include <string.h>
 #include <sys/mman.h>
 
-#include "internal.h"
+#include "os.h"
 
 #define MAXTOKENS (1u << 17)        /* live threads of a process tree */
 
@@ -69,7 +69,7 @@ static void arena_make(void) {
   pthread_atfork(NULL, NULL, forget_id);
 }
 
-int owner_init(void) {
+int conc_owner_init(void) {
   pthread_once(&arena_once, arena_make);
   if (A == NULL) {
     errno = arena_errno ? arena_errno : ENOMEM;
@@ -122,14 +122,14 @@ static uint64_t token_take(void) {
   return renew(i);                  /* published: searches may try it */
 }
 
-uint64_t owner_self(void) {
+uint64_t conc_owner_self(void) {
   if (tls_id != 0) return tls_id;
   if (A == NULL) return OWNER_ANON;   /* no shared object made here */
   tls_id = token_take();
   return tls_id;
 }
 
-int owner_dead(uint64_t id) {
+int conc_owner_dead(uint64_t id) {
   uint32_t i = (uint32_t)id - 1, gen = (uint32_t)(id >> 32);
   int r;
   if (id == 0 || id == OWNER_ANON || A == NULL ||

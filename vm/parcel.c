@@ -24,7 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "internal.h"
+#include "values.h"
 
 typedef struct parcel {
   cobj obj;
@@ -33,12 +33,12 @@ typedef struct parcel {
 
 static void parcel_destroy(cobj *o) {
   parcel *p = (parcel *)o;
-  msg_free(p->m);
+  conc_msg_free(p->m);
   free(p);
 }
 
 /* kit.pack(remote, root, ...) -> packed values, or nil and the message.
-** 'root' names the values in that message as marshal_encode does
+** 'root' names the values in that message as conc_marshal_encode does
 ** ("args[%d]", "spawn", "result"). */
 static int parcel_pack(lua_State *L) {
   cstate *cs = conc_cs(L);
@@ -48,7 +48,7 @@ static int parcel_pack(lua_State *L) {
   char err[512];
   parcel *p;
   msg *m;
-  if (marshal_encode(L, cs, 3, n, &cs->scratch, remote ? MARSHAL_REMOTE : 0,
+  if (conc_marshal_encode(L, cs, 3, n, &cs->scratch, remote ? MARSHAL_REMOTE : 0,
                      root, err, sizeof err)) {
     lua_pushnil(L);
     lua_pushstring(L, err);
@@ -56,20 +56,20 @@ static int parcel_pack(lua_State *L) {
   }
   if (cs->scratch.nrefs == 0) {       /* bytes only: a string */
     lua_pushlstring(L, cs->scratch.p, cs->scratch.n);
-    mbuf_reset(&cs->scratch);
+    conc_mbuf_reset(&cs->scratch);
     return 1;
   }
   p = malloc(sizeof *p);
-  m = p ? msg_seal(&cs->scratch) : NULL;
+  m = p ? conc_msg_seal(&cs->scratch) : NULL;
   if (m == NULL) {
     free(p);
-    mbuf_reset(&cs->scratch);
+    conc_mbuf_reset(&cs->scratch);
     return luaL_error(L, "not enough memory");
   }
-  obj_init(&p->obj, K_PARCEL);
+  conc_obj_init(&p->obj, K_PARCEL);
   p->m = m;
-  obj_push(L, cs, &p->obj);
-  obj_release(&p->obj);               /* the handle holds it */
+  conc_obj_push(L, cs, &p->obj);
+  conc_obj_release(&p->obj);               /* the handle holds it */
   return 1;
 }
 
@@ -81,7 +81,7 @@ static void parcel_view(lua_State *L, int idx, const char **data, size_t *n,
     *refs = NULL;
     *nrefs = 0;
   } else {
-    parcel *p = (parcel *)obj_check(L, idx, K_PARCEL);
+    parcel *p = (parcel *)conc_obj_check(L, idx, K_PARCEL);
     *data = p->m->data;
     *n = p->m->n;
     *refs = p->m->refs;
@@ -98,7 +98,7 @@ static int parcel_unpack(lua_State *L) {
   int nrefs, k;
   char err[160];
   parcel_view(L, 1, &data, &n, &refs, &nrefs);
-  k = marshal_decode(L, cs, data, n, refs, nrefs, 0, err, sizeof err);
+  k = conc_marshal_decode(L, cs, data, n, refs, nrefs, 0, err, sizeof err);
   if (k < 0) {                        /* no position: the pool words it */
     lua_pushstring(L, err);
     return lua_error(L);
@@ -106,7 +106,7 @@ static int parcel_unpack(lua_State *L) {
   return k;
 }
 
-msg *parcel_tomsg(lua_State *L, int idx) {
+msg *conc_parcel_tomsg(lua_State *L, int idx) {
   const char *data;
   size_t n;
   cobj **refs;
@@ -114,18 +114,22 @@ msg *parcel_tomsg(lua_State *L, int idx) {
   msg *m;
   parcel_view(L, idx, &data, &n, &refs, &nrefs);
   if (nrefs == 0) {
-    m = msg_copy(data, n);
+    m = conc_msg_copy(data, n);
   } else {
-    parcel *p = (parcel *)obj_check(L, idx, K_PARCEL);
-    m = msg_dup(p->m);
+    parcel *p = (parcel *)conc_obj_check(L, idx, K_PARCEL);
+    m = conc_msg_dup(p->m);
   }
   if (m == NULL) luaL_error(L, "not enough memory");
   return m;
 }
 
-const luaL_Reg parcel_funcs[] = {
+const luaL_Reg conc_parcel_funcs[] = {
     {"pack", parcel_pack}, {"unpack", parcel_unpack}, {NULL, NULL}};
 
-const kindinfo parcel_kind = {
-    "conc.parcel", "parcel", 0, 1, parcel_destroy, NULL, NULL, NULL, NULL,
-    NULL, NULL, NULL};
+const kindinfo conc_parcel_kind = {
+    .kind = K_PARCEL,
+    .tname = "conc.parcel",
+    .name = "parcel",
+    .local = 1,
+    .destroy = parcel_destroy,
+    .pinned = 1};

@@ -33,7 +33,7 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
-#include "internal.h"
+#include "modules.h"
 
 /* What the two ends share: which of them this process has used. */
 typedef struct pipepair {
@@ -73,7 +73,7 @@ extern _Atomic unsigned conc_forkgen;
 
 static void pair_release(pipepair *pp) {
   if (atomic_fetch_sub(&pp->refs, 1) != 1) return;
-  objreg_remove(&pp->link);
+  conc_fork_unregister(&pp->link);
   pthread_mutex_destroy(&pp->mu);
   free(pp);
 }
@@ -95,20 +95,20 @@ static void pend_destroy(cobj *o) {
   pthread_mutex_lock(&pp->mu);
   pp->end[e->side] = NULL;
   pthread_mutex_unlock(&pp->mu);
-  objreg_remove(&e->link);
-  fd_close(e->fd);
+  conc_fork_unregister(&e->link);
+  conc_fd_close(e->fd);
   free(e->in);
   pthread_mutex_destroy(&e->mu);
   free(e);
   pair_release(pp);
 }
 
-int pipe_new(lua_State *L) {
+int conc_pipe_new(lua_State *L) {
   cstate *cs = conc_cs(L);
   int fds[2];
   pipepair *pp;
   pend *e[2];
-  if (fd_socketpair(fds) != 0)
+  if (conc_fd_socketpair(fds) != 0)
     return luaL_error(L, "cannot make a pipe: %s", strerror(errno));
   pp = calloc(1, sizeof *pp);
   e[0] = calloc(1, sizeof(pend));
@@ -117,20 +117,20 @@ int pipe_new(lua_State *L) {
     free(pp);
     free(e[0]);
     free(e[1]);
-    fd_close(fds[0]);
-    fd_close(fds[1]);
+    conc_fd_close(fds[0]);
+    conc_fd_close(fds[1]);
     return conc_nomem(L);
   }
   atomic_init(&pp->refs, 2);
   pthread_mutex_init(&pp->mu, NULL);
-  objreg_add(&pp->link, &pp->mu);
+  conc_fork_register(&pp->link, &pp->mu);
   pp->pid = conc_getpid();
   pp->forkgen = atomic_load(&conc_forkgen);
   pp->maker = cs;
   for (int i = 0; i < 2; i++) {
-    obj_init(&e[i]->obj, K_PIPE);
+    conc_obj_init(&e[i]->obj, K_PIPE);
     pthread_mutex_init(&e[i]->mu, NULL);
-    objreg_add(&e[i]->link, &e[i]->mu);
+    conc_fork_register(&e[i]->link, &e[i]->mu);
     e[i]->pair = pp;
     e[i]->side = i;
     e[i]->fd = fds[i];
@@ -138,21 +138,21 @@ int pipe_new(lua_State *L) {
     pp->end[i] = e[i];
   }
   for (int i = 0; i < 2; i++) {
-    obj_push(L, cs, &e[i]->obj);
-    obj_release(&e[i]->obj);
+    conc_obj_push(L, cs, &e[i]->obj);
+    conc_obj_release(&e[i]->obj);
   }
   return 2;
 }
 
 static pend *check_pend(lua_State *L) {
-  return (pend *)obj_check(L, 1, K_PIPE);
+  return (pend *)conc_obj_check(L, 1, K_PIPE);
 }
 
 /* A handle of an end is made in state cs. In another state than the
 ** pair's maker (a thread; a forked child's copy of the maker is the maker
 ** still), an end unused in this process may be a thread's live one, not a
 ** copy that a fork left: claim_end then closes nothing. */
-void pipe_handle_made(cobj *o, struct cstate *cs) {
+static void pipe_handle_made(cobj *o, struct cstate *cs) {
   pipepair *pp = ((pend *)o)->pair;
   if (cs != pp->maker) atomic_store(&pp->threaded, 1);
 }
@@ -177,7 +177,7 @@ static void claim_end(pend *e) {
     if (crossed && other && !atomic_load(&pp->threaded) &&
         pp->used[!e->side] != me &&
         atomic_load(&other->obj.refs) == 1)
-      obj_retain(&other->obj);
+      conc_obj_retain(&other->obj);
     else
       other = NULL;
   }
@@ -185,12 +185,12 @@ static void claim_end(pend *e) {
   if (other) {
     pthread_mutex_lock(&other->mu);
     if (other->fd >= 0 && other->active == 0) {
-      fd_close(other->fd);
+      conc_fd_close(other->fd);
       other->fd = -1;
       other->closed = 1;
     }
     pthread_mutex_unlock(&other->mu);
-    obj_release(&other->obj);
+    conc_obj_release(&other->obj);
   }
 }
 
@@ -210,14 +210,14 @@ static const char *take_turn(pend *e, cstate *cs, int *turn,
     atomic_init(&sw.won, 0);
     memset(&n, 0, sizeof n);
     n.sw = &sw;
-    selq_push(&e->waiters, &n);
-    seen = park_seq(&cs->park);
+    conc_selq_push(&e->waiters, &n);
+    seen = conc_park_seq(&cs->park);
     pthread_mutex_unlock(&e->mu);
-    why = cs_stopreason(cs);
-    if (why == NULL && park_sleep(&cs->park, seen, d) == ETIMEDOUT)
+    why = conc_cs_stopreason(cs);
+    if (why == NULL && conc_park_sleep(&cs->park, seen, d) == ETIMEDOUT)
       *timedout = 1;
     pthread_mutex_lock(&e->mu);
-    if (n.linked) selq_remove(&e->waiters, &n);
+    if (n.linked) conc_selq_remove(&e->waiters, &n);
     if (why) return why;
     if (*timedout && *turn) return NULL;
     *timedout = 0;
@@ -234,11 +234,11 @@ static void give_turn(pend *e, int *turn) {
   *turn = 0;
   e->active--;
   while ((n = e->waiters) != NULL) {
-    selq_remove(&e->waiters, n);
-    park_wake(n->sw->park);
+    conc_selq_remove(&e->waiters, n);
+    conc_park_wake(n->sw->park);
   }
   if (e->closed && e->active == 0 && e->fd >= 0) {
-    fd_close(e->fd);
+    conc_fd_close(e->fd);
     e->fd = -1;
   }
 }
@@ -284,14 +284,14 @@ static int write_frame(pend *e, cstate *cs, const char *p, size_t n,
     }
     if (w < 0 && errno != EINTR && errno != EAGAIN && errno != EWOULDBLOCK)
       return errno;
-    if ((*why = cs_stopreason(cs)) != NULL) return -1;
+    if ((*why = conc_cs_stopreason(cs)) != NULL) return -1;
     if (atomic_load(&e->closed)) return -2;
     if (nonblock) {
-      struct pollfd pf[2];       /* park_poll adds its eventfd */
-      if (deadline_passed(d)) return ETIMEDOUT;
+      struct pollfd pf[2];       /* conc_park_poll adds its eventfd */
+      if (conc_deadline_passed(d)) return ETIMEDOUT;
       pf[0].fd = e->fd;
       pf[0].events = POLLOUT;
-      park_poll(&cs->park, park_seq(&cs->park), pf, 1, d);
+      conc_park_poll(&cs->park, conc_park_seq(&cs->park), pf, 1, d);
     }
   }
   return 0;
@@ -307,32 +307,32 @@ static int pipe_send(lua_State *L) {
   int r, timedout, started;
   luaL_argcheck(L, !lua_isnoneornil(L, 2), 2, "cannot send nil");
   t = conc_opttimeout(L, 3);
-  if (marshal_encode(L, cs, 2, 1, &cs->scratch, MARSHAL_REMOTE, "value", err,
+  if (conc_marshal_encode(L, cs, 2, 1, &cs->scratch, MARSHAL_REMOTE, "value", err,
                      sizeof err) != 0)
-    return msg_raise(L, err);
+    return conc_msg_raise(L, err);
   claim_end(e);
-  deadline_in(&d, t);
+  conc_deadline_in(&d, t);
   pthread_mutex_lock(&e->mu);
   if (e->fd < 0 || atomic_load(&e->closed)) {
     pthread_mutex_unlock(&e->mu);
-    mbuf_reset(&cs->scratch);
+    conc_mbuf_reset(&cs->scratch);
     return luaL_error(L, "send on a closed pipe");
   }
-  cs_waiting(cs, "send");
+  conc_cs_waiting(cs, "send");
   why = take_turn(e, cs, &e->writing, &d, &timedout);
   if (why || timedout) {
     pthread_mutex_unlock(&e->mu);
-    cs_waiting(cs, NULL);
-    mbuf_reset(&cs->scratch);
-    if (why) return cs_raisestop(L, cs, why);
+    conc_cs_waiting(cs, NULL);
+    conc_mbuf_reset(&cs->scratch);
+    if (why) return conc_cs_raisestop(L, cs, why);
     lua_pushboolean(L, 0);
     return 1;
   }
   if (e->fd < 0 || atomic_load(&e->closed)) {   /* closed while we waited */
     give_turn(e, &e->writing);
     pthread_mutex_unlock(&e->mu);
-    cs_waiting(cs, NULL);
-    mbuf_reset(&cs->scratch);
+    conc_cs_waiting(cs, NULL);
+    conc_mbuf_reset(&cs->scratch);
     return luaL_error(L, "send on a closed pipe");
   }
   pthread_mutex_unlock(&e->mu);
@@ -345,8 +345,8 @@ static int pipe_send(lua_State *L) {
   }
   give_turn(e, &e->writing);
   pthread_mutex_unlock(&e->mu);
-  cs_waiting(cs, NULL);
-  mbuf_reset(&cs->scratch);
+  conc_cs_waiting(cs, NULL);
+  conc_mbuf_reset(&cs->scratch);
   if (r == 0) {
     lua_pushboolean(L, 1);
     return 1;
@@ -355,7 +355,7 @@ static int pipe_send(lua_State *L) {
     lua_pushboolean(L, 0);
     return 1;
   }
-  if (r == -1) return cs_raisestop(L, cs, why);
+  if (r == -1) return conc_cs_raisestop(L, cs, why);
   if (r == -2 || r == EPIPE || r == ECONNRESET)
     return luaL_error(L, "send on a closed pipe");
   return luaL_error(L, "pipe send failed: %s", strerror(r));
@@ -450,16 +450,16 @@ static int get_frame(pend *e, cstate *cs, const deadline *d, const char **why) {
     if (r > 0) continue;
     if (r == -2) return NOMEM;
     if (r < 0) continue;                  /* eof: reported above */
-    if ((*why = cs_stopreason(cs)) != NULL) return STOP;
+    if ((*why = conc_cs_stopreason(cs)) != NULL) return STOP;
     if (atomic_load(&e->closed)) return CLOSED;
     if (d == NULL || d->forever) {
       fill(e, 1);                         /* block: a slice at most */
     } else {
-      struct pollfd pf[2];       /* park_poll adds its eventfd */
-      if (deadline_passed(d)) return EMPTY;
+      struct pollfd pf[2];       /* conc_park_poll adds its eventfd */
+      if (conc_deadline_passed(d)) return EMPTY;
       pf[0].fd = e->fd;
       pf[0].events = POLLIN;
-      park_poll(&cs->park, park_seq(&cs->park), pf, 1, d);
+      conc_park_poll(&cs->park, conc_park_seq(&cs->park), pf, 1, d);
     }
   }
 }
@@ -475,7 +475,7 @@ static int decode_body(lua_State *L) {
   decarg *a = lua_touserdata(L, 1);
   int n;
   lua_pop(L, 1);
-  n = marshal_decode(L, a->cs, a->p, a->n, NULL, 0, MARSHAL_REMOTE, a->err,
+  n = conc_marshal_decode(L, a->cs, a->p, a->n, NULL, 0, MARSHAL_REMOTE, a->err,
                      sizeof a->err);
   if (n < 0) {
     lua_pushstring(L, a->err);
@@ -498,7 +498,7 @@ static int pipe_recv(lua_State *L) {
   deadline d;
   const char *why = NULL;
   int r = EMPTY, timedout, st = LUA_OK, base;
-  deadline_in(&d, conc_opttimeout(L, 2));
+  conc_deadline_in(&d, conc_opttimeout(L, 2));
   claim_end(e);
   lua_settop(L, 1);
   base = lua_gettop(L);
@@ -509,7 +509,7 @@ static int pipe_recv(lua_State *L) {
     lua_pushliteral(L, "closed");
     return 2;
   }
-  cs_waiting(cs, "recv");
+  conc_cs_waiting(cs, "recv");
   why = take_turn(e, cs, &e->reading, &d, &timedout);
   if (why == NULL && !timedout) {
     pthread_mutex_unlock(&e->mu);
@@ -534,12 +534,12 @@ static int pipe_recv(lua_State *L) {
     give_turn(e, &e->reading);
   }
   pthread_mutex_unlock(&e->mu);
-  cs_waiting(cs, NULL);
+  conc_cs_waiting(cs, NULL);
   if (r == GOT) {
     if (st != LUA_OK) return lua_error(L);
     return lua_gettop(L) - base;
   }
-  if (why) return cs_raisestop(L, cs, why);
+  if (why) return conc_cs_raisestop(L, cs, why);
   if (r == CLOSED) {
     lua_pushnil(L);
     lua_pushliteral(L, "closed");
@@ -569,12 +569,12 @@ static int pipe_close(lua_State *L) {
   if (e->fd >= 0 && !atomic_load(&e->closed) && mine) shutdown(e->fd, SHUT_RDWR);
   atomic_store(&e->closed, 1);
   if (e->active == 0 && e->fd >= 0) {
-    fd_close(e->fd);
+    conc_fd_close(e->fd);
     e->fd = -1;
   }
   while ((n = e->waiters) != NULL) {
-    selq_remove(&e->waiters, n);
-    park_wake(n->sw->park);
+    conc_selq_remove(&e->waiters, n);
+    conc_park_wake(n->sw->park);
   }
   pthread_mutex_unlock(&e->mu);
   return 0;
@@ -618,7 +618,7 @@ static int pipe_sel_try(cobj *o, selnode *n) {
   if (e->reading) {
     /* another thread reads: it may leave frames in e->in that the socket
     ** no longer shows; be woken when it gives the turn back */
-    if (!n->linked) selq_push(&e->waiters, n);
+    if (!n->linked) conc_selq_push(&e->waiters, n);
     pthread_mutex_unlock(&e->mu);
     return 0;
   }
@@ -633,16 +633,16 @@ static int pipe_sel_try(cobj *o, selnode *n) {
     }
     if (f > 0) {
       /* copied before the claim: a select claimed must get its value */
-      msg *m = msg_copy(e->in + FRAME_HEAD, (size_t)frame_len(e));
+      msg *m = conc_msg_copy(e->in + FRAME_HEAD, (size_t)frame_len(e));
       if (m == NULL) {
         r = NOMEM;
-      } else if (sel_claim(n->sw, n->index)) {
+      } else if (conc_sel_claim(n->sw, n->index)) {
         frame_drop(e);
         n->m = m;
         n->result = SEL_VALUE;
         r = GOT;
       } else {
-        msg_free(m);             /* another item won */
+        conc_msg_free(m);             /* another item won */
       }
       break;
     }
@@ -670,7 +670,7 @@ static int pipe_sel_try(cobj *o, selnode *n) {
 static void pipe_sel_delist(cobj *o, selnode *n) {
   pend *e = (pend *)o;
   pthread_mutex_lock(&e->mu);
-  if (n->linked) selq_remove(&e->waiters, n);
+  if (n->linked) conc_selq_remove(&e->waiters, n);
   pthread_mutex_unlock(&e->mu);
 }
 
@@ -690,6 +690,15 @@ static const luaL_Reg pipe_methods[] = {
     {"send", pipe_send}, {"recv", pipe_recv}, {"close", pipe_close},
     {"iter", pipe_iter}, {NULL, NULL}};
 
-const kindinfo pipe_kind = {
-    "conc.pipe", "pipe", 0, 1, pend_destroy, pipe_methods, NULL,
-    pipe_tostring, pipe_sel_try, pipe_sel_delist, pipe_sel_fds, NULL};
+const kindinfo conc_pipe_kind = {
+    .kind = K_PIPE,
+    .tname = "conc.pipe",
+    .name = "pipe",
+    .local = 1,
+    .destroy = pend_destroy,
+    .methods = pipe_methods,
+    .tostring = pipe_tostring,
+    .sel_try = pipe_sel_try,
+    .sel_delist = pipe_sel_delist,
+    .sel_fds = pipe_sel_fds,
+    .handle_made = pipe_handle_made};

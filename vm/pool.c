@@ -26,7 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "internal.h"
+#include "modules.h"
 
 enum { P_OPEN, P_CLOSED, P_TERMINATED };
 
@@ -57,8 +57,8 @@ static pthread_once_t pools_once = PTHREAD_ONCE_INIT;
 static void pool_exit(rt *r);
 
 static void pools_init(void) {
-  objreg_add(&pools_link, &pools_mu);
-  rt_exit_hook = pool_exit;
+  conc_fork_register(&pools_link, &pools_mu);
+  conc_rt_exit_hook = pool_exit;
 }
 
 static void pool_destroy(cobj *o) {
@@ -68,18 +68,18 @@ static void pool_destroy(cobj *o) {
   else pools = p->next;
   if (p->next) p->next->prev = p->prev;
   pthread_mutex_unlock(&pools_mu);
-  future_settle(p->lifeline, 1, NULL);  /* nobody can submit any more */
-  obj_release(p->lifeline);
-  obj_release(p->requests);
-  obj_release(p->manager);
-  rt_release(p->rt);
+  conc_future_settle(p->lifeline, 1, NULL);  /* nobody can submit any more */
+  conc_obj_release(p->lifeline);
+  conc_obj_release(p->requests);
+  conc_obj_release(p->manager);
+  conc_rt_release(p->rt);
   free(p->kind);
   free(p->name);
   free(p);
 }
 
 static pool *check_pool(lua_State *L, int arg) {
-  return (pool *)obj_check(L, arg, K_POOL);
+  return (pool *)conc_obj_check(L, arg, K_POOL);
 }
 
 /* kit.pool(kind, n, name, requests, lifeline) -> a new open pool. */
@@ -88,8 +88,8 @@ static int pool_new(lua_State *L) {
   const char *kind = luaL_checkstring(L, 1);
   lua_Integer n = luaL_checkinteger(L, 2);
   const char *name = luaL_optstring(L, 3, NULL);
-  cobj *requests = obj_check(L, 4, K_CHANNEL);
-  cobj *lifeline = obj_check(L, 5, K_FUTURE);
+  cobj *requests = conc_obj_check(L, 4, K_CHANNEL);
+  cobj *lifeline = conc_obj_check(L, 5, K_FUTURE);
   static _Atomic int64_t next = 1;
   pool *p = calloc(1, sizeof *p);
   if (p == NULL || (p->kind = strdup(kind)) == NULL ||
@@ -99,37 +99,37 @@ static int pool_new(lua_State *L) {
     return luaL_error(L, "not enough memory");
   }
   pthread_once(&pools_once, pools_init);
-  obj_init(&p->obj, K_POOL);
+  conc_obj_init(&p->obj, K_POOL);
   p->id = atomic_fetch_add(&next, 1);
   p->n = n;
   atomic_init(&p->state, P_OPEN);
   p->requests = requests;
-  obj_retain(requests);
+  conc_obj_retain(requests);
   p->lifeline = lifeline;
-  obj_retain(lifeline);
+  conc_obj_retain(lifeline);
   p->rt = cs->rt;
-  rt_retain(p->rt);
+  conc_rt_retain(p->rt);
   pthread_mutex_lock(&pools_mu);
   p->next = pools;
   if (pools) pools->prev = p;
   pools = p;
   pthread_mutex_unlock(&pools_mu);
-  obj_push(L, cs, &p->obj);
-  obj_release(&p->obj);
+  conc_obj_push(L, cs, &p->obj);
+  conc_obj_release(&p->obj);
   return 1;
 }
 
 /* kit.setmanager(p, thread): the manager the exit waits for. */
 static int pool_setmanager(lua_State *L) {
   pool *p = check_pool(L, 1);
-  cobj *w = obj_check(L, 2, K_THREAD);
+  cobj *w = conc_obj_check(L, 2, K_THREAD);
   cobj *old;
-  obj_retain(w);
+  conc_obj_retain(w);
   pthread_mutex_lock(&pools_mu);
   old = p->manager;
   p->manager = w;
   pthread_mutex_unlock(&pools_mu);
-  obj_release(old);
+  conc_obj_release(old);
   return 0;
 }
 
@@ -139,18 +139,18 @@ static int pool_manager(lua_State *L) {
   cobj *w;
   pthread_mutex_lock(&pools_mu);
   w = p->manager;
-  if (w) obj_retain(w);
+  if (w) conc_obj_retain(w);
   pthread_mutex_unlock(&pools_mu);
   if (w == NULL) return 0;
-  obj_push(L, conc_cs(L), w);
-  obj_release(w);
+  conc_obj_push(L, conc_cs(L), w);
+  conc_obj_release(w);
   return 1;
 }
 
 /* kit.requests(p) -> the manager's channel. */
 static int pool_requests(lua_State *L) {
   pool *p = check_pool(L, 1);
-  obj_push(L, conc_cs(L), p->requests);
+  conc_obj_push(L, conc_cs(L), p->requests);
   return 1;
 }
 
@@ -227,7 +227,7 @@ static int pool_index(lua_State *L) {
 }
 
 static void pool_meta(lua_State *L, cstate *cs) {
-  cs_pushfunc(L, cs, pool_close_mm);
+  conc_cs_pushfunc(L, cs, pool_close_mm);
   lua_setfield(L, -2, "__close");
 }
 
@@ -239,7 +239,7 @@ static int pool_tostring(lua_State *L) {
   return 1;
 }
 
-lua_Integer pool_id(cobj *o) {
+lua_Integer conc_pool_id(cobj *o) {
   return (lua_Integer)((pool *)o)->id;
 }
 
@@ -254,7 +254,7 @@ static int retain_live(cobj *o) {
   return 0;
 }
 
-/* The exit (rt_exit_hook): every pool of r still running is closed, and
+/* The exit (conc_rt_exit_hook): every pool of r still running is closed, and
 ** the exit waits for its manager as for a worker that is not a daemon,
 ** so its queued work finishes first (and one Ctrl-C stops it, as it stops
 ** the rest: exit.c). Nothing here waits or raises. */
@@ -269,7 +269,7 @@ static void pool_exit(rt *r) {
           (uint32_t)(p->obj.uid >> 32) == (uint32_t)conc_getpid()) {
         p->exiting = 1;
         w = (worker *)p->manager;
-        obj_retain(&w->obj);
+        conc_obj_retain(&w->obj);
         live = retain_live(&p->obj);   /* else its destroy tells the manager */
         break;
       }
@@ -279,11 +279,11 @@ static void pool_exit(rt *r) {
     if (live) {
       int old = P_OPEN;
       atomic_compare_exchange_strong(&p->state, &old, P_CLOSED);
-      future_settle(p->lifeline, 1, NULL);
-      obj_release(&p->obj);
+      conc_future_settle(p->lifeline, 1, NULL);
+      conc_obj_release(&p->obj);
     }
-    worker_await(w);
-    obj_release(&w->obj);
+    conc_worker_await(w);
+    conc_obj_release(&w->obj);
   }
 }
 
@@ -292,7 +292,7 @@ static void pool_exit(rt *r) {
 ** child's use of its parent's pool. Never raises: conc.pool raises in
 ** its own words, at its caller's position. */
 static int pool_kstate(lua_State *L) {
-  cobj *o = obj_test(L, conc_cs(L), 1);
+  cobj *o = conc_obj_test(L, conc_cs(L), 1);
   char what[64];
   if (o == NULL || o->kind != K_POOL) {
     lua_pushnil(L);
@@ -304,7 +304,7 @@ static int pool_kstate(lua_State *L) {
     lua_pushboolean(L, 1);
     return 3;
   }
-  if (obj_foreign(o, what, sizeof what)) {
+  if (conc_obj_foreign(o, what, sizeof what)) {
     lua_pushnil(L);
     lua_pushfstring(L, "%s belongs to another process", what);
     lua_pushboolean(L, 0);
@@ -315,7 +315,7 @@ static int pool_kstate(lua_State *L) {
 }
 
 /* conc._poolkit() -> the functions conc.pool is built on. */
-int pool_kit(lua_State *L) {
+int conc_pool_kit(lua_State *L) {
   static const luaL_Reg kit[] = {
       {"pool", pool_new},          {"state", pool_kstate},
       {"mark", pool_mark},         {"requests", pool_requests},
@@ -323,9 +323,9 @@ int pool_kit(lua_State *L) {
       {"register", pool_register}, {NULL, NULL}};
   cstate *cs = conc_cs(L);
   lua_createtable(L, 0, 8);
-  cs_setfuncs(L, cs, kit);
-  cs_setfuncs(L, cs, parcel_funcs);
-  cs_setfuncs(L, cs, future_funcs);
+  conc_cs_setfuncs(L, cs, kit);
+  conc_cs_setfuncs(L, cs, conc_parcel_funcs);
+  conc_cs_setfuncs(L, cs, conc_future_funcs);
   return 1;
 }
 
@@ -334,6 +334,15 @@ static const luaL_Reg pool_methods[] = {
     {"close", pool_close}, {"terminate", pool_terminate},
     {NULL, NULL}};
 
-const kindinfo pool_kind = {
-    "conc.pool", "pool", 0, 1, pool_destroy, pool_methods, pool_index,
-    pool_tostring, NULL, NULL, NULL, pool_meta};
+const kindinfo conc_pool_kind = {
+    .kind = K_POOL,
+    .tname = "conc.pool",
+    .name = "pool",
+    .local = 1,
+    .destroy = pool_destroy,
+    .methods = pool_methods,
+    .index = pool_index,
+    .tostring = pool_tostring,
+    .meta = pool_meta,
+    .pinned = 1,
+    .id = conc_pool_id};

@@ -3,7 +3,7 @@
 ** How the REPL shows a value: tables nested with their keys sorted,
 ** strings quoted, cycles marked, long and deep tables cut.
 **
-** DESIGN. pretty_push renders one value into a growing buffer kept in a
+** DESIGN. conc_pretty_push renders one value into a growing buffer kept in a
 ** userdata box on the Lua stack, so that an error raised half-way (a
 ** __tostring that fails, Ctrl-C, out of memory) leaves nothing to free by
 ** hand. A table is first tried on one line ("flat"): the attempt stops as
@@ -25,14 +25,14 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "internal.h"
+#include "init.h"
 
 #define PP_DEPTH 6       /* tables nested deeper show as {...} */
 #define PP_ITEMS 100     /* entries shown per table */
 #define PP_NODES 4000    /* values shown in one rendering */
 #define PP_INDENT 2
 
-int pretty_push(lua_State *L, int idx, int width, int col);
+int conc_pretty_push(lua_State *L, int idx, int width, int col);
 
 typedef struct ppbuf {
   char *p;
@@ -458,7 +458,7 @@ static void block(pp *P, int idx, int depth, int indent, int col0) {
 /* Pushes the value at idx as the REPL shows it inside a table (strings
 ** quoted), laid out for a line 'width' wide whose first 'col' columns are
 ** taken. Returns 1. May raise (a __tostring that fails, memory). */
-int pretty_push(lua_State *L, int idx, int width, int col) {
+int conc_pretty_push(lua_State *L, int idx, int width, int col) {
   pp P;
   int top;
   idx = lua_absindex(L, idx);

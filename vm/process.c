@@ -6,7 +6,7 @@
 ** DESIGN. The parent makes a result pipe, flushes stdio (holding the
 ** stdout and stderr locks, so no other thread buffers output meanwhile),
 ** blocks signals, and forks with every runtime lock held (pthread_atfork:
-** objreg_lockall), so the child, which has only the forking thread,
+** conc_objreg_lockall), so the child, which has only the forking thread,
 ** inherits no lock that some other thread holds. The child's side is in
 ** child.c: it runs fn, writes one frame to the pipe and _exits. The write
 ** end is closed in the parent before the next fork can start, so no
@@ -37,111 +37,28 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "internal.h"
+#include "workers.h"
 #include <lualib.h>
 
-static _Atomic pid_t cached_pid;
 const char *conc_self_exe;     /* set by the conclua command's main */
 
-/* The thread id, cached: gettid is a system call. */
-static __thread __attribute__((tls_model("initial-exec"))) uint32_t tls_tid;
-
-uint32_t conc_gettid(void) {
-  if (tls_tid == 0) tls_tid = (uint32_t)syscall(SYS_gettid);
-  return tls_tid;
-}
-
-pid_t conc_getpid(void) {
-  pid_t p = atomic_load_explicit(&cached_pid, memory_order_relaxed);
-  if (p == 0) {
-    p = getpid();
-    atomic_store(&cached_pid, p);
-  }
-  return p;
-}
-
-/* ------------------------------------------------------------ fork */
-
-/* The runtime's locks are held for a fork. Atomic: a host's own fork in
-** another thread may run these handlers too. */
-static _Atomic int fork_locked;
-
-static void atfork_prepare(void) {
-  int locked = !__libc_single_threaded;
-  atomic_store_explicit(&fork_locked, locked, memory_order_relaxed);
-  if (locked) objreg_lockall();
-}
-
-_Atomic unsigned conc_forkgen;      /* forks this process made */
-
-/* Set around the fork of spawn_process (under the fork lock when there
-** are threads): the lifeline read end made for the child, and which
-** thread forks it (the address of its tls_tid: fork keeps it, no other
-** thread has it), so the child knows it is a spawn_process child and not
-** popen's or a host's fork in another thread. Not thread-local: the
-** parent resets it after the fork, and this page is written then anyway
-** (conc_forkgen), a TLS page not: every page the parent writes while the
-** child lives is a copy-on-write fault. */
-static _Atomic int spawn_lfd = -1;
-static _Atomic uintptr_t spawn_thread;
-
-static void atfork_parent(void) {
-  atomic_fetch_add(&conc_forkgen, 1);
-  if (atomic_load_explicit(&fork_locked, memory_order_relaxed))
-    objreg_unlockall(0);
-}
-
-/* The child: one thread; the parent's reaper, pool and fds are not its,
-** nor its lifeline (before any code but these handlers runs). */
-static void atfork_child(void) {
-  pid_t self = getpid();
-  atomic_store(&cached_pid, self);
-  tls_tid = 0;
-  if (atomic_load_explicit(&fork_locked, memory_order_relaxed))
-    objreg_unlockall(1);
-  lifeline_atfork_child(atomic_load(&spawn_thread) == (uintptr_t)&tls_tid
-                            ? atomic_load(&spawn_lfd) : -1, self);
-  atomic_store(&spawn_lfd, -1);       /* not for the child's own forks */
-  threadpool_atfork_child();
-  reap_atfork_child();
-}
-
-static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
-
-static pthread_mutex_t fork_mu = PTHREAD_MUTEX_INITIALIZER;
-
-/* No fork once the exit handlers are done: after them, exit unregisters
-** the atfork handlers, and a child forked without them would keep the
-** lifeline's write end (lifeline.c). Set under the fork lock, so every
-** fork that got past it has its handlers run. */
-static _Atomic int forks_closed;
-static _Atomic uintptr_t exit_thread;    /* the one running exit (tls_tid) */
-
 /* At exit (also after os.exit): wait for the non-daemon workers of every
-** runtime still open, then stop the daemons; then no more forks. */
-static void at_exit(void) {
-  rt_exit_all();
-  pthread_mutex_lock(&fork_mu);
-  atomic_store(&exit_thread, (uintptr_t)&tls_tid);
-  atomic_store(&forks_closed, 1);
-  pthread_mutex_unlock(&fork_mu);
-}
-
-static void atfork_install_once(void) {
+** runtime still open, then stop the daemons (fork.c closes forks then). */
+static void install_once(void) {
   unsigned char key[16];
   /* the bytecode key is per process tree: make it before the first fork,
   ** or parent and child would each draw their own and reject each
   ** other's functions */
-  marshal_key(key);
-  reap_init();
-  lifeline_init();
-  lifeline_make();        /* now, not at the first spawn: fds stay put */
-  pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
-  atexit(at_exit);
+  conc_marshal_key(key);
+  conc_reap_init();
+  conc_lifeline_init();
+  conc_lifeline_make();   /* now, not at the first spawn: fds stay put */
+  conc_fork_install(conc_rt_exit_all);
 }
 
-void process_atfork_install(void) {
-  pthread_once(&atfork_once, atfork_install_once);
+void conc_process_atfork_install(void) {
+  static pthread_once_t once = PTHREAD_ONCE_INIT;
+  pthread_once(&once, install_once);
 }
 
 /* A spawn_process that comes after the exit handlers. In a worker
@@ -153,19 +70,19 @@ void process_atfork_install(void) {
 ** error there would end it, and its process, a second time. */
 static int spawn_too_late(lua_State *L, cstate *cs) {
   const char *why;
-  if (cs->self || atomic_load(&exit_thread) == (uintptr_t)&tls_tid)
+  if (cs->self || conc_fork_exiting())
     return luaL_error(L, "cannot start process: the process is exiting");
-  cs_waiting(cs, "exit");
+  conc_cs_waiting(cs, "exit");
   for (;;) {
-    uint32_t seen = park_seq(&cs->park);
-    if ((why = cs_stopreason(cs)) != NULL) break;
-    park_sleep(&cs->park, seen, NULL);
+    uint32_t seen = conc_park_seq(&cs->park);
+    if ((why = conc_cs_stopreason(cs)) != NULL) break;
+    conc_park_sleep(&cs->park, seen, NULL);
   }
-  cs_waiting(cs, NULL);
-  return cs_raisestop(L, cs, why);
+  conc_cs_waiting(cs, NULL);
+  return conc_cs_raisestop(L, cs, why);
 }
 
-int process_spawn(lua_State *L) {
+int conc_process_spawn(lua_State *L) {
   cstate *cs = conc_cs(L);
   const char *name = NULL, *start = "fork", *exe = NULL;
   int daemon = 0, fi = 1, n, rfd[2], lfd, lkept;
@@ -173,7 +90,7 @@ int process_spawn(lua_State *L) {
   worker *w;
   pid_t pid;
   if (lua_type(L, 1) == LUA_TTABLE) {
-    spawn_options(L, "spawn_process", &name, &daemon, &start);
+    conc_spawn_options(L, "spawn_process", &name, &daemon, &start);
     fi = 2;
   }
   luaL_checktype(L, fi, LUA_TFUNCTION);
@@ -184,22 +101,22 @@ int process_spawn(lua_State *L) {
     return luaL_error(L, "start = 'spawn' needs the conclua command: set "
                          "CONCLUA_EXE to its path");
   n = lua_gettop(L) - fi + 1;
-  process_atfork_install();
-  w = worker_new(cs->rt, WK_PROCESS, name, daemon);
+  conc_process_atfork_install();
+  w = conc_worker_new(cs->rt, K_PROCESS, name, daemon);
   if (w == NULL) return conc_nomem(L);
-  obj_push(L, cs, &w->obj);       /* the handle holds the reference */
-  obj_release(&w->obj);
-  if (fd_pipe(rfd) != 0)
+  conc_obj_push(L, cs, &w->obj);       /* the handle holds the reference */
+  conc_obj_release(&w->obj);
+  if (conc_fd_pipe(rfd) != 0)
     return luaL_error(L, "cannot start process: %s", strerror(errno));
   /* no /proc: the child goes unguarded; any other failure is the fds' */
-  if ((lfd = lifeline_take(&lkept)) < 0 && errno != ENOENT && errno != EACCES) {
+  if ((lfd = conc_lifeline_take(&lkept)) < 0 && errno != ENOENT && errno != EACCES) {
     int e = errno;
-    fd_close(rfd[0]);
-    fd_close(rfd[1]);
+    conc_fd_close(rfd[0]);
+    conc_fd_close(rfd[1]);
     return luaL_error(L, "cannot start process: %s", strerror(e));
   }
   if (start[0] == 's') {
-    spawn_exec(L, cs, w, fi, n, exe, rfd, lfd, lkept);
+    conc_spawn_exec(L, cs, w, fi, n, exe, rfd, lfd, lkept);
     pid = w->pid;
   } else {
     /* no other thread may buffer output between the flush and the fork;
@@ -207,12 +124,10 @@ int process_spawn(lua_State *L) {
     sigset_t all, old;
     int alone = __libc_single_threaded;
     sigfillset(&all);
-    if (!alone) pthread_mutex_lock(&fork_mu);
-    if (atomic_load(&forks_closed)) {
-      if (!alone) pthread_mutex_unlock(&fork_mu);
-      fd_close(rfd[0]);
-      fd_close(rfd[1]);
-      lifeline_given(lfd, lkept, -1);
+    if (conc_fork_lock(alone) < 0) {
+      conc_fd_close(rfd[0]);
+      conc_fd_close(rfd[1]);
+      conc_lifeline_given(lfd, lkept, -1);
       return spawn_too_late(L, cs);
     }
     if (!alone) {
@@ -221,57 +136,53 @@ int process_spawn(lua_State *L) {
     }
     fflush(NULL);
     pthread_sigmask(SIG_SETMASK, &all, &old);
-    atomic_store_explicit(&spawn_lfd, lfd, memory_order_relaxed);
-    atomic_store_explicit(&spawn_thread, (uintptr_t)&tls_tid,
-                          memory_order_relaxed);
-    pid = fork();
-    if (pid != 0) atomic_store_explicit(&spawn_lfd, -1, memory_order_relaxed);
+    pid = conc_fork_spawn(lfd);
     if (!alone) {
       funlockfile(stderr);
       funlockfile(stdout);
     }
     if (pid == 0) {
-      if (!alone) pthread_mutex_unlock(&fork_mu);
-      fd_close(rfd[0]);
-      child_run(L, cs, w, rfd[1], fi, n, &old);     /* does not return */
+      conc_fork_unlock(alone);
+      conc_fd_close(rfd[0]);
+      conc_child_run(L, cs, w, rfd[1], fi, n, &old);     /* does not return */
     }
     /* the parent's copy of the write end goes at once; a sibling that
     ** another thread forked since the pipe was made may hold one too,
     ** which is why the child's end is learned from its pidfd, not from
     ** end of file on the pipe */
-    fd_close(rfd[1]);
-    lifeline_given(lfd, lkept, pid);   /* the child arms its copy */
-    if (!alone) pthread_mutex_unlock(&fork_mu);
+    conc_fd_close(rfd[1]);
+    conc_lifeline_given(lfd, lkept, pid);   /* the child arms its copy */
+    conc_fork_unlock(alone);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     if (pid < 0) {
       int e = errno;
-      fd_close(rfd[0]);
+      conc_fd_close(rfd[0]);
       return luaL_error(L, "cannot start process: %s", strerror(e));
     }
     w->pid = pid;
   }
   w->owner = conc_getpid();
   w->rfd = rfd[0];
-  fd_set_nonblock(w->rfd, 1);
+  conc_fd_set_nonblock(w->rfd, 1);
   w->pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
   if (w->pidfd < 0) {
     int e = errno;
     kill(pid, SIGKILL);
     waitpid(pid, NULL, 0);
-    lifeline_ended(pid);
-    fd_close(w->rfd);
+    conc_lifeline_ended(pid);
+    conc_fd_close(w->rfd);
     w->rfd = -1;
-    worker_finish(w, W_KILLED, NULL, strdup("process: cannot watch it"));
+    conc_worker_finish(w, W_KILLED, NULL, strdup("process: cannot watch it"));
     return luaL_error(L, "cannot watch process: %s", strerror(e));
   }
-  worker_register(w);
+  conc_worker_register(w);
   return 1;
 }
 
 /* ------------------------------------------------------------ handle */
 
 static worker *check_proc(lua_State *L, int arg) {
-  worker *w = (worker *)obj_check(L, arg, K_PROCESS);
+  worker *w = (worker *)conc_obj_check(L, arg, K_PROCESS);
   if (w->owner != conc_getpid())
     luaL_error(L, "process %d is not a child of this process", (int)w->pid);
   return w;
@@ -281,17 +192,17 @@ static int proc_join(lua_State *L) {
   cstate *cs = conc_cs(L);
   worker *w = check_proc(L, 1);
   deadline d;
-  deadline_in(&d, -1);
-  worker_wait(L, cs, w, &d);
-  return worker_push_outcome(L, cs, w);
+  conc_deadline_in(&d, -1);
+  conc_worker_wait(L, cs, w, &d);
+  return conc_worker_push_outcome(L, cs, w);
 }
 
 static int proc_wait(lua_State *L) {
   cstate *cs = conc_cs(L);
   worker *w = check_proc(L, 1);
   deadline d;
-  deadline_in(&d, conc_opttimeout(L, 2));
-  lua_pushboolean(L, worker_wait(L, cs, w, &d));
+  conc_deadline_in(&d, conc_opttimeout(L, 2));
+  lua_pushboolean(L, conc_worker_wait(L, cs, w, &d));
   return 1;
 }
 
@@ -299,14 +210,14 @@ static int proc_wait(lua_State *L) {
 ** it if it ended and nobody watches it), as a poll loop expects. */
 static int proc_status(lua_State *L) {
   worker *w = check_proc(L, 1);
-  process_poll(w);
-  lua_pushstring(L, worker_statusname(worker_status(w)));
+  conc_process_poll(w);
+  lua_pushstring(L, conc_worker_statusname(conc_worker_status(w)));
   return 1;
 }
 
 static int proc_alive(lua_State *L) {
   worker *w = check_proc(L, 1);
-  lua_pushboolean(L, !process_poll(w));
+  lua_pushboolean(L, !conc_process_poll(w));
   return 1;
 }
 
@@ -335,7 +246,7 @@ static int signal_arg(lua_State *L, int arg) {
 
 /* Signals the child unless it was reaped (its pid may be another's by
 ** then): 1 sent, 0 reaped already, minus errno if kill failed. */
-int process_signal(worker *w, int sig) {
+int conc_process_signal(worker *w, int sig) {
   int r = 0;
   pthread_mutex_lock(&w->mu);
   if (!w->reaped && w->pid > 0) r = kill(w->pid, sig) == 0 ? 1 : -errno;
@@ -346,7 +257,7 @@ int process_signal(worker *w, int sig) {
 /* kill([signal]): true if sent, false if the process was already reaped. */
 static int proc_kill(lua_State *L) {
   worker *w = check_proc(L, 1);
-  int r = process_signal(w, signal_arg(L, 2));
+  int r = conc_process_signal(w, signal_arg(L, 2));
   if (r < 0 && r != -ESRCH)
     return luaL_error(L, "cannot signal process %d: %s", (int)w->pid,
                       strerror(-r));
@@ -356,13 +267,13 @@ static int proc_kill(lua_State *L) {
 
 static int proc_exitcode(lua_State *L) {
   worker *w = check_proc(L, 1);
-  if (!process_poll(w)) lua_pushnil(L);
+  if (!conc_process_poll(w)) lua_pushnil(L);
   else lua_pushinteger(L, w->exitcode);
   return 1;
 }
 
 static int proc_index(lua_State *L) {
-  worker *w = (worker *)obj_check(L, 1, K_PROCESS);
+  worker *w = (worker *)conc_obj_check(L, 1, K_PROCESS);
   const char *k = lua_tostring(L, 2);
   if (k && strcmp(k, "pid") == 0) lua_pushinteger(L, w->pid);
   else if (k && strcmp(k, "name") == 0) lua_pushstring(L, w->name);
@@ -372,10 +283,10 @@ static int proc_index(lua_State *L) {
 }
 
 static int proc_tostring(lua_State *L) {
-  worker *w = (worker *)obj_check(L, 1, K_PROCESS);
-  process_poll(w);
+  worker *w = (worker *)conc_obj_check(L, 1, K_PROCESS);
+  conc_process_poll(w);
   lua_pushfstring(L, "<process %d \"%s\" %s>", (int)w->pid, w->name,
-                  worker_statusname(worker_status(w)));
+                  conc_worker_statusname(conc_worker_status(w)));
   return 1;
 }
 
@@ -385,9 +296,31 @@ static const luaL_Reg proc_methods[] = {
     {"kill", proc_kill},     {"exitcode", proc_exitcode},
     {NULL, NULL}};
 
-const kindinfo process_kind = {
-    "conc.process", "process", 0, 1, worker_destroy, proc_methods, proc_index,
-    proc_tostring, proc_sel_try, worker_sel_delist, proc_sel_fds, NULL};
+static lua_Integer process_id(cobj *o) {
+  return (lua_Integer)((worker *)o)->pid;
+}
+
+static void process_handle_made(cobj *o, cstate *cs) {
+  CONC_UNUSED(cs);
+  atomic_fetch_add(&((worker *)o)->handles, 1);
+}
+
+const kindinfo conc_process_kind = {
+    .kind = K_PROCESS,
+    .tname = "conc.process",
+    .name = "process",
+    .local = 1,
+    .destroy = conc_worker_destroy,
+    .methods = proc_methods,
+    .index = proc_index,
+    .tostring = proc_tostring,
+    .sel_try = conc_proc_sel_try,
+    .sel_delist = conc_worker_sel_delist,
+    .sel_fds = conc_proc_sel_fds,
+    .pinned = 1,
+    .id = process_id,
+    .handle_made = process_handle_made,
+    .handle_gone = conc_process_handle_gone};
 
 /* ------------------------------------------------------------ exit */
 
@@ -397,24 +330,24 @@ static int own_daemon_process(worker *w) {
   return w->obj.kind == K_PROCESS && w->daemon && w->owner == conc_getpid();
 }
 
-void process_stop_daemons(rt *r) {
+void conc_process_stop_daemons(rt *r) {
   int n;
-  worker **v = rt_pick(r, own_daemon_process, &n);
+  worker **v = conc_rt_pick(r, own_daemon_process, &n);
   deadline d;
-  for (int i = 0; i < n; i++) process_signal(v[i], SIGTERM);
-  deadline_in(&d, 1.0);               /* one second for them all */
+  for (int i = 0; i < n; i++) conc_process_signal(v[i], SIGTERM);
+  conc_deadline_in(&d, 1.0);               /* one second for them all */
   for (int i = 0; i < n; i++) {
     parker p;
     const char *why;
-    park_init(&p);
-    if (process_wait(NULL, &p, v[i], &d, &why) != 1) {
+    conc_park_init(&p);
+    if (conc_process_wait(NULL, &p, v[i], &d, &why) != 1) {
       deadline forever;
-      process_signal(v[i], SIGKILL);
-      deadline_in(&forever, -1);
-      process_wait(NULL, &p, v[i], &forever, &why);
+      conc_process_signal(v[i], SIGKILL);
+      conc_deadline_in(&forever, -1);
+      conc_process_wait(NULL, &p, v[i], &forever, &why);
     }
-    park_destroy(&p);
-    obj_release(&v[i]->obj);
+    conc_park_destroy(&p);
+    conc_obj_release(&v[i]->obj);
   }
   free(v);
 }

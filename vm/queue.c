@@ -42,7 +42,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-#include "internal.h"
+#include "modules.h"
 
 #define PAGE 4096u
 #define SLOT_ALIGN 32u
@@ -140,7 +140,7 @@ static void advance_head(qhdr *h) {
   while (h->head < h->rnext) {
     qslot *s = slot_at(h, h->head);
     uint32_t st = atomic_load(&s->state);
-    if (st == S_TAKEN && owner_dead(s->owner)) {
+    if (st == S_TAKEN && conc_owner_dead(s->owner)) {
       atomic_store(&s->state, S_FREE);
       st = S_FREE;
     }
@@ -158,7 +158,7 @@ static void advance_head(qhdr *h) {
       ring_punch(h, from, h->head);
       h->punched = h->head & ~(uint64_t)(PAGE - 1);
     }
-    bump(&h->spaceseq, &h->spacenwait, INT32_MAX);
+    conc_bump(&h->spaceseq, &h->spacenwait, INT32_MAX);
   }
 }
 
@@ -170,14 +170,14 @@ static int drop_orphans(qhdr *h) {
   int dropped = 0;
   while (pos < tail && slot_sane(h, pos, tail)) {
     qslot *s = slot_at(h, pos);
-    if (atomic_load(&s->state) == S_RESERVED && owner_dead(s->owner)) {
+    if (atomic_load(&s->state) == S_RESERVED && conc_owner_dead(s->owner)) {
       atomic_store(&s->state, S_FREE);
       atomic_fetch_sub(&h->count, 1);
       dropped = 1;
     }
     pos += slot_size(s->len);
   }
-  if (dropped) bump(&h->spaceseq, &h->spacenwait, INT32_MAX);
+  if (dropped) conc_bump(&h->spaceseq, &h->spacenwait, INT32_MAX);
   return dropped;
 }
 
@@ -189,7 +189,7 @@ static int drop_orphans(qhdr *h) {
 static void qlock(qhdr *h) {
   uint64_t pos, tail;
   int64_t n = 0;
-  if (!slock_lock(&h->lock)) return;
+  if (!conc_slock_lock(&h->lock)) return;
   pos = h->rnext;
   tail = atomic_load(&h->tail);
   while (pos < tail && slot_sane(h, pos, tail)) {
@@ -199,18 +199,18 @@ static void qlock(qhdr *h) {
     pos += slot_size(s->len);
   }
   atomic_store(&h->count, n);
-  bump(&h->dataseq, &h->datanwait, INT32_MAX);
-  bump(&h->spaceseq, &h->spacenwait, INT32_MAX);
+  conc_bump(&h->dataseq, &h->datanwait, INT32_MAX);
+  conc_bump(&h->spaceseq, &h->spacenwait, INT32_MAX);
 }
 
 static void queue_destroy(cobj *o) {
   queue *q = (queue *)o;
-  fd_close(q->efd);
-  shmobj_destroy(&q->so);
+  conc_fd_close(q->efd);
+  conc_shmobj_destroy(&q->so);
   free(q);
 }
 
-int queue_new(lua_State *L) {
+int conc_queue_new(lua_State *L) {
   lua_Integer cap = -1;
   queue *q;
   qhdr *h;
@@ -228,22 +228,22 @@ int queue_new(lua_State *L) {
     return luaL_error(L, "cannot make a queue: %s", strerror(errno));
   }
   for (int i = 0; sizes[i]; i++)
-    if (shmobj_init(&q->so, K_QUEUE, PAGE + sizes[i]) == 0) break;
+    if (conc_shmobj_init(&q->so, K_QUEUE, PAGE + sizes[i]) == 0) break;
   if (q->so.shm == NULL) {
-    fd_close(q->efd);
+    conc_fd_close(q->efd);
     free(q);
     return luaL_error(L, "cannot make a queue: %s", strerror(errno));
   }
   h = q->so.shm;
   h->ringsz = q->so.size - PAGE;
   h->cap = cap;
-  obj_push(L, conc_cs(L), &q->so.obj);
-  obj_release(&q->so.obj);
+  conc_obj_push(L, conc_cs(L), &q->so.obj);
+  conc_obj_release(&q->so.obj);
   return 1;
 }
 
 static queue *check_queue(lua_State *L) {
-  return (queue *)obj_check(L, 1, K_QUEUE);
+  return (queue *)conc_obj_check(L, 1, K_QUEUE);
 }
 
 /* Sleeps on 'seq' (seen: its value before the test that failed) with the
@@ -254,20 +254,20 @@ static int qsleep(qhdr *h, cstate *cs, _Atomic uint32_t *seq,
                   const char **why) {
   deadline slice;
   int r = 1;
-  slock_unlock(&h->lock);
-  cs_block_on(cs, seq, 1);
+  conc_slock_unlock(&h->lock);
+  conc_cs_block_on(cs, seq, 1);
   atomic_fetch_add(nwait, 1);
-  if ((*why = cs_stopreason(cs)) != NULL) {
+  if ((*why = conc_cs_stopreason(cs)) != NULL) {
     r = -1;
-  } else if (deadline_passed(d)) {
+  } else if (conc_deadline_passed(d)) {
     r = 0;
   } else {
-    deadline_in(&slice, 0.2);          /* then look for dead owners */
-    if (!d->forever && deadline_left(d) < 0.2) slice = *d;
-    if (futex_wait(seq, seen, &slice, 1) == ETIMEDOUT) r = 2;
+    conc_deadline_in(&slice, 0.2);          /* then look for dead owners */
+    if (!d->forever && conc_deadline_left(d) < 0.2) slice = *d;
+    if (conc_futex_wait(seq, seen, &slice, 1) == ETIMEDOUT) r = 2;
   }
   atomic_fetch_sub(nwait, 1);
-  cs_unblock(cs);
+  conc_cs_unblock(cs);
   qlock(h);
   return r;
 }
@@ -284,7 +284,7 @@ static void ring_doorbell(queue *q) {
 static int qput(lua_State *L, queue *q, cstate *cs, const char *p, size_t n,
                 const deadline *d) {
   qhdr *h = q->so.shm;
-  uint64_t need = slot_size(n), pos, me = owner_self();
+  uint64_t need = slot_size(n), pos, me = conc_owner_self();
   qslot *s;
   const char *why = NULL;
   int look = 0;
@@ -296,7 +296,7 @@ static int qput(lua_State *L, queue *q, cstate *cs, const char *p, size_t n,
     uint32_t seen = atomic_load(&h->spaceseq);
     int r;
     if (atomic_load(&h->closed)) {
-      slock_unlock(&h->lock);
+      conc_slock_unlock(&h->lock);
       return luaL_error(L, "send on a closed queue");
     }
     if ((h->cap < 0 || atomic_load(&h->count) < h->cap) &&
@@ -306,20 +306,20 @@ static int qput(lua_State *L, queue *q, cstate *cs, const char *p, size_t n,
     if (atomic_load(&h->spaceseq) != seen) continue;
     /* full: before giving up, and after each quiet spell, look for what
     ** dead producers left (a scan of the queue: not at every wake-up) */
-    if (look || deadline_passed(d)) {
+    if (look || conc_deadline_passed(d)) {
       look = 0;
       if (drop_orphans(h)) continue;
     }
-    if (deadline_passed(d)) {
-      slock_unlock(&h->lock);
+    if (conc_deadline_passed(d)) {
+      conc_slock_unlock(&h->lock);
       return 0;
     }
-    cs_waiting(cs, "send");
+    conc_cs_waiting(cs, "send");
     r = qsleep(h, cs, &h->spaceseq, &h->spacenwait, seen, d, &why);
-    cs_waiting(cs, NULL);
+    conc_cs_waiting(cs, NULL);
     if (r < 0) {
-      slock_unlock(&h->lock);
-      return cs_raisestop(L, cs, why);
+      conc_slock_unlock(&h->lock);
+      return conc_cs_raisestop(L, cs, why);
     }
     look = r != 1;
   }
@@ -330,10 +330,10 @@ static int qput(lua_State *L, queue *q, cstate *cs, const char *p, size_t n,
   atomic_store(&s->state, S_RESERVED);
   atomic_store(&h->tail, pos + need);
   atomic_fetch_add(&h->count, 1);
-  slock_unlock(&h->lock);
+  conc_slock_unlock(&h->lock);
   ring_put(h, pos + sizeof(qslot), p, n);
   atomic_store_explicit(&s->state, S_READY, memory_order_release);
-  bump(&h->dataseq, &h->datanwait, 1);
+  conc_bump(&h->dataseq, &h->datanwait, 1);
   if (atomic_load(&h->nselect)) ring_doorbell(q);
   return 1;
 }
@@ -345,12 +345,12 @@ static int queue_send(lua_State *L) {
   deadline d;
   int r;
   luaL_argcheck(L, !lua_isnoneornil(L, 2), 2, "cannot send nil");
-  deadline_in(&d, conc_opttimeout(L, 3));
-  if (marshal_encode(L, cs, 2, 1, &cs->scratch, MARSHAL_REMOTE, "value", err,
+  conc_deadline_in(&d, conc_opttimeout(L, 3));
+  if (conc_marshal_encode(L, cs, 2, 1, &cs->scratch, MARSHAL_REMOTE, "value", err,
                      sizeof err) != 0)
-    return msg_raise(L, err);
+    return conc_msg_raise(L, err);
   r = qput(L, q, cs, cs->scratch.p, cs->scratch.n, &d);
-  mbuf_reset(&cs->scratch);
+  conc_mbuf_reset(&cs->scratch);
   lua_pushboolean(L, r);
   return 1;
 }
@@ -374,25 +374,25 @@ static int qnext_locked(qhdr *h, uint64_t *pos, int take) {
       atomic_store(&h->closed, 1);
       h->rnext = h->head = tail;
       atomic_store(&h->count, 0);
-      bump(&h->dataseq, &h->datanwait, INT32_MAX);
-      bump(&h->spaceseq, &h->spacenwait, INT32_MAX);
+      conc_bump(&h->dataseq, &h->datanwait, INT32_MAX);
+      conc_bump(&h->spaceseq, &h->spacenwait, INT32_MAX);
       return Q_CORRUPT;
     }
     if (st == S_READY) {
       *pos = h->rnext;
       if (!take) return Q_GOT;   /* only a look: it stays the queue's */
-      s->owner = owner_self();
+      s->owner = conc_owner_self();
       atomic_store(&s->state, S_TAKEN);
       h->rnext += slot_size(s->len);
       atomic_fetch_sub(&h->count, 1);
-      bump(&h->spaceseq, &h->spacenwait, INT32_MAX);
+      conc_bump(&h->spaceseq, &h->spacenwait, INT32_MAX);
       return Q_GOT;
     }
     if (st == S_RESERVED) {
-      if (!owner_dead(s->owner)) return Q_EMPTY;   /* being written */
+      if (!conc_owner_dead(s->owner)) return Q_EMPTY;   /* being written */
       atomic_store(&s->state, S_FREE);       /* its producer died */
       atomic_fetch_sub(&h->count, 1);
-      bump(&h->spaceseq, &h->spacenwait, INT32_MAX);
+      conc_bump(&h->spaceseq, &h->spacenwait, INT32_MAX);
     }
     h->rnext += slot_size(s->len);             /* FREE or TAKEN: skip */
     advance_head(h);
@@ -405,7 +405,7 @@ static int qnext_locked(qhdr *h, uint64_t *pos, int take) {
 static int qtake_locked(qhdr *h, uint64_t *pos, msg **m) {
   int r = qnext_locked(h, pos, 0);
   if (r != Q_GOT) return r;
-  if ((*m = msg_alloc((size_t)slot_at(h, *pos)->len)) == NULL) return Q_NOMEM;
+  if ((*m = conc_msg_alloc((size_t)slot_at(h, *pos)->len)) == NULL) return Q_NOMEM;
   return qnext_locked(h, pos, 1);      /* the same slot: the lock is held */
 }
 
@@ -419,7 +419,7 @@ static void qfinish(qhdr *h, uint64_t pos, msg *m) {
   qlock(h);
   atomic_store(&s->state, S_FREE);
   advance_head(h);
-  slock_unlock(&h->lock);
+  conc_slock_unlock(&h->lock);
 }
 
 struct qwatch {
@@ -443,28 +443,28 @@ static int qget(lua_State *L, qhdr *h, cstate *cs, const deadline *d, msg **m) {
     uint32_t seen = atomic_load(&h->dataseq);
     r = qtake_locked(h, &pos, m);
     if (r != Q_EMPTY) break;
-    if (!spun && !d->forever && deadline_left(d) == 0) break;
+    if (!spun && !d->forever && conc_deadline_left(d) == 0) break;
     if (!spun) {               /* a producer may be a moment away */
       struct qwatch qw = {h, atomic_load(&h->tail)};
-      slock_unlock(&h->lock);
+      conc_slock_unlock(&h->lock);
       conc_spin(&h->spin, queue_moved, &qw);
       spun = 1;
       qlock(h);
       continue;
     }
-    cs_waiting(cs, "recv");
+    conc_cs_waiting(cs, "recv");
     r = qsleep(h, cs, &h->dataseq, &h->datanwait, seen, d, &why);
-    cs_waiting(cs, NULL);
+    conc_cs_waiting(cs, NULL);
     if (r < 0) {
-      slock_unlock(&h->lock);
-      return cs_raisestop(L, cs, why);
+      conc_slock_unlock(&h->lock);
+      return conc_cs_raisestop(L, cs, why);
     }
     if (r == 0) {
       r = Q_EMPTY;
       break;
     }
   }
-  slock_unlock(&h->lock);
+  conc_slock_unlock(&h->lock);
   if (r == Q_CORRUPT) luaL_error(L, "corrupt message on queue");
   if (r == Q_NOMEM) conc_nomem(L);          /* the message stays queued */
   if (r != Q_GOT) return r;
@@ -473,7 +473,7 @@ static int qget(lua_State *L, qhdr *h, cstate *cs, const deadline *d, msg **m) {
 }
 
 static int push_msg(lua_State *L, cstate *cs, msg *m) {
-  return msg_push_flags(L, cs, m, MARSHAL_REMOTE);
+  return conc_msg_push_flags(L, cs, m, MARSHAL_REMOTE);
 }
 
 static int queue_recv_d(lua_State *L, double t) {
@@ -482,7 +482,7 @@ static int queue_recv_d(lua_State *L, double t) {
   deadline d;
   msg *m = NULL;
   int r;
-  deadline_in(&d, t);
+  conc_deadline_in(&d, t);
   r = qget(L, q->so.shm, cs, &d, &m);
   if (r == Q_GOT) return push_msg(L, cs, m);
   lua_pushnil(L);
@@ -499,9 +499,9 @@ static int queue_close(lua_State *L) {
   qhdr *h = q->so.shm;
   qlock(h);
   atomic_store(&h->closed, 1);
-  slock_unlock(&h->lock);
-  bump(&h->dataseq, &h->datanwait, INT32_MAX);
-  bump(&h->spaceseq, &h->spacenwait, INT32_MAX);
+  conc_slock_unlock(&h->lock);
+  conc_bump(&h->dataseq, &h->datanwait, INT32_MAX);
+  conc_bump(&h->spaceseq, &h->spacenwait, INT32_MAX);
   ring_doorbell(q);
   return 0;
 }
@@ -566,20 +566,20 @@ static int queue_sel_try(cobj *o, selnode *n) {
   if (r == Q_GOT) {
     /* the message to copy into first: out of memory, the select goes on
     ** waiting and the message stays queued (there is no error to give) */
-    msg *m = msg_alloc((size_t)slot_at(h, pos)->len);
-    if (m == NULL || !sel_claim(n->sw, n->index)) {
-      slock_unlock(&h->lock);
-      msg_free(m);
+    msg *m = conc_msg_alloc((size_t)slot_at(h, pos)->len);
+    if (m == NULL || !conc_sel_claim(n->sw, n->index)) {
+      conc_slock_unlock(&h->lock);
+      conc_msg_free(m);
       return m != NULL;
     }
     qnext_locked(h, &pos, 1);        /* the same slot: the lock was held */
-    slock_unlock(&h->lock);
+    conc_slock_unlock(&h->lock);
     qfinish(h, pos, m);
     n->m = m;
     n->result = SEL_VALUE;
     return 1;
   }
-  slock_unlock(&h->lock);
+  conc_slock_unlock(&h->lock);
   if (r == Q_CLOSED || r == Q_CORRUPT) n->result = SEL_CLOSED;
   return 0;
 }
@@ -604,6 +604,14 @@ static const luaL_Reg queue_methods[] = {
     {"send", queue_send}, {"recv", queue_recv}, {"close", queue_close},
     {"len", queue_len},   {"iter", queue_iter}, {NULL, NULL}};
 
-const kindinfo queue_kind = {
-    "conc.queue", "queue", 1, 0, queue_destroy, queue_methods, NULL,
-    queue_tostring, queue_sel_try, queue_sel_delist, queue_sel_fds, NULL};
+const kindinfo conc_queue_kind = {
+    .kind = K_QUEUE,
+    .tname = "conc.queue",
+    .name = "queue",
+    .shm = 1,
+    .destroy = queue_destroy,
+    .methods = queue_methods,
+    .tostring = queue_tostring,
+    .sel_try = queue_sel_try,
+    .sel_delist = queue_sel_delist,
+    .sel_fds = queue_sel_fds};

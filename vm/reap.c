@@ -25,7 +25,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "internal.h"
+#include "workers.h"
 
 static pthread_mutex_t reap_mu = PTHREAD_MUTEX_INITIALIZER;
 static objlink reap_link;
@@ -62,7 +62,7 @@ static int drain(worker *w) {
       size_t cap = w->inbuf.cap ? w->inbuf.cap * 2 : 1024;
       char *np = realloc(w->inbuf.p, cap);
       if (np == NULL) {
-        mbuf_free(&w->inbuf);
+        conc_mbuf_free(&w->inbuf);
         w->nomem = 1;
         continue;
       }
@@ -104,7 +104,7 @@ static void conclude(worker *w, int wst) {
     errmsg = strdup("not enough memory");
     status = W_FAILED;
   } else if (framed && f.status == 0 && !WIFSIGNALED(wst)) {
-    result = msg_copy(w->inbuf.p + sizeof f + f.msglen, (size_t)f.len);
+    result = conc_msg_copy(w->inbuf.p + sizeof f + f.msglen, (size_t)f.len);
     status = W_DONE;
     if (result == NULL) {
       errmsg = strdup("not enough memory");
@@ -117,7 +117,7 @@ static void conclude(worker *w, int wst) {
       errmsg[f.msglen] = '\0';
     }
     if (f.len)
-      result = msg_copy(w->inbuf.p + sizeof f + f.msglen, (size_t)f.len);
+      result = conc_msg_copy(w->inbuf.p + sizeof f + f.msglen, (size_t)f.len);
     status = W_FAILED;
   } else if (WIFSIGNALED(wst)) {
     snprintf(buf, sizeof buf, "process %d killed by signal %d (%s)",
@@ -137,8 +137,8 @@ static void conclude(worker *w, int wst) {
     errmsg = strdup(buf);
     status = W_FAILED;
   }
-  mbuf_free(&w->inbuf);
-  worker_finish(w, status, result, errmsg);
+  conc_mbuf_free(&w->inbuf);
+  conc_worker_finish(w, status, result, errmsg);
 }
 
 /* ------------------------------------------------------------ watching */
@@ -155,7 +155,7 @@ static void conclude(worker *w, int wst) {
 static int role_take(worker *w) {
   int r;
   pthread_mutex_lock(&w->mu);
-  if (worker_status(w) != W_RUNNING) r = -1;
+  if (conc_worker_status(w) != W_RUNNING) r = -1;
   else if (w->busy) {
     w->contended = 1;
     r = 0;
@@ -177,7 +177,7 @@ static void role_give(worker *w) {
   selnode *n;
   int orphan;
   pthread_mutex_lock(&w->mu);
-  orphan = atomic_load(&w->handles) == 0 && worker_status(w) == W_RUNNING &&
+  orphan = atomic_load(&w->handles) == 0 && conc_worker_status(w) == W_RUNNING &&
            w->owner == conc_getpid();
   pthread_mutex_unlock(&w->mu);
   if (orphan && reaper_watch(w) == 0) return;  /* the reaper has the role */
@@ -186,8 +186,8 @@ static void role_give(worker *w) {
   if (w->contended) {
     w->contended = 0;
     while ((n = w->waiters) != NULL) {
-      selq_remove(&w->waiters, n);
-      park_wake(n->sw->park);
+      conc_selq_remove(&w->waiters, n);
+      conc_park_wake(n->sw->park);
     }
   }
   pthread_mutex_unlock(&w->mu);
@@ -202,11 +202,11 @@ static int proc_step(worker *w) {
     pthread_mutex_lock(&w->mu);
     w->reaped = 1;
     pthread_mutex_unlock(&w->mu);
-    worker_finish(w, W_FAILED, NULL, strdup("process: it never started"));
+    conc_worker_finish(w, W_FAILED, NULL, strdup("process: it never started"));
     return 1;
   }
   if (w->rfd >= 0 && drain(w)) {       /* end of file: all it will send */
-    fd_close(w->rfd);
+    conc_fd_close(w->rfd);
     w->rfd = -1;
   }
   pthread_mutex_lock(&w->mu);
@@ -218,13 +218,13 @@ static int proc_step(worker *w) {
   }
   pthread_mutex_unlock(&w->mu);
   if (!w->reaped) return 0;
-  lifeline_ended(w->pid);
+  conc_lifeline_ended(w->pid);
   if (w->rfd >= 0) {
     drain(w);
-    fd_close(w->rfd);
+    conc_fd_close(w->rfd);
     w->rfd = -1;
   }
-  fd_close(w->pidfd);
+  conc_fd_close(w->pidfd);
   w->pidfd = -1;
   conclude(w, wst);
   return 1;
@@ -232,29 +232,29 @@ static int proc_step(worker *w) {
 
 /* Waits for the child of w to end, on parker p; cs (may be NULL) can
 ** stop the wait. 1 ended, 0 deadline, -1 stop (*why). */
-int process_wait(cstate *cs, parker *p, worker *w, const deadline *d,
+int conc_process_wait(cstate *cs, parker *p, worker *w, const deadline *d,
                  const char **why) {
   for (;;) {
     int r = role_take(w);
     if (r < 0) return 1;
     if (r == 0) {                      /* watched by another: wait */
-      r = worker_wait_end(p, cs, w, d, why, 1);
+      r = conc_worker_wait_end(p, cs, w, d, why, 1);
       if (r == 2) continue;            /* the watcher gave up: take over */
       return r;
     }
     for (;;) {                         /* watch it ourselves */
       struct pollfd pf[3];
       int k = 0;
-      uint32_t seen = park_seq(p);
+      uint32_t seen = conc_park_seq(p);
       if (proc_step(w)) {
         role_give(w);
         return 1;
       }
-      if (cs && (*why = cs_stopreason(cs)) != NULL) {
+      if (cs && (*why = conc_cs_stopreason(cs)) != NULL) {
         role_give(w);
         return -1;
       }
-      if (deadline_passed(d)) {
+      if (conc_deadline_passed(d)) {
         role_give(w);
         return 0;
       }
@@ -264,41 +264,41 @@ int process_wait(cstate *cs, parker *p, worker *w, const deadline *d,
       }
       pf[k].fd = w->pidfd;
       pf[k++].events = POLLIN;
-      park_poll(p, seen, pf, k, d);
+      conc_park_poll(p, seen, pf, k, d);
     }
   }
 }
 
 /* Checks without blocking whether the child ended (if nobody watches,
 ** and it is this process's child). */
-int process_poll(worker *w) {
+int conc_process_poll(worker *w) {
   if (w->owner == conc_getpid() && role_take(w) == 1) {
     proc_step(w);
     role_give(w);
   }
-  return worker_status(w) != W_RUNNING;
+  return conc_worker_status(w) != W_RUNNING;
 }
 
 /* select: steps the child (its fds woke the select); a node already
 ** enlisted is claimed by the end of the child, if that came. */
-int proc_sel_try(cobj *o, selnode *n) {
+int conc_proc_sel_try(cobj *o, selnode *n) {
   worker *w = (worker *)o;
   int linked;
-  process_poll(w);
+  conc_process_poll(w);
   pthread_mutex_lock(&w->mu);
   linked = n->linked;
   pthread_mutex_unlock(&w->mu);
   if (linked) return atomic_load(&n->sw->won) != 0;
-  return worker_sel_try(o, n);
+  return conc_worker_sel_try(o, n);
 }
 
 /* select polls the child's pipe and pidfd, unless another thread
 ** watches it (it will finish the record, which wakes the select). */
-int proc_sel_fds(cobj *o, int fds[2]) {
+int conc_proc_sel_fds(cobj *o, int fds[2]) {
   worker *w = (worker *)o;
   int k = 0;
   pthread_mutex_lock(&w->mu);
-  if (!w->busy && worker_status(w) == W_RUNNING) {
+  if (!w->busy && conc_worker_status(w) == W_RUNNING) {
     if (w->rfd >= 0) fds[k++] = w->rfd;
     if (w->pidfd >= 0) fds[k++] = w->pidfd;
   }
@@ -317,7 +317,7 @@ static void *reaper_main(void *arg) {
     pthread_mutex_lock(&reap_mu);
     if (nwatched == 0) {             /* nothing left: stop, no fd behind */
       reap_running = 0;
-      fd_close(reap_efd);
+      conc_fd_close(reap_efd);
       reap_efd = -1;
       pthread_mutex_unlock(&reap_mu);
       break;
@@ -359,7 +359,7 @@ static void *reaper_main(void *arg) {
           }
         pthread_mutex_unlock(&reap_mu);
         role_give(w);
-        obj_release(&w->obj);
+        conc_obj_release(&w->obj);
         break;                       /* the list changed: poll again */
       }
     }
@@ -368,7 +368,7 @@ static void *reaper_main(void *arg) {
   return NULL;
 }
 
-int process_reaper_running(void) {
+int conc_process_reaper_running(void) {
   int r;
   pthread_mutex_lock(&reap_mu);
   r = reap_running;
@@ -394,7 +394,7 @@ static int reaper_watch(worker *w) {
     pthread_mutex_unlock(&reap_mu);
     return ENOMEM;
   }
-  obj_retain(&w->obj);
+  conc_obj_retain(&w->obj);
   watched[nwatched++] = w;
   if (!reap_running) {
     pthread_t tid;
@@ -411,7 +411,7 @@ static int reaper_watch(worker *w) {
     if (r == 0) reap_running = 1;
     else {
       nwatched--;
-      obj_release(&w->obj);
+      conc_obj_release(&w->obj);
     }
   } else {
     uint64_t one = 1;
@@ -424,7 +424,8 @@ static int reaper_watch(worker *w) {
 
 /* The last Lua handle of a process went away: a child still running is
 ** handed to the reaper (unless a thread watches it: it will reap it). */
-void process_handle_gone(worker *w) {
+void conc_process_handle_gone(cobj *o) {
+  worker *w = (worker *)o;
   if (atomic_fetch_sub(&w->handles, 1) != 1) return;
   /* a forked child collecting its copy of a handle: the child is not its
   ** own, and w->mu may have been held by a thread it does not have */
@@ -435,22 +436,23 @@ void process_handle_gone(worker *w) {
 
 /* ------------------------------------------------------------ fork */
 
-void reap_init(void) {
-  objreg_add(&reap_link, &reap_mu);
-}
-
 /* In a forked child the reaper and the parent's children are not its. */
-void reap_atfork_child(void) {
+static void reap_atfork_child(void) {
   for (int i = 0; i < nwatched; i++) {
-    fd_close(watched[i]->pidfd);
-    fd_close(watched[i]->rfd);
+    conc_fd_close(watched[i]->pidfd);
+    conc_fd_close(watched[i]->rfd);
   }
   nwatched = 0;
   capwatched = 0;
   watched = NULL;               /* the parent's array: left alone */
   reap_running = 0;
   if (reap_efd >= 0) {
-    fd_close(reap_efd);
+    conc_fd_close(reap_efd);
     reap_efd = -1;
   }
+}
+
+void conc_reap_init(void) {
+  conc_fork_register(&reap_link, &reap_mu);
+  conc_fork_onchild(reap_atfork_child);
 }

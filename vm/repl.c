@@ -17,7 +17,7 @@
 ** signal handlers. While a chunk runs, docall arms the runtime's Ctrl-C
 ** instead (runtime.c): the running Lua code, or the conc call it blocks
 ** in, raises "interrupted!"; afterwards our prompt handler is back.
-** Processes spawned meanwhile ignore SIGINT (process_ignore_sigint): the
+** Processes spawned meanwhile ignore SIGINT (conc_process_ignore_sigint): the
 ** terminal sends it to them too, and Ctrl-C is the REPL's.
 ** The poll also wakes every NOTICE_MS to tell about workers that failed
 ** with nobody joining them, above the line being edited, and it watches
@@ -53,9 +53,9 @@
 #include <readline/history.h>
 #include <readline/readline.h>
 
-#include "internal.h"
+#include "init.h"
 
-int pretty_push(lua_State *L, int idx, int width, int col);   /* pretty.c */
+int conc_pretty_push(lua_State *L, int idx, int width, int col);   /* pretty.c */
 int conclua_pcall(lua_State *L, int narg, int nres,
                   lua_CFunction msgh);                      /* main.c */
 
@@ -138,7 +138,7 @@ static int take_interrupt(void) {
 /* A Ctrl-C that came when the chunk had already finished leaves its hook
 ** and flag behind: take them back, so that the next chunk starts clean. */
 static void settle_interrupt(lua_State *L) {
-  cstate *cs = cs_of(L);
+  cstate *cs = conc_cs_of(L);
   if (cs && atomic_exchange(&cs->interrupt, 0)) lua_sethook(L, NULL, 0, 0);
 }
 
@@ -146,7 +146,7 @@ static void settle_interrupt(lua_State *L) {
 
 /* Whether some worker failed and nobody joined it or was told yet. */
 static int failures_pending(lua_State *L) {
-  cstate *cs = cs_of(L);
+  cstate *cs = conc_cs_of(L);
   int found = 0;
   if (cs == NULL) return 0;
   pthread_mutex_lock(&cs->rt->mu);
@@ -161,9 +161,9 @@ static int failures_pending(lua_State *L) {
 }
 
 static void report_failures(lua_State *L) {
-  cstate *cs = cs_of(L);
+  cstate *cs = conc_cs_of(L);
   fflush(stdout);
-  if (cs) rt_report_failures(cs->rt);
+  if (cs) conc_rt_report_failures(cs->rt);
   fflush(stderr);
 }
 
@@ -171,16 +171,16 @@ static void report_failures(lua_State *L) {
 ** (exit.c: threads are cancelled, processes get SIGTERM, conclua exits
 ** with status 130). */
 static void wait_at_exit(lua_State *L) {
-  cstate *cs = cs_of(L);
+  cstate *cs = conc_cs_of(L);
   char names[512];
-  int n = cs ? rt_awaited(cs->rt, names, sizeof names) : 0;
+  int n = cs ? conc_rt_awaited(cs->rt, names, sizeof names) : 0;
   if (n == 0) return;
   conc_interrupt_target(cs);        /* armed before the message invites it */
   conc_interrupt_install(1);
   printf("waiting for %d worker%s: %s (Ctrl-C to stop %s)\n", n,
          n == 1 ? "" : "s", names, n == 1 ? "it" : "them");
   fflush(stdout);
-  rt_exit_wait(cs->rt, cs, 0, "conclua");
+  conc_rt_exit_wait(cs->rt, cs, 0, "conclua");
   conc_interrupt_install(0);
 }
 
@@ -313,7 +313,7 @@ static void hist_add(const char *entry, int keep) {
   if (keep && histpath) {
     char *line = hist_encode(entry);
     int fd = open(histpath, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
-    if (fd >= 0 && line) fd_write_all(fd, line, strlen(line));
+    if (fd >= 0 && line) conc_fd_write_all(fd, line, strlen(line));
     if (fd >= 0) close(fd);
     free(line);
   }
@@ -370,15 +370,15 @@ typedef struct watchset {
 
 static int running_child(worker *w) {
   return w->obj.kind == K_PROCESS && w->owner == conc_getpid() &&
-         worker_status(w) == W_RUNNING;
+         conc_worker_status(w) == W_RUNNING;
 }
 
 /* 0, or -1 when out of memory (then only stdin and the self-pipe). */
 static int watch_begin(lua_State *L, watchset *ws) {
   static struct pollfd two[2];
-  cstate *cs = cs_of(L);
+  cstate *cs = conc_cs_of(L);
   memset(ws, 0, sizeof *ws);
-  if (cs) ws->v = rt_pick(cs->rt, running_child, &ws->n);
+  if (cs) ws->v = conc_rt_pick(cs->rt, running_child, &ws->n);
   ws->fds = malloc(sizeof *ws->fds * (size_t)(2 + 2 * ws->n));
   ws->of = malloc(sizeof *ws->of * (size_t)(2 + 2 * ws->n));
   if (ws->fds == NULL || ws->of == NULL) {
@@ -393,7 +393,7 @@ static int watch_begin(lua_State *L, watchset *ws) {
   ws->fds[1].events = POLLIN;
   ws->nfds = 2;
   for (int i = 0; ws->of && i < ws->n; i++) {
-    int f[2], k = proc_sel_fds(&ws->v[i]->obj, f);
+    int f[2], k = conc_proc_sel_fds(&ws->v[i]->obj, f);
     for (int j = 0; j < k; j++) {
       ws->fds[ws->nfds].fd = f[j];
       ws->fds[ws->nfds].events = POLLIN;
@@ -409,9 +409,9 @@ static int watch_end(watchset *ws) {
   for (int i = 2; i < ws->nfds; i++)
     if (ws->fds[i].revents && ws->of[i] != last) {
       last = ws->of[i];
-      ended |= process_poll(ws->v[last]);
+      ended |= conc_process_poll(ws->v[last]);
     }
-  for (int i = 0; i < ws->n; i++) obj_release(&ws->v[i]->obj);
+  for (int i = 0; i < ws->n; i++) conc_obj_release(&ws->v[i]->obj);
   free(ws->v);
   if (ws->of) {
     free(ws->fds);
@@ -639,7 +639,7 @@ static int show_k(lua_State *L) {
       col = (col / 8 + 1) * 8;
     }
     if (lua_type(L, i) == LUA_TSTRING) s = lua_tolstring(L, i, &l);
-    else if (lua_type(L, i) == LUA_TTABLE) s = (pretty_push(L, i, width, col),
+    else if (lua_type(L, i) == LUA_TTABLE) s = (conc_pretty_push(L, i, width, col),
                                                 lua_tolstring(L, -1, &l));
     else s = luaL_tolstring(L, i, &l);
     fwrite(s, 1, l, stdout);
@@ -658,7 +658,7 @@ static int show_k(lua_State *L) {
 }
 
 static int pretty_k(lua_State *L) {
-  return pretty_push(L, 1, term_width(), 0);
+  return conc_pretty_push(L, 1, term_width(), 0);
 }
 
 /* The message handler: a string for any error value (tables shown as
@@ -811,9 +811,9 @@ static int index_table(lua_State *L, int idx) {
 /* v[key] without running Lua code: raw reads along __index tables; conc
 ** handles answer through their own (C) __index. Pushes the value. */
 static void safe_index(lua_State *L, int v, const char *key) {
-  cstate *cs = cs_of(L);
+  cstate *cs = conc_cs_of(L);
   v = lua_absindex(L, v);
-  if (cs && obj_test(L, cs, v)) {
+  if (cs && conc_obj_test(L, cs, v)) {
     lua_getfield(L, v, key);
     return;
   }
@@ -884,10 +884,10 @@ static void add_kind_members(lua_State *L, int kind, int set,
 /* The names one may write after "v." or "v:" (meth), into set. */
 static void add_members(lua_State *L, int v, int set, const char *prefix,
                         int meth) {
-  cstate *cs = cs_of(L);
+  cstate *cs = conc_cs_of(L);
   cobj *o;
   v = lua_absindex(L, v);
-  if (cs && (o = obj_test(L, cs, v)) != NULL) {
+  if (cs && (o = conc_obj_test(L, cs, v)) != NULL) {
     add_kind_members(L, o->kind, set, prefix, meth);
     if (strncmp(prefix, "__", 2) == 0 && lua_getmetatable(L, v)) {
       add_keys(L, lua_gettop(L), set, prefix, meth);   /* asked for */
@@ -1113,20 +1113,20 @@ static void tty_open(void) {
       (char *)" \t\n\"'`@$><=;|&{(,+-*/%^#~[]!)}";
   histpath = hist_pathname();
   hist_load();
-  if (fd_pipe(sigfd) == 0) {
-    fd_set_nonblock(sigfd[0], 1);
-    fd_set_nonblock(sigfd[1], 1);
+  if (conc_fd_pipe(sigfd) == 0) {
+    conc_fd_set_nonblock(sigfd[0], 1);
+    conc_fd_set_nonblock(sigfd[1], 1);
     signals_install(1);
   }
-  process_ignore_sigint(1);
+  conc_process_ignore_sigint(1);
 }
 
 static void tty_close(void) {
-  process_ignore_sigint(0);
+  conc_process_ignore_sigint(0);
   if (sigfd[0] >= 0) {
     signals_install(0);
-    fd_close(sigfd[0]);
-    fd_close(sigfd[1]);
+    conc_fd_close(sigfd[0]);
+    conc_fd_close(sigfd[1]);
     sigfd[0] = sigfd[1] = -1;
   }
   hist_close();

@@ -23,7 +23,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "internal.h"
+#include "core.h"
 
 const char conc_libskey = 'l';
 static const char CS_KEY = 'c';
@@ -32,18 +32,33 @@ static const char LAZYMT_KEY = 'z';
 /* ------------------------------------------------------------ runtime */
 
 /* Every runtime of the process, for the wait at exit. */
+/* ------------------------------------------------------------ this thread */
+
+CONC_TLS lua_State *volatile conc_tls_L;
+CONC_TLS volatile sig_atomic_t conc_tls_unwinding;
+void (*conc_opener)(lua_State *L, cstate *cs);
+
+int conc_raise_cancel(lua_State *L) {
+  conc_tls_unwinding = 1;
+  lua_sethook(L, NULL, 0, 0);
+  lua_pushliteral(L, "cancelled");     /* no position: the value join raises */
+  return lua_error(L);
+}
+
+/* ------------------------------------------------------------ runtimes */
+
 static pthread_mutex_t all_mu = PTHREAD_MUTEX_INITIALIZER;
 static rt *all_head;
 static objlink all_link;
 static pthread_once_t all_once = PTHREAD_ONCE_INIT;
 
 static void all_init(void) {
-  objreg_add(&all_link, &all_mu);
+  conc_fork_register(&all_link, &all_mu);
 }
 
-rt *rt_new(void) {
+rt *conc_rt_new(void) {
   rt *r;
-  /* the list lock is taken before runtime locks (rt_exit_all), so the
+  /* the list lock is taken before runtime locks (conc_rt_exit_all), so the
   ** fork must lock it first too: it registers before any runtime */
   pthread_once(&all_once, all_init);
   r = calloc(1, sizeof *r);
@@ -51,7 +66,7 @@ rt *rt_new(void) {
   atomic_init(&r->refs, 1);
   pthread_mutex_init(&r->mu, NULL);
   r->pid = getpid();
-  objreg_add(&r->link, &r->mu);
+  conc_fork_register(&r->link, &r->mu);
   pthread_mutex_lock(&all_mu);
   r->allnext = all_head;
   all_head = r;
@@ -59,11 +74,11 @@ rt *rt_new(void) {
   return r;
 }
 
-void rt_retain(rt *r) {
+void conc_rt_retain(rt *r) {
   atomic_fetch_add(&r->refs, 1);
 }
 
-void rt_release(rt *r) {
+void conc_rt_release(rt *r) {
   if (atomic_fetch_sub(&r->refs, 1) != 1) return;
   pthread_mutex_lock(&all_mu);
   for (rt **p = &all_head; *p; p = &(*p)->allnext)
@@ -72,93 +87,72 @@ void rt_release(rt *r) {
       break;
     }
   pthread_mutex_unlock(&all_mu);
-  objreg_remove(&r->link);
+  conc_fork_unregister(&r->link);
   pthread_mutex_destroy(&r->mu);
-  paths_release(r->paths);
+  conc_paths_release(r->paths);
   free(r->hooks);
   free(r);
 }
 
-/* At exit: runtimes whose host state was never closed (os.exit, a host
-** that exits without lua_close) still wait for their workers. Not when a
-** worker thread itself calls exit: others may be waiting for it (a join),
-** so waiting for them could wait forever; daemons are still stopped.
-** In the conclua command a Ctrl-C during that wait stops the workers,
-** and the process then ends with status 130 (exit.c). */
-void rt_exit_all(void) {
-  int from_worker = thread_current_worker() != NULL;
-  for (;;) {
-    rt *r, *found = NULL;
-    pthread_once(&all_once, all_init);
-    pthread_mutex_lock(&all_mu);
-    for (r = all_head; r; r = r->allnext) {
-      int skip;
-      pthread_mutex_lock(&r->mu);
-      skip = r->closed || r->exited || r->pid != conc_getpid();
-      if (!skip) r->exited = 1;
-      pthread_mutex_unlock(&r->mu);
-      if (!skip) {
-        found = r;
-        rt_retain(r);
-        break;
-      }
+rt *conc_rt_take_unexited(void) {
+  rt *r, *found = NULL;
+  pthread_once(&all_once, all_init);
+  pthread_mutex_lock(&all_mu);
+  for (r = all_head; r; r = r->allnext) {
+    int skip;
+    pthread_mutex_lock(&r->mu);
+    skip = r->closed || r->exited || r->pid != conc_getpid();
+    if (!skip) r->exited = 1;
+    pthread_mutex_unlock(&r->mu);
+    if (!skip) {
+      found = r;
+      conc_rt_retain(r);
+      break;
     }
-    pthread_mutex_unlock(&all_mu);
-    if (found == NULL) return;
-    if (from_worker) {
-      process_stop_daemons(found);
-    } else {
-      int ctrlc = rt_exit_wait(found, conc_interrupt_for(found), 0,
-                               "conclua");
-      rt_shutdown(found);
-      if (ctrlc == 2) {
-        fflush(NULL);
-        _exit(128 + SIGINT);
-      }
-    }
-    rt_release(found);
   }
+  pthread_mutex_unlock(&all_mu);
+  return found;
 }
 
-int64_t rt_nextid(void) {
+int64_t conc_rt_nextid(void) {
   static _Atomic int64_t next = 1;
   return atomic_fetch_add(&next, 1);
 }
 
 /* ------------------------------------------------------------ cstate */
 
-void cs_init(cstate *cs, rt *r, worker *self) {
+void conc_cs_init(cstate *cs, rt *r, struct worker *self) {
   memset(cs, 0, sizeof *cs);
   cs->rt = r;
-  if (r) rt_retain(r);
+  if (r) conc_rt_retain(r);
   cs->self = self;
-  park_init(&cs->park);
+  conc_park_init(&cs->park);
   pthread_mutex_init(&cs->mu, NULL);
   atomic_init(&cs->blocked_word, NULL);
   atomic_init(&cs->interrupt, 0);
   atomic_init(&cs->waiting_on, NULL);
-  mbuf_init(&cs->scratch);
+  conc_mbuf_init(&cs->scratch);
 }
 
-cstate *cs_new(rt *r, worker *self) {
+cstate *conc_cs_new(rt *r, struct worker *self) {
   cstate *cs = malloc(sizeof *cs);
-  if (cs) cs_init(cs, r, self);
+  if (cs) conc_cs_init(cs, r, self);
   return cs;
 }
 
 /* Releases what cs owns; the state it served is closed already. */
-void cs_fini(cstate *cs) {
-  msg_free_pending(cs);
-  mbuf_free(&cs->scratch);
-  park_destroy(&cs->park);
+void conc_cs_fini(cstate *cs) {
+  conc_msg_free_pending(cs);
+  conc_mbuf_free(&cs->scratch);
+  conc_park_destroy(&cs->park);
   pthread_mutex_destroy(&cs->mu);
-  paths_release(cs->paths);
-  if (cs->rt) rt_release(cs->rt);
+  conc_paths_release(cs->paths);
+  if (cs->rt) conc_rt_release(cs->rt);
 }
 
-void cs_free(cstate *cs) {
+void conc_cs_free(cstate *cs) {
   if (cs == NULL) return;
-  cs_fini(cs);
+  conc_cs_fini(cs);
   free(cs);
 }
 
@@ -167,7 +161,7 @@ void cs_free(cstate *cs) {
 /* package.path and cpath as a worker inherits them. A runtime keeps the
 ** last pair it handed out, so a thousand workers spawned from one state
 ** share one copy. */
-paths *paths_get(rt *r, const char *path, const char *cpath) {
+paths *conc_paths_get(rt *r, const char *path, const char *cpath) {
   paths *p;
   pthread_mutex_lock(&r->mu);
   p = r->paths;
@@ -190,19 +184,19 @@ paths *paths_get(rt *r, const char *path, const char *cpath) {
     paths *old = r->paths;
     r->paths = p;
     pthread_mutex_unlock(&r->mu);
-    paths_release(old);
+    conc_paths_release(old);
   }
   return p;
 }
 
-void paths_release(paths *p) {
+void conc_paths_release(paths *p) {
   if (p == NULL || atomic_fetch_sub(&p->refs, 1) != 1) return;
   free(p->path);
   free(p->cpath);
   free(p);
 }
 
-void cs_setfuncs(lua_State *L, cstate *cs, const luaL_Reg *l) {
+void conc_cs_setfuncs(lua_State *L, cstate *cs, const luaL_Reg *l) {
   for (; l->name; l++) {
     if (l->func == NULL) continue;
     if (cs && cs->light) {
@@ -236,7 +230,7 @@ const char *conc_errmsg(lua_State *L, int idx) {
 }
 
 /* Pushes conc function f of state cs (a closure, or light). */
-void cs_pushfunc(lua_State *L, cstate *cs, lua_CFunction f) {
+void conc_cs_pushfunc(lua_State *L, cstate *cs, lua_CFunction f) {
   if (cs->light) {
     lua_pushcfunction(L, f);
   } else {
@@ -245,7 +239,7 @@ void cs_pushfunc(lua_State *L, cstate *cs, lua_CFunction f) {
   }
 }
 
-cstate *cs_of(lua_State *L) {
+cstate *conc_cs_of(lua_State *L) {
   cstate *cs;
   lua_rawgetp(L, LUA_REGISTRYINDEX, &CS_KEY);
   cs = lua_touserdata(L, -1);
@@ -255,15 +249,15 @@ cstate *cs_of(lua_State *L) {
 
 /* Records cs as the context of L: a light userdata for worker states
 ** (the thread frees cs after lua_close), the box itself for hosts. */
-void state_bind(lua_State *L, cstate *cs) {
+void conc_state_bind(lua_State *L, cstate *cs) {
   cs->L = L;
   if (cs->light) *(cstate **)lua_getextraspace(L) = cs;
   lua_pushlightuserdata(L, cs);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &CS_KEY);
 }
 
-const char *cs_stopreason(cstate *cs) {
-  if (cs->self && atomic_load_explicit(&cs->self->cancel, memory_order_acquire))
+const char *conc_cs_stopreason(cstate *cs) {
+  if (cs->cancel && atomic_load_explicit(cs->cancel, memory_order_acquire))
     return "cancelled";
   if (atomic_load_explicit(&cs->interrupt, memory_order_acquire))
     return "interrupted!";
@@ -273,31 +267,31 @@ const char *cs_stopreason(cstate *cs) {
 static void host_wait(cstate *cs, int on);
 static void host_settle(cstate *cs);
 
-int cs_raisestop(lua_State *L, cstate *cs, const char *why) {
+int conc_cs_raisestop(lua_State *L, cstate *cs, const char *why) {
   if (why[0] == 'i') {
     atomic_store(&cs->interrupt, 0);
     lua_sethook(L, NULL, 0, 0);
     host_settle(cs);
     return luaL_error(L, "%s", why);
   }
-  return thread_raise_cancel(L);   /* "cancelled", without a position */
+  return conc_raise_cancel(L);   /* "cancelled", without a position */
 }
 
 /* Every blocking conc call says here when it starts and ends waiting: a
 ** host state's waits are where a host's Ctrl-C gets in (see Ctrl-C). */
-void cs_waiting(cstate *cs, const char *what) {
+void conc_cs_waiting(cstate *cs, const char *what) {
   atomic_store_explicit(&cs->waiting_on, what, memory_order_relaxed);
   if (cs->ishost && cs->self == NULL) host_wait(cs, what != NULL);
 }
 
-void cs_block_on(cstate *cs, _Atomic uint32_t *word, int shared) {
+void conc_cs_block_on(cstate *cs, _Atomic uint32_t *word, int shared) {
   pthread_mutex_lock(&cs->mu);
   cs->blocked_shared = shared;
   atomic_store(&cs->blocked_word, word);
   pthread_mutex_unlock(&cs->mu);
 }
 
-void cs_unblock(cstate *cs) {
+void conc_cs_unblock(cstate *cs) {
   pthread_mutex_lock(&cs->mu);
   atomic_store(&cs->blocked_word, NULL);
   pthread_mutex_unlock(&cs->mu);
@@ -306,35 +300,35 @@ void cs_unblock(cstate *cs) {
 /* Wakes the thread of cs out of any conc wait: its parker, or the shared
 ** word it sleeps on (bumped first: see wait.c). Not for signal handlers:
 ** they use cs_wake_signal. */
-void cs_wake(cstate *cs) {
+void conc_cs_wake(cstate *cs) {
   _Atomic uint32_t *w;
   pthread_mutex_lock(&cs->mu);
   w = atomic_load(&cs->blocked_word);
   if (w) {
     atomic_fetch_add(w, 1);
-    futex_wake(w, INT32_MAX, cs->blocked_shared);
+    conc_futex_wake(w, INT32_MAX, cs->blocked_shared);
   }
-  park_wake(&cs->park);
+  conc_park_wake(&cs->park);
   pthread_mutex_unlock(&cs->mu);
 }
 
 /* The same from a signal handler running on the thread of cs itself:
-** that thread cannot be inside cs_block_on/cs_unblock concurrently, and
+** that thread cannot be inside conc_cs_block_on/conc_cs_unblock concurrently, and
 ** the object it sleeps on stays alive while it does. */
 static void cs_wake_signal(cstate *cs) {
   _Atomic uint32_t *w = atomic_load(&cs->blocked_word);
   if (w) {
     atomic_fetch_add(w, 1);
-    futex_wake(w, INT32_MAX, cs->blocked_shared);
+    conc_futex_wake(w, INT32_MAX, cs->blocked_shared);
   }
-  park_wake(&cs->park);
+  conc_park_wake(&cs->park);
 }
 
 /* ------------------------------------------------------------ lazy state */
 
 static int lazy_global(lua_State *L) {          /* __index(_G, k) */
-  cstate *cs = cs_of(L);
-  if (cs->lazy) cs_materialize(L, cs);
+  cstate *cs = conc_cs_of(L);
+  if (cs->lazy) conc_cs_materialize(L, cs);
   lua_settop(L, 2);
   lua_rawget(L, 1);
   return 1;
@@ -343,9 +337,9 @@ static int lazy_global(lua_State *L) {          /* __index(_G, k) */
 /* A string metamethod (an index like ("x"):upper(), or arithmetic like
 ** "10" + 1): open the libraries, then do what the real one does. */
 static int lazy_strmeta(lua_State *L, const char *event) {
-  cstate *cs = cs_of(L);
+  cstate *cs = conc_cs_of(L);
   int n = lua_gettop(L);
-  if (cs->lazy) cs_materialize(L, cs);
+  if (cs->lazy) conc_cs_materialize(L, cs);
   lua_pushliteral(L, "");
   if (!luaL_getmetafield(L, -1, event))
     return luaL_error(L, "string metamethod missing");
@@ -374,7 +368,7 @@ static const luaL_Reg strevents[] = {
 
 /* Makes L, a fresh state bound to cs, lazy: its libraries open on first
 ** use of a global or of a string method. */
-void state_make_lazy(lua_State *L, cstate *cs) {
+void conc_state_make_lazy(lua_State *L, cstate *cs) {
   cs->lazy = 1;
   lua_pushglobaltable(L);
   lua_createtable(L, 0, 1);
@@ -393,7 +387,7 @@ void state_make_lazy(lua_State *L, cstate *cs) {
 
 /* Opens every library in a lazy state. Globals the worker set already
 ** win over the libraries' (a worker may define its own print first). */
-void cs_materialize(lua_State *L, cstate *cs) {
+void conc_cs_materialize(lua_State *L, cstate *cs) {
   int g, saved;
   if (!cs->lazy) return;
   cs->lazy = 0;
@@ -417,7 +411,7 @@ void cs_materialize(lua_State *L, cstate *cs) {
     lua_rawset(L, saved);
   }
   luaL_openlibs(L);
-  conc_install(L, cs);
+  conc_opener(L, cs);
   lua_pushnil(L);
   while (lua_next(L, saved)) {
     lua_pushvalue(L, -2);
@@ -427,7 +421,7 @@ void cs_materialize(lua_State *L, cstate *cs) {
   lua_settop(L, g - 1);
 }
 
-/* Calls one hook (a hookent on the C stack of state_run_hooks) with a
+/* Calls one hook (a hookent on the C stack of conc_state_run_hooks) with a
 ** clean stack. */
 static int call_hook(lua_State *L) {
   hookent *e = lua_touserdata(L, 1);
@@ -443,14 +437,14 @@ static int call_hook(lua_State *L) {
 ** counted out. While a hook runs, rt->hooks_running counts it: the host
 ** closing its state waits for that count to drop after clearing the
 ** list, so no hook (nor its 'ud') is used once lua_close returned. */
-void state_run_hooks(lua_State *L, cstate *cs) {
+void conc_state_run_hooks(lua_State *L, cstate *cs) {
   rt *r = cs->rt;
   int any;
   pthread_mutex_lock(&r->mu);
   any = !r->closed && r->nhooks > 0;
   pthread_mutex_unlock(&r->mu);
   if (!any) return;                   /* the state stays lazy */
-  cs_materialize(L, cs);
+  conc_cs_materialize(L, cs);
   for (int i = 0;; i++) {
     hookent e;
     int st;
@@ -474,7 +468,7 @@ void state_run_hooks(lua_State *L, cstate *cs) {
 
 /* The host state closes: no hook starts from now on, and those running
 ** have returned when this does (the caller made sure no lock is held). */
-void rt_close_hooks(rt *r) {
+void conc_rt_close_hooks(rt *r) {
   pthread_mutex_lock(&r->mu);
   r->closed = 1;
   r->nhooks = 0;
@@ -498,7 +492,7 @@ void rt_close_hooks(rt *r) {
 ** that wants its Lua code stopped on Ctrl-C does what lua.c does, a
 ** handler of its own that sets a hook on its state; but the hook only
 ** fires when Lua code runs, never in a conc call that blocks. So, for
-** the time such a call waits (cs_waiting) and only when SIGINT has a
+** the time such a call waits (conc_cs_waiting) and only when SIGINT has a
 ** handler of the host's, conclua wraps that handler: the wrapper calls
 ** it, and if it hooked the host's main state, also sets the state's flag
 ** and wakes the wait, which raises "interrupted!" and takes the hook off
@@ -543,7 +537,7 @@ static void on_sigint(int sig) {
   if (cs) {
     atomic_store(&cs->interrupt, 1);
     cs_wake_signal(cs);
-    L = thread_get_current();
+    L = conc_tls_L;
     if (L == NULL) L = cs->L;
     lua_sethook(L, interrupt_hook, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT,
                 1);
@@ -604,7 +598,7 @@ static void drop_interrupt_hook(lua_State *L) {
 int conc_interrupt_take(cstate *cs) {
   int was = atomic_exchange(&cs->interrupt, 0);
   drop_interrupt_hook(cs->L);
-  drop_interrupt_hook(thread_get_current());
+  drop_interrupt_hook(conc_tls_L);
   return was;
 }
 
@@ -720,8 +714,26 @@ static void host_settle(cstate *cs) {
   atomic_store(&host_raised, 1);
 }
 
-void cs_caught(lua_State *L) {
+void conc_cs_caught(lua_State *L) {
   cstate *cs;
   if (!atomic_load_explicit(&host_raised, memory_order_relaxed)) return;
-  if ((cs = cs_of(L)) != NULL) cs->ctrlc_uncaught = 0;
+  if ((cs = conc_cs_of(L)) != NULL) cs->ctrlc_uncaught = 0;
+}
+
+void conc_checkoptions(lua_State *L, int arg, const char *const *known) {
+  if (lua_isnoneornil(L, arg)) return;
+  luaL_checktype(L, arg, LUA_TTABLE);
+  lua_pushnil(L);
+  while (lua_next(L, arg)) {
+    const char *const *k = known;
+    lua_pop(L, 1);
+    if (lua_type(L, -1) == LUA_TSTRING)
+      for (; k && *k; k++)
+        if (strcmp(*k, lua_tostring(L, -1)) == 0) break;
+    if (k == NULL || *k == NULL) {
+      lua_pushvalue(L, -1);       /* tolstring changes a number key */
+      luaL_argerror(L, arg, lua_pushfstring(L, "unknown option '%s'",
+                                            luaL_tolstring(L, -1, NULL)));
+    }
+  }
 }

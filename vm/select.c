@@ -23,79 +23,24 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "internal.h"
-
-int sel_claim(selwait *sw, int index) {
-  int expect = 0;
-  return atomic_compare_exchange_strong(&sw->won, &expect, index + 1);
-}
-
-void sel_deliver(selnode *n, int result) {
-  parker *p = n->sw->park;      /* n may be gone once result is set */
-  atomic_fetch_add(&p->wakers, 1);
-  atomic_store(&n->result, result);
-  park_wake(p);
-  atomic_fetch_sub(&p->wakers, 1);
-}
-
-void selq_push(selnode **head, selnode *n) {
-  /* FIFO: append at the tail, kept as head->prev */
-  if (*head == NULL) {
-    n->next = NULL;
-    n->prev = n;
-    *head = n;
-  } else {
-    selnode *tail = (*head)->prev;
-    tail->next = n;
-    n->prev = tail;
-    n->next = NULL;
-    (*head)->prev = n;
-  }
-  n->linked = 1;
-}
-
-/* Claims and wakes every node of q with 'result'; with q's lock held. */
-void selq_wake_all(selnode **q, int result) {
-  selnode *n;
-  while ((n = *q) != NULL) {
-    selq_remove(q, n);
-    if (sel_claim(n->sw, n->index)) {
-      n->result = result;
-      park_wake(n->sw->park);
-    }
-  }
-}
-
-void selq_remove(selnode **head, selnode *n) {
-  if (!n->linked) return;
-  if (*head == n) {
-    *head = n->next;
-    if (*head) (*head)->prev = n->prev;
-  } else {
-    n->prev->next = n->next;
-    if (n->next) n->next->prev = n->prev;
-    else (*head)->prev = n->prev;
-  }
-  n->next = n->prev = NULL;
-  n->linked = 0;
-}
+#include "modules.h"
 
 /* Pushes a received value: a message (freed), or else n bytes inline
 ** (a copy on the caller's stack: nothing to free if decoding raises). */
-int sel_push_value(lua_State *L, cstate *cs, msg *m, const char *inl,
+int conc_sel_push_value(lua_State *L, cstate *cs, msg *m, const char *inl,
                    uint32_t n) {
   char err[160];
   int k;
-  if (m) return msg_push(L, cs, m);
-  k = marshal_decode(L, cs, inl, n, NULL, 0, 0, err, sizeof err);
+  if (m) return conc_msg_push(L, cs, m);
+  k = conc_marshal_decode(L, cs, inl, n, NULL, 0, 0, err, sizeof err);
   if (k < 0) return luaL_error(L, "%s", err);
   return k;
 }
 
-int sel_push(lua_State *L, cstate *cs, selnode *n) {
+int conc_sel_push(lua_State *L, cstate *cs, selnode *n) {
   msg *m = n->m;
   n->m = NULL;
-  return sel_push_value(L, cs, m, n->inl, n->inln);
+  return conc_sel_push_value(L, cs, m, n->inl, n->inln);
 }
 
 #define SMALL 8
@@ -117,7 +62,7 @@ int conc_select(lua_State *L) {
   int nfd = 0, stop = 0, allclosed = 0;
   const char *why = NULL;
   luaL_checktype(L, 1, LUA_TTABLE);
-  deadline_in(&d, conc_opttimeout(L, 2));
+  conc_deadline_in(&d, conc_opttimeout(L, 2));
   n = luaL_len(L, 1);
   luaL_argcheck(L, n > 0, 1, "empty list");
   luaL_argcheck(L, n <= 100000, 1, "too many items");
@@ -130,7 +75,7 @@ int conc_select(lua_State *L) {
   for (i = 0; i < n; i++) {
     lua_rawgeti(L, 1, i + 1);
     char what[64];
-    items[i].o = obj_test(L, cs, -1);
+    items[i].o = conc_obj_test(L, cs, -1);
     if (items[i].o == NULL || conc_kinds[items[i].o->kind]->sel_try == NULL)
       return luaL_argerror(L, 1, lua_pushfstring(L,
                         "item %d is a %s, not a channel, pipe end, queue, "
@@ -138,7 +83,7 @@ int conc_select(lua_State *L) {
                         items[i].o ? conc_kinds[items[i].o->kind]->tname
                                    : luaL_typename(L, -1)));
     items[i].k = conc_kinds[items[i].o->kind];
-    if (obj_foreign(items[i].o, what, sizeof what))
+    if (conc_obj_foreign(items[i].o, what, sizeof what))
       return luaL_argerror(L, 1, lua_pushfstring(L,
                            "item %d: %s belongs to another process", (int)i + 1,
                            what));
@@ -150,7 +95,7 @@ int conc_select(lua_State *L) {
   }
   sw.park = &cs->park;
   atomic_init(&sw.won, 0);
-  cs_waiting(cs, "select");
+  conc_cs_waiting(cs, "select");
   for (;;) {
     int offer = 0;
     /* offer each item once (an object keeps an enlisted node until it
@@ -163,7 +108,7 @@ int conc_select(lua_State *L) {
       if (items[i].k->sel_try(items[i].o, &nodes[i])) break;
     }
     while (!offer) {
-      uint32_t seen = park_seq(&cs->park);
+      uint32_t seen = conc_park_seq(&cs->park);
       int nclosed = 0;
       if (atomic_load(&sw.won)) break;
       for (i = 0; i < n; i++) nclosed += nodes[i].result == SEL_CLOSED;
@@ -171,11 +116,11 @@ int conc_select(lua_State *L) {
         allclosed = 1;
         break;
       }
-      if ((why = cs_stopreason(cs)) != NULL) {
+      if ((why = conc_cs_stopreason(cs)) != NULL) {
         stop = 1;
         break;
       }
-      if (deadline_passed(&d)) break;
+      if (conc_deadline_passed(&d)) break;
       nfd = 0;
       for (i = 0; i < n; i++) {
         int f[2], k;
@@ -189,9 +134,9 @@ int conc_select(lua_State *L) {
         }
       }
       if (nfd)
-        park_poll(&cs->park, seen, fds, nfd, &d);
+        conc_park_poll(&cs->park, seen, fds, nfd, &d);
       else
-        park_sleep(&cs->park, seen, &d);
+        conc_park_sleep(&cs->park, seen, &d);
       /* woken: offer again what is not enlisted (an fd is ready, or an
       ** object dropped a node without a value, as a process does when
       ** the thread watching it gives up) */
@@ -201,16 +146,16 @@ int conc_select(lua_State *L) {
   }
   for (i = 0; i < n; i++)
     if (items[i].k->sel_delist) items[i].k->sel_delist(items[i].o, &nodes[i]);
-  cs_waiting(cs, NULL);
+  conc_cs_waiting(cs, NULL);
   if (atomic_load(&sw.won)) {
     int w = atomic_load(&sw.won) - 1;
     lua_rawgeti(L, 1, w + 1);
-    if (nodes[w].result == SEL_VALUE) return 1 + sel_push(L, cs, &nodes[w]);
+    if (nodes[w].result == SEL_VALUE) return 1 + conc_sel_push(L, cs, &nodes[w]);
     if (nodes[w].result == SEL_SELF) lua_pushvalue(L, -1);   /* a future */
     else lua_pushboolean(L, 1);
     return 2;
   }
-  if (stop) return cs_raisestop(L, cs, why);
+  if (stop) return conc_cs_raisestop(L, cs, why);
   lua_pushnil(L);
   lua_pushstring(L, allclosed ? "closed" : "timeout");
   return 2;

@@ -53,7 +53,7 @@ static void key_get(lua_State *L, int idx, skey *k) {
       else if (isnan(f)) luaL_error(L, "shared table index is NaN");
       else isint = lua_numbertointeger(f, &i) && (lua_Number)i == f;
       if (isint) {              /* 2.0 and 2 are one key, as in tables */
-        shtab_key_int(k, i);
+        conc_shtab_key_int(k, i);
         return;
       }
       k->buf[0] = 'f';
@@ -72,7 +72,7 @@ static void key_get(lua_State *L, int idx, skey *k) {
       luaL_error(L, "shared table keys must be strings, numbers or booleans "
                     "(got %s)", luaL_typename(L, idx));
   }
-  k->hash = shtab_hash(k->p, k->n);
+  k->hash = conc_shtab_hash(k->p, k->n);
 }
 
 static void key_push(lua_State *L, const char *key, size_t n) {
@@ -97,11 +97,11 @@ static void key_push(lua_State *L, const char *key, size_t n) {
 /* ------------------------------------------------------------ values */
 
 static shtab *check_shared(lua_State *L) {
-  return (shtab *)obj_check(L, 1, K_SHARED);
+  return (shtab *)conc_obj_check(L, 1, K_SHARED);
 }
 
 static int raise_bad(lua_State *L, const badref *bad) {
-  if (bad->kind < 0) return luaL_error(L, "%s", shtab_nomem);
+  if (bad->kind < 0) return luaL_error(L, "%s", conc_shtab_nomem);
   return luaL_error(L, "%s %I belongs to another process",
                     bad->kind < K_NKINDS ? conc_kinds[bad->kind]->name
                                          : "object",
@@ -118,20 +118,20 @@ static int shared_index(lua_State *L) {
   vcopy c;
   int r = -2;                       /* -2: no value */
   key_get(L, 2, &k);
-  if (shtab_lock(&o, t)) return luaL_error(L, "%s", shtab_nomem);
-  e = shtab_find(&o, &k);
-  if (e && e->vlen != SHTAB_NOVALUE) r = shtab_copy(&o, e, &c, &m, &bad);
-  shtab_unlock(&o);
+  if (conc_shtab_lock(&o, t)) return luaL_error(L, "%s", conc_shtab_nomem);
+  e = conc_shtab_find(&o, &k);
+  if (e && e->vlen != SHTAB_NOVALUE) r = conc_shtab_copy(&o, e, &c, &m, &bad);
+  conc_shtab_unlock(&o);
   if (r == 1 && c.nrefs == 0) {     /* a Lua error now leaves nothing held */
     char err[160];
-    int n = marshal_decode(L, conc_cs(L), c.bytes, c.n, NULL, 0, 0, err,
+    int n = conc_marshal_decode(L, conc_cs(L), c.bytes, c.n, NULL, 0, 0, err,
                            sizeof err);
     if (n < 0) return luaL_error(L, "%s", err);
     return n;
   }
-  if (r == 1 && (m = shtab_copy_msg(&c)) == NULL)
-    return luaL_error(L, "%s", shtab_nomem);
-  if (r >= 0) return msg_push(L, conc_cs(L), m);
+  if (r == 1 && (m = conc_shtab_copy_msg(&c)) == NULL)
+    return luaL_error(L, "%s", conc_shtab_nomem);
+  if (r >= 0) return conc_msg_push(L, conc_cs(L), m);
   if (r == -1) return raise_bad(L, &bad);
   lua_pushnil(L);
   return 1;
@@ -149,13 +149,13 @@ static int shared_meta_index(lua_State *L) {
 
 /* Raises what shtab_wait_idle returned, letting go of what o holds. */
 static int raise_wait(lua_State *L, shop *o, cstate *cs, const char *why) {
-  if (why == shtab_self_update) {
-    shtab_unlock(o);
+  if (why == conc_shtab_self_update) {
+    conc_shtab_unlock(o);
     return luaL_error(L, "%s", why);
   }
-  shtab_done(o);
-  if (why == shtab_nomem) return luaL_error(L, "%s", why);
-  return cs_raisestop(L, cs, why);
+  conc_shtab_done(o);
+  if (why == conc_shtab_nomem) return luaL_error(L, "%s", why);
+  return conc_cs_raisestop(L, cs, why);
 }
 
 /* ------------------------------------------------------------ writes */
@@ -164,9 +164,9 @@ static int raise_wait(lua_State *L, shop *o, cstate *cs, const char *why) {
 static void check_size(lua_State *L, shtab *t, const skey *k, const mbuf *b) {
   shhdr *h = t->so.shm;
   if (shtab_entry_size(k->n, (uint64_t)b->nrefs, b->n) >
-      shheap_max(&h->heap)) {
+      conc_shheap_max(&h->heap)) {
     size_t n = b->n;
-    mbuf_reset(&conc_cs(L)->scratch);
+    conc_mbuf_reset(&conc_cs(L)->scratch);
     luaL_error(L, "value too big for a shared table (%I bytes)",
                (LUAI_UACINT)n);
   }
@@ -180,25 +180,25 @@ static void store(lua_State *L, shtab *t, const skey *k, int remove) {
   const char *why, *err = NULL;
   shslot *s, *ins;
   shop o;
-  if (shtab_lock(&o, t)) {
-    mbuf_reset(b);
-    luaL_error(L, "%s", shtab_nomem);
+  if (conc_shtab_lock(&o, t)) {
+    conc_mbuf_reset(b);
+    luaL_error(L, "%s", conc_shtab_nomem);
   }
   why = shtab_wait_idle(&o, cs, k, &s, &ins);
   if (why) {
-    mbuf_reset(b);
+    conc_mbuf_reset(b);
     raise_wait(L, &o, cs, why);
   }
   shtab_begin(&o);
   if (remove) {
-    if (s) shtab_unpublish(&o, s);
+    if (s) conc_shtab_unpublish(&o, s);
   } else {
-    err = shtab_put(&o, k, s, ins, b->p, b->n, b->refs, b->nrefs, NULL);
+    err = conc_shtab_put(&o, k, s, ins, b->p, b->n, b->refs, b->nrefs, NULL);
     if (err == NULL) b->nrefs = 0;  /* the entry holds those references */
   }
   shtab_end(&o);
-  shtab_unlock(&o);
-  if (b->nrefs) mbuf_reset(b);      /* (only refs need more than that) */
+  conc_shtab_unlock(&o);
+  if (b->nrefs) conc_mbuf_reset(b);      /* (only refs need more than that) */
   else b->n = 0;
   if (err) luaL_error(L, "%s", err);
 }
@@ -213,7 +213,7 @@ static int shared_newindex(lua_State *L) {
     store(L, t, &k, 1);
     return 0;
   }
-  if (marshal_encode(L, cs, 3, 1, &cs->scratch, 0, "value", err,
+  if (conc_marshal_encode(L, cs, 3, 1, &cs->scratch, 0, "value", err,
                      sizeof err) != 0)
     return luaL_error(L, "%s", err);
   check_size(L, t, &k, &cs->scratch);
@@ -227,18 +227,18 @@ static int shared_len(lua_State *L) {
   shtab *t = check_shared(L);
   uint64_t n;
   shop o;
-  if (shtab_lock(&o, t)) return luaL_error(L, "%s", shtab_nomem);
+  if (conc_shtab_lock(&o, t)) return luaL_error(L, "%s", conc_shtab_nomem);
   n = o.h->border;
   while (n < (uint64_t)LUA_MAXINTEGER) {
     skey k;
     shent *e;
-    shtab_key_int(&k, (lua_Integer)n + 1);
-    e = shtab_find(&o, &k);
+    conc_shtab_key_int(&k, (lua_Integer)n + 1);
+    e = conc_shtab_find(&o, &k);
     if (e == NULL || e->vlen == SHTAB_NOVALUE) break;
     n++;
   }
   o.h->border = n;
-  shtab_unlock(&o);
+  conc_shtab_unlock(&o);
   lua_pushinteger(L, (lua_Integer)n);
   return 1;
 }
@@ -259,7 +259,7 @@ typedef struct snap {
 static int snap_gc(lua_State *L) {
   snap *s = lua_touserdata(L, 1);
   for (size_t i = 0; i < s->n; i++) {
-    if (s->it[i]) msg_free(s->it[i]->v);
+    if (s->it[i]) conc_msg_free(s->it[i]->v);
     free(s->it[i]);
   }
   free(s->it);
@@ -282,7 +282,7 @@ static int shared_pairs(lua_State *L) {
   lua_pushcfunction(L, snap_gc);
   lua_setfield(L, -2, "__gc");
   lua_setmetatable(L, -2);
-  if (shtab_lock(&o, t)) return luaL_error(L, "%s", shtab_nomem);
+  if (conc_shtab_lock(&o, t)) return luaL_error(L, "%s", conc_shtab_nomem);
   s->it = calloc(o.h->count ? o.h->count : 1, sizeof *s->it);
   if (s->it == NULL) failed = 1;
   for (i = 0; !failed && i < shtab_index(&o)->cap; i++) {
@@ -293,7 +293,7 @@ static int shared_pairs(lua_State *L) {
     e = AT(&o, sl->off);
     if (e->vlen == SHTAB_NOVALUE || s->n == o.h->count) continue;
     it = malloc(sizeof *it + e->klen);
-    if (it == NULL || (it->v = shtab_value(&o, e, &bad)) == NULL) {
+    if (it == NULL || (it->v = conc_shtab_value(&o, e, &bad)) == NULL) {
       free(it);
       failed = 1;
       break;
@@ -302,19 +302,19 @@ static int shared_pairs(lua_State *L) {
     memcpy(it->key, shtab_ekey(e), e->klen);
     s->it[s->n++] = it;
   }
-  shtab_unlock(&o);
+  conc_shtab_unlock(&o);
   if (failed) return raise_bad(L, &bad);
   lua_createtable(L, 0, (int)(s->n < INT32_MAX ? s->n : 0));
   for (i = 0; i < s->n; i++) {
     msg *v = s->it[i]->v;
     key_push(L, s->it[i]->key, s->it[i]->klen);
     s->it[i]->v = NULL;
-    msg_push(L, cs, v);
+    conc_msg_push(L, cs, v);
     lua_rawset(L, -3);
   }
   {
     int isconc;
-    lua_pushcfunction(L, cfunc_lookup("_G.next", 7, &isconc));
+    lua_pushcfunction(L, conc_cfunc_lookup("_G.next", 7, &isconc));
     lua_insert(L, -2);
   }
   lua_pushnil(L);
@@ -343,12 +343,12 @@ static int shared_incr(lua_State *L) {
     if (dint) di = lua_tointeger(L, 3);
     else df = lua_tonumber(L, 3);
   }
-  if (shtab_lock(&o, t)) return luaL_error(L, "%s", shtab_nomem);
+  if (conc_shtab_lock(&o, t)) return luaL_error(L, "%s", conc_shtab_nomem);
   why = shtab_wait_idle(&o, cs, &k, &s, &ins);
   if (why) return raise_wait(L, &o, cs, why);
   e = s ? AT(&o, s->off) : NULL;
   if (e && e->vlen != SHTAB_NOVALUE)
-    kind = marshal_tonumber(shtab_evalue(e), (size_t)e->vlen, &ii, &fi);
+    kind = conc_marshal_tonumber(shtab_evalue(e), (size_t)e->vlen, &ii, &fi);
   if (kind == 0) {
     err = "cannot incr: value is not a number";
   } else {
@@ -359,18 +359,18 @@ static int shared_incr(lua_State *L) {
       fi = (kind == 1 ? (lua_Number)ii : fi) + (dint ? (lua_Number)di : df);
       kind = 2;
     }
-    marshal_number(num, kind == 1, ii, fi);
+    conc_marshal_number(num, kind == 1, ii, fi);
     if (e && e->vlen == MARSHAL_NUMLEN &&
         memcmp(shtab_evalue(e), num, MARSHAL_NUMLEN - 8) == 0) {
       /* the same form: the number's 8 bytes change, in one store */
       memcpy(shtab_evalue(e) + MARSHAL_NUMLEN - 8, num + MARSHAL_NUMLEN - 8, 8);
     } else {
       shtab_begin(&o);
-      err = shtab_put(&o, &k, s, ins, num, MARSHAL_NUMLEN, NULL, 0, NULL);
+      err = conc_shtab_put(&o, &k, s, ins, num, MARSHAL_NUMLEN, NULL, 0, NULL);
       shtab_end(&o);
     }
   }
-  shtab_unlock(&o);
+  conc_shtab_unlock(&o);
   if (err) return luaL_error(L, "%s", err);
   if (kind == 1) lua_pushinteger(L, ii);
   else lua_pushnumber(L, fi);
@@ -394,11 +394,11 @@ static int update_call(lua_State *L) {
   char err[512];
   u->old = NULL;
   lua_settop(L, 1);
-  if (old) msg_push(L, u->cs, old);
+  if (old) conc_msg_push(L, u->cs, old);
   else lua_pushnil(L);
   lua_call(L, 1, 1);
   if (!lua_isnil(L, -1) &&
-      marshal_encode(L, u->cs, lua_gettop(L), 1, &u->cs->scratch, 0, "value",
+      conc_marshal_encode(L, u->cs, lua_gettop(L), 1, &u->cs->scratch, 0, "value",
                      err, sizeof err) != 0)
     return luaL_error(L, "%s", err);
   return 1;
@@ -408,20 +408,20 @@ static int update_call(lua_State *L) {
 ** k's entry, which this thread holds. NULL or an error message. */
 static const char *update_end(shop *o, const skey *k, int ok, int isnil,
                               mbuf *b) {
-  shslot *s = shtab_slot(o, k, NULL);
+  shslot *s = conc_shtab_slot(o, k, NULL);
   shent *e = s ? AT(o, s->off) : NULL;
   const char *err = NULL;
-  if (e == NULL || !shtab_held(e))   /* it was taken for a dead one's */
+  if (e == NULL || !conc_shtab_held(e))   /* it was taken for a dead one's */
     return ok ? "a shared key was taken over during its update" : NULL;
   shtab_begin(o);
   if (ok && !isnil) {               /* it replaces: the index stays */
-    err = shtab_put(o, k, s, NULL, b->p, b->n, b->refs, b->nrefs, NULL);
+    err = conc_shtab_put(o, k, s, NULL, b->p, b->n, b->refs, b->nrefs, NULL);
     if (err == NULL) b->nrefs = 0;
     else ok = 0;
   }
-  if (ok && isnil) shtab_unpublish(o, s);
-  else if (!ok && e->vlen == SHTAB_NOVALUE) shtab_unpublish(o, s);
-  else if (!ok) slock_unlock(&e->ulock);
+  if (ok && isnil) conc_shtab_unpublish(o, s);
+  else if (!ok && e->vlen == SHTAB_NOVALUE) conc_shtab_unpublish(o, s);
+  else if (!ok) conc_slock_unlock(&e->ulock);
   shtab_end(o);
   return err;
 }
@@ -445,43 +445,43 @@ static int shared_update(lua_State *L) {
   lua_pushcfunction(L, update_call);  /* what the call needs, pushed now: */
   lua_pushvalue(L, 3);                /* no allocation once k is held */
   lua_pushlightuserdata(L, &u);
-  if (shtab_lock(&o, t)) return luaL_error(L, "%s", shtab_nomem);
+  if (conc_shtab_lock(&o, t)) return luaL_error(L, "%s", conc_shtab_nomem);
   why = shtab_wait_idle(&o, cs, &k, &s, &ins);
   if (why) return raise_wait(L, &o, cs, why);
   e = s ? AT(&o, s->off) : NULL;
   if (e && e->vlen != SHTAB_NOVALUE) {
-    u.old = shtab_value(&o, e, &bad);
+    u.old = conc_shtab_value(&o, e, &bad);
     if (u.old == NULL) {
-      shtab_unlock(&o);
+      conc_shtab_unlock(&o);
       return raise_bad(L, &bad);
     }
   } else if (e == NULL) {             /* a placeholder holds the key */
     uint64_t off = 0;
     shtab_begin(&o);
-    err = shtab_put(&o, &k, NULL, ins, NULL, SHTAB_NOVALUE, NULL, 0, &off);
+    err = conc_shtab_put(&o, &k, NULL, ins, NULL, SHTAB_NOVALUE, NULL, 0, &off);
     shtab_end(&o);
     if (err) {
-      shtab_unlock(&o);
+      conc_shtab_unlock(&o);
       return luaL_error(L, "%s", err);
     }
     e = AT(&o, off);
   }
   shtab_begin(&o);                  /* word then pid: see shtab.c */
-  slock_try(&e->ulock);
+  conc_slock_try(&e->ulock);
   shtab_end(&o);
-  shtab_unlock(&o);
+  conc_shtab_unlock(&o);
   st = lua_pcall(L, 2, 1, 0);
-  msg_free(u.old);                    /* if the call never took it */
-  if (shtab_lock(&o, t)) {               /* the table is broken: let k go */
-    slock_unlock(&e->ulock);          /* (a held entry stays where it is) */
-    err = shtab_nomem;
+  conc_msg_free(u.old);                    /* if the call never took it */
+  if (conc_shtab_lock(&o, t)) {               /* the table is broken: let k go */
+    conc_slock_unlock(&e->ulock);          /* (a held entry stays where it is) */
+    err = conc_shtab_nomem;
   } else {
     err = update_end(&o, &k, st == LUA_OK, st == LUA_OK && lua_isnil(L, -1),
                      &cs->scratch);
-    shtab_unlock(&o);
+    conc_shtab_unlock(&o);
   }
-  mbuf_reset(&cs->scratch);
-  bump(&o.h->seq, &o.h->nwait, INT32_MAX);
+  conc_mbuf_reset(&cs->scratch);
+  conc_bump(&o.h->seq, &o.h->nwait, INT32_MAX);
   if (err) return luaL_error(L, "%s", err);
   if (st != LUA_OK) return lua_error(L);
   return 1;
@@ -492,9 +492,9 @@ static int shared_update(lua_State *L) {
 static int shared_tostring(lua_State *L) {
   uint64_t n;
   shop o;
-  if (shtab_lock(&o, check_shared(L))) return luaL_error(L, "%s", shtab_nomem);
+  if (conc_shtab_lock(&o, check_shared(L))) return luaL_error(L, "%s", conc_shtab_nomem);
   n = o.h->count;
-  shtab_unlock(&o);
+  conc_shtab_unlock(&o);
   lua_pushfstring(L, n == 1 ? "<shared %I key>" : "<shared %I keys>",
                   (LUAI_UACINT)n);
   return 1;
@@ -503,21 +503,21 @@ static int shared_tostring(lua_State *L) {
 /* The last reference of this process: the objects it stored are
 ** released (no read in this process can reach them any more). */
 static void shared_destroy(cobj *obj) {
-  shtab_destroy((shtab *)obj);
+  conc_shtab_destroy((shtab *)obj);
   free(obj);
 }
 
-int shared_new(lua_State *L) {
+int conc_shared_new(lua_State *L) {
   shtab *t;
   conc_checkoptions(L, 1, NULL);
   t = calloc(1, sizeof *t);
-  if (t == NULL) return luaL_error(L, "%s", shtab_nomem);
-  if (shtab_create(t) != 0) {
+  if (t == NULL) return luaL_error(L, "%s", conc_shtab_nomem);
+  if (conc_shtab_create(t) != 0) {
     free(t);
     return luaL_error(L, "cannot make a shared table: %s", strerror(errno));
   }
-  obj_push(L, conc_cs(L), &t->so.obj);
-  obj_release(&t->so.obj);
+  conc_obj_push(L, conc_cs(L), &t->so.obj);
+  conc_obj_release(&t->so.obj);
   return 1;
 }
 
@@ -530,14 +530,20 @@ static void shared_meta(lua_State *L, cstate *cs) {
                                   {"__len", shared_len},
                                   {"__pairs", shared_pairs},
                                   {NULL, NULL}};
-  cs_setfuncs(L, cs, meta);
+  conc_cs_setfuncs(L, cs, meta);
   lua_pushlightuserdata(L, cs);
   lua_newtable(L);
-  cs_setfuncs(L, cs, shared_methods);
+  conc_cs_setfuncs(L, cs, shared_methods);
   lua_pushcclosure(L, shared_meta_index, 2);
   lua_setfield(L, -2, "__index");
 }
 
-const kindinfo shared_kind = {
-    "conc.shared", "shared", 1, 0, shared_destroy, shared_methods, NULL,
-    shared_tostring, NULL, NULL, NULL, shared_meta};
+const kindinfo conc_shared_kind = {
+    .kind = K_SHARED,
+    .tname = "conc.shared",
+    .name = "shared",
+    .shm = 1,
+    .destroy = shared_destroy,
+    .methods = shared_methods,
+    .tostring = shared_tostring,
+    .meta = shared_meta};

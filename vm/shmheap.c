@@ -28,7 +28,7 @@
 ** to be given back is 'clean' and is not punched again.
 ** The caller does the locking. A process may die in the middle of any
 ** change; the caller knows (its own 'dirty' mark) and then calls
-** shheap_rebuild with the blocks that its data still reaches: the free
+** conc_shheap_rebuild with the blocks that its data still reaches: the free
 ** lists are made again as everything else. So no step here has to be
 ** atomic, and a dead process never leaves memory lost for good.
 */
@@ -37,7 +37,7 @@
 #include <string.h>
 #include <sys/mman.h>
 
-#include "internal.h"
+#include "os.h"
 
 #define PAGE 4096u
 #define PAGE_ORDER 12
@@ -82,11 +82,11 @@ static void list_unlink(shheap *hp, char *base, uint64_t off) {
   if (b->next) at(base, b->next)->prev = b->prev;
 }
 
-size_t shheap_mapsize(unsigned order) {
+size_t conc_shheap_mapsize(unsigned order) {
   return PAGE + ((size_t)1 << order);
 }
 
-void shheap_init(shheap *hp, char *base, unsigned order) {
+void conc_shheap_init(shheap *hp, char *base, unsigned order) {
   CONC_UNUSED(base);
   memset(hp, 0, sizeof *hp);
   hp->order = order;
@@ -95,7 +95,7 @@ void shheap_init(shheap *hp, char *base, unsigned order) {
 
 /* Half the heap: a block of the whole heap could never be cut, the first
 ** blocks being there already. */
-size_t shheap_max(const shheap *hp) {
+size_t conc_shheap_max(const shheap *hp) {
   return ((size_t)1 << (hp->order - 1)) - HDR;
 }
 
@@ -129,11 +129,11 @@ static uint64_t carve(shheap *hp, char *base, unsigned k) {
   return a;
 }
 
-uint64_t shheap_alloc(shheap *hp, char *base, size_t n) {
+uint64_t conc_shheap_alloc(shheap *hp, char *base, size_t n) {
   unsigned k, j;
   uint64_t off;
   int clean;
-  if (n > shheap_max(hp)) return 0;
+  if (n > conc_shheap_max(hp)) return 0;
   k = order_for(n);
   if (k < SHHEAP_MINORDER + SHHEAP_QORDERS && hp->nquick[k - SHHEAP_MINORDER])
     return hp->quick[k - SHHEAP_MINORDER][--hp->nquick[k - SHHEAP_MINORDER]];
@@ -151,7 +151,7 @@ uint64_t shheap_alloc(shheap *hp, char *base, size_t n) {
     for (unsigned q = 0; q < SHHEAP_QORDERS; q++) kept |= hp->nquick[q] != 0;
     if (!kept) return 0;
     quick_flush(hp, base, -1);
-    return shheap_alloc(hp, base, n);
+    return conc_shheap_alloc(hp, base, n);
   }
   off = hp->free[j];
   clean = at(base, off)->clean;
@@ -166,7 +166,7 @@ uint64_t shheap_alloc(shheap *hp, char *base, size_t n) {
   return off + HDR;
 }
 
-size_t shheap_size(char *base, uint64_t p) {
+size_t conc_shheap_size(char *base, uint64_t p) {
   return ((size_t)1 << at(base, p - HDR)->order) - HDR;
 }
 
@@ -218,7 +218,7 @@ static void quick_flush(shheap *hp, char *base, int q) {
   }
 }
 
-void shheap_free(shheap *hp, char *base, uint64_t p) {
+void conc_shheap_free(shheap *hp, char *base, uint64_t p) {
   unsigned k = at(base, p - HDR)->order;
   if (k < SHHEAP_MINORDER + SHHEAP_QORDERS) {   /* kept used, for reuse */
     unsigned q = k - SHHEAP_MINORDER;
@@ -263,7 +263,7 @@ static int cmp_live(const void *a, const void *b) {
   return x < y ? -1 : x > y;
 }
 
-int shheap_rebuild(shheap *hp, char *base, uint64_t *live, size_t n) {
+int conc_shheap_rebuild(shheap *hp, char *base, uint64_t *live, size_t n) {
   livent *s = malloc((n ? n : 1) * sizeof *s);
   uint64_t *starts = malloc((n ? n : 1) * sizeof *starts);
   uint64_t end = PAGE;
@@ -280,7 +280,7 @@ int shheap_rebuild(shheap *hp, char *base, uint64_t *live, size_t n) {
   qsort(s, n, sizeof *s, cmp_live);
   for (i = 0; i < n; i++) {     /* keep the blocks that can be blocks */
     uint64_t off = s[i].off;
-    if (off < end || !shheap_valid(hp, base, off + HDR)) {
+    if (off < end || !conc_shheap_valid(hp, base, off + HDR)) {
       live[s[i].idx] = 0;       /* overlaps another, or is no block */
       continue;
     }
@@ -297,7 +297,7 @@ int shheap_rebuild(shheap *hp, char *base, uint64_t *live, size_t n) {
   return 0;
 }
 
-int shheap_valid(const shheap *hp, char *base, uint64_t p) {
+int conc_shheap_valid(const shheap *hp, char *base, uint64_t p) {
   uint64_t off = p - HDR, top = hp->top;
   blk *b;
   unsigned k;

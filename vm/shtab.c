@@ -23,7 +23,7 @@
 ** before its write or as it is after it, never a mix. An update holds
 ** the entry's own slock while its function runs unlocked: other writers
 ** of the key sleep on the header's seq word and look, each fraction of a
-** second, whether that holder still lives (slock_owner_dead); the update
+** second, whether that holder still lives (conc_slock_owner_dead); the update
 ** of a killed process is dropped whole and the old value stays. Readers
 ** never wait for an update: they see the old value.
 ** Objects. A value names runtime objects. Those that live in shared
@@ -85,9 +85,9 @@ static uint64_t tok(shop *o) {
   return o->token;
 }
 
-const char shtab_full[] = "shared table is full";
-const char shtab_toobig[] = "value too big for a shared table";
-const char shtab_nomem[] = "not enough memory";
+const char conc_shtab_full[] = "shared table is full";
+const char conc_shtab_toobig[] = "value too big for a shared table";
+const char conc_shtab_nomem[] = "not enough memory";
 
 /* Releases o once the lock is let go (leaks it if out of memory: never
 ** a release under the lock, where a destructor could take it again). */
@@ -114,20 +114,20 @@ static int lock_free(void *arg) {
 /* Takes the lock. 0, or -1 (the lock not held) when its last holder died
 ** changing the table and there is no memory to rebuild it now (the
 ** next holder tries again). Holds are short: a busy lock is watched for
-** a moment (without writing its word) before slock_lock sleeps. */
+** a moment (without writing its word) before conc_slock_lock sleeps. */
 static int relock(shop *o) {
   slock *l = &o->h->lock;
   int tries = 0;
-  while (!slock_try(l)) {
+  while (!conc_slock_try(l)) {
     if (++tries > 4 || !conc_spin(&o->h->spin, lock_free, l)) {
-      slock_lock(l);
+      conc_slock_lock(l);
       break;
     }
   }
   if (atomic_load(&o->h->dirty)) {
     recover(o);
     if (atomic_load(&o->h->dirty)) {
-      slock_unlock(&o->h->lock);
+      conc_slock_unlock(&o->h->lock);
       return -1;
     }
   }
@@ -135,7 +135,7 @@ static int relock(shop *o) {
   return 0;
 }
 
-int shtab_lock(shop *o, shtab *t) {
+int conc_shtab_lock(shop *o, shtab *t) {
   o->t = t;
   o->h = t->so.shm;
   o->base = t->so.shm;
@@ -147,33 +147,33 @@ int shtab_lock(shop *o, shtab *t) {
 }
 
 /* Releases what the op dropped; the lock is not held any more. */
-void shtab_done(shop *o) {
-  for (size_t i = 0; i < o->ndrop; i++) obj_release(o->drop[i]);
+void conc_shtab_done(shop *o) {
+  for (size_t i = 0; i < o->ndrop; i++) conc_obj_release(o->drop[i]);
   if (o->drop != o->dropinl) free(o->drop);
   o->drop = o->dropinl;
   o->ndrop = 0;
 }
 
-void shtab_unlock(shop *o) {
-  slock_unlock(&o->h->lock);
-  shtab_done(o);
+void conc_shtab_unlock(shop *o) {
+  conc_slock_unlock(&o->h->lock);
+  conc_shtab_done(o);
 }
 
 /* ------------------------------------------------------------ keys */
 
-uint64_t shtab_hash(const char *p, size_t n) {
+uint64_t conc_shtab_hash(const char *p, size_t n) {
   uint64_t h = 1469598103934665603ULL;
   for (size_t i = 0; i < n; i++)
     h = (h ^ (unsigned char)p[i]) * 1099511628211ULL;   /* FNV-1a */
   return h;
 }
 
-void shtab_key_int(skey *k, lua_Integer i) {
+void conc_shtab_key_int(skey *k, lua_Integer i) {
   k->buf[0] = 'i';
   memcpy(k->buf + 1, &i, sizeof i);
   k->p = k->buf;
   k->n = 1 + sizeof i;
-  k->hash = shtab_hash(k->p, k->n);
+  k->hash = conc_shtab_hash(k->p, k->n);
 }
 
 /* The integer of an integer key, for the border hint; 0 if none. */
@@ -197,7 +197,7 @@ static int key_eq(const char *a, const char *b, size_t n) {
 }
 
 /* k's slot, or NULL; then *ins (if not NULL) is where k would go. */
-shslot *shtab_slot(shop *o, const skey *k, shslot **ins) {
+shslot *conc_shtab_slot(shop *o, const skey *k, shslot **ins) {
   shindex *ix = shtab_index(o);
   uint64_t mask = ix->cap - 1, i = k->hash & mask;
   shslot *tomb = NULL;
@@ -217,8 +217,8 @@ shslot *shtab_slot(shop *o, const skey *k, shslot **ins) {
   }
 }
 
-shent *shtab_find(shop *o, const skey *k) {
-  shslot *s = shtab_slot(o, k, NULL);
+shent *conc_shtab_find(shop *o, const skey *k) {
+  shslot *s = conc_shtab_slot(o, k, NULL);
   return s ? AT(o, s->off) : NULL;
 }
 
@@ -235,7 +235,7 @@ static uint64_t cap_for(uint64_t n) {
 static int index_resize(shop *o, uint64_t cap) {
   shhdr *h = o->h;
   shindex *ox = shtab_index(o), *nx;
-  uint64_t off = shheap_alloc(&h->heap, o->base,
+  uint64_t off = conc_shheap_alloc(&h->heap, o->base,
                               sizeof(shindex) + cap * sizeof(shslot));
   if (off == 0) return -1;
   nx = AT(o, off);
@@ -253,7 +253,7 @@ static int index_resize(shop *o, uint64_t cap) {
   off = h->index;
   h->index = (uint64_t)((char *)nx - o->base);    /* one store: published */
   h->slots = h->nent;
-  shheap_free(&h->heap, o->base, off);
+  conc_shheap_free(&h->heap, o->base, off);
   return 0;
 }
 
@@ -279,10 +279,10 @@ static uint64_t entry_new(shop *o, const skey *k, const char *v,
                           uint64_t vlen, cobj *const *refs, int nrefs,
                           const char **why) {
   uint64_t size = shtab_entry_size(k->n, (uint64_t)nrefs, vlen);
-  uint64_t off = shheap_alloc(&o->h->heap, o->base, size);
+  uint64_t off = conc_shheap_alloc(&o->h->heap, o->base, size);
   shent *e;
   if (off == 0) {
-    *why = size > shheap_max(&o->h->heap) ? shtab_toobig : shtab_full;
+    *why = size > conc_shheap_max(&o->h->heap) ? conc_shtab_toobig : conc_shtab_full;
     return 0;
   }
   e = AT(o, off);
@@ -322,10 +322,10 @@ static void entry_discard(shop *o, uint64_t off) {
     if (r->token == tok(o)) drop_later(o, (cobj *)(uintptr_t)r->ptr);
     else if (r->token != 0) defer_push(o, r);
   }
-  shheap_free(&o->h->heap, o->base, off);
+  conc_shheap_free(&o->h->heap, o->base, off);
 }
 
-/* Puts the entry at off, made for k, in k's slot s (from shtab_slot):
+/* Puts the entry at off, made for k, in k's slot s (from conc_shtab_slot):
 ** it replaces k's old entry (discarded), or, with s NULL, takes the slot
 ** ins. 0, or -1 when the index cannot grow (nothing changed: the caller
 ** frees off). In a dirty section. */
@@ -343,7 +343,7 @@ static int publish(shop *o, const skey *k, shslot *s, shslot *ins,
   }
   if ((h->slots + 1) * 2 > shtab_index(o)->cap) {
     if (index_resize(o, cap_for(h->nent + 1)) != 0) return -1;
-    shtab_slot(o, k, &ins);
+    conc_shtab_slot(o, k, &ins);
   }
   if (ins->off == SHTAB_EMPTY) h->slots++;
   ins->hash = k->hash;
@@ -354,7 +354,7 @@ static int publish(shop *o, const skey *k, shslot *s, shslot *ins,
 }
 
 /* Takes k's entry out of the index and discards it. In a dirty section. */
-void shtab_unpublish(shop *o, shslot *s) {
+void conc_shtab_unpublish(shop *o, shslot *s) {
   shhdr *h = o->h;
   shent *e = AT(o, s->off);
   uint64_t off = s->off;
@@ -370,15 +370,15 @@ void shtab_unpublish(shop *o, shslot *s) {
     index_resize(o, cap_for(h->nent));   /* no room: it stays as it is */
 }
 
-const char *shtab_put(shop *o, const skey *k, shslot *s, shslot *ins,
+const char *conc_shtab_put(shop *o, const skey *k, shslot *s, shslot *ins,
                       const char *v, uint64_t vlen, cobj *const *refs,
                       int nrefs, uint64_t *off) {
   const char *why = NULL;
   uint64_t e = entry_new(o, k, v, vlen, refs, nrefs, &why);
   if (e == 0) return why;
   if (publish(o, k, s, ins, e) != 0) {
-    shheap_free(&o->h->heap, o->base, e);
-    return shtab_full;
+    conc_shheap_free(&o->h->heap, o->base, e);
+    return conc_shtab_full;
   }
   if (nrefs) o->t->stored = 1;
   if (off) *off = e;
@@ -402,13 +402,13 @@ static void defer_push(shop *o, const shref *r) {
         uint64_t dead = *link;
         *link = x->next;
         h->ndefer--;
-        shheap_free(&h->heap, o->base, dead);
+        conc_shheap_free(&h->heap, o->base, dead);
       } else {
         link = &x->next;
       }
     }
   }
-  off = shheap_alloc(&h->heap, o->base, sizeof *d);
+  off = conc_shheap_alloc(&h->heap, o->base, sizeof *d);
   if (off == 0) return;
   d = AT(o, off);
   d->token = r->token;
@@ -436,7 +436,7 @@ static void drain(shop *o, int all) {
       drop_later(o, (cobj *)(uintptr_t)x->ptr);
       *link = x->next;
       h->ndefer--;
-      shheap_free(&h->heap, o->base, off);
+      conc_shheap_free(&h->heap, o->base, off);
     } else {
       link = &x->next;
     }
@@ -455,12 +455,12 @@ static void recover(shop *o) {
   shheap *hp = &h->heap;
   shindex *ix = NULL;
   uint64_t *live, n = 0, nindex = 0, nentries = 0, cap = 0, i, j;
-  if (shheap_valid(hp, o->base, h->index)) {
+  if (conc_shheap_valid(hp, o->base, h->index)) {
     ix = shtab_index(o);
     cap = ix->cap;
     if (cap < MINCAP || (cap & (cap - 1)) != 0 ||
         sizeof(shindex) + cap * sizeof(shslot) >
-            shheap_size(o->base, h->index)) {
+            conc_shheap_size(o->base, h->index)) {
       ix = NULL;
       cap = 0;
     }
@@ -473,7 +473,7 @@ static void recover(shop *o) {
     uint64_t off = ix->slot[i].off;
     shent *e;
     if (off <= SHTAB_TOMB) continue;
-    if (!shheap_valid(hp, o->base, off)) {
+    if (!conc_shheap_valid(hp, o->base, off)) {
       ix->slot[i].off = SHTAB_TOMB;
       continue;
     }
@@ -489,7 +489,7 @@ static void recover(shop *o) {
                                        (one more than counted: the count
                                        may not have caught up) */
     uint64_t *link = &h->defer, k = 0;
-    while (*link && k <= h->ndefer && shheap_valid(hp, o->base, *link)) {
+    while (*link && k <= h->ndefer && conc_shheap_valid(hp, o->base, *link)) {
       live[n++] = *link;
       link = &((shdefer *)AT(o, *link))->next;
       k++;
@@ -497,7 +497,7 @@ static void recover(shop *o) {
     *link = 0;
     h->ndefer = k;
   }
-  if (shheap_rebuild(hp, o->base, live, n) != 0) {
+  if (conc_shheap_rebuild(hp, o->base, live, n) != 0) {
     free(live);
     return;
   }
@@ -533,7 +533,7 @@ static void recover(shop *o) {
     h->count += e->vlen != SHTAB_NOVALUE;
   }
   if (h->index == 0) {
-    uint64_t off = shheap_alloc(hp, o->base,
+    uint64_t off = conc_shheap_alloc(hp, o->base,
                                 sizeof(shindex) + MINCAP * sizeof(shslot));
     if (off == 0) return;
     ix = AT(o, off);
@@ -556,9 +556,9 @@ static int entry_refs(shop *o, shent *e, cobj **refs, badref *bad) {
     cobj *obj = NULL;
     if (r->token == tok(o)) {
       obj = (cobj *)(uintptr_t)r->ptr;
-      obj_retain(obj);
+      conc_obj_retain(obj);
     } else if (r->shm) {
-      obj = shm_lookup(r->uid);
+      obj = conc_shm_lookup(r->uid);
     }
     if (obj == NULL) {
       bad->kind = r->kind;
@@ -574,8 +574,8 @@ static int entry_refs(shop *o, shent *e, cobj **refs, badref *bad) {
 /* A message holding a copy of e's value and a reference on each object
 ** it names; NULL (nothing held) when out of memory or when an object is
 ** not in this process (then bad->kind >= 0). */
-msg *shtab_value(shop *o, shent *e, badref *bad) {
-  msg *m = msg_new((size_t)e->vlen, (int)e->nrefs);
+msg *conc_shtab_value(shop *o, shent *e, badref *bad) {
+  msg *m = conc_msg_new((size_t)e->vlen, (int)e->nrefs);
   bad->kind = -1;
   if (m == NULL) return NULL;
   if (entry_refs(o, e, m->refs, bad) != 0) {
@@ -588,11 +588,11 @@ msg *shtab_value(shop *o, shent *e, badref *bad) {
 }
 
 /* Under the lock: copies e's value into c if it is small (1), else into
-** a message (*m, 0); -1 as shtab_value's NULL. */
-int shtab_copy(shop *o, shent *e, vcopy *c, msg **m, badref *bad) {
+** a message (*m, 0); -1 as conc_shtab_value's NULL. */
+int conc_shtab_copy(shop *o, shent *e, vcopy *c, msg **m, badref *bad) {
   bad->kind = -1;
   if (e->vlen > sizeof c->bytes || e->nrefs > 4) {
-    *m = shtab_value(o, e, bad);
+    *m = conc_shtab_value(o, e, bad);
     return *m ? 0 : -1;
   }
   if (entry_refs(o, e, c->refs, bad) != 0) return -1;
@@ -604,10 +604,10 @@ int shtab_copy(shop *o, shent *e, vcopy *c, msg **m, badref *bad) {
 
 /* After the lock: the message of a small copy; NULL out of memory (the
 ** references released). */
-msg *shtab_copy_msg(vcopy *c) {
-  msg *m = msg_new(c->n, c->nrefs);
+msg *conc_shtab_copy_msg(vcopy *c) {
+  msg *m = conc_msg_new(c->n, c->nrefs);
   if (m == NULL) {
-    for (int i = 0; i < c->nrefs; i++) obj_release(c->refs[i]);
+    for (int i = 0; i < c->nrefs; i++) conc_obj_release(c->refs[i]);
     return NULL;
   }
   memcpy(m->refs, c->refs, (size_t)c->nrefs * sizeof *c->refs);
@@ -618,11 +618,11 @@ msg *shtab_copy_msg(vcopy *c) {
 
 /* ------------------------------------------------------------ waiting */
 
-const char shtab_self_update[] =
+const char conc_shtab_self_update[] =
     "a shared key cannot be changed inside its own update";
 
-int shtab_held(shent *e) {
-  return atomic_load(&e->ulock.word) == owner_self();
+int conc_shtab_held(shent *e) {
+  return atomic_load(&e->ulock.word) == conc_owner_self();
 }
 
 typedef struct idlewait {
@@ -631,21 +631,21 @@ typedef struct idlewait {
   int nolock;                       /* relock failed: not held */
 } idlewait;
 
-/* sync_wait's test: takes the lock and keeps it when k is not held by an
+/* conc_sync_wait's test: takes the lock and keeps it when k is not held by an
 ** update of another thread. */
 static int key_idle(void *state, void *arg) {
   idlewait *w = state;
   shent *e;
   CONC_UNUSED(arg);
   if (relock(w->o)) return w->nolock = 1;
-  e = shtab_find(w->o, w->k);
-  if (e == NULL || atomic_load(&e->ulock.word) == 0 || shtab_held(e))
+  e = conc_shtab_find(w->o, w->k);
+  if (e == NULL || atomic_load(&e->ulock.word) == 0 || conc_shtab_held(e))
     return 1;
-  slock_unlock(&w->o->h->lock);
+  conc_slock_unlock(&w->o->h->lock);
   return 0;
 }
 
-/* sync_wait's quiet-spell check: takes over the key from a dead update,
+/* conc_sync_wait's quiet-spell check: takes over the key from a dead update,
 ** whose placeholder (if it had no value) goes. */
 static int key_owner_check(void *state, void *arg) {
   idlewait *w = state;
@@ -653,45 +653,45 @@ static int key_owner_check(void *state, void *arg) {
   int dead = 0;
   CONC_UNUSED(arg);
   if (relock(w->o)) return 0;
-  s = shtab_slot(w->o, w->k, NULL);
+  s = conc_shtab_slot(w->o, w->k, NULL);
   if (s) {
     shent *e = AT(w->o, s->off);
-    dead = slock_owner_dead(&e->ulock);
+    dead = conc_slock_owner_dead(&e->ulock);
     if (dead && e->vlen == SHTAB_NOVALUE) {
       shtab_begin(w->o);
-      shtab_unpublish(w->o, s);
+      conc_shtab_unpublish(w->o, s);
       shtab_end(w->o);
     }
   }
-  slock_unlock(&w->o->h->lock);
-  if (dead) bump(&w->o->h->seq, &w->o->h->nwait, INT32_MAX);  /* the others */
+  conc_slock_unlock(&w->o->h->lock);
+  if (dead) conc_bump(&w->o->h->seq, &w->o->h->nwait, INT32_MAX);  /* the others */
   return 0;
 }
 
-const char *shtab_wait_held(shop *o, cstate *cs, const skey *k, shslot **s,
+const char *conc_shtab_wait_held(shop *o, cstate *cs, const skey *k, shslot **s,
                             shslot **ins, shent *e) {
   idlewait w = {o, k, 0};
   deadline d;
   const char *why = NULL;
-  if (shtab_held(e)) return shtab_self_update;
-  slock_unlock(&o->h->lock);
-  deadline_in(&d, -1);
-  cs_waiting(cs, "shared");
-  sync_wait(cs, &o->h->seq, &o->h->nwait, &d, key_idle, key_owner_check, &w,
+  if (conc_shtab_held(e)) return conc_shtab_self_update;
+  conc_slock_unlock(&o->h->lock);
+  conc_deadline_in(&d, -1);
+  conc_cs_waiting(cs, "shared");
+  conc_sync_wait(cs, &o->h->seq, &o->h->nwait, &d, key_idle, key_owner_check, &w,
             NULL, &why);
-  cs_waiting(cs, NULL);
+  conc_cs_waiting(cs, NULL);
   if (why) return why;
-  if (w.nolock) return shtab_nomem;
-  *s = shtab_slot(o, k, ins);
+  if (w.nolock) return conc_shtab_nomem;
+  *s = conc_shtab_slot(o, k, ins);
   e = *s ? AT(o, (*s)->off) : NULL;
-  if (e && atomic_load(&e->ulock.word) != 0) return shtab_self_update;
+  if (e && atomic_load(&e->ulock.word) != 0) return conc_shtab_self_update;
   return NULL;
 }
 
 
 /* ------------------------------------------------------------ the table */
 
-int shtab_create(shtab *t) {
+int conc_shtab_create(shtab *t) {
   static const unsigned orders[] = {30, 28, 26, 24};
   unsigned order = 0;
   shhdr *h;
@@ -699,22 +699,22 @@ int shtab_create(shtab *t) {
   uint64_t off;
   for (size_t i = 0; i < sizeof orders / sizeof orders[0]; i++) {
     order = orders[i];
-    if (shmobj_init(&t->so, K_SHARED, shheap_mapsize(order)) == 0) break;
+    if (conc_shmobj_init(&t->so, K_SHARED, conc_shheap_mapsize(order)) == 0) break;
   }
   if (t->so.shm == NULL) return -1;
   h = t->so.shm;
-  shheap_init(&h->heap, t->so.shm, order);
+  conc_shheap_init(&h->heap, t->so.shm, order);
   o.base = t->so.shm;
-  off = shheap_alloc(&h->heap, o.base,
+  off = conc_shheap_alloc(&h->heap, o.base,
                      sizeof(shindex) + MINCAP * sizeof(shslot));
   ((shindex *)AT(&o, off))->cap = MINCAP;   /* the slots: fresh zero pages */
   h->index = off;
   return 0;
 }
 
-void shtab_destroy(shtab *t) {
+void conc_shtab_destroy(shtab *t) {
   shop o;
-  if (t->stored && shtab_lock(&o, t) == 0) {
+  if (t->stored && conc_shtab_lock(&o, t) == 0) {
     for (uint64_t i = 0; i < shtab_index(&o)->cap; i++) {
       shslot *s = &shtab_index(&o)->slot[i];
       shent *e;
@@ -727,7 +727,7 @@ void shtab_destroy(shtab *t) {
         }
     }
     drain(&o, 1);
-    shtab_unlock(&o);
+    conc_shtab_unlock(&o);
   }
-  shmobj_destroy(&t->so);
+  conc_shmobj_destroy(&t->so);
 }

@@ -7,7 +7,7 @@
 #ifndef conc_shtab_h
 #define conc_shtab_h
 
-#include "internal.h"
+#include "modules.h"
 
 #define SHTAB_NOVALUE UINT64_MAX    /* an entry with no value (an update's) */
 #define SHTAB_EMPTY 0
@@ -120,21 +120,21 @@ typedef struct vcopy {
 } vcopy;
 
 /* Messages (compare by address: shtab_wait_idle's answers). */
-extern const char shtab_full[], shtab_toobig[], shtab_nomem[],
-    shtab_self_update[];
+extern const char conc_shtab_full[], conc_shtab_toobig[], conc_shtab_nomem[],
+    conc_shtab_self_update[];
 
 /* Makes t's mapping and the empty table in it; 0, or -1 and errno. */
-int shtab_create(shtab *t);
+int conc_shtab_create(shtab *t);
 /* t's last reference in this process goes: the objects this process
 ** stored are released, then the mapping is unmapped. */
-void shtab_destroy(shtab *t);
+void conc_shtab_destroy(shtab *t);
 
 /* Takes the lock: 0, or -1 (not held) when the table is broken and there
 ** is no memory to rebuild it now. unlock lets go and then releases what
 ** the op dropped; done only releases (the lock let go already). */
-int shtab_lock(shop *o, shtab *t);
-void shtab_unlock(shop *o);
-void shtab_done(shop *o);
+int conc_shtab_lock(shop *o, shtab *t);
+void conc_shtab_unlock(shop *o);
+void conc_shtab_done(shop *o);
 /* Around a change of the structure: the mark a dead holder leaves (see
 ** shtab.c's recover), set before any of the changes and cleared after
 ** all of them. Only a holder's death makes another see it, so program
@@ -149,52 +149,52 @@ static inline void shtab_end(shop *o) {
   atomic_store_explicit(&o->h->dirty, 0, memory_order_release);
 }
 
-uint64_t shtab_hash(const char *p, size_t n);
-void shtab_key_int(skey *k, lua_Integer i);
+uint64_t conc_shtab_hash(const char *p, size_t n);
+void conc_shtab_key_int(skey *k, lua_Integer i);
 
 /* With the lock held. k's slot, or NULL; then *ins (may be NULL) is where
 ** it would go. */
-shslot *shtab_slot(shop *o, const skey *k, shslot **ins);
-shent *shtab_find(shop *o, const skey *k);
+shslot *conc_shtab_slot(shop *o, const skey *k, shslot **ins);
+shent *conc_shtab_find(shop *o, const skey *k);
 static inline shindex *shtab_index(shop *o) {
   return AT(o, o->h->index);
 }
 /* Waits until no update of another thread holds k (the lock let go
 ** meanwhile); then k's slot in *s, where it would go in *ins. NULL, or
-** shtab_self_update (the lock held), or a stop reason or shtab_nomem (the
+** conc_shtab_self_update (the lock held), or a stop reason or conc_shtab_nomem (the
 ** lock not held). */
-const char *shtab_wait_held(shop *o, cstate *cs, const skey *k, shslot **s,
+const char *conc_shtab_wait_held(shop *o, cstate *cs, const skey *k, shslot **s,
                             shslot **ins, shent *e);   /* its slow part */
 static inline const char *shtab_wait_idle(shop *o, cstate *cs,
                                           const skey *k, shslot **s,
                                           shslot **ins) {
   shent *e;
-  *s = shtab_slot(o, k, ins);
+  *s = conc_shtab_slot(o, k, ins);
   e = *s ? AT(o, (*s)->off) : NULL;
   if (e == NULL || atomic_load(&e->ulock.word) == 0) return NULL;
-  return shtab_wait_held(o, cs, k, s, ins, e);
+  return conc_shtab_wait_held(o, cs, k, s, ins, e);
 }
 /* Whether this thread's update holds e. */
-int shtab_held(shent *e);
+int conc_shtab_held(shent *e);
 
 /* In a dirty section. Puts a new entry for k, its value the vlen bytes
 ** at v (SHTAB_NOVALUE: none) naming the objects refs, in k's slot s in
-** place of its entry there, or with s NULL in ins (as shtab_slot gave
+** place of its entry there, or with s NULL in ins (as conc_shtab_slot gave
 ** them); the entry takes the references over, its offset goes in *off
-** (may be NULL). NULL, or why not (shtab_full, shtab_toobig: nothing
+** (may be NULL). NULL, or why not (conc_shtab_full, conc_shtab_toobig: nothing
 ** changed). */
-const char *shtab_put(shop *o, const skey *k, shslot *s, shslot *ins,
+const char *conc_shtab_put(shop *o, const skey *k, shslot *s, shslot *ins,
                       const char *v, uint64_t vlen, cobj *const *refs,
                       int nrefs, uint64_t *off);
-void shtab_unpublish(shop *o, shslot *s);   /* discards k's entry */
+void conc_shtab_unpublish(shop *o, shslot *s);   /* discards k's entry */
 
 /* With the lock held: a message with a copy of e's value, its objects
 ** referenced; NULL when out of memory or an object is another process's
 ** (bad->kind >= 0). */
-msg *shtab_value(shop *o, shent *e, badref *bad);
+msg *conc_shtab_value(shop *o, shent *e, badref *bad);
 /* The same into c when small (1), else into *m (0); -1 as above. */
-int shtab_copy(shop *o, shent *e, vcopy *c, msg **m, badref *bad);
+int conc_shtab_copy(shop *o, shent *e, vcopy *c, msg **m, badref *bad);
 /* After the lock: the message of c; NULL out of memory. */
-msg *shtab_copy_msg(vcopy *c);
+msg *conc_shtab_copy_msg(vcopy *c);
 
 #endif

@@ -3,22 +3,12 @@
 ** conc.lock, conc.semaphore, conc.event, conc.barrier: synchronisation
 ** between threads and between processes forked after the object was made.
 **
-** DESIGN. Each object keeps its state in a MAP_SHARED page of its own, so
-** a forked child shares it rather than copying it; the page is unmapped
-** when the last handle of this process lets go, and the kernel frees it
-** when every process did. The state is a few words changed with atomics;
-** waiters sleep on a 'seq' word (a process-shared futex) that every
-** change a waiter may care about bumps, so the usual read-seq, test,
-** sleep-if-unchanged protocol of wait.c never loses a wake-up. A canceller
-** or Ctrl-C bumps the same word to wake its target (cs_block_on).
-** A lock records its owner's id (owner.c). A waiter that has slept for a
-** while checks that the owner still lives, and takes over a lock whose
-** owner died (a killed process, zombie or reaped, an exited thread), so a
-** death never leaves the others waiting forever; the kernel's robust-mutex
-** owner-died mark says so, not a probe by pid that a zombie or a reused
-** pid would fool. Unlike a robust mutex, any thread may release it.
-** Every shared object of the process is also in a table by uid, so one
-** that comes back through a pipe finds its local record (shm_lookup).
+** DESIGN. Each object is a shared-memory object of shm.c: its state is a
+** few words in a page of its own, changed with atomics, and waiters sleep
+** on its 'seq' word with conc_sync_wait. A lock is an slock (shm.c): a
+** waiter that has slept for a while checks that the owner still lives and
+** takes over a lock whose owner died, so a death never leaves the others
+** waiting forever.
 */
 
 #include <errno.h>
@@ -27,231 +17,45 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-#include "internal.h"
-
-/* How often a waiter checks that a lock's owner is alive. */
-#define OWNER_CHECK 0.2
-
-/* ------------------------------------------------------------ shm */
-
-void *shm_alloc(size_t size) {
-  void *p = mmap(NULL, size, PROT_READ | PROT_WRITE,
-                 MAP_SHARED | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-  return p == MAP_FAILED ? NULL : p;
-}
-
-void shm_free(void *p, size_t size) {
-  if (p) munmap(p, size);
-}
-
-#define NBUCKETS 256
-
-static pthread_mutex_t tab_mu = PTHREAD_MUTEX_INITIALIZER;
-static objlink tab_link;
-static shmobj *table[NBUCKETS];
-static pthread_once_t tab_once = PTHREAD_ONCE_INIT;
-
-static void tab_init(void) {
-  objreg_add(&tab_link, &tab_mu);
-}
-
-/* Makes o's shared page and files it by uid; 0 or -1. */
-int shmobj_init(shmobj *o, int kind, size_t size) {
-  unsigned b;
-  obj_init(&o->obj, kind);
-  o->size = size;
-  o->shm = NULL;
-  if (owner_init() != 0) return -1;     /* before a fork can share o */
-  o->shm = shm_alloc(size);
-  if (o->shm == NULL) return -1;
-  pthread_once(&tab_once, tab_init);
-  b = (unsigned)(o->obj.uid % NBUCKETS);
-  pthread_mutex_lock(&tab_mu);
-  o->next = table[b];
-  table[b] = o;
-  pthread_mutex_unlock(&tab_mu);
-  return 0;
-}
-
-void shmobj_destroy(shmobj *o) {
-  unsigned b = (unsigned)(o->obj.uid % NBUCKETS);
-  pthread_mutex_lock(&tab_mu);
-  for (shmobj **p = &table[b]; *p; p = &(*p)->next)
-    if (*p == o) {
-      *p = o->next;
-      break;
-    }
-  pthread_mutex_unlock(&tab_mu);
-  shm_free(o->shm, o->size);
-}
-
-cobj *shm_lookup(uint64_t uid) {
-  cobj *found = NULL;
-  pthread_once(&tab_once, tab_init);
-  pthread_mutex_lock(&tab_mu);
-  for (shmobj *o = table[uid % NBUCKETS]; o; o = o->next)
-    if (o->obj.uid == uid) {
-      int r = atomic_load(&o->obj.refs);   /* retain unless being freed */
-      while (r > 0 && !atomic_compare_exchange_weak(&o->obj.refs, &r, r + 1))
-        ;
-      if (r > 0) found = &o->obj;
-      break;
-    }
-  pthread_mutex_unlock(&tab_mu);
-  return found;
-}
+#include "modules.h"
 
 static void sync_destroy(cobj *o) {
-  shmobj_destroy((shmobj *)o);
+  conc_shmobj_destroy((shmobj *)o);
   free(o);
 }
 
 /* Makes a shared object of 'size' bytes and pushes its handle. */
 static void *sync_new(lua_State *L, int kind, size_t size) {
   shmobj *o = calloc(1, sizeof *o);
-  if (o == NULL || shmobj_init(o, kind, size) != 0) {
+  if (o == NULL || conc_shmobj_init(o, kind, size) != 0) {
     free(o);
     luaL_error(L, "cannot make a %s: %s", conc_kinds[kind]->name,
                strerror(errno ? errno : ENOMEM));
   }
-  obj_push(L, conc_cs(L), &o->obj);
-  obj_release(&o->obj);
+  conc_obj_push(L, conc_cs(L), &o->obj);
+  conc_obj_release(&o->obj);
   return o->shm;
 }
 
 static void *sync_check(lua_State *L, int kind) {
-  return ((shmobj *)obj_check(L, 1, kind))->shm;
-}
-
-/* ------------------------------------------------------------ waiting */
-
-/* Sleeps on a shared seq word until 'ready' says so. Returns 1 ready, 0
-** timeout, -1 stop (*why set). 'ready' runs after each wake-up with the
-** seq value read before it, and 'idle' (may be NULL) after a sleep of
-** OWNER_CHECK without news. */
-int sync_wait(cstate *cs, _Atomic uint32_t *seq, _Atomic uint32_t *nwait,
-                     const deadline *d, ready_fn ready, ready_fn idle,
-                     void *state, void *arg, const char **why) {
-  int r = 0;
-  cs_block_on(cs, seq, 1);
-  atomic_fetch_add(nwait, 1);
-  for (;;) {
-    uint32_t s = atomic_load(seq);
-    deadline slice;
-    if (ready(state, arg)) {
-      r = 1;
-      break;
-    }
-    if ((*why = cs_stopreason(cs)) != NULL) {
-      r = -1;
-      break;
-    }
-    if (deadline_passed(d)) break;
-    deadline_in(&slice, OWNER_CHECK);
-    if (!d->forever && deadline_left(d) < OWNER_CHECK) slice = *d;
-    if (futex_wait(seq, s, &slice, 1) == ETIMEDOUT && idle) idle(state, arg);
-  }
-  atomic_fetch_sub(nwait, 1);
-  cs_unblock(cs);
-  return r;
-}
-
-void bump(_Atomic uint32_t *seq, _Atomic uint32_t *nwait, int n) {
-  atomic_fetch_add(seq, 1);
-  if (atomic_load(nwait)) futex_wake(seq, n, 1);
+  return ((shmobj *)conc_obj_check(L, 1, kind))->shm;
 }
 
 static double opt_timeout(lua_State *L, int arg) {
   return conc_opttimeout(L, arg);
 }
 
-void conc_checkoptions(lua_State *L, int arg, const char *const *known) {
-  if (lua_isnoneornil(L, arg)) return;
-  luaL_checktype(L, arg, LUA_TTABLE);
-  lua_pushnil(L);
-  while (lua_next(L, arg)) {
-    const char *const *k = known;
-    lua_pop(L, 1);
-    if (lua_type(L, -1) == LUA_TSTRING)
-      for (; k && *k; k++)
-        if (strcmp(*k, lua_tostring(L, -1)) == 0) break;
-    if (k == NULL || *k == NULL) {
-      lua_pushvalue(L, -1);       /* tolstring changes a number key */
-      luaL_argerror(L, arg, lua_pushfstring(L, "unknown option '%s'",
-                                            luaL_tolstring(L, -1, NULL)));
-    }
-  }
-}
-
 /* ------------------------------------------------------------ lock */
-
-/* The lock word holds the owner's id (0: free), set and cleared in one
-** atomic step, so a waiter can tell that the owner died whenever it
-** died. */
-
-int slock_try(slock *s) {
-  uint64_t zero = 0;
-  return atomic_compare_exchange_strong(&s->word, &zero, owner_self());
-}
 
 static int lock_try(void *state, void *arg) {
   CONC_UNUSED(arg);
-  return slock_try(state);
-}
-
-/* Frees the lock if its owner is gone; 1 if it did. */
-int slock_owner_dead(slock *s) {
-  uint64_t owner = atomic_load(&s->word);
-  if (owner == 0 || !owner_dead(owner)) return 0;
-  if (atomic_compare_exchange_strong(&s->word, &owner, 0)) {
-    bump(&s->seq, &s->nwait, INT32_MAX);
-    return 1;
-  }
-  return 0;
+  return conc_slock_try(state);
 }
 
 static int lock_check_owner(void *state, void *arg) {
   CONC_UNUSED(arg);
-  slock_owner_dead(state);
+  conc_slock_owner_dead(state);
   return 0;
-}
-
-/* For short critical sections of the runtime: waits as long as it takes,
-** with no cancellation. An owner that died holding the lock hands it
-** straight to the waiter that notices (1), so that one alone repairs what
-** the dead owner left half done before anyone else gets in. */
-int slock_lock(slock *s) {
-  uint64_t me = owner_self();
-  int spins = 0;
-  for (;;) {
-    uint64_t owner = 0;
-    uint32_t seq;
-    deadline d;
-    int r = 0;
-    if (atomic_compare_exchange_strong(&s->word, &owner, me)) return 0;
-    if (++spins < 100) continue;
-    seq = atomic_load(&s->seq);
-    atomic_fetch_add(&s->nwait, 1);
-    owner = 0;
-    if (atomic_compare_exchange_strong(&s->word, &owner, me)) {
-      atomic_fetch_sub(&s->nwait, 1);
-      return 0;
-    }
-    deadline_in(&d, OWNER_CHECK);
-    if (futex_wait(&s->seq, seq, &d, 1) == ETIMEDOUT) {
-      owner = atomic_load(&s->word);
-      if (owner != 0 && owner_dead(owner) &&
-          atomic_compare_exchange_strong(&s->word, &owner, me))
-        r = 1;
-    }
-    atomic_fetch_sub(&s->nwait, 1);
-    if (r) return 1;
-  }
-}
-
-void slock_unlock(slock *s) {
-  atomic_store(&s->word, 0);
-  bump(&s->seq, &s->nwait, 1);
 }
 
 /* acquire: 1 acquired, 0 timed out; raises on a stop request. */
@@ -260,17 +64,17 @@ static int lock_acquire_d(lua_State *L, slock *s, double t) {
   deadline d;
   const char *why = NULL;
   int r;
-  if (slock_try(s)) return 1;
+  if (conc_slock_try(s)) return 1;
   if (t == 0) return 0;
-  slock_owner_dead(s);
-  deadline_in(&d, t);
-  cs_waiting(cs, "lock");
-  r = sync_wait(cs, &s->seq, &s->nwait, &d, lock_try, lock_check_owner, s,
+  conc_slock_owner_dead(s);
+  conc_deadline_in(&d, t);
+  conc_cs_waiting(cs, "lock");
+  r = conc_sync_wait(cs, &s->seq, &s->nwait, &d, lock_try, lock_check_owner, s,
                 NULL, &why);
-  cs_waiting(cs, NULL);
+  conc_cs_waiting(cs, NULL);
   if (r != 1 && atomic_load(&s->word) == 0 && atomic_load(&s->nwait))
-    bump(&s->seq, &s->nwait, 1);   /* pass on a wake-up we may have eaten */
-  if (r < 0) cs_raisestop(L, cs, why);
+    conc_bump(&s->seq, &s->nwait, 1);   /* pass on a wake-up we may have eaten */
+  if (r < 0) conc_cs_raisestop(L, cs, why);
   return r;
 }
 
@@ -289,7 +93,7 @@ static int lock_acquire(lua_State *L) {
 static void lock_release_s(lua_State *L, slock *s) {
   if (atomic_load(&s->word) == 0)
     luaL_error(L, "release of an unlocked lock");
-  slock_unlock(s);
+  conc_slock_unlock(s);
 }
 
 static int lock_release(lua_State *L) {
@@ -312,7 +116,7 @@ static int lock_with(lua_State *L) {
   lock_acquire_d(L, s, -1);
   st = lua_pcall(L, n - 2, LUA_MULTRET, 0);
   /* still ours (fn may have released it, and another thread taken it) */
-  if (atomic_load(&s->word) == owner_self()) slock_unlock(s);
+  if (atomic_load(&s->word) == conc_owner_self()) conc_slock_unlock(s);
   if (st != LUA_OK) return lua_error(L);
   return lua_gettop(L) - 1;
 }
@@ -377,13 +181,13 @@ static int sem_acquire(lua_State *L) {
     lua_pushboolean(L, 0);
     return 1;
   }
-  deadline_in(&d, t);
-  cs_waiting(cs, "semaphore");
-  r = sync_wait(cs, &s->seq, &s->nwait, &d, sem_try, NULL, s, NULL, &why);
-  cs_waiting(cs, NULL);
+  conc_deadline_in(&d, t);
+  conc_cs_waiting(cs, "semaphore");
+  r = conc_sync_wait(cs, &s->seq, &s->nwait, &d, sem_try, NULL, s, NULL, &why);
+  conc_cs_waiting(cs, NULL);
   if (r != 1 && atomic_load(&s->count) > 0 && atomic_load(&s->nwait))
-    bump(&s->seq, &s->nwait, 1);
-  if (r < 0) return cs_raisestop(L, cs, why);
+    conc_bump(&s->seq, &s->nwait, 1);
+  if (r < 0) return conc_cs_raisestop(L, cs, why);
   lua_pushboolean(L, r);
   return 1;
 }
@@ -402,7 +206,7 @@ static int sem_release(lua_State *L) {
                                ? "semaphore released too many times"
                                : "semaphore count would overflow");
   } while (!atomic_compare_exchange_weak(&s->count, &c, c + (int64_t)n));
-  bump(&s->seq, &s->nwait, (int)(n > INT32_MAX ? INT32_MAX : n));
+  conc_bump(&s->seq, &s->nwait, (int)(n > INT32_MAX ? INT32_MAX : n));
   return 0;
 }
 
@@ -440,7 +244,7 @@ static int event_new(lua_State *L) {
 static int event_set(lua_State *L) {
   sevent *e = sync_check(L, K_EVENT);
   atomic_store(&e->flag, 1);
-  bump(&e->seq, &e->nwait, INT32_MAX);
+  conc_bump(&e->seq, &e->nwait, INT32_MAX);
   return 0;
 }
 
@@ -467,12 +271,12 @@ static int event_wait(lua_State *L) {
     lua_pushboolean(L, atomic_load(&e->flag) != 0);
     return 1;
   }
-  deadline_in(&d, t);
-  cs_waiting(cs, "event");
-  r = sync_wait(cs, &e->seq, &e->nwait, &d, event_isset_fn, NULL, e, NULL,
+  conc_deadline_in(&d, t);
+  conc_cs_waiting(cs, "event");
+  r = conc_sync_wait(cs, &e->seq, &e->nwait, &d, event_isset_fn, NULL, e, NULL,
                 &why);
-  cs_waiting(cs, NULL);
-  if (r < 0) return cs_raisestop(L, cs, why);
+  conc_cs_waiting(cs, NULL);
+  if (r < 0) return conc_cs_raisestop(L, cs, why);
   lua_pushboolean(L, r);
   return 1;
 }
@@ -530,15 +334,15 @@ static int barrier_wait(lua_State *L) {
     if (atomic_compare_exchange_weak(&b->state, &st, nst)) break;
   }
   if (idx + 1 == b->parties) {
-    bump(&b->seq, &b->nwait, INT32_MAX);
+    conc_bump(&b->seq, &b->nwait, INT32_MAX);
     lua_pushinteger(L, idx);
     return 1;
   }
-  deadline_in(&d, t);
-  cs_waiting(cs, "barrier");
-  r = sync_wait(cs, &b->seq, &b->nwait, &d, barrier_passed, NULL, b, &gen,
+  conc_deadline_in(&d, t);
+  conc_cs_waiting(cs, "barrier");
+  r = conc_sync_wait(cs, &b->seq, &b->nwait, &d, barrier_passed, NULL, b, &gen,
                 &why);
-  cs_waiting(cs, NULL);
+  conc_cs_waiting(cs, NULL);
   if (r != 1) {                     /* take the arrival back, unless it tripped */
     st = atomic_load(&b->state);
     while ((uint32_t)(st >> 32) == gen)
@@ -549,7 +353,7 @@ static int barrier_wait(lua_State *L) {
     lua_pushinteger(L, idx);
     return 1;
   }
-  if (r < 0) return cs_raisestop(L, cs, why);
+  if (r < 0) return conc_cs_raisestop(L, cs, why);
   lua_pushboolean(L, 0);
   return 1;
 }
@@ -570,10 +374,10 @@ static int barrier_parties(lua_State *L) {
 
 /* ------------------------------------------------------------ tables */
 
-int sync_lock(lua_State *L) { return lock_new(L); }
-int sync_semaphore(lua_State *L) { return sem_new(L); }
-int sync_event(lua_State *L) { return event_new(L); }
-int sync_barrier(lua_State *L) { return barrier_new(L); }
+int conc_sync_lock(lua_State *L) { return lock_new(L); }
+int conc_sync_semaphore(lua_State *L) { return sem_new(L); }
+int conc_sync_event(lua_State *L) { return event_new(L); }
+int conc_sync_barrier(lua_State *L) { return barrier_new(L); }
 
 static const luaL_Reg lock_methods[] = {
     {"acquire", lock_acquire}, {"release", lock_release},
@@ -589,15 +393,35 @@ static const luaL_Reg event_methods[] = {
 static const luaL_Reg barrier_methods[] = {
     {"wait", barrier_wait}, {"parties", barrier_parties}, {NULL, NULL}};
 
-const kindinfo lock_kind = {"conc.lock", "lock", 1, 0, sync_destroy,
-                            lock_methods, NULL, lock_tostring, NULL, NULL,
-                            NULL, NULL};
-const kindinfo semaphore_kind = {"conc.semaphore", "semaphore", 1, 0,
-                                 sync_destroy, sem_methods, NULL,
-                                 sem_tostring, NULL, NULL, NULL, NULL};
-const kindinfo event_kind = {"conc.event", "event", 1, 0, sync_destroy,
-                             event_methods, NULL, event_tostring, NULL, NULL,
-                             NULL, NULL};
-const kindinfo barrier_kind = {"conc.barrier", "barrier", 1, 0, sync_destroy,
-                               barrier_methods, NULL, barrier_tostring, NULL,
-                               NULL, NULL, NULL};
+const kindinfo conc_lock_kind = {
+    .kind = K_LOCK,
+    .tname = "conc.lock",
+    .name = "lock",
+    .shm = 1,
+    .destroy = sync_destroy,
+    .methods = lock_methods,
+    .tostring = lock_tostring};
+const kindinfo conc_semaphore_kind = {
+    .kind = K_SEMAPHORE,
+    .tname = "conc.semaphore",
+    .name = "semaphore",
+    .shm = 1,
+    .destroy = sync_destroy,
+    .methods = sem_methods,
+    .tostring = sem_tostring};
+const kindinfo conc_event_kind = {
+    .kind = K_EVENT,
+    .tname = "conc.event",
+    .name = "event",
+    .shm = 1,
+    .destroy = sync_destroy,
+    .methods = event_methods,
+    .tostring = event_tostring};
+const kindinfo conc_barrier_kind = {
+    .kind = K_BARRIER,
+    .tname = "conc.barrier",
+    .name = "barrier",
+    .shm = 1,
+    .destroy = sync_destroy,
+    .methods = barrier_methods,
+    .tostring = barrier_tostring};

@@ -14,7 +14,7 @@
 ** Cancellation costs nothing until asked for: cancel() sets the worker's
 ** flag, sends its OS thread a signal whose handler, running on that
 ** thread, sets a count hook on the running coroutine (the lua command's
-** Ctrl-C trick), then wakes it out of any conc wait (cs_wake): signal
+** Ctrl-C trick), then wakes it out of any conc wait (conc_cs_wake): signal
 ** first, so the hook is set before a woken worker runs one instruction.
 ** Every cancellation point raises "cancelled": the hook, and each conc
 ** call that blocks (it checks the flag). A raise takes the hook off the
@@ -27,7 +27,7 @@
 ** pcall in a loop cannot swallow a cancel. Catches inside the unwinding
 ** (a pcall in a __close handler) are the handler's own and put nothing
 ** back. Whatever fn then does, a worker that cancel() answered true for
-** ends "cancelled" (worker_finish). coroutine.resume and wrap are
+** ends "cancelled" (conc_worker_finish). coroutine.resume and wrap are
 ** replaced so the thread always knows its running coroutine.
 */
 
@@ -38,7 +38,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "internal.h"
+#include "workers.h"
 #include <lualib.h>
 
 #ifdef CONC_SANITIZED
@@ -50,23 +50,14 @@
 #define SIGCANCEL (SIGRTMIN + 4)
 
 
-/* The state and context this OS thread runs: the coroutine that is
-** running (for the signal handlers) and the worker context (cancel). */
-static CONC_TLS lua_State *volatile tls_current;
+/* The worker context this OS thread runs (cancel); the running state is
+** runtime.c's conc_tls_L. */
 static CONC_TLS cstate *volatile tls_cs;
 
 /* The worker this OS thread runs, or NULL (main, host, pool idle). */
-worker *thread_current_worker(void) {
+worker *conc_thread_current_worker(void) {
   cstate *cs = tls_cs;
   return cs ? cs->self : NULL;
-}
-
-void thread_set_current(lua_State *L) {
-  tls_current = L;
-}
-
-lua_State *thread_get_current(void) {
-  return tls_current;
 }
 
 /* ------------------------------------------------------------ cancel */
@@ -74,11 +65,8 @@ lua_State *thread_get_current(void) {
 /* Instructions the code after the first catch of a cancel may run. */
 #define CANCEL_GRACE 1000
 
-/* Where this OS thread's job is with its cancel: the error is on its way
-** up and no catcher outside the unwinding took it yet (the signal then
-** leaves the hooks alone: the handlers run); the first catch had its
-** grace. Only this thread and its signal handler touch them. */
-static CONC_TLS volatile sig_atomic_t tls_unwinding;
+/* The first catch of a cancel had its grace. Only this thread and its
+** signal handler touch it (conc_tls_unwinding: runtime.c). */
 static CONC_TLS int tls_graced;
 
 static int cancel_pending(void) {
@@ -97,15 +85,8 @@ static void arm_strict(lua_State *L) {
 ** catcher sets it again, so that L's __close handlers run. */
 static void unwind_begin(lua_State *L) {
   if (!cancel_pending()) return;
-  tls_unwinding = 1;                   /* first: the signal keeps out */
+  conc_tls_unwinding = 1;                   /* first: the signal keeps out */
   lua_sethook(L, NULL, 0, 0);
-}
-
-int thread_raise_cancel(lua_State *L) {
-  tls_unwinding = 1;
-  lua_sethook(L, NULL, 0, 0);
-  lua_pushliteral(L, "cancelled");     /* no position: the value join raises */
-  return lua_error(L);
 }
 
 static void cancel_hook(lua_State *L, lua_Debug *ar) {
@@ -114,19 +95,19 @@ static void cancel_hook(lua_State *L, lua_Debug *ar) {
     lua_sethook(L, NULL, 0, 0);        /* a late signal for an older job */
     return;
   }
-  thread_raise_cancel(L);
+  conc_raise_cancel(L);
 }
 
 /* A catcher of L got an error, or a resume returned to L; 'inner': the
 ** catcher started inside an unwinding (a handler's own pcall). */
 static void caught(lua_State *L, int inner) {
   if (inner || !cancel_pending()) return;
-  if (tls_unwinding && !tls_graced) {
-    tls_unwinding = 0;
+  if (conc_tls_unwinding && !tls_graced) {
+    conc_tls_unwinding = 0;
     tls_graced = 1;
     lua_sethook(L, cancel_hook, LUA_MASKCOUNT, CANCEL_GRACE);
   } else {
-    tls_unwinding = 0;
+    conc_tls_unwinding = 0;
     arm_strict(L);
   }
 }
@@ -134,9 +115,9 @@ static void caught(lua_State *L, int inner) {
 static void on_sigcancel(int sig) {
   int saved = errno;
   cstate *cs = tls_cs;
-  lua_State *L = tls_current;
+  lua_State *L = conc_tls_L;
   CONC_UNUSED(sig);
-  if (cs && cs->self && atomic_load(&cs->self->cancel) && !tls_unwinding) {
+  if (cs && cs->self && atomic_load(&cs->self->cancel) && !conc_tls_unwinding) {
     if (L) arm_strict(L);
     if (cs->L && cs->L != L) arm_strict(cs->L);
   }
@@ -154,20 +135,20 @@ static void cancel_install_once(void) {
   sigaction(SIGCANCEL, &sa, NULL);
 }
 
-void thread_cancel_install(void) {
+void conc_thread_cancel_install(void) {
   pthread_once(&cancel_once, cancel_install_once);
 }
 
 /* Asks w to stop; 1 if it was running (it then ends "cancelled"). The
 ** signal goes before the wake-up: a worker woken out of a conc wait
 ** runs its handler before anything else. */
-int thread_cancel(worker *w) {
+int conc_thread_cancel(worker *w) {
   int running;
   pthread_mutex_lock(&w->mu);
   running = w->status == W_RUNNING;
   if (running && !atomic_exchange(&w->cancel, 1)) {
     if (w->hastid) pthread_kill(w->tid, SIGCANCEL);
-    if (w->cs) cs_wake(w->cs);
+    if (w->cs) conc_cs_wake(w->cs);
   }
   pthread_mutex_unlock(&w->mu);
   return running;
@@ -184,17 +165,17 @@ static int catch_finish(lua_State *L, int status, lua_KContext ctx) {
   if (status == LUA_OK || status == LUA_YIELD)
     return lua_gettop(L) - (int)(ctx & 0xff);
   caught(L, (ctx & CTX_INNER) != 0);
-  cs_caught(L);
+  conc_cs_caught(L);
   lua_pushboolean(L, 0);
   lua_insert(L, -2);                   /* false, the error value */
   return 2;
 }
 
 static lua_KContext catch_ctx(int slots) {
-  return (lua_KContext)slots | (tls_unwinding ? CTX_INNER : 0);
+  return (lua_KContext)slots | (conc_tls_unwinding ? CTX_INNER : 0);
 }
 
-int thread_pcall(lua_State *L) {
+int conc_thread_pcall(lua_State *L) {
   lua_KContext ctx;
   luaL_checkany(L, 1);
   ctx = catch_ctx(0);
@@ -205,7 +186,7 @@ int thread_pcall(lua_State *L) {
 }
 
 /* xpcall(f, msgh, ...): msgh stays at 2, true and f go above it. */
-int thread_xpcall(lua_State *L) {
+int conc_thread_xpcall(lua_State *L) {
   int nargs = lua_gettop(L) - 2;
   lua_KContext ctx;
   luaL_checktype(L, 2, LUA_TFUNCTION);
@@ -223,17 +204,17 @@ int thread_xpcall(lua_State *L) {
 ** error on L. A cancel reaches co as it starts, and the caller as it
 ** gets control back (a catch, unless 'rethrow': wrap raises it on). */
 static int resume_co(lua_State *L, lua_State *co, int narg, int rethrow) {
-  int status, nres, inner = tls_unwinding;
-  lua_State *prev = tls_current;
+  int status, nres, inner = conc_tls_unwinding;
+  lua_State *prev = conc_tls_L;
   if (!lua_checkstack(co, narg)) {
     lua_pushliteral(L, "too many arguments to resume");
     return -1;
   }
   lua_xmove(L, co, narg);
-  tls_current = co;                    /* first: a signal now hooks co */
+  conc_tls_L = co;                    /* first: a signal now hooks co */
   if (!inner && cancel_pending()) arm_strict(co);
   status = lua_resume(co, L, narg, &nres);
-  tls_current = prev;
+  conc_tls_L = prev;
   if (status == LUA_OK || status == LUA_YIELD) {
     caught(L, inner);
     if (!lua_checkstack(L, nres + 1)) {
@@ -246,7 +227,7 @@ static int resume_co(lua_State *L, lua_State *co, int narg, int rethrow) {
   }
   if (!rethrow) {
     caught(L, inner);
-    cs_caught(L);
+    conc_cs_caught(L);
   } else if (cancel_pending()) {
     lua_sethook(co, NULL, 0, 0);       /* co's closing runs whole */
   }
@@ -254,7 +235,7 @@ static int resume_co(lua_State *L, lua_State *co, int narg, int rethrow) {
   return -1;
 }
 
-int thread_co_resume(lua_State *L) {
+int conc_thread_co_resume(lua_State *L) {
   lua_State *co = lua_tothread(L, 1);
   int r;
   luaL_argexpected(L, co, 1, "coroutine");
@@ -289,7 +270,7 @@ static int co_wrapped(lua_State *L) {
   return r;
 }
 
-int thread_co_wrap(lua_State *L) {
+int conc_thread_co_wrap(lua_State *L) {
   lua_State *co;
   luaL_checktype(L, 1, LUA_TFUNCTION);
   co = lua_newthread(L);
@@ -329,9 +310,9 @@ static int job_body(lua_State *L) {
   char err[160];
   int n;
   lua_settop(L, 0);
-  state_run_hooks(L, cs);
+  conc_state_run_hooks(L, cs);
   lua_settop(L, 0);
-  n = marshal_decode(L, cs, m->data, m->n, m->refs, m->nrefs, 0, err,
+  n = conc_marshal_decode(L, cs, m->data, m->n, m->refs, m->nrefs, 0, err,
                      sizeof err);
   if (n < 1) return luaL_error(L, "%s", n < 0 ? err : "no function");
   lua_call(L, n - 1, LUA_MULTRET);
@@ -353,9 +334,9 @@ static void job_error(lua_State *L, cstate *cs, worker *w, msg **result,
   lua_rawgetp(L, LUA_REGISTRYINDEX, &TB_KEY);
   tb = lua_tostring(L, -1);
   if (lua_type(L, e) != LUA_TSTRING &&
-      marshal_encode(L, cs, e, 1, &cs->scratch, 0, "error", err,
+      conc_marshal_encode(L, cs, e, 1, &cs->scratch, 0, "error", err,
                      sizeof err) == 0)
-    *result = msg_seal(&cs->scratch);
+    *result = conc_msg_seal(&cs->scratch);
   lua_pushfstring(L, "thread %I (%s): %s\n%s", (LUAI_UACINT)w->id, w->name,
                   conc_errmsg(L, e), tb ? tb : "stack traceback:");
   *errmsg = dupstr(lua_tostring(L, -1));
@@ -367,23 +348,24 @@ static void job_run(job *j, lua_State *L) {
   int status = W_DONE, cancelled, base;
   msg *result = NULL;
   char *errmsg = NULL;
-  cs_init(cs, w->rt, w);
+  conc_cs_init(cs, w->rt, w);
+  cs->cancel = &w->cancel;
   cs->paths = j->paths;              /* the cstate's reference now */
   j->paths = NULL;
   if (L == NULL) {
-    worker_finish(w, W_FAILED, NULL,
+    conc_worker_finish(w, W_FAILED, NULL,
                   strdup("thread: not enough memory to start"));
-    cs_fini(cs);
+    conc_cs_fini(cs);
     return;
   }
   cs->light = 1;
-  state_bind(L, cs);
-  state_make_lazy(L, cs);
+  conc_state_bind(L, cs);
+  conc_state_make_lazy(L, cs);
   /* set before the thread can be signalled (hastid): a cancel signal
   ** finds the state to hook */
   tls_cs = cs;
-  tls_current = L;
-  tls_unwinding = 0;
+  conc_tls_L = L;
+  conc_tls_unwinding = 0;
   tls_graced = 0;
   pthread_mutex_lock(&w->mu);
   w->cs = cs;
@@ -402,9 +384,9 @@ static void job_run(job *j, lua_State *L) {
     if (lua_pcall(L, 1, LUA_MULTRET, base) == LUA_OK) {
       char err[512] = "not enough memory";   /* if only the seal fails */
       int n = lua_gettop(L) - base;
-      if (marshal_encode(L, cs, base + 1, n, &cs->scratch, 0, "results[%d]",
+      if (conc_marshal_encode(L, cs, base + 1, n, &cs->scratch, 0, "results[%d]",
                          err, sizeof err) == 0 &&
-          (result = msg_seal(&cs->scratch)) != NULL) {
+          (result = conc_msg_seal(&cs->scratch)) != NULL) {
         status = W_DONE;
       } else {
         char *m = malloc(strlen(err) + strlen(w->name) + 48);
@@ -427,11 +409,11 @@ static void job_run(job *j, lua_State *L) {
   w->hastid = 0;
   pthread_mutex_unlock(&w->mu);
   tls_cs = NULL;
-  tls_current = NULL;
+  conc_tls_L = NULL;
   lua_sethook(L, NULL, 0, 0);
-  state_close(L);
-  cs_fini(cs);
-  worker_finish(w, status, result, errmsg);
+  conc_state_close(L);
+  conc_cs_fini(cs);
+  conc_worker_finish(w, status, result, errmsg);
 }
 
 /* ------------------------------------------------------------ pool */
@@ -450,13 +432,20 @@ static pthr *pool_idle;
 static int pool_nidle, pool_max;
 static pthread_once_t pool_once = PTHREAD_ONCE_INIT;
 
+/* In a forked child the pool's threads do not exist. */
+static void pool_atfork_child(void) {
+  pool_idle = NULL;
+  pool_nidle = 0;
+}
+
 static void pool_init(void) {
   long n = sysconf(_SC_NPROCESSORS_ONLN);
   pool_max = (int)(n > 0 ? n : 1) * 2 + 2;
-  objreg_add(&pool_link, &pool_mu);
+  conc_fork_register(&pool_link, &pool_mu);
+  conc_fork_onchild(pool_atfork_child);
 }
 
-int threadpool_idle(void) {
+int conc_threadpool_idle(void) {
   int n;
   pthread_mutex_lock(&pool_mu);
   n = pool_nidle;
@@ -464,17 +453,11 @@ int threadpool_idle(void) {
   return n;
 }
 
-/* In a forked child the pool's threads do not exist. */
-void threadpool_atfork_child(void) {
-  pool_idle = NULL;
-  pool_nidle = 0;
-}
-
 static void job_free(job *j) {
-  msg_free(j->m);
-  paths_release(j->paths);
-  if (j->L) state_close(j->L);        /* a state no thread took */
-  obj_release(&j->w->obj);
+  conc_msg_free(j->m);
+  conc_paths_release(j->paths);
+  if (j->L) conc_state_close(j->L);        /* a state no thread took */
+  conc_obj_release(&j->w->obj);
   free(j);
 }
 
@@ -493,12 +476,12 @@ static job *pool_wait(pthr *self) {
   pool_idle = self;
   pool_nidle++;
   pthread_mutex_unlock(&pool_mu);
-  if (self->spare == NULL) self->spare = state_new();
-  deadline_in(&d, IDLE_SECONDS);
+  if (self->spare == NULL) self->spare = conc_state_new();
+  conc_deadline_in(&d, IDLE_SECONDS);
   for (;;) {
-    uint32_t seen = park_seq(&self->park);
+    uint32_t seen = conc_park_seq(&self->park);
     if ((j = atomic_load(&self->job)) != NULL) return j;
-    if (park_sleep(&self->park, seen, &d) == ETIMEDOUT) {
+    if (conc_park_sleep(&self->park, seen, &d) == ETIMEDOUT) {
       pthread_mutex_lock(&pool_mu);
       j = atomic_load(&self->job);
       if (j == NULL) {                 /* still idle: leave the pool */
@@ -520,21 +503,21 @@ static void *pool_thread(void *arg) {
   pthr self;
   job *j = arg;
   memset(&self, 0, sizeof self);
-  park_init(&self.park);
+  conc_park_init(&self.park);
   while (j != NULL) {
     lua_State *L = j->L;              /* made by the spawner, or */
     j->L = NULL;
-    if (L == NULL) L = self.spare ? self.spare : state_new();  /* ours */
+    if (L == NULL) L = self.spare ? self.spare : conc_state_new();  /* ours */
     else if (self.spare) {
-      state_close(self.spare);
+      conc_state_close(self.spare);
     }
     self.spare = NULL;
     job_run(j, L);
     job_free(j);
     j = pool_wait(&self);
   }
-  if (self.spare) state_close(self.spare);
-  park_destroy(&self.park);
+  if (self.spare) conc_state_close(self.spare);
+  conc_park_destroy(&self.park);
   return NULL;
 }
 
@@ -551,12 +534,12 @@ static int pool_start(job *j) {
     pool_idle = t->next;
     pool_nidle--;
     atomic_store(&t->job, j);
-    park_wake(&t->park);   /* under the lock: t cannot leave meanwhile */
+    conc_park_wake(&t->park);   /* under the lock: t cannot leave meanwhile */
     pthread_mutex_unlock(&pool_mu);
     return 0;
   }
   pthread_mutex_unlock(&pool_mu);
-  j->L = state_new();                 /* here: the new thread mallocs nothing */
+  j->L = conc_state_new();                 /* here: the new thread mallocs nothing */
   pthread_attr_init(&attr);
   pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
   pthread_attr_setstacksize(&attr, STACK_SIZE);
@@ -569,7 +552,7 @@ static int pool_start(job *j) {
 
 /* Reads spawn_thread's / spawn_process's options table at index 1:
 ** name, daemon and, when start != NULL, start. */
-void spawn_options(lua_State *L, const char *fname, const char **name,
+void conc_spawn_options(lua_State *L, const char *fname, const char **name,
                    int *daemon, const char **start) {
   lua_pushnil(L);
   while (lua_next(L, 1)) {
@@ -614,12 +597,12 @@ static paths *get_paths(lua_State *L, cstate *cs) {
     path = lua_tostring(L, -2);
     cpath = lua_tostring(L, -1);
   }
-  p = paths_get(cs->rt, path, cpath);  /* copies them if new */
+  p = conc_paths_get(cs->rt, path, cpath);  /* copies them if new */
   lua_settop(L, top);
   return p;
 }
 
-int thread_spawn(lua_State *L) {
+int conc_thread_spawn(lua_State *L) {
   cstate *cs = conc_cs(L);
   const char *name = NULL;
   int daemon = 0, fi = 1, r;
@@ -627,29 +610,29 @@ int thread_spawn(lua_State *L) {
   job *j;
   msg *m;
   if (lua_type(L, 1) == LUA_TTABLE) {
-    spawn_options(L, "spawn_thread", &name, &daemon, NULL);
+    conc_spawn_options(L, "spawn_thread", &name, &daemon, NULL);
     fi = 2;
   }
   luaL_checktype(L, fi, LUA_TFUNCTION);
-  m = msg_encode(L, cs, fi, lua_gettop(L) - fi + 1, "spawn");
+  m = conc_msg_encode(L, cs, fi, lua_gettop(L) - fi + 1, "spawn");
   j = calloc(1, sizeof *j);
-  w = j ? worker_new(cs->rt, WK_THREAD, name, daemon) : NULL;
+  w = j ? conc_worker_new(cs->rt, K_THREAD, name, daemon) : NULL;
   if (w == NULL) {
     free(j);
-    msg_free(m);
+    conc_msg_free(m);
     return conc_nomem(L);
   }
   w->owner = conc_getpid();
   j->w = w;                       /* the job's reference */
   j->m = m;
   j->paths = get_paths(L, cs);
-  worker_register(w);
-  obj_push(L, cs, &w->obj);       /* the handle's reference */
-  thread_cancel_install();
+  conc_worker_register(w);
+  conc_obj_push(L, cs, &w->obj);       /* the handle's reference */
+  conc_thread_cancel_install();
   r = pool_start(j);
   if (r != 0) {                   /* job_free frees m */
-    worker_finish(w, W_FAILED, NULL, NULL);
-    worker_unregister(w);
+    conc_worker_finish(w, W_FAILED, NULL, NULL);
+    conc_worker_unregister(w);
     job_free(j);
     return luaL_error(L, "cannot start thread: %s", strerror(r));
   }
@@ -659,7 +642,7 @@ int thread_spawn(lua_State *L) {
 /* ------------------------------------------------------------ handle */
 
 static worker *check_thread(lua_State *L, int arg) {
-  worker *w = (worker *)obj_check(L, arg, K_THREAD);
+  worker *w = (worker *)conc_obj_check(L, arg, K_THREAD);
   if (w->owner != conc_getpid())
     luaL_error(L, "thread %I belongs to another process", (LUAI_UACINT)w->id);
   return w;
@@ -670,9 +653,9 @@ static int thread_join(lua_State *L) {
   worker *w = check_thread(L, 1);
   deadline d;
   if (cs->self == w) return luaL_error(L, "a thread cannot join itself");
-  deadline_in(&d, -1);
-  worker_wait(L, cs, w, &d);
-  return worker_push_outcome(L, cs, w);
+  conc_deadline_in(&d, -1);
+  conc_worker_wait(L, cs, w, &d);
+  return conc_worker_push_outcome(L, cs, w);
 }
 
 static int thread_wait(lua_State *L) {
@@ -682,31 +665,31 @@ static int thread_wait(lua_State *L) {
   double t = conc_opttimeout(L, 2);
   if (cs->self == w && t < 0)
     return luaL_error(L, "a thread cannot wait for itself");
-  deadline_in(&d, t);
-  lua_pushboolean(L, worker_wait(L, cs, w, &d));
+  conc_deadline_in(&d, t);
+  lua_pushboolean(L, conc_worker_wait(L, cs, w, &d));
   return 1;
 }
 
 static int thread_status(lua_State *L) {
   worker *w = check_thread(L, 1);
-  lua_pushstring(L, worker_statusname(worker_status(w)));
+  lua_pushstring(L, conc_worker_statusname(conc_worker_status(w)));
   return 1;
 }
 
 static int thread_alive(lua_State *L) {
   worker *w = check_thread(L, 1);
-  lua_pushboolean(L, worker_status(w) == W_RUNNING);
+  lua_pushboolean(L, conc_worker_status(w) == W_RUNNING);
   return 1;
 }
 
 static int thread_cancel_m(lua_State *L) {
   worker *w = check_thread(L, 1);
-  lua_pushboolean(L, thread_cancel(w));
+  lua_pushboolean(L, conc_thread_cancel(w));
   return 1;
 }
 
 static int thread_index(lua_State *L) {
-  worker *w = (worker *)obj_check(L, 1, K_THREAD);
+  worker *w = (worker *)conc_obj_check(L, 1, K_THREAD);
   const char *k = lua_tostring(L, 2);
   if (k && strcmp(k, "id") == 0) lua_pushinteger(L, w->id);
   else if (k && strcmp(k, "name") == 0) lua_pushstring(L, w->name);
@@ -715,9 +698,9 @@ static int thread_index(lua_State *L) {
 }
 
 static int thread_tostring(lua_State *L) {
-  worker *w = (worker *)obj_check(L, 1, K_THREAD);
+  worker *w = (worker *)conc_obj_check(L, 1, K_THREAD);
   lua_pushfstring(L, "<thread %I \"%s\" %s>", (LUAI_UACINT)w->id, w->name,
-                  worker_statusname(worker_status(w)));
+                  conc_worker_statusname(conc_worker_status(w)));
   return 1;
 }
 
@@ -726,7 +709,20 @@ static const luaL_Reg thread_methods[] = {
     {"status", thread_status}, {"alive", thread_alive},
     {"cancel", thread_cancel_m}, {NULL, NULL}};
 
-const kindinfo thread_kind = {
-    "conc.thread", "thread", 0, 1, worker_destroy, thread_methods,
-    thread_index, thread_tostring, worker_sel_try, worker_sel_delist, NULL,
-    NULL};
+static lua_Integer thread_id(cobj *o) {
+  return (lua_Integer)((worker *)o)->id;
+}
+
+const kindinfo conc_thread_kind = {
+    .kind = K_THREAD,
+    .tname = "conc.thread",
+    .name = "thread",
+    .local = 1,
+    .destroy = conc_worker_destroy,
+    .methods = thread_methods,
+    .index = thread_index,
+    .tostring = thread_tostring,
+    .sel_try = conc_worker_sel_try,
+    .sel_delist = conc_worker_sel_delist,
+    .pinned = 1,
+    .id = thread_id};

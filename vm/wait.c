@@ -27,7 +27,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#include "internal.h"
+#include "os.h"
 
 double conc_now(void) {
   struct timespec ts;
@@ -35,7 +35,7 @@ double conc_now(void) {
   return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
-void deadline_in(deadline *d, double seconds) {
+void conc_deadline_in(deadline *d, double seconds) {
   if (seconds < 0 || seconds > 1e9) {
     d->forever = 1;
     return;
@@ -52,7 +52,7 @@ void deadline_in(deadline *d, double seconds) {
   }
 }
 
-int deadline_passed(const deadline *d) {
+int conc_deadline_passed(const deadline *d) {
   struct timespec now;
   if (d == NULL || d->forever) return 0;
   clock_gettime(CLOCK_MONOTONIC, &now);
@@ -60,7 +60,7 @@ int deadline_passed(const deadline *d) {
          (now.tv_sec == d->at.tv_sec && now.tv_nsec >= d->at.tv_nsec);
 }
 
-double deadline_left(const deadline *d) {
+double conc_deadline_left(const deadline *d) {
   struct timespec now;
   double left;
   if (d == NULL || d->forever) return 1e9;
@@ -79,7 +79,7 @@ double conc_opttimeout(lua_State *L, int arg) {
   return (double)t;
 }
 
-int futex_wait(_Atomic uint32_t *w, uint32_t v, const deadline *d,
+int conc_futex_wait(_Atomic uint32_t *w, uint32_t v, const deadline *d,
                int shared) {
   int op = FUTEX_WAIT_BITSET | (shared ? 0 : FUTEX_PRIVATE_FLAG);
   long r = syscall(SYS_futex, (uint32_t *)w, op, v,
@@ -89,14 +89,14 @@ int futex_wait(_Atomic uint32_t *w, uint32_t v, const deadline *d,
   return errno;
 }
 
-void futex_wake(_Atomic uint32_t *w, int n, int shared) {
+void conc_futex_wake(_Atomic uint32_t *w, int n, int shared) {
   int op = FUTEX_WAKE | (shared ? 0 : FUTEX_PRIVATE_FLAG);
   int saved = errno;
   syscall(SYS_futex, (uint32_t *)w, op, n, NULL, NULL, 0);
   errno = saved;
 }
 
-void park_init(parker *p) {
+void conc_park_init(parker *p) {
   atomic_init(&p->seq, 0);
   atomic_init(&p->efd, -1);
   atomic_init(&p->polling, 0);
@@ -104,20 +104,20 @@ void park_init(parker *p) {
   atomic_init(&p->sleeping, 0);
 }
 
-/* A waker may still be inside park_wake after its waiter saw the news
-** and left (sel_deliver): wait for it before the parker goes. */
-void park_destroy(parker *p) {
+/* A waker may still be inside conc_park_wake after its waiter saw the news
+** and left (conc_sel_deliver): wait for it before the parker goes. */
+void conc_park_destroy(parker *p) {
   int fd;
   while (atomic_load(&p->wakers) > 0) sched_yield();
   fd = atomic_exchange(&p->efd, -1);
   if (fd >= 0) close(fd);
 }
 
-uint32_t park_seq(parker *p) {
+uint32_t conc_park_seq(parker *p) {
   return atomic_load(&p->seq);
 }
 
-int park_sleep(parker *p, uint32_t seen, const deadline *d) {
+int conc_park_sleep(parker *p, uint32_t seen, const deadline *d) {
   int r;
   /* say we sleep before the last look at seq: a waker that bumps seq
   ** after our look sees the flag and makes the system call */
@@ -126,13 +126,13 @@ int park_sleep(parker *p, uint32_t seen, const deadline *d) {
     atomic_store(&p->sleeping, 0);
     return 0;
   }
-  r = futex_wait(&p->seq, seen, d, 0);
+  r = conc_futex_wait(&p->seq, seen, d, 0);
   atomic_store(&p->sleeping, 0);
   if (r == ETIMEDOUT && atomic_load(&p->seq) == seen) return ETIMEDOUT;
   return 0;  /* woken, changed already (EAGAIN) or a signal: re-test */
 }
 
-void park_wake(parker *p) {
+void conc_park_wake(parker *p) {
   atomic_fetch_add(&p->seq, 1);
   if (atomic_load(&p->polling)) {
     int fd = atomic_load(&p->efd);
@@ -143,10 +143,10 @@ void park_wake(parker *p) {
     errno = saved;
     return;
   }
-  if (atomic_load(&p->sleeping)) futex_wake(&p->seq, 1, 0);
+  if (atomic_load(&p->sleeping)) conc_futex_wake(&p->seq, 1, 0);
 }
 
-int park_poll(parker *p, uint32_t seen, struct pollfd *fds, int nfds,
+int conc_park_poll(parker *p, uint32_t seen, struct pollfd *fds, int nfds,
               const deadline *d) {
   int efd = atomic_load(&p->efd);
   int ms, r;
@@ -166,7 +166,7 @@ int park_poll(parker *p, uint32_t seen, struct pollfd *fds, int nfds,
   if (d == NULL || d->forever) {
     ms = -1;
   } else {
-    double left = deadline_left(d);
+    double left = conc_deadline_left(d);
     ms = left > INT_MAX / 1000 ? INT_MAX : (int)ceil(left * 1000);
   }
   r = poll(fds, (nfds_t)nfds + 1, ms);
@@ -241,13 +241,13 @@ int conc_spin(_Atomic uint32_t *budget, int (*ready)(void *), void *arg) {
 
 /* ------------------------------------------------------------ cmutex */
 
-void cmutex_init(cmutex *m) {
+void conc_cmutex_init(cmutex *m) {
   atomic_init(&m->v, 0);
 }
 
 #define CMUTEX_SPIN 400
 
-void cmutex_lock(cmutex *m) {
+void conc_cmutex_lock(cmutex *m) {
   uint32_t c = 0;
   if (atomic_compare_exchange_strong_explicit(&m->v, &c, 1, memory_order_acquire,
                                               memory_order_relaxed))
@@ -265,14 +265,14 @@ void cmutex_lock(cmutex *m) {
   /* sleep, marking the lock as having sleepers (2) */
   c = atomic_exchange_explicit(&m->v, 2, memory_order_acquire);
   while (c != 0) {
-    futex_wait(&m->v, 2, NULL, 0);
+    conc_futex_wait(&m->v, 2, NULL, 0);
     c = atomic_exchange_explicit(&m->v, 2, memory_order_acquire);
   }
 }
 
-void cmutex_unlock(cmutex *m) {
+void conc_cmutex_unlock(cmutex *m) {
   if (atomic_fetch_sub_explicit(&m->v, 1, memory_order_release) != 1) {
     atomic_store_explicit(&m->v, 0, memory_order_release);
-    futex_wake(&m->v, 1, 0);
+    conc_futex_wake(&m->v, 1, 0);
   }
 }

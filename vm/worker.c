@@ -10,7 +10,7 @@
 ** failed, until a join has seen the failure or the exit report has
 ** printed it; a worker that ended well leaves the list at once. Waiters
 ** (join, wait, select) enlist a select node under the worker's lock;
-** worker_finish claims and wakes each of them under the same lock, so a
+** conc_worker_finish claims and wakes each of them under the same lock, so a
 ** waiter that returns (after delisting itself under that lock) can never
 ** be touched by a late wake-up.
 */
@@ -20,17 +20,17 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "internal.h"
+#include "workers.h"
 
-void worker_destroy(cobj *o) {
+void conc_worker_destroy(cobj *o) {
   worker *w = (worker *)o;
-  objreg_remove(&w->link);
-  msg_free(w->result);
+  conc_fork_unregister(&w->link);
+  conc_msg_free(w->result);
   free(w->errmsg);
   free(w->name);
-  mbuf_free(&w->inbuf);
+  conc_mbuf_free(&w->inbuf);
   pthread_mutex_destroy(&w->mu);
-  rt_release(w->rt);
+  conc_rt_release(w->rt);
   free(w);
 }
 
@@ -51,36 +51,36 @@ static const char *default_name(char *buf, const char *kind, int64_t id) {
   return buf;
 }
 
-worker *worker_new(rt *r, int kind, const char *name, int daemon) {
+worker *conc_worker_new(rt *r, int kind, const char *name, int daemon) {
   worker *w = calloc(1, sizeof *w);
   char buf[48];
   if (w == NULL) return NULL;
-  obj_init(&w->obj, kind == WK_THREAD ? K_THREAD : K_PROCESS);
-  w->id = rt_nextid();
+  conc_obj_init(&w->obj, kind);
+  w->id = conc_rt_nextid();
   if (name == NULL)
-    name = default_name(buf, kind == WK_THREAD ? "thread" : "process", w->id);
+    name = default_name(buf, kind == K_THREAD ? "thread" : "process", w->id);
   w->name = strdup(name);
   if (w->name == NULL) {
     free(w);
     return NULL;
   }
   w->rt = r;
-  rt_retain(r);
+  conc_rt_retain(r);
   w->daemon = daemon;
   atomic_init(&w->status, W_RUNNING);
   w->pidfd = w->rfd = -1;
   atomic_init(&w->cancel, 0);
   atomic_init(&w->handles, 0);
-  mbuf_init(&w->inbuf);
+  conc_mbuf_init(&w->inbuf);
   pthread_mutex_init(&w->mu, NULL);
-  objreg_add(&w->link, &w->mu);
+  conc_fork_register(&w->link, &w->mu);
   return w;
 }
 
 /* The runtime's list holds a reference while the worker is on it. */
-void worker_register(worker *w) {
+void conc_worker_register(worker *w) {
   rt *r = w->rt;
-  obj_retain(&w->obj);
+  conc_obj_retain(&w->obj);
   pthread_mutex_lock(&r->mu);
   w->registered = 1;
   w->next = r->head;
@@ -90,7 +90,7 @@ void worker_register(worker *w) {
   pthread_mutex_unlock(&r->mu);
 }
 
-void worker_unregister(worker *w) {
+void conc_worker_unregister(worker *w) {
   rt *r = w->rt;
   int was;
   pthread_mutex_lock(&r->mu);
@@ -103,18 +103,18 @@ void worker_unregister(worker *w) {
     w->prev = w->next = NULL;
   }
   pthread_mutex_unlock(&r->mu);
-  if (was) obj_release(&w->obj);
+  if (was) conc_obj_release(&w->obj);
 }
 
-int worker_isfailure(int st) {
+int conc_worker_isfailure(int st) {
   return st == W_FAILED || st == W_KILLED;
 }
 
-/* A cancel that thread_cancel answered true for (under w->mu, while the
+/* A cancel that conc_thread_cancel answered true for (under w->mu, while the
 ** worker ran) decides the end, whatever the worker's code did after it:
 ** its results or error are dropped (outside the lock: dropping them may
 ** destroy objects, whose locks are not taken under another's). */
-void worker_finish(worker *w, int status, msg *result, char *errmsg) {
+void conc_worker_finish(worker *w, int status, msg *result, char *errmsg) {
   msg *drop = NULL;
   char *droperr = NULL;
   pthread_mutex_lock(&w->mu);
@@ -128,28 +128,28 @@ void worker_finish(worker *w, int status, msg *result, char *errmsg) {
   w->result = result;
   w->errmsg = errmsg;
   atomic_store_explicit(&w->status, status, memory_order_release);
-  selq_wake_all(&w->waiters, SEL_DONE);
+  conc_selq_wake_all(&w->waiters, SEL_DONE);
   pthread_mutex_unlock(&w->mu);
-  msg_free(drop);
+  conc_msg_free(drop);
   free(droperr);
   /* Its lock is not for forked children any more: they never take it
   ** (handles of another process's workers are refused), and fork need
   ** not touch it. */
-  objreg_remove(&w->link);
-  if (!worker_isfailure(status)) worker_unregister(w);
+  conc_fork_unregister(&w->link);
+  if (!conc_worker_isfailure(status)) conc_worker_unregister(w);
 }
 
-void worker_await(worker *w) {
+void conc_worker_await(worker *w) {
   pthread_mutex_lock(&w->rt->mu);
   w->daemon = 0;
   pthread_mutex_unlock(&w->rt->mu);
 }
 
-int worker_status(worker *w) {
+int conc_worker_status(worker *w) {
   return atomic_load(&w->status);
 }
 
-const char *worker_statusname(int st) {
+const char *conc_worker_statusname(int st) {
   switch (st) {
     case W_RUNNING: return "running";
     case W_DONE: return "done";
@@ -159,23 +159,23 @@ const char *worker_statusname(int st) {
   }
 }
 
-int worker_sel_try(cobj *o, selnode *n) {
+int conc_worker_sel_try(cobj *o, selnode *n) {
   worker *w = (worker *)o;
   pthread_mutex_lock(&w->mu);
   if (w->status != W_RUNNING) {
-    if (sel_claim(n->sw, n->index)) n->result = SEL_DONE;
+    if (conc_sel_claim(n->sw, n->index)) n->result = SEL_DONE;
     pthread_mutex_unlock(&w->mu);
     return 1;
   }
-  selq_push(&w->waiters, n);
+  conc_selq_push(&w->waiters, n);
   pthread_mutex_unlock(&w->mu);
   return 0;
 }
 
-void worker_sel_delist(cobj *o, selnode *n) {
+void conc_worker_sel_delist(cobj *o, selnode *n) {
   worker *w = (worker *)o;
   pthread_mutex_lock(&w->mu);
-  if (n->linked) selq_remove(&w->waiters, n);
+  if (n->linked) conc_selq_remove(&w->waiters, n);
   pthread_mutex_unlock(&w->mu);
 }
 
@@ -184,7 +184,7 @@ void worker_sel_delist(cobj *o, selnode *n) {
 ** any) is asked to stop. 1 ended, 0 timeout, -1 stop (why in *why); with
 ** 'watched', 2 when the thread watching the process gave that role up
 ** (the caller may take it). */
-int worker_wait_end(parker *p, cstate *cs, worker *w, const deadline *d,
+int conc_worker_wait_end(parker *p, cstate *cs, worker *w, const deadline *d,
                     const char **why, int watched) {
   selwait sw;
   selnode n;
@@ -193,9 +193,9 @@ int worker_wait_end(parker *p, cstate *cs, worker *w, const deadline *d,
   atomic_init(&sw.won, 0);
   memset(&n, 0, sizeof n);
   n.sw = &sw;
-  if (worker_sel_try(&w->obj, &n)) return 1;
+  if (conc_worker_sel_try(&w->obj, &n)) return 1;
   for (;;) {
-    uint32_t seen = park_seq(p);
+    uint32_t seen = conc_park_seq(p);
     if (atomic_load(&sw.won)) {
       r = 1;
       break;
@@ -212,41 +212,41 @@ int worker_wait_end(parker *p, cstate *cs, worker *w, const deadline *d,
         break;
       }
     }
-    if (cs && (*why = cs_stopreason(cs)) != NULL) {
+    if (cs && (*why = conc_cs_stopreason(cs)) != NULL) {
       r = -1;
       break;
     }
-    if (park_sleep(p, seen, d) == ETIMEDOUT && !atomic_load(&sw.won)) {
+    if (conc_park_sleep(p, seen, d) == ETIMEDOUT && !atomic_load(&sw.won)) {
       r = 0;
       break;
     }
   }
-  worker_sel_delist(&w->obj, &n);
+  conc_worker_sel_delist(&w->obj, &n);
   if (atomic_load(&sw.won)) r = 1;
   return r;
 }
 
-int worker_wait(lua_State *L, cstate *cs, worker *w, const deadline *d) {
+int conc_worker_wait(lua_State *L, cstate *cs, worker *w, const deadline *d) {
   const char *why = NULL;
   int r;
-  cs_waiting(cs, "join");
+  conc_cs_waiting(cs, "join");
   if (w->obj.kind == K_PROCESS)
-    r = process_wait(cs, &cs->park, w, d, &why);
+    r = conc_process_wait(cs, &cs->park, w, d, &why);
   else
-    r = worker_wait_end(&cs->park, cs, w, d, &why, 0);
-  cs_waiting(cs, NULL);
-  if (r < 0) cs_raisestop(L, cs, why);
+    r = conc_worker_wait_end(&cs->park, cs, w, d, &why, 0);
+  conc_cs_waiting(cs, NULL);
+  if (r < 0) conc_cs_raisestop(L, cs, why);
   return r;
 }
 
 /* What join gives once w ended: the results, or the error raised. */
-int worker_push_outcome(lua_State *L, cstate *cs, worker *w) {
-  int st = worker_status(w);
+int conc_worker_push_outcome(lua_State *L, cstate *cs, worker *w) {
+  int st = conc_worker_status(w);
   char err[160];
   if (st == W_DONE) {
     int n = 0;
     if (w->result) {
-      n = marshal_decode(L, cs, w->result->data, w->result->n,
+      n = conc_marshal_decode(L, cs, w->result->data, w->result->n,
                          w->result->refs, w->result->nrefs,
                          w->obj.kind == K_PROCESS ? MARSHAL_REMOTE : 0, err,
                          sizeof err);
@@ -257,13 +257,13 @@ int worker_push_outcome(lua_State *L, cstate *cs, worker *w) {
   pthread_mutex_lock(&w->mu);
   w->joined = 1;
   pthread_mutex_unlock(&w->mu);
-  worker_unregister(w);
+  conc_worker_unregister(w);
   if (st == W_CANCELLED) {
     lua_pushliteral(L, "cancelled");
     return lua_error(L);
   }
   if (w->result) {      /* a non-string error value, copied */
-    int n = marshal_decode(L, cs, w->result->data, w->result->n,
+    int n = conc_marshal_decode(L, cs, w->result->data, w->result->n,
                            w->result->refs, w->result->nrefs,
                            w->obj.kind == K_PROCESS ? MARSHAL_REMOTE : 0,
                            err, sizeof err);
@@ -289,7 +289,7 @@ typedef struct winfo {
 /* conc.workers(): the live threads and processes of the runtime. The
 ** list is copied under the runtime's lock; processes are polled after,
 ** since a process that ended leaves the list (which takes that lock). */
-void worker_list(lua_State *L, cstate *cs) {
+void conc_worker_list(lua_State *L, cstate *cs) {
   rt *r = cs->rt;
   winfo *v = NULL;
   worker **ws = NULL;
@@ -302,7 +302,7 @@ void worker_list(lua_State *L, cstate *cs) {
   if (ws) {
     for (w = r->head; w; w = w->next) {
       if (w->obj.kind == K_PROCESS && w->owner != conc_getpid()) continue;
-      obj_retain(&w->obj);
+      conc_obj_retain(&w->obj);
       ws[nw++] = w;
     }
   }
@@ -311,7 +311,7 @@ void worker_list(lua_State *L, cstate *cs) {
   for (int i = 0; i < nw; i++) {
     int st;
     w = ws[i];
-    if (w->obj.kind == K_PROCESS) process_poll(w);
+    if (w->obj.kind == K_PROCESS) conc_process_poll(w);
     pthread_mutex_lock(&w->mu);
     st = w->status;
     if (st == W_RUNNING && !oom) {
@@ -333,7 +333,7 @@ void worker_list(lua_State *L, cstate *cs) {
     }
     pthread_mutex_unlock(&w->mu);
   }
-  for (int i = 0; i < nw; i++) obj_release(&ws[i]->obj);
+  for (int i = 0; i < nw; i++) conc_obj_release(&ws[i]->obj);
   free(ws);
   if (oom) {
     for (int i = 0; i < n; i++) free(v[i].name);
@@ -353,7 +353,7 @@ void worker_list(lua_State *L, cstate *cs) {
       lua_pushinteger(L, v[i].pid);
       lua_setfield(L, -2, "pid");
     }
-    lua_pushstring(L, worker_statusname(v[i].status));
+    lua_pushstring(L, conc_worker_statusname(v[i].status));
     lua_setfield(L, -2, "status");
     if (v[i].waiting) {
       lua_pushstring(L, v[i].waiting);
@@ -366,7 +366,7 @@ void worker_list(lua_State *L, cstate *cs) {
 }
 
 /* In a forked child: the workers on the list are the parent's. */
-void rt_forget_workers(rt *r) {
+void conc_rt_forget_workers(rt *r) {
   r->head = NULL;                /* their records stay, as the parent's */
   r->hooks_running = 0;          /* so are the threads running hooks */
   r->pid = conc_getpid();
@@ -375,7 +375,7 @@ void rt_forget_workers(rt *r) {
 /* The workers of r that pick says yes to, each retained, in a malloc'd
 ** array (*n of them; as many as memory allows). The caller releases
 ** each and frees the array. */
-worker **rt_pick(rt *r, int (*pick)(worker *w), int *n) {
+worker **conc_rt_pick(rt *r, int (*pick)(worker *w), int *n) {
   worker **v = NULL;
   int cap = 0;
   *n = 0;
@@ -387,7 +387,7 @@ worker **rt_pick(rt *r, int (*pick)(worker *w), int *n) {
       if (nv == NULL) break;
       v = nv;
     }
-    obj_retain(&w->obj);
+    conc_obj_retain(&w->obj);
     v[(*n)++] = w;
   }
   pthread_mutex_unlock(&r->mu);

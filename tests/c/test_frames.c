@@ -19,7 +19,7 @@
 #include <sys/stat.h>
 #include <sys/wait.h>
 
-#include "internal.h"
+#include "init.h"
 #include "chunk.h"
 #include "runner.h"
 
@@ -101,7 +101,7 @@ static int pipe_with_raw_b(lua_State *L) {
 }
 
 static void send_head(int fd, uint64_t len) {
-  CHECK(fd_write_all(fd, &len, sizeof len) == 0);
+  CHECK(conc_fd_write_all(fd, &len, sizeof len) == 0);
 }
 
 /* ------------------------------------------------------------ pipes */
@@ -116,7 +116,7 @@ static int t_pipe_forged_length(void) {
   double peak;
   memset(junk, 'j', sizeof junk);
   send_head(b, (uint64_t)1 << 30);
-  CHECK(fd_write_all(b, junk, sizeof junk) == 0);
+  CHECK(conc_fd_write_all(b, junk, sizeof junk) == 0);
   peak = vm_peak();
   run(L,
       "local v, why = a:recv(0.3)\n"
@@ -126,7 +126,7 @@ static int t_pipe_forged_length(void) {
   b = pipe_with_raw_b(L);
   send_head(b, ((uint64_t)1 << 40) - 1);
   for (int i = 0; i < 1024; i++)        /* a megabyte of it comes */
-    CHECK(fd_write_all(b, junk, sizeof junk) == 0);
+    CHECK(conc_fd_write_all(b, junk, sizeof junk) == 0);
   peak = vm_peak();
   run(L,
       "for _ = 1, 3 do\n"
@@ -161,7 +161,7 @@ static int t_pipe_garbage_frame(void) {
   lua_State *L = host_new();
   int b = pipe_with_raw_b(L);
   send_head(b, 5);
-  CHECK(fd_write_all(b, "\xc7\x01\x01\x08\xff", 5) == 0);
+  CHECK(conc_fd_write_all(b, "\xc7\x01\x01\x08\xff", 5) == 0);
   run(L,
       "local ok, err = pcall(a.recv, a, 5)\n"
       "assert(not ok and err:find('corrupt message', 1, true), err)\n"
@@ -178,7 +178,7 @@ static int t_pipe_garbage_frame(void) {
 static uint64_t *first_slot_len(lua_State *L) {
   cobj *o;
   lua_getglobal(L, "q");
-  o = obj_test(L, cs_of(L), -1);
+  o = conc_obj_test(L, conc_cs_of(L), -1);
   lua_pop(L, 1);
   CHECK(o != NULL && o->kind == K_QUEUE);
   return (uint64_t *)(void *)((char *)((shmobj *)o)->shm + 4096 + 16);
@@ -228,7 +228,7 @@ static int forge(lua_State *L) {
   size_t n;
   const char *bytes = luaL_checklstring(L, 1, &n);
   int fd = result_fd();
-  if (fd < 0 || fd_write_all(fd, bytes, n) != 0) _exit(9);
+  if (fd < 0 || conc_fd_write_all(fd, bytes, n) != 0) _exit(9);
   _exit(0);
 }
 
@@ -282,18 +282,18 @@ static int t_spawn_pipe_forged_length(void) {
     snprintf(a, sizeof a, "%d", jfd[0]);
     snprintf(b, sizeof b, "%d", rfd[1]);
     peak = vm_peak();
-    r = process_child_main(5, argv);
+    r = conc_process_child_main(5, argv, conclua_open);
     _exit(r != 3 ? 10 : vm_peak() - peak < 32 * MiB ? 0 : 11);
   }
   {
     unsigned char key[16] = {0};
     int64_t id = 1;
     uint64_t lens[4] = {1, 0, 0, (uint64_t)1 << 30};
-    CHECK(fd_write_all(jfd[1], key, sizeof key) == 0);
-    CHECK(fd_write_all(jfd[1], &id, sizeof id) == 0);
-    CHECK(fd_write_all(jfd[1], lens, sizeof lens) == 0);
-    CHECK(fd_write_all(jfd[1], "x", 1) == 0);
-    CHECK(fd_write_all(jfd[1], "\xc7\x01\x01", 3) == 0);
+    CHECK(conc_fd_write_all(jfd[1], key, sizeof key) == 0);
+    CHECK(conc_fd_write_all(jfd[1], &id, sizeof id) == 0);
+    CHECK(conc_fd_write_all(jfd[1], lens, sizeof lens) == 0);
+    CHECK(conc_fd_write_all(jfd[1], "x", 1) == 0);
+    CHECK(conc_fd_write_all(jfd[1], "\xc7\x01\x01", 3) == 0);
     close(jfd[1]);
   }
   CHECK(waitpid(pid, &st, 0) == pid);

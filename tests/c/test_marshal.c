@@ -27,7 +27,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "internal.h"
+#include "init.h"
 #include "walker.h"
 
 /* Must match FUZZ_KEY in tests/fuzz/fuzz_decode.c. */
@@ -93,13 +93,13 @@ static int dolua(lua_State *L, const char *code) {
 /* Encodes the n values on top of L into b. */
 static int encode(lua_State *L, cstate *cs, int n, mbuf *b, int flags,
                   const char *root, char *err, size_t errsz) {
-  return marshal_encode(L, cs, lua_gettop(L) - n + 1, n, b, flags, root, err,
+  return conc_marshal_encode(L, cs, lua_gettop(L) - n + 1, n, b, flags, root, err,
                         errsz);
 }
 
 static int decode(lua_State *L, cstate *cs, const mbuf *b, int flags,
                   char *err, size_t errsz) {
-  return marshal_decode(L, cs, b->p, b->n, b->refs, b->nrefs, flags, err,
+  return conc_marshal_decode(L, cs, b->p, b->n, b->refs, b->nrefs, flags, err,
                         errsz);
 }
 
@@ -130,38 +130,38 @@ static const char *roundtrip(const char *make, const char *verify, int bare) {
   char err[512];
   int n, got;
   const char *r;
-  mbuf_init(&b);
+  conc_mbuf_init(&b);
   n = dolua(S, make);
   REQUIRE(n >= 0, "%s", why);
   if (encode(S, Scs, n, &b, 0, "value", err, sizeof err) != 0) {
     lua_pop(S, n);
-    mbuf_free(&b);
+    conc_mbuf_free(&b);
     FAIL("encode: %s", err);
   }
   lua_pop(S, n);
   got = decode(R, Rcs, &b, 0, err, sizeof err);
   if (got != n) {
-    mbuf_free(&b);
+    conc_mbuf_free(&b);
     FAIL("decode in R gave %d values, wanted %d: %s", got, n,
          got < 0 ? err : "");
   }
   if ((r = check(R, n, verify)) != NULL) {
-    mbuf_free(&b);
+    conc_mbuf_free(&b);
     return r;
   }
   if (bare) {
-    got = marshal_decode(B, NULL, b.p, b.n, NULL, 0, 0, err, sizeof err);
+    got = conc_marshal_decode(B, NULL, b.p, b.n, NULL, 0, 0, err, sizeof err);
     if (got != n) {
-      mbuf_free(&b);
+      conc_mbuf_free(&b);
       FAIL("decode in B gave %d values, wanted %d: %s", got, n,
            got < 0 ? err : "");
     }
     if ((r = check(B, n, verify)) != NULL) {
-      mbuf_free(&b);
+      conc_mbuf_free(&b);
       return r;
     }
   }
-  mbuf_free(&b);
+  conc_mbuf_free(&b);
   return NULL;
 }
 
@@ -170,20 +170,20 @@ static const char *encode_error(const char *make, const char *root, int flags,
                                 char *err, size_t errsz) {
   mbuf b;
   int n, r;
-  mbuf_init(&b);
+  conc_mbuf_init(&b);
   n = dolua(S, make);
   if (n < 0) return why;
   r = encode(S, Scs, n, &b, flags, root, err, errsz);
   lua_pop(S, n);
   if (r == 0) {
-    mbuf_free(&b);
+    conc_mbuf_free(&b);
     return "encoded, but should have failed";
   }
   if (b.n != 0 || b.nrefs != 0) {
-    mbuf_free(&b);
+    conc_mbuf_free(&b);
     return "the buffer was not reset after a failed encode";
   }
-  mbuf_free(&b);
+  conc_mbuf_free(&b);
   return NULL;
 }
 
@@ -195,7 +195,7 @@ static int refcount(cobj *o) {
 static cobj *sobj(const char *name) {
   cobj *o;
   lua_getglobal(S, name);
-  o = obj_test(S, Scs, -1);
+  o = conc_obj_test(S, Scs, -1);
   lua_pop(S, 1);
   return o;
 }
@@ -250,17 +250,17 @@ static const char *t_int_widths(void) {
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
     mbuf b;
     char err[256];
-    mbuf_init(&b);
+    conc_mbuf_init(&b);
     REQUIRE(dolua(S, cases[i].v) == 1, "%s", why);
     REQUIRE(encode(S, Scs, 1, &b, 0, "value", err, sizeof err) == 0, "%s",
             err);
     lua_pop(S, 1);
     if (b.n != cases[i].n) {
       size_t got = b.n;
-      mbuf_free(&b);
+      conc_mbuf_free(&b);
       FAIL("%s: %zu bytes, expected %zu", cases[i].v, got, cases[i].n);
     }
-    mbuf_free(&b);
+    conc_mbuf_free(&b);
   }
   return NULL;
 }
@@ -390,25 +390,25 @@ static const char *t_libraries(void) {
     mbuf b;
     char err[256];
     int n, top = lua_gettop(B);
-    mbuf_init(&b);
+    conc_mbuf_init(&b);
     n = dolua(S, "return conc.sleep");
     REQUIRE(n == 1, "%s", why);
     REQUIRE(encode(S, Scs, 1, &b, 0, "value", err, sizeof err) == 0, "%s",
             err);
     lua_pop(S, 1);
-    n = marshal_decode(B, NULL, b.p, b.n, NULL, 0, 0, err, sizeof err);
-    mbuf_free(&b);
+    n = conc_marshal_decode(B, NULL, b.p, b.n, NULL, 0, 0, err, sizeof err);
+    conc_mbuf_free(&b);
     REQUIRE(n == -1 && lua_gettop(B) == top, "conc.sleep decoded without a "
             "conclua state");
     REQUIRE(strcmp(err, "corrupt message (conc functions need a conclua "
                    "state)") == 0, "message: %s", err);
-    mbuf_init(&b);
+    conc_mbuf_init(&b);
     REQUIRE(dolua(S, "return {conc}") == 1, "%s", why);
     REQUIRE(encode(S, Scs, 1, &b, 0, "value", err, sizeof err) == 0, "%s",
             err);
     lua_pop(S, 1);
-    n = marshal_decode(B, NULL, b.p, b.n, NULL, 0, 0, err, sizeof err);
-    mbuf_free(&b);
+    n = conc_marshal_decode(B, NULL, b.p, b.n, NULL, 0, 0, err, sizeof err);
+    conc_mbuf_free(&b);
     REQUIRE(n == -1 && lua_gettop(B) == top, "conc decoded in a bare state");
     REQUIRE(strcmp(err, "corrupt message (unknown library)") == 0,
             "message: %s", err);
@@ -419,16 +419,16 @@ static const char *t_libraries(void) {
 /* A worker's state is lazy (no library open); decoding a library table or
 ** require opens them. */
 static const char *t_lazy_receiver(void) {
-  lua_State *W = state_new();
-  cstate *cs = cs_new(Rcs->rt, NULL);
+  lua_State *W = conc_state_new();
+  cstate *cs = conc_cs_new(Rcs->rt, NULL);
   mbuf b;
   char err[256];
   int n;
   const char *r = NULL;
   REQUIRE(W && cs, "no memory");
-  state_bind(W, cs);
-  state_make_lazy(W, cs);
-  mbuf_init(&b);
+  conc_state_bind(W, cs);
+  conc_state_make_lazy(W, cs);
+  conc_mbuf_init(&b);
   n = dolua(S, "return string, require, conc.now, 'plain'");
   if (n != 4) { r = why; goto done; }
   if (encode(S, Scs, 4, &b, 0, "value", err, sizeof err) != 0) {
@@ -444,9 +444,9 @@ static const char *t_lazy_receiver(void) {
             "assert(s == string and s.upper('a') == 'A', 'string')\n"
             "assert(req == require and now == conc.now and p == 'plain')\n");
 done:
-  mbuf_free(&b);
-  state_close(W);
-  cs_free(cs);
+  conc_mbuf_free(&b);
+  conc_state_close(W);
+  conc_cs_free(cs);
   return r;
 }
 
@@ -458,7 +458,7 @@ static const char *t_objects(void) {
   cobj *o;
   int r0, n, top;
   const char *r;
-  mbuf_init(&b);
+  conc_mbuf_init(&b);
   REQUIRE(dolua(S, "obj_ch = conc.channel()") == 0, "%s", why);
   o = sobj("obj_ch");
   REQUIRE(o != NULL, "no channel object");
@@ -479,21 +479,21 @@ static const char *t_objects(void) {
           "message: %s", err);
   /* without the buffer's refs: refused */
   top = lua_gettop(R);
-  n = marshal_decode(R, Rcs, b.p, b.n, NULL, 0, 0, err, sizeof err);
+  n = conc_marshal_decode(R, Rcs, b.p, b.n, NULL, 0, 0, err, sizeof err);
   REQUIRE(n == -1 && lua_gettop(R) == top, "objects decoded without refs");
   /* in R: one handle, the same object */
   n = decode(R, Rcs, &b, 0, err, sizeof err);
   REQUIRE(n == 2, "decode: %s", err);
-  REQUIRE(obj_test(R, Rcs, -2) == o, "not the same object");
+  REQUIRE(conc_obj_test(R, Rcs, -2) == o, "not the same object");
   REQUIRE(refcount(o) == r0 + b.nrefs + 1, "R's handle holds one: %d",
           refcount(o));
   r = check(R, 2,
             "local ch, t = ...\n"
             "assert(rawequal(ch, t[1]) and t.k[ch] == 1, 'one handle')\n"
             "ch:send('from R')\n");
-  if (r) { mbuf_free(&b); return r; }
+  if (r) { conc_mbuf_free(&b); return r; }
   REQUIRE(dolua(S, "assert(obj_ch:recv(0) == 'from R')") == 0, "%s", why);
-  mbuf_reset(&b);
+  conc_mbuf_reset(&b);
   REQUIRE(refcount(o) == r0 + 1, "after reset: %d", refcount(o));
   fullgc(R);
   REQUIRE(refcount(o) == r0, "R collected its handle: %d", refcount(o));
@@ -504,22 +504,22 @@ static const char *t_objects(void) {
     REQUIRE(encode(S, Scs, 1, &b, 0, "value", err, sizeof err) == 0, "%s",
             err);
     lua_pop(S, 1);
-    m = msg_seal(&b);
+    m = conc_msg_seal(&b);
     REQUIRE(m && b.nrefs == 0 && b.n == 0, "seal");
-    c = msg_dup(m);
+    c = conc_msg_dup(m);
     REQUIRE(c && refcount(o) == r0 + 2, "dup: %d", refcount(o));
-    msg_free(c);
+    conc_msg_free(c);
     REQUIRE(refcount(o) == r0 + 1, "free the copy: %d", refcount(o));
-    n = msg_push(R, Rcs, m);              /* frees m */
-    REQUIRE(n == 1 && obj_test(R, Rcs, -1) == o, "msg_push");
+    n = conc_msg_push(R, Rcs, m);              /* frees m */
+    REQUIRE(n == 1 && conc_obj_test(R, Rcs, -1) == o, "conc_msg_push");
     lua_pop(R, 1);
     fullgc(R);
-    REQUIRE(refcount(o) == r0, "after msg_push and gc: %d", refcount(o));
+    REQUIRE(refcount(o) == r0, "after conc_msg_push and gc: %d", refcount(o));
   }
   /* a failed encode keeps no reference */
   r = encode_error("return obj_ch, {obj_ch, obj_ch, io.stdout}", "args[%d]",
                    0, err, sizeof err);
-  if (r) { mbuf_free(&b); return r; }
+  if (r) { conc_mbuf_free(&b); return r; }
   REQUIRE(strcmp(err, "cannot transfer a value of type 'userdata' "
                  "(args[2][3])") == 0, "message: %s", err);
   REQUIRE(refcount(o) == r0, "failed encode left %d refs", refcount(o));
@@ -530,7 +530,7 @@ static const char *t_objects(void) {
   lua_pop(S, 1);
   REQUIRE(b.nrefs == 0 && refcount(o) == r0, "rolled back metatable kept "
           "%d refs", b.nrefs);
-  mbuf_free(&b);
+  conc_mbuf_free(&b);
   REQUIRE(dolua(S, "obj_ch = nil collectgarbage() collectgarbage()") == 0,
           "%s", why);
   return NULL;
@@ -544,7 +544,7 @@ static const char *t_remote_objects(void) {
   cobj *o;
   int n, r0;
   const char *r;
-  mbuf_init(&b);
+  conc_mbuf_init(&b);
   REQUIRE(dolua(S, "obj_lock = conc.lock()") == 0, "%s", why);
   o = sobj("obj_lock");
   r0 = refcount(o);
@@ -553,19 +553,19 @@ static const char *t_remote_objects(void) {
           "%s", err);
   lua_pop(S, 2);
   REQUIRE(b.nrefs == 0, "a remote message holds no local references");
-  n = marshal_decode(R, Rcs, b.p, b.n, NULL, 0, MARSHAL_REMOTE, err,
+  n = conc_marshal_decode(R, Rcs, b.p, b.n, NULL, 0, MARSHAL_REMOTE, err,
                      sizeof err);
   REQUIRE(n == 2, "decode: %s", err);
-  REQUIRE(obj_test(R, Rcs, -2) == o, "the same lock");
+  REQUIRE(conc_obj_test(R, Rcs, -2) == o, "the same lock");
   r = check(R, 2, "local l, t = ... assert(l == t[1])\n"
                   "assert(l:acquire(0)) l:release()");
-  if (r) { mbuf_free(&b); return r; }
+  if (r) { conc_mbuf_free(&b); return r; }
   fullgc(R);
   REQUIRE(refcount(o) == r0, "lookup reference given back: %d", refcount(o));
-  n = marshal_decode(B, NULL, b.p, b.n, NULL, 0, MARSHAL_REMOTE, err,
+  n = conc_marshal_decode(B, NULL, b.p, b.n, NULL, 0, MARSHAL_REMOTE, err,
                      sizeof err);
   REQUIRE(n == -1, "a remote object without a state");
-  mbuf_free(&b);
+  conc_mbuf_free(&b);
   r = encode_error("return conc.channel()", "value", MARSHAL_REMOTE, err,
                    sizeof err);
   if (r) return r;
@@ -640,12 +640,12 @@ static const char *encode1(const char *code, mbuf *b) {
 static const char *want_error(const char *p, size_t n, const char *want) {
   char err[256];
   int top = lua_gettop(R), r;
-  r = marshal_decode(R, Rcs, p, n, NULL, 0, 0, err, sizeof err);
+  r = conc_marshal_decode(R, Rcs, p, n, NULL, 0, 0, err, sizeof err);
   REQUIRE(r == -1, "decoded %d values, wanted the error '%s'", r, want);
   REQUIRE(lua_gettop(R) == top, "values left after an error");
   REQUIRE(strstr(err, want) != NULL, "error \"%s\", wanted '%s'", err, want);
   top = lua_gettop(B);
-  r = marshal_decode(B, NULL, p, n, NULL, 0, 0, err, sizeof err);
+  r = conc_marshal_decode(B, NULL, p, n, NULL, 0, 0, err, sizeof err);
   REQUIRE(r == -1 && lua_gettop(B) == top, "B decoded what R refused");
   return NULL;
 }
@@ -654,7 +654,7 @@ static const char *t_bad_messages(void) {
   mbuf b;
   const char *r;
   char *p;
-  mbuf_init(&b);
+  conc_mbuf_init(&b);
   if ((r = encode1("return {1, 'two', {3}}", &b)) != NULL) return r;
   p = malloc(b.n + 1);
   REQUIRE(p, "no memory");
@@ -676,7 +676,7 @@ static const char *t_bad_messages(void) {
     goto done;
 done:
   free(p);
-  mbuf_free(&b);
+  conc_mbuf_free(&b);
   return r;
 }
 
@@ -689,7 +689,7 @@ static const char *t_bytecode_mac(void) {
   const char *r;
   size_t at;
   int n;
-  mbuf_init(&b);
+  conc_mbuf_init(&b);
   if ((r = encode1("local up = 7 return function(x) return x + up end", &b)))
     return r;
   /* the dump starts with LUA_SIGNATURE ("\x1bLua") */
@@ -699,23 +699,23 @@ static const char *t_bytecode_mac(void) {
   n = decode(R, Rcs, &b, 0, err, sizeof err);
   REQUIRE(n == 1, "intact: %s", err);
   r = check(R, 1, "local f = ... assert(f(1) == 8)");
-  if (r) { mbuf_free(&b); return r; }
+  if (r) { conc_mbuf_free(&b); return r; }
   for (size_t i = at; i < at + 40 && i < b.n; i++) {
     b.p[i] ^= 0x01;
     n = decode(R, Rcs, &b, 0, err, sizeof err);
     b.p[i] ^= 0x01;
     if (n != -1 || strstr(err, "function failed its check") == NULL) {
-      mbuf_free(&b);
+      conc_mbuf_free(&b);
       FAIL("byte %zu of the code flipped: %d, %s", i - at, n, err);
     }
   }
-  marshal_key(key);
+  conc_marshal_key(key);
   memcpy(other, key, 16);
   other[3] ^= 0x55;
-  marshal_setkey(other);
+  conc_marshal_setkey(other);
   n = decode(R, Rcs, &b, 0, err, sizeof err);
-  marshal_setkey(key);
-  mbuf_free(&b);
+  conc_marshal_setkey(key);
+  conc_mbuf_free(&b);
   REQUIRE(n == -1 && strstr(err, "function failed its check"),
           "another key: %d, %s", n, err);
   return NULL;
@@ -730,7 +730,7 @@ static const char *t_deep_messages(void) {
   char *deep, hdr[10];
   size_t hn = 10, n, levels = 100000;
   int got, top;
-  mbuf_init(&b);
+  conc_mbuf_init(&b);
   if ((r = encode1("return {{}}", &b)) != NULL) return r;
   /* MAGIC VERSION count(1), then the outer table: tag + 9 bytes */
   REQUIRE(b.n == 3 + 10 + 10, "unexpected shape: %zu bytes", b.n);
@@ -742,7 +742,7 @@ static const char *t_deep_messages(void) {
   for (size_t i = 0; i < levels; i++, n += hn) memcpy(deep + n, hdr, hn);
   memcpy(deep + n, b.p + 13, 10);              /* the innermost {} */
   n += 10;
-  mbuf_free(&b);
+  conc_mbuf_free(&b);
   r = want_error(deep, n, "nested too deep");
   if (r == NULL) {
     /* 900 levels are fine */
@@ -750,7 +750,7 @@ static const char *t_deep_messages(void) {
     memcpy(deep + m, deep + n - 10, 10);
     m += 10;
     top = lua_gettop(R);
-    got = marshal_decode(R, Rcs, deep, m, NULL, 0, 0, err, sizeof err);
+    got = conc_marshal_decode(R, Rcs, deep, m, NULL, 0, 0, err, sizeof err);
     if (got != 1) {
       snprintf(why, sizeof why, "900 levels: %s", err);
       r = why;
@@ -826,19 +826,19 @@ static const char *add_sample(const char *code, int flags) {
   int n;
   sample *s = &corpus[ncorpus];
   REQUIRE(ncorpus < (int)(sizeof corpus / sizeof corpus[0]), "corpus full");
-  mbuf_init(&b);
+  conc_mbuf_init(&b);
   n = dolua(S, code);
   REQUIRE(n >= 0, "%s", why);
   if (encode(S, Scs, n, &b, flags, "value", err, sizeof err) != 0) {
     lua_pop(S, n);
-    mbuf_free(&b);
+    conc_mbuf_free(&b);
     FAIL("corpus %s: %s", code, err);
   }
   lua_pop(S, n);
   memset(s, 0, sizeof *s);
   s->remote = (flags & MARSHAL_REMOTE) != 0;
-  s->m = msg_seal(&b);
-  mbuf_free(&b);
+  s->m = conc_msg_seal(&b);
+  conc_mbuf_free(&b);
   REQUIRE(s->m, "no memory");
   s->p = s->m->data;
   s->n = s->m->n;
@@ -860,7 +860,7 @@ static const char *build_corpus(void) {
 }
 
 static void free_corpus(void) {
-  for (int i = 0; i < ncorpus; i++) msg_free(corpus[i].m);
+  for (int i = 0; i < ncorpus; i++) conc_msg_free(corpus[i].m);
   ncorpus = 0;
 }
 
@@ -974,7 +974,7 @@ static const char *feed(lua_State *L, cstate *cs, int walker, const char *p,
   char *exact = malloc(n ? n : 1);
   REQUIRE(exact, "no memory");
   if (n) memcpy(exact, p, n);
-  got = marshal_decode(L, cs, exact, n, refs, nrefs, flags, err, sizeof err);
+  got = conc_marshal_decode(L, cs, exact, n, refs, nrefs, flags, err, sizeof err);
   free(exact);
   if (got < 0) {
     REQUIRE(lua_gettop(L) == top, "an error left %d values",
@@ -1164,7 +1164,7 @@ static const char *t_write_fuzz_corpus(void) {
     FILE *f;
     int k;
     static const int kinds[] = {K_CHANNEL, K_LOCK, K_EVENT};
-    mbuf_init(&b);
+    conc_mbuf_init(&b);
     k = dolua(S, "local c, l, e = conc.channel(), conc.lock(), conc.event()\n"
                  "return c, l, e, function() return c, l, e end, {c, l, e}");
     REQUIRE(k == 5, "%s", why);
@@ -1178,7 +1178,7 @@ static const char *t_write_fuzz_corpus(void) {
     REQUIRE(f, "cannot write %s", path);
     fwrite(b.p, 1, b.n, f);
     fclose(f);
-    mbuf_free(&b);
+    conc_mbuf_free(&b);
   }
   printf("# wrote %d seeds to %s\n", n, dir);
   return NULL;
@@ -1188,15 +1188,15 @@ static const char *t_write_fuzz_corpus(void) {
 
 int main(void) {
   /* the fuzz target's key, so that seeds written here load there */
-  marshal_setkey(FUZZ_KEY);
+  conc_marshal_setkey(FUZZ_KEY);
   S = newhost();
   R = newhost();
   B = luaL_newstate();
   if (B == NULL) abort();
   luaL_openlibs(B);
-  Scs = cs_of(S);
-  Rcs = cs_of(R);
-  if (Scs == NULL || Rcs == NULL || cs_of(B) != NULL) {
+  Scs = conc_cs_of(S);
+  Rcs = conc_cs_of(R);
+  if (Scs == NULL || Rcs == NULL || conc_cs_of(B) != NULL) {
     printf("not ok - setup: no cstate\n");
     return 1;
   }

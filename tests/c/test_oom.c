@@ -19,7 +19,7 @@
 #include <stdatomic.h>
 #include <sys/wait.h>
 
-#include "internal.h"
+#include "init.h"
 #include "chunk.h"
 #include "runner.h"
 

@@ -15,7 +15,7 @@
 #include <stdint.h>
 #include <sys/wait.h>
 
-#include "internal.h"
+#include "init.h"
 #include "chunk.h"
 #include "runner.h"
 
@@ -32,7 +32,7 @@ static void reap(pid_t pid) {
 }
 
 static void *thread_id(void *arg) {
-  *(uint64_t *)arg = owner_self();
+  *(uint64_t *)arg = conc_owner_self();
   return NULL;
 }
 
@@ -46,22 +46,22 @@ static uint64_t id_of_a_thread(void) {
 
 static int t_ids_follow_threads(void) {
   uint64_t me, a, b;
-  CHECK(owner_init() == 0);
-  me = owner_self();
+  CHECK(conc_owner_init() == 0);
+  me = conc_owner_self();
   CHECK(me != 0 && me != OWNER_ANON);
-  CHECK(owner_self() == me);
-  CHECK(!owner_dead(me));
+  CHECK(conc_owner_self() == me);
+  CHECK(!conc_owner_dead(me));
   a = id_of_a_thread();               /* that thread has ended */
   CHECK(a != 0 && a != me);
-  CHECK(owner_dead(a));
-  CHECK(owner_dead(a));               /* and stays dead */
+  CHECK(conc_owner_dead(a));
+  CHECK(conc_owner_dead(a));               /* and stays dead */
   b = id_of_a_thread();               /* may reuse a's entry, not its id */
   CHECK(b != a && b != me);
-  CHECK(owner_dead(b));
-  CHECK(owner_dead(a));
-  CHECK(!owner_dead(me));
-  CHECK(!owner_dead(0));              /* nobody: never taken for dead */
-  CHECK(!owner_dead(OWNER_ANON));
+  CHECK(conc_owner_dead(b));
+  CHECK(conc_owner_dead(a));
+  CHECK(!conc_owner_dead(me));
+  CHECK(!conc_owner_dead(0));              /* nobody: never taken for dead */
+  CHECK(!conc_owner_dead(OWNER_ANON));
   return 0;
 }
 
@@ -71,44 +71,44 @@ static int t_killed_process_is_dead_unreaped(void) {
   int fds[2];
   uint64_t ids[2];
   pid_t pid;
-  CHECK(owner_init() == 0);
+  CHECK(conc_owner_init() == 0);
   CHECK(pipe(fds) == 0);
   pid = fork();
   CHECK(pid >= 0);
   if (pid == 0) {
     uint64_t v[2];
-    v[0] = owner_self();
+    v[0] = conc_owner_self();
     v[1] = id_of_a_thread() == v[0];  /* 1 would be wrong */
     if (write(fds[1], v, sizeof v) != sizeof v) _exit(1);
     for (;;) pause();
   }
   CHECK(read(fds[0], ids, sizeof ids) == sizeof ids);
   CHECK(ids[1] == 0);
-  CHECK(ids[0] != owner_self());      /* the child has ids of its own */
-  CHECK(!owner_dead(ids[0]));
+  CHECK(ids[0] != conc_owner_self());      /* the child has ids of its own */
+  CHECK(!conc_owner_dead(ids[0]));
   CHECK(kill(pid, SIGKILL) == 0);
   wait_dead(pid);
-  CHECK(owner_dead(ids[0]));          /* a zombie is dead */
+  CHECK(conc_owner_dead(ids[0]));          /* a zombie is dead */
   reap(pid);
-  CHECK(owner_dead(ids[0]));
-  CHECK(!owner_dead(owner_self()));
+  CHECK(conc_owner_dead(ids[0]));
+  CHECK(!conc_owner_dead(conc_owner_self()));
   close(fds[0]);
   close(fds[1]);
   return 0;
 }
 
-/* Children killed holding a lock in shared memory: the next slock_lock
-** takes it over and says so; slock_owner_dead frees one. */
+/* Children killed holding a lock in shared memory: the next conc_slock_lock
+** takes it over and says so; conc_slock_owner_dead frees one. */
 static int t_lock_of_killed_holder(void) {
   slock *s;
-  CHECK(owner_init() == 0);
-  s = shm_alloc(4096);
+  CHECK(conc_owner_init() == 0);
+  s = conc_shm_alloc(4096);
   CHECK(s != NULL);
   for (int round = 0; round < 2; round++) {
     pid_t pid = fork();
     CHECK(pid >= 0);
     if (pid == 0) {
-      slock_lock(s);
+      conc_slock_lock(s);
       raise(SIGKILL);                 /* dies holding it */
       _exit(1);
     }
@@ -116,22 +116,22 @@ static int t_lock_of_killed_holder(void) {
     CHECK(atomic_load(&s->word) != 0);
     if (round == 0) {
       double t0 = runner_now();
-      CHECK_INT(slock_lock(s), 1);    /* taken over: repair what it guards */
+      CHECK_INT(conc_slock_lock(s), 1);    /* taken over: repair what it guards */
       CHECK(runner_now() - t0 < 5);
-      CHECK(!slock_try(s));
-      slock_unlock(s);
-      CHECK_INT(slock_lock(s), 0);    /* an ordinary lock again */
-      slock_unlock(s);
+      CHECK(!conc_slock_try(s));
+      conc_slock_unlock(s);
+      CHECK_INT(conc_slock_lock(s), 0);    /* an ordinary lock again */
+      conc_slock_unlock(s);
     } else {
-      CHECK_INT(slock_owner_dead(s), 1);
+      CHECK_INT(conc_slock_owner_dead(s), 1);
       CHECK(atomic_load(&s->word) == 0);
-      CHECK(slock_try(s));
-      CHECK_INT(slock_owner_dead(s), 0);   /* a live owner: kept */
-      slock_unlock(s);
+      CHECK(conc_slock_try(s));
+      CHECK_INT(conc_slock_owner_dead(s), 0);   /* a live owner: kept */
+      conc_slock_unlock(s);
     }
     reap(pid);
   }
-  shm_free(s, 4096);
+  conc_shm_free(s, 4096);
   return 0;
 }
 
@@ -144,18 +144,18 @@ static _Atomic int inside, overlap, takeovers, stop;
 static void *contend(void *arg) {
   CONC_UNUSED(arg);
   while (!atomic_load(&stop)) {
-    if (slock_lock(cs_lock)) atomic_fetch_add(&takeovers, 1);
+    if (conc_slock_lock(cs_lock)) atomic_fetch_add(&takeovers, 1);
     if (atomic_fetch_add(&inside, 1) != 0) atomic_store(&overlap, 1);
     atomic_fetch_sub(&inside, 1);
-    slock_unlock(cs_lock);
+    conc_slock_unlock(cs_lock);
   }
   return NULL;
 }
 
 static int t_takeover_goes_to_one_waiter(void) {
   pthread_t ts[4];
-  CHECK(owner_init() == 0);
-  cs_lock = shm_alloc(4096);
+  CHECK(conc_owner_init() == 0);
+  cs_lock = conc_shm_alloc(4096);
   CHECK(cs_lock != NULL);
   for (int i = 0; i < 4; i++)
     CHECK(pthread_create(&ts[i], NULL, contend, NULL) == 0);
@@ -167,7 +167,7 @@ static int t_takeover_goes_to_one_waiter(void) {
     pid = fork();
     CHECK(pid >= 0);
     if (pid == 0) {
-      slock_lock(cs_lock);
+      conc_slock_lock(cs_lock);
       if (write(fds[1], "x", 1) != 1) _exit(1);
       for (;;) pause();               /* killed holding it */
     }
@@ -183,7 +183,7 @@ static int t_takeover_goes_to_one_waiter(void) {
   for (int i = 0; i < 4; i++) CHECK(pthread_join(ts[i], NULL) == 0);
   CHECK_INT(atomic_load(&takeovers), 5);
   CHECK_INT(atomic_load(&overlap), 0);
-  shm_free(cs_lock, 4096);
+  conc_shm_free(cs_lock, 4096);
   return 0;
 }
 
@@ -202,14 +202,14 @@ static int t_queue_lock_holder_killed(void) {
   conclua_open(L);
   run(L, "q = conc.queue(4) q:send('a') q:send('b')");
   lua_getglobal(L, "q");
-  o = obj_test(L, cs_of(L), -1);
+  o = conc_obj_test(L, conc_cs_of(L), -1);
   CHECK(o != NULL && o->kind == K_QUEUE);
   qlock = ((shmobj *)o)->shm;         /* the header starts with its lock */
   lua_pop(L, 1);
   pid = fork();
   CHECK(pid >= 0);
   if (pid == 0) {
-    slock_lock(qlock);
+    conc_slock_lock(qlock);
     raise(SIGKILL);
     _exit(1);
   }

@@ -1,6 +1,6 @@
 /*
 ** fuzz_decode.c
-** libFuzzer target for the decoder (marshal_decode): any bytes must give
+** libFuzzer target for the decoder (conc_marshal_decode): any bytes must give
 ** an error with nothing pushed, or values that can be walked; never a
 ** crash, a hang, a leak or undefined behaviour. Built by `make fuzz`
 ** (clang, -fsanitize=fuzzer,address,undefined).
@@ -25,7 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "internal.h"
+#include "init.h"
 #include "../c/walker.h"
 
 /* Must match FUZZ_KEY in tests/c/test_marshal.c. */
@@ -57,7 +57,7 @@ static int pdecode(lua_State *L) {
   int base;
   lua_settop(L, 0);
   base = lua_gettop(L);
-  c->result = marshal_decode(L, c->cs, (const char *)c->p, c->n, c->refs,
+  c->result = conc_marshal_decode(L, c->cs, (const char *)c->p, c->n, c->refs,
                              c->nrefs, c->flags, c->err, sizeof c->err);
   if (c->result < 0) {
     if (lua_gettop(L) != base) abort();     /* an error pushes nothing */
@@ -114,14 +114,14 @@ static int load_walker(lua_State *L) {
 int LLVMFuzzerInitialize(int *argc, char ***argv) {
   (void)argc;
   (void)argv;
-  marshal_setkey(FUZZ_KEY);
+  conc_marshal_setkey(FUZZ_KEY);
   H = luaL_newstate();
   B = luaL_newstate();
   if (H == NULL || B == NULL) abort();
   luaL_openlibs(H);
   luaL_openlibs(B);
   conclua_open(H);
-  Hcs = cs_of(H);
+  Hcs = conc_cs_of(H);
   /* the objects stay alive in a global table of H */
   if (luaL_dostring(H, "fuzz_objects = {}\n"
                        "for i = 0, 11 do\n"
@@ -133,7 +133,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
   lua_getglobal(H, "fuzz_objects");
   for (int i = 0; i < NREFS; i++) {
     lua_rawgeti(H, -1, i + 1);
-    refs[i] = obj_test(H, Hcs, -1);
+    refs[i] = conc_obj_test(H, Hcs, -1);
     if (refs[i] == NULL) abort();
     lua_pop(H, 1);
   }

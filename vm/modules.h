@@ -1,0 +1,54 @@
+/*
+** modules.h
+** The modules layer: what conc offers on top of workers. Channels
+** (channel.c), pipes (pipe.c), queues (queue.c), locks, semaphores,
+** events and barriers (sync.c), shared tables (shared.c, shtab.c),
+** conc.select (select.c), futures and pools (future.c, pool.c).
+*/
+
+#ifndef conc_modules_h
+#define conc_modules_h
+
+#include "workers.h"
+
+/* ------------------------------------------------------------ select.c */
+
+/* Pushes the value a select node received (freeing it); the count. */
+int conc_sel_push_value(lua_State *L, struct cstate *cs, msg *m, const char *inl,
+                   uint32_t n);
+int conc_sel_push(lua_State *L, struct cstate *cs, selnode *n);
+
+int conc_select(lua_State *L);
+
+/* ------------------------------------------------------------ pools */
+
+/* future.c */
+cobj *conc_future_make(void);                 /* a pending future, or NULL */
+/* Settles f with value (taken over; may be NULL) and wakes its waiters;
+** 0 if it was settled already. */
+int conc_future_settle(cobj *f, int ok, msg *value);
+int conc_future_new(lua_State *L);            /* kit.future */
+extern const luaL_Reg conc_future_funcs[];    /* kit.future, settle, settled... */
+lua_Integer conc_future_id(cobj *f);
+
+/* pool.c */
+int conc_pool_kit(lua_State *L);              /* conc._poolkit */
+lua_Integer conc_pool_id(cobj *p);
+
+/* ------------------------------------------------------------ the kinds */
+
+extern const kindinfo conc_channel_kind, conc_lock_kind, conc_semaphore_kind, conc_event_kind,
+    conc_barrier_kind, conc_shared_kind, conc_pipe_kind, conc_queue_kind, conc_future_kind,
+    conc_parcel_kind, conc_pool_kind;
+
+int conc_chan_new(lua_State *L);
+int conc_sync_lock(lua_State *L);
+int conc_sync_semaphore(lua_State *L);
+int conc_sync_event(lua_State *L);
+int conc_sync_barrier(lua_State *L);
+int conc_shared_new(lua_State *L);
+extern _Atomic int conc_shared_recoveries;     /* for conc._stats */
+int conc_pipe_new(lua_State *L);
+int conc_queue_new(lua_State *L);
+
+#endif

@@ -1,0 +1,168 @@
+/*
+** workers.h
+** The workers layer: spawned threads and processes. What both are to
+** their runtime and handles (worker.c), threads (thread.c) and the pool
+** of OS threads they run on (threadpool.c), processes (process.c), the
+** child's side (child.c), the watcher of children (reap.c), the wait and
+** the Ctrl-C at exit (exit.c). It uses the values layer and those below.
+*/
+
+#ifndef conc_workers_h
+#define conc_workers_h
+
+#include "values.h"
+
+/* ------------------------------------------------------------ worker.c */
+
+enum { W_RUNNING, W_DONE, W_FAILED, W_CANCELLED, W_KILLED };
+
+/* A spawned thread or process, as seen by its runtime and handles. */
+typedef struct worker {
+  cobj obj;                    /* K_THREAD or K_PROCESS */
+  rt *rt;
+  int64_t id;
+  char *name;
+  int daemon;
+  pthread_mutex_t mu;          /* guards the fields below */
+  objlink link;                /* in the fork registry while it runs */
+  _Atomic int status;          /* written under mu, read without */
+  int joined;                  /* a join has seen the failure */
+  int reported;                /* the exit report printed it */
+  int stopped;                 /* a Ctrl-C stopped it: no failure report */
+  int registered;              /* on rt's list */
+  struct selnode *waiters;     /* select nodes waiting for the end */
+  msg *result;                 /* results (done) or error value (failed) */
+  char *errmsg;                /* "message\ntraceback" when failed */
+  _Atomic int cancel;
+  cstate *cs;                  /* a running thread's state */
+  pthread_t tid;               /* the OS thread while running */
+  int hastid;
+  const char *proc_waiting;    /* process: unused */
+  struct worker *prev, *next;  /* rt list */
+  /* processes */
+  pid_t pid;
+  int pidfd, rfd;
+  int exitcode;                /* status, or -signal */
+  int reaped;
+  int busy;                    /* a thread watches the child (reap.c) */
+  int contended;               /* another thread found it busy meanwhile */
+  _Atomic int handles;         /* Lua handles of a process */
+  mbuf inbuf;                  /* result bytes read so far */
+  int nomem;                   /* they did not fit in memory (reap.c) */
+  pid_t owner;                 /* the process that spawned it */
+} worker;
+
+worker *conc_worker_new(rt *r, int kind, const char *name, int daemon);
+void conc_worker_destroy(cobj *o);
+void conc_worker_register(worker *w);
+void conc_worker_unregister(worker *w);
+/* Marks the end (status, result/error owned by the worker now) and wakes
+** every waiter. */
+void conc_worker_finish(worker *w, int status, msg *result, char *errmsg);
+/* Waits until the worker finished or the deadline passed; 1 finished, 0
+** timeout, or raises the stop request of cs. */
+int conc_worker_wait(lua_State *L, cstate *cs, worker *w, const deadline *d);
+int conc_worker_status(worker *w);
+int conc_worker_wait_end(parker *p, cstate *cs, worker *w, const deadline *d,
+                    const char **why, int watched);
+const char *conc_worker_statusname(int st);
+int conc_worker_push_outcome(lua_State *L, cstate *cs, worker *w);
+/* Waits for the non-daemon workers of r and prints the unjoined failures
+** (daemons' too); 'self' (may be NULL) is skipped. Returns how many of
+** the failures printed were not daemons'. conc_rt_waitall_cs stops waiting
+** when cs (may be NULL) is asked to stop. */
+int conc_rt_waitall(rt *r, worker *self);
+int conc_rt_waitall_cs(rt *r, worker *self, cstate *cs);
+/* The wait at exit, which a Ctrl-C turns into a stop (exit.c): 2 when
+** this call decided that the run ends with status 130, 1 when an earlier
+** one did, 0 otherwise. */
+int conc_rt_exit_wait(rt *r, cstate *cs, int interrupted, const char *prog);
+/* Called by conc_rt_exit_wait before it waits (unless a Ctrl-C ended the main
+** chunk): set by pool.c when a pool is made, it closes the pools of r and
+** has the exit wait for their managers to finish their queued work. */
+extern void (*conc_rt_exit_hook)(rt *r);
+/* The exit waits for w from now on, as for a worker that is not a daemon
+** (a pool's manager with work to finish). */
+void conc_worker_await(worker *w);
+/* How many workers the exit waits for, listed in buf (if not NULL). */
+int conc_rt_awaited(rt *r, char *buf, size_t n);
+int conc_worker_isfailure(int status);
+void conc_rt_forget_workers(rt *r);
+worker **conc_rt_pick(rt *r, int (*pick)(worker *w), int *n);
+/* Prints the failures of r's workers that nobody joined or reported yet
+** (stderr), marks them reported; returns how many. */
+int conc_rt_report_failures(rt *r);
+void conc_rt_shutdown(rt *r);
+int conc_worker_sel_try(cobj *o, struct selnode *n);
+void conc_worker_sel_delist(cobj *o, struct selnode *n);
+void conc_worker_list(lua_State *L, cstate *cs);
+
+/* ------------------------------------------------------------ thread.c */
+
+int conc_thread_spawn(lua_State *L);                /* spawn_thread */
+void conc_thread_cancel_install(void);
+int conc_thread_cancel(worker *w);
+/* Coroutine functions that keep the cancellation hook on the running
+** coroutine, and pcall and xpcall that put it back after a catch. */
+int conc_thread_co_resume(lua_State *L);
+int conc_thread_co_wrap(lua_State *L);
+int conc_thread_pcall(lua_State *L);
+int conc_thread_xpcall(lua_State *L);
+worker *conc_thread_current_worker(void);
+int conc_threadpool_idle(void);              /* idle OS threads in the pool */
+extern const kindinfo conc_thread_kind;
+
+/* ------------------------------------------------------------ process.c */
+
+int conc_process_spawn(lua_State *L);               /* spawn_process */
+/* Waits for a child to end (draining its result, reaping it) on parker
+** p; cs, if not NULL, can stop it. 1 ended, 0 deadline, -1 stop (*why). */
+int conc_process_wait(cstate *cs, parker *p, worker *w, const deadline *d,
+                 const char **why);
+/* Checks, without blocking, whether a child ended; 1 if it did. */
+int conc_process_poll(worker *w);
+int conc_process_signal(worker *w, int sig);
+/* The last Lua handle of a process is gone (the reaper takes over). */
+void conc_process_handle_gone(cobj *o);
+/* SIGTERM to the daemon children of r, then SIGKILL after a second. */
+void conc_process_stop_daemons(rt *r);
+extern const char *conc_self_exe;
+int conc_process_reaper_running(void);
+extern const kindinfo conc_process_kind;
+void conc_process_atfork_install(void);
+pid_t conc_getpid(void);                       /* cached; right after fork */
+uint32_t conc_gettid(void);                    /* cached too */
+/* The main of a start = "spawn" child; 'open' opens conc in its state
+** (conclua_open: the command layer passes it). */
+int conc_process_child_main(int argc, char **argv, int (*open)(lua_State *L));
+/* Children spawned from now on ignore SIGINT (the interactive REPL). */
+void conc_process_ignore_sigint(int on);
+
+/* The frame a child process sends back (child.c writes, reap.c reads). */
+typedef struct frame {
+  uint32_t magic;
+  uint32_t status;             /* 0 returned, 1 raised */
+  uint64_t msglen;             /* error message bytes that follow */
+  uint64_t len;                /* marshal payload bytes after that */
+} frame;
+#define FRAME_MAGIC 0x636f6e63u
+
+/* child.c */
+void conc_child_run(lua_State *L, cstate *cs, worker *w, int fd, int first, int n,
+               const sigset_t *mask);
+const char *conclua_exe(char *buf, size_t n);
+int conc_spawn_exec(lua_State *L, cstate *cs, worker *w, int fi, int n,
+               const char *exe, int rfd[2], int lfd, int lkept);
+
+/* reap.c */
+void conc_reap_init(void);
+int conc_proc_sel_try(cobj *o, struct selnode *n);
+int conc_proc_sel_fds(cobj *o, int fds[2]);
+
+/* spawn_thread's and spawn_process's options table at index 1. */
+void conc_spawn_options(lua_State *L, const char *fname, const char **name,
+                        int *daemon, const char **start);
+/* At exit: every runtime still open waits, then stops its daemons. */
+void conc_rt_exit_all(void);
+
+#endif
