@@ -7,10 +7,10 @@
 ** through report(), prefixed by the command's name as it was run
 ** (argv[0], as lua.c has it), and every chunk through docall(), whose
 ** handler adds the traceback. Ctrl-C while a chunk runs raises
-** "interrupted!" in it (a second Ctrl-C kills the process). At the end pmain waits for the
-** workers (exit.c): one Ctrl-C during that wait, or a chunk that an
-** uncaught Ctrl-C ended while workers run, stops them, and conclua exits
-** with status 130.
+** "interrupted!" in it (a second Ctrl-C kills the process). At the end
+** pmain waits for the workers (exit.c): one Ctrl-C during that wait, or
+** a chunk that an uncaught Ctrl-C ended while workers run, stops them,
+** and conclua exits with status 130.
 */
 
 #include <signal.h>
