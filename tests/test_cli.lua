@@ -232,14 +232,17 @@ T.test("piped -i: the prompts and each line read, as lua5.4's readline shows the
   T.eq(out, "> x = 1\n> x + 41\n42\n> function f(a)\n>>   return a * 2\n" ..
             ">> end\n> f(21)\n42\n> \n")
   -- _PROMPT and _PROMPT2, read anew for each line; the last line needs no newline
-  out = piped_i([[-e "_PROMPT='lua$ ' _PROMPT2='...'"]], "if true then\nprint('in')\nend\n_PROMPT = 1\n2")
+  out = piped_i([[-e "_PROMPT='lua$ ' _PROMPT2='...'"]],
+                "if true then\nprint('in')\nend\n_PROMPT = 1\n2")
   T.eq(out, "lua$ if true then\n...print('in')\n...end\nin\nlua$ _PROMPT = 1\n12\n2\n1\n")
   -- any value, through tostring: a __tostring runs once per prompt
-  out = piped_i([[-e "local n = 0 _PROMPT = setmetatable({}, {__tostring = function() n = n + 1 return '[' .. n .. ']' end})"]],
-                "a = 2\nn\n")
+  local counting = "local n = 0 _PROMPT = setmetatable({}, {__tostring = " ..
+                   "function() n = n + 1 return '[' .. n .. ']' end})"
+  out = piped_i("-e " .. T.q(counting), "a = 2\nn\n")
   T.eq(out, "[1]a = 2\n[2]n\nnil\n[3]\n")
   -- a failing __tostring: the default prompt
-  out = piped_i([[-e "_PROMPT2 = setmetatable({}, {__tostring = function() error('no') end})"]], "do\nend\n")
+  out = piped_i([[-e "_PROMPT2 = setmetatable({}, {__tostring = function() error('no') end})"]],
+                "do\nend\n")
   T.eq(out, "> do\n>> end\n> \n")
 end)
 
@@ -253,8 +256,9 @@ T.test("piped -i: '=' on a chunk's first line is 'return'", function()
 end)
 
 T.test("piped -i: results go through the global print, whatever it is", function()
-  local out, err, code = piped_i([[-e "print = function(...) io.write('<', select('#', ...), '>', tostring((...)), '\\n') end"]],
-                                 "1, 2\n{}\n'x'\n")
+  local mine = "print = function(...) " ..
+               "io.write('<', select('#', ...), '>', tostring((...)), '\\n') end"
+  local out, err, code = piped_i("-e " .. T.q(mine), "1, 2\n{}\n'x'\n")
   T.eq(code, 0)
   T.eq(err, "")
   T.ok(out:find("> 1, 2\n<2>1\n> {}\n<1>table: 0x%x+\n> 'x'\n<1>x\n> \n$"), out)
@@ -269,13 +273,14 @@ T.test("piped -i: results go through the global print, whatever it is", function
   out, err = piped_i([[-e "print = function() error({}) end"]], "1\n")
   T.ok(err:find("error calling 'print' (error object is a table value)", 1, true), err)
   -- a lookup of print that raises is an error of print's, and the loop goes on
-  out, err = piped_i([[-e "setmetatable(_G, {__index = function(_, k) error('strict: ' .. k, 0) end}) print = nil"]],
-                     "1\nio.write('after\\n')\n")
+  local strict = "setmetatable(_G, {__index = function(_, k) error('strict: ' .. k, 0) end}) " ..
+                 "print = nil"
+  out, err = piped_i("-e " .. T.q(strict), "1\nio.write('after\\n')\n")
   T.ok(err:find("error calling 'print' (strict: print)", 1, true), err)
   T.ok(out:find("\nafter\n", 1, true), out)
 end)
 
-T.test("a failed require says what lua5.4 says; a conc.* name also says it is not built in", function()
+T.test("a failed require says what lua5.4 says; conc.* names say they are not built in", function()
   local out, code = run([[-e "require 'no_such_mod_xyz'"]])
   T.eq(code, 1)
   T.ok(out:find("module 'no_such_mod_xyz' not found:", 1, true), out)

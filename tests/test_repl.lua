@@ -696,7 +696,8 @@ T.test("stdin not a terminal: input runs as a script; -i is lua5.4 -i", function
   -- (its readline echoes them), values through print (test_cli has more)
   out = T.sh("printf '1 + 1\\nfunction f()\\nreturn 3\\nend\\nf(), \"s\"\\n' | " ..
              q(exe) .. " -i 2>&1")
-  T.ok(out:find("\n> 1 %+ 1\n2\n> function f%(%)\n>> return 3\n>> end\n> f%(%), \"s\"\n3\ts\n> \n$"), out)
+  T.ok(out:find("\n> 1 %+ 1\n2\n> function f%(%)\n>> return 3\n>> end\n" ..
+                "> f%(%), \"s\"\n3\ts\n> \n$"), out)
 end)
 
 T.test("the pretty printer's corners", function()
@@ -726,8 +727,9 @@ T.test("on a terminal too, '=' on a chunk's first line is 'return'", function()
 end)
 
 T.test("on a terminal, results go through a print the program replaced", function()
-  session({args = [[-e "print = function(...) io.write('[', select('#', ...), '] ', tostring((...)), '\\n') end" -i]]},
-          function(t)
+  local mine = "print = function(...) " ..
+               "io.write('[', select('#', ...), '] ', tostring((...)), '\\n') end"
+  session({args = "-e " .. q(mine) .. " -i"}, function(t)
     T.ok(t:run("{1, 2}"):find("^%[1%] table: 0x%x+$"))
     T.eq(t:run("1, 'a'"), "[2] 1")
     T.eq(t:run("x = 1"), "")
