@@ -190,6 +190,12 @@ static int chan_ready(void *arg) {
          atomic_load_explicit(&c->closed, memory_order_relaxed);
 }
 
+/* A blocked send or recv is over once its node has a result: it is set
+** last, after the value. */
+static int node_done(void *arg) {
+  return ((selnode *)arg)->result != SEL_NONE;
+}
+
 static int chan_send(lua_State *L) {
   cstate *cs = conc_cs(L);
   chan *c = check_chan(L);
@@ -242,22 +248,14 @@ static int chan_send(lua_State *L) {
     return 1;
   }
   /* wait for a receiver to take it */
-  sw.park = &cs->park;
-  atomic_init(&sw.won, 0);
-  memset(&n, 0, sizeof n);
-  n.sw = &sw;
+  conc_waiter_init(&sw, &n, &cs->park);
   place(&n.m, &n.inln, n.inl, &o);
   conc_mbuf_reset(&cs->scratch);
   conc_selq_push(&c->sendq, &n);
   conc_cmutex_unlock(&c->mu);
   conc_deadline_in(&d, t);
   conc_cs_waiting(cs, "send");
-  for (;;) {
-    uint32_t seen = conc_park_seq(&cs->park);
-    if (n.result != SEL_NONE) break;   /* set last, after the value */
-    if ((why = conc_cs_stopreason(cs)) != NULL) break;
-    if (conc_park_sleep(&cs->park, seen, &d) == ETIMEDOUT) break;
-  }
+  conc_wait_until(&cs->park, cs, &d, node_done, &n, &why);
   conc_cs_waiting(cs, NULL);
   result = n.result;            /* set last by a receiver or a close */
   if (result == SEL_NONE) {
@@ -304,20 +302,12 @@ static int chan_recv_d(lua_State *L, cstate *cs, chan *c, double t) {
     lua_pushstring(L, r < 0 ? "closed" : "timeout");
     return 2;
   }
-  sw.park = &cs->park;
-  atomic_init(&sw.won, 0);
-  memset(&n, 0, sizeof n);
-  n.sw = &sw;
+  conc_waiter_init(&sw, &n, &cs->park);
   conc_selq_push(&c->recvq, &n);
   conc_cmutex_unlock(&c->mu);
   conc_deadline_in(&d, t);
   conc_cs_waiting(cs, "recv");
-  for (;;) {
-    uint32_t seen = conc_park_seq(&cs->park);
-    if (n.result != SEL_NONE) break;   /* set last, after the value */
-    if ((why = conc_cs_stopreason(cs)) != NULL) break;
-    if (conc_park_sleep(&cs->park, seen, &d) == ETIMEDOUT) break;
-  }
+  conc_wait_until(&cs->park, cs, &d, node_done, &n, &why);
   conc_cs_waiting(cs, NULL);
   /* a sender that handed a value over unlinked the node, filled it, then
   ** set its result: nothing left to do under the lock (and the woken

@@ -394,7 +394,7 @@ int conc_process_child_main(int argc, char **argv, int (*open)(lua_State *L)) {
   open(L);
   cs = conc_cs_of(L);
   r = cs->rt;
-  w = conc_worker_new(r, K_PROCESS, name, 0);
+  w = conc_worker_new(r, &conc_process_ops, name, 0);
   if (w == NULL) return 3;
   w->id = id;
   if (lens[1]) {

@@ -61,6 +61,7 @@ typedef struct kindinfo {
   void (*destroy)(cobj *o);
   const luaL_Reg *methods;
   int (*index)(lua_State *L);      /* __index for fields, or NULL */
+  const char *const *fields;       /* their names (the REPL completes them) */
   int (*tostring)(lua_State *L);
   /* conc.select: take a ready value without blocking, or enlist 'n' to be
   ** told; see select.c for the protocol. */
@@ -94,6 +95,9 @@ void conc_obj_newmetatable(lua_State *L, struct cstate *cs, int kind);
 ** made it: object.c's table) of another process, a forked child's copy
 ** of its parent's: 1, with "channel 3" (kind and id) in buf. */
 int conc_obj_foreign(const cobj *o, char *buf, size_t n);
+/* The number that names o in messages: its kind's id, or its creation
+** number. */
+lua_Integer conc_obj_number(const cobj *o);
 /* Raises "<name> <id> belongs to another process" if o is foreign. */
 void conc_obj_checkhome(lua_State *L, cobj *o);
 
@@ -254,6 +258,13 @@ void conc_paths_release(paths *p);
 const char *conc_errmsg(lua_State *L, int idx);
 void conc_cs_setfuncs(lua_State *L, cstate *cs, const luaL_Reg *l);
 void conc_cs_pushfunc(lua_State *L, cstate *cs, lua_CFunction f);
+/* Lua's Name (an identifier that is no reserved word): conc_isname for n
+** bytes, conc_isname_z for a string (NULL: no); conc_isnamechar for one
+** of its characters. For keys printed as t.key and completed. */
+int conc_isname(const char *s, size_t n);
+int conc_isname_z(const char *s);
+int conc_isnamechar(int c);
+extern const char *const conc_reserved[];   /* Lua's reserved words */
 /* The cstate of a state made by conclua_open, or NULL. */
 cstate *conc_cs_of(lua_State *L);
 /* The stop request pending for the state: "cancelled" for a cancelled
@@ -342,6 +353,8 @@ void conc_waiter_init(selwait *sw, selnode *n, parker *p);
 int conc_wait_until(parker *p, struct cstate *cs, const deadline *d,
                     int (*done)(void *arg), void *arg, const char **why);
 
+/* A done for conc_wait_until: the selwait was claimed. */
+int conc_waiter_won(void *sw);
 int conc_sel_claim(selwait *sw, int index);
 /* Sets n's result and wakes its waiter, which may then go on without
 ** taking the object's lock again: its parker is held meanwhile. Read the

@@ -39,8 +39,7 @@ static int wait_one(worker *w, cstate *cs, const deadline *d) {
   parker own, *p = cs ? &cs->park : &own;
   int r;
   if (cs == NULL) conc_park_init(&own);
-  if (w->obj.kind == K_PROCESS) r = conc_process_wait(cs, p, w, d, &why);
-  else r = conc_worker_wait_end(p, cs, w, d, &why, 0);
+  r = w->ops->wait(p, cs, w, d, &why);
   if (cs == NULL) conc_park_destroy(&own);
   return r;
 }
@@ -141,12 +140,8 @@ static void describe(char *buf, size_t n, size_t *used, worker *w,
                      int first) {
   int k;
   if (*used + 1 >= n) return;
-  if (w->obj.kind == K_THREAD)
-    k = snprintf(buf + *used, n - *used, "%sthread %lld \"%s\"",
-                 first ? "" : ", ", (long long)w->id, w->name);
-  else
-    k = snprintf(buf + *used, n - *used, "%sprocess %d \"%s\"",
-                 first ? "" : ", ", (int)w->pid, w->name);
+  k = snprintf(buf + *used, n - *used, "%s%s %lld \"%s\"", first ? "" : ", ",
+               w->ops->name, (long long)w->ops->number(w), w->name);
   if (k > 0) *used += (size_t)k < n - *used ? (size_t)k : n - *used - 1;
 }
 
@@ -205,8 +200,7 @@ static int rt_stop(rt *r, cstate *cs, const char *prog) {
     pthread_mutex_lock(&w->mu);
     w->stopped = 1;
     pthread_mutex_unlock(&w->mu);
-    if (w->obj.kind == K_THREAD) conc_thread_cancel(w);
-    else conc_process_signal(w, SIGTERM);
+    w->ops->stop(w);
   }
   conc_deadline_in(&d, STOP_GRACE);
   for (int i = n - 1; i >= 0 && !cut; i--)

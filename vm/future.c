@@ -119,20 +119,11 @@ static int fut_await(lua_State *L, cstate *cs, future *f, double seconds) {
   const char *why = NULL;
   if (settled(atomic_load_explicit(&f->state, memory_order_acquire))) return 1;
   if (seconds == 0) return 0;
-  sw.park = &cs->park;
-  atomic_init(&sw.won, 0);
-  memset(&n, 0, sizeof n);
-  n.sw = &sw;
+  conc_waiter_init(&sw, &n, &cs->park);
   if (fut_sel_try(&f->obj, &n)) return 1;
   conc_deadline_in(&d, seconds);
   conc_cs_waiting(cs, "result");
-  for (;;) {
-    uint32_t seen = conc_park_seq(&cs->park);
-    if (atomic_load(&sw.won)) break;
-    if ((why = conc_cs_stopreason(cs)) != NULL) break;
-    if (conc_park_sleep(&cs->park, seen, &d) == ETIMEDOUT && !atomic_load(&sw.won))
-      break;
-  }
+  conc_wait_until(&cs->park, cs, &d, conc_waiter_won, &sw, &why);
   conc_cs_waiting(cs, NULL);
   fut_sel_delist(&f->obj, &n);
   if (atomic_load(&sw.won)) return 1;

@@ -46,17 +46,72 @@ enum {
   T_OBJ, T_SHMOBJ
 };
 
+/* ------------------------------------------------------------ integers */
+
+/* An integer is its tag and then 1, 2, 4 or 8 bytes, the fewest that
+** hold it (host order: messages stay on one machine). The one encoder
+** and the one decoder of them. */
+
+/* Writes v's tag and bytes at p (room for 9); returns how many. */
+static size_t int_put(unsigned char *p, lua_Integer v) {
+  if (v >= INT8_MIN && v <= INT8_MAX) {
+    int8_t x = (int8_t)v;
+    p[0] = T_INT8;
+    memcpy(p + 1, &x, 1);
+    return 2;
+  } else if (v >= INT16_MIN && v <= INT16_MAX) {
+    int16_t x = (int16_t)v;
+    p[0] = T_INT16;
+    memcpy(p + 1, &x, 2);
+    return 3;
+  } else if (v >= INT32_MIN && v <= INT32_MAX) {
+    int32_t x = (int32_t)v;
+    p[0] = T_INT32;
+    memcpy(p + 1, &x, 4);
+    return 5;
+  } else {
+    int64_t x = (int64_t)v;
+    p[0] = T_INT64;
+    memcpy(p + 1, &x, 8);
+    return 9;
+  }
+}
+
+/* The bytes after an integer tag, or 0 for a tag that is no integer. */
+static size_t int_width(int tag) {
+  switch (tag) {
+    case T_INT8: return 1;
+    case T_INT16: return 2;
+    case T_INT32: return 4;
+    case T_INT64: return 8;
+    default: return 0;
+  }
+}
+
+/* Reads the integer of 'tag' (int_width(tag) > 0) from p. */
+static lua_Integer int_get(int tag, const unsigned char *p) {
+  switch (tag) {
+    case T_INT8: { int8_t v; memcpy(&v, p, 1); return v; }
+    case T_INT16: { int16_t v; memcpy(&v, p, 2); return v; }
+    case T_INT32: { int32_t v; memcpy(&v, p, 4); return v; }
+    default: { int64_t v; memcpy(&v, p, 8); return (lua_Integer)v; }
+  }
+}
+
 /* A one-value message: MAGIC VERSION 1 then the value. */
 int conc_marshal_tonumber(const char *bytes, size_t n, lua_Integer *i,
                      lua_Number *f) {
   const unsigned char *p = (const unsigned char *)bytes;
   if (n < 4 || p[0] != MAGIC || p[1] != VERSION || p[2] != 1) return 0;
-  switch (p[3]) {
-    case T_INT8: if (n == 5) { int8_t v; memcpy(&v, p + 4, 1); *i = v; return 1; } break;
-    case T_INT16: if (n == 6) { int16_t v; memcpy(&v, p + 4, 2); *i = v; return 1; } break;
-    case T_INT32: if (n == 8) { int32_t v; memcpy(&v, p + 4, 4); *i = v; return 1; } break;
-    case T_INT64: if (n == 12) { int64_t v; memcpy(&v, p + 4, 8); *i = (lua_Integer)v; return 1; } break;
-    case T_FLOAT: if (n == 12) { double v; memcpy(&v, p + 4, 8); *f = (lua_Number)v; return 2; } break;
+  if (int_width(p[3]) && n == 4 + int_width(p[3])) {
+    *i = int_get(p[3], p + 4);
+    return 1;
+  }
+  if (p[3] == T_FLOAT && n == 12) {
+    double v;
+    memcpy(&v, p + 4, 8);
+    *f = (lua_Number)v;
+    return 2;
   }
   return 0;
 }
@@ -144,16 +199,6 @@ static void path_prepend(enc *e, const char *seg) {
   e->pathlen += sl;
 }
 
-static int isident(const char *s, size_t n) {
-  if (n == 0 || n > 40 || (s[0] >= '0' && s[0] <= '9')) return 0;
-  for (size_t i = 0; i < n; i++) {
-    unsigned char c = (unsigned char)s[i];
-    if (!(c == '_' || (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') ||
-          (c >= 'A' && c <= 'Z')))
-      return 0;
-  }
-  return 1;
-}
 
 /* The path segment for key at stack index k. */
 static void path_key(enc *e, int k) {
@@ -163,7 +208,7 @@ static void path_key(enc *e, int k) {
     case LUA_TSTRING: {
       size_t n;
       const char *s = lua_tolstring(L, k, &n);
-      if (isident(s, n))
+      if (n <= 40 && conc_isname(s, n))
         snprintf(seg, sizeof seg, ".%s", s);
       else
         snprintf(seg, sizeof seg, "[\"%.*s%s\"]", n > 30 ? 30 : (int)n, s,
@@ -233,29 +278,7 @@ static void seen_set(enc *e, const void *key, lua_Integer v) {
 
 static int enc_int(enc *e, lua_Integer v) {
   unsigned char tmp[9];
-  size_t n;
-  if (v >= INT8_MIN && v <= INT8_MAX) {
-    int8_t x = (int8_t)v;
-    tmp[0] = T_INT8;
-    memcpy(tmp + 1, &x, 1);
-    n = 2;
-  } else if (v >= INT16_MIN && v <= INT16_MAX) {
-    int16_t x = (int16_t)v;
-    tmp[0] = T_INT16;
-    memcpy(tmp + 1, &x, 2);
-    n = 3;
-  } else if (v >= INT32_MIN && v <= INT32_MAX) {
-    int32_t x = (int32_t)v;
-    tmp[0] = T_INT32;
-    memcpy(tmp + 1, &x, 4);
-    n = 5;
-  } else {
-    int64_t x = (int64_t)v;
-    tmp[0] = T_INT64;
-    memcpy(tmp + 1, &x, 8);
-    n = 9;
-  }
-  return put(e, tmp, n);
+  return put(e, tmp, int_put(tmp, v));
 }
 
 static int enc_str(enc *e, int tag, const char *s, size_t n) {
@@ -603,28 +626,7 @@ static int encode_scalar(lua_State *L, int idx, mbuf *b) {
     p[3] = lua_toboolean(L, idx) ? T_TRUE : T_FALSE;
     b->n += 4;
   } else if (lua_isinteger(L, idx)) {
-    lua_Integer v = lua_tointeger(L, idx);
-    if (v >= INT8_MIN && v <= INT8_MAX) {
-      int8_t x = (int8_t)v;
-      p[3] = T_INT8;
-      memcpy(p + 4, &x, 1);
-      b->n += 5;
-    } else if (v >= INT16_MIN && v <= INT16_MAX) {
-      int16_t x = (int16_t)v;
-      p[3] = T_INT16;
-      memcpy(p + 4, &x, 2);
-      b->n += 6;
-    } else if (v >= INT32_MIN && v <= INT32_MAX) {
-      int32_t x = (int32_t)v;
-      p[3] = T_INT32;
-      memcpy(p + 4, &x, 4);
-      b->n += 8;
-    } else {
-      int64_t x = (int64_t)v;
-      p[3] = T_INT64;
-      memcpy(p + 4, &x, 8);
-      b->n += 12;
-    }
+    b->n += 3 + int_put(p + 3, lua_tointeger(L, idx));
   } else {
     double d = (double)lua_tonumber(L, idx);
     p[3] = T_FLOAT;
@@ -1096,28 +1098,10 @@ static int dec_value(dec *d) {
     case T_NIL: lua_pushnil(L); return 0;
     case T_FALSE: lua_pushboolean(L, 0); return 0;
     case T_TRUE: lua_pushboolean(L, 1); return 0;
-    case T_INT8: {
-      int8_t v;
-      if (getbytes(d, &v, 1)) return -1;
-      lua_pushinteger(L, v);
-      return 0;
-    }
-    case T_INT16: {
-      int16_t v;
-      if (getbytes(d, &v, 2)) return -1;
-      lua_pushinteger(L, v);
-      return 0;
-    }
-    case T_INT32: {
-      int32_t v;
-      if (getbytes(d, &v, 4)) return -1;
-      lua_pushinteger(L, v);
-      return 0;
-    }
-    case T_INT64: {
-      int64_t v;
-      if (getbytes(d, &v, 8)) return -1;
-      lua_pushinteger(L, (lua_Integer)v);
+    case T_INT8: case T_INT16: case T_INT32: case T_INT64: {
+      unsigned char v[8];
+      if (getbytes(d, v, int_width(tag))) return -1;
+      lua_pushinteger(L, int_get(tag, v));
       return 0;
     }
     case T_FLOAT: {
@@ -1175,29 +1159,11 @@ int conc_marshal_decode(lua_State *L, cstate *cs, const char *p, size_t n,
   const unsigned char *u = (const unsigned char *)p;
   /* the common message: one number or boolean, no traversal needed */
   if (n >= 4 && u[0] == MAGIC && u[1] == VERSION && u[2] == 1) {
+    if (int_width(u[3]) && n == 4 + int_width(u[3])) {
+      lua_pushinteger(L, int_get(u[3], u + 4));
+      return 1;
+    }
     switch (u[3]) {
-      case T_INT8:
-        if (n == 5) {
-          lua_pushinteger(L, (int8_t)u[4]);
-          return 1;
-        }
-        break;
-      case T_INT16:
-        if (n == 6) {
-          int16_t v;
-          memcpy(&v, u + 4, 2);
-          lua_pushinteger(L, v);
-          return 1;
-        }
-        break;
-      case T_INT32:
-        if (n == 8) {
-          int32_t v;
-          memcpy(&v, u + 4, 4);
-          lua_pushinteger(L, v);
-          return 1;
-        }
-        break;
       case T_TRUE:
       case T_FALSE:
         if (n == 4) {

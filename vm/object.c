@@ -70,10 +70,13 @@ void conc_obj_release(cobj *o) {
 int conc_obj_foreign(const cobj *o, char *buf, size_t n) {
   const kindinfo *k = conc_kinds[o->kind];
   if (!k->pinned || obj_home(o) == (uint32_t)conc_getpid()) return 0;
-  snprintf(buf, n, "%s %lld", k->name,
-           (long long)(k->id ? k->id((cobj *)o)
-                             : (lua_Integer)(o->uid & 0xffffffffu)));
+  snprintf(buf, n, "%s %lld", k->name, (long long)conc_obj_number(o));
   return 1;
+}
+
+lua_Integer conc_obj_number(const cobj *o) {
+  const kindinfo *k = conc_kinds[o->kind];
+  return k->id ? k->id((cobj *)o) : (lua_Integer)(o->uid & 0xffffffffu);
 }
 
 void conc_obj_checkhome(lua_State *L, cobj *o) {

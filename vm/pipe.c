@@ -230,13 +230,9 @@ static const char *take_turn(pend *e, cstate *cs, int *turn,
 /* Gives the turn back (e->mu held); closes the fd if close() came
 ** meanwhile and nobody uses it any more. */
 static void give_turn(pend *e, int *turn) {
-  selnode *n;
   *turn = 0;
   e->active--;
-  while ((n = e->waiters) != NULL) {
-    conc_selq_remove(&e->waiters, n);
-    conc_park_wake(n->sw->park);
-  }
+  conc_selq_nudge_all(&e->waiters);
   if (e->closed && e->active == 0 && e->fd >= 0) {
     conc_fd_close(e->fd);
     e->fd = -1;
@@ -560,7 +556,6 @@ static int pipe_recv(lua_State *L) {
 ** here) is only closed here. */
 static int pipe_close(lua_State *L) {
   pend *e = check_pend(L);
-  selnode *n;
   int mine;
   pthread_mutex_lock(&e->pair->mu);
   mine = e->pair->used[e->side] == conc_getpid();
@@ -572,10 +567,7 @@ static int pipe_close(lua_State *L) {
     conc_fd_close(e->fd);
     e->fd = -1;
   }
-  while ((n = e->waiters) != NULL) {
-    conc_selq_remove(&e->waiters, n);
-    conc_park_wake(n->sw->park);
-  }
+  conc_selq_nudge_all(&e->waiters);
   pthread_mutex_unlock(&e->mu);
   return 0;
 }

@@ -120,22 +120,6 @@ static void put_quoted(pp *P, const char *s, size_t l) {
   put(P, "\"", 1);
 }
 
-static int is_ident(const char *s, size_t l) {
-  static const char *const reserved[] = {
-      "and", "break", "do", "else", "elseif", "end", "false", "for",
-      "function", "goto", "if", "in", "local", "nil", "not", "or", "repeat",
-      "return", "then", "true", "until", "while", NULL};
-  if (l == 0 || (s[0] >= '0' && s[0] <= '9')) return 0;
-  for (size_t i = 0; i < l; i++) {
-    char c = s[i];
-    if (!(c == '_' || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
-          (c >= '0' && c <= '9')))
-      return 0;
-  }
-  for (int i = 0; reserved[i]; i++)
-    if (strlen(reserved[i]) == l && memcmp(reserved[i], s, l) == 0) return 0;
-  return 1;
-}
 
 /* Any value but a table shown as data: tostring, strings quoted. */
 static void put_atom(pp *P, int idx) {
@@ -157,7 +141,7 @@ static void put_key(pp *P, int idx) {
   const char *s;
   if (lua_type(P->L, idx) == LUA_TSTRING) {
     s = lua_tolstring(P->L, idx, &l);
-    if (is_ident(s, l)) {
+    if (conc_isname(s, l)) {
       put(P, s, l);
       puts_(P, " = ");
       return;

@@ -102,7 +102,7 @@ int conc_process_spawn(lua_State *L) {
                          "CONCLUA_EXE to its path");
   n = lua_gettop(L) - fi + 1;
   conc_process_atfork_install();
-  w = conc_worker_new(cs->rt, K_PROCESS, name, daemon);
+  w = conc_worker_new(cs->rt, &conc_process_ops, name, daemon);
   if (w == NULL) return conc_nomem(L);
   conc_obj_push(L, cs, &w->obj);       /* the handle holds the reference */
   conc_obj_release(&w->obj);
@@ -184,41 +184,8 @@ int conc_process_spawn(lua_State *L) {
 static worker *check_proc(lua_State *L, int arg) {
   worker *w = (worker *)conc_obj_check(L, arg, K_PROCESS);
   if (w->owner != conc_getpid())
-    luaL_error(L, "process %d is not a child of this process", (int)w->pid);
+    luaL_error(L, conc_process_ops.notmine, (LUAI_UACINT)w->pid);
   return w;
-}
-
-static int proc_join(lua_State *L) {
-  cstate *cs = conc_cs(L);
-  worker *w = check_proc(L, 1);
-  deadline d;
-  conc_deadline_in(&d, -1);
-  conc_worker_wait(L, cs, w, &d);
-  return conc_worker_push_outcome(L, cs, w);
-}
-
-static int proc_wait(lua_State *L) {
-  cstate *cs = conc_cs(L);
-  worker *w = check_proc(L, 1);
-  deadline d;
-  conc_deadline_in(&d, conc_opttimeout(L, 2));
-  lua_pushboolean(L, conc_worker_wait(L, cs, w, &d));
-  return 1;
-}
-
-/* status, alive, exitcode and tostring look at the child first (reaping
-** it if it ended and nobody watches it), as a poll loop expects. */
-static int proc_status(lua_State *L) {
-  worker *w = check_proc(L, 1);
-  conc_process_poll(w);
-  lua_pushstring(L, conc_worker_statusname(conc_worker_status(w)));
-  return 1;
-}
-
-static int proc_alive(lua_State *L) {
-  worker *w = check_proc(L, 1);
-  lua_pushboolean(L, !conc_process_poll(w));
-  return 1;
 }
 
 static int signal_arg(lua_State *L, int arg) {
@@ -272,29 +239,30 @@ static int proc_exitcode(lua_State *L) {
   return 1;
 }
 
-static int proc_index(lua_State *L) {
-  worker *w = (worker *)conc_obj_check(L, 1, K_PROCESS);
-  const char *k = lua_tostring(L, 2);
-  if (k && strcmp(k, "pid") == 0) lua_pushinteger(L, w->pid);
-  else if (k && strcmp(k, "name") == 0) lua_pushstring(L, w->name);
-  else if (k && strcmp(k, "id") == 0) lua_pushinteger(L, w->id);
-  else lua_pushnil(L);
-  return 1;
-}
-
-static int proc_tostring(lua_State *L) {
-  worker *w = (worker *)conc_obj_check(L, 1, K_PROCESS);
-  conc_process_poll(w);
-  lua_pushfstring(L, "<process %d \"%s\" %s>", (int)w->pid, w->name,
-                  conc_worker_statusname(conc_worker_status(w)));
-  return 1;
-}
-
 static const luaL_Reg proc_methods[] = {
-    {"join", proc_join},     {"wait", proc_wait},
-    {"status", proc_status}, {"alive", proc_alive},
-    {"kill", proc_kill},     {"exitcode", proc_exitcode},
+    {"join", conc_worker_join},     {"wait", conc_worker_wait_m},
+    {"status", conc_worker_status_m}, {"alive", conc_worker_alive},
+    {"kill", proc_kill},            {"exitcode", proc_exitcode},
     {NULL, NULL}};
+
+static lua_Integer process_number(worker *w) {
+  return (lua_Integer)w->pid;
+}
+
+static int process_stop(worker *w) {
+  return conc_process_signal(w, SIGTERM) > 0;
+}
+
+const workerops conc_process_ops = {
+    .kind = K_PROCESS,
+    .name = "process",
+    .decode_flags = MARSHAL_REMOTE,
+    .wait = conc_process_wait,
+    .poll = conc_process_poll,
+    .stop = process_stop,
+    .number = process_number,
+    .numfield = "pid",
+    .notmine = "process %I is not a child of this process"};
 
 static lua_Integer process_id(cobj *o) {
   return (lua_Integer)((worker *)o)->pid;
@@ -312,8 +280,9 @@ const kindinfo conc_process_kind = {
     .local = 1,
     .destroy = conc_worker_destroy,
     .methods = proc_methods,
-    .index = proc_index,
-    .tostring = proc_tostring,
+    .index = conc_worker_index,
+    .fields = (const char *const[]){"pid", "name", NULL},
+    .tostring = conc_worker_tostring,
     .sel_try = conc_proc_sel_try,
     .sel_delist = conc_worker_sel_delist,
     .sel_fds = conc_proc_sel_fds,
@@ -340,11 +309,11 @@ void conc_process_stop_daemons(rt *r) {
     parker p;
     const char *why;
     conc_park_init(&p);
-    if (conc_process_wait(NULL, &p, v[i], &d, &why) != 1) {
+    if (conc_process_wait(&p, NULL, v[i], &d, &why) != 1) {
       deadline forever;
       conc_process_signal(v[i], SIGKILL);
       conc_deadline_in(&forever, -1);
-      conc_process_wait(NULL, &p, v[i], &forever, &why);
+      conc_process_wait(&p, NULL, v[i], &forever, &why);
     }
     conc_park_destroy(&p);
     conc_obj_release(&v[i]->obj);

@@ -174,7 +174,6 @@ static int reaper_watch(worker *w);
 ** look would have two selects on one child wake each other forever). A
 ** running child that no handle refers to any more goes to the reaper. */
 static void role_give(worker *w) {
-  selnode *n;
   int orphan;
   pthread_mutex_lock(&w->mu);
   orphan = atomic_load(&w->handles) == 0 && conc_worker_status(w) == W_RUNNING &&
@@ -185,10 +184,7 @@ static void role_give(worker *w) {
   w->busy = 0;
   if (w->contended) {
     w->contended = 0;
-    while ((n = w->waiters) != NULL) {
-      conc_selq_remove(&w->waiters, n);
-      conc_park_wake(n->sw->park);
-    }
+    conc_selq_nudge_all(&w->waiters);
   }
   pthread_mutex_unlock(&w->mu);
 }
@@ -232,7 +228,7 @@ static int proc_step(worker *w) {
 
 /* Waits for the child of w to end, on parker p; cs (may be NULL) can
 ** stop the wait. 1 ended, 0 deadline, -1 stop (*why). */
-int conc_process_wait(cstate *cs, parker *p, worker *w, const deadline *d,
+int conc_process_wait(parker *p, cstate *cs, worker *w, const deadline *d,
                  const char **why) {
   for (;;) {
     int r = role_take(w);

@@ -784,17 +784,12 @@ static void evaluate(lua_State *L) {
 static char **cand;           /* the matches of the current completion */
 static int ncand, candpos;
 
-static const char *const keywords[] = {
-    "and", "break", "do", "else", "elseif", "end", "false", "for",
-    "function", "goto", "if", "in", "local", "nil", "not", "or", "repeat",
-    "return", "then", "true", "until", "while", NULL};
+static const char *const *const keywords = conc_reserved;
 
-/* Fields of conc handles besides their methods (SPEC: t.id, p.pid...). */
+/* Fields of conc handles besides their methods (t.id, p.pid...). */
 static const char *const *handle_fields(int kind) {
-  static const char *const thread_f[] = {"id", "name", NULL};
-  static const char *const process_f[] = {"pid", "name", NULL};
   static const char *const none[] = {NULL};
-  return kind == K_THREAD ? thread_f : kind == K_PROCESS ? process_f : none;
+  return conc_kinds[kind]->fields ? conc_kinds[kind]->fields : none;
 }
 
 /* The __index table of the value at idx's metatable, pushed; 0 if none. */
@@ -839,14 +834,6 @@ static void add_cand(lua_State *L, int set, const char *name) {
   lua_setfield(L, set, name);
 }
 
-static int is_name(const char *s) {
-  if (!s || !*s || (*s >= '0' && *s <= '9')) return 0;
-  for (; *s; s++)
-    if (!(*s == '_' || (*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') ||
-          (*s >= '0' && *s <= '9')))
-      return 0;
-  return 1;
-}
 
 /* Adds the identifier keys of the table at t (functions only if 'meth').
 ** Names of metamethods (__index, __close...) a user seldom means: only
@@ -859,7 +846,7 @@ static void add_keys(lua_State *L, int t, int set, const char *prefix,
   while (lua_next(L, t)) {
     if (lua_type(L, -2) == LUA_TSTRING) {
       const char *k = lua_tostring(L, -2);
-      if (strncmp(k, prefix, pl) == 0 && is_name(k) &&
+      if (strncmp(k, prefix, pl) == 0 && conc_isname_z(k) &&
           (meta || strncmp(k, "__", 2) != 0) &&
           (!meth || lua_type(L, -1) == LUA_TFUNCTION))
         add_cand(L, set, k);
@@ -963,7 +950,7 @@ static int complete_k(lua_State *L) {
     const char *dot = strchr(path, '.');
     size_t l = dot ? (size_t)(dot - path) : strlen(path);
     lua_pushlstring(L, path, l);
-    if (!is_name(lua_tostring(L, -1))) return 0;
+    if (!conc_isname_z(lua_tostring(L, -1))) return 0;
     safe_index(L, -2, lua_tostring(L, -1));
     lua_remove(L, -2);
     lua_remove(L, -2);
@@ -1008,10 +995,7 @@ static const char *before_sep(const char *line, int end, char **callee) {
   open = j = i;
   while (j > 0 && (line[j - 1] == ' ' || line[j - 1] == '\t')) j--;
   k = j;
-  while (k > 0 && (line[k - 1] == '_' || line[k - 1] == '.' ||
-                   (line[k - 1] >= 'a' && line[k - 1] <= 'z') ||
-                   (line[k - 1] >= 'A' && line[k - 1] <= 'Z') ||
-                   (line[k - 1] >= '0' && line[k - 1] <= '9')))
+  while (k > 0 && (line[k - 1] == '.' || conc_isnamechar(line[k - 1])))
     k--;
   if (k == j) {                         /* ( expression ) */
     int a = open + 1, b = close - 1;

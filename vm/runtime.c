@@ -737,3 +737,29 @@ void conc_checkoptions(lua_State *L, int arg, const char *const *known) {
     }
   }
 }
+
+/* ------------------------------------------------------------ names */
+
+int conc_isnamechar(int c) {
+  return c == '_' || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+         (c >= '0' && c <= '9');
+}
+
+const char *const conc_reserved[] = {
+    "and", "break", "do", "else", "elseif", "end", "false", "for",
+    "function", "goto", "if", "in", "local", "nil", "not", "or", "repeat",
+    "return", "then", "true", "until", "while", NULL};
+
+int conc_isname(const char *s, size_t n) {
+  const char *const *reserved = conc_reserved;
+  if (n == 0 || (s[0] >= '0' && s[0] <= '9')) return 0;
+  for (size_t i = 0; i < n; i++)
+    if (!conc_isnamechar((unsigned char)s[i])) return 0;
+  for (int i = 0; reserved[i]; i++)
+    if (strlen(reserved[i]) == n && memcmp(reserved[i], s, n) == 0) return 0;
+  return 1;
+}
+
+int conc_isname_z(const char *s) {
+  return s != NULL && conc_isname(s, strlen(s));
+}

@@ -50,6 +50,17 @@ typedef struct selitem {
   const kindinfo *k;
 } selitem;
 
+/* The first item at or after i that is not closed, or n. */
+static lua_Integer next_open(const selnode *nodes, lua_Integer n,
+                             lua_Integer i) {
+  while (i < n && nodes[i].result == SEL_CLOSED) i++;
+  return i;
+}
+
+/* Each item i not closed (a closed channel never wins: select skips it). */
+#define each_open(i) \
+  for (i = next_open(nodes, n, 0); i < n; i = next_open(nodes, n, i + 1))
+
 int conc_select(lua_State *L) {
   cstate *cs = conc_cs(L);
   selitem small_items[SMALL], *items = small_items;
@@ -101,18 +112,16 @@ int conc_select(lua_State *L) {
     /* offer each item once (an object keeps an enlisted node until it
     ** delivers, or until another item won), and fd items every time
     ** round (their sel_try knows whether they enlisted) */
-    for (i = 0; i < n && !atomic_load(&sw.won); i++) {
-      if ((offered[i] && !items[i].k->sel_fds) || nodes[i].result == SEL_CLOSED)
-        continue;
+    each_open(i) {
+      if (atomic_load(&sw.won)) break;
+      if (offered[i] && !items[i].k->sel_fds) continue;
       offered[i] = 1;
       if (items[i].k->sel_try(items[i].o, &nodes[i])) break;
     }
     while (!offer) {
       uint32_t seen = conc_park_seq(&cs->park);
-      int nclosed = 0;
       if (atomic_load(&sw.won)) break;
-      for (i = 0; i < n; i++) nclosed += nodes[i].result == SEL_CLOSED;
-      if (nclosed == n) {
+      if (next_open(nodes, n, 0) == n) {
         allclosed = 1;
         break;
       }
@@ -122,9 +131,9 @@ int conc_select(lua_State *L) {
       }
       if (conc_deadline_passed(&d)) break;
       nfd = 0;
-      for (i = 0; i < n; i++) {
+      each_open(i) {
         int f[2], k;
-        if (!items[i].k->sel_fds || nodes[i].result == SEL_CLOSED) continue;
+        if (!items[i].k->sel_fds) continue;
         k = items[i].k->sel_fds(items[i].o, f);
         for (int j = 0; j < k; j++) {
           fds[nfd].fd = f[j];

@@ -302,9 +302,7 @@ static uint64_t entry_new(shop *o, const skey *k, const char *v,
     r->pid = (int32_t)conc_getpid();
     r->kind = (uint8_t)obj->kind;
     r->shm = (uint8_t)conc_kinds[obj->kind]->shm;
-    if (obj->kind == K_THREAD) r->label = ((worker *)obj)->id;
-    else if (obj->kind == K_PROCESS) r->label = ((worker *)obj)->pid;
-    else r->label = (int64_t)(obj->uid & 0xffffffffu);
+    r->label = (int64_t)conc_obj_number(obj);
   }
   copy_bytes(shtab_ekey(e), k->p, k->n);
   if (vlen != SHTAB_NOVALUE) copy_bytes(shtab_evalue(e), v, vlen);

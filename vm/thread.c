@@ -41,12 +41,6 @@
 #include "workers.h"
 #include <lualib.h>
 
-#ifdef CONC_SANITIZED
-#define STACK_SIZE (16u << 20)
-#else
-#define STACK_SIZE (2u << 20)
-#endif
-#define IDLE_SECONDS 5.0
 #define SIGCANCEL (SIGRTMIN + 4)
 
 
@@ -286,10 +280,10 @@ int conc_thread_co_wrap(lua_State *L) {
 ** thread waiting at once (on an event, say) has called malloc not once:
 ** its memory is its stack and its state's arena. */
 typedef struct job {
+  conc_task task;              /* first: what the thread pool runs */
   worker *w;
   msg *m;                      /* fn and its arguments, kept to the end */
   paths *paths;
-  lua_State *L;                /* a fresh state, or NULL: the thread's spare */
   cstate cs;
 } job;
 
@@ -416,136 +410,18 @@ static void job_run(job *j, lua_State *L) {
   conc_worker_finish(w, status, result, errmsg);
 }
 
-/* ------------------------------------------------------------ pool */
-
-/* An OS thread of the pool. It lives on the thread's own stack. */
-typedef struct pthr {
-  struct pthr *next;
-  parker park;
-  _Atomic(job *) job;
-  lua_State *spare;            /* a fresh state, made while idle */
-} pthr;
-
-static pthread_mutex_t pool_mu = PTHREAD_MUTEX_INITIALIZER;
-static objlink pool_link;
-static pthr *pool_idle;
-static int pool_nidle, pool_max;
-static pthread_once_t pool_once = PTHREAD_ONCE_INIT;
-
-/* In a forked child the pool's threads do not exist. */
-static void pool_atfork_child(void) {
-  pool_idle = NULL;
-  pool_nidle = 0;
-}
-
-static void pool_init(void) {
-  long n = sysconf(_SC_NPROCESSORS_ONLN);
-  pool_max = (int)(n > 0 ? n : 1) * 2 + 2;
-  conc_fork_register(&pool_link, &pool_mu);
-  conc_fork_onchild(pool_atfork_child);
-}
-
-int conc_threadpool_idle(void) {
-  int n;
-  pthread_mutex_lock(&pool_mu);
-  n = pool_nidle;
-  pthread_mutex_unlock(&pool_mu);
-  return n;
-}
-
 static void job_free(job *j) {
   conc_msg_free(j->m);
   conc_paths_release(j->paths);
-  if (j->L) conc_state_close(j->L);        /* a state no thread took */
   conc_obj_release(&j->w->obj);
   free(j);
 }
 
-/* Goes idle: offers itself to spawners until a job comes (returned) or
-** it has been idle long enough (NULL: the thread ends). */
-static job *pool_wait(pthr *self) {
-  deadline d;
-  job *j;
-  pthread_mutex_lock(&pool_mu);
-  if (pool_nidle >= pool_max) {
-    pthread_mutex_unlock(&pool_mu);
-    return NULL;
-  }
-  atomic_store(&self->job, NULL);
-  self->next = pool_idle;
-  pool_idle = self;
-  pool_nidle++;
-  pthread_mutex_unlock(&pool_mu);
-  if (self->spare == NULL) self->spare = conc_state_new();
-  conc_deadline_in(&d, IDLE_SECONDS);
-  for (;;) {
-    uint32_t seen = conc_park_seq(&self->park);
-    if ((j = atomic_load(&self->job)) != NULL) return j;
-    if (conc_park_sleep(&self->park, seen, &d) == ETIMEDOUT) {
-      pthread_mutex_lock(&pool_mu);
-      j = atomic_load(&self->job);
-      if (j == NULL) {                 /* still idle: leave the pool */
-        pthr **p;
-        for (p = &pool_idle; *p; p = &(*p)->next)
-          if (*p == self) {
-            *p = self->next;
-            pool_nidle--;
-            break;
-          }
-      }
-      pthread_mutex_unlock(&pool_mu);
-      return j;
-    }
-  }
-}
-
-static void *pool_thread(void *arg) {
-  pthr self;
-  job *j = arg;
-  memset(&self, 0, sizeof self);
-  conc_park_init(&self.park);
-  while (j != NULL) {
-    lua_State *L = j->L;              /* made by the spawner, or */
-    j->L = NULL;
-    if (L == NULL) L = self.spare ? self.spare : conc_state_new();  /* ours */
-    else if (self.spare) {
-      conc_state_close(self.spare);
-    }
-    self.spare = NULL;
-    job_run(j, L);
-    job_free(j);
-    j = pool_wait(&self);
-  }
-  if (self.spare) conc_state_close(self.spare);
-  conc_park_destroy(&self.park);
-  return NULL;
-}
-
-/* Runs j on a pooled or a new OS thread; 0, or an errno. */
-static int pool_start(job *j) {
-  pthr *t;
-  pthread_t tid;
-  pthread_attr_t attr;
-  int r;
-  pthread_once(&pool_once, pool_init);
-  pthread_mutex_lock(&pool_mu);
-  t = pool_idle;
-  if (t) {
-    pool_idle = t->next;
-    pool_nidle--;
-    atomic_store(&t->job, j);
-    conc_park_wake(&t->park);   /* under the lock: t cannot leave meanwhile */
-    pthread_mutex_unlock(&pool_mu);
-    return 0;
-  }
-  pthread_mutex_unlock(&pool_mu);
-  j->L = conc_state_new();                 /* here: the new thread mallocs nothing */
-  pthread_attr_init(&attr);
-  pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-  pthread_attr_setstacksize(&attr, STACK_SIZE);
-  r = pthread_create(&tid, &attr, pool_thread, j);
-  pthread_attr_destroy(&attr);
-  return r;
+/* What the pool's OS thread runs: the job, then the job is gone. */
+static void job_task(conc_task *t, lua_State *L) {
+  job *j = (job *)t;
+  job_run(j, L);
+  job_free(j);
 }
 
 /* ------------------------------------------------------------ API */
@@ -616,7 +492,7 @@ int conc_thread_spawn(lua_State *L) {
   luaL_checktype(L, fi, LUA_TFUNCTION);
   m = conc_msg_encode(L, cs, fi, lua_gettop(L) - fi + 1, "spawn");
   j = calloc(1, sizeof *j);
-  w = j ? conc_worker_new(cs->rt, K_THREAD, name, daemon) : NULL;
+  w = j ? conc_worker_new(cs->rt, &conc_thread_ops, name, daemon) : NULL;
   if (w == NULL) {
     free(j);
     conc_msg_free(m);
@@ -629,7 +505,8 @@ int conc_thread_spawn(lua_State *L) {
   conc_worker_register(w);
   conc_obj_push(L, cs, &w->obj);       /* the handle's reference */
   conc_thread_cancel_install();
-  r = pool_start(j);
+  j->task.run = job_task;
+  r = conc_threadpool_start(&j->task);
   if (r != 0) {                   /* job_free frees m */
     conc_worker_finish(w, W_FAILED, NULL, NULL);
     conc_worker_unregister(w);
@@ -641,77 +518,40 @@ int conc_thread_spawn(lua_State *L) {
 
 /* ------------------------------------------------------------ handle */
 
-static worker *check_thread(lua_State *L, int arg) {
-  worker *w = (worker *)conc_obj_check(L, arg, K_THREAD);
-  if (w->owner != conc_getpid())
-    luaL_error(L, "thread %I belongs to another process", (LUAI_UACINT)w->id);
-  return w;
-}
-
-static int thread_join(lua_State *L) {
-  cstate *cs = conc_cs(L);
-  worker *w = check_thread(L, 1);
-  deadline d;
-  if (cs->self == w) return luaL_error(L, "a thread cannot join itself");
-  conc_deadline_in(&d, -1);
-  conc_worker_wait(L, cs, w, &d);
-  return conc_worker_push_outcome(L, cs, w);
-}
-
-static int thread_wait(lua_State *L) {
-  cstate *cs = conc_cs(L);
-  worker *w = check_thread(L, 1);
-  deadline d;
-  double t = conc_opttimeout(L, 2);
-  if (cs->self == w && t < 0)
-    return luaL_error(L, "a thread cannot wait for itself");
-  conc_deadline_in(&d, t);
-  lua_pushboolean(L, conc_worker_wait(L, cs, w, &d));
-  return 1;
-}
-
-static int thread_status(lua_State *L) {
-  worker *w = check_thread(L, 1);
-  lua_pushstring(L, conc_worker_statusname(conc_worker_status(w)));
-  return 1;
-}
-
-static int thread_alive(lua_State *L) {
-  worker *w = check_thread(L, 1);
-  lua_pushboolean(L, conc_worker_status(w) == W_RUNNING);
-  return 1;
-}
-
 static int thread_cancel_m(lua_State *L) {
-  worker *w = check_thread(L, 1);
+  worker *w = (worker *)conc_obj_check(L, 1, K_THREAD);
+  if (w->owner != conc_getpid())
+    luaL_error(L, conc_thread_ops.notmine, (LUAI_UACINT)w->id);
   lua_pushboolean(L, conc_thread_cancel(w));
   return 1;
 }
 
-static int thread_index(lua_State *L) {
-  worker *w = (worker *)conc_obj_check(L, 1, K_THREAD);
-  const char *k = lua_tostring(L, 2);
-  if (k && strcmp(k, "id") == 0) lua_pushinteger(L, w->id);
-  else if (k && strcmp(k, "name") == 0) lua_pushstring(L, w->name);
-  else lua_pushnil(L);
-  return 1;
-}
-
-static int thread_tostring(lua_State *L) {
-  worker *w = (worker *)conc_obj_check(L, 1, K_THREAD);
-  lua_pushfstring(L, "<thread %I \"%s\" %s>", (LUAI_UACINT)w->id, w->name,
-                  conc_worker_statusname(conc_worker_status(w)));
-  return 1;
-}
-
 static const luaL_Reg thread_methods[] = {
-    {"join", thread_join},     {"wait", thread_wait},
-    {"status", thread_status}, {"alive", thread_alive},
-    {"cancel", thread_cancel_m}, {NULL, NULL}};
+    {"join", conc_worker_join},     {"wait", conc_worker_wait_m},
+    {"status", conc_worker_status_m}, {"alive", conc_worker_alive},
+    {"cancel", thread_cancel_m},    {NULL, NULL}};
 
 static lua_Integer thread_id(cobj *o) {
   return (lua_Integer)((worker *)o)->id;
 }
+
+static lua_Integer thread_number(worker *w) {
+  return (lua_Integer)w->id;
+}
+
+static int thread_wait_end(parker *p, cstate *cs, worker *w, const deadline *d,
+                           const char **why) {
+  return conc_worker_wait_end(p, cs, w, d, why, 0);
+}
+
+const workerops conc_thread_ops = {
+    .kind = K_THREAD,
+    .name = "thread",
+    .wait = thread_wait_end,
+    .stop = conc_thread_cancel,
+    .number = thread_number,
+    .numfield = "id",
+    .notmine = "thread %I belongs to another process"};
 
 const kindinfo conc_thread_kind = {
     .kind = K_THREAD,
@@ -720,8 +560,9 @@ const kindinfo conc_thread_kind = {
     .local = 1,
     .destroy = conc_worker_destroy,
     .methods = thread_methods,
-    .index = thread_index,
-    .tostring = thread_tostring,
+    .index = conc_worker_index,
+    .fields = (const char *const[]){"id", "name", NULL},
+    .tostring = conc_worker_tostring,
     .sel_try = conc_worker_sel_try,
     .sel_delist = conc_worker_sel_delist,
     .pinned = 1,

@@ -39,6 +39,10 @@ int conc_wait_until(parker *p, cstate *cs, const deadline *d,
   }
 }
 
+int conc_waiter_won(void *sw) {
+  return atomic_load(&((selwait *)sw)->won) != 0;
+}
+
 int conc_sel_claim(selwait *sw, int index) {
   int expect = 0;
   return atomic_compare_exchange_strong(&sw->won, &expect, index + 1);

@@ -51,14 +51,16 @@ static const char *default_name(char *buf, const char *kind, int64_t id) {
   return buf;
 }
 
-worker *conc_worker_new(rt *r, int kind, const char *name, int daemon) {
+worker *conc_worker_new(rt *r, const workerops *ops, const char *name,
+                        int daemon) {
   worker *w = calloc(1, sizeof *w);
   char buf[48];
   if (w == NULL) return NULL;
-  conc_obj_init(&w->obj, kind);
+  conc_obj_init(&w->obj, ops->kind);
+  w->ops = ops;
   w->id = conc_rt_nextid();
   if (name == NULL)
-    name = default_name(buf, kind == K_THREAD ? "thread" : "process", w->id);
+    name = default_name(buf, ops->name, w->id);
   w->name = strdup(name);
   if (w->name == NULL) {
     free(w);
@@ -184,45 +186,37 @@ void conc_worker_sel_delist(cobj *o, selnode *n) {
 ** any) is asked to stop. 1 ended, 0 timeout, -1 stop (why in *why); with
 ** 'watched', 2 when the thread watching the process gave that role up
 ** (the caller may take it). */
-int conc_worker_wait_end(parker *p, cstate *cs, worker *w, const deadline *d,
-                    const char **why, int watched) {
+typedef struct endwait {
   selwait sw;
   selnode n;
-  int r = 0;
-  sw.park = p;
-  atomic_init(&sw.won, 0);
-  memset(&n, 0, sizeof n);
-  n.sw = &sw;
-  if (conc_worker_sel_try(&w->obj, &n)) return 1;
-  for (;;) {
-    uint32_t seen = conc_park_seq(p);
-    if (atomic_load(&sw.won)) {
-      r = 1;
-      break;
-    }
-    if (watched) {
-      int gone;
-      pthread_mutex_lock(&w->mu);
-      /* unlinked by the watcher giving up; or it gave up before this
-      ** node was on the list, and nobody watches */
-      gone = !n.linked || !w->busy;
-      pthread_mutex_unlock(&w->mu);
-      if (gone) {
-        r = 2;
-        break;
-      }
-    }
-    if (cs && (*why = conc_cs_stopreason(cs)) != NULL) {
-      r = -1;
-      break;
-    }
-    if (conc_park_sleep(p, seen, d) == ETIMEDOUT && !atomic_load(&sw.won)) {
-      r = 0;
-      break;
-    }
-  }
-  conc_worker_sel_delist(&w->obj, &n);
-  if (atomic_load(&sw.won)) r = 1;
+  worker *w;
+  int watched;
+} endwait;
+
+static int end_done(void *arg) {
+  endwait *e = arg;
+  int gone;
+  if (atomic_load(&e->sw.won)) return 1;
+  if (!e->watched) return 0;
+  pthread_mutex_lock(&e->w->mu);
+  /* unlinked by the watcher giving up; or it gave up before this node
+  ** was on the list, and nobody watches */
+  gone = !e->n.linked || !e->w->busy;
+  pthread_mutex_unlock(&e->w->mu);
+  return gone ? 2 : 0;
+}
+
+int conc_worker_wait_end(parker *p, cstate *cs, worker *w, const deadline *d,
+                         const char **why, int watched) {
+  endwait e;
+  int r;
+  conc_waiter_init(&e.sw, &e.n, p);
+  e.w = w;
+  e.watched = watched;
+  if (conc_worker_sel_try(&w->obj, &e.n)) return 1;
+  r = conc_wait_until(p, cs, d, end_done, &e, why);
+  conc_worker_sel_delist(&w->obj, &e.n);
+  if (atomic_load(&e.sw.won)) r = 1;
   return r;
 }
 
@@ -230,13 +224,91 @@ int conc_worker_wait(lua_State *L, cstate *cs, worker *w, const deadline *d) {
   const char *why = NULL;
   int r;
   conc_cs_waiting(cs, "join");
-  if (w->obj.kind == K_PROCESS)
-    r = conc_process_wait(cs, &cs->park, w, d, &why);
-  else
-    r = conc_worker_wait_end(&cs->park, cs, w, d, &why, 0);
+  r = w->ops->wait(&cs->park, cs, w, d, &why);
   conc_cs_waiting(cs, NULL);
   if (r < 0) conc_cs_raisestop(L, cs, why);
   return r;
+}
+
+/* ------------------------------------------------------------ handles */
+
+/* The worker behind argument 1 of a common method, or raises. */
+static worker *check_worker(lua_State *L) {
+  cstate *cs = conc_cs(L);
+  int kind = K_THREAD;
+  worker *w;
+  if (lua_getmetatable(L, 1)) {              /* which of the two kinds */
+    if (cs->mt[K_PROCESS] == lua_topointer(L, -1)) kind = K_PROCESS;
+    lua_pop(L, 1);
+  }
+  w = (worker *)conc_obj_check(L, 1, kind);
+  if (w->owner != conc_getpid())
+    luaL_error(L, w->ops->notmine, (LUAI_UACINT)w->ops->number(w));
+  return w;
+}
+
+int conc_worker_join(lua_State *L) {
+  cstate *cs = conc_cs(L);
+  worker *w = check_worker(L);
+  deadline d;
+  if (cs->self == w)
+    return luaL_error(L, "a %s cannot join itself", w->ops->name);
+  conc_deadline_in(&d, -1);
+  conc_worker_wait(L, cs, w, &d);
+  return conc_worker_push_outcome(L, cs, w);
+}
+
+int conc_worker_wait_m(lua_State *L) {
+  cstate *cs = conc_cs(L);
+  worker *w = check_worker(L);
+  deadline d;
+  double t = conc_opttimeout(L, 2);
+  if (cs->self == w && t < 0)
+    return luaL_error(L, "a %s cannot wait for itself", w->ops->name);
+  conc_deadline_in(&d, t);
+  lua_pushboolean(L, conc_worker_wait(L, cs, w, &d));
+  return 1;
+}
+
+/* status, alive and tostring look first (a process is reaped if it ended
+** and nobody watches it), as a poll loop expects. */
+static int looked_status(worker *w) {
+  if (w->ops->poll) w->ops->poll(w);
+  return conc_worker_status(w);
+}
+
+int conc_worker_status_m(lua_State *L) {
+  worker *w = check_worker(L);
+  lua_pushstring(L, conc_worker_statusname(looked_status(w)));
+  return 1;
+}
+
+int conc_worker_alive(lua_State *L) {
+  worker *w = check_worker(L);
+  lua_pushboolean(L, looked_status(w) == W_RUNNING);
+  return 1;
+}
+
+/* __index for the fields: id, name, and the ops' number (pid). */
+int conc_worker_index(lua_State *L) {
+  worker *w = *(worker **)lua_touserdata(L, 1);   /* the handle's object */
+  const char *k = lua_tostring(L, 2);
+  conc_obj_checkhome(L, &w->obj);
+  if (k && strcmp(k, "id") == 0) lua_pushinteger(L, w->id);
+  else if (k && strcmp(k, "name") == 0) lua_pushstring(L, w->name);
+  else if (k && strcmp(k, w->ops->numfield) == 0)
+    lua_pushinteger(L, w->ops->number(w));
+  else lua_pushnil(L);
+  return 1;
+}
+
+int conc_worker_tostring(lua_State *L) {
+  worker *w = *(worker **)lua_touserdata(L, 1);
+  int st = looked_status(w);
+  lua_pushfstring(L, "<%s %I \"%s\" %s>", w->ops->name,
+                  (LUAI_UACINT)w->ops->number(w), w->name,
+                  conc_worker_statusname(st));
+  return 1;
 }
 
 /* What join gives once w ended: the results, or the error raised. */
@@ -248,7 +320,7 @@ int conc_worker_push_outcome(lua_State *L, cstate *cs, worker *w) {
     if (w->result) {
       n = conc_marshal_decode(L, cs, w->result->data, w->result->n,
                          w->result->refs, w->result->nrefs,
-                         w->obj.kind == K_PROCESS ? MARSHAL_REMOTE : 0, err,
+                         w->ops->decode_flags, err,
                          sizeof err);
       if (n < 0) return luaL_error(L, "%s", err);
     }
@@ -265,7 +337,7 @@ int conc_worker_push_outcome(lua_State *L, cstate *cs, worker *w) {
   if (w->result) {      /* a non-string error value, copied */
     int n = conc_marshal_decode(L, cs, w->result->data, w->result->n,
                            w->result->refs, w->result->nrefs,
-                           w->obj.kind == K_PROCESS ? MARSHAL_REMOTE : 0,
+                           w->ops->decode_flags,
                            err, sizeof err);
     if (n < 0) return luaL_error(L, "%s", err);
     lua_settop(L, lua_gettop(L) - n + 1);
@@ -280,8 +352,8 @@ int conc_worker_push_outcome(lua_State *L, cstate *cs, worker *w) {
 typedef struct winfo {
   int64_t id;
   char *name;
-  int kind;
-  pid_t pid;
+  const workerops *ops;
+  lua_Integer number;
   int status;
   const char *waiting;
 } winfo;
@@ -301,7 +373,7 @@ void conc_worker_list(lua_State *L, cstate *cs) {
   nw = 0;
   if (ws) {
     for (w = r->head; w; w = w->next) {
-      if (w->obj.kind == K_PROCESS && w->owner != conc_getpid()) continue;
+      if (w->owner != conc_getpid()) continue;     /* a forked copy */
       conc_obj_retain(&w->obj);
       ws[nw++] = w;
     }
@@ -311,7 +383,7 @@ void conc_worker_list(lua_State *L, cstate *cs) {
   for (int i = 0; i < nw; i++) {
     int st;
     w = ws[i];
-    if (w->obj.kind == K_PROCESS) conc_process_poll(w);
+    if (w->ops->poll) w->ops->poll(w);
     pthread_mutex_lock(&w->mu);
     st = w->status;
     if (st == W_RUNNING && !oom) {
@@ -323,8 +395,8 @@ void conc_worker_list(lua_State *L, cstate *cs) {
       if (!oom) {
         v[n].id = w->id;
         v[n].name = strdup(w->name);
-        v[n].kind = w->obj.kind;
-        v[n].pid = w->pid;
+        v[n].ops = w->ops;
+        v[n].number = w->ops->number(w);
         v[n].status = st;
         v[n].waiting = w->cs ? atomic_load(&w->cs->waiting_on) : NULL;
         if (v[n].name == NULL) oom = 1;
@@ -347,11 +419,11 @@ void conc_worker_list(lua_State *L, cstate *cs) {
     lua_setfield(L, -2, "id");
     lua_pushstring(L, v[i].name);
     lua_setfield(L, -2, "name");
-    lua_pushstring(L, v[i].kind == K_THREAD ? "thread" : "process");
+    lua_pushstring(L, v[i].ops->name);
     lua_setfield(L, -2, "kind");
-    if (v[i].kind == K_PROCESS) {
-      lua_pushinteger(L, v[i].pid);
-      lua_setfield(L, -2, "pid");
+    if (strcmp(v[i].ops->numfield, "id") != 0) {
+      lua_pushinteger(L, v[i].number);
+      lua_setfield(L, -2, v[i].ops->numfield);
     }
     lua_pushstring(L, conc_worker_statusname(v[i].status));
     lua_setfield(L, -2, "status");

@@ -16,9 +16,36 @@
 
 enum { W_RUNNING, W_DONE, W_FAILED, W_CANCELLED, W_KILLED };
 
+struct worker;
+
+/* What a kind of worker does in its own way; thread.c and process.c fill
+** one in each, so that worker.c, exit.c, select.c and the REPL need not
+** tell them apart. */
+typedef struct workerops {
+  int kind;                    /* K_THREAD, K_PROCESS */
+  const char *name;            /* "thread", "process" */
+  int decode_flags;            /* for its results (marshal.c's flags) */
+  /* Waits for its end on p; cs (may be NULL) can stop the wait: 1 ended,
+  ** 0 at the deadline, -1 on a stop request (*why). */
+  int (*wait)(parker *p, struct cstate *cs, struct worker *w,
+              const deadline *d, const char **why);
+  /* Looks, without blocking, whether it ended (reaping a process): 1 if
+  ** it did; NULL when its status says it. */
+  int (*poll)(struct worker *w);
+  /* Asks it to stop: a thread's cancel, a process's SIGTERM; 1 if asked. */
+  int (*stop)(struct worker *w);
+  /* The number that names it in messages: a thread's id, a process's pid. */
+  lua_Integer (*number)(struct worker *w);
+  const char *numfield;        /* that number's field on handles: "id", "pid" */
+  const char *notmine;         /* the error for a handle of another process */
+} workerops;
+
+extern const workerops conc_thread_ops, conc_process_ops;
+
 /* A spawned thread or process, as seen by its runtime and handles. */
 typedef struct worker {
   cobj obj;                    /* K_THREAD or K_PROCESS */
+  const workerops *ops;
   rt *rt;
   int64_t id;
   char *name;
@@ -52,7 +79,17 @@ typedef struct worker {
   pid_t owner;                 /* the process that spawned it */
 } worker;
 
-worker *conc_worker_new(rt *r, int kind, const char *name, int daemon);
+worker *conc_worker_new(rt *r, const workerops *ops, const char *name,
+                        int daemon);
+/* The methods every worker handle has, for the kinds' tables, and its
+** fields (id, name and the ops' number) and tostring. */
+int conc_worker_join(lua_State *L);
+int conc_worker_wait_m(lua_State *L);
+int conc_worker_status_m(lua_State *L);
+int conc_worker_alive(lua_State *L);
+int conc_worker_index(lua_State *L);
+int conc_worker_tostring(lua_State *L);
+
 void conc_worker_destroy(cobj *o);
 void conc_worker_register(worker *w);
 void conc_worker_unregister(worker *w);
@@ -109,6 +146,17 @@ int conc_thread_co_wrap(lua_State *L);
 int conc_thread_pcall(lua_State *L);
 int conc_thread_xpcall(lua_State *L);
 worker *conc_thread_current_worker(void);
+
+/* threadpool.c: a task for an OS thread of the pool. run gets a fresh
+** worker state (NULL when none could be made) and owns it; the task may
+** be freed by run. L is the pool's own. */
+typedef struct conc_task {
+  void (*run)(struct conc_task *t, lua_State *L);
+  lua_State *L;
+} conc_task;
+/* Runs t on an idle OS thread of the pool or a new one: 0, or an errno
+** (t was not run). */
+int conc_threadpool_start(conc_task *t);
 int conc_threadpool_idle(void);              /* idle OS threads in the pool */
 extern const kindinfo conc_thread_kind;
 
@@ -117,7 +165,7 @@ extern const kindinfo conc_thread_kind;
 int conc_process_spawn(lua_State *L);               /* spawn_process */
 /* Waits for a child to end (draining its result, reaping it) on parker
 ** p; cs, if not NULL, can stop it. 1 ended, 0 deadline, -1 stop (*why). */
-int conc_process_wait(cstate *cs, parker *p, worker *w, const deadline *d,
+int conc_process_wait(parker *p, cstate *cs, worker *w, const deadline *d,
                  const char **why);
 /* Checks, without blocking, whether a child ended; 1 if it did. */
 int conc_process_poll(worker *w);
