@@ -6,6 +6,7 @@
 #   make asan      the suite under AddressSanitizer + UBSan
 #   make tsan      the thread and channel tests under ThreadSanitizer
 #   make stress    concurrency tests in loops of many runs
+#   make conformance  Lua 5.4.4's test suite under conclua (LUA_TESTS=dir)
 #   make fuzz      the decoder under libFuzzer (FUZZ_SECONDS=60)
 #   make bench     benchmarks, with baselines measured in the same run
 #   make install PREFIX=/usr/local
@@ -44,7 +45,7 @@ HEADERS = $(wildcard vm/*.h)
 SOVERSION = 0
 
 .PHONY: all deps test-deps demo test check layers asan tsan stress fuzz bench \
-        install uninstall clean
+        conformance install uninstall clean
 
 all: $(BUILD)/conclua $(BUILD)/libconclua.a $(BUILD)/libconclua.so \
      $(BUILD)/conc.so $(CTESTS) $(BUILD)/tests/test_hostnames_so
@@ -161,6 +162,12 @@ tsan: test-deps
 stress: test-deps
 	@$(MAKE) --no-print-directory all
 	@CONCLUA_BUILD=$(BUILD) $(BUILD)/conclua tests/stress.lua
+
+# Lua.org's suite, from LUA_TESTS (default ../shared/lua-tests/5.4.4 next
+# to the repository), run from a temporary copy: tests/conformance.sh
+conformance: deps
+	@$(MAKE) --no-print-directory $(BUILD)/conclua
+	@CONCLUA_BUILD=$(BUILD) LUA_TESTS="$(LUA_TESTS)" tests/conformance.sh
 
 fuzz: test-deps
 	@mkdir -p build/fuzz tests/fuzz/corpus

@@ -49,18 +49,26 @@ T.test("-e, -l and -l g=mod, in order", function()
 end)
 
 T.test("an uncaught error: conclua: message, traceback, exit 1", function()
+  -- the prefix is the command's name as it was run (argv[0]), as lua.c
+  -- has it: "conclua" from the PATH, the path itself here
+  local me = T.conclua .. ": "
   local s = T.tmpfile("local function f() error('kaboom') end\nf()\n")
   local out, code = run(s)
   T.eq(code, 1)
-  T.ok(out:find("^conclua: .-:1: kaboom"), out)
+  T.eq(out:sub(1, #me), me, out)
+  T.ok(out:find("^.-: .-:1: kaboom"), out)
   T.ok(out:find("stack traceback:", 1, true), out)
   os.remove(s)
   out, code = run("-e 'error({})'")
   T.eq(code, 1)
-  T.ok(out:find("conclua: (error object is a table value)", 1, true), out)
+  T.ok(out:find(me .. "(error object is a table value)", 1, true), out)
   out, code = run("no_such_file.lua")
   T.eq(code, 1)
-  T.ok(out:find("^conclua: cannot open no_such_file.lua"), out)
+  T.ok(out:find(me .. "cannot open no_such_file.lua", 1, true) == 1, out)
+  local bindir = T.sh("dirname " .. exe):gsub("%s+$", "")
+  out, code = T.sh("PATH=" .. T.q(bindir) .. ":$PATH conclua -e 'error(\"x\")' 2>&1 </dev/null")
+  T.eq(code, 1)
+  T.ok(out:find("^conclua: %(command line%):1: x\n"), out)
   out, code = run("-e 'syntax error here'")
   T.eq(code, 1)
 end)
@@ -200,6 +208,94 @@ T.test("a piped REPL session", function()
   local out, code = run("-i", "x = 1\nx + 41\nfunction f(a)\n  return a * 2\nend\nf(21)\n")
   T.eq(code, 0)
   T.ok(out:find("42\n42", 1, true) or out:find("42.*42"), out)
+end)
+
+-- ------------------------------------------------------------ -i without a terminal, as lua5.4 -i
+
+-- stdout of conclua -i (stderr apart, in a file) with 'input' on stdin,
+-- the version line cut off.
+local function piped_i(pre, input)
+  local f, e = T.tmpfile(input, ".in"), os.tmpname()
+  local out, code = T.sh("(" .. exe .. " " .. pre .. " -i < " .. f .. " 2> " .. e .. ")")
+  local err = T.readfile(e)
+  os.remove(f)
+  os.remove(e)
+  local banner = out:match("^conclua [^\n]*\n")
+  T.ok(banner, "no version line:\n" .. out)
+  return out:sub(#banner + 1), err, code
+end
+
+T.test("piped -i: the prompts and each line read, as lua5.4's readline shows them", function()
+  local out, err, code = piped_i("", "x = 1\nx + 41\nfunction f(a)\n  return a * 2\nend\nf(21)\n")
+  T.eq(code, 0)
+  T.eq(err, "")
+  T.eq(out, "> x = 1\n> x + 41\n42\n> function f(a)\n>>   return a * 2\n" ..
+            ">> end\n> f(21)\n42\n> \n")
+  -- _PROMPT and _PROMPT2, read anew for each line; the last line needs no newline
+  out = piped_i([[-e "_PROMPT='lua$ ' _PROMPT2='...'"]],
+                "if true then\nprint('in')\nend\n_PROMPT = 1\n2")
+  T.eq(out, "lua$ if true then\n...print('in')\n...end\nin\nlua$ _PROMPT = 1\n12\n2\n1\n")
+  -- any value, through tostring: a __tostring runs once per prompt
+  local counting = "local n = 0 _PROMPT = setmetatable({}, {__tostring = " ..
+                   "function() n = n + 1 return '[' .. n .. ']' end})"
+  out = piped_i("-e " .. T.q(counting), "a = 2\nn\n")
+  T.eq(out, "[1]a = 2\n[2]n\nnil\n[3]\n")
+  -- a failing __tostring: the default prompt
+  out = piped_i([[-e "_PROMPT2 = setmetatable({}, {__tostring = function() error('no') end})"]],
+                "do\nend\n")
+  T.eq(out, "> do\n>> end\n> \n")
+end)
+
+T.test("piped -i: '=' on a chunk's first line is 'return'", function()
+  local out, err = piped_i("", "a = 'b\\nc'\n=a\n= 1, 2\n=\n")
+  T.eq(out, "> a = 'b\\nc'\n> =a\nb\nc\n> = 1, 2\n1\t2\n> =\n> \n")
+  T.eq(err, "")
+  -- not on a continuation line
+  out, err = piped_i("", "x = (\n=1)\n")
+  T.ok(err:find("stdin:2: unexpected symbol near '='", 1, true), err)
+end)
+
+T.test("piped -i: results go through the global print, whatever it is", function()
+  local mine = "print = function(...) " ..
+               "io.write('<', select('#', ...), '>', tostring((...)), '\\n') end"
+  local out, err, code = piped_i("-e " .. T.q(mine), "1, 2\n{}\n'x'\n")
+  T.eq(code, 0)
+  T.eq(err, "")
+  T.ok(out:find("> 1, 2\n<2>1\n> {}\n<1>table: 0x%x+\n> 'x'\n<1>x\n> \n$"), out)
+  -- the stock print: tables as tostring shows them, no pretty-printing
+  out = piped_i("", "{1, 2}\nnil, false\n")
+  T.ok(out:find("^> {1, 2}\ntable: 0x%x+\n> nil, false\nnil\tfalse\n> \n$"), out)
+  out, err, code = piped_i([[-e "print = nil"]], "10\nx = 3\nx\n")
+  T.eq(code, 0)
+  T.eq(out, "> 10\n> x = 3\n> x\n> \n")
+  local _, n = err:gsub("error calling 'print' %(attempt to call a nil value%)", "")
+  T.eq(n, 2, err)
+  out, err = piped_i([[-e "print = function() error({}) end"]], "1\n")
+  T.ok(err:find("error calling 'print' (error object is a table value)", 1, true), err)
+  -- a lookup of print that raises is an error of print's, and the loop goes on
+  local strict = "setmetatable(_G, {__index = function(_, k) error('strict: ' .. k, 0) end}) " ..
+                 "print = nil"
+  out, err = piped_i("-e " .. T.q(strict), "1\nio.write('after\\n')\n")
+  T.ok(err:find("error calling 'print' (strict: print)", 1, true), err)
+  T.ok(out:find("\nafter\n", 1, true), out)
+end)
+
+T.test("a failed require says what lua5.4 says; conc.* names say they are not built in", function()
+  local out, code = run([[-e "require 'no_such_mod_xyz'"]])
+  T.eq(code, 1)
+  T.ok(out:find("module 'no_such_mod_xyz' not found:", 1, true), out)
+  T.ok(out:find("no field package.preload['no_such_mod_xyz']", 1, true), out)
+  T.ok(out:find("no file './no_such_mod_xyz.lua'", 1, true), out)
+  T.ok(not out:find("built-in", 1, true), out)
+  out, code = run([[-e "require 'conc.no_such'"]])
+  T.eq(code, 1)
+  T.ok(out:find("module 'conc.no_such' not found:\n\tno field package.preload['conc.no_such']\n" ..
+                "\tno built-in module 'conc.no_such'\n\tno file", 1, true), out)
+  -- and the message is lua5.4's, line for line, for a name that is not conclua's
+  local cmd = [[ -e "local ok, m = pcall(require, 'no_such_mod_xyz') print(m)" </dev/null]]
+  local ref, rcode = T.sh("env LUA_PATH='./?.lua' LUA_CPATH='./?.so' lua5.4" .. cmd)
+  T.eq(rcode, 0, ref)
+  T.eq(T.sh("env LUA_PATH='./?.lua' LUA_CPATH='./?.so' " .. exe .. cmd), ref)
 end)
 
 T.test("the article's examples print each line once", function()

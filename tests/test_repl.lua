@@ -688,40 +688,59 @@ end)
 
 -- ------------------------------------------------------------ no terminal
 
-T.test("stdin not a terminal: no prompts, input runs as a script", function()
+T.test("stdin not a terminal: input runs as a script; -i is lua5.4 -i", function()
   local out, code = T.sh("printf 'x = 2\\nprint(x * 21)\\n' | " .. q(exe))
   T.eq(code, 0)
   T.eq(out, "42\n")
-  -- -i reads line by line, printing values, still without prompts
+  -- -i reads line by line as lua5.4 -i does: the prompts, each line read
+  -- (its readline echoes them), values through print (test_cli has more)
   out = T.sh("printf '1 + 1\\nfunction f()\\nreturn 3\\nend\\nf(), \"s\"\\n' | " ..
              q(exe) .. " -i 2>&1")
-  T.ok(out:find("\n2\n3\ts\n$"), out)
-  T.ok(not out:find("> ", 1, true), "a prompt was printed:\n" .. out)
+  T.ok(out:find("\n> 1 %+ 1\n2\n> function f%(%)\n>> return 3\n>> end\n" ..
+                "> f%(%), \"s\"\n3\ts\n> \n$"), out)
 end)
 
-T.test("the pretty printer's corners (through a pipe)", function()
-  local input = table.concat({
-    '{[3] = "c", [-2] = "m", [0.5] = "h", [1] = "a", [true] = 1, [false] = 0, x = 1}',
-    '{1, nil, 3}',
-    '{"\\1\\0012", "\\127", [""] = 0, ["end"] = 1, _ok = 2}',
-    'setmetatable({a = 1}, {__index = function() error("never") end, ' ..
-      '__pairs = function() error("never") end})',
-    'setmetatable({}, {__tostring = function() error("bad tostring") end})',
-    'setmetatable({}, {__tostring = function() return "<mine>" end})',
-    'big = {} for i = 1, 20000 do big["k" .. i] = i end',
-    'big',
-    '"still going"',
-  }, "\n") .. "\n"
-  local path = T.tmpfile(input, ".txt")
-  local out = T.sh(q(exe) .. " -i < " .. q(path) .. " 2>&1")
-  os.remove(path)
-  has(out, '{"a", [-2] = "m", [0.5] = "h", [3] = "c", x = 1, [false] = 0, [true] = 1}\n')
-  has(out, "{1, [3] = 3}\n")
-  has(out, '{"\\1\\0012", "\\127", [""] = 0, _ok = 2, ["end"] = 1}\n')
-  has(out, "\n{a = 1}\n")
-  has(out, "stdin:1: bad tostring")
-  has(out, "\n<mine>\n")
-  has(out, "  k100 = 100,\n  ... (19900 more)\n}\nstill going\n")
+T.test("the pretty printer's corners", function()
+  session(function(t)
+    T.eq(t:run('{[3] = "c", [-2] = "m", [0.5] = "h", [1] = "a", [true] = 1, [false] = 0, x = 1}'),
+         '{"a", [-2] = "m", [0.5] = "h", [3] = "c", x = 1, [false] = 0, [true] = 1}')
+    T.eq(t:run("{1, nil, 3}"), "{1, [3] = 3}")
+    T.eq(t:run('{"\\1\\0012", "\\127", [""] = 0, ["end"] = 1, _ok = 2}'),
+         '{"\\1\\0012", "\\127", [""] = 0, _ok = 2, ["end"] = 1}')
+    T.eq(t:run('setmetatable({a = 1}, {__index = function() error("never") end, ' ..
+               '__pairs = function() error("never") end})'), "{a = 1}")
+    has(t:run('setmetatable({}, {__tostring = function() error("bad tostring") end})'),
+        "stdin:1: bad tostring")
+    T.eq(t:run('setmetatable({}, {__tostring = function() return "<mine>" end})'), "<mine>")
+    T.eq(t:run('big = {} for i = 1, 20000 do big["k" .. i] = i end'), "")
+    has(t:run("big") .. "\n", "  k100 = 100,\n  ... (19900 more)\n}\n")
+    T.eq(t:run('"still going"'), "still going")
+  end)
+end)
+
+T.test("on a terminal too, '=' on a chunk's first line is 'return'", function()
+  session(function(t)
+    T.eq(t:run("=1 + 1"), "2")
+    T.eq(t:run("= {k = 'v'}"), '{k = "v"}')
+    T.eq(t:run("="), "")
+  end)
+end)
+
+T.test("on a terminal, results go through a print the program replaced", function()
+  local mine = "print = function(...) " ..
+               "io.write('[', select('#', ...), '] ', tostring((...)), '\\n') end"
+  session({args = "-e " .. q(mine) .. " -i"}, function(t)
+    T.ok(t:run("{1, 2}"):find("^%[1%] table: 0x%x+$"))
+    T.eq(t:run("1, 'a'"), "[2] 1")
+    T.eq(t:run("x = 1"), "")
+    T.eq(t:run("print = nil"), "")
+    has(t:run("42"), "error calling 'print' (attempt to call a nil value)")
+  end)
+  session({args = [[-e "saved = print; print = nil" -i]]}, function(t)
+    has(t:run("1"), "error calling 'print'")
+    T.eq(t:run("print = saved"), "")
+    T.eq(t:run("{n = 1}"), "{n = 1}")            -- conclua's own print: pretty again
+  end)
 end)
 
 T.test("conclua -i starts the REPL after the script", function()

@@ -232,6 +232,10 @@ int conc_searcher(lua_State *L) {
       return 2;
     }
   }
+  /* Only names of conclua's own namespace say they are not built in:
+  ** for any other name, require's message is the stock one. */
+  if (strcmp(name, "conc") != 0 && strncmp(name, "conc.", 5) != 0)
+    return 0;
   lua_pushfstring(L, "no built-in module '%s'", name);
   return 1;
 }

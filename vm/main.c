@@ -4,12 +4,13 @@
 ** command, a runtime with threads and processes, and the wait at exit.
 **
 ** main makes the state and runs pmain under lua_pcall; every message goes
-** through report(), and every chunk through docall(), whose handler adds
-** the traceback. Ctrl-C while a chunk runs raises "interrupted!" in it
-** (a second Ctrl-C kills the process). At the end pmain waits for the
-** workers (exit.c): one Ctrl-C during that wait, or a chunk that an
-** uncaught Ctrl-C ended while workers run, stops them, and conclua exits
-** with status 130.
+** through report(), prefixed by the command's name as it was run
+** (argv[0], as lua.c has it), and every chunk through docall(), whose
+** handler adds the traceback. Ctrl-C while a chunk runs raises
+** "interrupted!" in it (a second Ctrl-C kills the process). At the end
+** pmain waits for the workers (exit.c): one Ctrl-C during that wait, or
+** a chunk that an uncaught Ctrl-C ended while workers run, stops them,
+** and conclua exits with status 130.
 */
 
 #include <signal.h>
@@ -329,6 +330,7 @@ int main(int argc, char **argv) {
   lua_State *L;
   if (argc >= 2 && strcmp(argv[1], "--conc-child") == 0)
     return conc_process_child_main(argc, argv, conclua_open);
+  if (argv[0] && argv[0][0]) progname = argv[0];   /* as lua.c names itself */
   signal(SIGPIPE, SIG_IGN);
   conc_self_exe = "/proc/self/exe";
   L = luaL_newstate();

@@ -32,8 +32,12 @@
 ** lists); after a call, only a conc constructor's result is known (the
 ** kind it makes). At end of input the loop says which workers it waits
 ** for, and Ctrl-C during that wait stops them.
-** Without a terminal there is no readline, no prompt and no history:
-** lines are read with getline and evaluated the same way.
+** Without a terminal there is no readline and no history: as in
+** lua5.4 -i, lines are read with getline after the prompt and shown as
+** lua5.4's readline shows them (the prompt, then the line read), and
+** results go through the global print. On a terminal they go through a
+** print the program replaced, else through the pretty-printer. A chunk's
+** first line "=e" is "return e" (as in lua5.4), on a terminal or not.
 */
 
 #include <errno.h>
@@ -471,15 +475,23 @@ static int tty_line(lua_State *L, const char *prompt, char **out) {
   return IN_LINE;
 }
 
-static int plain_line(char **out) {
+/* Without a terminal, as lua5.4 -i (whose readline echoes what it
+** reads): the prompt, then the line read, on stdout. */
+static int plain_line(const char *prompt, char **out) {
   char *line = NULL;
   size_t cap = 0;
-  ssize_t n = getline(&line, &cap, stdin);
+  ssize_t n;
+  fputs(prompt, stdout);
+  fflush(stdout);
+  n = getline(&line, &cap, stdin);
   if (n < 0) {
     free(line);
     return IN_EOF;
   }
-  if (n > 0 && line[n - 1] == '\n') line[n - 1] = '\0';
+  if (n > 0 && line[n - 1] == '\n') line[--n] = '\0';
+  fwrite(line, 1, (size_t)n, stdout);
+  fputc('\n', stdout);
+  fflush(stdout);
   *out = line;
   return IN_LINE;
 }
@@ -502,27 +514,30 @@ static char *prompt_of(lua_State *L, int first) {
   return p ? p : strdup(first ? "> " : ">> ");
 }
 
+/* The line as a string; on the first line of a chunk, "=e" is
+** "return e", as in lua5.4 (a habit of Lua 5.1's REPL). */
 static int pushline_k(lua_State *L) {
-  lua_pushstring(L, lua_touserdata(L, 1));
+  const char *line = lua_touserdata(L, 1);
+  if (lua_toboolean(L, 2) && line[0] == '=')
+    lua_pushfstring(L, "return %s", line + 1);
+  else
+    lua_pushstring(L, line);
   return 1;
 }
 
 /* Reads a line and pushes it: IN_LINE, or IN_EOF / IN_INTR (nothing
 ** pushed). The malloc'd line is freed before anything can raise. */
 static int pushline(lua_State *L, int first) {
-  char *line = NULL, *prompt;
+  char *line = NULL, *prompt = prompt_of(L, first);
+  const char *p = prompt ? prompt : first ? "> " : ">> ";
   int r, st;
-  if (tty) {
-    prompt = prompt_of(L, first);
-    r = tty_line(L, prompt ? prompt : "> ", &line);
-    free(prompt);
-  } else {
-    r = plain_line(&line);
-  }
+  r = tty ? tty_line(L, p, &line) : plain_line(p, &line);
+  free(prompt);
   if (r != IN_LINE) return r;
   lua_pushcfunction(L, pushline_k);
   lua_pushlightuserdata(L, line);
-  st = lua_pcall(L, 1, 1, 0);
+  lua_pushboolean(L, first);
+  st = lua_pcall(L, 2, 1, 0);
   free(line);
   if (st != LUA_OK) {
     lua_pop(L, 1);
@@ -688,6 +703,54 @@ static void report(lua_State *L) {
   lua_pop(L, 1);
 }
 
+/* Whether results are to go through the global print: always without a
+** terminal (as in lua5.4), and on a terminal when the program replaced
+** conclua's print (by nil too). A raw read: no code of the program runs
+** outside a protected call. */
+static int user_print(lua_State *L) {
+  int stock;
+  if (!tty) return 1;
+  lua_pushglobaltable(L);
+  lua_pushliteral(L, "print");
+  lua_rawget(L, -2);
+  stock = lua_tocfunction(L, -1) == conc_print;
+  lua_pop(L, 2);
+  return !stock;
+}
+
+/* print(...) with the global print, found as lua5.4 finds it. */
+static int print_k(lua_State *L) {
+  int n = lua_gettop(L);
+  lua_getglobal(L, "print");
+  lua_insert(L, 1);
+  lua_call(L, n, 0);
+  return 0;
+}
+
+/* print's own error, as it is: the REPL says it came from print. */
+static int print_msgh(lua_State *L) {
+  CONC_UNUSED(L);
+  return 1;
+}
+
+/* Prints the n results on top through print_k; on error, leaves the
+** message "error calling 'print' (...)" on top. */
+static int call_print(lua_State *L, int n) {
+  int st;
+  lua_pushcfunction(L, print_k);
+  lua_insert(L, -(n + 1));
+  st = conclua_pcall(L, n, 0, print_msgh);
+  settle_interrupt(L);
+  if (st != LUA_OK) {
+    const char *msg = lua_tostring(L, -1);
+    if (msg == NULL)
+      msg = lua_pushfstring(L, "error object is a %s value",
+                            luaL_typename(L, -1));
+    lua_pushfstring(L, "error calling 'print' (%s)", msg);
+  }
+  return st;
+}
+
 /* Runs the chunk on top and prints what it returned, if anything. */
 static void evaluate(lua_State *L) {
   int base = lua_gettop(L) - 1, st;
@@ -704,6 +767,8 @@ static void evaluate(lua_State *L) {
       lua_settop(L, base);
       lua_pushliteral(L, "too many results to print");
       st = LUA_ERRRUN;
+    } else if (user_print(L)) {
+      st = call_print(L, n);
     } else {
       lua_pushcfunction(L, show_k);
       lua_insert(L, base + 1);
@@ -1077,6 +1142,9 @@ int conclua_repl(lua_State *L) {
   if (tty) {
     wait_at_exit(L);
     tty_close();
+  } else {                      /* the line the last prompt was on ends */
+    fputc('\n', stdout);
+    fflush(stdout);
   }
   repl_L = NULL;
   return 0;

@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# tests/conformance.sh: Lua 5.4.4's own test suite under conclua (what
+# `make conformance` runs; SPEC section 1: a drop-in `lua`).
+#
+#   CONCLUA_BUILD=build LUA_TESTS=dir tests/conformance.sh
+#
+# LUA_TESTS is the suite's folder (the testes/ of Lua 5.4.4, or the
+# lua-5.4.4-tests folder of lua.org's tarball); by default
+# ../shared/lua-tests/5.4.4 next to the repository. The suite is Lua.org's
+# and not part of the project: it is copied into a temporary folder (its
+# tests write files where they run) and run there, as its README says:
+#
+#   conclua -e"_port=true" all.lua    must end with "final OK !!!"
+#   conclua main.lua                  the stand-alone interpreter tests
+#                                     (they run the interpreter that runs
+#                                     them, found in arg[-1]), must end "OK"
+#
+# Each must also exit 0. The output of each run goes to a log in the
+# build folder, whose tail is shown when it fails. Exit status: 0 when
+# both pass, 1 when one fails, 2 when the suite or conclua is missing.
+
+set -u
+
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/.." && pwd)
+build=${CONCLUA_BUILD:-build}
+case $build in /*) ;; *) build="$root/$build" ;; esac
+conclua="$build/conclua"
+suite=${LUA_TESTS:-$root/../shared/lua-tests/5.4.4}
+
+if [ ! -x "$conclua" ]; then
+  echo "conformance: no $conclua (run make first)" >&2
+  exit 2
+fi
+if [ ! -f "$suite/all.lua" ] || [ ! -f "$suite/main.lua" ]; then
+  cat >&2 <<EOF
+conformance: Lua 5.4.4's test suite is not at $suite
+(no all.lua and main.lua there). Get it from lua.org and point LUA_TESTS at it:
+
+  curl -O https://www.lua.org/tests/lua-5.4.4-tests.tar.gz
+  tar xzf lua-5.4.4-tests.tar.gz
+  make conformance LUA_TESTS=\$PWD/lua-5.4.4-tests
+EOF
+  exit 2
+fi
+suite=$(cd "$suite" && pwd)
+
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/conclua-conformance.XXXXXX") || exit 2
+trap 'rm -rf "$tmp"' EXIT
+cp -R "$suite/." "$tmp/" || exit 2
+mkdir -p "$build"
+
+echo "conformance: Lua 5.4.4's test suite from $suite, run in $tmp"
+failed=0
+
+# run NAME EXPECTED-LAST-LINE ARGS...: one file of the suite under conclua.
+run() {
+  local name=$1 want=$2 log="$build/conformance-$1.log" start end rc last
+  shift 2
+  start=$(date +%s)
+  (cd "$tmp" && "$conclua" "$@" < /dev/null > "$log" 2>&1)
+  rc=$?
+  end=$(date +%s)
+  last=$(grep -v '^[[:space:]]*$' "$log" | grep -v '>>> closing state <<<' |
+         tail -n 1)
+  if [ "$rc" -eq 0 ] && [ "$last" = "$want" ]; then
+    printf '  %-9s ok (%ds)\n' "$name" "$((end - start))"
+  else
+    printf '  %-9s FAILED: exit status %d, last line "%s" (want "%s"); %s ends:\n' \
+      "$name" "$rc" "$last" "$want" "$log"
+    tail -n 20 "$log" | sed 's/^/    /'
+    failed=1
+  fi
+}
+
+run all.lua "final OK !!!" -e"_port=true" all.lua
+run main.lua "OK" main.lua
+
+if [ "$failed" -ne 0 ]; then
+  echo "conformance: FAILED"
+  exit 1
+fi
+echo "conformance: both pass"
