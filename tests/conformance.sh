@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # tests/conformance.sh: Lua 5.4.4's own test suite under conclua (what
-# `make conformance` runs; SPEC section 1: a drop-in `lua`).
+# `make conformance` runs; README.md: a drop-in `lua`).
 #
 #   CONCLUA_BUILD=build LUA_TESTS=dir tests/conformance.sh
 #

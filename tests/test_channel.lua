@@ -1,4 +1,4 @@
--- conc.channel (SPEC section 5): between the threads of one process.
+-- conc.channel (docs/reference.md, "Channels"): between the threads of one process.
 local T = require "t"
 
 T.test("send and recv in order, values copied", function()

@@ -1,4 +1,4 @@
--- The conclua command as a user runs it (SPEC section 1): options, the arg
+-- The conclua command as a user runs it (docs/getting-started.md, README.md): options, the arg
 -- table, errors and exit codes, stdin, signals, the wait at exit.
 local T = require "t"
 local exe = T.q(T.conclua)

@@ -1,5 +1,5 @@
 -- make install, pkg-config, the host program of docs/embedding.md, and
--- conc.so under the stock lua5.4 (SPEC section 8), the way a user does it:
+-- conc.so under the stock lua5.4 (docs/embedding.md), the way a user does it:
 -- install to a temporary prefix, build docs/examples/host.c with the
 -- flags pkg-config gives, run it, load the installed conc.so from lua5.4.
 local T = require "t"

@@ -1,4 +1,4 @@
--- Objects pinned to their process (SPEC 4, last bullet): a channel, a
+-- Objects pinned to their process (docs/reference.md, "Conventions": objects pinned to their process): a channel, a
 -- thread or process handle, a pool or a future used in a forked child
 -- raise "<kind> <id> belongs to another process" at once.
 local T = require "t"

@@ -1,4 +1,4 @@
--- conc.pipe (SPEC section 5): duplex, framed, between processes.
+-- conc.pipe (docs/reference.md, "Pipes"): duplex, framed, between processes.
 local T = require "t"
 
 T.test("both directions, any value", function()

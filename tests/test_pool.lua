@@ -1,4 +1,4 @@
--- require "conc.pool" (SPEC section 7).
+-- require "conc.pool" (docs/reference.md, "conc.pool").
 local T = require "t"
 local pool = require "conc.pool"
 
@@ -136,7 +136,7 @@ for _, kind in ipairs({"threads", "processes"}) do
     p:close()
   end)
 
-  -- SPEC 6/7: a pool crosses by reference; each thread gets its own results
+  -- a pool crosses by reference (docs/values.md); each thread gets its own results
   T.test(kind .. ": threads that share a pool map and submit at once", function()
     local p = pool[kind](2)
     local function work(p, t)
@@ -207,7 +207,7 @@ for _, kind in ipairs({"threads", "processes"}) do
     p:close()
   end)
 
-  -- SPEC 7: an executor; the work runs whatever the submitter does
+  -- an executor (docs/reference.md, "conc.pool"); the work runs whatever the submitter does
   T.test(kind .. ": work runs in the background while the submitter sleeps", function()
     local seen = conc.queue()               -- a witness outside the pool
     local p = pool[kind](2)
@@ -257,7 +257,7 @@ for _, kind in ipairs({"threads", "processes"}) do
     p:close()
   end)
 
-  -- SPEC 7: terminate during a map, from another thread
+  -- terminate during a map, from another thread
   T.test(kind .. ": terminate during a map raises pool terminated", function()
     local p = pool[kind](2)
     local t = spawn_thread(function() conc.sleep(0.3) p:terminate() end)

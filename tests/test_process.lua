@@ -1,4 +1,4 @@
--- spawn_process and process handles (SPEC section 4).
+-- spawn_process and process handles (docs/reference.md, "Processes").
 local T = require "t"
 
 T.test("returns values through the pipe", function()

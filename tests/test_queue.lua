@@ -1,4 +1,4 @@
--- conc.queue (SPEC section 5): many producers and consumers, processes
+-- conc.queue (docs/reference.md, "Queues"): many producers and consumers, processes
 -- and threads.
 local T = require "t"
 

@@ -1,4 +1,4 @@
--- conc.select (SPEC section 5): the first ready of channels, pipe ends,
+-- conc.select (docs/reference.md, "select"): the first ready of channels, pipe ends,
 -- queues and worker handles.
 local T = require "t"
 

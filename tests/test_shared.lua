@@ -1,4 +1,4 @@
--- conc.shared (SPEC section 5): a table every thread sees, and every
+-- conc.shared (docs/reference.md, "Shared tables"): a table every thread sees, and every
 -- process forked after it was made.
 local T = require "t"
 

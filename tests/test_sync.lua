@@ -1,4 +1,4 @@
--- conc.lock, semaphore, event, barrier (SPEC section 5), across threads
+-- conc.lock, semaphore, event, barrier (docs/reference.md, "Locks" to "Barriers"), across threads
 -- and across processes forked after they were made.
 local T = require "t"
 

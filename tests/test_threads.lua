@@ -1,4 +1,4 @@
--- spawn_thread and thread handles (SPEC section 3).
+-- spawn_thread and thread handles (docs/reference.md, "Threads").
 local T = require "t"
 
 T.test("join returns every value, nils and count kept", function()

@@ -1,4 +1,4 @@
--- Values that cross from one state to another (SPEC section 6), through
+-- Values that cross from one state to another (docs/values.md), through
 -- spawn_thread (function, upvalues, arguments, results), channels, and the
 -- pipe of a forked or spawned process.
 local T = require "t"

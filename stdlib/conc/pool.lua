@@ -50,6 +50,17 @@ kit.register(Pool)
 -- caller is that far up.
 local CALLER = 3
 
+-- Raises "bad argument #i to 'fname' (why)" at 'level' as error() takes
+-- it from the function that calls this one (Lua's luaL_argerror).
+local function argerror(i, fname, why, level)
+  error(string.format("bad argument #%d to '%s' (%s)", i, fname, why), level + 1)
+end
+
+-- The same for a value of the wrong type.
+local function typeerror(i, fname, expected, got, level)
+  argerror(i, fname, expected .. " expected, got " .. type(got), level + 1)
+end
+
 local tpack, tunpack = table.pack, table.unpack
 local now = conc.now
 -- A range is at most MAX_RANGE items and, once the items' size is known,
@@ -552,8 +563,7 @@ end
 local function new_pool(kind, n)
   if n == nil then n = conc.cpu_count() end
   if math.type(n) ~= "integer" or n < 1 then
-    error(string.format("bad argument #1 to '%s' (positive integer expected, got %s)",
-                        kind, tostring(n)), 3)
+    argerror(1, kind, "positive integer expected, got " .. tostring(n), 3)
   end
   local requests, lifeline, ready = conc.channel(), kit.future(), conc.channel()
   local p = kit.pool(kind, n, nil, requests, lifeline)
@@ -611,7 +621,7 @@ local function check(p, name)
   local st, why, isarg = kit.state(p)
   if st then return st end
   if isarg then
-    error(string.format("bad argument #1 to '%s' (%s)", name, why), CALLER + 1)
+    argerror(1, name, why, CALLER + 1)
   end
   error(why, CALLER + 1)
 end
@@ -624,8 +634,7 @@ end
 function Pool:submit(fn, ...)
   local st = check(self, "submit")
   if type(fn) ~= "function" then
-    error(string.format("bad argument #1 to 'submit' (function expected, got %s)",
-                        type(fn)), CALLER)
+    typeerror(1, "submit", "function", fn, CALLER)
   end
   if st ~= "open" then error("pool is closed", CALLER) end
   local f = kit.future()
@@ -672,23 +681,23 @@ end
 function Pool:map(fn, list, opts)
   local st = check(self, "map")
   if type(fn) ~= "function" then
-    error(string.format("bad argument #1 to 'map' (function expected, got %s)", type(fn)), CALLER)
+    typeerror(1, "map", "function", fn, CALLER)
   end
   if type(list) ~= "table" then
-    error(string.format("bad argument #2 to 'map' (table expected, got %s)", type(list)), CALLER)
+    typeerror(2, "map", "table", list, CALLER)
   end
   opts = opts or {}
   if type(opts) ~= "table" then
-    error(string.format("bad argument #3 to 'map' (table expected, got %s)", type(opts)), CALLER)
+    typeerror(3, "map", "table", opts, CALLER)
   end
   for key in pairs(opts) do
     if key ~= "chunksize" and key ~= "progress" then
-      error(string.format("bad argument #3 to 'map' (unknown option '%s')", tostring(key)), CALLER)
+      argerror(3, "map", "unknown option '" .. tostring(key) .. "'", CALLER)
     end
   end
   local chunk = opts.chunksize or 1
   if math.type(chunk) ~= "integer" or chunk < 1 then
-    error("bad argument #3 to 'map' (chunksize must be a positive integer)", CALLER)
+    argerror(3, "map", "chunksize must be a positive integer", CALLER)
   end
   if st ~= "open" then error("pool is closed", CALLER) end
   local n = #list
@@ -801,16 +810,16 @@ end
 -- 'seconds' pass first.
 function pool.as_completed(futures, seconds)
   if type(futures) ~= "table" then
-    error("bad argument #1 to 'as_completed' (table expected, got " .. type(futures) .. ")", 2)
+    typeerror(1, "as_completed", "table", futures, 2)
   end
   if seconds ~= nil and (type(seconds) ~= "number" or seconds < 0 or seconds ~= seconds) then
-    error("bad argument #2 to 'as_completed' (non-negative number expected)", 2)
+    argerror(2, "as_completed", "non-negative number expected", 2)
   end
   local left = {}
   for k, f in ipairs(futures) do
     local ok, why = kit.isfuture(f)
     if not ok then
-      error(string.format("bad argument #1 to 'as_completed' (item %d %s)", k, why), 2)
+      argerror(1, "as_completed", string.format("item %d %s", k, why), 2)
     end
     left[k] = f
   end

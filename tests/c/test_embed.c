@@ -1,6 +1,6 @@
 /*
 ** test_embed.c
-** The embedding API (SPEC section 8) as a host program uses it:
+** The embedding API (docs/embedding.md) as a host program uses it:
 ** conclua_open, conclua_on_state, conclua_wait, and lua_close with
 ** workers around. Each case runs in a process of its own (runner.h).
 */

@@ -1,6 +1,6 @@
 /*
 ** test_frames.c
-** Untrusted bytes (SPEC section 5): what a pipe, a queue, a child's
+** Untrusted bytes (docs/values.md, "Between processes"): what a pipe, a queue, a child's
 ** result pipe or the job pipe of a start = "spawn" child delivers is
 ** forged here, below the Lua API, and the reader must answer with a
 ** `corrupt message` error (or a timeout while the claimed bytes have not

@@ -1,6 +1,6 @@
 /*
 ** test_orphans.c
-** No child outlives its parent (SPEC section 1): a conclua script
+** No child outlives its parent (docs/reference.md, "Processes"): a conclua script
 ** (orphans.lua, next to this file) spawns children of every kind and then
 ** ends one way or another, round after round. Each case is a child
 ** subreaper, so whatever the script leaves behind becomes its child: it
@@ -25,7 +25,7 @@
 #include "runner.h"
 
 #define MAXPIDS 4096
-#define GRACE 2.0            /* SPEC: gone within 2 seconds */
+#define GRACE 2.0            /* gone within 2 seconds, as documented */
 
 static char conclua[4096], script[4096];
 
