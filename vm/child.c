@@ -4,13 +4,14 @@
 ** and start = "spawn", a fresh conclua given fn and its arguments.
 **
 ** A forked child runs fn on its copy of the calling state, in a coroutine
-** of its own so that an error's traceback shows the child's frames only.
-** It sends one frame (header, error message, results or error value in
-** marshal's remote form), waits for the workers it spawned itself, flushes
+** of its own so that an error's traceback shows the child's levels only.
+** It sends one reply (workers.h: header, error message, results or error
+** value in marshal's remote form), waits for the workers it spawned itself,
+*flushes
 ** stdio and _exits: it never returns into the parent's code nor runs the
 ** parent's exit handlers (os.exit is replaced in the child to that end).
-** A spawned child reads everything from a pipe, key first, so that the
-** functions it is sent pass their check.
+** A spawned child reads everything from a pipe (a spawnjob, workers.h),
+** key first, so that the functions it is sent pass their check.
 */
 
 #include <dlfcn.h>
@@ -34,16 +35,16 @@ extern char **environ;
 
 /* ------------------------------------------------------------ child */
 
-/* Sends the frame: header, error message and payload in one writev loop,
+/* Sends the reply: header, error message and payload in one writev loop,
 ** with SIGPIPE blocked for good (the child is about to exit: a pending
 ** one dies with it), so a parent gone is an error, not a signal. */
 static void child_send(int fd, int failed, const char *emsg, size_t elen,
                        mbuf *payload) {
-  frame f;
+  reply f;
   struct iovec iov[3];
   int i = 0, n = 0;
   sigset_t pipeset;
-  f.magic = FRAME_MAGIC;
+  f.magic = REPLY_MAGIC;
   f.status = (uint32_t)failed;
   f.msglen = elen;
   f.len = payload ? payload->n : 0;
@@ -121,7 +122,9 @@ void conc_child_run(lua_State *L, cstate *cs, worker *w, int fd, int first,
   pthread_sigmask(SIG_BLOCK, NULL, &cur);
   memset(&sa, 0, sizeof sa);
   sa.sa_handler = atomic_load(&children_ignore_sigint) ||
-                  (mask == NULL && sigismember(&cur, SIGINT)) ? SIG_IGN : SIG_DFL;
+                          (mask == NULL && sigismember(&cur, SIGINT))
+                      ? SIG_IGN
+                      : SIG_DFL;
   sigaction(SIGINT, &sa, NULL);
   sigemptyset(&cur);
   sigaddset(&cur, SIGINT);
@@ -146,7 +149,7 @@ void conc_child_run(lua_State *L, cstate *cs, worker *w, int fd, int first,
   }
   lua_pop(L, 2);
   /* fn runs in a coroutine of its own: its traceback then shows the
-  ** child's frames only, not the parent's below spawn_process */
+  ** child's levels only, not the parent's below spawn_process */
   co = lua_newthread(L);
   base = lua_gettop(L);
   for (int i = 0; i < n; i++) lua_pushvalue(L, first + i);
@@ -191,7 +194,7 @@ void conc_child_run(lua_State *L, cstate *cs, worker *w, int fd, int first,
   child_rfd = -1;
   if (cs->rt->head) {                /* it spawned workers */
     conc_rt_waitall(cs->rt, NULL);
-    conc_rt_shutdown(cs->rt);               /* its daemons: cancelled, or SIGTERM */
+    conc_rt_shutdown(cs->rt); /* its daemons: cancelled, or SIGTERM */
   }
   fflush(NULL);
   _exit(failed ? 1 : 0);
@@ -205,14 +208,14 @@ void conc_child_run(lua_State *L, cstate *cs, worker *w, int fd, int first,
 ** with the code running this (PREFIX/lib/libconclua.so and
 ** PREFIX/lib/lua/5.4/conc.so give PREFIX/bin/conclua; a build directory
 ** holds both); the one of the prefix this was built for; one on PATH. */
-const char *conclua_exe(char *buf, size_t n) {
+const char *conc_exe_path(char *buf, size_t n) {
   static const char *const rel[] = {"/../bin/conclua", "/../../../bin/conclua",
                                     "/conclua", NULL};
   const char *e = getenv("CONCLUA_EXE");
   Dl_info info;
   if (e && *e) return e;
   if (conc_self_exe) return conc_self_exe;
-  if (dladdr((void *)conclua_exe, &info) && info.dli_fname &&
+  if (dladdr((void *)conc_exe_path, &info) && info.dli_fname &&
       strchr(info.dli_fname, '/')) {
     const char *slash = strrchr(info.dli_fname, '/');
     int dirlen = (int)(slash - info.dli_fname);
@@ -237,21 +240,20 @@ const char *conclua_exe(char *buf, size_t n) {
   return NULL;
 }
 
-/* Everything a fresh conclua needs, in one pipe write: key, id, name,
-** package paths, then fn and its arguments. Hands lfd, the lifeline
+/* Everything a fresh conclua needs, on its job pipe (a spawnjob:
+** workers.h). Hands lfd, the lifeline
 ** read end for the child (or -1), back, whatever happens. */
 int conc_spawn_exec(lua_State *L, cstate *cs, worker *w, int fi, int n,
                       const char *exe, int rfd[2], int lfd, int lkept) {
   int jfd[2];
   char err[512], fdarg[3][16];
   mbuf b;
-  unsigned char key[16];
+  spawnjob job;
   char *path = NULL, *cpath = NULL;
-  uint64_t lens[4];
   pid_t pid;
   conc_mbuf_init(&b);
-  if (conc_marshal_encode(L, cs, fi, n, &b, MARSHAL_REMOTE | MARSHAL_NOSHM, "spawn",
-                     err, sizeof err) != 0) {
+  if (conc_marshal_encode(L, cs, fi, n, &b, MARSHAL_REMOTE | MARSHAL_NOSHM,
+                          "spawn", err, sizeof err) != 0) {
     conc_mbuf_free(&b);
     conc_fd_close(rfd[0]);
     conc_fd_close(rfd[1]);
@@ -301,7 +303,8 @@ int conc_spawn_exec(lua_State *L, cstate *cs, worker *w, int fi, int n,
     posix_spawn_file_actions_adddup2(&fa, rfd[1], rfd[1]);
     if (lfd >= 0) posix_spawn_file_actions_adddup2(&fa, lfd, lfd);
     posix_spawnattr_init(&sa);
-    posix_spawnattr_setflags(&sa, POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK);
+    posix_spawnattr_setflags(&sa,
+                             POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK);
     posix_spawnattr_setsigdefault(&sa, &all);
     posix_spawnattr_setsigmask(&sa, &none);
     fflush(NULL);
@@ -326,18 +329,19 @@ int conc_spawn_exec(lua_State *L, cstate *cs, worker *w, int fi, int n,
     return luaL_error(L, "cannot start process: %s", strerror(e));
   }
   w->pid = pid;
-  conc_marshal_key(key);
-  lens[0] = (uint64_t)strlen(w->name);
-  lens[1] = path ? strlen(path) : 0;
-  lens[2] = cpath ? strlen(cpath) : 0;
-  lens[3] = b.n;
+  conc_marshal_key(job.key);
+  job.id = w->id;
+  job.lens[0] = (uint64_t)strlen(w->name);
+  job.lens[1] = path ? strlen(path) : 0;
+  job.lens[2] = cpath ? strlen(cpath) : 0;
+  job.lens[3] = b.n;
   /* the child may die first: EPIPE is fine, the reaper reports it */
-  if (conc_fd_write_all(jfd[1], key, sizeof key) == 0 &&
-      conc_fd_write_all(jfd[1], &w->id, sizeof w->id) == 0 &&
-      conc_fd_write_all(jfd[1], lens, sizeof lens) == 0 &&
-      conc_fd_write_all(jfd[1], w->name, (size_t)lens[0]) == 0 &&
-      (!lens[1] || conc_fd_write_all(jfd[1], path, (size_t)lens[1]) == 0) &&
-      (!lens[2] || conc_fd_write_all(jfd[1], cpath, (size_t)lens[2]) == 0))
+  if (conc_fd_write_all(jfd[1], &job, sizeof job) == 0 &&
+      conc_fd_write_all(jfd[1], w->name, (size_t)job.lens[0]) == 0 &&
+      (!job.lens[1] ||
+       conc_fd_write_all(jfd[1], path, (size_t)job.lens[1]) == 0) &&
+      (!job.lens[2] ||
+       conc_fd_write_all(jfd[1], cpath, (size_t)job.lens[2]) == 0))
     conc_fd_write_all(jfd[1], b.p, b.n);
   conc_fd_close(jfd[1]);
   conc_mbuf_free(&b);
@@ -352,9 +356,8 @@ int conc_spawn_exec(lua_State *L, cstate *cs, worker *w, int fi, int n,
 ** LIFELINEFD. */
 int conc_process_child_main(int argc, char **argv, int (*open)(lua_State *L)) {
   int jfd, rfd, lfd, n;
-  unsigned char key[16];
-  int64_t id;
-  uint64_t lens[4];
+  spawnjob job;
+  const uint64_t *lens = job.lens;
   char *name = NULL, *path = NULL, *cpath = NULL, *payload = NULL;
   lua_State *L;
   cstate *cs;
@@ -371,9 +374,7 @@ int conc_process_child_main(int argc, char **argv, int (*open)(lua_State *L)) {
   rfd = atoi(argv[3]);
   fcntl(jfd, F_SETFD, FD_CLOEXEC);
   fcntl(rfd, F_SETFD, FD_CLOEXEC);
-  if (conc_fd_read_full(jfd, key, sizeof key) != sizeof key ||
-      conc_fd_read_full(jfd, &id, sizeof id) != sizeof id ||
-      conc_fd_read_full(jfd, lens, sizeof lens) != sizeof lens ||
+  if (conc_fd_read_full(jfd, &job, sizeof job) != sizeof job ||
       lens[0] > 4096 || lens[1] > 65536 || lens[2] > 65536)
     return 3;
   name = calloc(1, (size_t)lens[0] + 1);
@@ -387,7 +388,7 @@ int conc_process_child_main(int argc, char **argv, int (*open)(lua_State *L)) {
       conc_fd_read_alloc(jfd, (size_t)lens[3], &payload) != 0)
     return 3;
   conc_fd_close(jfd);
-  conc_marshal_setkey(key);
+  conc_marshal_setkey(job.key);
   L = luaL_newstate();
   if (L == NULL) return 3;
   luaL_openlibs(L);
@@ -396,7 +397,7 @@ int conc_process_child_main(int argc, char **argv, int (*open)(lua_State *L)) {
   r = cs->rt;
   w = conc_worker_new(r, &conc_process_ops, name, 0);
   if (w == NULL) return 3;
-  w->id = id;
+  w->id = job.id;
   if (lens[1]) {
     lua_getglobal(L, "package");
     lua_pushstring(L, path);

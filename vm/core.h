@@ -64,7 +64,7 @@ typedef struct kindinfo {
   const char *const *fields;       /* their names (the REPL completes them) */
   int (*tostring)(lua_State *L);
   /* conc.select: take a ready value without blocking, or enlist 'n' to be
-  ** told; see select.c for the protocol. */
+  ** told; see waitq.c for the protocol. */
   int (*sel_try)(cobj *o, struct selnode *n);
   void (*sel_delist)(cobj *o, struct selnode *n);
   /* fds to poll for it (0 to 2 of them, in fds) instead of enlisting */
@@ -127,7 +127,7 @@ void conc_mbuf_init(mbuf *b);
 void conc_mbuf_free(mbuf *b);          /* releases the refs it holds */
 void conc_mbuf_reset(mbuf *b);         /* ditto, keeps the memory */
 int conc_mbuf_reserve(mbuf *b, size_t extra);   /* room for extra more: 0, -1 */
-int conc_mbuf_addref(mbuf *b, cobj *o);         /* retains o; its index, or -1 */
+int conc_mbuf_addref(mbuf *b, cobj *o); /* retains o; its index, or -1 */
 
 /* A message holding a copy of n bytes (no references), or NULL. */
 msg *conc_msg_alloc(size_t n);
@@ -156,7 +156,8 @@ int conc_msg_raise(lua_State *L, int code, const char *err);
 void conc_marshal_key(unsigned char key[16]);
 void conc_marshal_setkey(const unsigned char key[16]);
 uint64_t conc_siphash24(const unsigned char key[16], const void *p, size_t n);
-uint64_t conc_marshal_mac(const void *p, size_t n);   /* keyed by conc_marshal_key */
+uint64_t conc_marshal_mac(const void *p,
+                          size_t n); /* keyed by conc_marshal_key */
 
 /* ------------------------------------------------------------ runtime.c */
 
@@ -262,6 +263,10 @@ void conc_paths_release(paths *p);
 const char *conc_errmsg(lua_State *L, int idx);
 void conc_cs_setfuncs(lua_State *L, cstate *cs, const luaL_Reg *l);
 void conc_cs_pushfunc(lua_State *L, cstate *cs, lua_CFunction f);
+/* Raises unless the argument at 'arg' is absent, nil, or a table whose
+** keys are all among 'known' (NULL-terminated; NULL: no option at all):
+** "bad argument #1 to 'lock' (unknown option 'reentrant')" (runtime.c). */
+void conc_checkoptions(lua_State *L, int arg, const char *const *known);
 /* Lua's Name (an identifier that is no reserved word): conc_isname for n
 ** bytes, conc_isname_z for a string (NULL: no); conc_isnamechar for one
 ** of its characters. For keys printed as t.key and completed. */
@@ -269,6 +274,9 @@ int conc_isname(const char *s, size_t n);
 int conc_isname_z(const char *s);
 int conc_isnamechar(int c);
 extern const char *const conc_reserved[];   /* Lua's reserved words */
+/* Registry key of a state's map from standard library tables to their
+** names (string, math...): those cross by name. */
+extern const char conc_libskey;
 /* The cstate of a state made by conclua_open, or NULL. */
 cstate *conc_cs_of(lua_State *L);
 /* The stop request pending for the state: "cancelled" for a cancelled
@@ -292,10 +300,6 @@ void conc_cs_materialize(lua_State *L, cstate *cs);
 ** at the first use of a global (conc_opener). */
 void conc_state_make_lazy(lua_State *L, cstate *cs);
 
-/* A state made for a worker, with its own small-block allocator
-** (alloc.c); close it with conc_state_close. */
-lua_State *conc_state_new(void);
-void conc_state_close(lua_State *L);
 void conc_state_bind(lua_State *L, cstate *cs);
 /* Runs the runtime's hooks in L, a new worker state; raises the error of
 ** a hook that raised (call it under lua_pcall). */
@@ -377,7 +381,7 @@ void conc_selq_nudge_all(struct selnode **q);
 /* ------------------------------------------------------------ shm.c */
 
 /* Objects whose state lives in shared memory, so it crosses fork: the
-** local record, its page, and its place in the table by uid (sync.c). */
+** local record, its page, and its place in the table by uid (shm.c). */
 typedef struct shmobj {
   cobj obj;
   void *shm;
@@ -388,7 +392,7 @@ int conc_shmobj_init(shmobj *o, int kind, size_t size);   /* 0, or -1 + errno */
 void conc_shmobj_destroy(shmobj *o);
 
 /* A lock in shared memory that survives the death of its owner: the
-** word holds the owner's id (owner.c), 0 when free (sync.c). */
+** word holds the owner's id (owner.c), 0 when free (shm.c). */
 typedef struct slock {
   _Atomic uint64_t word;
   _Atomic uint32_t seq;        /* waiters sleep here */
@@ -401,7 +405,8 @@ int conc_slock_try(slock *s);
 ** otherwise. */
 int conc_slock_lock(slock *s);
 void conc_slock_unlock(slock *s);
-int conc_slock_owner_dead(slock *s); /* frees the lock of a dead owner; 1 if so */
+int conc_slock_owner_dead(
+    slock *s); /* frees the lock of a dead owner; 1 if so */
 
 /* Bumps a shared sequence word and wakes n of its sleepers. */
 void conc_bump(_Atomic uint32_t *seq, _Atomic uint32_t *nwait, int n);
@@ -413,16 +418,11 @@ int conc_sync_wait(cstate *cs, _Atomic uint32_t *seq, _Atomic uint32_t *nwait,
               const deadline *d, ready_fn ready, ready_fn idle, void *state,
               void *arg, const char **why);
 
-/* Shared memory for objects that cross fork (sync.c). */
+/* Shared memory for objects that cross fork (shm.c). */
 void *conc_shm_alloc(size_t size);
 void conc_shm_free(void *p, size_t size);
 /* The shm object with this uid mapped in this process, with a reference
 ** taken, or NULL. */
 cobj *conc_shm_lookup(uint64_t uid);
-
-/* Raises unless the argument at 'arg' is absent, nil, or a table whose
-** keys are all among 'known' (NULL-terminated; NULL: no option at all):
-** "bad argument #1 to 'lock' (unknown option 'reentrant')" (sync.c). */
-void conc_checkoptions(lua_State *L, int arg, const char *const *known);
 
 #endif

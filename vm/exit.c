@@ -189,7 +189,8 @@ static int rt_stop(rt *r, cstate *cs, const char *prog) {
   pthread_mutex_unlock(&r->mu);
   v = conc_rt_pick(r, stoppable, &n);
   for (int i = n - 1; i >= 0; i--)              /* oldest first */
-    if (!v[i]->daemon) describe(names, sizeof names, &used, v[i], listed++ == 0);
+    if (!v[i]->daemon)
+      describe(names, sizeof names, &used, v[i], listed++ == 0);
   if (listed) {
     fprintf(stderr, "%s: stopping %d worker%s: %s\n", prog, listed,
             listed == 1 ? "" : "s", names);
@@ -242,7 +243,8 @@ int conc_rt_exit_wait(rt *r, cstate *cs, int interrupted, const char *prog) {
     if (conc_interrupt_take(cs)) stop = 1;      /* came before the arming */
     conc_interrupt_install(1);
   }
-  if (conc_rt_exit_hook && !stop && !interrupted) conc_rt_exit_hook(r);   /* pools */
+  if (conc_rt_exit_hook && !stop && !interrupted)
+    conc_rt_exit_hook(r); /* pools */
   if (!stop && !interrupted) stop = wait_awaited(r, NULL, cs);
   pthread_mutex_lock(&r->mu);
   done = r->stopped;                            /* by an earlier call */

@@ -174,7 +174,8 @@ static int fut_done(lua_State *L) {
   return 1;
 }
 
-/* ------------------------------------------------------------ the pool's side */
+/* ------------------------------------------------------------ the pool's side
+ */
 
 /* kit.start(f) -> true if it was pending (it is running now). */
 static int fut_start(lua_State *L) {
@@ -251,7 +252,8 @@ static int fut_settled(lua_State *L) {
     f = (future *)conc_obj_test(L, cs, -1);
     lua_pop(L, 1);
     if (f == NULL || f->obj.kind != K_FUTURE) continue;
-    if (conc_obj_foreign(&f->obj, what, sizeof what)) {   /* its lock is not ours */
+    if (conc_obj_foreign(&f->obj, what,
+                         sizeof what)) { /* its lock is not ours */
       lua_pushfstring(L, "%s belongs to another process", what);
       return lua_error(L);
     }

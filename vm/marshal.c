@@ -9,7 +9,7 @@
 **   TABLE u32 narr, u32 nhash, flags, narr values (keys 1..narr, in
 **         order), nhash key/value pairs, then the metatable if flags & 1
 **   REF varint i     the i-th table or function of this message again
-**   LFUNC varint len, bytecode, u64 MAC, u8 nups, nups upvalues, each a
+**   LFUNC u32 len, bytecode, u64 MAC, u8 nups, nups upvalues, each a
 **         value or UPJOIN varint f, u8 n (shares upvalue n of function f)
 **   CFUNC varint len, name   ("string.format": standard library or conc)
 **   GLOBALS          the receiver's global table
@@ -590,8 +590,8 @@ static void enc_message(enc *e, const char *root, char *err, size_t errsz) {
   if (e->why == NOMEM) {
     snprintf(err, errsz, "%s", NOMEM);   /* as Lua says it */
   } else if (e->badtype == NULL) {
-    snprintf(err, errsz, "cannot transfer %s (%s%s%s)", e->why ? e->why : "value",
-             root, sep, e->path);
+    snprintf(err, errsz, "cannot transfer %s (%s%s%s)",
+             e->why ? e->why : "value", root, sep, e->path);
   } else if (e->why) {
     snprintf(err, errsz, "cannot transfer a value of type '%s' (%s%s%s): %s",
              e->badtype, root, sep, e->path, e->why);
@@ -910,7 +910,8 @@ static int dec_lfunc(dec *d) {
   c.n = len;
   d->p += len;
   if (getbytes(d, &mac, 8)) return -1;
-  if (mac != conc_marshal_mac(c.p, len)) return bad(d, "function failed its check");
+  if (mac != conc_marshal_mac(c.p, len))
+    return bad(d, "function failed its check");
   if (c.p[0] != LUA_SIGNATURE[0]) return bad(d, "not a function");
   if (lua_load(L, chunk_reader, &c, "=?", "b") != LUA_OK) {
     lua_pop(L, 1);
@@ -969,7 +970,8 @@ static int conc_own(lua_State *L, cstate *cs, const char *name,
   if (colon == NULL) {
     lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
     if (strncmp(name, "_G.", 3) == 0) {        /* spawn_thread, spawn_process */
-      if (lua_getfield(L, -1, "_G") == LUA_TTABLE) lua_getfield(L, -1, name + 3);
+      if (lua_getfield(L, -1, "_G") == LUA_TTABLE)
+        lua_getfield(L, -1, name + 3);
     } else if (lua_getfield(L, -1, "conc") == LUA_TTABLE) {
       lua_getfield(L, -1, name + 5);
     }
@@ -1016,7 +1018,8 @@ static int dec_cfunc(dec *d) {
   if (isconc) {
     if (d->cs == NULL) return bad(d, "conc functions need a conclua state");
     /* in a light state the receiver's own is this very light function */
-    if (d->cs->light || !conc_own(L, d->cs, name, f)) conc_cs_pushfunc(L, d->cs, f);
+    if (d->cs->light || !conc_own(L, d->cs, name, f))
+      conc_cs_pushfunc(L, d->cs, f);
     return 0;
   }
   hit = conc_cfunc_find(name);

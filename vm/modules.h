@@ -14,41 +14,60 @@
 /* ------------------------------------------------------------ select.c */
 
 /* Pushes the value a select node received (freeing it); the count. */
-int conc_sel_push_value(lua_State *L, struct cstate *cs, msg *m, const char *inl,
-                   uint32_t n);
+int conc_sel_push_value(lua_State *L, struct cstate *cs, msg *m,
+                        const char *inl, uint32_t n);
 int conc_sel_push(lua_State *L, struct cstate *cs, selnode *n);
 
 int conc_select(lua_State *L);
 
-/* ------------------------------------------------------------ pools */
+/* ------------------------------------------------------------ future.c */
 
-/* future.c */
 cobj *conc_future_make(void);                 /* a pending future, or NULL */
 /* Settles f with value (taken over; may be NULL) and wakes its waiters;
 ** 0 if it was settled already. */
 int conc_future_settle(cobj *f, int ok, msg *value);
 int conc_future_new(lua_State *L);            /* kit.future */
-extern const luaL_Reg conc_future_funcs[];    /* kit.future, settle, settled... */
+extern const luaL_Reg conc_future_funcs[];    /* kit.future, settle, ... */
 lua_Integer conc_future_id(cobj *f);
+extern const kindinfo conc_future_kind;
 
-/* pool.c */
+/* ------------------------------------------------------------ pool.c */
+
 int conc_pool_kit(lua_State *L);              /* conc._poolkit */
 lua_Integer conc_pool_id(cobj *p);
+extern const kindinfo conc_pool_kind;
 
-/* ------------------------------------------------------------ the kinds */
-
-extern const kindinfo conc_channel_kind, conc_lock_kind, conc_semaphore_kind, conc_event_kind,
-    conc_barrier_kind, conc_shared_kind, conc_pipe_kind, conc_queue_kind, conc_future_kind,
-    conc_parcel_kind, conc_pool_kind;
+/* ------------------------------------------------------------ channel.c */
 
 int conc_chan_new(lua_State *L);
+extern const kindinfo conc_channel_kind;
+
+/* ------------------------------------------------------------ pipe.c */
+
+int conc_pipe_new(lua_State *L);
+extern const kindinfo conc_pipe_kind;
+
+/* ------------------------------------------------------------ queue.c */
+
+int conc_queue_new(lua_State *L);
+extern const kindinfo conc_queue_kind;
+
+/* ------------------------------------------------------------ sync.c */
+
 int conc_sync_lock(lua_State *L);
 int conc_sync_semaphore(lua_State *L);
 int conc_sync_event(lua_State *L);
 int conc_sync_barrier(lua_State *L);
+extern const kindinfo conc_lock_kind, conc_semaphore_kind, conc_event_kind,
+    conc_barrier_kind;
+
+/* ------------------------------------------------------------ shared.c */
+
 int conc_shared_new(lua_State *L);
+extern const kindinfo conc_shared_kind;
+
+/* ------------------------------------------------------------ shtab.c */
+
 extern _Atomic int conc_shared_recoveries;     /* for conc._stats */
-int conc_pipe_new(lua_State *L);
-int conc_queue_new(lua_State *L);
 
 #endif

@@ -60,7 +60,8 @@ static uint64_t load64(const unsigned char *p) {
 }
 
 /* SipHash-2-4 (Aumasson and Bernstein), 64-bit output. */
-uint64_t conc_siphash24(const unsigned char key[16], const void *data, size_t n) {
+uint64_t conc_siphash24(const unsigned char key[16], const void *data,
+                        size_t n) {
   const unsigned char *p = data;
   uint64_t k0 = load64(key), k1 = load64(key + 8);
   uint64_t v0 = k0 ^ 0x736f6d6570736575ULL, v1 = k1 ^ 0x646f72616e646f6dULL;

@@ -9,9 +9,10 @@
 ** has at most one handle per object: a weak-valued table in the registry
 ** maps the object's address to its userdata, so a channel that comes back
 ** through a message is == (and the same table key) as the one sent.
-** The objects whose mutexes must not be held across fork() register in a
-** list; fork takes all of them (conc_objreg_lockall) so the child never inherits
-** a lock held by a thread it does not have.
+** The objects whose mutexes must not be held across fork() register
+** with fork.c, which takes them all around a fork.
+** The kinds are init.c's table, registered here (conc_obj_addkind): this
+** file knows a kind only by what its kindinfo says.
 ** A kind marked pinned (a channel, a thread, a pool...) means nothing
 ** outside the process that made it: a forked child has a copy of the
 ** parent's objects, but no thread, waiter or worker of the parent is
@@ -194,7 +195,8 @@ void conc_obj_push(lua_State *L, cstate *cs, cobj *o) {
   lua_pop(L, 1);
   h = lua_newuserdatauv(L, sizeof *h, 0);
   h->o = NULL;
-  if (cs == NULL || cs->mt[o->kind] == NULL) conc_obj_newmetatable(L, cs, o->kind);
+  if (cs == NULL || cs->mt[o->kind] == NULL)
+    conc_obj_newmetatable(L, cs, o->kind);
   luaL_setmetatable(L, conc_kinds[o->kind]->tname);
   conc_obj_retain(o);
   h->o = o;

@@ -47,7 +47,7 @@ ssize_t conc_fd_read_full(int fd, void *p, size_t n);
 int conc_fd_read_alloc(int fd, size_t n, char **out);
 int conc_fd_set_nonblock(int fd, int on);
 void conc_fd_close(int fd);                         /* keeps errno */
-int conc_fd_count(void);                            /* open fds of the process */
+int conc_fd_count(void); /* open fds of the process */
 
 /* ------------------------------------------------------------ wait.c */
 
@@ -70,11 +70,13 @@ double conc_opttimeout(lua_State *L, int arg);
 /* Futexes. 'shared' selects a process-shared futex (for words in
 ** MAP_SHARED memory). conc_futex_wait returns 0 when woken (maybe spuriously),
 ** ETIMEDOUT at the deadline, EAGAIN if *w != v, EINTR on a signal. */
-int conc_futex_wait(_Atomic uint32_t *w, uint32_t v, const deadline *d, int shared);
+int conc_futex_wait(_Atomic uint32_t *w, uint32_t v, const deadline *d,
+                    int shared);
 void conc_futex_wake(_Atomic uint32_t *w, int n, int shared);
 
 /* A parker: what one OS thread sleeps on inside a blocking conc call.
-** A waiter reads conc_park_seq, checks its condition, then conc_park_sleep(seen);
+** A waiter reads conc_park_seq, checks its condition, then
+*conc_park_sleep(seen);
 ** any waker that changed the condition before calling conc_park_wake makes
 ** conc_park_sleep return. conc_park_wake is async-signal-safe. */
 typedef struct parker {
@@ -92,7 +94,8 @@ int conc_spin(_Atomic uint32_t *budget, int (*ready)(void *), void *arg);
 void conc_park_init(parker *p);
 void conc_park_destroy(parker *p);
 uint32_t conc_park_seq(parker *p);
-int conc_park_sleep(parker *p, uint32_t seen, const deadline *d); /* 0/ETIMEDOUT */
+int conc_park_sleep(parker *p, uint32_t seen,
+                    const deadline *d); /* 0/ETIMEDOUT */
 void conc_park_wake(parker *p);
 /* Sleeps in poll() on fds plus the parker: returns poll's result (0 on
 ** timeout), -1 with errno on error. 'seen' as for conc_park_sleep. The array

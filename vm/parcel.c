@@ -48,8 +48,8 @@ static int parcel_pack(lua_State *L) {
   char err[512];
   parcel *p;
   msg *m;
-  if (conc_marshal_encode(L, cs, 3, n, &cs->scratch, remote ? MARSHAL_REMOTE : 0,
-                     root, err, sizeof err)) {
+  if (conc_marshal_encode(L, cs, 3, n, &cs->scratch,
+                          remote ? MARSHAL_REMOTE : 0, root, err, sizeof err)) {
     lua_pushnil(L);
     lua_pushstring(L, err);
     return 2;

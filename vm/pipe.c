@@ -4,7 +4,10 @@
 ** (or two threads).
 **
 ** DESIGN. The ends are the two sockets of an AF_UNIX stream socketpair
-** (duplex, and faster than pipe(2)), non-blocking, with close-on-exec.
+** (duplex, and faster than pipe(2)), with close-on-exec. They block,
+** but a call returns after a slice at most (SO_SNDTIMEO, SO_RCVTIMEO) or
+** at once on a signal, so a wait still sees a stop; a send or recv with
+** a deadline tries without blocking (MSG_DONTWAIT) and polls instead.
 ** A message is a frame: a u64 length, then marshal's remote form of the
 ** value. Threads of one process may share an end: a send holds the end's
 ** writer turn for a whole frame, a recv its reader turn, so frames never
@@ -561,7 +564,8 @@ static int pipe_close(lua_State *L) {
   mine = e->pair->used[e->side] == conc_getpid();
   pthread_mutex_unlock(&e->pair->mu);
   pthread_mutex_lock(&e->mu);
-  if (e->fd >= 0 && !atomic_load(&e->closed) && mine) shutdown(e->fd, SHUT_RDWR);
+  if (e->fd >= 0 && !atomic_load(&e->closed) && mine)
+    shutdown(e->fd, SHUT_RDWR);
   atomic_store(&e->closed, 1);
   if (e->active == 0 && e->fd >= 0) {
     conc_fd_close(e->fd);

@@ -296,7 +296,8 @@ static int pool_kstate(lua_State *L) {
   char what[64];
   if (o == NULL || o->kind != K_POOL) {
     lua_pushnil(L);
-    if (o == NULL && lua_type(L, 1) == LUA_TUSERDATA && luaL_testudata(L, 1, "conc.pool"))
+    if (o == NULL && lua_type(L, 1) == LUA_TUSERDATA &&
+        luaL_testudata(L, 1, "conc.pool"))
       lua_pushliteral(L, "handle already released");
     else
       lua_pushfstring(L, "pool expected, got %s",

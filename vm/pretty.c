@@ -14,7 +14,8 @@
 ** one being shown sit in a set: meeting one of them again is a cycle and
 ** shows as <cycle>; a table that merely appears twice is shown twice.
 ** Entries come in a stable order: the array part 1..n first, then numbers,
-** strings (in natural order: k2 before k10), booleans and other keys. Past PP_ITEMS
+** strings (in natural order: k2 before k10), booleans and other keys. Past
+*PP_ITEMS
 ** entries a table ends with "... (N more)"; past PP_DEPTH levels a table
 ** shows as {...}; past PP_NODES values in all, values show as "...".
 ** Only __tostring runs user code: tables are walked raw, so a proxy with
@@ -181,7 +182,8 @@ static int natcmp(const char *a, size_t la, const char *b, size_t lb) {
       i = ei;
       j = ej;
     } else {
-      if (a[i] != b[j]) return (unsigned char)a[i] < (unsigned char)b[j] ? -1 : 1;
+      if (a[i] != b[j])
+        return (unsigned char)a[i] < (unsigned char)b[j] ? -1 : 1;
       i++;
       j++;
     }
@@ -204,7 +206,8 @@ static int keycmp(const void *a, const void *b) {
       return natcmp(x->s, x->len, y->s, y->len);
     default:
       if (x->tnum != y->tnum) return x->tnum < y->tnum ? -1 : 1;
-      if (x->ptr != y->ptr) return (uintptr_t)x->ptr < (uintptr_t)y->ptr ? -1 : 1;
+      if (x->ptr != y->ptr)
+        return (uintptr_t)x->ptr < (uintptr_t)y->ptr ? -1 : 1;
       return 0;
   }
 }
@@ -400,7 +403,8 @@ static void block(pp *P, int idx, int depth, int indent, int col0) {
       int room;
       puts_(P, ", ");
       room = P->width - column(P, col0) - 1;
-      if (room > 0 && flat(P, lua_gettop(L), depth + 1, P->b->n + (size_t)room)) {
+      if (room > 0 &&
+          flat(P, lua_gettop(L), depth + 1, P->b->n + (size_t)room)) {
         lua_pop(L, 1);
         continue;
       }

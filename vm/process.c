@@ -5,10 +5,10 @@
 **
 ** DESIGN. The parent makes a result pipe, flushes stdio (holding the
 ** stdout and stderr locks, so no other thread buffers output meanwhile),
-** blocks signals, and forks with every runtime lock held (pthread_atfork:
-** conc_objreg_lockall), so the child, which has only the forking thread,
+** blocks signals, and forks with every runtime lock held (fork.c's
+** handlers), so the child, which has only the forking thread,
 ** inherits no lock that some other thread holds. The child's side is in
-** child.c: it runs fn, writes one frame to the pipe and _exits. The write
+** child.c: it runs fn, writes one reply to the pipe and _exits. The write
 ** end is closed in the parent before the next fork can start, so no
 ** sibling inherits it. Watching the child, draining its answer, reaping
 ** it is reap.c's; the record then ends like a thread's, so processes look
@@ -99,7 +99,7 @@ int conc_process_spawn(lua_State *L) {
     return luaL_error(L, "bad option 'start' to 'spawn_process' ('fork' or "
                          "'spawn' expected, got '%s')", start);
   spawn = strcmp(start, "spawn") == 0;
-  if (spawn && (exe = conclua_exe(exebuf, sizeof exebuf)) == NULL)
+  if (spawn && (exe = conc_exe_path(exebuf, sizeof exebuf)) == NULL)
     return luaL_error(L, "start = 'spawn' needs the conclua command: set "
                          "CONCLUA_EXE to its path");
   n = lua_gettop(L) - fi + 1;
@@ -111,7 +111,8 @@ int conc_process_spawn(lua_State *L) {
   if (conc_fd_pipe(rfd) != 0)
     return luaL_error(L, "cannot start process: %s", strerror(errno));
   /* no /proc: the child goes unguarded; any other failure is the fds' */
-  if ((lfd = conc_lifeline_take(&lkept)) < 0 && errno != ENOENT && errno != EACCES) {
+  if ((lfd = conc_lifeline_take(&lkept)) < 0 && errno != ENOENT &&
+      errno != EACCES) {
     int e = errno;
     conc_fd_close(rfd[0]);
     conc_fd_close(rfd[1]);
@@ -208,8 +209,9 @@ static int signal_arg(lua_State *L, int arg) {
       const char *a = sigabbrev_np(s);
       if (a && strcmp(a, name) == 0) return s;
     }
-    return luaL_argerror(L, arg,
-                         lua_pushfstring(L, "unknown signal '%s'", lua_tostring(L, arg)));
+    return luaL_argerror(
+        L, arg,
+        lua_pushfstring(L, "unknown signal '%s'", lua_tostring(L, arg)));
   }
 }
 

@@ -405,7 +405,8 @@ static int qnext_locked(qhdr *h, uint64_t *pos, int take) {
 static int qtake_locked(qhdr *h, uint64_t *pos, msg **m) {
   int r = qnext_locked(h, pos, 0);
   if (r != Q_GOT) return r;
-  if ((*m = conc_msg_alloc((size_t)slot_at(h, *pos)->len)) == NULL) return Q_NOMEM;
+  if ((*m = conc_msg_alloc((size_t)slot_at(h, *pos)->len)) == NULL)
+    return Q_NOMEM;
   return qnext_locked(h, pos, 1);      /* the same slot: the lock is held */
 }
 

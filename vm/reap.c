@@ -81,17 +81,17 @@ static int drain(worker *w) {
 }
 
 /* The child ended (status from waitpid): makes the outcome from the
-** frame it sent, or from how it died. */
+** reply it sent, or from how it died. */
 static void conclude(worker *w, int wst) {
   int status;
   msg *result = NULL;
   char *errmsg = NULL;
   char buf[256], sb[32];
-  frame f;
-  int framed = 0;
+  reply f;
+  int replied = 0;
   if (w->inbuf.n >= sizeof f) {
     memcpy(&f, w->inbuf.p, sizeof f);
-    framed = f.magic == FRAME_MAGIC && f.status <= 1 &&
+    replied = f.magic == REPLY_MAGIC && f.status <= 1 &&
              f.msglen <= w->inbuf.n - sizeof f &&
              f.len == w->inbuf.n - sizeof f - f.msglen;
   }
@@ -103,14 +103,14 @@ static void conclude(worker *w, int wst) {
   if (w->nomem && !WIFSIGNALED(wst)) {
     errmsg = strdup("not enough memory");
     status = W_FAILED;
-  } else if (framed && f.status == 0 && !WIFSIGNALED(wst)) {
+  } else if (replied && f.status == 0 && !WIFSIGNALED(wst)) {
     result = conc_msg_copy(w->inbuf.p + sizeof f + f.msglen, (size_t)f.len);
     status = W_DONE;
     if (result == NULL) {
       errmsg = strdup("not enough memory");
       status = W_FAILED;
     }
-  } else if (framed && f.status == 1) {
+  } else if (replied && f.status == 1) {
     errmsg = malloc((size_t)f.msglen + 1);
     if (errmsg) {
       memcpy(errmsg, w->inbuf.p + sizeof f, (size_t)f.msglen);
@@ -125,7 +125,7 @@ static void conclude(worker *w, int wst) {
     errmsg = strdup(buf);
     status = W_KILLED;
   } else if (WEXITSTATUS(wst) == 0 && w->inbuf.n > 0) {
-    /* it exited as after a return, but what it sent is no frame */
+    /* it exited as after a return, but what it sent is no reply */
     snprintf(buf, sizeof buf, "process %d: corrupt message", (int)w->pid);
     errmsg = strdup(buf);
     status = W_FAILED;
@@ -176,8 +176,8 @@ static int reaper_watch(worker *w);
 static void role_give(worker *w) {
   int orphan;
   pthread_mutex_lock(&w->mu);
-  orphan = atomic_load(&w->handles) == 0 && conc_worker_status(w) == W_RUNNING &&
-           w->owner == conc_getpid();
+  orphan = atomic_load(&w->handles) == 0 &&
+           conc_worker_status(w) == W_RUNNING && w->owner == conc_getpid();
   pthread_mutex_unlock(&w->mu);
   if (orphan && reaper_watch(w) == 0) return;  /* the reaper has the role */
   pthread_mutex_lock(&w->mu);

@@ -55,7 +55,7 @@
 
 #include "init.h"
 
-int conc_pretty_push(lua_State *L, int idx, int width, int col);   /* pretty.c */
+int conc_pretty_push(lua_State *L, int idx, int width, int col); /* pretty.c */
 int conclua_pcall(lua_State *L, int narg, int nres,
                   lua_CFunction msgh);                      /* main.c */
 
@@ -639,8 +639,8 @@ static int show_k(lua_State *L) {
       col = (col / 8 + 1) * 8;
     }
     if (lua_type(L, i) == LUA_TSTRING) s = lua_tolstring(L, i, &l);
-    else if (lua_type(L, i) == LUA_TTABLE) s = (conc_pretty_push(L, i, width, col),
-                                                lua_tolstring(L, -1, &l));
+    else if (lua_type(L, i) == LUA_TTABLE)
+      s = (conc_pretty_push(L, i, width, col), lua_tolstring(L, -1, &l));
     else s = luaL_tolstring(L, i, &l);
     fwrite(s, 1, l, stdout);
     for (size_t k = l; k > 0; k--) {
@@ -915,7 +915,8 @@ static int made_kind(lua_State *L, int f) {
     }
   }
   lua_settop(L, top);
-  if (strncmp(made, "spawn_", 6) == 0) memmove(made, made + 6, strlen(made) - 5);
+  if (strncmp(made, "spawn_", 6) == 0)
+    memmove(made, made + 6, strlen(made) - 5);
   for (int k = 0; made[0] && k < K_NKINDS; k++)
     if (strcmp(conc_kinds[k]->name, made) == 0) kind = k;
   return kind;
@@ -1069,7 +1070,8 @@ static char **complete(const char *text, int start, int end) {
       char *full;
       lua_pop(L, 1);
       if (ncand == cap) {
-        char **nc = realloc(cand, sizeof *cand * (size_t)(cap = cap ? cap * 2 : 32));
+        char **nc =
+            realloc(cand, sizeof *cand * (size_t)(cap = cap ? cap * 2 : 32));
         if (nc == NULL) break;
         cand = nc;
       }

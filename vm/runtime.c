@@ -7,8 +7,10 @@
 ** (for conc.workers() and the wait at exit) and the host's state hooks.
 ** Each Lua state the runtime touches has a cstate: its runtime, the worker
 ** it runs (none for the host), the parker its blocking calls sleep on, and
-** the flags a canceller or Ctrl-C raise. The cstate is upvalue 1 of every
-** conc C function of that state, so a call finds it in one load.
+** the flags a canceller or Ctrl-C raise. A conc C function finds it in
+** one load: upvalue 1 of every conc function of a host state; in a worker
+** state the functions are light and the cstate is in the state's extra
+** space (conc_cs).
 ** A worker's state starts lazy: no library is open, _G and the string
 ** metatable only have an __index that opens them all on first use. A
 ** worker that never touches a global (one blocked on an event, one that
@@ -316,7 +318,8 @@ void conc_cs_wake(cstate *cs) {
 }
 
 /* The same from a signal handler running on the thread of cs itself:
-** that thread cannot be inside conc_cs_block_on/conc_cs_unblock concurrently, and
+** that thread cannot be inside conc_cs_block_on/conc_cs_unblock concurrently,
+*and
 ** the object it sleeps on stays alive while it does. */
 static void cs_wake_signal(cstate *cs) {
   _Atomic uint32_t *w = atomic_load(&cs->blocked_word);
@@ -612,7 +615,8 @@ cstate *conc_interrupt_for(rt *r) {
   return NULL;
 }
 
-/* ------------------------------------------------------------ a host's Ctrl-C */
+/* ------------------------------------------------------------ a host's Ctrl-C
+ */
 
 static pthread_mutex_t host_mu = PTHREAD_MUTEX_INITIALIZER;
 static struct sigaction host_old;      /* the host's handler, wrapped */

@@ -159,7 +159,8 @@ int conc_select(lua_State *L) {
   if (atomic_load(&sw.won)) {
     int w = atomic_load(&sw.won) - 1;
     lua_rawgeti(L, 1, w + 1);
-    if (nodes[w].result == SEL_VALUE) return 1 + conc_sel_push(L, cs, &nodes[w]);
+    if (nodes[w].result == SEL_VALUE)
+      return 1 + conc_sel_push(L, cs, &nodes[w]);
     if (nodes[w].result == SEL_SELF) lua_pushvalue(L, -1);   /* a future */
     else lua_pushboolean(L, 1);
     return 2;

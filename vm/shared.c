@@ -398,8 +398,8 @@ static int update_call(lua_State *L) {
   else lua_pushnil(L);
   lua_call(L, 1, 1);
   if (!lua_isnil(L, -1) &&
-      conc_marshal_encode(L, u->cs, lua_gettop(L), 1, &u->cs->scratch, 0, "value",
-                     err, sizeof err) != 0)
+      conc_marshal_encode(L, u->cs, lua_gettop(L), 1, &u->cs->scratch, 0,
+                          "value", err, sizeof err) != 0)
     return luaL_error(L, "%s", err);
   return 1;
 }
@@ -472,8 +472,8 @@ static int shared_update(lua_State *L) {
   conc_shtab_unlock(&o);
   st = lua_pcall(L, 2, 1, 0);
   conc_msg_free(u.old);                    /* if the call never took it */
-  if (conc_shtab_lock(&o, t)) {               /* the table is broken: let k go */
-    conc_slock_unlock(&e->ulock);          /* (a held entry stays where it is) */
+  if (conc_shtab_lock(&o, t)) { /* the table is broken: let k go */
+    conc_slock_unlock(&e->ulock); /* (a held entry stays where it is) */
     err = conc_shtab_nomem;
   } else {
     err = update_end(&o, &k, st == LUA_OK, st == LUA_OK && lua_isnil(L, -1),
@@ -492,7 +492,8 @@ static int shared_update(lua_State *L) {
 static int shared_tostring(lua_State *L) {
   uint64_t n;
   shop o;
-  if (conc_shtab_lock(&o, check_shared(L))) return luaL_error(L, "%s", conc_shtab_nomem);
+  if (conc_shtab_lock(&o, check_shared(L)))
+    return luaL_error(L, "%s", conc_shtab_nomem);
   n = o.h->count;
   conc_shtab_unlock(&o);
   lua_pushfstring(L, n == 1 ? "<shared %I key>" : "<shared %I keys>",

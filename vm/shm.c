@@ -129,7 +129,8 @@ int conc_sync_wait(cstate *cs, _Atomic uint32_t *seq, _Atomic uint32_t *nwait,
     if (conc_deadline_passed(d)) break;
     conc_deadline_in(&slice, OWNER_CHECK);
     if (!d->forever && conc_deadline_left(d) < OWNER_CHECK) slice = *d;
-    if (conc_futex_wait(seq, s, &slice, 1) == ETIMEDOUT && idle) idle(state, arg);
+    if (conc_futex_wait(seq, s, &slice, 1) == ETIMEDOUT && idle)
+      idle(state, arg);
   }
   atomic_fetch_sub(nwait, 1);
   conc_cs_unblock(cs);

@@ -282,7 +282,8 @@ static uint64_t entry_new(shop *o, const skey *k, const char *v,
   uint64_t off = conc_shheap_alloc(&o->h->heap, o->base, size);
   shent *e;
   if (off == 0) {
-    *why = size > conc_shheap_max(&o->h->heap) ? conc_shtab_toobig : conc_shtab_full;
+    *why = size > conc_shheap_max(&o->h->heap) ? conc_shtab_toobig
+                                               : conc_shtab_full;
     return 0;
   }
   e = AT(o, off);
@@ -662,7 +663,8 @@ static int key_owner_check(void *state, void *arg) {
     }
   }
   conc_slock_unlock(&w->o->h->lock);
-  if (dead) conc_bump(&w->o->h->seq, &w->o->h->nwait, INT32_MAX);  /* the others */
+  if (dead)
+    conc_bump(&w->o->h->seq, &w->o->h->nwait, INT32_MAX); /* the others */
   return 0;
 }
 
@@ -675,8 +677,8 @@ const char *conc_shtab_wait_held(shop *o, cstate *cs, const skey *k, shslot **s,
   conc_slock_unlock(&o->h->lock);
   conc_deadline_in(&d, -1);
   conc_cs_waiting(cs, "shared");
-  conc_sync_wait(cs, &o->h->seq, &o->h->nwait, &d, key_idle, key_owner_check, &w,
-            NULL, &why);
+  conc_sync_wait(cs, &o->h->seq, &o->h->nwait, &d, key_idle, key_owner_check,
+                 &w, NULL, &why);
   conc_cs_waiting(cs, NULL);
   if (why) return why;
   if (w.nolock) return conc_shtab_nomem;
@@ -697,7 +699,8 @@ int conc_shtab_create(shtab *t) {
   uint64_t off;
   for (size_t i = 0; i < sizeof orders / sizeof orders[0]; i++) {
     order = orders[i];
-    if (conc_shmobj_init(&t->so, K_SHARED, conc_shheap_mapsize(order)) == 0) break;
+    if (conc_shmobj_init(&t->so, K_SHARED, conc_shheap_mapsize(order)) == 0)
+      break;
   }
   if (t->so.shm == NULL) return -1;
   h = t->so.shm;

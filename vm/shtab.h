@@ -161,7 +161,8 @@ static inline shindex *shtab_index(shop *o) {
 }
 /* Waits until no update of another thread holds k (the lock let go
 ** meanwhile); then k's slot in *s, where it would go in *ins. NULL, or
-** conc_shtab_self_update (the lock held), or a stop reason or conc_shtab_nomem (the
+** conc_shtab_self_update (the lock held), or a stop reason or conc_shtab_nomem
+*(the
 ** lock not held). */
 const char *conc_shtab_wait_held(shop *o, cstate *cs, const skey *k, shslot **s,
                             shslot **ins, shent *e);   /* its slow part */

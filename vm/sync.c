@@ -73,7 +73,7 @@ static int lock_acquire_d(lua_State *L, slock *s, double t) {
                 NULL, &why);
   conc_cs_waiting(cs, NULL);
   if (r != 1 && atomic_load(&s->word) == 0 && atomic_load(&s->nwait))
-    conc_bump(&s->seq, &s->nwait, 1);   /* pass on a wake-up we may have eaten */
+    conc_bump(&s->seq, &s->nwait, 1); /* pass on a wake-up we may have eaten */
   if (r < 0) conc_cs_raisestop(L, cs, why);
   return r;
 }
@@ -123,7 +123,8 @@ static int lock_with(lua_State *L) {
 
 static int lock_tostring(lua_State *L) {
   slock *s = sync_check(L, K_LOCK);
-  lua_pushfstring(L, "<lock %s>", atomic_load(&s->word) ? "locked" : "unlocked");
+  lua_pushfstring(L, "<lock %s>",
+                  atomic_load(&s->word) ? "locked" : "unlocked");
   return 1;
 }
 
@@ -343,7 +344,7 @@ static int barrier_wait(lua_State *L) {
   r = conc_sync_wait(cs, &b->seq, &b->nwait, &d, barrier_passed, NULL, b, &gen,
                 &why);
   conc_cs_waiting(cs, NULL);
-  if (r != 1) {                     /* take the arrival back, unless it tripped */
+  if (r != 1) { /* take the arrival back, unless it tripped */
     st = atomic_load(&b->state);
     while ((uint32_t)(st >> 32) == gen)
       if (atomic_compare_exchange_weak(&b->state, &st, st - 1)) break;

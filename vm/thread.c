@@ -378,8 +378,8 @@ static void job_run(job *j, lua_State *L) {
     if (lua_pcall(L, 1, LUA_MULTRET, base) == LUA_OK) {
       char err[512] = "not enough memory";   /* if only the seal fails */
       int n = lua_gettop(L) - base;
-      if (conc_marshal_encode(L, cs, base + 1, n, &cs->scratch, 0, "results[%d]",
-                         err, sizeof err) == 0 &&
+      if (conc_marshal_encode(L, cs, base + 1, n, &cs->scratch, 0,
+                              "results[%d]", err, sizeof err) == 0 &&
           (result = conc_msg_seal(&cs->scratch)) != NULL) {
         status = W_DONE;
       } else {

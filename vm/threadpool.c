@@ -137,7 +137,7 @@ int conc_threadpool_start(conc_task *j) {
     return 0;
   }
   pthread_mutex_unlock(&pool_mu);
-  j->L = conc_state_new();                 /* here: the new thread mallocs nothing */
+  j->L = conc_state_new(); /* here: the new thread mallocs nothing */
   pthread_attr_init(&attr);
   pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
   pthread_attr_setstacksize(&attr, STACK_SIZE);

@@ -28,11 +28,13 @@ int conc_marshal_encode(lua_State *L, struct cstate *cs, int first, int n,
 /* Decodes a buffer made by conc_marshal_encode, pushing its values. Returns
 ** how many, or -1 with a message in err (nothing pushed). Safe against
 ** any bytes. 'refs' must be the buffer's refs (local) or NULL (remote). */
-int conc_marshal_decode(lua_State *L, struct cstate *cs, const char *p, size_t n,
-                   cobj **refs, int nrefs, char *err, size_t errsz);
+int conc_marshal_decode(lua_State *L, struct cstate *cs, const char *p,
+                        size_t n, cobj **refs, int nrefs, char *err,
+                        size_t errsz);
 /* If the n bytes at p are a message of one number: 1 integer (in *i),
 ** 2 float (in *f); else 0. */
-int conc_marshal_tonumber(const char *p, size_t n, lua_Integer *i, lua_Number *f);
+int conc_marshal_tonumber(const char *p, size_t n, lua_Integer *i,
+                          lua_Number *f);
 /* Writes a message of one number, MARSHAL_NUMLEN bytes; its last 8 are
 ** the number's. */
 #define MARSHAL_NUMLEN 12
@@ -46,9 +48,6 @@ msg *conc_msg_encode(lua_State *L, struct cstate *cs, int first, int n,
                 const char *root);
 /* ------------------------------------------------------------ names.c */
 
-/* Registry key of a state's map from standard library tables to their
-** names (string, math...): those cross by name. */
-extern const char conc_libskey;
 
 /* Names of the C functions that may cross: standard libraries and conc
 ** (names.c). */
@@ -75,5 +74,6 @@ extern const luaL_Reg conc_parcel_funcs[];
 /* A new message holding a copy of the packed values at idx (a string or
 ** a parcel); raises on a bad argument or out of memory. */
 msg *conc_parcel_tomsg(lua_State *L, int idx);
+extern const kindinfo conc_parcel_kind;
 
 #endif

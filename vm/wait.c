@@ -229,7 +229,8 @@ int conc_spin(_Atomic uint32_t *budget, int (*ready)(void *), void *arg) {
     /* look every 8 pauses: each look pulls the watched cache line away
     ** from the thread about to write it */
     if (ready(arg)) {
-      if (b < SPIN_MAX) atomic_store_explicit(budget, b * 2, memory_order_relaxed);
+      if (b < SPIN_MAX)
+        atomic_store_explicit(budget, b * 2, memory_order_relaxed);
       return 1;
     }
     for (int k = 0; k < 8; k++) cpu_relax();
@@ -249,16 +250,16 @@ void conc_cmutex_init(cmutex *m) {
 
 void conc_cmutex_lock(cmutex *m) {
   uint32_t c = 0;
-  if (atomic_compare_exchange_strong_explicit(&m->v, &c, 1, memory_order_acquire,
-                                              memory_order_relaxed))
+  if (atomic_compare_exchange_strong_explicit(
+          &m->v, &c, 1, memory_order_acquire, memory_order_relaxed))
     return;
   if (usable_cpus() > 1) {
     for (int i = 0; i < CMUTEX_SPIN; i++) {
       cpu_relax();
       c = atomic_load_explicit(&m->v, memory_order_relaxed);
-      if (c == 0 &&
-          atomic_compare_exchange_weak_explicit(&m->v, &c, 1, memory_order_acquire,
-                                                memory_order_relaxed))
+      if (c == 0 && atomic_compare_exchange_weak_explicit(&m->v, &c, 1,
+                                                          memory_order_acquire,
+                                                          memory_order_relaxed))
         return;
     }
   }

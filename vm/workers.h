@@ -39,8 +39,6 @@ typedef struct workerops {
   const char *notmine;         /* the error for a handle of another process */
 } workerops;
 
-extern const workerops conc_thread_ops, conc_process_ops;
-
 /* A spawned thread or process, as seen by its runtime and handles. */
 typedef struct worker {
   cobj obj;                    /* K_THREAD or K_PROCESS */
@@ -102,32 +100,12 @@ int conc_worker_wait_end(parker *p, cstate *cs, worker *w, const deadline *d,
                     const char **why, int watched);
 const char *conc_worker_statusname(int st);
 int conc_worker_push_outcome(lua_State *L, cstate *cs, worker *w);
-/* Waits for the non-daemon workers of r and prints the unjoined failures
-** (daemons' too); 'self' (may be NULL) is skipped. Returns how many of
-** the failures printed were not daemons'. conc_rt_waitall_cs stops waiting
-** when cs (may be NULL) is asked to stop. */
-int conc_rt_waitall(rt *r, worker *self);
-int conc_rt_waitall_cs(rt *r, worker *self, cstate *cs);
-/* The wait at exit, which a Ctrl-C turns into a stop (exit.c): 2 when
-** this call decided that the run ends with status 130, 1 when an earlier
-** one did, 0 otherwise. */
-int conc_rt_exit_wait(rt *r, cstate *cs, int interrupted, const char *prog);
-/* Called by conc_rt_exit_wait before it waits (unless a Ctrl-C ended the main
-** chunk): set by pool.c when a pool is made, it closes the pools of r and
-** has the exit wait for their managers to finish their queued work. */
-extern void (*conc_rt_exit_hook)(rt *r);
 /* The exit waits for w from now on, as for a worker that is not a daemon
 ** (a pool's manager with work to finish). */
 void conc_worker_await(worker *w);
-/* How many workers the exit waits for, listed in buf (if not NULL). */
-int conc_rt_awaited(rt *r, char *buf, size_t n);
 int conc_worker_isfailure(int status);
 void conc_rt_forget_workers(rt *r);
 worker **conc_rt_pick(rt *r, int (*pick)(worker *w), int *n);
-/* Prints the failures of r's workers that nobody joined or reported yet
-** (stderr), marks them reported; returns how many. */
-int conc_rt_report_failures(rt *r);
-void conc_rt_shutdown(rt *r);
 int conc_worker_sel_try(cobj *o, struct selnode *n);
 void conc_worker_sel_delist(cobj *o, struct selnode *n);
 void conc_worker_list(lua_State *L, cstate *cs);
@@ -144,10 +122,17 @@ int conc_thread_co_wrap(lua_State *L);
 int conc_thread_pcall(lua_State *L);
 int conc_thread_xpcall(lua_State *L);
 worker *conc_thread_current_worker(void);
+/* spawn_thread's and spawn_process's options table at index 1. */
+void conc_spawn_options(lua_State *L, const char *fname, const char **name,
+                        int *daemon, const char **start);
+extern const kindinfo conc_thread_kind;
+extern const workerops conc_thread_ops;
 
-/* threadpool.c: a task for an OS thread of the pool. run gets a fresh
-** worker state (NULL when none could be made) and owns it; the task may
-** be freed by run. L is the pool's own. */
+/* ------------------------------------------------------------ threadpool.c */
+
+/* A task for an OS thread of the pool. run gets a fresh worker state
+** (NULL when none could be made) and owns it; the task may be freed by
+** run. L is the pool's own. */
 typedef struct conc_task {
   void (*run)(struct conc_task *t, lua_State *L);
   lua_State *L;
@@ -156,58 +141,92 @@ typedef struct conc_task {
 ** (t was not run). */
 int conc_threadpool_start(conc_task *t);
 int conc_threadpool_idle(void);              /* idle OS threads in the pool */
-extern const kindinfo conc_thread_kind;
 
 /* ------------------------------------------------------------ process.c */
 
 int conc_process_spawn(lua_State *L);               /* spawn_process */
-/* Waits for a child to end (draining its result, reaping it) on parker
-** p; cs, if not NULL, can stop it. 1 ended, 0 deadline, -1 stop (*why). */
-int conc_process_wait(parker *p, cstate *cs, worker *w, const deadline *d,
-                 const char **why);
-/* Checks, without blocking, whether a child ended; 1 if it did. */
-int conc_process_poll(worker *w);
 int conc_process_signal(worker *w, int sig);
-/* The last Lua handle of a process is gone (the reaper takes over). */
-void conc_process_handle_gone(cobj *o);
 /* SIGTERM to the daemon children of r, then SIGKILL after a second. */
 void conc_process_stop_daemons(rt *r);
 extern const char *conc_self_exe;
-int conc_process_reaper_running(void);
 extern const kindinfo conc_process_kind;
+extern const workerops conc_process_ops;
 void conc_process_atfork_install(void);
-pid_t conc_getpid(void);                       /* cached; right after fork */
-uint32_t conc_gettid(void);                    /* cached too */
+
+/* ------------------------------------------------------------ child.c */
+
+/* What a child process sends back on its result pipe, once, as it ends
+** (child.c writes it, reap.c reads it): this header, then msglen bytes
+** of error message ("message\ntraceback"), then len bytes of marshal's
+** remote form: the results, or the error value. */
+typedef struct reply {
+  uint32_t magic;              /* REPLY_MAGIC */
+  uint32_t status;             /* 0 returned, 1 raised */
+  uint64_t msglen;
+  uint64_t len;
+} reply;
+#define REPLY_MAGIC 0x636f6e63u
+
+/* What a start = "spawn" child reads from its job pipe (child.c writes
+** and reads it): this header, then lens[0] bytes of name, lens[1] of
+** package.path and lens[2] of package.cpath (0: the default), then
+** lens[3] bytes of marshal's remote form of fn and its arguments. */
+typedef struct spawnjob {
+  unsigned char key[16];       /* the process tree's bytecode key */
+  int64_t id;                  /* the worker's id in the parent */
+  uint64_t lens[4];
+} spawnjob;
+
+void conc_child_run(lua_State *L, cstate *cs, worker *w, int fd, int first,
+                    int n, const sigset_t *mask);
+/* The conclua command's path (for start = "spawn"), or NULL. */
+const char *conc_exe_path(char *buf, size_t n);
+int conc_spawn_exec(lua_State *L, cstate *cs, worker *w, int fi, int n,
+                    const char *exe, int rfd[2], int lfd, int lkept);
 /* The main of a start = "spawn" child; 'open' opens conc in its state
 ** (conclua_open: the command layer passes it). */
 int conc_process_child_main(int argc, char **argv, int (*open)(lua_State *L));
 /* Children spawned from now on ignore SIGINT (the interactive REPL). */
 void conc_process_ignore_sigint(int on);
 
-/* The frame a child process sends back (child.c writes, reap.c reads). */
-typedef struct frame {
-  uint32_t magic;
-  uint32_t status;             /* 0 returned, 1 raised */
-  uint64_t msglen;             /* error message bytes that follow */
-  uint64_t len;                /* marshal payload bytes after that */
-} frame;
-#define FRAME_MAGIC 0x636f6e63u
+/* ------------------------------------------------------------ reap.c */
 
-/* child.c */
-void conc_child_run(lua_State *L, cstate *cs, worker *w, int fd, int first, int n,
-               const sigset_t *mask);
-const char *conclua_exe(char *buf, size_t n);
-int conc_spawn_exec(lua_State *L, cstate *cs, worker *w, int fi, int n,
-               const char *exe, int rfd[2], int lfd, int lkept);
-
-/* reap.c */
 void conc_reap_init(void);
+/* Waits for a child to end (draining its result, reaping it) on parker
+** p; cs, if not NULL, can stop it. 1 ended, 0 deadline, -1 stop (*why). */
+int conc_process_wait(parker *p, cstate *cs, worker *w, const deadline *d,
+                      const char **why);
+/* Checks, without blocking, whether a child ended; 1 if it did. */
+int conc_process_poll(worker *w);
+/* The last Lua handle of a process is gone (the reaper takes over). */
+void conc_process_handle_gone(cobj *o);
+int conc_process_reaper_running(void);
 int conc_proc_sel_try(cobj *o, struct selnode *n);
 int conc_proc_sel_fds(cobj *o, int fds[2]);
 
-/* spawn_thread's and spawn_process's options table at index 1. */
-void conc_spawn_options(lua_State *L, const char *fname, const char **name,
-                        int *daemon, const char **start);
+/* ------------------------------------------------------------ exit.c */
+
+/* Waits for the non-daemon workers of r and prints the unjoined failures
+** (daemons' too); 'self' (may be NULL) is skipped. Returns how many of
+** the failures printed were not daemons'. conc_rt_waitall_cs stops
+** waiting when cs (may be NULL) is asked to stop. */
+int conc_rt_waitall(rt *r, worker *self);
+int conc_rt_waitall_cs(rt *r, worker *self, cstate *cs);
+/* The wait at exit, which a Ctrl-C turns into a stop: 2 when this call
+** decided that the run ends with status 130, 1 when an earlier one did,
+** 0 otherwise. */
+int conc_rt_exit_wait(rt *r, cstate *cs, int interrupted, const char *prog);
+/* Called by conc_rt_exit_wait before it waits (unless a Ctrl-C ended the
+** main chunk): set by pool.c when a pool is made, it closes the pools of
+** r and has the exit wait for their managers to finish their queued
+** work. */
+extern void (*conc_rt_exit_hook)(rt *r);
+/* How many workers the exit waits for, listed in buf (if not NULL). */
+int conc_rt_awaited(rt *r, char *buf, size_t n);
+/* Prints the failures of r's workers that nobody joined or reported yet
+** (stderr), marks them reported; returns how many. */
+int conc_rt_report_failures(rt *r);
+void conc_rt_shutdown(rt *r);
 /* At exit: every runtime still open waits, then stops its daemons. */
 void conc_rt_exit_all(void);
 

@@ -235,7 +235,7 @@ static int forge(lua_State *L) {
 /* Pushes a frame header and its first bytes as one string. */
 static void push_frame(lua_State *L, uint64_t len, const char *bytes,
                        size_t n) {
-  frame f = {FRAME_MAGIC, 0, 0, len};
+  reply f = {REPLY_MAGIC, 0, 0, len};
   luaL_Buffer b;
   luaL_buffinit(L, &b);
   luaL_addlstring(&b, (const char *)&f, sizeof f);
