@@ -169,14 +169,15 @@ conformance: deps
 	@$(MAKE) --no-print-directory $(BUILD)/conclua
 	@CONCLUA_BUILD=$(BUILD) LUA_TESTS="$(LUA_TESTS)" tests/conformance.sh
 
+# the decoder and only the layers below it (vm/tools/layers.sh --files)
+FUZZ_SRC = $(shell sh vm/tools/layers.sh --files values)
+
 fuzz: test-deps
 	@mkdir -p build/fuzz tests/fuzz/corpus
-	@$(MAKE) --no-print-directory $(BUILD)/stdlib_gen.c
 	clang -g -O1 -fsanitize=fuzzer,address,undefined \
 	  -fno-sanitize-recover=undefined -D_GNU_SOURCE \
 	  -fvisibility=hidden -Ivm $(LUA_CFLAGS) tests/fuzz/fuzz_decode.c \
-	  $(LIB_SRC) $(BUILD)/stdlib_gen.c -o build/fuzz/fuzz_decode \
-	  $(LUA_LIBS) -ldl -lm -pthread
+	  $(FUZZ_SRC) -o build/fuzz/fuzz_decode $(LUA_LIBS) -ldl -lm -pthread
 	build/fuzz/fuzz_decode -max_total_time=$${FUZZ_SECONDS:-60} \
 	  -max_len=4096 tests/fuzz/corpus
 

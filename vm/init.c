@@ -267,24 +267,6 @@ static void add_searcher(lua_State *L) {
   lua_pop(L, 3);
 }
 
-/* The map from standard library tables to their names (marshal.c). */
-static void make_libmap(lua_State *L) {
-  static const char *const libs[] = {
-      "_G", "string", "table", "math", "io", "os", "coroutine", "utf8",
-      "debug", "package", "conc", NULL};
-  lua_newtable(L);
-  lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
-  for (int i = 0; libs[i]; i++) {
-    if (lua_getfield(L, -1, libs[i]) == LUA_TTABLE && i > 0) {
-      lua_pushstring(L, libs[i]);
-      lua_rawset(L, -4);
-    } else {
-      lua_pop(L, 1);
-    }
-  }
-  lua_pop(L, 1);
-  lua_rawsetp(L, LUA_REGISTRYINDEX, &conc_libskey);
-}
 
 void conc_install(lua_State *L, cstate *cs) {
   luaL_checkstack(L, 8, NULL);
@@ -330,7 +312,7 @@ void conc_install(lua_State *L, cstate *cs) {
   }
   lua_pop(L, 4);
   add_searcher(L);
-  make_libmap(L);
+  conc_names_libmap(L);
 }
 
 /* ------------------------------------------------------------ the kinds */

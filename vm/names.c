@@ -156,3 +156,21 @@ lua_CFunction conc_cfunc_lookup(const char *name, size_t len, int *isconc) {
   return hit->f;
 }
 
+/* The map from standard library tables to their names (marshal.c). */
+void conc_names_libmap(lua_State *L) {
+  static const char *const libs[] = {
+      "_G", "string", "table", "math", "io", "os", "coroutine", "utf8",
+      "debug", "package", "conc", NULL};
+  lua_newtable(L);
+  lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+  for (int i = 0; libs[i]; i++) {
+    if (lua_getfield(L, -1, libs[i]) == LUA_TTABLE && i > 0) {
+      lua_pushstring(L, libs[i]);
+      lua_rawset(L, -4);
+    } else {
+      lua_pop(L, 1);
+    }
+  }
+  lua_pop(L, 1);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &conc_libskey);
+}

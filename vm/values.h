@@ -64,6 +64,8 @@ void conc_names_register(const char *prefix, const luaL_Reg *l, int isconc);
 ** the states conclua opens. */
 void conc_names_replace(lua_CFunction f, const char *name);
 const cfname *conc_cfunc_find(const char *name);
+/* Gives L its map from library tables to their names (conc_libskey). */
+void conc_names_libmap(lua_State *L);
 const char *conc_cfunc_name(lua_CFunction f, int *isconc);
 lua_CFunction conc_cfunc_lookup(const char *name, size_t len, int *isconc);
 

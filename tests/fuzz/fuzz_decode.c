@@ -5,11 +5,12 @@
 ** crash, a hang, a leak or undefined behaviour. Built by `make fuzz`
 ** (clang, -fsanitize=fuzzer,address,undefined).
 **
-** Each input is decoded three ways: into a host state with a conclua
-** state and a fixed list of object references (as a message between
-** threads), into the same state as a message from another process (no
-** references: objects by shared-memory uid), and into a bare state with
-** no conclua state at all (which must refuse objects and conc functions).
+** Each input is decoded three ways: into a state with a conclua state
+** and a fixed list of object references (as a message between threads),
+** into the same state as a message from another process (no references:
+** objects by shared-memory uid), and into a bare state with no conclua
+** state at all (which must refuse objects and conc functions). The target
+** links only the values layer and those below (vm/tools/layers.sh).
 **
 ** The bytecode key is fixed (FUZZ_KEY), and the seeds in
 ** tests/fuzz/corpus/seed-* are encoded under it (tests/c/test_marshal.c
@@ -25,7 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "init.h"
+#include "values.h"
 #include "../c/walker.h"
 
 /* Must match FUZZ_KEY in tests/c/test_marshal.c. */
@@ -47,7 +48,7 @@ typedef struct call {
   const uint8_t *p;
   size_t n;
   cobj **refs;
-  int nrefs, flags, result;
+  int nrefs, result;
   char err[256];
 } call;
 
@@ -68,7 +69,7 @@ static int pdecode(lua_State *L) {
 }
 
 static void one(lua_State *L, int walker, cstate *cs, const uint8_t *p,
-                size_t n, cobj **r, int nr, int flags) {
+                size_t n, cobj **r, int nr) {
   call c;
   int top = lua_gettop(L);
   memset(&c, 0, sizeof c);
@@ -77,7 +78,6 @@ static void one(lua_State *L, int walker, cstate *cs, const uint8_t *p,
   c.n = n;
   c.refs = r;
   c.nrefs = nr;
-  c.flags = flags;
   lua_rawgeti(L, LUA_REGISTRYINDEX, walker);
   lua_pushcfunction(L, pdecode);
   lua_pushlightuserdata(L, &c);
@@ -111,42 +111,81 @@ static int load_walker(lua_State *L) {
   return luaL_ref(L, LUA_REGISTRYINDEX);
 }
 
+/* The target links the values layer and those below only (make fuzz):
+** no module, no init. It registers what init.c would, in small: a kind
+** for every kind number (the decoder pushes handles of any kind), and a
+** few conc function names, so that messages naming them decode. */
+static void stub_destroy(cobj *o) {
+  free(o);
+}
+
+static int stub_function(lua_State *L) {
+  return luaL_error(L, "a decoded function is never called");
+}
+
+static const char *const kind_names[K_NKINDS] = {
+    [K_CHANNEL] = "channel", [K_THREAD] = "thread",  [K_PROCESS] = "process",
+    [K_LOCK] = "lock",       [K_SEMAPHORE] = "semaphore",
+    [K_EVENT] = "event",     [K_BARRIER] = "barrier", [K_SHARED] = "shared",
+    [K_PIPE] = "pipe",       [K_QUEUE] = "queue",     [K_FUTURE] = "future",
+    [K_PARCEL] = "parcel",   [K_POOL] = "pool"};
+static kindinfo stub_kinds[K_NKINDS];
+static char tnames[K_NKINDS][32];
+
+static void register_stubs(void) {
+  static const luaL_Reg funcs[] = {
+      {"channel", stub_function}, {"lock", stub_function},
+      {"event", stub_function},   {"select", stub_function},
+      {"sleep", stub_function},   {"now", stub_function},
+      {NULL, NULL}};
+  static const luaL_Reg channel_methods[] = {
+      {"send", stub_function}, {"recv", stub_function}, {NULL, NULL}};
+  for (int k = 0; k < K_NKINDS; k++) {
+    snprintf(tnames[k], sizeof tnames[k], "conc.%s", kind_names[k]);
+    stub_kinds[k].kind = k;
+    stub_kinds[k].tname = tnames[k];
+    stub_kinds[k].name = kind_names[k];
+    stub_kinds[k].destroy = stub_destroy;
+    stub_kinds[k].methods = k == K_CHANNEL ? channel_methods : NULL;
+    conc_obj_addkind(&stub_kinds[k]);
+  }
+  conc_names_register("conc.", funcs, 1);
+  conc_names_register("conc.channel:", channel_methods, 1);
+}
+
 int LLVMFuzzerInitialize(int *argc, char ***argv) {
+  static const int order[3] = {K_CHANNEL, K_LOCK, K_EVENT};
+  rt *r;
   (void)argc;
   (void)argv;
   conc_marshal_setkey(FUZZ_KEY);
+  register_stubs();
   H = luaL_newstate();
   B = luaL_newstate();
   if (H == NULL || B == NULL) abort();
   luaL_openlibs(H);
   luaL_openlibs(B);
-  conclua_open(H);
-  Hcs = conc_cs_of(H);
-  /* the objects stay alive in a global table of H */
-  if (luaL_dostring(H, "fuzz_objects = {}\n"
-                       "for i = 0, 11 do\n"
-                       "  local k = i % 3\n"
-                       "  fuzz_objects[i + 1] = k == 0 and conc.channel() or\n"
-                       "    k == 1 and conc.lock() or conc.event()\n"
-                       "end") != LUA_OK)
-    abort();
-  lua_getglobal(H, "fuzz_objects");
+  r = conc_rt_new();
+  Hcs = r ? conc_cs_new(r, NULL) : NULL;
+  if (Hcs == NULL) abort();
+  conc_rt_release(r);                        /* the cstate holds it */
+  conc_state_bind(H, Hcs);
+  conc_names_libmap(H);
+  /* the objects stay alive for the whole run: refs holds them */
   for (int i = 0; i < NREFS; i++) {
-    lua_rawgeti(H, -1, i + 1);
-    refs[i] = conc_obj_test(H, Hcs, -1);
+    refs[i] = calloc(1, sizeof *refs[i]);
     if (refs[i] == NULL) abort();
-    lua_pop(H, 1);
+    conc_obj_init(refs[i], order[i % 3]);
   }
-  lua_pop(H, 1);
   walker_h = load_walker(H);
   walker_b = load_walker(B);
   return 0;
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
-  one(H, walker_h, Hcs, data, size, refs, NREFS, 0);
-  one(H, walker_h, Hcs, data, size, NULL, 0, MARSHAL_REMOTE);
-  one(B, walker_b, NULL, data, size, NULL, 0, 0);
+  one(H, walker_h, Hcs, data, size, refs, NREFS);
+  one(H, walker_h, Hcs, data, size, NULL, 0);
+  one(B, walker_b, NULL, data, size, NULL, 0);
   if (++runs % 512 == 0) {
     lua_gc(H, LUA_GCCOLLECT, 0);
     lua_gc(B, LUA_GCCOLLECT, 0);

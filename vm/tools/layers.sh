@@ -2,6 +2,8 @@
 # layers.sh OBJDIR: fails when a file of vm/ uses a symbol of a file in a
 # layer above its own (nm of the objects), when a library symbol is global
 # without conclua_, luaopen_conc or conc_, or when a file has no layer.
+# layers.sh --files LAYER: the sources of LAYER and those below it (what
+# a test of one layer links: make fuzz).
 # The layers, bottom up (docs/architecture.md says what each file is):
 LAYERS='
 os       fdio wait alloc fork owner shmheap lifeline
@@ -11,6 +13,13 @@ workers  worker thread threadpool process child reap exit
 modules  channel pipe queue sync shared shtab select future pool
 init     init stdlib_gen
 command  main repl pretty'
+if [ "$1" = --files ]; then
+  echo "$LAYERS" | awk -v top="${2:?usage: layers.sh --files LAYER}" '
+    NF { for (i = 2; i <= NF; i++) if ($i != "stdlib_gen") printf "vm/%s.c ", $i }
+    $1 == top { found = 1; exit }
+    END { if (!found) { print "layers: no layer " top > "/dev/stderr"; exit 1 } }'
+  exit
+fi
 cd "${1:?usage: layers.sh OBJDIR}" || exit 2
 echo "$LAYERS" | awk 'NF { for (i = 2; i <= NF; i++) print $i, NR }' > .layers
 for f in *.o; do echo "${f%.o}"; done | sort | join -v1 - "$(sort .layers > .l && echo .l)" |
