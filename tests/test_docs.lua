@@ -247,4 +247,24 @@ T.test("README.md links every page of docs/", function()
   end
 end)
 
+T.test("docs/architecture.md and make layers place every file of vm/", function()
+  local arch = read("docs/architecture.md")
+  local tool = read("vm/tools/layers.sh")
+  local table_of_layers = tool:match("LAYERS='(.-)'")
+  T.ok(table_of_layers, "vm/tools/layers.sh has its table of layers")
+  local files = {}
+  for _, path in ipairs(ls("vm/*.c")) do
+    local name = path:match("vm/(.-)%.c$")
+    files[name] = true
+    T.ok(arch:find("`" .. name .. ".c`", 1, true),
+         "docs/architecture.md describes " .. name .. ".c")
+    T.ok((" " .. table_of_layers .. " "):find("%s" .. name .. "%s"),
+         "vm/tools/layers.sh gives " .. name .. ".c a layer")
+  end
+  for name in arch:gmatch("| `([%w_]+)%.c`") do
+    T.ok(files[name] or name == "stdlib_gen",
+         "docs/architecture.md describes " .. name .. ".c, which is not in vm/")
+  end
+end)
+
 T.done()
