@@ -22,23 +22,17 @@
 ** microseconds on a virtual machine).
 */
 
-#include <dlfcn.h>
 #include <errno.h>
-#include <fcntl.h>
-#include <poll.h>
 #include <signal.h>
-#include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/eventfd.h>
 #include <sys/single_threaded.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include "workers.h"
-#include <lualib.h>
 
 const char *conc_self_exe;     /* set by the conclua command's main */
 
