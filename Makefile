@@ -24,9 +24,12 @@ WERROR ?=
 
 DEBS = liblua5.4-dev libreadline-dev pkg-config
 TEST_DEBS = lua5.4 tmux
+# for the tests of luarocks make and of the manual page: installed when
+# root, else those tests are skipped, saying why
+OPT_TEST_DEBS = luarocks groff-base man-db
 BENCH_DEBS = python3
 
-LUA_CFLAGS = $(shell pkg-config --cflags lua5.4)
+LUA_CFLAGS = $(shell pkg-config --cflags lua5.4) $(if $(LUA_INCDIR),-I$(LUA_INCDIR))
 LUA_LIBS = $(shell pkg-config --libs lua5.4)
 RL_LIBS = $(shell pkg-config --libs readline 2>/dev/null || echo -lreadline)
 
@@ -44,7 +47,7 @@ CTESTS = $(patsubst tests/c/%.c,$(BUILD)/tests/%,$(wildcard tests/c/test_*.c))
 HEADERS = $(wildcard vm/*.h)
 SOVERSION = 0
 
-.PHONY: all deps test-deps demo test check layers asan tsan stress fuzz bench \
+.PHONY: all deps test-deps demo test check layers rock rock-install asan tsan stress fuzz bench \
         conformance install uninstall clean
 
 all: $(BUILD)/conclua $(BUILD)/libconclua.a $(BUILD)/libconclua.so \
@@ -121,11 +124,29 @@ define need_debs
 	fi
 endef
 
+# Like need_debs, for what only some tests use: missing and not root, it
+# says so and goes on.
+define want_debs
+	@missing=""; \
+	for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	      apt-get install -y -qq --no-install-recommends $$missing >/dev/null || true; \
+	  else \
+	    echo "not installed:$$missing (the tests that need them are skipped;"; \
+	    echo "  to run them: sudo apt-get install -y$$missing)"; \
+	  fi; \
+	fi
+endef
+
 deps:
 	$(call need_debs,$(DEBS))
 
 test-deps: deps
 	$(call need_debs,$(TEST_DEBS))
+	$(call want_debs,$(OPT_TEST_DEBS))
 
 demo: deps
 	@$(MAKE) --no-print-directory all
@@ -191,13 +212,15 @@ bench: deps
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib \
 	  $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib/pkgconfig \
-	  $(DESTDIR)$(PREFIX)/lib/lua/5.4 $(DESTDIR)$(PREFIX)/share/lua/5.4/conc
+	  $(DESTDIR)$(PREFIX)/lib/lua/5.4 $(DESTDIR)$(PREFIX)/share/lua/5.4/conc \
+	  $(DESTDIR)$(PREFIX)/share/man/man1
 	install -m 755 $(BUILD)/conclua $(DESTDIR)$(PREFIX)/bin/conclua
 	install -m 644 $(BUILD)/libconclua.a $(DESTDIR)$(PREFIX)/lib/libconclua.a
 	install -m 755 $(BUILD)/libconclua.so.$(SOVERSION) \
 	  $(DESTDIR)$(PREFIX)/lib/libconclua.so.$(SOVERSION)
 	ln -sf libconclua.so.$(SOVERSION) $(DESTDIR)$(PREFIX)/lib/libconclua.so
 	install -m 644 vm/conclua.h $(DESTDIR)$(PREFIX)/include/conclua.h
+	install -m 644 docs/conclua.1 $(DESTDIR)$(PREFIX)/share/man/man1/conclua.1
 	install -m 755 $(BUILD)/conc.so $(DESTDIR)$(PREFIX)/lib/lua/5.4/conc.so
 	for f in $(STDLIB); do \
 	  install -m 644 $$f $(DESTDIR)$(PREFIX)/share/lua/5.4/$${f#stdlib/}; done
@@ -205,12 +228,23 @@ install: all
 	  vm/tools/conclua.pc.in \
 	  > $(DESTDIR)$(PREFIX)/lib/pkgconfig/conclua.pc
 
+# luarocks make (conclua-dev-1.rockspec): conc.so for the stock lua5.4 and
+# the stdlib modules, into the rock tree LuaRocks names
+rock: $(BUILD)/conc.so
+
+rock-install: rock
+	install -d $(INST_LIBDIR) $(INST_LUADIR)/conc
+	install -m 755 $(BUILD)/conc.so $(INST_LIBDIR)/conc.so
+	for f in $(STDLIB); do \
+	  install -m 644 $$f $(INST_LUADIR)/$${f#stdlib/}; done
+
 uninstall:
 	rm -f $(DESTDIR)$(PREFIX)/bin/conclua $(DESTDIR)$(PREFIX)/lib/libconclua.a \
 	  $(DESTDIR)$(PREFIX)/lib/libconclua.so $(DESTDIR)$(PREFIX)/include/conclua.h \
 	  $(DESTDIR)$(PREFIX)/lib/libconclua.so.$(SOVERSION) \
 	  $(DESTDIR)$(PREFIX)/lib/lua/5.4/conc.so \
-	  $(DESTDIR)$(PREFIX)/lib/pkgconfig/conclua.pc
+	  $(DESTDIR)$(PREFIX)/lib/pkgconfig/conclua.pc \
+	  $(DESTDIR)$(PREFIX)/share/man/man1/conclua.1
 	rm -rf $(DESTDIR)$(PREFIX)/share/lua/5.4/conc
 
 clean:

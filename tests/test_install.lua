@@ -53,6 +53,7 @@ end
 local installed = {
   "bin/conclua", "lib/libconclua.so", "lib/libconclua.a",
   "include/conclua.h", "lib/lua/5.4/conc.so", "lib/pkgconfig/conclua.pc",
+  "share/man/man1/conclua.1",
 }
 for _, rel in ipairs(stdlib) do installed[#installed + 1] = "share/lua/5.4/" .. rel end
 
@@ -314,6 +315,55 @@ T.test("only conclua_* and luaopen_conc are exported", function()
       T.ok(seen[want], lib .. " does not export " .. want)
     end
   end
+end)
+
+-- `man conclua`: the page installs, renders with its sections, and groff
+-- finds nothing to warn about in it.
+local function have(cmds)
+  return select(2, T.sh("command -v " .. cmds .. " >/dev/null")) == 0
+end
+
+local function test_if(ok, name, why, fn)
+  if ok then T.test(name, fn) else T.skip(name, why) end
+end
+
+test_if(have("man") and have("groff"), "the manual page",
+        "man or groff is not installed (Debian: man-db groff-base)", function()
+  install()
+  local page = prefix .. "/share/man/man1/conclua.1"
+  local text = must("MANWIDTH=80 man -l " .. q(page) .. " 2>&1")
+  for _, section in ipairs({"NAME", "SYNOPSIS", "DESCRIPTION", "OPTIONS",
+                            "ENVIRONMENT", "EXIT STATUS", "FILES", "EXAMPLES",
+                            "SEE ALSO"}) do
+    T.ok(text:find("\n" .. section .. "\n", 1, true), "section " .. section)
+  end
+  T.ok(text:find("LUA_INIT", 1, true), "names LUA_INIT")
+  T.eq(must("groff -ww -z -man " .. q(page) .. " 2>&1"), "")
+  T.ok(slurp(page):find('"' .. conc.version .. '"', 1, true),
+       "the page's version is " .. conc.version)
+end)
+
+-- luarocks make, as the rockspec at the top says: conc.so and conc.pool
+-- in a rock tree, required from the stock lua5.4.
+test_if(have("luarocks") and not san, "luarocks make into a tree of its own",
+        san and "the rock is built without the sanitizer, lua5.4 cannot load it here"
+            or "luarocks is not installed (Debian: luarocks)", function()
+  local tree = prefix .. "/rocks"
+  local src = prefix .. "/rocksrc"
+  must("mkdir -p " .. q(src) .. " && cp -r Makefile conclua-dev-1.rockspec vm stdlib " ..
+       q(src))
+  must(env .. "cd " .. q(src) .. " && luarocks --lua-version=5.4 --tree=" ..
+       q(tree) .. " make 2>&1")
+  local out = must(env .. "cd / && LUA_CPATH=" .. q(tree .. "/lib/lua/5.4/?.so") ..
+    " LUA_PATH=" .. q(tree .. "/share/lua/5.4/?.lua") .. " lua5.4 -e " ..
+    q('local conc = require "conc"; local pool = require "conc.pool"\n' ..
+      'local p = pool.processes(2)\n' ..
+      'print(table.concat(p:map(function(x) return x * x end, {1, 2, 3}), " "))\n' ..
+      'p:close()\n' ..
+      'print(conc.spawn_thread(function() return conc.version end):join())'))
+  T.eq(out, "1 4 9\n" .. conc.version .. "\n")
+  T.ok(must("luarocks --lua-version=5.4 --tree=" .. q(tree) .. " list 2>&1")
+         :find("conclua", 1, true), "the rock is listed")
 end)
 
 T.test("make uninstall removes what install put", function()
