@@ -346,8 +346,9 @@ static int chan_recv(lua_State *L) {
   return chan_recv_d(L, conc_cs(L), c, conc_opttimeout(L, 2));
 }
 
-static int chan_close(lua_State *L) {
-  chan *c = check_chan(L);
+/* Closes c and wakes every waiter. */
+void chan_shut(cobj *o) {
+  chan *c = (chan *)o;
   selnode *n;
   cmutex_lock(&c->mu);
   atomic_store(&c->closed, 1);
@@ -360,7 +361,50 @@ static int chan_close(lua_State *L) {
     sel_deliver(n, SEL_CLOSED);
   }
   cmutex_unlock(&c->mu);
+}
+
+static int chan_close(lua_State *L) {
+  chan_shut((cobj *)check_chan(L));
   return 0;
+}
+
+/* For a producer with no Lua state (conc.mpi's communication thread). */
+cobj *chan_make(void) {
+  chan *c = aligned_alloc(64, (sizeof *c + 63) & ~(size_t)63);
+  if (c == NULL) return NULL;
+  memset(c, 0, sizeof *c);
+  obj_init(&c->obj, K_CHANNEL);
+  cmutex_init(&c->mu);
+  c->cap = -1;
+  atomic_init(&c->len, 0);
+  atomic_init(&c->closed, 0);
+  atomic_init(&c->spin, 0);
+  objreg_add_cm(&c->link, &c->mu);
+  return &c->obj;
+}
+
+int chan_put(cobj *o, msg *m) {
+  chan *c = (chan *)o;
+  offer of = {m, m->data, (uint32_t)m->n};
+  int room;
+  cmutex_lock(&c->mu);
+  if (atomic_load_explicit(&c->closed, memory_order_relaxed)) {
+    cmutex_unlock(&c->mu);
+    msg_free(m);
+    return -1;
+  }
+  room = hand_to_receiver(c, &of) ? 2 : ring_room(c);
+  if (room == 1) ring_push(c, &of);
+  cmutex_unlock(&c->mu);
+  if (room < 0) {
+    msg_free(m);
+    return -1;
+  }
+  return 0;
+}
+
+size_t chan_count(cobj *o) {
+  return atomic_load(&((chan *)o)->len);
 }
 
 static int chan_len(lua_State *L) {

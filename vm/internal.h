@@ -222,7 +222,8 @@ typedef struct msg {
 
 enum {
   MARSHAL_REMOTE = 1,     /* for another process: no local object refs */
-  MARSHAL_NOSHM = 2       /* for an unrelated process: no objects at all */
+  MARSHAL_NOSHM = 2,      /* for an unrelated process: no objects at all */
+  MARSHAL_RANK = 4        /* with NOSHM: for another MPI rank (the words) */
 };
 
 void mbuf_init(mbuf *b);
@@ -244,6 +245,9 @@ int marshal_encode(lua_State *L, struct cstate *cs, int first, int n,
 ** any bytes. 'refs' must be the buffer's refs (local) or NULL (remote). */
 int marshal_decode(lua_State *L, struct cstate *cs, const char *p, size_t n,
                    cobj **refs, int nrefs, int flags, char *err, size_t errsz);
+int marshal_format(void);         /* the format's version */
+/* conc._mpiapi (mpiapi.c): the core functions conc.mpi calls. */
+int conc_mpiapi_get(lua_State *L);
 /* A message holding a copy of n bytes (no references), or NULL. */
 msg *msg_alloc(size_t n);
 msg *msg_copy(const void *p, size_t n);
@@ -681,6 +685,14 @@ extern const kindinfo channel_kind, lock_kind, semaphore_kind, event_kind,
     parcel_kind, pool_kind;
 
 int chan_new(lua_State *L);
+/* Channels fed from C with no Lua state (conc.mpi, see mpiapi.c): an
+** unbounded channel (one reference, the caller's; NULL out of memory);
+** chan_put hands m over without waiting (0; -1 closed or out of memory,
+** m freed either way); chan_shut is close(). */
+cobj *chan_make(void);
+int chan_put(cobj *o, msg *m);
+void chan_shut(cobj *o);
+size_t chan_count(cobj *o);
 int sync_lock(lua_State *L);
 int sync_semaphore(lua_State *L);
 int sync_event(lua_State *L);

@@ -1,0 +1,71 @@
+/*
+** mpiapi.c
+** conc._mpiapi(): the table of core functions that conc.mpi calls (see
+** mpiapi.h for why it goes through a table).
+*/
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+#include "mpiapi.h"
+
+static int api_encode(lua_State *L, int first, int n, const char *root,
+                      char **out, size_t *outn, char *err, size_t errsz) {
+  cstate *cs = conc_cs(L);
+  mbuf b;
+  mbuf_init(&b);
+  if (marshal_encode(L, cs, first, n, &b,
+                     MARSHAL_REMOTE | MARSHAL_NOSHM | MARSHAL_RANK, root, err,
+                     errsz)) {
+    mbuf_free(&b);
+    return -1;
+  }
+  *outn = b.n;
+  *out = b.p;                  /* realloc'd memory: the caller frees it */
+  b.p = NULL;
+  b.n = b.cap = 0;
+  mbuf_free(&b);
+  if (*out == NULL && (*out = malloc(1)) == NULL) {
+    snprintf(err, errsz, "not enough memory");
+    return -1;
+  }
+  return 0;
+}
+
+static void *api_chan_make(void) {
+  return chan_make();
+}
+
+static int api_chan_put(void *ch, const char *p, size_t n) {
+  msg *m = msg_copy(p, n);
+  if (m == NULL) return -1;
+  return chan_put(ch, m);
+}
+
+static void api_chan_shut(void *ch) {
+  chan_shut(ch);
+}
+
+static size_t api_chan_len(void *ch) {
+  return chan_count(ch);
+}
+
+static void api_push(lua_State *L, void *ch) {
+  obj_push(L, conc_cs(L), ch);
+}
+
+static void api_release(void *ch) {
+  obj_release(ch);
+}
+
+static const conc_mpiapi api = {
+    CONC_MPIAPI_VERSION, CONCLUA_VERSION, LUA_RELEASE, marshal_format, api_encode,
+    marshal_key, marshal_setkey, api_chan_make, api_chan_put, api_chan_shut,
+    api_chan_len, api_push, api_release};
+
+/* conc._mpiapi() -> the table, a light userdata. */
+int conc_mpiapi_get(lua_State *L) {
+  lua_pushlightuserdata(L, (void *)&api);
+  return 1;
+}
