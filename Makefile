@@ -23,10 +23,20 @@ WERROR ?=
 DEBS = liblua5.4-dev libreadline-dev pkg-config
 TEST_DEBS = lua5.4 tmux
 BENCH_DEBS = python3
+MPI_DEBS = libopenmpi-dev openmpi-bin
+MPI_BENCH_DEBS = python3-mpi4py
 
 LUA_CFLAGS = $(shell pkg-config --cflags lua5.4)
 LUA_LIBS = $(shell pkg-config --libs lua5.4)
 RL_LIBS = $(shell pkg-config --libs readline 2>/dev/null || echo -lreadline)
+
+# conc.mpi is built when pkg-config finds an MPI (Open MPI, else MPICH);
+# only the module links it, never conclua or libconclua
+MPI_PC = $(shell pkg-config --exists ompi-c 2>/dev/null && echo ompi-c || \
+           { pkg-config --exists mpich 2>/dev/null && echo mpich; })
+MPI_CFLAGS = $(if $(MPI_PC),$(shell pkg-config --cflags $(MPI_PC)))
+MPI_LIBS = $(if $(MPI_PC),$(shell pkg-config --libs $(MPI_PC)))
+MPI_MOD = $(if $(MPI_PC),$(BUILD)/conc/mpi.so)
 
 CFLAGS = -std=gnu11 $(OPT) -g -Wall -Wextra $(if $(WERROR),-Werror) \
          -fPIC -fvisibility=hidden -pthread -D_GNU_SOURCE \
@@ -41,11 +51,11 @@ VERSION = $(shell sed -n 's/^\#define CONCLUA_VERSION "conclua \(.*\)"/\1/p' vm/
 CTESTS = $(patsubst tests/c/%.c,$(BUILD)/tests/%,$(wildcard tests/c/test_*.c))
 HEADERS = $(wildcard vm/*.h)
 
-.PHONY: all deps test-deps demo test check asan tsan stress fuzz bench \
+.PHONY: all deps test-deps mpi-deps demo test check asan tsan stress fuzz bench \
         install uninstall clean
 
 all: $(BUILD)/conclua $(BUILD)/libconclua.a $(BUILD)/libconclua.so \
-     $(BUILD)/conc.so $(CTESTS)
+     $(BUILD)/conc.so $(CTESTS) $(MPI_MOD)
 
 $(BUILD)/obj/%.o: vm/%.c $(HEADERS) | $(BUILD)/obj
 	$(CC) $(CFLAGS) -c $< -o $@
@@ -73,6 +83,13 @@ $(BUILD)/libconclua.so: $(LIB_OBJ)
 # the module for lua5.4: Lua's symbols come from the interpreter
 $(BUILD)/conc.so: $(LIB_OBJ)
 	$(CC) -shared -o $@ $(LIB_OBJ) $(LDFLAGS) -ldl -lm
+
+# conc.mpi: MPI plus the Lua API; the core's functions it reaches through
+# the table of vm/mpiapi.h, from the core that is loaded
+$(BUILD)/conc/mpi.so: vm/mpi/mpi.c vm/mpiapi.h
+	@mkdir -p $(BUILD)/conc
+	$(CC) $(CFLAGS) $(MPI_CFLAGS) -shared vm/mpi/mpi.c -o $@ $(LDFLAGS) \
+	  $(MPI_LIBS) -ldl
 
 # -z now: a forked child does not fault in lazy symbol bindings
 $(BUILD)/conclua: $(BIN_OBJ) $(BUILD)/libconclua.a
@@ -113,13 +130,30 @@ deps:
 test-deps: deps
 	$(call need_debs,$(TEST_DEBS))
 
+# MPI for conc.mpi's tests: installed when root, else the line to run
+# (the tests are then reported as skipped, with the reason)
+mpi-deps:
+	@missing=""; \
+	for p in $(MPI_DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	      apt-get install -y -qq --no-install-recommends $$missing >/dev/null || \
+	      echo "could not install$$missing: the MPI tests will be skipped"; \
+	  else \
+	    echo "conc.mpi needs MPI; to build and test it, run:"; \
+	    echo "  sudo apt-get install -y$$missing"; \
+	  fi; \
+	fi
+
 demo: deps
 	@$(MAKE) --no-print-directory all
 	$(BUILD)/conclua scripts/demo.lua
 
 # ------------------------------------------------------------ tests
 
-test: test-deps
+test: test-deps mpi-deps
 	@$(MAKE) --no-print-directory all
 	@CONCLUA_BUILD=$(BUILD) $(BUILD)/conclua tests/run.lua
 

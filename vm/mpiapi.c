@@ -10,9 +10,9 @@
 #include "internal.h"
 #include "mpiapi.h"
 
-static int api_encode(lua_State *L, int first, int n, const char *root,
-                      char **out, size_t *outn, char *err, size_t errsz) {
-  cstate *cs = conc_cs(L);
+static int api_encode(lua_State *L, void *cs, int first, int n,
+                      const char *root, char **out, size_t *outn, char *err,
+                      size_t errsz) {
   mbuf b;
   mbuf_init(&b);
   if (marshal_encode(L, cs, first, n, &b,
@@ -51,8 +51,8 @@ static size_t api_chan_len(void *ch) {
   return chan_count(ch);
 }
 
-static void api_push(lua_State *L, void *ch) {
-  obj_push(L, conc_cs(L), ch);
+static void api_push(lua_State *L, void *cs, void *ch) {
+  obj_push(L, cs, ch);
 }
 
 static void api_release(void *ch) {
@@ -64,8 +64,10 @@ static const conc_mpiapi api = {
     marshal_key, marshal_setkey, api_chan_make, api_chan_put, api_chan_shut,
     api_chan_len, api_push, api_release};
 
-/* conc._mpiapi() -> the table, a light userdata. */
+/* conc._mpiapi() -> the table and the state's runtime, light userdata. */
 int conc_mpiapi_get(lua_State *L) {
+  cstate *cs = conc_cs(L);
   lua_pushlightuserdata(L, (void *)&api);
-  return 1;
+  lua_pushlightuserdata(L, cs);
+  return 2;
 }

@@ -10,7 +10,9 @@
 ** So the module calls into the core that is loaded, through this table of
 ** functions, which conc._mpiapi() returns as a light userdata. These are
 ** every core function conc.mpi calls; it uses nothing else but the Lua
-** API. Objects are opaque to it.
+** API. Objects are opaque to it, and so is the state's runtime ('cs',
+** the second value conc._mpiapi() returns in that state), which the
+** functions that touch a Lua state take.
 */
 
 #ifndef conc_mpiapi_h
@@ -30,7 +32,7 @@ typedef struct conc_mpiapi {
   ** all; the words of MARSHAL_RANK) into a malloc'd block (*out, *outn,
   ** the caller's to free): 0, or -1 with the message in err. Never
   ** raises. */
-  int (*encode)(lua_State *L, int first, int n, const char *root,
+  int (*encode)(lua_State *L, void *cs, int first, int n, const char *root,
                 char **out, size_t *outn, char *err, size_t errsz);
   /* The 16-byte key that guards bytecode in messages (marshal.c). */
   void (*key)(unsigned char key[16]);
@@ -43,7 +45,7 @@ typedef struct conc_mpiapi {
   int (*chan_put)(void *ch, const char *p, size_t n);
   void (*chan_shut)(void *ch);
   size_t (*chan_len)(void *ch);
-  void (*push)(lua_State *L, void *ch);
+  void (*push)(lua_State *L, void *cs, void *ch);
   void (*release)(void *ch);
 } conc_mpiapi;
 
