@@ -403,6 +403,23 @@ int chan_put(cobj *o, msg *m) {
   return 0;
 }
 
+/* Moves what is queued in 'from' to the end of 'to', in order. */
+void chan_move(cobj *from, cobj *to) {
+  chan *c = (chan *)from;
+  for (;;) {
+    msg *m = NULL;
+    uint32_t n = 0;
+    char inl[SEL_INLINE];
+    int r;
+    cmutex_lock(&c->mu);
+    r = take(c, &m, &n, inl);
+    cmutex_unlock(&c->mu);
+    if (r <= 0) return;
+    if (m == NULL && (m = msg_copy(inl, n)) == NULL) return;
+    chan_put(to, m);
+  }
+}
+
 size_t chan_count(cobj *o) {
   return atomic_load(&((chan *)o)->len);
 }

@@ -693,6 +693,7 @@ cobj *chan_make(void);
 int chan_put(cobj *o, msg *m);
 void chan_shut(cobj *o);
 size_t chan_count(cobj *o);
+void chan_move(cobj *from, cobj *to);   /* what is queued, in order */
 int sync_lock(lua_State *L);
 int sync_semaphore(lua_State *L);
 int sync_event(lua_State *L);

@@ -59,10 +59,14 @@ static void api_release(void *ch) {
   obj_release(ch);
 }
 
+static void api_chan_move(void *from, void *to) {
+  chan_move(from, to);
+}
+
 static const conc_mpiapi api = {
     CONC_MPIAPI_VERSION, CONCLUA_VERSION, LUA_RELEASE, marshal_format, api_encode,
     marshal_key, marshal_setkey, api_chan_make, api_chan_put, api_chan_shut,
-    api_chan_len, api_push, api_release};
+    api_chan_len, api_push, api_release, api_chan_move};
 
 /* conc._mpiapi() -> the table and the state's runtime, light userdata. */
 int conc_mpiapi_get(lua_State *L) {

@@ -47,6 +47,8 @@ typedef struct conc_mpiapi {
   size_t (*chan_len)(void *ch);
   void (*push)(lua_State *L, void *cs, void *ch);
   void (*release)(void *ch);
+  /* moves what is queued in one channel to the end of another */
+  void (*chan_move)(void *from, void *to);
 } conc_mpiapi;
 
 #endif

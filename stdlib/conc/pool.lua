@@ -230,12 +230,12 @@ transports.mpi = {
     local name = string.format("rank %d (%s)", rank, mpi.host(rank))
     local inport, endport = mpi._newport(), mpi._newport()
     local h = spawn_thread({name = P.prefix .. "-" .. P.id .. "-rank-" .. slot, daemon = true},
-                           function(port)
+                           function(r, port)
                              local m = require "conc.mpi"
-                             local why = m._inbox(port):recv()
+                             local why = m._endpoint(r, port):recv()
                              m._drop(port)
                              return why
-                           end, endport)
+                           end, rank, endport)
     mpi._send(rank, MPI_CONTROL, {op = "start", inport = inport, resport = result_ports[P.results],
                                   endport = endport, slot = slot, name = name, pool = P.id})
     return {slot = slot, h = h, rank = rank, inport = inport, name = name}
@@ -252,14 +252,15 @@ function pool._mpi_worker(inport, resport, slot, name, poolid, owner)
   local mpi = require "conc.mpi"
   local send = mpi._send
   local results = {send = function(_, a) return send(owner, resport, a) end}
-  return worker_loop(mpi._inbox(inport), results, slot, name, "rank", poolid)
+  return worker_loop(mpi._endpoint(owner, inport), results, slot, name, "rank", poolid)
 end
 
 -- The server of a rank: starts the workers that pools of other ranks ask
 -- for, cancels them on terminate, and tells each pool when its worker
 -- has ended.
 function pool._mpi_serve()
-  local mpi = require "conc.mpi"
+  local ok, mpi = pcall(require, "conc.mpi")
+  if not ok then return end             -- the job ended before this started
   local ctl = mpi._inbox(MPI_CONTROL)
   local workers = {}                     -- inport -> {h, endport, owner}
   local function worker_main(...) return require("conc.pool")._mpi_worker(...) end

@@ -99,7 +99,8 @@ typedef struct route {
   int src;
   int64_t port;
   void *ch;                   /* a channel reference */
-  int ends;                   /* endpoint handles that use it */
+  int ends;                   /* end handles that use it */
+  int lazy;                   /* made by a message, no end wants it yet */
 } route;
 
 /* What a source is sending us, while its data frames arrive. */
@@ -126,36 +127,32 @@ static int bye0;                  /* rank 0 said bye */
 static int ending_status = -1;    /* set by the exit handler */
 static size_t chunk = (size_t)1 << 30;
 static outmsg *qhead, **qtail = &qhead;   /* queued, under mu */
-static route *routes;                      /* under mu */
+#define NBUCKETS 256
+static route *routes[NBUCKETS];            /* by port, under mu */
 static int64_t nextport;
 static MPI_Comm world;
 
 /* ------------------------------------------------------------ routes */
 
+/* Where a message goes: to the endpoint for (source, port) if this rank
+** made one; else to the inbox of the port if there is one; else to a
+** route made for (source, port) on the spot (lazy), where it waits for an
+** endpoint of that source, or for an inbox of the port, which then takes
+** what such routes hold, in order. So nothing that arrives early is lost,
+** whichever end the receiver makes later. */
+
+static route **bucket(int64_t port) {
+  return &routes[((uint64_t)port * 0x9E3779B97F4A7C15ull) >> 56];
+}
+
 static route *route_find(int src, int64_t port) {
-  for (route *r = routes; r; r = r->next)
+  for (route *r = *bucket(port); r; r = r->next)
     if (r->src == src && r->port == port) return r;
   return NULL;
 }
 
-/* The route (src, port), made if missing; NULL out of memory. Under mu. */
-static route *route_get(int src, int64_t port) {
-  route *r = route_find(src, port);
-  if (r) return r;
-  r = calloc(1, sizeof *r);
-  if (r == NULL || (r->ch = api->chan_make()) == NULL) {
-    free(r);
-    return NULL;
-  }
-  r->src = src;
-  r->port = port;
-  r->next = routes;
-  routes = r;
-  return r;
-}
-
 static void route_drop(route *r) {
-  for (route **p = &routes; *p; p = &(*p)->next)
+  for (route **p = bucket(r->port); *p; p = &(*p)->next)
     if (*p == r) {
       *p = r->next;
       break;
@@ -165,10 +162,44 @@ static void route_drop(route *r) {
   free(r);
 }
 
+/* The route (src, port), made if missing; NULL out of memory. Under mu.
+** An inbox (src -1) takes over what the lazy routes of its port hold. */
+static route *route_get(int src, int64_t port, int lazy) {
+  route *r = route_find(src, port), **b = bucket(port);
+  if (r) {
+    if (!lazy) r->lazy = 0;
+    return r;
+  }
+  r = calloc(1, sizeof *r);
+  if (r == NULL || (r->ch = api->chan_make()) == NULL) {
+    free(r);
+    return NULL;
+  }
+  r->src = src;
+  r->port = port;
+  r->lazy = lazy;
+  r->next = *b;
+  *b = r;
+  if (src < 0) {
+    for (route *o = r->next, *next; o; o = next) {
+      next = o->next;
+      if (o->port == port && o->lazy && o->ends == 0) {
+        api->chan_move(o->ch, r->ch);
+        route_drop(o);
+      }
+    }
+  }
+  return r;
+}
+
 /* Delivers the n bytes of a message from src on port. Under mu. */
 static void deliver(int src, int64_t port, const char *p, size_t n) {
   route *r = route_find(src, port);
-  if (r == NULL) r = route_get(-1, port);
+  if (r == NULL || r->lazy) {
+    route *inbox = route_find(-1, port);
+    if (inbox) r = inbox;
+  }
+  if (r == NULL) r = route_get(src, port, 1);
   if (r) api->chan_put(r->ch, p, n);    /* closed: dropped */
 }
 
@@ -586,7 +617,7 @@ static int push_end(lua_State *L, int peer, int64_t port, int src) {
   e->closed = 0;
   luaL_setmetatable(L, peer < 0 ? T_INBOX : T_END);
   pthread_mutex_lock(&mu);
-  r = route_get(src, port);
+  r = route_get(src, port, 0);
   if (r) {
     r->ends++;
     api->push(L, lua_touserdata(L, lua_upvalueindex(1)), r->ch);
@@ -620,6 +651,14 @@ static int mpi_xinbox(lua_State *L) {
   return push_end(L, -1, port, -1);
 }
 
+/* mpi._endpoint(rank, port), any integer port */
+static int mpi_xendpoint(lua_State *L) {
+  int peer = check_rank(L, 1);
+  int64_t port = luaL_checkinteger(L, 2);
+  check_running(L);
+  return push_end(L, peer, port, peer);
+}
+
 /* mpi._send(rank, port, value) */
 static int mpi_xsend(lua_State *L) {
   int dest = check_rank(L, 1);
@@ -637,12 +676,14 @@ static int mpi_newport(lua_State *L) {
   return 1;
 }
 
-/* mpi._drop(port): the inbox of the port is closed and forgotten. */
+/* mpi._drop(port): the routes of a port of conclua's are closed, and
+** forgotten once no end uses them. */
 static int mpi_drop(lua_State *L) {
   int64_t port = luaL_checkinteger(L, 1);
-  route *r;
   pthread_mutex_lock(&mu);
-  if ((r = route_find(-1, port)) != NULL) {
+  for (route *r = *bucket(port), *next; r; r = next) {
+    next = r->next;
+    if (r->port != port) continue;
     if (r->ends == 0) route_drop(r);
     else api->chan_shut(r->ch);
   }
@@ -704,7 +745,7 @@ static int end_gc(lua_State *L) {
   end *e = check_end(L, 1);
   if (e->r) {
     pthread_mutex_lock(&mu);
-    e->r->ends--;
+    if (--e->r->ends == 0 && e->r->src >= 0) e->r->lazy = 1;   /* an inbox may take it */
     pthread_mutex_unlock(&mu);
     e->r = NULL;
   }
@@ -764,7 +805,7 @@ static const luaL_Reg end_methods[] = {
 static const luaL_Reg funcs[] = {
     {"rank", mpi_rank},         {"size", mpi_size},
     {"host", mpi_host},         {"endpoint", mpi_endpoint},
-    {"inbox", mpi_inbox},       {"_inbox", mpi_xinbox},
+    {"inbox", mpi_inbox},       {"_inbox", mpi_xinbox},     {"_endpoint", mpi_xendpoint},
     {"_send", mpi_xsend},       {"_newport", mpi_newport},
     {"_drop", mpi_drop},        {"_serving", mpi_serving},
     {"_spmd", mpi_spmd},
@@ -790,10 +831,10 @@ static void make_meta(lua_State *L, void *cs, const char *tname, int sends) {
   lua_pop(L, 1);
 }
 
-/* barrier and bcast, on conclua's own ports (-2, and -16 - root) */
+/* barrier and bcast, on conclua's own ports (-2, -3) */
 static const char lua_part[] =
     "local mpi, conc = ...\n"
-    "local send, inbox, rank, size = mpi._send, mpi._inbox, mpi.rank(), mpi.size()\n"
+    "local send, inbox, ep, rank, size = mpi._send, mpi._inbox, mpi._endpoint, mpi.rank(), mpi.size()\n"
     "local spmd = mpi._spmd()\n"
     "function mpi.barrier()\n"
     "  if not spmd then\n"
@@ -805,13 +846,12 @@ static const char lua_part[] =
     "    mpi._drop(port)\n"
     "    return\n"
     "  end\n"
-    "  local box = inbox(-2)\n"
     "  if rank == 0 then\n"
-    "    for _ = 1, size - 1 do box:recv() end\n"
+    "    for r = 1, size - 1 do ep(r, -2):recv() end\n"
     "    for r = 1, size - 1 do send(r, -2, true) end\n"
     "  else\n"
     "    send(0, -2, true)\n"
-    "    box:recv()\n"
+    "    ep(0, -2):recv()\n"
     "  end\n"
     "end\n"
     "function mpi.bcast(value, root)\n"
@@ -822,10 +862,10 @@ static const char lua_part[] =
     "  if not spmd then return value end   -- under -l nobody else runs the script\n"
     "  if rank == root then\n"
     "    if value == nil then error(\"bad argument #1 to 'bcast' (cannot send nil)\", 2) end\n"
-    "    for r = 0, size - 1 do if r ~= root then send(r, -16 - root, value) end end\n"
+    "    for r = 0, size - 1 do if r ~= root then send(r, -3, value) end end\n"
     "    return value\n"
     "  end\n"
-    "  return (inbox(-16 - root):recv())\n"
+    "  return (ep(root, -3):recv())\n"
     "end\n";
 
 /* Whether a Lua function is on the call stack: require from a script,
