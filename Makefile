@@ -205,6 +205,9 @@ install: all
 	install -m 755 $(BUILD)/libconclua.so $(DESTDIR)$(PREFIX)/lib/libconclua.so
 	install -m 644 vm/conclua.h $(DESTDIR)$(PREFIX)/include/conclua.h
 	install -m 755 $(BUILD)/conc.so $(DESTDIR)$(PREFIX)/lib/lua/5.4/conc.so
+	if [ -f $(BUILD)/conc/mpi.so ]; then \
+	  install -d $(DESTDIR)$(PREFIX)/lib/lua/5.4/conc; \
+	  install -m 755 $(BUILD)/conc/mpi.so $(DESTDIR)$(PREFIX)/lib/lua/5.4/conc/mpi.so; fi
 	for f in $(STDLIB); do \
 	  install -m 644 $$f $(DESTDIR)$(PREFIX)/share/lua/5.4/$${f#stdlib/}; done
 	sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@VERSION@|$(VERSION)|g' \
@@ -215,6 +218,7 @@ uninstall:
 	rm -f $(DESTDIR)$(PREFIX)/bin/conclua $(DESTDIR)$(PREFIX)/lib/libconclua.a \
 	  $(DESTDIR)$(PREFIX)/lib/libconclua.so $(DESTDIR)$(PREFIX)/include/conclua.h \
 	  $(DESTDIR)$(PREFIX)/lib/lua/5.4/conc.so \
+	  $(DESTDIR)$(PREFIX)/lib/lua/5.4/conc/mpi.so \
 	  $(DESTDIR)$(PREFIX)/lib/pkgconfig/conclua.pc
 	rm -rf $(DESTDIR)$(PREFIX)/share/lua/5.4/conc
 

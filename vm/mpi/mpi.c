@@ -10,9 +10,13 @@
 ** and interruptible like any conc wait, and an idle rank does not burn a
 ** core: both Debian MPIs spin in a blocking receive (mpi4py's workers sit
 ** at 100% of a core), while this thread polls with MPI_Iprobe and, when
-** nothing happened, sleeps on a condition variable for a back-off that
-** doubles from 8 us to 1 ms (a few percent of a core at most). Queuing a
-** message wakes it at once, so sends never wait for the back-off.
+** nothing happened, it polls again, yielding the core, for 200 us after
+** the last message (an answer to it is likely then: a task's round trip
+** takes about that long here), then sleeps on a condition variable: 20 us
+** naps until 20 ms after the last message, then naps that double up to
+** 1 ms (an idle rank: a few percent of a core at most). Queuing a message wakes it at once, so
+** sends never wait for a nap; a message that arrives waits for the end of
+** the receiver's nap at most.
 **
 ** Messages travel on one MPI tag of a communicator of our own (a dup of
 ** MPI_COMM_WORLD), so those from one rank to another keep their order. A
@@ -57,6 +61,7 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <time.h>
+#include <sched.h>
 #include <unistd.h>
 
 #include <mpi.h>
@@ -68,8 +73,10 @@
 
 #define TAG 7
 #define MAGIC 0x6d706931u         /* "mpi1" */
-#define SLEEP_MIN 8000L           /* ns */
-#define SLEEP_MAX 1000000L
+#define SPIN_NS 200000L           /* ns: polls without a nap this long */
+#define SLEEP_HOT 20000L          /* ns: the nap while messages flow */
+#define HOT_NS 20000000L          /* how long they are taken to flow */
+#define SLEEP_MAX 1000000L        /* the nap of an idle rank */
 #define VERLEN 256
 
 enum { F_DATA = 1, F_CLOSE = 2, F_BYE = 3 };
@@ -333,6 +340,7 @@ static void check_versions(void) {
 static void *comm_main(void *arg) {
   int provided, namelen = 0, byes = 0, bye_sent = 0;
   long sleep_ns = 0;
+  struct timespec last = {0, 0};  /* when something last happened */
   unsigned char key[16];
   partial *parts;
   outmsg *sending = NULL;
@@ -412,11 +420,26 @@ static void *comm_main(void *arg) {
     did |= receive(parts, &byes);
     if (bye_sent && byes >= nranks - 1 && sending == NULL) break;
     if (did) {
+      clock_gettime(CLOCK_MONOTONIC, &last);
       sleep_ns = 0;
       continue;
     }
-    sleep_ns = sleep_ns ? sleep_ns * 2 : SLEEP_MIN;
+    {
+      struct timespec t;
+      clock_gettime(CLOCK_MONOTONIC, &t);
+      long since = (t.tv_sec - last.tv_sec) * 1000000000L + (t.tv_nsec - last.tv_nsec);
+      if (since < SPIN_NS)
+        sleep_ns = 0;             /* an answer is likely now: poll, yielding */
+      else if (since < HOT_NS)
+        sleep_ns = SLEEP_HOT;     /* or soon: look often */
+      else
+        sleep_ns = sleep_ns > SLEEP_HOT ? sleep_ns * 2 : 2 * SLEEP_HOT;
+    }
     if (sleep_ns > SLEEP_MAX) sleep_ns = SLEEP_MAX;
+    if (sleep_ns == 0) {
+      sched_yield();
+      continue;
+    }
     pthread_mutex_lock(&mu);
     if (qhead == NULL && (state == S_ENDING) == ending) {
       struct timespec at;
