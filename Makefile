@@ -132,15 +132,16 @@ test-deps: deps
 
 # MPI for conc.mpi's tests: installed when root, else the line to run
 # (the tests are then reported as skipped, with the reason)
+MPI_WANT ?= $(MPI_DEBS)
 mpi-deps:
 	@missing=""; \
-	for p in $(MPI_DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	for p in $(MPI_WANT); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "installing:$$missing"; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
 	      apt-get install -y -qq --no-install-recommends $$missing >/dev/null || \
-	      echo "could not install$$missing: the MPI tests will be skipped"; \
+	      echo "could not install$$missing: what needs them will be skipped"; \
 	  else \
 	    echo "conc.mpi needs MPI; to build and test it, run:"; \
 	    echo "  sudo apt-get install -y$$missing"; \
@@ -190,6 +191,7 @@ fuzz: test-deps
 	  -max_len=4096 tests/fuzz/corpus
 
 bench: deps
+	@$(MAKE) --no-print-directory mpi-deps MPI_WANT="$(MPI_DEBS) $(MPI_BENCH_DEBS)"
 	@$(MAKE) --no-print-directory all
 	$(call need_debs,$(BENCH_DEBS))
 	@CONCLUA_BUILD=$(BUILD) tests/bench/run.sh
