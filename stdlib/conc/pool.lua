@@ -202,7 +202,7 @@ transports.processes = local_workers("process", conc.queue, spawn_process,
 
 -- Worker ranks of an MPI job (conc.mpi, vm/mpi/mpi.c). Each worker is a
 -- thread of a rank, started by that rank's server (pool._mpi_serve, a
--- daemon thread conc.mpi starts on every rank but 0) on request, with an
+-- thread conc.mpi starts on every rank but 0) on request, with an
 -- inbox on a port of its own; answers come to one inbox of the manager;
 -- the end of each worker comes to a port that a watcher thread of the
 -- manager's rank waits on, so that w.h is a thread handle like the
@@ -256,8 +256,8 @@ function pool._mpi_worker(inport, resport, slot, name, poolid, owner)
 end
 
 -- The server of a rank: starts the workers that pools of other ranks ask
--- for, cancels them on terminate, and tells each pool when its worker
--- has ended.
+-- for, cancels them on terminate, tells each pool when its worker has
+-- ended, and ends when rank 0 does (conc.mpi hands it a bye then).
 function pool._mpi_serve()
   local ok, mpi = pcall(require, "conc.mpi")
   if not ok then return end             -- the job ended before this started
@@ -283,6 +283,8 @@ function pool._mpi_serve()
         if w then w.h:cancel() end
       elseif m.op == "ping" then         -- mpi.barrier under -l
         mpi._send(src, m.port, true)
+      elseif m.op == "bye" then          -- rank 0 ends: so does the service
+        return
       end
     else
       for port, w in pairs(workers) do
@@ -298,8 +300,10 @@ function pool._mpi_serve()
   end
 end
 
+-- Not a daemon: a rank that runs the script too (SPMD) waits at its end
+-- for rank 0 to end, serving meanwhile.
 function pool._mpi_start_server()
-  spawn_thread({name = "mpi-server", daemon = true},
+  spawn_thread({name = "mpi-server"},
                function() return require("conc.pool")._mpi_serve() end)
 end
 

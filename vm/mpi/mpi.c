@@ -35,9 +35,11 @@
 ** format versions and host (a mismatch is an error naming the rank and
 ** host, on every rank), and rank 0 broadcasts the key that guards
 ** bytecode in messages (marshal.c), so functions cross between ranks.
-** Loaded with -l on a rank other than 0, luaopen_conc_mpi never returns:
-** the rank serves (a daemon thread starts pool workers on request) until
-** rank 0 says bye, then exits 0. End: at exit (on_exit), each rank queues
+** On every rank but 0 the first load starts the rank's server (a thread
+** that starts pool workers on request, pool._mpi_serve) which ends when
+** rank 0 says bye. Loaded with -l there, luaopen_conc_mpi never returns:
+** the rank serves until then and exits 0; a rank that runs the script
+** (SPMD) waits at its end for its server, as for any thread. End: at exit (on_exit), each rank queues
 ** a bye to every other rank, keeps delivering until it has every other
 ** rank's bye and its sends completed, then finalises; so no rank
 ** finalises while another still sends to it. A rank that ends with a
@@ -137,6 +139,8 @@ static outmsg *qhead, **qtail = &qhead;   /* queued, under mu */
 #define NBUCKETS 256
 static route *routes[NBUCKETS];            /* by port, under mu */
 static int64_t nextport;
+static char *bye_bytes;           /* {op = "bye"}, 0 encoded: for the server */
+static size_t bye_len;
 static MPI_Comm world;
 
 /* ------------------------------------------------------------ routes */
@@ -279,8 +283,9 @@ static int receive(partial *parts, int *byes) {
     }
     if (h.kind == F_BYE) {
       (*byes)++;
-      if (src == 0) {
+      if (src == 0) {            /* the rank's server ends (pool._mpi_serve) */
         pthread_mutex_lock(&mu);
+        if (bye_bytes) deliver(0, -1, bye_bytes, bye_len);
         bye0 = 1;
         pthread_cond_broadcast(&changed);
         pthread_mutex_unlock(&mu);
@@ -933,7 +938,17 @@ __attribute__((visibility("default"))) int luaopen_conc_mpi(lua_State *L) {
   lua_pushvalue(L, 1);
   lua_call(L, 2, 0);
   if (first && myrank != 0) {
-    /* the server of pool workers: a daemon thread */
+    /* the server of pool workers, a thread of its own until rank 0 ends:
+    ** rank 0's bye hands it this message */
+    char err[256];
+    lua_createtable(L, 0, 1);
+    lua_pushliteral(L, "bye");
+    lua_setfield(L, -2, "op");
+    lua_pushinteger(L, 0);
+    if (api->encode(L, cs, lua_gettop(L) - 1, 2, "value", &bye_bytes, &bye_len, err,
+                    sizeof err))
+      return luaL_error(L, "conc.mpi: %s", err);
+    lua_pop(L, 2);
     lua_getglobal(L, "require");
     lua_pushliteral(L, "conc.pool");
     lua_call(L, 1, 1);
