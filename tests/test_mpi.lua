@@ -181,6 +181,27 @@ mpitest("pool.mpi: options, threads per rank, terminate, no worker ranks", funct
   T.ok(out2:find("pool.mpi: no worker ranks (run under mpirun -np N, N >= 2)", 1, true), out2)
 end)
 
+mpitest("the stock lua5.4 with conc.so; a pool left open finishes its work at exit", function()
+  local path = T.tmpfile([[
+    local p = require("conc.pool").mpi()
+    print(p:submit(function() return _VERSION .. " on rank " .. require("conc.mpi").rank() end):result())
+  ]])
+  local out, code = T.sh(string.format("%s LUA_CPATH=%s timeout -k 2 60 mpirun --bind-to none -np 2 " ..
+                                       "lua5.4 -l conc.mpi %s", ENV, q(build .. "/?.so;;"), q(path)))
+  os.remove(path)
+  T.eq(code, 0, out)
+  T.ok(out:find("Lua 5.4 on rank 1", 1, true), out)
+  local mark = os.tmpname()
+  os.remove(mark)
+  local out2, code2 = mpirun(2, string.format([[
+    local p = require("conc.pool").mpi()
+    p:submit(function(path) conc.sleep(0.3) io.open(path, "w"):write("done"):close() end, %q)
+  ]], mark), true)
+  T.eq(code2, 0, out2)
+  T.eq(T.readfile(mark), "done", "the queued task ran before the job ended")
+  os.remove(mark)
+end)
+
 mpitest("messages of any size arrive whole and in order (in chunks)", function()
   -- CONCLUA_MPI_CHUNK makes the frames small, so that a message of a few
   -- hundred kilobytes takes the path of one past MPI's int count

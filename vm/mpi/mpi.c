@@ -64,6 +64,7 @@
 #include <sys/prctl.h>
 #include <time.h>
 #include <sched.h>
+#include <stdatomic.h>
 #include <unistd.h>
 
 #include <mpi.h>
@@ -124,7 +125,7 @@ static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t wake;       /* the comm thread sleeps here */
 static pthread_cond_t changed;    /* state, bye from rank 0 */
 static pthread_t comm;
-static int state = S_NONE;
+static _Atomic int state = S_NONE;   /* written under mu */
 static pid_t mpipid;              /* the process that runs MPI */
 static int myrank, nranks;
 static char myhost[MPI_MAX_PROCESSOR_NAME + 1];
