@@ -59,6 +59,16 @@ T.test("require 'conc.mpi' says when conclua was built without MPI", function()
   T.ok(out2 ~= "", "the copy is removed")
 end)
 
+-- mpirun binds each rank to one core unless --bind-to none: a pool's
+-- default size follows what the rank may use.
+T.test("conc.cpu_count counts the CPUs of the affinity mask", function()
+  if select(2, T.sh("command -v taskset")) ~= 0 then
+    return T.skip("conc.cpu_count counts the CPUs of the affinity mask", "no taskset")
+  end
+  local out = T.sh("taskset -c 0 " .. q(exe) .. " -e 'print(conc.cpu_count())'")
+  T.eq(out, "1\n")
+end)
+
 mpitest("SPMD: every rank runs the script; rank, size, host, barrier, bcast", function()
   local out, code = mpirun(3, [[
     local mpi = require "conc.mpi"

@@ -26,6 +26,7 @@
 #include <errno.h>
 #include <dlfcn.h>
 #include <math.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -61,8 +62,14 @@ static int conc_nowf(lua_State *L) {
   return 1;
 }
 
+/* The CPUs this process may run on (its affinity mask: mpirun binds a
+** rank to one core by default, taskset and cgroups narrow it too), else
+** the online ones. */
 static int conc_cpu_count(lua_State *L) {
-  long n = sysconf(_SC_NPROCESSORS_ONLN);
+  cpu_set_t set;
+  long n = 0;
+  if (sched_getaffinity(0, sizeof set, &set) == 0) n = CPU_COUNT(&set);
+  if (n <= 0) n = sysconf(_SC_NPROCESSORS_ONLN);
   lua_pushinteger(L, n > 0 ? n : 1);
   return 1;
 }
