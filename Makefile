@@ -28,10 +28,20 @@ TEST_DEBS = lua5.4 tmux
 # root, else those tests are skipped, saying why
 OPT_TEST_DEBS = luarocks groff-base man-db
 BENCH_DEBS = python3
+MPI_DEBS = libopenmpi-dev openmpi-bin
+MPI_BENCH_DEBS = python3-mpi4py
 
 LUA_CFLAGS = $(shell pkg-config --cflags lua5.4) $(if $(LUA_INCDIR),-I$(LUA_INCDIR))
 LUA_LIBS = $(shell pkg-config --libs lua5.4)
 RL_LIBS = $(shell pkg-config --libs readline 2>/dev/null || echo -lreadline)
+
+# conc.mpi is built when pkg-config finds an MPI (Open MPI, else MPICH);
+# only the module links it, never conclua or libconclua
+MPI_PC = $(shell pkg-config --exists ompi-c 2>/dev/null && echo ompi-c || \
+           { pkg-config --exists mpich 2>/dev/null && echo mpich; })
+MPI_CFLAGS = $(if $(MPI_PC),$(shell pkg-config --cflags $(MPI_PC)))
+MPI_LIBS = $(if $(MPI_PC),$(shell pkg-config --libs $(MPI_PC)))
+MPI_MOD = $(if $(MPI_PC),$(BUILD)/conc/mpi.so)
 
 CFLAGS = -std=gnu11 $(OPT) -g -Wall -Wextra $(if $(WERROR),-Werror) \
          -fPIC -fvisibility=hidden -pthread -D_GNU_SOURCE \
@@ -47,11 +57,11 @@ CTESTS = $(patsubst tests/c/%.c,$(BUILD)/tests/%,$(wildcard tests/c/test_*.c))
 HEADERS = $(wildcard vm/*.h)
 SOVERSION = 0
 
-.PHONY: all deps test-deps demo test check layers rock rock-install asan tsan stress fuzz bench \
-        conformance install uninstall clean
+.PHONY: all deps test-deps mpi-deps demo test check layers rock rock-install \
+        asan tsan stress fuzz bench conformance install uninstall clean
 
 all: $(BUILD)/conclua $(BUILD)/libconclua.a $(BUILD)/libconclua.so \
-     $(BUILD)/conc.so $(CTESTS) $(BUILD)/tests/test_hostnames_so
+     $(BUILD)/conc.so $(CTESTS) $(BUILD)/tests/test_hostnames_so $(MPI_MOD)
 
 $(BUILD)/obj/%.o: vm/%.c $(HEADERS) | $(BUILD)/obj
 	$(CC) $(CFLAGS) -c $< -o $@
@@ -84,6 +94,13 @@ $(BUILD)/libconclua.so: $(BUILD)/libconclua.so.$(SOVERSION)
 # the module for lua5.4: Lua's symbols come from the interpreter
 $(BUILD)/conc.so: $(LIB_OBJ)
 	$(CC) -shared -o $@ $(LIB_OBJ) $(LDFLAGS) -ldl -lm
+
+# conc.mpi: MPI plus the Lua API; the core's functions it reaches through
+# the table of vm/mpiapi.h, from the core that is loaded
+$(BUILD)/conc/mpi.so: vm/mpi/mpi.c vm/mpiapi.h
+	@mkdir -p $(BUILD)/conc
+	$(CC) $(CFLAGS) $(MPI_CFLAGS) -shared vm/mpi/mpi.c -o $@ $(LDFLAGS) \
+	  $(MPI_LIBS) -ldl
 
 # -z now: a forked child does not fault in lazy symbol bindings
 $(BUILD)/conclua: $(BIN_OBJ) $(BUILD)/libconclua.a
@@ -148,13 +165,31 @@ test-deps: deps
 	$(call need_debs,$(TEST_DEBS))
 	$(call want_debs,$(OPT_TEST_DEBS))
 
+# MPI for conc.mpi's tests: installed when root, else the line to run
+# (the tests are then reported as skipped, with the reason)
+MPI_WANT ?= $(MPI_DEBS)
+mpi-deps:
+	@missing=""; \
+	for p in $(MPI_WANT); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	      apt-get install -y -qq --no-install-recommends $$missing >/dev/null || \
+	      echo "could not install$$missing: what needs them will be skipped"; \
+	  else \
+	    echo "conc.mpi needs MPI; to build and test it, run:"; \
+	    echo "  sudo apt-get install -y$$missing"; \
+	  fi; \
+	fi
+
 demo: deps
 	@$(MAKE) --no-print-directory all
 	$(BUILD)/conclua scripts/demo.lua
 
 # ------------------------------------------------------------ tests
 
-test: test-deps
+test: test-deps mpi-deps
 	@$(MAKE) --no-print-directory all layers
 	@CONCLUA_BUILD=$(BUILD) $(BUILD)/conclua tests/run.lua
 
@@ -203,6 +238,7 @@ fuzz: test-deps
 	  -max_len=4096 tests/fuzz/corpus
 
 bench: deps
+	@$(MAKE) --no-print-directory mpi-deps MPI_WANT="$(MPI_DEBS) $(MPI_BENCH_DEBS)"
 	@$(MAKE) --no-print-directory all
 	$(call need_debs,$(BENCH_DEBS))
 	@CONCLUA_BUILD=$(BUILD) tests/bench/run.sh
@@ -222,6 +258,9 @@ install: all
 	install -m 644 vm/conclua.h $(DESTDIR)$(PREFIX)/include/conclua.h
 	install -m 644 docs/conclua.1 $(DESTDIR)$(PREFIX)/share/man/man1/conclua.1
 	install -m 755 $(BUILD)/conc.so $(DESTDIR)$(PREFIX)/lib/lua/5.4/conc.so
+	if [ -f $(BUILD)/conc/mpi.so ]; then \
+	  install -d $(DESTDIR)$(PREFIX)/lib/lua/5.4/conc; \
+	  install -m 755 $(BUILD)/conc/mpi.so $(DESTDIR)$(PREFIX)/lib/lua/5.4/conc/mpi.so; fi
 	for f in $(STDLIB); do \
 	  install -m 644 $$f $(DESTDIR)$(PREFIX)/share/lua/5.4/$${f#stdlib/}; done
 	sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@VERSION@|$(VERSION)|g' \
@@ -243,6 +282,7 @@ uninstall:
 	  $(DESTDIR)$(PREFIX)/lib/libconclua.so $(DESTDIR)$(PREFIX)/include/conclua.h \
 	  $(DESTDIR)$(PREFIX)/lib/libconclua.so.$(SOVERSION) \
 	  $(DESTDIR)$(PREFIX)/lib/lua/5.4/conc.so \
+	  $(DESTDIR)$(PREFIX)/lib/lua/5.4/conc/mpi.so \
 	  $(DESTDIR)$(PREFIX)/lib/pkgconfig/conclua.pc \
 	  $(DESTDIR)$(PREFIX)/share/man/man1/conclua.1
 	rm -rf $(DESTDIR)$(PREFIX)/share/lua/5.4/conc

@@ -145,6 +145,7 @@ local script_checks = {
   ["pipeline.lua"] = {"20000 lines sent, 19600 records, 400 rejected\n", "20000 100"},
   ["crash_tolerant.lua"] = {"results kept for tasks 1 2 4 6 7 9 11 13 14\n"},
   ["demo.lua"] = {"I/O%-bound work"},
+  ["primes_anywhere.lua"] = {"^148933 primes below 2000000, 40 ranges on %d+ local processes"},
 }
 
 local readme = read("scripts/README.md")

@@ -337,8 +337,9 @@ static int chan_recv(lua_State *L) {
   return chan_recv_d(L, conc_cs(L), c, conc_opttimeout(L, 2));
 }
 
-static int chan_close(lua_State *L) {
-  chan *c = check_chan(L);
+/* Closes c and wakes every waiter. */
+void conc_chan_shut(cobj *o) {
+  chan *c = (chan *)o;
   selnode *n;
   conc_cmutex_lock(&c->mu);
   atomic_store(&c->closed, 1);
@@ -351,7 +352,67 @@ static int chan_close(lua_State *L) {
     conc_sel_deliver(n, SEL_CLOSED);
   }
   conc_cmutex_unlock(&c->mu);
+}
+
+static int chan_close(lua_State *L) {
+  conc_chan_shut((cobj *)check_chan(L));
   return 0;
+}
+
+/* For a producer with no Lua state (conc.mpi's communication thread). */
+cobj *conc_chan_make(void) {
+  chan *c = aligned_alloc(64, (sizeof *c + 63) & ~(size_t)63);
+  if (c == NULL) return NULL;
+  memset(c, 0, sizeof *c);
+  conc_obj_init(&c->obj, K_CHANNEL);
+  conc_cmutex_init(&c->mu);
+  c->cap = -1;
+  atomic_init(&c->len, 0);
+  atomic_init(&c->closed, 0);
+  atomic_init(&c->spin, 0);
+  conc_fork_register_cm(&c->link, &c->mu);
+  return &c->obj;
+}
+
+int conc_chan_put(cobj *o, msg *m) {
+  chan *c = (chan *)o;
+  offer of = {m, m->data, (uint32_t)m->n};
+  int room;
+  conc_cmutex_lock(&c->mu);
+  if (atomic_load_explicit(&c->closed, memory_order_relaxed)) {
+    conc_cmutex_unlock(&c->mu);
+    conc_msg_free(m);
+    return -1;
+  }
+  room = hand_to_receiver(c, &of) ? 2 : ring_room(c);
+  if (room == 1) ring_push(c, &of);
+  conc_cmutex_unlock(&c->mu);
+  if (room < 0) {
+    conc_msg_free(m);
+    return -1;
+  }
+  return 0;
+}
+
+/* Moves what is queued in 'from' to the end of 'to', in order. */
+void conc_chan_move(cobj *from, cobj *to) {
+  chan *c = (chan *)from;
+  for (;;) {
+    msg *m = NULL;
+    uint32_t n = 0;
+    char inl[SEL_INLINE];
+    int r;
+    conc_cmutex_lock(&c->mu);
+    r = take(c, &m, &n, inl);
+    conc_cmutex_unlock(&c->mu);
+    if (r <= 0) return;
+    if (m == NULL && (m = conc_msg_copy(inl, n)) == NULL) return;
+    conc_chan_put(to, m);
+  }
+}
+
+size_t conc_chan_count(cobj *o) {
+  return atomic_load(&((chan *)o)->len);
 }
 
 static int chan_len(lua_State *L) {

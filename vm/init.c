@@ -26,6 +26,7 @@
 #include <errno.h>
 #include <dlfcn.h>
 #include <math.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -61,8 +62,14 @@ static int conc_nowf(lua_State *L) {
   return 1;
 }
 
+/* The CPUs this process may run on (its affinity mask: mpirun binds a
+** rank to one core by default, taskset and cgroups narrow it too), else
+** the online ones. */
 static int conc_cpu_count(lua_State *L) {
-  long n = sysconf(_SC_NPROCESSORS_ONLN);
+  cpu_set_t set;
+  long n = 0;
+  if (sched_getaffinity(0, sizeof set, &set) == 0) n = CPU_COUNT(&set);
+  if (n <= 0) n = sysconf(_SC_NPROCESSORS_ONLN);
   lua_pushinteger(L, n > 0 ? n : 1);
   return 1;
 }
@@ -191,6 +198,7 @@ const luaL_Reg conc_funcs[] = {
     {"_stats", conc_stats},
     {"_isatty", conc_isatty},
     {"_poolkit", conc_pool_kit},
+    {"_mpiapi", conc_mpiapi_get},
     {NULL, NULL}};
 
 /* print, with the whole line written at once: lines of threads that
@@ -219,9 +227,48 @@ int conc_print(lua_State *L) {
 
 /* ------------------------------------------------------------ stdlib */
 
+/* conc.mpi is a C module of its own (it links MPI, the core never does):
+** next to the binary, as make builds it (build/conc/mpi.so), or where
+** make install puts it. Pushes its loader and path (2), or the searcher's
+** message (1). */
+static int search_mpi(lua_State *L) {
+  static const char *const where[] = {"/conc/mpi.so",
+                                      "/../lib/lua/5.4/conc/mpi.so"};
+  char exe[4096], path[4200], *slash;
+  ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+  if (n <= 0) {
+    lua_pushliteral(L, "conc.mpi: no /proc/self/exe to look next to");
+    return 1;
+  }
+  exe[n] = '\0';
+  if ((slash = strrchr(exe, '/')) != NULL) *slash = '\0';
+  for (size_t i = 0; i < sizeof where / sizeof where[0]; i++) {
+    snprintf(path, sizeof path, "%s%s", exe, where[i]);
+    if (access(path, R_OK) != 0) continue;
+    lua_getglobal(L, "package");
+    lua_getfield(L, -1, "loadlib");
+    lua_pushstring(L, path);
+    lua_pushliteral(L, "luaopen_conc_mpi");
+    lua_call(L, 2, 2);
+    if (!lua_isfunction(L, -2)) {
+      lua_pushfstring(L, "conc.mpi: cannot load '%s': %s", path,
+                      lua_tostring(L, -1));
+      return 1;
+    }
+    lua_pop(L, 1);
+    lua_pushstring(L, path);
+    return 2;
+  }
+  snprintf(path, sizeof path, "%s%s", exe, where[0]);
+  lua_pushfstring(L, "conc.mpi: conclua was built without MPI support "
+                  "(no '%s')", path);
+  return 1;
+}
+
 /* package.searchers entry: modules built into the library. */
 int conc_searcher(lua_State *L) {
   const char *name = luaL_checkstring(L, 1);
+  if (strcmp(name, "conc.mpi") == 0) return search_mpi(L);
   for (const stdlib_mod *m = conc_stdlib; m->name; m++) {
     if (strcmp(m->name, name) == 0) {
       char chunk[128];

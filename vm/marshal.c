@@ -101,6 +101,10 @@ static lua_Integer int_get(int tag, const unsigned char *p) {
   }
 }
 
+int conc_marshal_format(void) {
+  return VERSION;
+}
+
 /* A one-value message: MAGIC VERSION 1 then the value. */
 int conc_marshal_tonumber(const char *bytes, size_t n, lua_Integer *i,
                      lua_Number *f) {
@@ -510,6 +514,11 @@ static int enc_obj(enc *e, int idx) {
     e->why = e->whybuf;
     return -1;
   }
+  if (e->flags & MARSHAL_RANK) {          /* "... 'channel' to another rank" */
+    e->badtype = k->name;
+    e->why = NULL;
+    return -1;
+  }
   if (e->flags & MARSHAL_NOSHM) {
     e->badtype = k->tname;
     e->why = "a process started with start = 'spawn' shares nothing";
@@ -596,8 +605,9 @@ static void enc_message(enc *e, const char *root, char *err, size_t errsz) {
     snprintf(err, errsz, "cannot transfer a value of type '%s' (%s%s%s): %s",
              e->badtype, root, sep, e->path, e->why);
   } else {
-    snprintf(err, errsz, "cannot transfer a value of type '%s' (%s%s%s)",
-             e->badtype, root, sep, e->path);
+    snprintf(err, errsz, "cannot transfer a value of type '%s'%s (%s%s%s)",
+             e->badtype, e->flags & MARSHAL_RANK ? " to another rank" : "",
+             root, sep, e->path);
   }
 }
 

@@ -41,6 +41,20 @@ extern const kindinfo conc_pool_kind;
 
 int conc_chan_new(lua_State *L);
 extern const kindinfo conc_channel_kind;
+/* Channels fed from C with no Lua state (conc.mpi, see mpiapi.c): an
+** unbounded channel (one reference, the caller's; NULL out of memory);
+** conc_chan_put hands m over without waiting (0; -1 closed or out of
+** memory, m freed either way); conc_chan_shut is close(). */
+cobj *conc_chan_make(void);
+int conc_chan_put(cobj *o, msg *m);
+void conc_chan_shut(cobj *o);
+size_t conc_chan_count(cobj *o);
+void conc_chan_move(cobj *from, cobj *to);  /* what is queued, in order */
+
+/* ------------------------------------------------------------ mpiapi.c */
+
+/* conc._mpiapi: the table of core functions conc.mpi calls. */
+int conc_mpiapi_get(lua_State *L);
 
 /* ------------------------------------------------------------ pipe.c */
 

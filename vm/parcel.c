@@ -39,17 +39,20 @@ static void parcel_destroy(cobj *o) {
 
 /* kit.pack(remote, root, ...) -> packed values, or nil and the message.
 ** 'root' names the values in that message as conc_marshal_encode does
-** ("args[%d]", "spawn", "result"). */
+** ("args[%d]", "spawn", "result"). remote: true for another process of
+** the tree, "rank" for another MPI rank (no object at all). */
 static int parcel_pack(lua_State *L) {
   cstate *cs = conc_cs(L);
-  int remote = lua_toboolean(L, 1);
+  int remote = lua_type(L, 1) == LUA_TSTRING
+                   ? MARSHAL_REMOTE | MARSHAL_NOSHM | MARSHAL_RANK
+                   : lua_toboolean(L, 1) ? MARSHAL_REMOTE : 0;
   const char *root = luaL_checkstring(L, 2);
   int n = lua_gettop(L) - 2;
   char err[512];
   parcel *p;
   msg *m;
-  if (conc_marshal_encode(L, cs, 3, n, &cs->scratch,
-                          remote ? MARSHAL_REMOTE : 0, root, err, sizeof err)) {
+  if (conc_marshal_encode(L, cs, 3, n, &cs->scratch, remote,
+                     root, err, sizeof err)) {
     lua_pushnil(L);
     lua_pushstring(L, err);
     return 2;

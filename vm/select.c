@@ -84,9 +84,20 @@ int conc_select(lua_State *L) {
     offered = lua_newuserdatauv(L, (size_t)n, 0);
   }
   for (i = 0; i < n; i++) {
+    int stand_in = 0;
     lua_rawgeti(L, 1, i + 1);
     char what[64];
     items[i].o = conc_obj_test(L, cs, -1);
+    /* an item of a module built on conc objects (conc.mpi's ends) names
+    ** the object to wait on with a __select metamethod; it stays on the
+    ** stack while the select runs, and the item is what select returns */
+    if (items[i].o == NULL && luaL_getmetafield(L, -1, "__select") != LUA_TNIL) {
+      luaL_checkstack(L, 4, "too many items");
+      lua_insert(L, -2);
+      lua_call(L, 1, 1);
+      items[i].o = conc_obj_test(L, cs, -1);
+      stand_in = items[i].o != NULL;
+    }
     if (items[i].o == NULL || conc_kinds[items[i].o->kind]->sel_try == NULL)
       return luaL_argerror(L, 1, lua_pushfstring(L,
                         "item %d is a %s, not a channel, pipe end, queue, "
@@ -98,7 +109,7 @@ int conc_select(lua_State *L) {
       return luaL_argerror(L, 1, lua_pushfstring(L,
                            "item %d: %s belongs to another process", (int)i + 1,
                            what));
-    lua_pop(L, 1);
+    if (!stand_in) lua_pop(L, 1);
     memset(&nodes[i], 0, sizeof nodes[i]);
     offered[i] = 0;
     nodes[i].index = (int)i;

@@ -14,7 +14,8 @@
 
 enum {
   MARSHAL_REMOTE = 1,     /* for another process: no local object refs */
-  MARSHAL_NOSHM = 2       /* for an unrelated process: no objects at all */
+  MARSHAL_NOSHM = 2,      /* for an unrelated process: no objects at all */
+  MARSHAL_RANK = 4        /* with NOSHM: for another MPI rank (the words) */
 };
 
 /* Encodes the 'n' values at L[first..first+n-1]. 'root' names them for
@@ -31,6 +32,7 @@ int conc_marshal_encode(lua_State *L, struct cstate *cs, int first, int n,
 int conc_marshal_decode(lua_State *L, struct cstate *cs, const char *p,
                         size_t n, cobj **refs, int nrefs, char *err,
                         size_t errsz);
+int conc_marshal_format(void);         /* the format's version */
 /* If the n bytes at p are a message of one number: 1 integer (in *i),
 ** 2 float (in *f); else 0. */
 int conc_marshal_tonumber(const char *p, size_t n, lua_Integer *i,

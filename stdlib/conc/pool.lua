@@ -211,6 +211,113 @@ transports.threads = local_workers("thread", conc.channel, spawn_thread,
 transports.processes = local_workers("process", conc.queue, spawn_process,
                                      function(w) w.h:kill("KILL") end)
 
+-- Worker ranks of an MPI job (conc.mpi, vm/mpi/mpi.c). Each worker is a
+-- thread of a rank, started by that rank's server (pool._mpi_serve, a
+-- thread conc.mpi starts on every rank but 0) on request, with an
+-- inbox on a port of its own; answers come to one inbox of the manager;
+-- the end of each worker comes to a port that a watcher thread of the
+-- manager's rank waits on, so that w.h is a thread handle like the
+-- others' (selectable once the worker has ended). Values cross packed as
+-- for another rank: bytes only, no object at all. What a rank was sent
+-- cannot be taken back (take gives nothing): a worker that ends fails the
+-- tasks it had; a rank that dies ends the whole job (see conc.mpi).
+local MPI_CONTROL = -1
+local result_ports = setmetatable({}, {__mode = "k"})
+
+transports.mpi = {
+  remote = "rank",
+  direct = false,
+  results = function()
+    local mpi = require "conc.mpi"
+    local port = mpi._newport()
+    local box = mpi._inbox(port)
+    result_ports[box] = port
+    return box
+  end,
+  start = function(P, slot)
+    local mpi = require "conc.mpi"
+    local ranks = P.conf.ranks
+    local rank = ranks[(slot - 1) % #ranks + 1]
+    local name = string.format("rank %d (%s)", rank, mpi.host(rank))
+    local inport, endport = mpi._newport(), mpi._newport()
+    local h = spawn_thread({name = P.prefix .. "-" .. P.id .. "-rank-" .. slot, daemon = true},
+                           function(r, port)
+                             local m = require "conc.mpi"
+                             local why = m._endpoint(r, port):recv()
+                             m._drop(port)
+                             return why
+                           end, rank, endport)
+    mpi._send(rank, MPI_CONTROL, {op = "start", inport = inport, resport = result_ports[P.results],
+                                  endport = endport, slot = slot, name = name, pool = P.id})
+    return {slot = slot, h = h, rank = rank, inport = inport, name = name}
+  end,
+  send = function(w, m) require("conc.mpi")._send(w.rank, w.inport, m) end,
+  take = function() return nil end,
+  stop = function(w) require("conc.mpi")._send(w.rank, w.inport, {op = "stop"}) end,
+  kill = function(w) require("conc.mpi")._send(w.rank, MPI_CONTROL, {op = "kill", inport = w.inport}) end,
+}
+
+-- A worker of pool.mpi, on its rank: the loop of every worker, its
+-- answers sent to the manager's rank ('owner').
+function pool._mpi_worker(inport, resport, slot, name, poolid, owner)
+  local mpi = require "conc.mpi"
+  local send = mpi._send
+  local results = {send = function(_, a) return send(owner, resport, a) end}
+  return worker_loop(mpi._endpoint(owner, inport), results, slot, name, "rank", poolid)
+end
+
+-- The server of a rank: starts the workers that pools of other ranks ask
+-- for, cancels them on terminate, tells each pool when its worker has
+-- ended, and ends when rank 0 does (conc.mpi hands it a bye then).
+function pool._mpi_serve()
+  local ok, mpi = pcall(require, "conc.mpi")
+  if not ok then return end             -- the job ended before this started
+  local ctl = mpi._inbox(MPI_CONTROL)
+  local workers = {}                     -- inport -> {h, endport, owner}
+  local function worker_main(...) return require("conc.pool")._mpi_worker(...) end
+  while true do
+    local list = {ctl}
+    for _, w in pairs(workers) do list[#list + 1] = w.h end
+    local item, m, src = conc.select(list)
+    if item == ctl then
+      if m.op == "start" then
+        local ok, h = pcall(spawn_thread, {name = "pool-" .. m.pool .. "-worker-" .. m.slot,
+                                           daemon = true},
+                            worker_main, m.inport, m.resport, m.slot, m.name, m.pool, src)
+        if ok then
+          workers[m.inport] = {h = h, endport = m.endport, owner = src}
+        else
+          mpi._send(src, m.endport, "cannot start a worker: " .. tostring(h))
+        end
+      elseif m.op == "kill" then
+        local w = workers[m.inport]
+        if w then w.h:cancel() end
+      elseif m.op == "ping" then         -- mpi.barrier under -l
+        mpi._send(src, m.port, true)
+      elseif m.op == "bye" then          -- rank 0 ends: so does the service
+        return
+      end
+    else
+      for port, w in pairs(workers) do
+        if w.h == item then
+          workers[port] = nil
+          local ok, err = pcall(w.h.join, w.h)
+          mpi._drop(port)
+          pcall(mpi._send, w.owner, w.endport, ok and "ended" or tostring(err))
+          break
+        end
+      end
+    end
+  end
+end
+
+-- Not a daemon: a rank that runs the script too (SPMD) waits at its end
+-- for rank 0 to end, serving meanwhile.
+function pool._mpi_start_server()
+  spawn_thread({name = "mpi-server"},
+               function() return require("conc.pool")._mpi_serve() end)
+end
+
 -- ------------------------------------------------------------ the manager
 
 -- Its state P: workers[slot] = {slot, h, inbox, name, count (answers
@@ -524,8 +631,8 @@ end
 
 -- The manager's thread: starts the workers, tells 'ready' how that went,
 -- then runs the pool until it is closed, collected or terminated.
-function pool._manage(id, kind, n, requests, lifeline, ready)
-  local P = {id = id, kind = kind, n = n, T = transports[kind], requests = requests,
+function pool._manage(id, kind, n, requests, lifeline, ready, conf)
+  local P = {id = id, kind = kind, n = n, T = transports[kind], requests = requests, conf = conf,
              lifeline = lifeline, prefix = "pool", workers = {}, calls = {},
              chead = 1, ctail = 0, maps = {}, bykey = {}, work = {},
              nextid = 0, nextk = 0}
@@ -560,7 +667,7 @@ end
 
 -- ------------------------------------------------------------ the pool
 
-local function new_pool(kind, n)
+local function new_pool(kind, n, conf)
   if n == nil then n = conc.cpu_count() end
   if math.type(n) ~= "integer" or n < 1 then
     argerror(1, kind, "positive integer expected, got " .. tostring(n), 3)
@@ -569,7 +676,7 @@ local function new_pool(kind, n)
   local p = kit.pool(kind, n, nil, requests, lifeline)
   local ok, h = pcall(spawn_thread, {name = "pool-" .. p.id .. "-manager", daemon = true},
                       function(...) return require("conc.pool")._manage(...) end,
-                      p.id, kind, n, requests, lifeline, ready)
+                      p.id, kind, n, requests, lifeline, ready, conf)
   if not ok then
     kit.mark(p, "terminated")
     error(string.format("%s: cannot start the pool: %s", kind, tostring(h)), 3)
@@ -592,6 +699,50 @@ end
 function pool.threads(n) return new_pool("threads", n) end
 function pool.processes(n) return new_pool("processes", n) end
 
+-- pool.mpi([n | opts]): workers on the ranks of an MPI job (conc.mpi);
+-- opts: n (workers, spread over the ranks), ranks (a list; default every
+-- rank but this one), threads (workers per rank, default 1).
+function pool.mpi(opts)
+  local ok, mpi = pcall(require, "conc.mpi")
+  if not ok then
+    if tostring(mpi):find("built without MPI support", 1, true) then
+      error("pool.mpi: conclua was built without MPI support", 2)
+    end
+    error("pool.mpi: " .. tostring(mpi), 2)
+  end
+  local n, ranks, threads
+  if type(opts) == "table" then
+    for k in pairs(opts) do
+      if k ~= "n" and k ~= "ranks" and k ~= "threads" then
+        error(string.format("bad argument #1 to 'mpi' (unknown option '%s')", tostring(k)), 2)
+      end
+    end
+    n, ranks, threads = opts.n, opts.ranks, opts.threads
+  elseif opts ~= nil then
+    n = opts
+  end
+  local size, me = mpi.size(), mpi.rank()
+  if size < 2 then error("pool.mpi: no worker ranks (run under mpirun -np N, N >= 2)", 2) end
+  if ranks == nil then
+    ranks = {}
+    for r = 0, size - 1 do if r ~= me then ranks[#ranks + 1] = r end end
+  elseif type(ranks) ~= "table" or #ranks == 0 then
+    error("bad argument #1 to 'mpi' (ranks must be a non-empty list)", 2)
+  else
+    for i, r in ipairs(ranks) do
+      if math.type(r) ~= "integer" or r < 0 or r >= size or r == me then
+        error(string.format("bad argument #1 to 'mpi' (ranks[%d]: %s is not a worker rank, 0 to %d but %d)",
+                            i, tostring(r), size - 1, me), 2)
+      end
+    end
+  end
+  if threads ~= nil and (math.type(threads) ~= "integer" or threads < 1) then
+    error("bad argument #1 to 'mpi' (threads must be a positive integer)", 2)
+  end
+  n = n or #ranks * (threads or 1)
+  return new_pool("mpi", n, {ranks = ranks})
+end
+
 -- Raises e again at 'level' (2: the caller of the function that calls
 -- this). An error raised inside this module (an interrupt in a wait,
 -- say) has this file's position: it gets the caller's instead.
@@ -610,7 +761,8 @@ local info_of = setmetatable({}, {__mode = "k"})
 local function info(p)
   local i = info_of[p]
   if i == nil then
-    i = {remote = p.kind ~= "threads", requests = kit.requests(p), n = p.n}
+    i = {remote = p.kind == "mpi" and "rank" or p.kind ~= "threads", requests = kit.requests(p),
+         n = p.n}
     info_of[p] = i
   end
   return i

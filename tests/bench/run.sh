@@ -5,11 +5,12 @@
 #   CONCLUA_BUILD=build tests/bench/run.sh [figure...]
 #
 # Environment: CONCLUA_BUILD (the build directory, default build),
-# BENCH_ROUNDS (rounds per figure, default 5), PYTHON (default python3).
-# Figures named on the command line (spawn_thread, cpu, idle, idle10k, chan,
-# pingpong, pingpong_pinned, bigstr, bigtbl, pcall, spawn_process, pipe,
-# queue, pool_processes, pool_threads, shared_threads, shared_procs) select
-# what runs.
+# BENCH_ROUNDS (rounds per figure, default 5), PYTHON (default python3),
+# PYTHON_MPI (the Python with mpi4py, default /usr/bin/python3: Debian's
+# python3-mpi4py). Figures named on the command line (spawn_thread, cpu,
+# idle, idle10k, chan, pingpong, pingpong_pinned, bigstr, bigtbl, pcall,
+# spawn_process, pipe, queue, pool_processes, pool_threads, shared_threads,
+# shared_procs, mpi_map, mpi_latency, mpi_idle) select what runs.
 #
 # Each figure runs conclua's script (bench_threads.lua, bench_procs.lua) and
 # its baselines (baseline.c built here, py_baseline.py) in turns, the order
@@ -31,6 +32,7 @@ out="$build/bench"
 log="$out/bench.log"
 rounds=${BENCH_ROUNDS:-5}
 python=${PYTHON:-python3}
+python_mpi=${PYTHON_MPI:-/usr/bin/python3}
 
 if [ ! -x "$conclua" ]; then
   echo "run.sh: $conclua not found: run make first" >&2
@@ -60,12 +62,30 @@ if ! command -v taskset >/dev/null 2>&1; then
   echo "note: taskset not found: the pinned ping-pong row is skipped"
 fi
 
+# pool.mpi's rows: mpirun -np 4 on this machine (root and more ranks than
+# cores allowed, no binding: a rank runs threads), beside mpi4py.futures
+have_mpi=1
+if ! command -v mpirun >/dev/null 2>&1 || [ ! -f "$build/conc/mpi.so" ]; then
+  have_mpi=0
+  echo "note: no mpirun or no $build/conc/mpi.so: the pool.mpi rows are skipped"
+fi
+have_mpi4py=1
+if ! "$python_mpi" -c "import mpi4py.futures" >/dev/null 2>&1; then
+  have_mpi4py=0
+  echo "note: $python_mpi has no mpi4py (python3-mpi4py): the mpi4py rows are skipped"
+fi
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 \
+  OMPI_MCA_rmaps_base_oversubscribe=1
+
 q() { printf '%q' "$1"; }
 CL="$(q "$conclua")"
 TH="$CL $(q "$here/bench_threads.lua")"
 PR="$CL $(q "$here/bench_procs.lua")"
 BL="$(q "$baseline")"
 PY="$(q "$python") $(q "$here/py_baseline.py")"
+MPIRUN="mpirun --bind-to none -np 4"
+MP="$MPIRUN $CL -l conc.mpi $(q "$here/bench_mpi.lua")"
+M4P="$MPIRUN $(q "$python_mpi") -m mpi4py.futures $(q "$here/py_mpi.py")"
 
 selected() {
   [ ${#wanted[@]} -eq 0 ] && return 0
@@ -74,7 +94,7 @@ selected() {
   return 1
 }
 wanted=("$@")
-figures=" spawn_thread cpu idle idle10k chan pingpong pingpong_pinned bigstr bigtbl pcall spawn_process pipe queue pool_processes pool_threads shared_threads shared_procs "
+figures=" spawn_thread cpu idle idle10k chan pingpong pingpong_pinned bigstr bigtbl pcall spawn_process pipe queue pool_processes pool_threads shared_threads shared_procs mpi_map mpi_latency mpi_idle "
 for w in "${wanted[@]}"; do
   case $figures in
     *[[:space:]]"$w"[[:space:]]*) ;;
@@ -117,14 +137,17 @@ measure() {
   for ((i = 0; i < k; i++)); do
     sys=${specs[i]%%=*}
     RAW[$fig/$sys]=""
-    case $sys in py*) [ $have_python = 1 ] || RAW[$fig/$sys]=SKIPPED ;; esac
+    case $sys in
+      py*) [ $have_python = 1 ] || RAW[$fig/$sys]=SKIPPED ;;
+      m4p*) [ $have_mpi4py = 1 ] || RAW[$fig/$sys]=NOMPI4PY ;;
+    esac
   done
   for ((r = 0; r < n; r++)); do
     for ((i = 0; i < k; i++)); do
       j=$(((i + r) % k))
       sys=${specs[j]%%=*}
       cmd=${specs[j]#*=}
-      case ${RAW[$fig/$sys]} in UNAVAILABLE | FAILED | SKIPPED) continue ;; esac
+      case ${RAW[$fig/$sys]} in UNAVAILABLE | FAILED | SKIPPED | NOMPI4PY) continue ;; esac
       res=$(run_once "$cmd")
       case $res in
         RESULT*) RAW[$fig/$sys]+="$res"$'\n' ;;
@@ -140,7 +163,7 @@ median() {
   local raw=${RAW[$1/$2]-}
   case $raw in
     "") echo NONE; return ;;
-    UNAVAILABLE | FAILED | SKIPPED) echo "$raw"; return ;;
+    UNAVAILABLE | FAILED | SKIPPED | NOMPI4PY) echo "$raw"; return ;;
   esac
   printf '%s' "$raw" | awk -v key="$3" '
     { for (i = 2; i <= NF; i++) { split($i, kv, "="); if (kv[1] == key) print kv[2] } }' |
@@ -167,6 +190,7 @@ words() {
     UNAVAILABLE) echo "n/a (not implemented)" ;;
     FAILED) echo "n/a (failed: see log)" ;;
     SKIPPED) echo "n/a (no python3)" ;;
+    NOMPI4PY) echo "n/a (no mpi4py)" ;;
     *) echo "n/a" ;;
   esac
 }
@@ -330,6 +354,23 @@ if selected shared_procs; then
   measure shared_rw_p "$rounds" conclua="$PR shared_rw 200000" \
     py="$PY mgrrw 20000"
   row shared_rw_p ops_per_s "conc.shared store+read, 2 procs (ops/s)" ops/s py "Py Manager" "ratio>=20"
+fi
+
+if selected mpi_map && [ $have_mpi = 1 ]; then
+  measure mpi_map "$rounds" conclua="$MP map 100000" m4p="$M4P map 20000"
+  row mpi_map items_per_s "pool.mpi map, -np 4, defaults (items/s)" items/s m4p "mpi4py" "ratio>=3"
+  measure mpi_map100 "$rounds" conclua="$MP map100 100000" m4p="$M4P map100 100000"
+  row mpi_map100 items_per_s "pool.mpi map, -np 4, chunksize 100" items/s m4p "mpi4py" "ratio>=3"
+fi
+
+if selected mpi_latency && [ $have_mpi = 1 ]; then
+  measure mpi_latency "$rounds" conclua="$MP latency 2000" m4p="$M4P latency 2000"
+  row mpi_latency us_per_task "pool.mpi submit -> result, -np 4 (us)" us m4p "mpi4py" "ratio<=0.5"
+fi
+
+if selected mpi_idle && [ $have_mpi = 1 ]; then
+  measure mpi_idle 3 conclua="$MP idle 3" m4p="$M4P idle 3"
+  row mpi_idle pct_core "pool.mpi idle worker rank (% of a core)" % m4p "mpi4py" "value<=5"
 fi
 
 echo "$rule"
