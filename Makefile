@@ -267,13 +267,17 @@ install: all
 	  vm/tools/conclua.pc.in \
 	  > $(DESTDIR)$(PREFIX)/lib/pkgconfig/conclua.pc
 
-# luarocks make (conclua-dev-1.rockspec): conc.so for the stock lua5.4 and
-# the stdlib modules, into the rock tree LuaRocks names
-rock: $(BUILD)/conc.so
+# luarocks make (conclua-dev-1.rockspec): conc.so for the stock lua5.4,
+# conc.mpi when pkg-config finds an MPI, and the stdlib modules, into the
+# rock tree LuaRocks names
+rock: $(BUILD)/conc.so $(MPI_MOD)
 
 rock-install: rock
 	install -d $(INST_LIBDIR) $(INST_LUADIR)/conc
 	install -m 755 $(BUILD)/conc.so $(INST_LIBDIR)/conc.so
+	if [ -f $(BUILD)/conc/mpi.so ]; then \
+	  install -d $(INST_LIBDIR)/conc; \
+	  install -m 755 $(BUILD)/conc/mpi.so $(INST_LIBDIR)/conc/mpi.so; fi
 	for f in $(STDLIB); do \
 	  install -m 644 $$f $(INST_LUADIR)/$${f#stdlib/}; done
 

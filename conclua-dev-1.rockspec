@@ -1,7 +1,9 @@
 -- LuaRocks: `luarocks make` in this folder builds conc.so for the stock
 -- lua5.4 from the same sources as the conclua command and installs it
--- with the stdlib modules (conc.pool), so that require "conc" and
--- require "conc.pool" work from lua5.4 (docs/getting-started.md).
+-- with the stdlib modules (conc.pool), and conc.mpi when pkg-config finds
+-- an MPI (Debian: libopenmpi-dev), so that require "conc", require
+-- "conc.pool" and require "conc.mpi" work from lua5.4
+-- (docs/getting-started.md, docs/mpi.md).
 rockspec_format = "3.0"
 package = "conclua"
 version = "dev-1"

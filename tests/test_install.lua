@@ -364,6 +364,8 @@ test_if(have("luarocks") and not san, "luarocks make into a tree of its own",
   T.eq(out, "1 4 9\n" .. conc.version .. "\n")
   T.ok(must("luarocks --lua-version=5.4 --tree=" .. q(tree) .. " list 2>&1")
          :find("conclua", 1, true), "the rock is listed")
+  -- conc.mpi comes with it when this tree built one
+  T.eq(exists(tree .. "/lib/lua/5.4/conc/mpi.so"), exists(build .. "/conc/mpi.so"))
 end)
 
 T.test("make uninstall removes what install put", function()
