@@ -10,6 +10,13 @@ local mod = build .. "/conc/mpi.so"
 -- inside a rank need --bind-to none.
 local ENV = "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 " ..
             "OMPI_MCA_rmaps_base_oversubscribe=1 "
+-- Under make asan: Open MPI leaves some 120 KB of its own allocations at
+-- MPI_Finalize, in plugins it has unloaded by then (frames of an
+-- "<unknown module>": no suppression can name them), so the ranks run
+-- without the leak check; the other checks of ASan and UBSan stay on.
+if T.sanitizer == "asan" then
+  ENV = ENV .. "ASAN_OPTIONS=detect_leaks=0:abort_on_error=0:halt_on_error=1 "
+end
 
 local function exists(path)
   local f = io.open(path, "rb")
@@ -66,7 +73,7 @@ T.test("conc.cpu_count counts the CPUs of the affinity mask", function()
     return T.skip("conc.cpu_count counts the CPUs of the affinity mask", "no taskset")
   end
   local out = T.sh("taskset -c 0 " .. q(exe) .. " -e 'print(conc.cpu_count())'")
-  T.eq(out, "1\n")
+  T.eq(out:match("^[^\n]*"), "1", out)
 end)
 
 mpitest("SPMD: every rank runs the script; rank, size, host, barrier, bcast", function()
@@ -196,8 +203,14 @@ mpitest("the stock lua5.4 with conc.so; a pool left open finishes its work at ex
     local p = require("conc.pool").mpi()
     print(p:submit(function() return _VERSION .. " on rank " .. require("conc.mpi").rank() end):result())
   ]])
+  -- lua5.4 is not built with the sanitizer: it gets its runtime preloaded
+  local lua54 = "lua5.4"
+  if T.sanitizer == "asan" then
+    lua54 = "-x LD_PRELOAD=" .. q((T.sh("gcc -print-file-name=libasan.so"):gsub("%s+$", ""))) ..
+            " lua5.4"
+  end
   local out, code = T.sh(string.format("%s LUA_CPATH=%s timeout -k 2 60 mpirun --bind-to none -np 2 " ..
-                                       "lua5.4 -l conc.mpi %s", ENV, q(build .. "/?.so;;"), q(path)))
+                                       "%s -l conc.mpi %s", ENV, q(build .. "/?.so;;"), lua54, q(path)))
   os.remove(path)
   T.eq(code, 0, out)
   T.ok(out:find("Lua 5.4 on rank 1", 1, true), out)
