@@ -36,7 +36,8 @@
 -- stops the workers now and fails what is left with "pool terminated".
 -- How a task reaches a worker, how the answer comes back, how a worker
 -- starts, stops and is seen to end is a transport (one per kind of
--- worker: threads, processes), so a new kind of worker is one table.
+-- worker: threads, processes, the ranks of an MPI job), so a new kind of
+-- worker is one table.
 
 local conc = require "conc"
 local kit = conc._poolkit()
