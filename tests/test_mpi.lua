@@ -290,6 +290,10 @@ mpitest("endpoints and inboxes: channel methods, conc.select, close", function()
       e:send({hello = "one", f = function(x) return x * 2 end})
       print("reply", e:recv(20))
       e:close()
+      local it = mpi.endpoint(2, 11)
+      local seen = {}
+      for v, src in it:iter() do seen[#seen + 1] = v .. "/" .. src end
+      print("iter", table.concat(seen, " "), it:len())
       print("send closed", pcall(e.send, e, 1))
       print("nil", pcall(e.send, mpi.endpoint(1), nil))
       print("bad rank", pcall(mpi.endpoint, 7))
@@ -299,6 +303,11 @@ mpitest("endpoints and inboxes: channel methods, conc.select, close", function()
       local e = mpi.endpoint(0, 3)
       e:send({msg = "a" .. r})
       e:send({msg = "b" .. r})
+      if r == 2 then
+        local it = mpi.endpoint(0, 11)
+        for i = 1, 3 do it:send(i) end
+        it:close()
+      end
       if r == 1 then
         local back = mpi.endpoint(0, 9)
         local v = back:recv(20)
@@ -312,6 +321,7 @@ mpitest("endpoints and inboxes: channel methods, conc.select, close", function()
   T.ok(out:find("got\ta1@1 a2@2 b1@1 b2@2 local", 1, true), out)
   T.ok(out:find("timeout\tnil\ttimeout", 1, true), out)
   T.ok(out:find("reply\tone42\t1", 1, true), out)
+  T.ok(out:find("iter\t1/2 2/2 3/2\t0", 1, true), out)
   T.ok(out:find("send closed\tfalse\t.-send on a closed endpoint"), out)
   T.ok(out:find("after close\tnil\tclosed", 1, true), out)
   T.ok(out:find("nil\tfalse\t.-cannot send nil"), out)
