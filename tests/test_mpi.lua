@@ -225,6 +225,23 @@ mpitest("the stock lua5.4 with conc.so; a pool left open finishes its work at ex
   os.remove(mark)
 end)
 
+mpitest("processes forked on a rank work, and cannot use its MPI", function()
+  local out, code = mpirun(2, [[
+    local mpi = require "conc.mpi"
+    local pr = spawn_process(function() return "child", pcall(mpi.inbox, 3) end)
+    print(pr:join())
+    local p = require("conc.pool").processes(2)
+    print("local", table.concat(p:map(function(x) return x * 2 end, {1, 2, 3}), ","))
+    p:close()
+    local q = require("conc.pool").mpi()
+    print("remote", q:submit(function() return spawn_process(function() return 7 end):join() end):result())
+  ]], true)
+  T.eq(code, 0, out)
+  T.ok(out:find("child\tfalse\tconc.mpi: MPI belongs to the parent process", 1, true), out)
+  T.ok(out:find("local\t2,4,6", 1, true), out)
+  T.ok(out:find("remote\t7", 1, true), out)
+end)
+
 mpitest("messages of any size arrive whole and in order (in chunks)", function()
   -- CONCLUA_MPI_CHUNK makes the frames small, so that a message of a few
   -- hundred kilobytes takes the path of one past MPI's int count
