@@ -43,6 +43,18 @@ static int api_chan_put(void *ch, const char *p, size_t n) {
   return chan_put(ch, m);
 }
 
+static int api_chan_give(void *ch, char *p, size_t n) {
+  mbuf b;
+  msg *m;
+  mbuf_init(&b);
+  b.p = p;
+  b.n = b.cap = n;
+  m = msg_seal(&b);            /* moves a big block, copies a small one */
+  mbuf_free(&b);
+  if (m == NULL) return -1;
+  return chan_put(ch, m);
+}
+
 static void api_chan_shut(void *ch) {
   chan_shut(ch);
 }
@@ -65,7 +77,8 @@ static void api_chan_move(void *from, void *to) {
 
 static const conc_mpiapi api = {
     CONC_MPIAPI_VERSION, CONCLUA_VERSION, LUA_RELEASE, marshal_format, api_encode,
-    marshal_key, marshal_setkey, api_chan_make, api_chan_put, api_chan_shut,
+    marshal_key, marshal_setkey, api_chan_make, api_chan_put, api_chan_give,
+    api_chan_shut,
     api_chan_len, api_push, api_release, api_chan_move};
 
 /* conc._mpiapi() -> the table and the state's runtime, light userdata. */

@@ -204,15 +204,30 @@ static route *route_get(int src, int64_t port, int lazy) {
   return r;
 }
 
-/* Delivers the n bytes of a message from src on port. Under mu. */
-static void deliver(int src, int64_t port, const char *p, size_t n) {
+/* The route a message from src on port goes to, or NULL (out of
+** memory). Under mu. */
+static route *route_for(int src, int64_t port) {
   route *r = route_find(src, port);
   if (r == NULL || r->lazy) {
     route *inbox = route_find(-1, port);
     if (inbox) r = inbox;
   }
   if (r == NULL) r = route_get(src, port, 1);
-  if (r) api->chan_put(r->ch, p, n);    /* closed: dropped */
+  return r;
+}
+
+/* Delivers a copy of the n bytes of a message (closed: dropped). Under
+** mu. */
+static void deliver(int src, int64_t port, const char *p, size_t n) {
+  route *r = route_for(src, port);
+  if (r) api->chan_put(r->ch, p, n);
+}
+
+/* The same, taking over the malloc'd block p. */
+static void deliver_block(int src, int64_t port, char *p, size_t n) {
+  route *r = route_for(src, port);
+  if (r) api->chan_give(r->ch, p, n);
+  else free(p);
 }
 
 /* ------------------------------------------------------------ the thread */
@@ -265,9 +280,8 @@ static int receive(partial *parts, int *byes) {
       pt->got += (size_t)cnt;
       if (pt->got == pt->total) {
         pthread_mutex_lock(&mu);
-        deliver(src, pt->port, pt->buf, pt->total);
+        deliver_block(src, pt->port, pt->buf, pt->total);
         pthread_mutex_unlock(&mu);
-        free(pt->buf);
         pt->buf = NULL;
       }
       continue;
@@ -403,7 +417,12 @@ static void *comm_main(void *arg) {
       did = 1;
       if (m->dest == myrank) {            /* to ourselves: no MPI */
         pthread_mutex_lock(&mu);
-        if (m->kind == F_DATA) deliver(myrank, m->port, m->data ? m->data : "", m->n);
+        if (m->kind == F_DATA && m->data) {
+          deliver_block(myrank, m->port, m->data, m->n);
+          m->data = NULL;
+        } else if (m->kind == F_DATA) {
+          deliver(myrank, m->port, "", 0);
+        }
         pthread_mutex_unlock(&mu);
         outmsg_free(m);
         continue;
