@@ -373,6 +373,9 @@ static void *comm_main(void *arg) {
   MPI_Get_processor_name(myhost, &namelen);
   myhost[namelen] = '\0';
   check_versions();
+  if (provided < MPI_THREAD_FUNNELED && initerr[0] == '\0')
+    snprintf(initerr, sizeof initerr, "conc.mpi: this MPI cannot have a thread "
+             "of its own make the MPI calls (no MPI_THREAD_FUNNELED)");
   api->key(key);
   MPI_Bcast(key, 16, MPI_BYTE, 0, world);
   if (myrank != 0) api->setkey(key);
