@@ -375,6 +375,16 @@ mpitest("a rank that dies ends the job, non-zero, within 10 seconds", function()
   T.eq(left:gsub("%s+", ""), "", "processes left")
 end)
 
+mpitest("scripts/primes_anywhere.lua runs unchanged on ranks, with -l and SPMD", function()
+  for _, l in ipairs({true, false}) do
+    local out, code = T.sh(string.format("%s timeout -k 2 60 mpirun --bind-to none -np 3 %s %s " ..
+                                         "scripts/primes_anywhere.lua 1000000", ENV, q(exe),
+                                         l and "-l conc.mpi" or ""))
+    T.eq(code, 0, out)
+    T.ok(out:find("^78498 primes below 1000000, 20 ranges on 2 ranks of an MPI job"), out)
+  end
+end)
+
 mpitest("an idle worker rank uses a few percent of a core at most", function()
   local out, code = mpirun(3, [[
     local pool = require "conc.pool"
