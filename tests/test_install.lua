@@ -55,6 +55,8 @@ local installed = {
   "include/conclua.h", "lib/lua/5.4/conc.so", "lib/pkgconfig/conclua.pc",
 }
 for _, rel in ipairs(stdlib) do installed[#installed + 1] = "share/lua/5.4/" .. rel end
+-- conc.mpi, when this build has it (an MPI was found)
+if exists(build .. "/conc/mpi.so") then installed[#installed + 1] = "lib/lua/5.4/conc/mpi.so" end
 
 -- Installs once, for whichever test comes first (CONCLUA_ONLY may pick
 -- any of them).
@@ -314,6 +316,21 @@ T.test("only conclua_* and luaopen_conc are exported", function()
       T.ok(seen[want], lib .. " does not export " .. want)
     end
   end
+end)
+
+T.test("the installed conclua finds the installed conc.mpi", function()
+  if not exists(build .. "/conc/mpi.so") then
+    return T.skip("the installed conclua finds the installed conc.mpi",
+                  "this build has no conc/mpi.so (no MPI found)")
+  end
+  install()
+  -- one rank, no mpirun (MPI's singleton start); Open MPI's own
+  -- leftovers at exit are not this test's business under make asan
+  local out = must(env .. "ASAN_OPTIONS=detect_leaks=0 " .. q(prefix .. "/bin/conclua") ..
+                   " -e 'local mpi, where = require \"conc.mpi\" print(mpi.rank(), mpi.size(), " ..
+                   "where)'")
+  T.ok(out:find("^0\t1\t" .. prefix:gsub("%p", "%%%0") .. "/bin/%.%./lib/lua/5%.4/conc/mpi%.so\n"),
+       out)
 end)
 
 T.test("make uninstall removes what install put", function()
