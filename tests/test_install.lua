@@ -56,6 +56,8 @@ local installed = {
   "share/man/man1/conclua.1",
 }
 for _, rel in ipairs(stdlib) do installed[#installed + 1] = "share/lua/5.4/" .. rel end
+-- conc.mpi, when this build has it (an MPI was found)
+if exists(build .. "/conc/mpi.so") then installed[#installed + 1] = "lib/lua/5.4/conc/mpi.so" end
 
 -- Installs once, for whichever test comes first (CONCLUA_ONLY may pick
 -- any of them).
@@ -366,6 +368,18 @@ test_if(have("luarocks") and not san, "luarocks make into a tree of its own",
          :find("conclua", 1, true), "the rock is listed")
   -- conc.mpi comes with it when this tree built one
   T.eq(exists(tree .. "/lib/lua/5.4/conc/mpi.so"), exists(build .. "/conc/mpi.so"))
+end)
+
+test_if(exists(build .. "/conc/mpi.so"), "the installed conclua finds the installed conc.mpi",
+        "this build has no conc/mpi.so (no MPI found)", function()
+  install()
+  -- one rank, no mpirun (MPI's singleton start); Open MPI's own
+  -- leftovers at exit are not this test's business under make asan
+  local out = must(env .. "ASAN_OPTIONS=detect_leaks=0 " .. q(prefix .. "/bin/conclua") ..
+                   " -e 'local mpi, where = require \"conc.mpi\" print(mpi.rank(), mpi.size(), " ..
+                   "where)'")
+  T.ok(out:find("^0\t1\t" .. prefix:gsub("%p", "%%%0") .. "/bin/%.%./lib/lua/5%.4/conc/mpi%.so\n"),
+       out)
 end)
 
 T.test("make uninstall removes what install put", function()

@@ -10,6 +10,13 @@ local mod = build .. "/conc/mpi.so"
 -- inside a rank need --bind-to none.
 local ENV = "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 " ..
             "OMPI_MCA_rmaps_base_oversubscribe=1 "
+-- Under make asan: Open MPI leaves some 120 KB of its own allocations at
+-- MPI_Finalize, in plugins it has unloaded by then (frames of an
+-- "<unknown module>": no suppression can name them), so the ranks run
+-- without the leak check; the other checks of ASan and UBSan stay on.
+if T.sanitizer == "asan" then
+  ENV = ENV .. "ASAN_OPTIONS=detect_leaks=0:abort_on_error=0:halt_on_error=1 "
+end
 
 local function exists(path)
   local f = io.open(path, "rb")
@@ -66,7 +73,7 @@ T.test("conc.cpu_count counts the CPUs of the affinity mask", function()
     return T.skip("conc.cpu_count counts the CPUs of the affinity mask", "no taskset")
   end
   local out = T.sh("taskset -c 0 " .. q(exe) .. " -e 'print(conc.cpu_count())'")
-  T.eq(out, "1\n")
+  T.eq(out:match("^[^\n]*"), "1", out)
 end)
 
 mpitest("SPMD: every rank runs the script; rank, size, host, barrier, bcast", function()
@@ -196,8 +203,14 @@ mpitest("the stock lua5.4 with conc.so; a pool left open finishes its work at ex
     local p = require("conc.pool").mpi()
     print(p:submit(function() return _VERSION .. " on rank " .. require("conc.mpi").rank() end):result())
   ]])
+  -- lua5.4 is not built with the sanitizer: it gets its runtime preloaded
+  local lua54 = "lua5.4"
+  if T.sanitizer == "asan" then
+    lua54 = "-x LD_PRELOAD=" .. q((T.sh("gcc -print-file-name=libasan.so"):gsub("%s+$", ""))) ..
+            " lua5.4"
+  end
   local out, code = T.sh(string.format("%s LUA_CPATH=%s timeout -k 2 60 mpirun --bind-to none -np 2 " ..
-                                       "lua5.4 -l conc.mpi %s", ENV, q(build .. "/?.so;;"), q(path)))
+                                       "%s -l conc.mpi %s", ENV, q(build .. "/?.so;;"), lua54, q(path)))
   os.remove(path)
   T.eq(code, 0, out)
   T.ok(out:find("Lua 5.4 on rank 1", 1, true), out)
@@ -210,6 +223,23 @@ mpitest("the stock lua5.4 with conc.so; a pool left open finishes its work at ex
   T.eq(code2, 0, out2)
   T.eq(T.readfile(mark), "done", "the queued task ran before the job ended")
   os.remove(mark)
+end)
+
+mpitest("processes forked on a rank work, and cannot use its MPI", function()
+  local out, code = mpirun(2, [[
+    local mpi = require "conc.mpi"
+    local pr = spawn_process(function() return "child", pcall(mpi.inbox, 3) end)
+    print(pr:join())
+    local p = require("conc.pool").processes(2)
+    print("local", table.concat(p:map(function(x) return x * 2 end, {1, 2, 3}), ","))
+    p:close()
+    local q = require("conc.pool").mpi()
+    print("remote", q:submit(function() return spawn_process(function() return 7 end):join() end):result())
+  ]], true)
+  T.eq(code, 0, out)
+  T.ok(out:find("child\tfalse\tconc.mpi: MPI belongs to the parent process", 1, true), out)
+  T.ok(out:find("local\t2,4,6", 1, true), out)
+  T.ok(out:find("remote\t7", 1, true), out)
 end)
 
 mpitest("messages of any size arrive whole and in order (in chunks)", function()
@@ -277,6 +307,10 @@ mpitest("endpoints and inboxes: channel methods, conc.select, close", function()
       e:send({hello = "one", f = function(x) return x * 2 end})
       print("reply", e:recv(20))
       e:close()
+      local it = mpi.endpoint(2, 11)
+      local seen = {}
+      for v, src in it:iter() do seen[#seen + 1] = v .. "/" .. src end
+      print("iter", table.concat(seen, " "), it:len())
       print("send closed", pcall(e.send, e, 1))
       print("nil", pcall(e.send, mpi.endpoint(1), nil))
       print("bad rank", pcall(mpi.endpoint, 7))
@@ -286,6 +320,11 @@ mpitest("endpoints and inboxes: channel methods, conc.select, close", function()
       local e = mpi.endpoint(0, 3)
       e:send({msg = "a" .. r})
       e:send({msg = "b" .. r})
+      if r == 2 then
+        local it = mpi.endpoint(0, 11)
+        for i = 1, 3 do it:send(i) end
+        it:close()
+      end
       if r == 1 then
         local back = mpi.endpoint(0, 9)
         local v = back:recv(20)
@@ -299,6 +338,7 @@ mpitest("endpoints and inboxes: channel methods, conc.select, close", function()
   T.ok(out:find("got\ta1@1 a2@2 b1@1 b2@2 local", 1, true), out)
   T.ok(out:find("timeout\tnil\ttimeout", 1, true), out)
   T.ok(out:find("reply\tone42\t1", 1, true), out)
+  T.ok(out:find("iter\t1/2 2/2 3/2\t0", 1, true), out)
   T.ok(out:find("send closed\tfalse\t.-send on a closed endpoint"), out)
   T.ok(out:find("after close\tnil\tclosed", 1, true), out)
   T.ok(out:find("nil\tfalse\t.-cannot send nil"), out)
@@ -333,6 +373,16 @@ mpitest("a rank that dies ends the job, non-zero, within 10 seconds", function()
   -- [m]: the pattern does not match pgrep's own shell
   local left = T.sh("pgrep -f '[m]pidead" .. mark:sub(8) .. "'")
   T.eq(left:gsub("%s+", ""), "", "processes left")
+end)
+
+mpitest("scripts/primes_anywhere.lua runs unchanged on ranks, with -l and SPMD", function()
+  for _, l in ipairs({true, false}) do
+    local out, code = T.sh(string.format("%s timeout -k 2 60 mpirun --bind-to none -np 3 %s %s " ..
+                                         "scripts/primes_anywhere.lua 1000000", ENV, q(exe),
+                                         l and "-l conc.mpi" or ""))
+    T.eq(code, 0, out)
+    T.ok(out:find("^78498 primes below 1000000, 20 ranges on 2 ranks of an MPI job"), out)
+  end
 end)
 
 mpitest("an idle worker rank uses a few percent of a core at most", function()

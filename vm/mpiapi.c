@@ -43,6 +43,18 @@ static int api_chan_put(void *ch, const char *p, size_t n) {
   return conc_chan_put(ch, m);
 }
 
+static int api_chan_give(void *ch, char *p, size_t n) {
+  mbuf b;
+  msg *m;
+  conc_mbuf_init(&b);
+  b.p = p;
+  b.n = b.cap = n;
+  m = conc_msg_seal(&b);            /* moves a big block, copies a small one */
+  conc_mbuf_free(&b);
+  if (m == NULL) return -1;
+  return conc_chan_put(ch, m);
+}
+
 static void api_chan_shut(void *ch) {
   conc_chan_shut(ch);
 }
@@ -65,7 +77,8 @@ static void api_chan_move(void *from, void *to) {
 
 static const conc_mpiapi api = {
     CONC_MPIAPI_VERSION, CONCLUA_VERSION, LUA_RELEASE, conc_marshal_format, api_encode,
-    conc_marshal_key, conc_marshal_setkey, api_chan_make, api_chan_put, api_chan_shut,
+    conc_marshal_key, conc_marshal_setkey, api_chan_make, api_chan_put, api_chan_give,
+    api_chan_shut,
     api_chan_len, api_push, api_release, api_chan_move};
 
 /* conc._mpiapi() -> the table and the state's runtime, light userdata. */

@@ -43,6 +43,9 @@ typedef struct conc_mpiapi {
   ** push a Lua handle of it (a conc.channel) on L; release a reference. */
   void *(*chan_make)(void);
   int (*chan_put)(void *ch, const char *p, size_t n);
+  /* the same, taking over a malloc'd block p (freed either way): no copy
+  ** of a big message */
+  int (*chan_give)(void *ch, char *p, size_t n);
   void (*chan_shut)(void *ch);
   size_t (*chan_len)(void *ch);
   void (*push)(lua_State *L, void *cs, void *ch);

@@ -36,7 +36,8 @@
 -- stops the workers now and fails what is left with "pool terminated".
 -- How a task reaches a worker, how the answer comes back, how a worker
 -- starts, stops and is seen to end is a transport (one per kind of
--- worker: threads, processes), so a new kind of worker is one table.
+-- worker: threads, processes, the ranks of an MPI job), so a new kind of
+-- worker is one table.
 
 local conc = require "conc"
 local kit = conc._poolkit()
@@ -180,7 +181,8 @@ end
 -- take(w) -> a message still in w's inbox, without waiting (a dead
 -- worker's untaken work); stop(w) asks it to end after what it has;
 -- kill(w) ends it now; results() -> the one channel or queue every worker
--- answers on; remote: packed values must be bytes only.
+-- answers on; remote: packed values must be bytes only ("rank": not even
+-- shared objects); finish(P), if any, runs once the workers are gone.
 local transports = {}
 
 -- Workers of this machine: an inbox each, made by 'box' (a channel; or a
@@ -255,6 +257,10 @@ transports.mpi = {
   take = function() return nil end,
   stop = function(w) require("conc.mpi")._send(w.rank, w.inport, {op = "stop"}) end,
   kill = function(w) require("conc.mpi")._send(w.rank, MPI_CONTROL, {op = "kill", inport = w.inport}) end,
+  -- the workers are gone: so is the port of their answers
+  finish = function(P)
+    if P.results then require("conc.mpi")._drop(result_ports[P.results]) end
+  end,
 }
 
 -- A worker of pool.mpi, on its rank: the loop of every worker, its
@@ -656,6 +662,7 @@ function pool._manage(id, kind, n, requests, lifeline, ready, conf)
   else
     stop_workers(P, false)
   end
+  if P.T.finish then pcall(P.T.finish, P) end
   -- what came in meanwhile, or comes from now on, is refused
   requests:close()
   while true do

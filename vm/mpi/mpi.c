@@ -8,15 +8,17 @@
 ** sends what user threads queued, receives what arrives and finalises.
 ** User threads never block in MPI, so they stay cancellable, selectable
 ** and interruptible like any conc wait, and an idle rank does not burn a
-** core: both Debian MPIs spin in a blocking receive (mpi4py's workers sit
-** at 100% of a core), while this thread polls with MPI_Iprobe and, when
-** nothing happened, it polls again, yielding the core, for 200 us after
-** the last message (an answer to it is likely then: a task's round trip
-** takes about that long here), then sleeps on a condition variable: 20 us
-** naps until 20 ms after the last message, then naps that double up to
-** 1 ms (an idle rank: a few percent of a core at most). Queuing a message wakes it at once, so
-** sends never wait for a nap; a message that arrives waits for the end of
-** the receiver's nap at most.
+** core: a rank blocked in MPI_Recv spins (Open MPI's: 96% of a core,
+** measured here; MPICH's too), which is why no thread of ours ever
+** blocks in MPI (mpi4py.futures' workers avoid it the same way: they poll
+** with a back-off of 1 ms). This thread polls with MPI_Iprobe and, when
+** nothing happened, polls again, yielding the core, for 200 us after the
+** last message (an answer to it is likely then: a task's round trip takes
+** about that long here), then sleeps on a condition variable: 20 us naps
+** until 20 ms after the last message, then naps that double up to 1 ms
+** (an idle rank: about 2.5% of a core). Queuing a message wakes it at
+** once, so sends never wait for a nap; a message that arrives waits for
+** the end of the receiver's nap at most.
 **
 ** Messages travel on one MPI tag of a communicator of our own (a dup of
 ** MPI_COMM_WORLD), so those from one rank to another keep their order. A
@@ -204,15 +206,30 @@ static route *route_get(int src, int64_t port, int lazy) {
   return r;
 }
 
-/* Delivers the n bytes of a message from src on port. Under mu. */
-static void deliver(int src, int64_t port, const char *p, size_t n) {
+/* The route a message from src on port goes to, or NULL (out of
+** memory). Under mu. */
+static route *route_for(int src, int64_t port) {
   route *r = route_find(src, port);
   if (r == NULL || r->lazy) {
     route *inbox = route_find(-1, port);
     if (inbox) r = inbox;
   }
   if (r == NULL) r = route_get(src, port, 1);
-  if (r) api->chan_put(r->ch, p, n);    /* closed: dropped */
+  return r;
+}
+
+/* Delivers a copy of the n bytes of a message (closed: dropped). Under
+** mu. */
+static void deliver(int src, int64_t port, const char *p, size_t n) {
+  route *r = route_for(src, port);
+  if (r) api->chan_put(r->ch, p, n);
+}
+
+/* The same, taking over the malloc'd block p. */
+static void deliver_block(int src, int64_t port, char *p, size_t n) {
+  route *r = route_for(src, port);
+  if (r) api->chan_give(r->ch, p, n);
+  else free(p);
 }
 
 /* ------------------------------------------------------------ the thread */
@@ -265,9 +282,8 @@ static int receive(partial *parts, int *byes) {
       pt->got += (size_t)cnt;
       if (pt->got == pt->total) {
         pthread_mutex_lock(&mu);
-        deliver(src, pt->port, pt->buf, pt->total);
+        deliver_block(src, pt->port, pt->buf, pt->total);
         pthread_mutex_unlock(&mu);
-        free(pt->buf);
         pt->buf = NULL;
       }
       continue;
@@ -359,6 +375,9 @@ static void *comm_main(void *arg) {
   MPI_Get_processor_name(myhost, &namelen);
   myhost[namelen] = '\0';
   check_versions();
+  if (provided < MPI_THREAD_FUNNELED && initerr[0] == '\0')
+    snprintf(initerr, sizeof initerr, "conc.mpi: this MPI cannot have a thread "
+             "of its own make the MPI calls (no MPI_THREAD_FUNNELED)");
   api->key(key);
   MPI_Bcast(key, 16, MPI_BYTE, 0, world);
   if (myrank != 0) api->setkey(key);
@@ -403,7 +422,12 @@ static void *comm_main(void *arg) {
       did = 1;
       if (m->dest == myrank) {            /* to ourselves: no MPI */
         pthread_mutex_lock(&mu);
-        if (m->kind == F_DATA) deliver(myrank, m->port, m->data ? m->data : "", m->n);
+        if (m->kind == F_DATA && m->data) {
+          deliver_block(myrank, m->port, m->data, m->n);
+          m->data = NULL;
+        } else if (m->kind == F_DATA) {
+          deliver(myrank, m->port, "", 0);
+        }
         pthread_mutex_unlock(&mu);
         outmsg_free(m);
         continue;
