@@ -20,12 +20,16 @@ if [ "$1" = --files ]; then
     END { if (!found) { print "layers: no layer " top > "/dev/stderr"; exit 1 } }'
   exit
 fi
+# the objects of the sources vm/ has now (a stale object of a removed file
+# does not count), and the generated stdlib
+srcs=$(cd vm && ls *.c | sed 's/\.c$//'; echo stdlib_gen)
 cd "${1:?usage: layers.sh OBJDIR}" || exit 2
+objs=$(for s in $srcs; do [ -f "$s.o" ] && echo "$s.o"; done)
 echo "$LAYERS" | awk 'NF { for (i = 2; i <= NF; i++) print $i, NR }' > .layers
-for f in *.o; do echo "${f%.o}"; done | sort | join -v1 - "$(sort .layers > .l && echo .l)" |
+for s in $srcs; do echo "$s"; done | sort | join -v1 - "$(sort .layers > .l && echo .l)" |
   awk '{ print "layers: " $1 ".c has no layer in vm/tools/layers.sh"; bad = 1 } END { exit bad }' || exit 1
-for f in *.o; do nm -g --defined-only "$f" | awk -v f="${f%.o}" '{ print $3, f }'; done | sort > .defs
-for f in *.o; do nm -u "$f" | awk -v f="${f%.o}" '{ print $2, f }'; done | sort | join - .defs > .uses
+for f in $objs; do nm -g --defined-only "$f" | awk -v f="${f%.o}" '{ print $3, f }'; done | sort > .defs
+for f in $objs; do nm -u "$f" | awk -v f="${f%.o}" '{ print $2, f }'; done | sort | join - .defs > .uses
 awk 'NR == FNR { layer[$1] = $2; name[$2] = name[$2] ? name[$2] : $1; next }
      $2 != $3 && layer[$3] > layer[$2] {
        print "layers: " $2 ".c uses " $1 " of " $3 ".c, a layer above"; bad = 1 }
