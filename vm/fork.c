@@ -149,14 +149,21 @@ static void atfork_child(void) {
       atomic_load(&spawn_thread) == (uintptr_t)&tls_tid
           ? atomic_load(&spawn_lfd) : -1, self);
   atomic_store(&spawn_lfd, -1);       /* not for the child's own forks */
-  n = atomic_load(&nchild);
+  n = atomic_load_explicit(&nchild, memory_order_acquire);
   for (i = 0; i < n; i++) child_fns[i]();
 }
 
+/* The slot is filled before the count that makes a child call it grows:
+** a fork meanwhile sees the handlers that were complete. */
 void conc_fork_onchild(void (*fn)(void)) {
-  int i = atomic_fetch_add(&nchild, 1);
+  static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+  int i;
+  pthread_mutex_lock(&mu);
+  i = atomic_load_explicit(&nchild, memory_order_relaxed);
   if (i >= MAXCHILD) abort();           /* a fixed set of callers */
   child_fns[i] = fn;
+  atomic_store_explicit(&nchild, i + 1, memory_order_release);
+  pthread_mutex_unlock(&mu);
 }
 
 /* ------------------------------------------------------------ fork lock */
