@@ -180,6 +180,8 @@ const luaL_Reg conc_funcs[] = {
     {"semaphore", conc_sync_semaphore},
     {"event", conc_sync_event},
     {"barrier", conc_sync_barrier},
+    {"rlock", conc_cond_rlock},
+    {"condition", conc_cond_condition},
     {"shared", conc_shared_new},
     {"pipe", conc_pipe_new},
     {"queue", conc_queue_new},
@@ -324,7 +326,7 @@ static const kindinfo *const kinds[] = {
     &conc_lock_kind,    &conc_semaphore_kind, &conc_event_kind,
     &conc_barrier_kind, &conc_shared_kind,    &conc_pipe_kind,
     &conc_queue_kind,   &conc_future_kind,    &conc_parcel_kind,
-    &conc_pool_kind};
+    &conc_pool_kind,    &conc_rlock_kind,     &conc_condition_kind};
 _Static_assert(sizeof kinds / sizeof kinds[0] == K_NKINDS, "a kind is missing");
 
 /* Registers the kinds, the C functions that may cross (names.c) and what
