@@ -76,7 +76,8 @@ static int conc_self(lua_State *L) {
     lua_pushinteger(L, 0);
     lua_pushliteral(L, "main");
   }
-  return 2;
+  lua_pushinteger(L, (lua_Integer)conc_getpid());
+  return 3;
 }
 
 static int conc_workers(lua_State *L) {
@@ -111,6 +112,8 @@ static int conc_stats(lua_State *L) {
   lua_setfield(L, -2, "reaper");
   lua_pushinteger(L, atomic_load(&conc_shared_recoveries));
   lua_setfield(L, -2, "shared_recoveries");
+  lua_pushinteger(L, conc_timer_pending());
+  lua_setfield(L, -2, "timers");
   f = fopen("/proc/self/status", "re");
   if (f) {
     while (fgets(line, sizeof line, f)) {
@@ -182,6 +185,7 @@ const luaL_Reg conc_funcs[] = {
     {"barrier", conc_sync_barrier},
     {"rlock", conc_cond_rlock},
     {"condition", conc_cond_condition},
+    {"timer", conc_timer_new},
     {"shared", conc_shared_new},
     {"pipe", conc_pipe_new},
     {"queue", conc_queue_new},
@@ -326,7 +330,8 @@ static const kindinfo *const kinds[] = {
     &conc_lock_kind,    &conc_semaphore_kind, &conc_event_kind,
     &conc_barrier_kind, &conc_shared_kind,    &conc_pipe_kind,
     &conc_queue_kind,   &conc_future_kind,    &conc_parcel_kind,
-    &conc_pool_kind,    &conc_rlock_kind,     &conc_condition_kind};
+    &conc_pool_kind,    &conc_rlock_kind,     &conc_condition_kind,
+    &conc_timer_kind};
 _Static_assert(sizeof kinds / sizeof kinds[0] == K_NKINDS, "a kind is missing");
 
 /* Registers the kinds, the C functions that may cross (names.c) and what

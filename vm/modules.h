@@ -70,6 +70,12 @@ int conc_cond_rlock(lua_State *L);
 int conc_cond_condition(lua_State *L);
 extern const kindinfo conc_rlock_kind, conc_condition_kind;
 
+/* ------------------------------------------------------------ timer.c */
+
+int conc_timer_new(lua_State *L);
+lua_Integer conc_timer_pending(void);         /* for conc._stats */
+extern const kindinfo conc_timer_kind;
+
 /* ------------------------------------------------------------ shared.c */
 
 int conc_shared_new(lua_State *L);
