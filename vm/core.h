@@ -183,6 +183,7 @@ typedef struct rt {
   hookent *hooks;
   int nhooks, hookcap;
   int hooks_running;           /* hooks being called right now */
+  struct msg *luahooks;        /* conc.on_worker's functions, by next */
   pid_t pid;                   /* the process the list belongs to */
   int closed;                  /* the host state is gone */
   int exited;                  /* the exit handler took care of it */

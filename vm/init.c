@@ -80,6 +80,43 @@ static int conc_self(lua_State *L) {
   return 3;
 }
 
+/* conc.type(v): the kind of conclua object v is ("channel"...), or nil. */
+static int conc_typef(lua_State *L) {
+  cobj *o = conc_obj_test(L, conc_cs(L), 1);
+  luaL_checkany(L, 1);
+  if (o == NULL) lua_pushnil(L);
+  else lua_pushstring(L, conc_kinds[o->kind]->name);
+  return 1;
+}
+
+/* A hook of conc.on_worker: calls the copy of the function in the new
+** worker state. */
+static void on_worker_hook(lua_State *L, void *ud) {
+  msg *m = ud;
+  char err[160];
+  int n = conc_marshal_decode(L, conc_cs_of(L), m->data, m->n, m->refs,
+                              m->nrefs, err, sizeof err);
+  if (n < 1) luaL_error(L, "conc.on_worker: %s", n < 0 ? err : "no function");
+  lua_call(L, n - 1, 0);
+}
+
+/* conc.on_worker(fn): fn, copied, runs in every thread and pool worker
+** state the runtime makes from now on, before the worker's function (a
+** conclua_on_state hook; the copy lives as long as the runtime). */
+static int conc_on_worker(lua_State *L) {
+  cstate *cs = conc_cs(L);
+  msg *m;
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  lua_settop(L, 1);
+  m = conc_msg_encode(L, cs, 1, 1, "on_worker");
+  pthread_mutex_lock(&cs->rt->mu);
+  m->next = cs->rt->luahooks;
+  cs->rt->luahooks = m;
+  pthread_mutex_unlock(&cs->rt->mu);
+  conclua_on_state(L, on_worker_hook, m);
+  return 0;
+}
+
 static int conc_workers(lua_State *L) {
   conc_worker_list(L, conc_cs(L));
   return 1;
@@ -193,6 +230,8 @@ const luaL_Reg conc_funcs[] = {
     {"now", conc_nowf},
     {"cpu_count", conc_cpu_count},
     {"self", conc_self},
+    {"type", conc_typef},
+    {"on_worker", conc_on_worker},
     {"workers", conc_workers},
     {"_stats", conc_stats},
     {"_isatty", conc_isatty},
