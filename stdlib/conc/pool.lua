@@ -678,38 +678,48 @@ local function item_error(list, first, size, remote)
   return "map: the items cannot be copied"
 end
 
-function Pool:map(fn, list, opts)
-  local st = check(self, "map")
+-- Checks map's arguments and sends the work: a running map M whose
+-- replies map_next takes. 'fname' names the method in errors, raised at
+-- 'level' (the level of the method's caller from here).
+local MAP_OPTS = {chunksize = true, progress = true, timeout = true}
+
+local function map_begin(self, fname, fn, list, opts, level)
+  local st = check(self, fname)
   if type(fn) ~= "function" then
-    typeerror(1, "map", "function", fn, CALLER)
+    typeerror(1, fname, "function", fn, level)
   end
   if type(list) ~= "table" then
-    typeerror(2, "map", "table", list, CALLER)
+    typeerror(2, fname, "table", list, level)
   end
   opts = opts or {}
   if type(opts) ~= "table" then
-    typeerror(3, "map", "table", opts, CALLER)
+    typeerror(3, fname, "table", opts, level)
   end
   for key in pairs(opts) do
-    if key ~= "chunksize" and key ~= "progress" then
-      argerror(3, "map", "unknown option '" .. tostring(key) .. "'", CALLER)
+    if not MAP_OPTS[key] then
+      argerror(3, fname, "unknown option '" .. tostring(key) .. "'", level)
     end
   end
   local chunk = opts.chunksize or 1
   if math.type(chunk) ~= "integer" or chunk < 1 then
-    argerror(3, "map", "chunksize must be a positive integer", CALLER)
+    argerror(3, fname, "chunksize must be a positive integer", level)
   end
-  if st ~= "open" then error("pool is closed", CALLER) end
+  local timeout = opts.timeout
+  if timeout ~= nil and (type(timeout) ~= "number" or timeout < 0 or timeout ~= timeout) then
+    argerror(3, fname, "timeout must be a non-negative number", level)
+  end
+  if st ~= "open" then error("pool is closed", level) end
   local n = #list
-  local out = {n = n}
-  if n == 0 then return out end
+  local M = {n = n, done = 0, pool = self, deadline = timeout and now() + timeout}
+  if n == 0 then return M end
   local i = info(self)
   local remote, requests = i.remote, i.requests
   local fnp, ferr = pack(remote, "fn", fn)
-  if not fnp then error(ferr, CALLER) end
+  if not fnp then error(ferr, level) end
   local reply = conc.channel()
-  local bar = opts.progress and progress_bar(n)
-  local done, nxt, argerr = 0, 1, nil
+  M.reply, M.requests = reply, requests
+  M.bar = opts.progress and progress_bar(n)
+  local nxt, argerr = 1, nil
   local function put(m)
     if not pcall(requests.send, requests, m) then error("pool is closed", 0) end
   end
@@ -751,26 +761,143 @@ function Pool:map(fn, list, opts)
         batch = {}
       end
     end
-    local manager = kit.manager(self)
-    while done < n do
-      local r = reply:recv(1)
-      while r == nil do          -- nothing yet: is there still a manager?
-        if not manager:alive() and reply:len() == 0 then error("pool is closed", 0) end
-        r = reply:recv(1)
-      end
-      if r.err then error(unpack(r.err), 0) end
-      table.move(unpack(r.p), 1, r.count, r.first, out)
-      done = done + r.count
-      if bar then bar(done) end
-    end
   end)
-  if bar then bar(done, true) end
   if not ok then
     pcall(requests.send, requests, {op = "drop", reply = reply})
-    if argerr then error(argerr, CALLER) end
-    rethrow(err, CALLER)
+    if argerr then error(argerr, level) end
+    rethrow(err, level)
   end
+  M.manager = kit.manager(self)
+  return M
+end
+
+-- The next range of results of M: {first, count, vals}; raises the map's
+-- error, "timeout" past its deadline, or "pool is closed". Unprotected:
+-- run it under map_guard.
+local function map_next(M)
+  local function wait()
+    if not M.deadline then return 1 end
+    local left = M.deadline - now()
+    if left <= 0 then error("timeout", 0) end
+    return math.min(1, left)
+  end
+  local r = M.reply:recv(wait())
+  while r == nil do              -- nothing yet: is there still a manager?
+    if not M.manager:alive() and M.reply:len() == 0 then error("pool is closed", 0) end
+    r = M.reply:recv(wait())
+  end
+  if r.err then error(unpack(r.err), 0) end
+  M.done = M.done + r.count
+  if M.bar then M.bar(M.done, M.done == M.n) end
+  return r.first, r.count, unpack(r.p)
+end
+
+-- The map is over, all done (ok) or not (err): what is left of it in the
+-- pool is dropped, and err raised at 'level'.
+local function map_finish(M, ok, err, level)
+  if M.finished then return end
+  M.finished = true
+  if not ok then
+    if M.bar then M.bar(M.done, true) end
+    pcall(M.requests.send, M.requests, {op = "drop", reply = M.reply})
+    rethrow(err, level + 1)
+  end
+end
+
+function Pool:map(fn, list, opts)
+  local M = map_begin(self, "map", fn, list, opts, CALLER + 1)
+  local out = {n = M.n}
+  if M.n == 0 then return out end
+  local ok, err = pcall(function()
+    while M.done < M.n do
+      local first, count, vals = map_next(M)
+      table.move(vals, 1, count, first, out)
+    end
+  end)
+  map_finish(M, ok, err, CALLER)
   return out
+end
+
+-- starmap: map with fn(table.unpack(args)) for each list of arguments.
+function Pool:starmap(fn, list, opts)
+  if type(fn) ~= "function" then typeerror(1, "starmap", "function", fn, CALLER) end
+  if type(list) ~= "table" then typeerror(2, "starmap", "table", list, CALLER) end
+  for i = 1, #list do
+    if type(list[i]) ~= "table" then
+      argerror(2, "starmap", string.format("item %d is a %s, not a list of arguments",
+                                           i, type(list[i])), CALLER)
+    end
+  end
+  local call = function(args) return (fn(table.unpack(args, 1, args.n or #args))) end
+  local M = map_begin(self, "starmap", call, list, opts, CALLER + 1)
+  local out = {n = M.n}
+  if M.n == 0 then return out end
+  local ok, err = pcall(function()
+    while M.done < M.n do
+      local first, count, vals = map_next(M)
+      table.move(vals, 1, count, first, out)
+    end
+  end)
+  map_finish(M, ok, err, CALLER)
+  return out
+end
+
+-- imap and imap_unordered: an iterator of i, result (and a closing value
+-- for the generic for: a loop left early drops the rest of the map).
+local function imap(self, fname, ordered, fn, list, opts)
+  local M = map_begin(self, fname, fn, list, opts, CALLER + 2)
+  local got, nextout = {}, 1     -- results that came, by index
+  local queue, qhead, qtail = {}, 1, 0   -- unordered: indexes, as they came
+  local function more()
+    local ok, first, count, vals = pcall(map_next, M)
+    if not ok then map_finish(M, false, first, 2) end
+    for k = 1, count do
+      got[first + k - 1] = {vals[k]}
+      if not ordered then
+        qtail = qtail + 1
+        queue[qtail] = first + k - 1
+      end
+    end
+  end
+  local function iter()
+    if M.finished and nextout > M.n then return nil end
+    if ordered then
+      while nextout <= M.n and got[nextout] == nil do more() end
+      if nextout > M.n then M.finished = true return nil end
+      local i = nextout
+      local v = got[i][1]
+      got[i], nextout = nil, i + 1
+      if nextout > M.n then M.finished = true end
+      return i, v
+    end
+    while queue[qhead] == nil do
+      if M.done >= M.n then M.finished = true return nil end
+      more()
+    end
+    local i = queue[qhead]
+    queue[qhead] = nil
+    qhead = qhead + 1
+    local v = got[i][1]
+    got[i] = nil
+    nextout = nextout + 1
+    return i, v
+  end
+  local closer = setmetatable({}, {__close = function()
+    if M.n > 0 and not M.finished then
+      M.finished = true
+      pcall(M.requests.send, M.requests, {op = "drop", reply = M.reply})
+    end
+  end})
+  if M.n == 0 then M.finished = true end
+  return iter, nil, nil, closer
+end
+
+function Pool:imap(fn, list, opts)
+  return imap(self, "imap", true, fn, list, opts)
+end
+
+function Pool:imap_unordered(fn, list, opts)
+  return imap(self, "imap_unordered", false, fn, list, opts)
 end
 
 -- ------------------------------------------------------------ ending
@@ -857,6 +984,52 @@ function pool.as_completed(futures, seconds)
       end
       ::continue::
     end
+  end
+end
+
+-- wait: done and pending, two lists, once 'mode' is met ("all": every
+-- future is settled, "first": one is, "error": one failed or all are
+-- settled) or 'seconds' passed.
+local WAIT_MODES = {all = true, first = true, error = true}
+
+function pool.wait(futures, seconds, mode)
+  if type(futures) ~= "table" then typeerror(1, "wait", "table", futures, 2) end
+  if seconds ~= nil and (type(seconds) ~= "number" or seconds < 0 or seconds ~= seconds) then
+    argerror(2, "wait", "non-negative number expected", 2)
+  end
+  mode = mode or "all"
+  if not WAIT_MODES[mode] then
+    argerror(3, "wait", "'all', 'first' or 'error' expected, got " .. tostring(mode), 2)
+  end
+  for k, f in ipairs(futures) do
+    local ok, why = kit.isfuture(f)
+    if not ok then argerror(1, "wait", string.format("item %d %s", k, why), 2) end
+  end
+  local deadline = seconds and now() + seconds
+  while true do
+    local settled = kit.settled(futures)
+    local met = #settled == #futures or (mode == "first" and #settled > 0)
+    if not met and mode == "error" then
+      for _, k in ipairs(settled) do
+        local f = futures[k]
+        if not f:cancelled() and f:error(0) ~= nil then met = true break end
+      end
+    end
+    local wait = deadline and math.max(0, deadline - now())
+    if met or wait == 0 then
+      local done, pending, isdone = {}, {}, {}
+      for _, k in ipairs(settled) do isdone[k] = true end
+      for k, f in ipairs(futures) do
+        if isdone[k] then done[#done + 1] = f else pending[#pending + 1] = f end
+      end
+      return done, pending
+    end
+    local left = {}
+    for k, f in ipairs(futures) do
+      if not f:done() then left[#left + 1] = f end
+    end
+    local ok, err = pcall(conc.select, left, wait)
+    if not ok then rethrow(err, 2) end
   end
 end
 
