@@ -83,8 +83,16 @@ local BATCH = 16                -- ranges per message after the first
 -- {wid, id, ok, p = the packed results or error value}. A call may come
 -- with its future f (a thread worker's: one hop less back to whoever
 -- waits): the worker settles it and answers {wid, id, ok, direct}.
-local function worker_loop(inbox, results, wid, name, remote, poolid)
+local function worker_loop(inbox, results, wid, name, remote, poolid, cfg)
   debug.getregistry()["conc.pool worker of"] = poolid
+  -- the pool's initializer first: a worker whose initializer fails ends
+  -- at once, and says so (the pool is then broken: no worker could run)
+  if cfg.init then
+    local args = cfg.initargs or {}
+    local ok, e = pcall(cfg.init, table.unpack(args, 1, args.n or #args))
+    if not ok then return {initfailed = name .. ": " .. tostring(e)} end
+  end
+  local tasks, maxtasks = 0, cfg.maxtasks
   local kit = conc._poolkit()
   local pack, unpack = kit.pack, kit.unpack
   local tpack, tunpack = table.pack, table.unpack
@@ -137,6 +145,8 @@ local function worker_loop(inbox, results, wid, name, remote, poolid)
       else
         answer({wid = wid, id = m.id, ok = ok, p = p})
       end
+      tasks = tasks + 1
+      if maxtasks and tasks >= maxtasks then return end   -- replaced now
     else                        -- a range of a map: one value per item
       local fn, vals, err = defs[m.k], {}, nil
       local ok, items = pcall(unpack, m.items)
@@ -168,6 +178,8 @@ local function worker_loop(inbox, results, wid, name, remote, poolid)
         end
       end
       answer({wid = wid, id = m.id, ok = err == nil, p = p or err})
+      tasks = tasks + 1
+      if maxtasks and tasks >= maxtasks then return end
     end
   end
 end
@@ -196,7 +208,7 @@ local function local_workers(kind, box, spawn, kill)
       local inbox = box()
       local name = P.prefix .. "-" .. kind .. "-" .. slot
       local h = spawn({name = name, daemon = true}, worker_loop, inbox, P.results,
-                      slot, name, remote, P.id)
+                      slot, name, remote, P.id, P.cfg)
       return {slot = slot, h = h, inbox = inbox, name = name}
     end,
     send = function(w, m) w.inbox:send(m) end,
@@ -422,6 +434,11 @@ local function worker_died(P, w)
   local ok, err = pcall(w.h.join, w.h)
   P.workers[w.slot] = nil
   P.sel = nil
+  if ok and type(err) == "table" and err.initfailed then
+    P.broken = P.broken or "pool initializer failed: " .. err.initfailed
+    err = P.broken
+    ok = false
+  end
   drain_results(P)                     -- what it answered before it ended
   local back = {}
   while true do
@@ -443,6 +460,7 @@ local function worker_died(P, w)
       fail_work(P, r, why)
     end
   end
+  if P.broken then return fail_all(P, P.broken) end
   if P.stopping or (P.closing and idle(P)) then return end
   local okw, werr = pcall(new_worker, P, w.slot)
   if not okw and next(P.workers) == nil then    -- nobody left to do the work
@@ -524,9 +542,10 @@ end
 
 -- The manager's thread: starts the workers, tells 'ready' how that went,
 -- then runs the pool until it is closed, collected or terminated.
-function pool._manage(id, kind, n, requests, lifeline, ready)
+function pool._manage(id, kind, n, requests, lifeline, ready, cfg)
   local P = {id = id, kind = kind, n = n, T = transports[kind], requests = requests,
-             lifeline = lifeline, prefix = "pool", workers = {}, calls = {},
+             lifeline = lifeline, prefix = cfg.name or "pool", cfg = cfg,
+             workers = {}, calls = {},
              chead = 1, ctail = 0, maps = {}, bykey = {}, work = {},
              nextid = 0, nextk = 0}
   local ok, err = pcall(function()
@@ -560,16 +579,49 @@ end
 
 -- ------------------------------------------------------------ the pool
 
+-- The options of pool.threads and pool.processes: a table for the
+-- manager (initializer, its arguments, the most tasks per worker, name).
+local POOL_OPTS = {n = true, initializer = true, initargs = true,
+                   maxtasksperchild = true, name = true}
+
+local function pool_options(kind, opts)
+  local cfg = {}
+  for key in pairs(opts) do
+    if not POOL_OPTS[key] then
+      argerror(1, kind, "unknown option '" .. tostring(key) .. "'", 4)
+    end
+  end
+  local function bad(key, expected)
+    error(string.format("bad option '%s' to '%s' (%s expected, got %s)", key, kind,
+                        expected, type(opts[key])), 5)
+  end
+  if opts.initializer ~= nil and type(opts.initializer) ~= "function" then
+    bad("initializer", "function")
+  end
+  if opts.initargs ~= nil and type(opts.initargs) ~= "table" then bad("initargs", "table") end
+  local m = opts.maxtasksperchild
+  if m ~= nil and (math.type(m) ~= "integer" or m < 1) then
+    bad("maxtasksperchild", "positive integer")
+  end
+  if opts.name ~= nil and type(opts.name) ~= "string" then bad("name", "string") end
+  cfg.init, cfg.initargs, cfg.maxtasks, cfg.name =
+    opts.initializer, opts.initargs, m, opts.name
+  return opts.n, cfg
+end
+
 local function new_pool(kind, n)
+  local cfg = {}
+  if type(n) == "table" then n, cfg = pool_options(kind, n) end
   if n == nil then n = conc.cpu_count() end
   if math.type(n) ~= "integer" or n < 1 then
     argerror(1, kind, "positive integer expected, got " .. tostring(n), 3)
   end
   local requests, lifeline, ready = conc.channel(), kit.future(), conc.channel()
-  local p = kit.pool(kind, n, nil, requests, lifeline)
-  local ok, h = pcall(spawn_thread, {name = "pool-" .. p.id .. "-manager", daemon = true},
+  local p = kit.pool(kind, n, cfg.name, requests, lifeline)
+  local ok, h = pcall(spawn_thread,
+                      {name = (cfg.name or "pool-" .. p.id) .. "-manager", daemon = true},
                       function(...) return require("conc.pool")._manage(...) end,
-                      p.id, kind, n, requests, lifeline, ready)
+                      p.id, kind, n, requests, lifeline, ready, cfg)
   if not ok then
     kit.mark(p, "terminated")
     error(string.format("%s: cannot start the pool: %s", kind, tostring(h)), 3)
@@ -1028,8 +1080,10 @@ function pool.wait(futures, seconds, mode)
     for k, f in ipairs(futures) do
       if not f:done() then left[#left + 1] = f end
     end
-    local ok, err = pcall(conc.select, left, wait)
-    if not ok then rethrow(err, 2) end
+    if #left > 0 then          -- else they settled meanwhile: look again
+      local ok, err = pcall(conc.select, left, wait)
+      if not ok then rethrow(err, 2) end
+    end
   end
 end
 
