@@ -454,4 +454,24 @@ T.test("condition: across processes; cancel and timeouts lose no notify", functi
   T.eq(tostring(c), "<condition 0 waiting>")
 end)
 
+T.test("condition: a notifier that waits next cannot swallow its own notify", function()
+  -- ping-pong: each side notifies, then waits for its turn
+  local c, s = conc.condition(), conc.shared()
+  s.turn = 0
+  local function side(me, other, n)
+    c:acquire()
+    for _ = 1, n do
+      while s.turn ~= me do T.ok(c:wait(5), "a lost wake-up") end
+      s.turn = other
+      c:notify()
+    end
+    c:release()
+    return true
+  end
+  local t = spawn_thread(side, 1, 0, 2000)
+  T.eq(side(0, 1, 2000), true)
+  T.eq(t:join(), true)
+  T.eq(tostring(c), "<condition 0 waiting>")
+end)
+
 T.done()

@@ -8,18 +8,18 @@
 ** rlock is an slock (shm.c: its word holds the owner's id) plus a depth
 ** that only its owner touches. A condition holds a reference to its lock
 ** (a lock or an rlock, whose local record a forked child shares) and, in
-** its own page, two counters: 'waiters', those waiting that no notify
-** picked yet, and 'tokens', the wake-ups notify handed out and no waiter
-** took yet. A waiter adds itself to 'waiters' while it holds the lock,
-** releases the lock (all of an rlock's depth), sleeps on 'seq' until it
-** takes a token, and takes the lock again. notify(n) moves up to n
-** waiters to tokens and wakes as many sleepers. A waiter that gives up
-** (timeout, cancel) takes a token if one is there (it was notified
-** after all) or else takes itself off 'waiters', so waiters + tokens is
-** always the number of waits in progress and no notify is lost to a
-** waiter that left. A token may go to a wait that began after the notify
-** (as a POSIX condition variable allows): the waiter it was meant for
-** then still counts among 'waiters', and the next notify wakes it.
+** its own mapping, a table of waiter slots. A waiter takes a free slot
+** and a ticket (its place in line) while it holds the lock, releases the
+** lock (all of an rlock's depth), sleeps on its slot's own word until
+** the slot is marked notified, and takes the lock again. notify(n) marks
+** the n oldest waiting slots, so a notify wakes only waits that began
+** before it (a wait that starts after it can never take its place: the
+** notifier that waits next cannot swallow its own notify), and each woken
+** waiter is woken on its own word, nobody else. A waiter that gives up
+** (timeout, cancel) frees its slot with one compare-and-swap, which fails
+** if a notify marked it first: it was notified after all (a cancelled
+** one hands the notify on to the next in line). A slot whose waiter died
+** (owner.c) is freed by the next notify that finds it.
 */
 
 #include <errno.h>
@@ -33,12 +33,28 @@ typedef struct srlock {
   uint32_t depth;              /* its owner's acquisitions */
 } srlock;
 
-typedef struct scond {
-  _Atomic uint32_t seq;
+enum { W_FREE, W_WAITING, W_NOTIFIED };
+
+typedef struct cslot {
+  _Atomic uint32_t state;      /* W_* */
+  _Atomic uint32_t seq;        /* its waiter sleeps here */
   _Atomic uint32_t nwait;
-  _Atomic uint32_t waiters;    /* waiting, not notified */
-  _Atomic uint32_t tokens;     /* notified, not woken yet */
+  uint32_t pad;
+  uint64_t ticket;             /* its place in line */
+  uint64_t owner;              /* its waiter (owner.c) */
+} cslot;
+
+#define COND_SIZE (64u * 1024u)
+#define COND_SLOTS ((COND_SIZE - 64u) / sizeof(cslot))
+
+typedef struct scond {
+  _Atomic uint64_t tickets;    /* handed out so far */
+  _Atomic uint32_t hi;         /* slots below it may be in use */
+  _Atomic uint32_t waiting;    /* slots waiting (for tostring) */
+  char pad[48];
+  cslot slot[];
 } scond;
+_Static_assert(sizeof(scond) == 64, "scond: the header is 64 bytes");
 
 typedef struct condobj {
   shmobj so;
@@ -173,7 +189,7 @@ int conc_cond_condition(lua_State *L) {
       return luaL_typeerror(L, 1, "lock or rlock");
   }
   if (lua_gettop(L) > 1) luaL_argcheck(L, lua_isnone(L, 2), 2, "no value expected");
-  c = (condobj *)shm_make(L, K_CONDITION, sizeof(scond), sizeof(condobj));
+  c = (condobj *)shm_make(L, K_CONDITION, COND_SIZE, sizeof(condobj));
   if (lock) {
     conc_obj_retain(lock);
     c->lock = lock;
@@ -223,36 +239,37 @@ static int cond_with(lua_State *L) {
   return with_held(L, cond_lock(c), cond_isr(c));
 }
 
-static int take_token(void *state, void *arg) {
-  scond *k = state;
-  uint32_t t = atomic_load(&k->tokens);
+static int slot_notified(void *state, void *arg) {
   CONC_UNUSED(arg);
-  while (t > 0)
-    if (atomic_compare_exchange_weak(&k->tokens, &t, t - 1)) return 1;
-  return 0;
+  return atomic_load(&((cslot *)state)->state) == W_NOTIFIED;
 }
 
-/* A waiter leaves without having been woken: takes a token if one is
-** there (1: it was notified after all), else takes itself off the
-** waiters (0). One of the two is always there for it. */
-static int leave(scond *k) {
+/* Marks the oldest waiting slot notified and wakes its waiter; 0 if
+** none waits. Slots of waiters that died are freed on the way. */
+static int notify_one(scond *k) {
+  uint32_t hi = atomic_load(&k->hi);
   for (;;) {
-    uint32_t w = atomic_load(&k->waiters);
-    if (take_token(k, NULL)) return 1;
-    if (w > 0 && atomic_compare_exchange_weak(&k->waiters, &w, w - 1))
-      return 0;
+    cslot *best = NULL;
+    uint32_t expect = W_WAITING;
+    for (uint32_t i = 0; i < hi; i++) {
+      cslot *c = &k->slot[i];
+      if (atomic_load(&c->state) != W_WAITING) continue;
+      if (conc_owner_dead(c->owner)) {
+        uint32_t w = W_WAITING;
+        if (atomic_compare_exchange_strong(&c->state, &w, W_FREE))
+          atomic_fetch_sub(&k->waiting, 1);
+        continue;
+      }
+      if (best == NULL || c->ticket < best->ticket) best = c;
+    }
+    if (best == NULL) return 0;
+    if (atomic_compare_exchange_strong(&best->state, &expect, W_NOTIFIED)) {
+      atomic_fetch_sub(&k->waiting, 1);
+      conc_bump(&best->seq, &best->nwait, 1);
+      return 1;
+    }
+    /* it gave up meanwhile: look again */
   }
-}
-
-/* Moves up to n waiters to tokens and wakes as many sleepers. */
-static void move(scond *k, uint32_t n) {
-  uint32_t w = atomic_load(&k->waiters), m;
-  do {
-    m = w < n ? w : n;
-  } while (m > 0 && !atomic_compare_exchange_weak(&k->waiters, &w, w - m));
-  if (m == 0) return;
-  atomic_fetch_add(&k->tokens, m);
-  conc_bump(&k->seq, &k->nwait, m > INT32_MAX ? INT32_MAX : (int)m);
 }
 
 /* wait: 1 notified, 0 timed out, the lock held again either way. On a
@@ -261,12 +278,25 @@ static int cond_wait_d(lua_State *L, condobj *c, double t) {
   cstate *cs = conc_cs(L);
   scond *k = c->so.shm;
   slock *s = cond_lock(c);
-  uint32_t depth = 1;
+  uint32_t depth = 1, i, hi, expect = W_WAITING;
   const char *why = NULL;
+  cslot *me = NULL;
   deadline d;
   int r;
   if (!owned(s)) luaL_error(L, "wait on a condition whose lock is not held");
-  atomic_fetch_add(&k->waiters, 1);
+  for (i = 0; i < COND_SLOTS && me == NULL; i++) {   /* a free slot */
+    uint32_t f = W_FREE;
+    if (atomic_load(&k->slot[i].state) == W_FREE &&
+        atomic_compare_exchange_strong(&k->slot[i].state, &f, W_WAITING))
+      me = &k->slot[i];
+  }
+  if (me == NULL) luaL_error(L, "too many waiters on a condition");
+  hi = atomic_load(&k->hi);
+  while (hi < i && !atomic_compare_exchange_weak(&k->hi, &hi, i))
+    ;
+  me->owner = conc_owner_self();
+  me->ticket = atomic_fetch_add(&k->tickets, 1);
+  atomic_fetch_add(&k->waiting, 1);
   if (cond_isr(c)) {
     depth = ((srlock *)s)->depth;
     ((srlock *)s)->depth = 0;
@@ -274,15 +304,22 @@ static int cond_wait_d(lua_State *L, condobj *c, double t) {
   conc_slock_unlock(s);
   conc_deadline_in(&d, t);
   conc_cs_waiting(cs, "condition");
-  r = conc_sync_wait(cs, &k->seq, &k->nwait, &d, take_token, NULL, k, NULL,
-                     &why);
+  r = conc_sync_wait(cs, &me->seq, &me->nwait, &d, slot_notified, NULL, me,
+                     NULL, &why);
   conc_cs_waiting(cs, NULL);
-  if (r == 0 && leave(k)) r = 1;
-  if (r < 0) {
-    /* a wake-up it took or was given goes on to another waiter */
-    if (leave(k)) move(k, 1);
-    return conc_cs_raisestop(L, cs, why);
+  if (r != 1) {                 /* give the slot back, unless notified */
+    if (atomic_compare_exchange_strong(&me->state, &expect, W_FREE))
+      atomic_fetch_sub(&k->waiting, 1);
+    else if (r == 0)
+      r = 1;
+    else {                       /* a cancelled waiter's notify goes on */
+      atomic_store(&me->state, W_FREE);
+      notify_one(k);
+    }
+  } else {
+    atomic_store(&me->state, W_FREE);
   }
+  if (r < 0) return conc_cs_raisestop(L, cs, why);
   conc_sync_lock_acquire(L, s, -1);
   if (cond_isr(c)) ((srlock *)s)->depth = depth;
   return r;
@@ -318,22 +355,23 @@ static int cond_wait_for(lua_State *L) {
   }
 }
 
-static void notify_n(lua_State *L, condobj *c, uint32_t n) {
+static void notify_n(lua_State *L, condobj *c, lua_Integer n) {
   if (!owned(cond_lock(c)))
     luaL_error(L, "notify of a condition whose lock is not held");
-  move(c->so.shm, n);
+  while (n-- > 0 && notify_one(c->so.shm))
+    ;
 }
 
 static int cond_notify(lua_State *L) {
   condobj *c = cond_check(L);
   lua_Integer n = luaL_optinteger(L, 2, 1);
   luaL_argcheck(L, n >= 0, 2, "count must be non-negative");
-  notify_n(L, c, n > UINT32_MAX ? UINT32_MAX : (uint32_t)n);
+  notify_n(L, c, n);
   return 0;
 }
 
 static int cond_notify_all(lua_State *L) {
-  notify_n(L, cond_check(L), UINT32_MAX);
+  notify_n(L, cond_check(L), LUA_MAXINTEGER);
   return 0;
 }
 
@@ -341,8 +379,7 @@ static int cond_tostring(lua_State *L) {
   condobj *c = cond_check(L);
   scond *k = c->so.shm;
   lua_pushfstring(L, "<condition %I waiting>",
-                  (LUAI_UACINT)(atomic_load(&k->waiters) +
-                                atomic_load(&k->tokens)));
+                  (LUAI_UACINT)atomic_load(&k->waiting));
   return 1;
 }
 
