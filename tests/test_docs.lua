@@ -220,6 +220,7 @@ T.test("the reference has a heading for every function and method", function()
     {"t", t}, {"p", p}, {"ch", conc.channel()}, {"a", a}, {"q", conc.queue()},
     {"lock", conc.lock()}, {"sem", conc.semaphore(1)}, {"ev", conc.event()},
     {"b", conc.barrier(1)}, {"s", conc.shared()},
+    {"rl", conc.rlock()}, {"cond", conc.condition()}, {"tm", conc.timer(0)},
   }
   for _, k in ipairs(kinds) do
     for _, m in ipairs(methods(k[2])) do need(k[1] .. ":" .. m .. "(") end

@@ -668,4 +668,137 @@ T.test("a program that shares one pool between its threads (as a user would)", f
   os.remove(script)
 end)
 
+for _, kind in ipairs({"threads", "processes"}) do
+  T.test(kind .. ": imap in input order, imap_unordered as they finish", function()
+    local p = pool[kind](2)
+    local list = {4, 1, 3, 2}
+    local slow = function(x) conc.sleep(0.03 * x) return x * 10 end
+    local got = {}
+    for i, v in p:imap(slow, list) do got[#got + 1] = i .. "=" .. v end
+    T.eq(table.concat(got, " "), "1=40 2=10 3=30 4=20")
+    got = {}
+    for i, v in p:imap_unordered(slow, list, {chunksize = 1}) do got[#got + 1] = i end
+    T.eq(#got, 4)
+    T.eq(got[1], 2, "the quickest first")
+    table.sort(got)
+    T.eq(table.concat(got, ","), "1,2,3,4")
+    -- nil results keep their place; an empty list ends at once
+    got = {}
+    for i, v in p:imap(function(x) if x % 2 == 0 then return x end end, range(6)) do
+      got[i] = v == nil and "nil" or v
+    end
+    T.eq(table.concat(got, ","), "nil,2,nil,4,nil,6")
+    for _ in p:imap(print, {}) do error("nothing to give") end
+    -- a loop left early drops the rest; the pool goes on
+    local n = 0
+    for i in p:imap(function(x) conc.sleep(0.01) return x end, range(200)) do
+      n = n + 1
+      if i == 3 then break end
+    end
+    T.eq(n, 3)
+    T.eq(p:map(function(x) return x + 1 end, {1}).n, 1)
+    -- an error raises at the item that failed
+    local seen = 0
+    local err = T.raises("item 3 fails", function()
+      for i in p:imap(function(x) if x == 3 then error("item 3 fails") end return x end,
+                      range(5), {chunksize = 1}) do
+        seen = i
+      end
+    end)
+    T.ok(seen < 3)
+    T.raises("function expected", p.imap, p, 5, {})
+    T.raises("unknown option 'chunk'", p.imap_unordered, p, print, {}, {chunk = 1})
+    p:close()
+  end)
+
+  T.test(kind .. ": starmap, and a map's timeout", function()
+    local p = pool[kind](2)
+    local out = p:starmap(function(a, b) return a * b end, {{2, 3}, {4, 5}, {6, 7}})
+    T.same({out[1], out[2], out[3], out.n}, {6, 20, 42, 3})
+    out = p:starmap(function(...) return select("#", ...) end, {{n = 3}, {1, 2}})
+    T.same({out[1], out[2]}, {3, 2})
+    T.raises("item 2 is a number, not a list of arguments", p.starmap, p, print, {{1}, 2})
+    local t0 = conc.now()
+    T.raises("timeout", p.map, p, function(x) conc.sleep(2) return x end, {1, 2},
+             {timeout = 0.1})
+    T.ok(conc.now() - t0 < 1.5)
+    T.raises("timeout must be a non-negative number", p.map, p, print, {1}, {timeout = -1})
+    T.same(p:map(function(x) return x end, {5}, {timeout = 5}), {5, n = 1})
+    T.raises("timeout", function()
+      for _ in p:imap(function(x) conc.sleep(2) return x end, {1}, {timeout = 0.05}) do end
+    end)
+    p:terminate()
+  end)
+
+  T.test(kind .. ": futures cancel, cancelled, error; pool.wait", function()
+    local p = pool[kind](1)
+    local busy = p:submit(conc.sleep, 0.3)
+    local filler = p:submit(conc.sleep, 0)   -- a worker may hold two at once
+    local queued = p:submit(function() return "never" end)
+    local failing = p:submit(function() error({code = 7}) end)
+    T.eq(queued:cancel(), true)
+    T.eq(queued:cancel(), false)
+    T.eq(queued:cancelled(), true)
+    T.eq(queued:done(), true)
+    T.raises("cancelled", queued.result, queued)
+    T.eq(queued:error(), nil)
+    local done, pending = pool.wait({busy, queued, failing}, 0, "first")
+    T.eq(#done, 1)
+    T.ok(done[1] == queued)
+    T.eq(#pending, 2)
+    done, pending = pool.wait({busy, failing}, 5, "error")
+    T.eq(#done, 2)
+    T.eq(#pending, 0)
+    T.eq(failing:error().code, 7)
+    T.eq(busy:error(), nil)
+    T.eq(filler:result(), nil)
+    T.eq(busy:cancel(), false, "too late: it ran")
+    T.eq(busy:cancelled(), false)
+    local slow = p:submit(conc.sleep, 0.5)
+    done, pending = pool.wait({slow}, 0.02)
+    T.eq(#done, 0)
+    T.ok(pending[1] == slow)
+    done, pending = pool.wait({slow})
+    T.eq(#done, 1)
+    T.raises("timeout", slow.error, p:submit(conc.sleep, 0.5), 0.01)
+    T.raises("'all', 'first' or 'error' expected", pool.wait, {slow}, 1, "any")
+    T.raises("item 1 is not a future", pool.wait, {5})
+    -- futures in conc.select
+    local f = p:submit(function() return 1 end)
+    local item, v = conc.select({conc.channel(), f}, 5)
+    T.ok(item == f and v == f)
+    p:close()
+  end)
+
+  T.test(kind .. ": options: n, name, initializer and initargs, maxtasksperchild", function()
+    local p = pool[kind]({n = 2, name = "crunch", initializer = function(a, b) BASE = a + b end,
+                          initargs = {40, 2}, maxtasksperchild = 2})
+    T.eq(p.n, 2)
+    T.eq(p.name, "crunch")
+    local workers = {}
+    for _ = 1, 8 do
+      local b, who = p:submit(function() return BASE, whoami() end):result()
+      T.eq(b, 42, "the initializer ran in every worker, the new ones too")
+      workers[who] = true
+    end
+    local k = 0
+    for _ in pairs(workers) do k = k + 1 end
+    T.ok(k >= 4, "workers replaced after 2 tasks: " .. k)
+    T.eq(p:map(function(x) return x + BASE end, range(20)).n, 20)
+    T.ok(select(2, p:submit(function() return conc.self() end):result()):find("^crunch%-"))
+    p:close()
+    -- an initializer that fails breaks the pool, it does not loop
+    local bad = pool[kind]({n = 2, initializer = function() error("no database") end})
+    T.raises("pool initializer failed", function() return bad:submit(print):result(5) end)
+    T.raises("pool initializer failed", bad.map, bad, print, {1, 2})
+    bad:close()
+    T.raises("unknown option 'size'", pool[kind], {size = 2})
+    T.raises("bad option 'maxtasksperchild'", pool[kind], {maxtasksperchild = 0})
+    T.raises("bad option 'initializer'", pool[kind], {initializer = "f"})
+    T.raises("bad option 'initargs'", pool[kind], {initializer = print, initargs = 1})
+    T.raises("bad option 'name'", pool[kind], {name = 5})
+    T.raises("positive integer expected", pool[kind], {n = 0})
+  end)
+end
+
 T.done()

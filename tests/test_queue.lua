@@ -293,4 +293,44 @@ T.test("selects in several threads: every message to exactly one, none waits", f
   end
 end)
 
+T.test("task_done and join across processes (Python's JoinableQueue)", function()
+  local q = conc.queue()
+  T.eq(q:join(0), true)
+  T.raises("task_done called too many times", q.task_done, q)
+  for i = 1, 40 do q:send(i) end
+  T.eq(q:join(0.02), false)
+  local ps = {}
+  for i = 1, 2 do
+    ps[i] = spawn_process(function()
+      for _ in q:iter() do q:task_done() end
+    end)
+  end
+  T.eq(q:join(10), true)
+  q:close()
+  for i = 1, 2 do ps[i]:join() end
+  T.raises("task_done called too many times", q.task_done, q)
+  -- a joiner in another process
+  local q2 = conc.queue(4)
+  local j = spawn_process(function() return q2:join(10) end)
+  for i = 1, 3 do q2:send(i) end
+  for _ = 1, 3 do q2:recv(); q2:task_done() end
+  T.eq(j:join(), true)
+end)
+
+T.test("join: a value dropped with a killed producer stops counting", function()
+  local q = conc.queue()
+  local p = spawn_process(function()
+    q:send("before")
+    q:send(string.rep("z", 200 * 1024 * 1024))   -- killed while copying
+  end)
+  T.eq(q:recv(5), "before")
+  q:task_done()
+  p:kill("KILL")
+  T.raises("killed by signal 9", p.join, p)
+  -- the big one arrived whole, or was dropped: either way join ends
+  local v = q:recv(0.5)
+  if v then q:task_done() end
+  T.eq(q:join(5), true)
+end)
+
 T.done()

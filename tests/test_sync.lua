@@ -222,14 +222,54 @@ T.test("barrier", function()
     seen[idx] = true
   end
   T.ok(seen[0] and seen[1] and seen[2])
-  -- reusable, and a timeout takes the arrival back
+  -- reusable; a timeout breaks it (Python's threading.Barrier) until reset
   T.eq(b:wait(0.02), false)
+  T.eq(b:broken(), true)
+  T.raises("broken barrier", b.wait, b, 1)
+  b:reset()
+  T.eq(b:broken(), false)
   local t2 = {}
   for i = 1, 2 do t2[i] = spawn_thread(function() return b:wait(5) end) end
   T.ok(b:wait(5))
   for i = 1, 2 do T.ok(t2[i]:join()) end
   T.raises("parties must be positive", conc.barrier, 0)
   T.raises("number expected", conc.barrier)
+end)
+
+T.test("barrier: abort and reset wake the waiters with broken barrier", function()
+  local b = conc.barrier(3)
+  local ts = {}
+  for i = 1, 2 do ts[i] = spawn_thread(function() return b:wait(5) end) end
+  conc.sleep(0.05)
+  T.eq(tostring(b), "<barrier 2/3>")
+  b:abort()
+  for i = 1, 2 do T.raises("broken barrier", ts[i].join, ts[i]) end
+  T.raises("broken barrier", b.wait, b)
+  b:abort()                                  -- again: nothing changes
+  b:reset()
+  T.eq(tostring(b), "<barrier 0/3>")
+  -- a reset while parties wait breaks their round; the next round works
+  local w = spawn_thread(function() return b:wait(5) end)
+  conc.sleep(0.05)
+  b:reset()
+  T.raises("broken barrier", w.join, w)
+  for i = 1, 2 do ts[i] = spawn_thread(function() return b:wait(5) end) end
+  local mine = b:wait(5)
+  local sum = mine
+  for i = 1, 2 do sum = sum + ts[i]:join() end
+  T.eq(sum, 0 + 1 + 2)
+  -- a timeout breaks it for the others too, and across processes
+  local p = spawn_process(function()
+    local ok, e = pcall(b.wait, b, 5)
+    return ok, e
+  end)
+  conc.sleep(0.1)
+  T.eq(b:wait(0.05), false)
+  local ok, e = p:join()
+  T.eq(ok, false)
+  T.ok(e:find("broken barrier", 1, true))
+  b:reset()
+  T.eq(b:broken(), false)
 end)
 
 T.test("barrier across processes", function()
@@ -261,6 +301,177 @@ T.test("handles cross to threads by reference", function()
   l:acquire()
   T.eq(back:locked(), true)
   l:release()
+end)
+
+T.test("rlock: reentrant for its owner, exclusive for others", function()
+  local r = conc.rlock()
+  T.eq(r:acquire(), true)
+  T.eq(r:acquire(0), true)
+  T.eq(tostring(r), "<rlock locked by me>")
+  local t = spawn_thread(function() return r:acquire(0.05), tostring(r) end)
+  local got, shown = t:join()
+  T.eq(got, false)
+  T.eq(shown, "<rlock locked>")
+  r:release()
+  T.eq(r:locked(), true)                 -- once more to go
+  r:release()
+  T.eq(r:locked(), false)
+  T.raises("release of an rlock it does not own", r.release, r)
+  -- another thread may not release it
+  r:acquire()
+  local t2 = spawn_thread(function() return pcall(r.release, r) end)
+  local ok, e = t2:join()
+  T.eq(ok, false)
+  T.ok(e:find("release of an rlock it does not own", 1, true))
+  T.same({r:with(function(a) return r:with(function() return a + 1 end) end, 1)}, {2})
+  r:release()
+  T.eq(r:locked(), false)
+  T.raises("inner", r.with, r, function() error("inner") end)
+  T.eq(r:locked(), false)
+  T.raises("unknown option 'x'", conc.rlock, {x = 1})
+end)
+
+T.test("rlock: across processes, and a dead owner's is taken over", function()
+  local r = conc.rlock()
+  local s = conc.shared()
+  s.n = 0
+  local ps = {}
+  for i = 1, 3 do
+    ps[i] = spawn_process(function()
+      for _ = 1, 200 do
+        r:with(function() r:with(function() s.n = s.n + 1 end) end)
+      end
+    end)
+  end
+  for i = 1, 3 do ps[i]:join() end
+  T.eq(s.n, 600)
+  local p = spawn_process(function() r:acquire(); r:acquire(); conc.sleep(30) end)
+  conc.sleep(0.1)
+  p:kill("KILL")
+  p:wait()
+  T.eq(r:acquire(5), true)
+  r:release()
+end)
+
+T.test("condition: wait, notify, notify_all, wait_for", function()
+  local c = conc.condition()
+  T.raises("wait on a condition whose lock is not held", c.wait, c)
+  T.raises("notify of a condition whose lock is not held", c.notify, c)
+  c:acquire()
+  local t0 = conc.now()
+  T.eq(c:wait(0.05), false)              -- nobody notifies
+  T.ok(conc.now() - t0 >= 0.04)
+  c:notify()                             -- nobody waits: nothing
+  c:release()
+  local s = conc.shared()
+  s.ready = 0
+  local ts = {}
+  for i = 1, 4 do
+    ts[i] = spawn_thread(function()
+      return c:with(function()
+        s.ready = s.ready + 1
+        return c:wait(5)
+      end)
+    end)
+  end
+  while c:with(function() return s.ready end) < 4 do conc.sleep(0.01) end
+  c:with(function() c:notify(1) end)
+  conc.sleep(0.1)
+  local done = 0
+  for i = 1, 4 do if not ts[i]:alive() then done = done + 1 end end
+  T.eq(done, 1, "notify(1) wakes one")
+  c:with(function() c:notify(2) end)
+  conc.sleep(0.1)
+  done = 0
+  for i = 1, 4 do if not ts[i]:alive() then done = done + 1 end end
+  T.eq(done, 3, "notify(2) wakes two more")
+  c:with(function() c:notify_all() end)
+  for i = 1, 4 do T.eq(ts[i]:join(), true) end
+  -- wait_for: the predicate's value, or its last one at the timeout
+  s.n = 0
+  local t = spawn_thread(function()
+    return c:with(function() return c:wait_for(function() return s.n >= 3 and s.n end, 5) end)
+  end)
+  for _ = 1, 3 do
+    conc.sleep(0.01)
+    c:with(function() s.n = s.n + 1; c:notify_all() end)
+  end
+  T.eq(t:join(), 3)
+  T.eq(c:with(function() return c:wait_for(function() return false end, 0.03) end), false)
+  T.raises("function expected", c.wait_for, c, 1)
+end)
+
+T.test("condition: over a lock or an rlock, its depth kept", function()
+  local r = conc.rlock()
+  local c = conc.condition(r)
+  r:acquire(); r:acquire()
+  local t = spawn_thread(function()
+    local got = r:acquire(5)            -- wait released every level
+    c:notify()
+    r:release()
+    return got
+  end)
+  T.eq(c:wait(5), true)
+  T.eq(t:join(), true)
+  r:release()
+  T.eq(r:locked(), true)                 -- the depth came back: 2
+  r:release()
+  T.eq(r:locked(), false)
+  local l = conc.lock()
+  local c2 = conc.condition(l)
+  T.eq(c2:acquire(), true)
+  T.eq(l:locked(), true)
+  T.eq(c2:wait(0.01), false)
+  T.eq(l:locked(), true)
+  c2:release()
+  T.eq(l:locked(), false)
+  T.raises("lock or rlock expected, got number", conc.condition, 5)
+  T.raises("lock or rlock expected", conc.condition, conc.event())
+  T.raises("release of a condition it does not hold", c2.release, c2)
+end)
+
+T.test("condition: across processes; cancel and timeouts lose no notify", function()
+  local c = conc.condition()
+  local s = conc.shared()
+  s.go = false
+  local ps = {}
+  for i = 1, 2 do
+    ps[i] = spawn_process(function()
+      return c:with(function() return c:wait_for(function() return s.go end, 5) end)
+    end)
+  end
+  conc.sleep(0.1)
+  c:with(function() s.go = true; c:notify_all() end)
+  for i = 1, 2 do T.eq(ps[i]:join(), true) end
+  -- a cancelled waiter hands its wake-up on
+  local a = spawn_thread(function() return c:with(function() return c:wait(5) end) end)
+  local b = spawn_thread(function() return c:with(function() return c:wait(5) end) end)
+  conc.sleep(0.05)
+  a:cancel()
+  T.raises("cancelled", a.join, a)
+  c:with(function() c:notify() end)
+  T.eq(b:join(), true)
+  T.eq(tostring(c), "<condition 0 waiting>")
+end)
+
+T.test("condition: a notifier that waits next cannot swallow its own notify", function()
+  -- ping-pong: each side notifies, then waits for its turn
+  local c, s = conc.condition(), conc.shared()
+  s.turn = 0
+  local function side(me, other, n)
+    c:acquire()
+    for _ = 1, n do
+      while s.turn ~= me do T.ok(c:wait(5), "a lost wake-up") end
+      s.turn = other
+      c:notify()
+    end
+    c:release()
+    return true
+  end
+  local t = spawn_thread(side, 1, 0, 2000)
+  T.eq(side(0, 1, 2000), true)
+  T.eq(t:join(), true)
+  T.eq(tostring(c), "<condition 0 waiting>")
 end)
 
 T.done()

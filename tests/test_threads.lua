@@ -622,4 +622,73 @@ T.test("spawn from a thread while others run", function()
   for i = 1, 8 do T.eq(ts[i]:join(), 210) end
 end)
 
+T.test("conc.self() gives the pid; conc.type names conclua objects", function()
+  local id, name, pid = conc.self()
+  T.eq(id, 0)
+  T.eq(name, "main")
+  T.eq(math.type(pid), "integer")
+  local t = spawn_thread(function() return select(3, conc.self()) end)
+  T.eq(t:join(), pid, "a thread runs in its maker's process")
+  local p = spawn_process(function() return select(3, conc.self()) end)
+  T.eq(p:join(), p.pid)
+  local a, b = conc.pipe()
+  local pool = require "conc.pool"
+  local pl = pool.threads(1)
+  local f = pl:submit(function() end)
+  f:wait()
+  local objs = {
+    thread = t, process = p, channel = conc.channel(), pipe = a,
+    queue = conc.queue(), lock = conc.lock(), rlock = conc.rlock(),
+    condition = conc.condition(), semaphore = conc.semaphore(1),
+    event = conc.event(), barrier = conc.barrier(1), shared = conc.shared(),
+    timer = conc.timer(0), pool = pl, future = f,
+  }
+  for kind, o in pairs(objs) do T.eq(conc.type(o), kind) end
+  for _, v in ipairs({1, "channel", {}, print, io.stdout, coroutine.create(print), true}) do
+    T.eq(conc.type(v), nil)
+  end
+  T.eq(conc.type(nil), nil)
+  T.raises("value expected", conc.type)
+  pl:close()
+  a:close()
+  b:close()
+end)
+
+T.test("conc.on_worker runs in every later thread and pool worker", function()
+  -- hooks stay with the runtime: this one runs in a fresh conclua process
+  local p = spawn_process({start = "spawn"}, function()
+    local before = spawn_thread(function() return SETUP end)
+    before:wait()
+    local tag = "ready"
+    conc.on_worker(function() SETUP = tag; package.loaded.mymod = {v = 7} end)
+    local t = spawn_thread(function() return SETUP, require("mymod").v end)
+    local nested = spawn_thread(function()
+      return spawn_thread(function() return SETUP end):join()
+    end)
+    local pool = require "conc.pool"
+    local pt, pp = pool.threads(1), pool.processes(1)
+    local r1 = pt:submit(function() return SETUP end):result()
+    local r2 = pp:submit(function() return SETUP end):result()
+    pt:close()
+    pp:close()
+    conc.on_worker(function() error("setup failed", 0) end)
+    local bad = spawn_thread(function() return "ran" end)
+    local ok, e = pcall(bad.join, bad)
+    local a, v = t:join()
+    return before:join(), a, v, nested:join(), r1, r2, ok, e
+  end)
+  local before, a, v, nested, r1, r2, ok, e = p:join()
+  T.eq(before, nil, "only states made afterwards")
+  T.eq(a, "ready")
+  T.eq(v, 7)
+  T.eq(nested, "ready")
+  T.eq(r1, "ready")
+  T.eq(r2, "ready")
+  T.eq(ok, false)
+  T.ok(e:find("setup failed", 1, true), e)
+  T.raises("function expected", conc.on_worker, 1)
+  local out = io.stdout
+  T.raises("cannot transfer", conc.on_worker, function() return out end)
+end)
+
 T.done()

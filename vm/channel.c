@@ -13,7 +13,10 @@
 ** rendezvous channel: every send waits until a receiver takes the value.
 ** close() wakes every waiter; what is buffered can still be received, then
 ** recv gives nil, "closed". Every wait is a cancellation point and is
-** interruptible by Ctrl-C.
+** interruptible by Ctrl-C. 'unfinished' counts the values sent and not
+** marked done yet (task_done, join: Python's JoinableQueue); a send
+** counts its value before a receiver can see it, and takes it back if
+** the value does not go.
 */
 
 #include <errno.h>
@@ -34,6 +37,8 @@ typedef struct chan {
   cobj obj;
   objlink link;
   _Atomic uint32_t spin;        /* conc_spin's budget */
+  int64_t unfinished;          /* sent, not marked done (under mu) */
+  selnode *joinq;              /* join's waiters (under mu) */
   /* everything a send or a recv touches but the slot, on one cache line:
   ** a message then moves two lines from core to core, this one and its
   ** slot's */
@@ -196,6 +201,18 @@ static int node_done(void *arg) {
   return ((selnode *)arg)->result != SEL_NONE;
 }
 
+/* A send that counted its value for join did not send it, with the
+** lock held (undone_locked) or not (unsent). */
+static void undone_locked(chan *c) {
+  if (--c->unfinished == 0) conc_selq_wake_all(&c->joinq, SEL_DONE);
+}
+
+static void unsent(chan *c) {
+  conc_cmutex_lock(&c->mu);
+  undone_locked(c);
+  conc_cmutex_unlock(&c->mu);
+}
+
 static int chan_send(lua_State *L) {
   cstate *cs = conc_cs(L);
   chan *c = check_chan(L);
@@ -229,6 +246,7 @@ static int chan_send(lua_State *L) {
     conc_mbuf_reset(&cs->scratch);
     return luaL_error(L, "send on a closed channel");
   }
+  c->unfinished++;              /* before a receiver can see it */
   room = hand_to_receiver(c, &o) ? 2 : c->cap != 0 ? ring_room(c) : 0;
   if (room == 1) ring_push(c, &o);
   if (room != 0) {
@@ -239,9 +257,11 @@ static int chan_send(lua_State *L) {
       return 1;
     }
     conc_msg_free(o.m);            /* an unbounded ring that cannot grow */
+    unsent(c);
     return conc_nomem(L);
   }
   if (t == 0) {
+    undone_locked(c);
     conc_cmutex_unlock(&c->mu);
     conc_msg_free(o.m);
     conc_mbuf_reset(&cs->scratch);
@@ -271,6 +291,7 @@ static int chan_send(lua_State *L) {
     return 1;
   }
   conc_msg_free(o.m);
+  unsent(c);
   if (result == SEL_CLOSED) return luaL_error(L, "send on a closed channel");
   if (why) return conc_cs_raisestop(L, cs, why);
   lua_pushboolean(L, 0);
@@ -415,6 +436,52 @@ size_t conc_chan_count(cobj *o) {
   return atomic_load(&((chan *)o)->len);
 }
 
+/* ch:task_done(): one value received is done with. */
+static int chan_task_done(lua_State *L) {
+  chan *c = check_chan(L);
+  conc_cmutex_lock(&c->mu);
+  if (c->unfinished <= 0) {
+    conc_cmutex_unlock(&c->mu);
+    return luaL_error(L, "task_done called too many times");
+  }
+  undone_locked(c);
+  conc_cmutex_unlock(&c->mu);
+  return 0;
+}
+
+/* ch:join([seconds]): true once every value sent was marked done. */
+static int chan_join(lua_State *L) {
+  cstate *cs = conc_cs(L);
+  chan *c = check_chan(L);
+  double t = conc_opttimeout(L, 2);
+  selwait sw;
+  selnode n;
+  deadline d;
+  const char *why = NULL;
+  int done;
+  conc_cmutex_lock(&c->mu);
+  done = c->unfinished == 0;
+  if (done || t == 0) {
+    conc_cmutex_unlock(&c->mu);
+    lua_pushboolean(L, done);
+    return 1;
+  }
+  conc_waiter_init(&sw, &n, &cs->park);
+  conc_selq_push(&c->joinq, &n);
+  conc_cmutex_unlock(&c->mu);
+  conc_deadline_in(&d, t);
+  conc_cs_waiting(cs, "join");
+  conc_wait_until(&cs->park, cs, &d, conc_waiter_won, &sw, &why);
+  conc_cs_waiting(cs, NULL);
+  conc_cmutex_lock(&c->mu);
+  if (n.linked) conc_selq_remove(&c->joinq, &n);
+  conc_cmutex_unlock(&c->mu);
+  done = atomic_load(&sw.won) != 0;
+  if (!done && why) return conc_cs_raisestop(L, cs, why);
+  lua_pushboolean(L, done);
+  return 1;
+}
+
 static int chan_len(lua_State *L) {
   chan *c = check_chan(L);
   lua_pushinteger(L, (lua_Integer)atomic_load(&c->len));
@@ -485,7 +552,7 @@ static void chan_sel_delist(cobj *o, selnode *n) {
 static const luaL_Reg chan_methods[] = {
     {"send", chan_send},   {"recv", chan_recv},     {"close", chan_close},
     {"len", chan_len},     {"iter", chan_iter},     {"closed", chan_closed},
-    {NULL, NULL}};
+    {"task_done", chan_task_done}, {"join", chan_join}, {NULL, NULL}};
 
 const kindinfo conc_channel_kind = {
     .kind = K_CHANNEL,

@@ -29,6 +29,7 @@
 enum {
   K_CHANNEL, K_THREAD, K_PROCESS, K_LOCK, K_SEMAPHORE, K_EVENT,
   K_BARRIER, K_SHARED, K_PIPE, K_QUEUE, K_FUTURE, K_PARCEL, K_POOL,
+  K_RLOCK, K_CONDITION, K_TIMER,
   K_NKINDS
 };
 
@@ -182,6 +183,7 @@ typedef struct rt {
   hookent *hooks;
   int nhooks, hookcap;
   int hooks_running;           /* hooks being called right now */
+  struct msg *luahooks;        /* conc.on_worker's functions, by next */
   pid_t pid;                   /* the process the list belongs to */
   int closed;                  /* the host state is gone */
   int exited;                  /* the exit handler took care of it */

@@ -174,6 +174,43 @@ static int fut_done(lua_State *L) {
   return 1;
 }
 
+/* f:cancel() -> true if it had not started: it never will, and result
+** raises "cancelled"; false once it runs or is settled. */
+static int fut_cancel(lua_State *L) {
+  future *f = check_future(L, 1);
+  int expect = F_PENDING, ok;
+  pthread_mutex_lock(&f->mu);
+  ok = atomic_compare_exchange_strong(&f->state, &expect, F_CANCELLED);
+  if (ok) {
+    f->seq = atomic_fetch_add(&settles, 1) + 1;
+    conc_selq_wake_all(&f->waiters, SEL_SELF);
+  }
+  pthread_mutex_unlock(&f->mu);
+  lua_pushboolean(L, ok);
+  return 1;
+}
+
+static int fut_cancelled(lua_State *L) {
+  future *f = check_future(L, 1);
+  lua_pushboolean(L, atomic_load(&f->state) == F_CANCELLED);
+  return 1;
+}
+
+/* f:error([seconds]) -> the error value of a failed future; nil for one
+** that is done or cancelled; raises timeout like result. */
+static int fut_error(lua_State *L) {
+  cstate *cs = conc_cs(L);
+  future *f = check_future(L, 1);
+  double t = conc_opttimeout(L, 2);
+  if (!fut_await(L, cs, f, t)) return luaL_error(L, "timeout");
+  lua_settop(L, 1);
+  if (atomic_load_explicit(&f->state, memory_order_acquire) != F_FAILED ||
+      fut_push_value(L, cs, f) == 0)
+    lua_pushnil(L);
+  lua_settop(L, 2);
+  return 1;
+}
+
 /* ------------------------------------------------------------ the pool's side
  */
 
@@ -290,7 +327,8 @@ const luaL_Reg conc_future_funcs[] = {
 
 static const luaL_Reg fut_methods[] = {
     {"result", fut_result}, {"wait", fut_wait}, {"done", fut_done},
-    {NULL, NULL}};
+    {"cancel", fut_cancel}, {"cancelled", fut_cancelled},
+    {"error", fut_error},   {NULL, NULL}};
 
 const kindinfo conc_future_kind = {
     .kind = K_FUTURE,

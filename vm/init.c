@@ -83,7 +83,45 @@ static int conc_self(lua_State *L) {
     lua_pushinteger(L, 0);
     lua_pushliteral(L, "main");
   }
-  return 2;
+  lua_pushinteger(L, (lua_Integer)conc_getpid());
+  return 3;
+}
+
+/* conc.type(v): the kind of conclua object v is ("channel"...), or nil. */
+static int conc_typef(lua_State *L) {
+  cobj *o = conc_obj_test(L, conc_cs(L), 1);
+  luaL_checkany(L, 1);
+  if (o == NULL) lua_pushnil(L);
+  else lua_pushstring(L, conc_kinds[o->kind]->name);
+  return 1;
+}
+
+/* A hook of conc.on_worker: calls the copy of the function in the new
+** worker state. */
+static void on_worker_hook(lua_State *L, void *ud) {
+  msg *m = ud;
+  char err[160];
+  int n = conc_marshal_decode(L, conc_cs_of(L), m->data, m->n, m->refs,
+                              m->nrefs, err, sizeof err);
+  if (n < 1) luaL_error(L, "conc.on_worker: %s", n < 0 ? err : "no function");
+  lua_call(L, n - 1, 0);
+}
+
+/* conc.on_worker(fn): fn, copied, runs in every thread and pool worker
+** state the runtime makes from now on, before the worker's function (a
+** conclua_on_state hook; the copy lives as long as the runtime). */
+static int conc_on_worker(lua_State *L) {
+  cstate *cs = conc_cs(L);
+  msg *m;
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  lua_settop(L, 1);
+  m = conc_msg_encode(L, cs, 1, 1, "on_worker");
+  pthread_mutex_lock(&cs->rt->mu);
+  m->next = cs->rt->luahooks;
+  cs->rt->luahooks = m;
+  pthread_mutex_unlock(&cs->rt->mu);
+  conclua_on_state(L, on_worker_hook, m);
+  return 0;
 }
 
 static int conc_workers(lua_State *L) {
@@ -118,6 +156,8 @@ static int conc_stats(lua_State *L) {
   lua_setfield(L, -2, "reaper");
   lua_pushinteger(L, atomic_load(&conc_shared_recoveries));
   lua_setfield(L, -2, "shared_recoveries");
+  lua_pushinteger(L, conc_timer_pending());
+  lua_setfield(L, -2, "timers");
   f = fopen("/proc/self/status", "re");
   if (f) {
     while (fgets(line, sizeof line, f)) {
@@ -187,6 +227,9 @@ const luaL_Reg conc_funcs[] = {
     {"semaphore", conc_sync_semaphore},
     {"event", conc_sync_event},
     {"barrier", conc_sync_barrier},
+    {"rlock", conc_cond_rlock},
+    {"condition", conc_cond_condition},
+    {"timer", conc_timer_new},
     {"shared", conc_shared_new},
     {"pipe", conc_pipe_new},
     {"queue", conc_queue_new},
@@ -194,6 +237,8 @@ const luaL_Reg conc_funcs[] = {
     {"now", conc_nowf},
     {"cpu_count", conc_cpu_count},
     {"self", conc_self},
+    {"type", conc_typef},
+    {"on_worker", conc_on_worker},
     {"workers", conc_workers},
     {"_stats", conc_stats},
     {"_isatty", conc_isatty},
@@ -371,7 +416,8 @@ static const kindinfo *const kinds[] = {
     &conc_lock_kind,    &conc_semaphore_kind, &conc_event_kind,
     &conc_barrier_kind, &conc_shared_kind,    &conc_pipe_kind,
     &conc_queue_kind,   &conc_future_kind,    &conc_parcel_kind,
-    &conc_pool_kind};
+    &conc_pool_kind,    &conc_rlock_kind,     &conc_condition_kind,
+    &conc_timer_kind};
 _Static_assert(sizeof kinds / sizeof kinds[0] == K_NKINDS, "a kind is missing");
 
 /* Registers the kinds, the C functions that may cross (names.c) and what

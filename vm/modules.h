@@ -72,8 +72,23 @@ int conc_sync_lock(lua_State *L);
 int conc_sync_semaphore(lua_State *L);
 int conc_sync_event(lua_State *L);
 int conc_sync_barrier(lua_State *L);
+/* Takes s within t seconds (-1: for ever): 1, or 0 on timeout; raises on
+** a stop request. */
+int conc_sync_lock_acquire(lua_State *L, slock *s, double t);
 extern const kindinfo conc_lock_kind, conc_semaphore_kind, conc_event_kind,
     conc_barrier_kind;
+
+/* ------------------------------------------------------------ cond.c */
+
+int conc_cond_rlock(lua_State *L);
+int conc_cond_condition(lua_State *L);
+extern const kindinfo conc_rlock_kind, conc_condition_kind;
+
+/* ------------------------------------------------------------ timer.c */
+
+int conc_timer_new(lua_State *L);
+lua_Integer conc_timer_pending(void);         /* for conc._stats */
+extern const kindinfo conc_timer_kind;
 
 /* ------------------------------------------------------------ shared.c */
 

@@ -208,6 +208,7 @@ static int call_lua(lua_State *L, const char *name) {
 #define LUA_METHOD(m) \
   static int pool_##m(lua_State *L) { return call_lua(L, #m); }
 LUA_METHOD(map) LUA_METHOD(submit) LUA_METHOD(close) LUA_METHOD(terminate)
+LUA_METHOD(starmap) LUA_METHOD(imap) LUA_METHOD(imap_unordered)
 
 /* __close: p:close(). */
 static int pool_close_mm(lua_State *L) {
@@ -333,7 +334,8 @@ int conc_pool_kit(lua_State *L) {
 static const luaL_Reg pool_methods[] = {
     {"map", pool_map},     {"submit", pool_submit},
     {"close", pool_close}, {"terminate", pool_terminate},
-    {NULL, NULL}};
+    {"starmap", pool_starmap}, {"imap", pool_imap},
+    {"imap_unordered", pool_imap_unordered}, {NULL, NULL}};
 
 const kindinfo conc_pool_kind = {
     .kind = K_POOL,

@@ -31,7 +31,9 @@
 ** ring no longer needs are given back
 ** (MADV_REMOVE), so a long-lived queue keeps little memory. Waiters sleep
 ** on shared sequence words (futexes); select polls an eventfd doorbell,
-** rung by producers while a select waits.
+** rung by producers while a select waits. 'unfinished' counts the values
+** sent and not yet marked done (task_done, join): a value dropped with a
+** dead producer or consumer stops counting.
 */
 
 #include <errno.h>
@@ -70,7 +72,22 @@ typedef struct qhdr {
   uint64_t ringsz;
   uint64_t punched;                        /* pages below: given back */
   _Atomic uint32_t spin;                   /* conc_spin's budget */
+  /* task_done and join: values sent and not yet marked done; joiners
+  ** sleep on joinseq */
+  _Atomic int64_t unfinished;
+  _Atomic uint32_t joinseq, joinnwait;
 } qhdr;
+
+/* n values will never be marked done (dropped with a dead producer or
+** consumer, or with a corrupt queue): they stop counting for join. Never
+** below 0 (a death between two stores may have left it short). */
+static void qundone(qhdr *h, int64_t n) {
+  int64_t u = atomic_load(&h->unfinished), v;
+  do {
+    v = u > n ? u - n : 0;
+  } while (!atomic_compare_exchange_weak(&h->unfinished, &u, v));
+  if (v == 0 && u != 0) conc_bump(&h->joinseq, &h->joinnwait, INT32_MAX);
+}
 
 typedef struct queue {
   shmobj so;
@@ -143,6 +160,7 @@ static void advance_head(qhdr *h) {
     if (st == S_TAKEN && conc_owner_dead(s->owner)) {
       atomic_store(&s->state, S_FREE);
       st = S_FREE;
+      qundone(h, 1);
     }
     if (st != S_FREE) break;
     h->head += slot_size(s->len);
@@ -173,6 +191,7 @@ static int drop_orphans(qhdr *h) {
     if (atomic_load(&s->state) == S_RESERVED && conc_owner_dead(s->owner)) {
       atomic_store(&s->state, S_FREE);
       atomic_fetch_sub(&h->count, 1);
+      qundone(h, 1);
       dropped = 1;
     }
     pos += slot_size(s->len);
@@ -328,6 +347,7 @@ static int qput(lua_State *L, queue *q, cstate *cs, const char *p, size_t n,
   s->owner = me;
   s->len = n;
   atomic_store(&s->state, S_RESERVED);
+  atomic_fetch_add(&h->unfinished, 1);
   atomic_store(&h->tail, pos + need);
   atomic_fetch_add(&h->count, 1);
   conc_slock_unlock(&h->lock);
@@ -373,7 +393,7 @@ static int qnext_locked(qhdr *h, uint64_t *pos, int take) {
          st != S_FREE)) {
       atomic_store(&h->closed, 1);
       h->rnext = h->head = tail;
-      atomic_store(&h->count, 0);
+      qundone(h, atomic_exchange(&h->count, 0));
       conc_bump(&h->dataseq, &h->datanwait, INT32_MAX);
       conc_bump(&h->spaceseq, &h->spacenwait, INT32_MAX);
       return Q_CORRUPT;
@@ -392,6 +412,7 @@ static int qnext_locked(qhdr *h, uint64_t *pos, int take) {
       if (!conc_owner_dead(s->owner)) return Q_EMPTY;   /* being written */
       atomic_store(&s->state, S_FREE);       /* its producer died */
       atomic_fetch_sub(&h->count, 1);
+      qundone(h, 1);
       conc_bump(&h->spaceseq, &h->spacenwait, INT32_MAX);
     }
     h->rnext += slot_size(s->len);             /* FREE or TAKEN: skip */
@@ -507,6 +528,44 @@ static int queue_close(lua_State *L) {
   return 0;
 }
 
+/* q:task_done(): one value received is done with. */
+static int queue_task_done(lua_State *L) {
+  qhdr *h = check_queue(L)->so.shm;
+  int64_t u = atomic_load(&h->unfinished);
+  do {
+    if (u <= 0) return luaL_error(L, "task_done called too many times");
+  } while (!atomic_compare_exchange_weak(&h->unfinished, &u, u - 1));
+  if (u == 1) conc_bump(&h->joinseq, &h->joinnwait, INT32_MAX);
+  return 0;
+}
+
+static int all_done(void *state, void *arg) {
+  CONC_UNUSED(arg);
+  return atomic_load(&((qhdr *)state)->unfinished) <= 0;
+}
+
+/* q:join([seconds]): true once every value sent was marked done. */
+static int queue_join(lua_State *L) {
+  cstate *cs = conc_cs(L);
+  qhdr *h = check_queue(L)->so.shm;
+  double t = conc_opttimeout(L, 2);
+  const char *why = NULL;
+  deadline d;
+  int r;
+  if (all_done(h, NULL) || t == 0) {
+    lua_pushboolean(L, all_done(h, NULL));
+    return 1;
+  }
+  conc_deadline_in(&d, t);
+  conc_cs_waiting(cs, "join");
+  r = conc_sync_wait(cs, &h->joinseq, &h->joinnwait, &d, all_done, NULL, h,
+                     NULL, &why);
+  conc_cs_waiting(cs, NULL);
+  if (r < 0) return conc_cs_raisestop(L, cs, why);
+  lua_pushboolean(L, r);
+  return 1;
+}
+
 static int queue_len(lua_State *L) {
   queue *q = check_queue(L);
   qhdr *h = q->so.shm;
@@ -603,7 +662,8 @@ static int queue_sel_fds(cobj *o, int fds[2]) {
 
 static const luaL_Reg queue_methods[] = {
     {"send", queue_send}, {"recv", queue_recv}, {"close", queue_close},
-    {"len", queue_len},   {"iter", queue_iter}, {NULL, NULL}};
+    {"len", queue_len},   {"iter", queue_iter}, {"task_done", queue_task_done},
+    {"join", queue_join}, {NULL, NULL}};
 
 const kindinfo conc_queue_kind = {
     .kind = K_QUEUE,

@@ -93,6 +93,11 @@ void conc_rt_release(rt *r) {
   pthread_mutex_destroy(&r->mu);
   conc_paths_release(r->paths);
   free(r->hooks);
+  while (r->luahooks) {
+    msg *m = r->luahooks;
+    r->luahooks = m->next;
+    conc_msg_free(m);
+  }
   free(r);
 }
 

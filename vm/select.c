@@ -101,7 +101,7 @@ int conc_select(lua_State *L) {
     if (items[i].o == NULL || conc_kinds[items[i].o->kind]->sel_try == NULL)
       return luaL_argerror(L, 1, lua_pushfstring(L,
                         "item %d is a %s, not a channel, pipe end, queue, "
-                        "thread, process or future", (int)i + 1,
+                        "thread, process, timer or future", (int)i + 1,
                         items[i].o ? conc_kinds[items[i].o->kind]->tname
                                    : luaL_typename(L, -1)));
     items[i].k = conc_kinds[items[i].o->kind];

@@ -290,17 +290,36 @@ static int event_tostring(lua_State *L) {
 
 /* ------------------------------------------------------------ barrier */
 
+/* The state word: the generation (bits 33-63, one more at each trip),
+** the mode (bits 31-32) and how many parties are inside (bits 0-30). A
+** party that arrives on a broken barrier raises; one that arrives while
+** it resets waits until the parties of the broken round have left. Only
+** a trip changes the generation, so a waiter that sees it change passed;
+** one that sees the mode change under the same generation is broken. */
+enum { B_FILLING, B_BROKEN, B_RESETTING };
+
+#define B_COUNT(st) ((uint32_t)((st) & 0x7fffffffu))
+#define B_MODE(st) ((int)(((st) >> 31) & 3u))
+#define B_GEN(st) ((uint32_t)((st) >> 33))
+#define B_MAKE(gen, mode, count) \
+  (((uint64_t)(gen) << 33) | ((uint64_t)(mode) << 31) | (uint64_t)(count))
+
 typedef struct sbarrier {
-  _Atomic uint64_t state;      /* generation << 32 | arrived */
+  _Atomic uint64_t state;
   _Atomic uint32_t seq;
   _Atomic uint32_t nwait;
   uint32_t parties;
 } sbarrier;
 
+/* A waiter of generation *arg may go: it tripped or the barrier broke. */
 static int barrier_passed(void *state, void *arg) {
-  sbarrier *b = state;
-  uint32_t gen = *(uint32_t *)arg;
-  return (uint32_t)(atomic_load(&b->state) >> 32) != gen;
+  uint64_t st = atomic_load(&((sbarrier *)state)->state);
+  return B_GEN(st) != *(uint32_t *)arg || B_MODE(st) != B_FILLING;
+}
+
+static int barrier_open(void *state, void *arg) {
+  CONC_UNUSED(arg);
+  return B_MODE(atomic_load(&((sbarrier *)state)->state)) != B_RESETTING;
 }
 
 static int barrier_new(lua_State *L) {
@@ -314,22 +333,58 @@ static int barrier_new(lua_State *L) {
   return 1;
 }
 
-/* wait: the arrival index (0 for the first), or false on timeout (the
-** arrival is taken back, so the barrier stays usable). */
+/* A waiter of generation gen leaves without passing: one fewer inside;
+** 'brk' also breaks the barrier (a timeout). 1 if the generation had
+** tripped meanwhile (it passed after all). The last to leave a resetting
+** barrier opens it. */
+static int barrier_leave(sbarrier *b, uint32_t gen, int brk) {
+  uint64_t st = atomic_load(&b->state), nst;
+  for (;;) {
+    int mode;
+    uint32_t count;
+    if (B_GEN(st) != gen) return 1;
+    mode = B_MODE(st);
+    count = B_COUNT(st) - 1;
+    if (mode == B_FILLING && brk) mode = B_BROKEN;
+    if (mode == B_RESETTING && count == 0) mode = B_FILLING;
+    nst = B_MAKE(gen, mode, count);
+    if (atomic_compare_exchange_weak(&b->state, &st, nst)) break;
+  }
+  if (B_MODE(nst) != B_MODE(st)) conc_bump(&b->seq, &b->nwait, INT32_MAX);
+  return 0;
+}
+
+/* wait: the arrival index (0 for the first), or false on timeout (which
+** breaks the barrier); raises "broken barrier" if it is or gets broken. */
 static int barrier_wait(lua_State *L) {
   cstate *cs = conc_cs(L);
   sbarrier *b = sync_check(L, K_BARRIER);
   double t = opt_timeout(L, 2);
-  uint64_t st = atomic_load(&b->state), nst;
+  uint64_t st, nst;
   uint32_t gen, idx;
   deadline d;
   const char *why = NULL;
   int r;
+  conc_deadline_in(&d, t);
   for (;;) {                        /* arrive */
-    gen = (uint32_t)(st >> 32);
-    idx = (uint32_t)st;
+    st = atomic_load(&b->state);
+    if (B_MODE(st) == B_BROKEN) return luaL_error(L, "broken barrier");
+    if (B_MODE(st) == B_RESETTING) {
+      conc_cs_waiting(cs, "barrier");
+      r = conc_sync_wait(cs, &b->seq, &b->nwait, &d, barrier_open, NULL, b,
+                         NULL, &why);
+      conc_cs_waiting(cs, NULL);
+      if (r < 0) return conc_cs_raisestop(L, cs, why);
+      if (r == 0) {
+        lua_pushboolean(L, 0);
+        return 1;
+      }
+      continue;
+    }
+    gen = B_GEN(st);
+    idx = B_COUNT(st);
     if (idx + 1 == b->parties)
-      nst = (uint64_t)(gen + 1) << 32;             /* the last: trip */
+      nst = B_MAKE(gen + 1, B_FILLING, 0);           /* the last: trip */
     else
       nst = st + 1;
     if (atomic_compare_exchange_weak(&b->state, &st, nst)) break;
@@ -339,16 +394,15 @@ static int barrier_wait(lua_State *L) {
     lua_pushinteger(L, idx);
     return 1;
   }
-  conc_deadline_in(&d, t);
   conc_cs_waiting(cs, "barrier");
   r = conc_sync_wait(cs, &b->seq, &b->nwait, &d, barrier_passed, NULL, b, &gen,
-                &why);
+                     &why);
   conc_cs_waiting(cs, NULL);
-  if (r != 1) { /* take the arrival back, unless it tripped */
-    st = atomic_load(&b->state);
-    while ((uint32_t)(st >> 32) == gen)
-      if (atomic_compare_exchange_weak(&b->state, &st, st - 1)) break;
-    if ((uint32_t)(st >> 32) != gen) r = 1;
+  st = atomic_load(&b->state);
+  if (r == 1 && B_GEN(st) == gen) {        /* broken: leave, and raise */
+    if (!barrier_leave(b, gen, 0)) return luaL_error(L, "broken barrier");
+  } else if (r != 1) {           /* timeout breaks it; a stop does not */
+    if (barrier_leave(b, gen, r == 0)) r = 1;
   }
   if (r == 1) {
     lua_pushinteger(L, idx);
@@ -359,10 +413,42 @@ static int barrier_wait(lua_State *L) {
   return 1;
 }
 
+/* abort: breaks it; every waiter and every later wait raises "broken
+** barrier" until reset. */
+static int barrier_abort(lua_State *L) {
+  sbarrier *b = sync_check(L, K_BARRIER);
+  uint64_t st = atomic_load(&b->state), nst;
+  do {
+    if (B_MODE(st) == B_BROKEN) return 0;
+    nst = B_MAKE(B_GEN(st), B_BROKEN, B_COUNT(st));
+  } while (!atomic_compare_exchange_weak(&b->state, &st, nst));
+  conc_bump(&b->seq, &b->nwait, INT32_MAX);
+  return 0;
+}
+
+/* reset: back to empty; those waiting raise "broken barrier", and new
+** arrivals wait until they have left. */
+static int barrier_reset(lua_State *L) {
+  sbarrier *b = sync_check(L, K_BARRIER);
+  uint64_t st = atomic_load(&b->state), nst;
+  do {
+    nst = B_MAKE(B_GEN(st), B_COUNT(st) ? B_RESETTING : B_FILLING,
+                 B_COUNT(st));
+  } while (!atomic_compare_exchange_weak(&b->state, &st, nst));
+  conc_bump(&b->seq, &b->nwait, INT32_MAX);
+  return 0;
+}
+
+static int barrier_broken(lua_State *L) {
+  sbarrier *b = sync_check(L, K_BARRIER);
+  lua_pushboolean(L, B_MODE(atomic_load(&b->state)) == B_BROKEN);
+  return 1;
+}
+
 static int barrier_tostring(lua_State *L) {
   sbarrier *b = sync_check(L, K_BARRIER);
   lua_pushfstring(L, "<barrier %I/%I>",
-                  (LUAI_UACINT)(uint32_t)atomic_load(&b->state),
+                  (LUAI_UACINT)B_COUNT(atomic_load(&b->state)),
                   (LUAI_UACINT)b->parties);
   return 1;
 }
@@ -376,6 +462,9 @@ static int barrier_parties(lua_State *L) {
 /* ------------------------------------------------------------ tables */
 
 int conc_sync_lock(lua_State *L) { return lock_new(L); }
+int conc_sync_lock_acquire(lua_State *L, slock *s, double t) {
+  return lock_acquire_d(L, s, t);
+}
 int conc_sync_semaphore(lua_State *L) { return sem_new(L); }
 int conc_sync_event(lua_State *L) { return event_new(L); }
 int conc_sync_barrier(lua_State *L) { return barrier_new(L); }
@@ -392,7 +481,9 @@ static const luaL_Reg event_methods[] = {
     {"is_set", event_is_set}, {"wait", event_wait},
     {NULL, NULL}};
 static const luaL_Reg barrier_methods[] = {
-    {"wait", barrier_wait}, {"parties", barrier_parties}, {NULL, NULL}};
+    {"wait", barrier_wait},   {"parties", barrier_parties},
+    {"abort", barrier_abort}, {"reset", barrier_reset},
+    {"broken", barrier_broken}, {NULL, NULL}};
 
 const kindinfo conc_lock_kind = {
     .kind = K_LOCK,

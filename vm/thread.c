@@ -516,6 +516,41 @@ int conc_thread_spawn(lua_State *L) {
   return 1;
 }
 
+/* The package paths a thread spawned later from L will inherit (a
+** reference to release), or NULL. */
+paths *conc_thread_paths(lua_State *L) {
+  return get_paths(L, conc_cs(L));
+}
+
+/* Starts a daemon thread of runtime r named 'name' that runs m (fn and
+** its arguments, as conc_msg_encode made them; taken over, like p) from
+** any OS thread, with no Lua state at hand (conc.timer's service): 0, or
+** an errno. Nobody holds a handle of it: it shows in conc.workers(). */
+int conc_thread_launch(rt *r, const char *name, msg *m, paths *p) {
+  job *j = calloc(1, sizeof *j);
+  worker *w = j ? conc_worker_new(r, &conc_thread_ops, name, 1) : NULL;
+  int e;
+  if (w == NULL) {
+    free(j);
+    conc_msg_free(m);
+    conc_paths_release(p);
+    return ENOMEM;
+  }
+  w->owner = conc_getpid();
+  j->w = w;
+  j->m = m;
+  j->paths = p;
+  conc_worker_register(w);
+  j->task.run = job_task;
+  e = conc_threadpool_start(&j->task);
+  if (e != 0) {
+    conc_worker_finish(w, W_FAILED, NULL, NULL);
+    conc_worker_unregister(w);
+    job_free(j);
+  }
+  return e;
+}
+
 /* ------------------------------------------------------------ handle */
 
 static int thread_cancel_m(lua_State *L) {

@@ -122,6 +122,8 @@ int conc_thread_co_wrap(lua_State *L);
 int conc_thread_pcall(lua_State *L);
 int conc_thread_xpcall(lua_State *L);
 worker *conc_thread_current_worker(void);
+paths *conc_thread_paths(lua_State *L);
+int conc_thread_launch(rt *r, const char *name, msg *m, paths *p);
 /* spawn_thread's and spawn_process's options table at index 1. */
 void conc_spawn_options(lua_State *L, const char *fname, const char **name,
                         int *daemon, const char **start);

@@ -84,8 +84,17 @@ local BATCH = 16                -- ranges per message after the first
 -- {wid, id, ok, p = the packed results or error value}. A call may come
 -- with its future f (a thread worker's: one hop less back to whoever
 -- waits): the worker settles it and answers {wid, id, ok, direct}.
-local function worker_loop(inbox, results, wid, name, remote, poolid)
+local function worker_loop(inbox, results, wid, name, remote, poolid, cfg)
+  cfg = cfg or {}                        -- a rank's worker has no options
   debug.getregistry()["conc.pool worker of"] = poolid
+  -- the pool's initializer first: a worker whose initializer fails ends
+  -- at once, and says so (the pool is then broken: no worker could run)
+  if cfg.init then
+    local args = cfg.initargs or {}
+    local ok, e = pcall(cfg.init, table.unpack(args, 1, args.n or #args))
+    if not ok then return {initfailed = name .. ": " .. tostring(e)} end
+  end
+  local tasks, maxtasks = 0, cfg.maxtasks
   local kit = conc._poolkit()
   local pack, unpack = kit.pack, kit.unpack
   local tpack, tunpack = table.pack, table.unpack
@@ -138,6 +147,8 @@ local function worker_loop(inbox, results, wid, name, remote, poolid)
       else
         answer({wid = wid, id = m.id, ok = ok, p = p})
       end
+      tasks = tasks + 1
+      if maxtasks and tasks >= maxtasks then return end   -- replaced now
     else                        -- a range of a map: one value per item
       local fn, vals, err = defs[m.k], {}, nil
       local ok, items = pcall(unpack, m.items)
@@ -169,6 +180,8 @@ local function worker_loop(inbox, results, wid, name, remote, poolid)
         end
       end
       answer({wid = wid, id = m.id, ok = err == nil, p = p or err})
+      tasks = tasks + 1
+      if maxtasks and tasks >= maxtasks then return end
     end
   end
 end
@@ -198,7 +211,7 @@ local function local_workers(kind, box, spawn, kill)
       local inbox = box()
       local name = P.prefix .. "-" .. kind .. "-" .. slot
       local h = spawn({name = name, daemon = true}, worker_loop, inbox, P.results,
-                      slot, name, remote, P.id)
+                      slot, name, remote, P.id, P.cfg)
       return {slot = slot, h = h, inbox = inbox, name = name}
     end,
     send = function(w, m) w.inbox:send(m) end,
@@ -238,7 +251,7 @@ transports.mpi = {
   end,
   start = function(P, slot)
     local mpi = require "conc.mpi"
-    local ranks = P.conf.ranks
+    local ranks = P.cfg.ranks
     local rank = ranks[(slot - 1) % #ranks + 1]
     local name = string.format("rank %d (%s)", rank, mpi.host(rank))
     local inport, endport = mpi._newport(), mpi._newport()
@@ -535,6 +548,11 @@ local function worker_died(P, w)
   local ok, err = pcall(w.h.join, w.h)
   P.workers[w.slot] = nil
   P.sel = nil
+  if ok and type(err) == "table" and err.initfailed then
+    P.broken = P.broken or "pool initializer failed: " .. err.initfailed
+    err = P.broken
+    ok = false
+  end
   drain_results(P)                     -- what it answered before it ended
   local back = {}
   while true do
@@ -556,6 +574,7 @@ local function worker_died(P, w)
       fail_work(P, r, why)
     end
   end
+  if P.broken then return fail_all(P, P.broken) end
   if P.stopping or (P.closing and idle(P)) then return end
   local okw, werr = pcall(new_worker, P, w.slot)
   if not okw and next(P.workers) == nil then    -- nobody left to do the work
@@ -637,9 +656,10 @@ end
 
 -- The manager's thread: starts the workers, tells 'ready' how that went,
 -- then runs the pool until it is closed, collected or terminated.
-function pool._manage(id, kind, n, requests, lifeline, ready, conf)
-  local P = {id = id, kind = kind, n = n, T = transports[kind], requests = requests, conf = conf,
-             lifeline = lifeline, prefix = "pool", workers = {}, calls = {},
+function pool._manage(id, kind, n, requests, lifeline, ready, cfg)
+  local P = {id = id, kind = kind, n = n, T = transports[kind], requests = requests,
+             lifeline = lifeline, prefix = cfg.name or "pool", cfg = cfg,
+             workers = {}, calls = {},
              chead = 1, ctail = 0, maps = {}, bykey = {}, work = {},
              nextid = 0, nextk = 0}
   local ok, err = pcall(function()
@@ -674,16 +694,51 @@ end
 
 -- ------------------------------------------------------------ the pool
 
-local function new_pool(kind, n, conf)
+-- The options of pool.threads and pool.processes: a table for the
+-- manager (initializer, its arguments, the most tasks per worker, name).
+local POOL_OPTS = {n = true, initializer = true, initargs = true,
+                   maxtasksperchild = true, name = true}
+
+local function pool_options(kind, opts)
+  local cfg = {}
+  for key in pairs(opts) do
+    if not POOL_OPTS[key] then
+      argerror(1, kind, "unknown option '" .. tostring(key) .. "'", 4)
+    end
+  end
+  local function bad(key, expected)
+    error(string.format("bad option '%s' to '%s' (%s expected, got %s)", key, kind,
+                        expected, type(opts[key])), 5)
+  end
+  if opts.initializer ~= nil and type(opts.initializer) ~= "function" then
+    bad("initializer", "function")
+  end
+  if opts.initargs ~= nil and type(opts.initargs) ~= "table" then bad("initargs", "table") end
+  local m = opts.maxtasksperchild
+  if m ~= nil and (math.type(m) ~= "integer" or m < 1) then
+    bad("maxtasksperchild", "positive integer")
+  end
+  if opts.name ~= nil and type(opts.name) ~= "string" then bad("name", "string") end
+  cfg.init, cfg.initargs, cfg.maxtasks, cfg.name =
+    opts.initializer, opts.initargs, m, opts.name
+  return opts.n, cfg
+end
+
+-- extra: what a kind adds to the manager's table (pool.mpi's ranks).
+local function new_pool(kind, n, extra)
+  local cfg = {}
+  if type(n) == "table" then n, cfg = pool_options(kind, n) end
+  for k, v in pairs(extra or {}) do cfg[k] = v end
   if n == nil then n = conc.cpu_count() end
   if math.type(n) ~= "integer" or n < 1 then
     argerror(1, kind, "positive integer expected, got " .. tostring(n), 3)
   end
   local requests, lifeline, ready = conc.channel(), kit.future(), conc.channel()
-  local p = kit.pool(kind, n, nil, requests, lifeline)
-  local ok, h = pcall(spawn_thread, {name = "pool-" .. p.id .. "-manager", daemon = true},
+  local p = kit.pool(kind, n, cfg.name, requests, lifeline)
+  local ok, h = pcall(spawn_thread,
+                      {name = (cfg.name or "pool-" .. p.id) .. "-manager", daemon = true},
                       function(...) return require("conc.pool")._manage(...) end,
-                      p.id, kind, n, requests, lifeline, ready, conf)
+                      p.id, kind, n, requests, lifeline, ready, cfg)
   if not ok then
     kit.mark(p, "terminated")
     error(string.format("%s: cannot start the pool: %s", kind, tostring(h)), 3)
@@ -837,38 +892,48 @@ local function item_error(list, first, size, remote)
   return "map: the items cannot be copied"
 end
 
-function Pool:map(fn, list, opts)
-  local st = check(self, "map")
+-- Checks map's arguments and sends the work: a running map M whose
+-- replies map_next takes. 'fname' names the method in errors, raised at
+-- 'level' (the level of the method's caller from here).
+local MAP_OPTS = {chunksize = true, progress = true, timeout = true}
+
+local function map_begin(self, fname, fn, list, opts, level)
+  local st = check(self, fname)
   if type(fn) ~= "function" then
-    typeerror(1, "map", "function", fn, CALLER)
+    typeerror(1, fname, "function", fn, level)
   end
   if type(list) ~= "table" then
-    typeerror(2, "map", "table", list, CALLER)
+    typeerror(2, fname, "table", list, level)
   end
   opts = opts or {}
   if type(opts) ~= "table" then
-    typeerror(3, "map", "table", opts, CALLER)
+    typeerror(3, fname, "table", opts, level)
   end
   for key in pairs(opts) do
-    if key ~= "chunksize" and key ~= "progress" then
-      argerror(3, "map", "unknown option '" .. tostring(key) .. "'", CALLER)
+    if not MAP_OPTS[key] then
+      argerror(3, fname, "unknown option '" .. tostring(key) .. "'", level)
     end
   end
   local chunk = opts.chunksize or 1
   if math.type(chunk) ~= "integer" or chunk < 1 then
-    argerror(3, "map", "chunksize must be a positive integer", CALLER)
+    argerror(3, fname, "chunksize must be a positive integer", level)
   end
-  if st ~= "open" then error("pool is closed", CALLER) end
+  local timeout = opts.timeout
+  if timeout ~= nil and (type(timeout) ~= "number" or timeout < 0 or timeout ~= timeout) then
+    argerror(3, fname, "timeout must be a non-negative number", level)
+  end
+  if st ~= "open" then error("pool is closed", level) end
   local n = #list
-  local out = {n = n}
-  if n == 0 then return out end
+  local M = {n = n, done = 0, pool = self, deadline = timeout and now() + timeout}
+  if n == 0 then return M end
   local i = info(self)
   local remote, requests = i.remote, i.requests
   local fnp, ferr = pack(remote, "fn", fn)
-  if not fnp then error(ferr, CALLER) end
+  if not fnp then error(ferr, level) end
   local reply = conc.channel()
-  local bar = opts.progress and progress_bar(n)
-  local done, nxt, argerr = 0, 1, nil
+  M.reply, M.requests = reply, requests
+  M.bar = opts.progress and progress_bar(n)
+  local nxt, argerr = 1, nil
   local function put(m)
     if not pcall(requests.send, requests, m) then error("pool is closed", 0) end
   end
@@ -910,26 +975,143 @@ function Pool:map(fn, list, opts)
         batch = {}
       end
     end
-    local manager = kit.manager(self)
-    while done < n do
-      local r = reply:recv(1)
-      while r == nil do          -- nothing yet: is there still a manager?
-        if not manager:alive() and reply:len() == 0 then error("pool is closed", 0) end
-        r = reply:recv(1)
-      end
-      if r.err then error(unpack(r.err), 0) end
-      table.move(unpack(r.p), 1, r.count, r.first, out)
-      done = done + r.count
-      if bar then bar(done) end
-    end
   end)
-  if bar then bar(done, true) end
   if not ok then
     pcall(requests.send, requests, {op = "drop", reply = reply})
-    if argerr then error(argerr, CALLER) end
-    rethrow(err, CALLER)
+    if argerr then error(argerr, level) end
+    rethrow(err, level)
   end
+  M.manager = kit.manager(self)
+  return M
+end
+
+-- The next range of results of M: {first, count, vals}; raises the map's
+-- error, "timeout" past its deadline, or "pool is closed". Unprotected:
+-- run it under map_guard.
+local function map_next(M)
+  local function wait()
+    if not M.deadline then return 1 end
+    local left = M.deadline - now()
+    if left <= 0 then error("timeout", 0) end
+    return math.min(1, left)
+  end
+  local r = M.reply:recv(wait())
+  while r == nil do              -- nothing yet: is there still a manager?
+    if not M.manager:alive() and M.reply:len() == 0 then error("pool is closed", 0) end
+    r = M.reply:recv(wait())
+  end
+  if r.err then error(unpack(r.err), 0) end
+  M.done = M.done + r.count
+  if M.bar then M.bar(M.done, M.done == M.n) end
+  return r.first, r.count, unpack(r.p)
+end
+
+-- The map is over, all done (ok) or not (err): what is left of it in the
+-- pool is dropped, and err raised at 'level'.
+local function map_finish(M, ok, err, level)
+  if M.finished then return end
+  M.finished = true
+  if not ok then
+    if M.bar then M.bar(M.done, true) end
+    pcall(M.requests.send, M.requests, {op = "drop", reply = M.reply})
+    rethrow(err, level + 1)
+  end
+end
+
+function Pool:map(fn, list, opts)
+  local M = map_begin(self, "map", fn, list, opts, CALLER + 1)
+  local out = {n = M.n}
+  if M.n == 0 then return out end
+  local ok, err = pcall(function()
+    while M.done < M.n do
+      local first, count, vals = map_next(M)
+      table.move(vals, 1, count, first, out)
+    end
+  end)
+  map_finish(M, ok, err, CALLER)
   return out
+end
+
+-- starmap: map with fn(table.unpack(args)) for each list of arguments.
+function Pool:starmap(fn, list, opts)
+  if type(fn) ~= "function" then typeerror(1, "starmap", "function", fn, CALLER) end
+  if type(list) ~= "table" then typeerror(2, "starmap", "table", list, CALLER) end
+  for i = 1, #list do
+    if type(list[i]) ~= "table" then
+      argerror(2, "starmap", string.format("item %d is a %s, not a list of arguments",
+                                           i, type(list[i])), CALLER)
+    end
+  end
+  local call = function(args) return (fn(table.unpack(args, 1, args.n or #args))) end
+  local M = map_begin(self, "starmap", call, list, opts, CALLER + 1)
+  local out = {n = M.n}
+  if M.n == 0 then return out end
+  local ok, err = pcall(function()
+    while M.done < M.n do
+      local first, count, vals = map_next(M)
+      table.move(vals, 1, count, first, out)
+    end
+  end)
+  map_finish(M, ok, err, CALLER)
+  return out
+end
+
+-- imap and imap_unordered: an iterator of i, result (and a closing value
+-- for the generic for: a loop left early drops the rest of the map).
+local function imap(self, fname, ordered, fn, list, opts)
+  local M = map_begin(self, fname, fn, list, opts, CALLER + 2)
+  local got, nextout = {}, 1     -- results that came, by index
+  local queue, qhead, qtail = {}, 1, 0   -- unordered: indexes, as they came
+  local function more()
+    local ok, first, count, vals = pcall(map_next, M)
+    if not ok then map_finish(M, false, first, 2) end
+    for k = 1, count do
+      got[first + k - 1] = {vals[k]}
+      if not ordered then
+        qtail = qtail + 1
+        queue[qtail] = first + k - 1
+      end
+    end
+  end
+  local function iter()
+    if M.finished and nextout > M.n then return nil end
+    if ordered then
+      while nextout <= M.n and got[nextout] == nil do more() end
+      if nextout > M.n then M.finished = true return nil end
+      local i = nextout
+      local v = got[i][1]
+      got[i], nextout = nil, i + 1
+      if nextout > M.n then M.finished = true end
+      return i, v
+    end
+    while queue[qhead] == nil do
+      if M.done >= M.n then M.finished = true return nil end
+      more()
+    end
+    local i = queue[qhead]
+    queue[qhead] = nil
+    qhead = qhead + 1
+    local v = got[i][1]
+    got[i] = nil
+    nextout = nextout + 1
+    return i, v
+  end
+  local closer = setmetatable({}, {__close = function()
+    if M.n > 0 and not M.finished then
+      M.finished = true
+      pcall(M.requests.send, M.requests, {op = "drop", reply = M.reply})
+    end
+  end})
+  if M.n == 0 then M.finished = true end
+  return iter, nil, nil, closer
+end
+
+function Pool:imap(fn, list, opts)
+  return imap(self, "imap", true, fn, list, opts)
+end
+
+function Pool:imap_unordered(fn, list, opts)
+  return imap(self, "imap_unordered", false, fn, list, opts)
 end
 
 -- ------------------------------------------------------------ ending
@@ -1015,6 +1197,54 @@ function pool.as_completed(futures, seconds)
         if item == nil then error("timeout", 2) end
       end
       ::continue::
+    end
+  end
+end
+
+-- wait: done and pending, two lists, once 'mode' is met ("all": every
+-- future is settled, "first": one is, "error": one failed or all are
+-- settled) or 'seconds' passed.
+local WAIT_MODES = {all = true, first = true, error = true}
+
+function pool.wait(futures, seconds, mode)
+  if type(futures) ~= "table" then typeerror(1, "wait", "table", futures, 2) end
+  if seconds ~= nil and (type(seconds) ~= "number" or seconds < 0 or seconds ~= seconds) then
+    argerror(2, "wait", "non-negative number expected", 2)
+  end
+  mode = mode or "all"
+  if not WAIT_MODES[mode] then
+    argerror(3, "wait", "'all', 'first' or 'error' expected, got " .. tostring(mode), 2)
+  end
+  for k, f in ipairs(futures) do
+    local ok, why = kit.isfuture(f)
+    if not ok then argerror(1, "wait", string.format("item %d %s", k, why), 2) end
+  end
+  local deadline = seconds and now() + seconds
+  while true do
+    local settled = kit.settled(futures)
+    local met = #settled == #futures or (mode == "first" and #settled > 0)
+    if not met and mode == "error" then
+      for _, k in ipairs(settled) do
+        local f = futures[k]
+        if not f:cancelled() and f:error(0) ~= nil then met = true break end
+      end
+    end
+    local wait = deadline and math.max(0, deadline - now())
+    if met or wait == 0 then
+      local done, pending, isdone = {}, {}, {}
+      for _, k in ipairs(settled) do isdone[k] = true end
+      for k, f in ipairs(futures) do
+        if isdone[k] then done[#done + 1] = f else pending[#pending + 1] = f end
+      end
+      return done, pending
+    end
+    local left = {}
+    for k, f in ipairs(futures) do
+      if not f:done() then left[#left + 1] = f end
+    end
+    if #left > 0 then          -- else they settled meanwhile: look again
+      local ok, err = pcall(conc.select, left, wait)
+      if not ok then rethrow(err, 2) end
     end
   end
 end

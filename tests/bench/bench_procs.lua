@@ -10,6 +10,7 @@
 --   queue M       M small integers from a child over conc.queue   msgs_per_s
 --   pool_processes M   pool.processes(2):map over M trivial items items_per_s
 --   pool_threads M     pool.threads(2):map, the same              items_per_s
+--   imap_processes M   pool.processes(2):imap_unordered, the same items_per_s
 --   shared_incr N  N s:incr("n") on a conc.shared, split over two
 --                  processes                                    ops_per_s
 --   shared_rw N    N stores and reads (s[k] = i; s[k]) of 64 keys per
@@ -81,6 +82,20 @@ local function pool_rate(kind, count)
   report{items_per_s = count / dt}
 end
 
+function modes.imap_processes(count)
+  local pool = need("conc.pool", require, "conc.pool")
+  local p = pool.processes(2)
+  for _ in p:imap_unordered(incr, {1, 2, 3, 4, 5, 6, 7, 8}, {chunksize = 1}) do end
+  local list = {}
+  for i = 1, count do list[i] = i end
+  local t0, sum = now(), 0
+  for _, v in p:imap_unordered(incr, list, {chunksize = 1}) do sum = sum + v end
+  local dt = now() - t0
+  p:close()
+  assert(sum == count * (count + 1) // 2 + count, "wrong results")
+  report{items_per_s = count / dt}
+end
+
 function modes.pool_processes(count) pool_rate("processes", count) end
 function modes.pool_threads(count) pool_rate("threads", count) end
 
@@ -93,7 +108,7 @@ function modes.shared_rw(count)
 end
 
 local defaults = {spawn = 300, pipebw = 256, queue = 50000,
-                  pool_processes = 20000, pool_threads = 20000,
+                  pool_processes = 20000, pool_threads = 20000, imap_processes = 20000,
                   shared_incr = 200000, shared_rw = 200000}
 if not modes[mode] then
   io.stderr:write("bench_procs.lua: unknown mode ", tostring(mode), "\n")

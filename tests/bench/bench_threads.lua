@@ -20,6 +20,13 @@
 --               threads                                         ops_per_s
 --   shared_rw N     N stores and reads (s[k] = i; s[k]) of 64 keys
 --               per thread, split over two threads              ops_per_s
+--   cond R      R notify -> wake round trips between two threads
+--               on a conc.condition (a turn in a conc.shared)   us_per_rt
+--   rlock N     N acquire + release pairs of a conc.rlock        ns_per_pair
+--   timers K    K pending conc.timer(0.5 .. 0.6): RSS each, and the
+--               time from the first made to the last fired      bytes_each, s
+--   imap_threads M   pool.threads(2):imap_unordered over M trivial
+--               items                                           items_per_s
 
 local mode, n = arg[1], tonumber(arg[2])
 local now = conc.now
@@ -172,9 +179,63 @@ function modes.shared_rw(count)
   report{ops_per_s = common.shared_rw(spawn_thread, count)}
 end
 
+function modes.cond(rounds)
+  local c, s = conc.condition(), conc.shared()
+  s.turn = 0
+  -- each side waits for its turn, takes it, and hands it over
+  local function side(me, other, n)
+    c:acquire()
+    for _ = 1, n do
+      while s.turn ~= me do c:wait() end
+      s.turn = other
+      c:notify()
+    end
+    c:release()
+  end
+  local t = spawn_thread(side, 1, 0, rounds)
+  local t0 = now()
+  side(0, 1, rounds)
+  t:join()
+  report{us_per_rt = (now() - t0) / rounds * 1e6}
+end
+
+function modes.rlock(count)
+  local r = conc.rlock()
+  for _ = 1, 1000 do r:acquire() r:release() end
+  local t0 = now()
+  for _ = 1, count do r:acquire() r:release() end
+  report{ns_per_pair = (now() - t0) / count * 1e9}
+end
+
+function modes.timers(count)
+  collectgarbage()
+  local rss0 = vmrss_kb()
+  local t0 = now()
+  local ts = {}
+  for i = 1, count do ts[i] = conc.timer(0.5 + (i % 1000) * 1e-4) end
+  local each = (vmrss_kb() - rss0) * 1024 / count
+  for i = 1, count do assert(ts[i]:wait(10), "a timer did not fire") end
+  report{bytes_each = each, s = now() - t0}
+end
+
+function modes.imap_threads(count)
+  local p = require("conc.pool").threads(2)
+  local incr = function(x) return x + 1 end
+  for _ in p:imap_unordered(incr, {1, 2, 3, 4, 5, 6, 7, 8}, {chunksize = 1}) do end
+  local list = {}
+  for i = 1, count do list[i] = i end
+  local t0, sum = now(), 0
+  for _, v in p:imap_unordered(incr, list, {chunksize = 1}) do sum = sum + v end
+  local dt = now() - t0
+  p:close()
+  assert(sum == count * (count + 1) // 2 + count, "wrong results")
+  report{items_per_s = count / dt}
+end
+
 local defaults = {spawn = 1000, cpu = 60000000, idle = 1000, chan = 200000,
                   pingpong = 20000, bigstr = 15, bigtbl = 15, pcall = 3000000,
-                  shared_incr = 400000, shared_rw = 400000}
+                  shared_incr = 400000, shared_rw = 400000, cond = 20000,
+                  rlock = 2000000, timers = 10000, imap_threads = 20000}
 if not modes[mode] then
   io.stderr:write("bench_threads.lua: unknown mode ", tostring(mode), "\n")
   os.exit(2)

@@ -20,12 +20,20 @@ threading and multiprocessing (always the 'fork' start method):
             Manager().Lock(), 2 processes                        ops_per_s
   mgrrw     N stores and reads of a Manager().dict(), 64 keys per
             process, 2 processes                                 ops_per_s
+  cond      N notify -> wake round trips between two threads on a
+            threading.Condition                                  us_per_rt
+  rlock     N acquire + release pairs of a threading.RLock       ns_per_pair
+  timers    N pending threading.Timer(0.5 .. 0.6): RSS each, time to
+            the last fired                                       bytes_each, s
+  mpimapu   Pool(2).imap_unordered(f, range(N), chunksize=1)     items_per_s
+  tpemap    ThreadPoolExecutor(2).map(f, range(N))               items_per_s
 """
 import multiprocessing
 import queue
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.pool import ThreadPool
 
 FORK = multiprocessing.get_context("fork")
@@ -233,6 +241,77 @@ def mgrrw(n):
     report(ops_per_s=total / dt)
 
 
+def cond(n):
+    c = threading.Condition()
+    turn = [0]
+
+    def side(me, other):
+        with c:
+            for _ in range(n):
+                while turn[0] != me:
+                    c.wait()
+                turn[0] = other
+                c.notify()
+
+    t = threading.Thread(target=side, args=(1, 0))
+    t.start()
+    t0 = clock()
+    side(0, 1)
+    t.join()
+    report(us_per_rt=(clock() - t0) / n * 1e6)
+
+
+def rlock(n):
+    r = threading.RLock()
+    for _ in range(1000):
+        r.acquire()
+        r.release()
+    t0 = clock()
+    for _ in range(n):
+        r.acquire()
+        r.release()
+    report(ns_per_pair=(clock() - t0) / n * 1e9)
+
+
+def timers(n):
+    fired = threading.Semaphore(0)
+    rss0 = vmrss_kb()
+    t0 = clock()
+    ts = [threading.Timer(0.5 + (i % 1000) * 1e-4, fired.release)
+          for i in range(n)]
+    for t in ts:
+        t.start()
+    each = (vmrss_kb() - rss0) * 1024 / n
+    for _ in range(n):
+        fired.acquire()
+    dt = clock() - t0
+    for t in ts:
+        t.join()
+    report(bytes_each=each, s=dt)
+
+
+def mpimapu(n):
+    with FORK.Pool(2) as pool:
+        list(pool.imap_unordered(incr, range(8), chunksize=1))
+        t0 = clock()
+        total = sum(pool.imap_unordered(incr, range(n), chunksize=1))
+        dt = clock() - t0
+        if total != n * (n - 1) // 2 + n:
+            raise RuntimeError("wrong results")
+    report(items_per_s=n / dt)
+
+
+def tpemap(n):
+    with ThreadPoolExecutor(2) as ex:
+        list(ex.map(incr, range(8)))
+        t0 = clock()
+        total = sum(ex.map(incr, range(n)))
+        dt = clock() - t0
+        if total != n * (n - 1) // 2 + n:
+            raise RuntimeError("wrong results")
+    report(items_per_s=n / dt)
+
+
 MODES = {
     "spawn": (spawn, 1000),
     "idle": (idle, 1000),
@@ -246,6 +325,11 @@ MODES = {
     "mpvalue": (mpvalue, 200000),
     "mgrincr": (mgrincr, 10000),
     "mgrrw": (mgrrw, 20000),
+    "cond": (cond, 20000),
+    "rlock": (rlock, 2000000),
+    "timers": (timers, 10000),
+    "mpimapu": (mpimapu, 20000),
+    "tpemap": (tpemap, 20000),
 }
 
 if __name__ == "__main__":

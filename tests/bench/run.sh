@@ -10,7 +10,8 @@
 # python3-mpi4py). Figures named on the command line (spawn_thread, cpu,
 # idle, idle10k, chan, pingpong, pingpong_pinned, bigstr, bigtbl, pcall,
 # spawn_process, pipe, queue, pool_processes, pool_threads, shared_threads,
-# shared_procs, mpi_map, mpi_latency, mpi_idle) select what runs.
+# shared_procs, condition, rlock, timers, imap_processes, imap_threads,
+# mpi_map, mpi_latency, mpi_idle) select what runs.
 #
 # Each figure runs conclua's script (bench_threads.lua, bench_procs.lua) and
 # its baselines (baseline.c built here, py_baseline.py) in turns, the order
@@ -94,7 +95,7 @@ selected() {
   return 1
 }
 wanted=("$@")
-figures=" spawn_thread cpu idle idle10k chan pingpong pingpong_pinned bigstr bigtbl pcall spawn_process pipe queue pool_processes pool_threads shared_threads shared_procs mpi_map mpi_latency mpi_idle "
+figures=" spawn_thread cpu idle idle10k chan pingpong pingpong_pinned bigstr bigtbl pcall spawn_process pipe queue pool_processes pool_threads shared_threads shared_procs condition rlock timers imap_processes imap_threads mpi_map mpi_latency mpi_idle "
 for w in "${wanted[@]}"; do
   case $figures in
     *[[:space:]]"$w"[[:space:]]*) ;;
@@ -335,6 +336,34 @@ if selected pool_threads; then
   measure pool_threads "$rounds" conclua="$PR pool_threads 20000" \
     py="$PY threadpool 20000"
   row pool_threads items_per_s "pool.threads(2):map (items/s)" items/s py "Py" "ratio>=1"
+fi
+
+if selected condition; then
+  measure condition "$rounds" conclua="$TH cond 20000" py="$PY cond 20000"
+  row condition us_per_rt "condition notify -> wake round trip (us)" us py "Py" "ratio<=0.5"
+fi
+
+if selected rlock; then
+  measure rlock "$rounds" conclua="$TH rlock 2000000" py="$PY rlock 2000000"
+  row rlock ns_per_pair "rlock acquire + release (ns)" ns py "Py" "ratio<=0.5"
+fi
+
+if selected timers; then
+  measure timers "$rounds" conclua="$TH timers 10000" py="$PY timers 10000"
+  row timers bytes_each "10000 pending timers: RSS each (bytes)" B py "Py" "value<=1024"
+  row timers s "10000 timers: made to all fired (s)" s py "Py" -
+fi
+
+if selected imap_processes; then
+  measure imap_processes "$rounds" conclua="$PR imap_processes 20000" \
+    py="$PY mpimapu 20000"
+  row imap_processes items_per_s "pool.processes(2):imap_unordered (items/s)" items/s py "Py" "ratio>=2"
+fi
+
+if selected imap_threads; then
+  measure imap_threads "$rounds" conclua="$TH imap_threads 20000" \
+    py="$PY tpemap 20000"
+  row imap_threads items_per_s "pool.threads(2):imap_unordered (items/s)" items/s py "Py TPE.map" "ratio>=2"
 fi
 
 if selected shared_threads; then

@@ -10,7 +10,7 @@ os       fdio wait alloc fork owner shmheap lifeline
 core     object msg runtime waitq shm
 values   names marshal parcel
 workers  worker thread threadpool process child reap exit
-modules  channel pipe queue sync shared shtab select future pool mpiapi
+modules  channel pipe queue sync cond timer shared shtab select future pool mpiapi
 init     init stdlib_gen
 command  main repl pretty'
 if [ "$1" = --files ]; then
