@@ -205,6 +205,12 @@ typedef struct cstate {
   int blocked_shared;
   _Atomic int interrupt;       /* Ctrl-C: set by a signal handler */
   const char *_Atomic waiting_on;  /* what the state blocks on, or NULL */
+  /* the object it blocks on (conc_cs_waiting_obj): its kind, or -1, and
+  ** number; wait_seq is odd while they change */
+  _Atomic int wait_kind;
+  _Atomic lua_Integer wait_num;
+  _Atomic uint32_t wait_seq;
+  int64_t trace_tid;           /* its track in a trace: a thread's id, or 0 */
   mbuf scratch;                /* encode buffer, owned by the state */
   msg *pending;                /* messages being decoded (conc_msg_push) */
   int lazy;                    /* standard libraries not opened yet */
@@ -289,6 +295,11 @@ extern const char conc_why_cancelled[], conc_why_interrupted[];
 int conc_cs_raisestop(lua_State *L, cstate *cs, const char *why);
 /* Publishes what the state blocks on, for conc.workers(). */
 void conc_cs_waiting(cstate *cs, const char *what);
+/* The same, naming the object too ("recv" on channel 3; o may be NULL). */
+void conc_cs_waiting_obj(cstate *cs, const char *what, const cobj *o);
+/* What cs waits on, in words ("recv channel 3"), into buf; NULL when it
+** does not wait. Safe from another thread while cs lives. */
+const char *conc_cs_describe_wait(cstate *cs, char *buf, size_t n);
 /* Around a sleep on a shm futex word: lets a canceller wake it. */
 void conc_cs_block_on(cstate *cs, _Atomic uint32_t *word, int shared);
 void conc_cs_unblock(cstate *cs);
@@ -324,6 +335,23 @@ unsigned conc_interrupt_count(void);
 /* A catcher (pcall, resume) in L caught an error. */
 void conc_cs_caught(lua_State *L);
 
+/* ------------------------------------------------------------ trace.c */
+
+/* CONCLUA_TRACE (trace.c): 1 when a trace is being written. Every hook
+** tests it first: conc_trace_on && (conc_trace_event(...), 0). */
+extern int conc_trace_on;
+void conc_trace_init(void);                /* reads the environment, once */
+/* One event on track tid of this process: ph 'B' (begin a span named
+** name, of category cat), 'E' (end the innermost), 'i' (an instant,
+** detail in its args), 's' and 'f' (a flow's start and end, id). */
+void conc_trace_event(int ph, int64_t tid, const char *cat, const char *name,
+                      const char *detail, uint64_t id);
+uint64_t conc_trace_flow(void);            /* a new flow id, unique in the tree */
+void conc_trace_thread(int64_t tid, const char *name);  /* a track starts */
+void conc_trace_process(const char *name);    /* this process's track */
+void conc_trace_exit(void);                /* the process ends: written out */
+int conc_trace_fds(int fds[2]);            /* for an exec'd child: 2, or 0 */
+
 /* ------------------------------------------------------------ waitq.c */
 
 /* What a node got: a value, closed, done (select gives true), taken (a
@@ -353,6 +381,7 @@ typedef struct selnode {
                                 or offered by a blocked sender */
   uint32_t inln;             /* or, when m is NULL, a small value inline */
   char inl[SEL_INLINE];
+  uint64_t flow;             /* the value's trace flow id, or 0 */
 } selnode;
 
 /* A node n of a waiter that sleeps on p, not on any queue yet. */

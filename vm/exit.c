@@ -310,6 +310,7 @@ void conc_rt_exit_all(void) {
       conc_rt_shutdown(found);
       if (ctrlc == 2) {
         fflush(NULL);
+        conc_trace_exit();
         _exit(128 + SIGINT);
       }
     }

@@ -63,6 +63,7 @@ rt *conc_rt_new(void) {
   /* the list lock is taken before runtime locks (conc_rt_exit_all), so the
   ** fork must lock it first too: it registers before any runtime */
   pthread_once(&all_once, all_init);
+  conc_trace_init();
   r = calloc(1, sizeof *r);
   if (r == NULL) return NULL;
   atomic_init(&r->refs, 1);
@@ -133,6 +134,7 @@ void conc_cs_init(cstate *cs, rt *r, struct worker *self) {
   atomic_init(&cs->blocked_word, NULL);
   atomic_init(&cs->interrupt, 0);
   atomic_init(&cs->waiting_on, NULL);
+  atomic_init(&cs->wait_kind, -1);
   conc_mbuf_init(&cs->scratch);
 }
 
@@ -284,9 +286,58 @@ int conc_cs_raisestop(lua_State *L, cstate *cs, const char *why) {
 
 /* Every blocking conc call says here when it starts and ends waiting: a
 ** host state's waits are where a host's Ctrl-C gets in (see Ctrl-C). */
-void conc_cs_waiting(cstate *cs, const char *what) {
-  atomic_store_explicit(&cs->waiting_on, what, memory_order_relaxed);
+static void set_waiting(cstate *cs, const char *what, int kind,
+                        lua_Integer num) {
+  if (what) {               /* only this thread writes: a seqlock's writer */
+    uint32_t s = atomic_load_explicit(&cs->wait_seq, memory_order_relaxed);
+    atomic_store_explicit(&cs->wait_seq, s + 1, memory_order_relaxed);
+    atomic_thread_fence(memory_order_release);
+    atomic_store_explicit(&cs->wait_kind, kind, memory_order_relaxed);
+    atomic_store_explicit(&cs->wait_num, num, memory_order_relaxed);
+    atomic_store_explicit(&cs->wait_seq, s + 2, memory_order_release);
+  }
+  atomic_store_explicit(&cs->waiting_on, what, memory_order_release);
+  if (conc_trace_on) {
+    if (what) {
+      char b[96];
+      conc_trace_event('B', cs->trace_tid, "wait",
+                       conc_cs_describe_wait(cs, b, sizeof b), NULL, 0);
+    } else {
+      conc_trace_event('E', cs->trace_tid, "wait", NULL, NULL, 0);
+    }
+  }
   if (cs->ishost && cs->self == NULL) host_wait(cs, what != NULL);
+}
+
+void conc_cs_waiting(cstate *cs, const char *what) {
+  set_waiting(cs, what, -1, 0);
+}
+
+void conc_cs_waiting_obj(cstate *cs, const char *what, const cobj *o) {
+  if (o) set_waiting(cs, what, o->kind, conc_obj_number(o));
+  else set_waiting(cs, what, -1, 0);
+}
+
+const char *conc_cs_describe_wait(cstate *cs, char *buf, size_t n) {
+  for (int tries = 0; tries < 100; tries++) {
+    uint32_t s = atomic_load_explicit(&cs->wait_seq, memory_order_acquire);
+    const char *what =
+        atomic_load_explicit(&cs->waiting_on, memory_order_acquire);
+    int kind = atomic_load_explicit(&cs->wait_kind, memory_order_relaxed);
+    lua_Integer num = atomic_load_explicit(&cs->wait_num, memory_order_relaxed);
+    atomic_thread_fence(memory_order_acquire);
+    if ((s & 1) || s != atomic_load_explicit(&cs->wait_seq,
+                                             memory_order_relaxed))
+      continue;                /* being changed: look again */
+    if (what == NULL) return NULL;
+    if (kind >= 0 && kind < K_NKINDS && conc_kinds[kind])
+      snprintf(buf, n, "%s %s %lld", what, conc_kinds[kind]->name,
+               (long long)num);
+    else
+      snprintf(buf, n, "%s", what);
+    return buf;
+  }
+  return NULL;
 }
 
 void conc_cs_block_on(cstate *cs, _Atomic uint32_t *word, int shared) {

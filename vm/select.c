@@ -40,6 +40,10 @@ int conc_sel_push_value(lua_State *L, cstate *cs, msg *m, const char *inl,
 int conc_sel_push(lua_State *L, cstate *cs, selnode *n) {
   msg *m = n->m;
   n->m = NULL;
+  if (n->flow) {
+    conc_trace_event('f', cs->trace_tid, "message", "message", NULL, n->flow);
+    n->flow = 0;
+  }
   return conc_sel_push_value(L, cs, m, n->inl, n->inln);
 }
 

@@ -68,7 +68,7 @@ static int lock_acquire_d(lua_State *L, slock *s, double t) {
   if (t == 0) return 0;
   conc_slock_owner_dead(s);
   conc_deadline_in(&d, t);
-  conc_cs_waiting(cs, "lock");
+  conc_cs_waiting_obj(cs, "lock", conc_obj_test(L, cs, 1));
   r = conc_sync_wait(cs, &s->seq, &s->nwait, &d, lock_try, lock_check_owner, s,
                 NULL, &why);
   conc_cs_waiting(cs, NULL);
@@ -183,7 +183,7 @@ static int sem_acquire(lua_State *L) {
     return 1;
   }
   conc_deadline_in(&d, t);
-  conc_cs_waiting(cs, "semaphore");
+  conc_cs_waiting_obj(cs, "semaphore", conc_obj_test(L, cs, 1));
   r = conc_sync_wait(cs, &s->seq, &s->nwait, &d, sem_try, NULL, s, NULL, &why);
   conc_cs_waiting(cs, NULL);
   if (r != 1 && atomic_load(&s->count) > 0 && atomic_load(&s->nwait))
@@ -273,7 +273,7 @@ static int event_wait(lua_State *L) {
     return 1;
   }
   conc_deadline_in(&d, t);
-  conc_cs_waiting(cs, "event");
+  conc_cs_waiting_obj(cs, "event", conc_obj_test(L, cs, 1));
   r = conc_sync_wait(cs, &e->seq, &e->nwait, &d, event_isset_fn, NULL, e, NULL,
                 &why);
   conc_cs_waiting(cs, NULL);
@@ -340,7 +340,7 @@ static int barrier_wait(lua_State *L) {
     return 1;
   }
   conc_deadline_in(&d, t);
-  conc_cs_waiting(cs, "barrier");
+  conc_cs_waiting_obj(cs, "barrier", conc_obj_test(L, cs, 1));
   r = conc_sync_wait(cs, &b->seq, &b->nwait, &d, barrier_passed, NULL, b, &gen,
                 &why);
   conc_cs_waiting(cs, NULL);

@@ -353,6 +353,12 @@ static void job_run(job *j, lua_State *L) {
     return;
   }
   cs->light = 1;
+  cs->trace_tid = w->id;
+  if (conc_trace_on) {
+    char tn[96];
+    snprintf(tn, sizeof tn, "thread %lld (%s)", (long long)w->id, w->name);
+    conc_trace_thread(w->id, tn);
+  }
   conc_state_bind(L, cs);
   conc_state_make_lazy(L, cs);
   /* set before the thread can be signalled (hastid): a cancel signal
@@ -408,6 +414,7 @@ static void job_run(job *j, lua_State *L) {
   conc_state_close(L);
   conc_cs_fini(cs);
   conc_worker_finish(w, status, result, errmsg);
+  if (conc_trace_on) conc_trace_event('E', w->id, "run", NULL, NULL, 0);
 }
 
 static void job_free(job *j) {
@@ -503,6 +510,7 @@ int conc_thread_spawn(lua_State *L) {
   j->m = m;
   j->paths = get_paths(L, cs);
   conc_worker_register(w);
+  if (conc_trace_on) conc_worker_trace(cs, "spawn", w);
   conc_obj_push(L, cs, &w->obj);       /* the handle's reference */
   conc_thread_cancel_install();
   j->task.run = job_task;
@@ -522,6 +530,7 @@ static int thread_cancel_m(lua_State *L) {
   worker *w = (worker *)conc_obj_check(L, 1, K_THREAD);
   if (w->owner != conc_getpid())
     luaL_error(L, conc_thread_ops.notmine, (LUAI_UACINT)w->id);
+  if (conc_trace_on) conc_worker_trace(conc_cs(L), "cancel", w);
   lua_pushboolean(L, conc_thread_cancel(w));
   return 1;
 }

@@ -116,6 +116,26 @@ int conc_worker_isfailure(int st) {
 ** worker ran) decides the end, whatever the worker's code did after it:
 ** its results or error are dropped (outside the lock: dropping them may
 ** destroy objects, whose locks are not taken under another's). */
+void conc_worker_trace(cstate *cs, const char *verb, worker *w) {
+  char b[96];
+  snprintf(b, sizeof b, "%s %s %lld", verb, w->ops->name,
+           (long long)w->ops->number(w));
+  conc_trace_event('i', cs ? cs->trace_tid : 0, "worker", b, w->name, 0);
+}
+
+/* The end of w in a trace: on its own track for a thread, on the
+** parent's main track for a process (the reaper tells it). */
+static void trace_end(worker *w, int status, const char *errmsg) {
+  char b[96];
+  const char *verb = status == W_DONE ? "exit"
+                     : status == W_FAILED ? "failure"
+                     : status == W_CANCELLED ? "cancelled" : "killed";
+  snprintf(b, sizeof b, "%s %s %lld", verb, w->ops->name,
+           (long long)w->ops->number(w));
+  conc_trace_event('i', w->obj.kind == K_THREAD ? w->id : 0, "worker", b,
+                   errmsg ? errmsg : w->name, 0);
+}
+
 void conc_worker_finish(worker *w, int status, msg *result, char *errmsg) {
   msg *drop = NULL;
   char *droperr = NULL;
@@ -132,6 +152,8 @@ void conc_worker_finish(worker *w, int status, msg *result, char *errmsg) {
   atomic_store_explicit(&w->status, status, memory_order_release);
   conc_selq_wake_all(&w->waiters, SEL_DONE);
   pthread_mutex_unlock(&w->mu);
+  /* outside w->mu: the trace's lock is taken under no object lock */
+  if (conc_trace_on) trace_end(w, status, errmsg);
   conc_msg_free(drop);
   free(droperr);
   /* Its lock is not for forked children any more: they never take it
@@ -223,7 +245,7 @@ int conc_worker_wait_end(parker *p, cstate *cs, worker *w, const deadline *d,
 int conc_worker_wait(lua_State *L, cstate *cs, worker *w, const deadline *d) {
   const char *why = NULL;
   int r;
-  conc_cs_waiting(cs, "join");
+  conc_cs_waiting_obj(cs, "join", &w->obj);
   r = w->ops->wait(&cs->park, cs, w, d, &why);
   conc_cs_waiting(cs, NULL);
   if (r < 0) conc_cs_raisestop(L, cs, why);

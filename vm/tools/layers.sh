@@ -7,7 +7,7 @@
 # The layers, bottom up (docs/architecture.md says what each file is):
 LAYERS='
 os       fdio wait alloc fork owner shmheap lifeline
-core     object msg runtime waitq shm
+core     object msg runtime waitq shm trace
 values   names marshal parcel
 workers  worker thread threadpool process child reap exit
 modules  channel pipe queue sync shared shtab select future pool
