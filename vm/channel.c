@@ -421,7 +421,8 @@ static int chan_sel_try(cobj *o, selnode *n) {
   chan *c = (chan *)o;
   conc_cmutex_lock(&c->mu);
   if (atomic_load_explicit(&c->len, memory_order_relaxed) > 0 || c->sendq) {
-    if (conc_sel_claim(n->sw, n->index) && take(c, &n->m, &n->inln, n->inl, &n->flow) > 0)
+    if (conc_sel_claim(n->sw, n->index) &&
+        take(c, &n->m, &n->inln, n->inl, &n->flow) > 0)
       n->result = SEL_VALUE;
     conc_cmutex_unlock(&c->mu);
     return 1;

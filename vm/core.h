@@ -346,7 +346,7 @@ void conc_trace_init(void);                /* reads the environment, once */
 ** detail in its args), 's' and 'f' (a flow's start and end, id). */
 void conc_trace_event(int ph, int64_t tid, const char *cat, const char *name,
                       const char *detail, uint64_t id);
-uint64_t conc_trace_flow(void);            /* a new flow id, unique in the tree */
+uint64_t conc_trace_flow(void);        /* a new flow id, unique in the tree */
 void conc_trace_thread(int64_t tid, const char *name);  /* a track starts */
 void conc_trace_process(const char *name);    /* this process's track */
 void conc_trace_exit(void);                /* the process ends: written out */

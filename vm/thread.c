@@ -413,8 +413,9 @@ static void job_run(job *j, lua_State *L) {
   lua_sethook(L, NULL, 0, 0);
   conc_state_close(L);
   conc_cs_fini(cs);
-  conc_worker_finish(w, status, result, errmsg);
+  /* before the end is seen: the exit may write the trace out then */
   if (conc_trace_on) conc_trace_event('E', w->id, "run", NULL, NULL, 0);
+  conc_worker_finish(w, status, result, errmsg);
 }
 
 static void job_free(job *j) {

@@ -13,9 +13,10 @@
 ** does not stop the others), the clock's origin and the counter of flow
 ** ids live in one shared page, inherited by forked children and, for
 ** start = "spawn", passed to the exec'd child with the file's descriptor
-** (CONCLUA_TRACE_FDS). Events are buffered per process under a mutex
-** taken under no other lock; a forked child starts with an empty buffer
-** (the parent's events are the parent's to write). The buffer is written when
+** (CONCLUA_TRACE_FDS). Events are buffered per process under a leaf
+** mutex (only the shared page's lock is taken inside it; it is no fork
+** lock): a forked child starts with a lock and an empty buffer of its
+** own (the parent's events are the parent's to write). The buffer is written when
 ** it fills and when the process ends (conc_trace_exit).
 ** When off (the variable is not set), conc_trace_on is 0 and every hook
 ** in the code is one test of it.
@@ -220,10 +221,9 @@ int conc_trace_fds(int fds[2]) {
   return 2;
 }
 
-/* The buffer's lock is no fork lock (events are written under no other
-** lock, so none is ever taken under it): a child that forked while
-** another thread held it starts with a lock and a buffer of its own, and
-** leaves the parent's events to the parent. */
+/* The buffer's lock is no fork lock: a child that forked while another
+** thread held it starts with a lock and a buffer of its own, and leaves
+** the parent's events to the parent. */
 static void at_fork_child(void) {
   pthread_mutex_init(&bmu, NULL);
   buf = NULL;

@@ -149,11 +149,11 @@ void conc_worker_finish(worker *w, int status, msg *result, char *errmsg) {
   }
   w->result = result;
   w->errmsg = errmsg;
+  /* before the end is seen: the exit may write the trace out then */
+  if (conc_trace_on) trace_end(w, status, errmsg);
   atomic_store_explicit(&w->status, status, memory_order_release);
   conc_selq_wake_all(&w->waiters, SEL_DONE);
   pthread_mutex_unlock(&w->mu);
-  /* outside w->mu: the trace's lock is taken under no object lock */
-  if (conc_trace_on) trace_end(w, status, errmsg);
   conc_msg_free(drop);
   free(droperr);
   /* Its lock is not for forked children any more: they never take it
