@@ -330,7 +330,10 @@ const char *conc_cs_describe_wait(cstate *cs, char *buf, size_t n) {
                                              memory_order_relaxed))
       continue;                /* being changed: look again */
     if (what == NULL) return NULL;
-    if (kind >= 0 && kind < K_NKINDS && conc_kinds[kind])
+    if (kind >= 0 && kind < K_NKINDS && conc_kinds[kind] &&
+        strcmp(what, conc_kinds[kind]->name) == 0)   /* "event 2" */
+      snprintf(buf, n, "%s %lld", what, (long long)num);
+    else if (kind >= 0 && kind < K_NKINDS && conc_kinds[kind])
       snprintf(buf, n, "%s %s %lld", what, conc_kinds[kind]->name,
                (long long)num);
     else

@@ -375,7 +375,8 @@ typedef struct winfo {
   const workerops *ops;
   lua_Integer number;
   int status;
-  const char *waiting;
+  int waits;                   /* wait holds what it waits on */
+  char wait[96];
 } winfo;
 
 /* conc.workers(): the live threads and processes of the runtime. The
@@ -418,7 +419,8 @@ void conc_worker_list(lua_State *L, cstate *cs) {
         v[n].ops = w->ops;
         v[n].number = w->ops->number(w);
         v[n].status = st;
-        v[n].waiting = w->cs ? atomic_load(&w->cs->waiting_on) : NULL;
+        v[n].waits = w->cs && conc_cs_describe_wait(w->cs, v[n].wait,
+                                                   sizeof v[n].wait);
         if (v[n].name == NULL) oom = 1;
         else n++;
       }
@@ -447,8 +449,8 @@ void conc_worker_list(lua_State *L, cstate *cs) {
     }
     lua_pushstring(L, conc_worker_statusname(v[i].status));
     lua_setfield(L, -2, "status");
-    if (v[i].waiting) {
-      lua_pushstring(L, v[i].waiting);
+    if (v[i].waits) {
+      lua_pushstring(L, v[i].wait);
       lua_setfield(L, -2, "waiting_on");
     }
     lua_rawseti(L, -2, k);
