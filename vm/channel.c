@@ -271,7 +271,9 @@ static int chan_send(lua_State *L) {
   conc_cmutex_unlock(&c->mu);
   conc_deadline_in(&d, t);
   conc_cs_waiting_obj(cs, "send", &c->obj);
+  if (d.forever) conc_cs_stuck(cs, 1);
   conc_wait_until(&cs->park, cs, &d, node_done, &n, &why);
+  if (d.forever) conc_cs_stuck(cs, 0);
   conc_cs_waiting(cs, NULL);
   result = n.result;            /* set last by a receiver or a close */
   if (result == SEL_NONE) {
@@ -328,7 +330,9 @@ static int chan_recv_d(lua_State *L, cstate *cs, chan *c, double t) {
   conc_cmutex_unlock(&c->mu);
   conc_deadline_in(&d, t);
   conc_cs_waiting_obj(cs, "recv", &c->obj);
+  if (d.forever) conc_cs_stuck(cs, 1);
   conc_wait_until(&cs->park, cs, &d, node_done, &n, &why);
+  if (d.forever) conc_cs_stuck(cs, 0);
   conc_cs_waiting(cs, NULL);
   /* a sender that handed a value over unlinked the node, filled it, then
   ** set its result: nothing left to do under the lock (and the woken

@@ -142,6 +142,9 @@ void conc_child_run(lua_State *L, cstate *cs, worker *w, int fd, int first,
   /* this process's runtime: the parent's workers are not its own */
   conc_rt_forget_workers(cs->rt);
   cs->self = w;
+  cs->ismain = 1;
+  cs->stuck = 0;
+  conc_is_child = 1;
   w->owner = conc_getpid();
   cs->trace_tid = 0;
   if (conc_trace_on) {

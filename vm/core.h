@@ -188,6 +188,14 @@ typedef struct rt {
   int stopped;                 /* a Ctrl-C stopped its workers (exit.c) */
   int sigint_exit;             /* ... and the run ends with status 130 */
   paths *paths;                /* the last paths handed to a worker */
+  /* deadlock detection (runtime.c): the states of the runtime alive in
+  ** this process (its main state and its threads), how many of them are
+  ** stuck (in a wait with no timeout that only this process's threads
+  ** could end), a count of every change of the latter, the one of them
+  ** the main state was last woken for, and the main state while stuck */
+  _Atomic int nlive, nstuck;
+  _Atomic unsigned stuck_epoch, poked_epoch;
+  struct cstate *_Atomic main_stuck;
   objlink link;
   struct rt *allnext;          /* the process's list of runtimes */
 } rt;
@@ -211,6 +219,13 @@ typedef struct cstate {
   _Atomic lua_Integer wait_num;
   _Atomic uint32_t wait_seq;
   int64_t trace_tid;           /* its track in a trace: a thread's id, or 0 */
+  int ismain;                  /* the main state of its process */
+  int stuck;                   /* counted in rt->nstuck (conc_cs_stuck) */
+  /* while stuck, where it last went to sleep: the word and the value it
+  ** saw there before it found its condition false (conc_cs_sleeps) */
+  _Atomic(_Atomic uint32_t *) sleep_word;
+  _Atomic uint32_t sleep_val;
+  char *deadmsg;               /* the deadlock it raises (malloc'd) */
   mbuf scratch;                /* encode buffer, owned by the state */
   msg *pending;                /* messages being decoded (conc_msg_push) */
   int lazy;                    /* standard libraries not opened yet */
@@ -254,6 +269,7 @@ rt *conc_rt_new(void);
 ** marked as taken, with a reference; NULL when none is left. */
 rt *conc_rt_take_unexited(void);
 void conc_rt_retain(rt *r);
+int conc_rt_count(void);          /* the open runtimes of this process */
 void conc_rt_release(rt *r);
 int64_t conc_rt_nextid(void);
 
@@ -288,8 +304,27 @@ cstate *conc_cs_of(lua_State *L);
 /* The stop request pending for the state: "cancelled" for a cancelled
 ** worker, "interrupted!" after Ctrl-C; NULL when none. */
 const char *conc_cs_stopreason(cstate *cs);
-/* The two stop reasons it returns, told apart by address. */
+/* The two stop reasons it returns, told apart by address; and a third
+** that the waits themselves give (conc_cs_sleeps): a deadlock. */
 extern const char conc_why_cancelled[], conc_why_interrupted[];
+extern const char conc_why_deadlock[];
+/* Deadlock detection. A wait with no timeout that only the threads of
+** this process could end (a channel, a thread's join, a lock, a
+** semaphore, an event or a barrier of a process that is no child) is
+** 'stuck': conc_cs_stuck(cs, 1) before it, (cs, 0) after. Each time a
+** stuck wait goes to sleep (after its condition was false) it calls
+** conc_cs_sleeps with the word it sleeps on and the value it read there
+** first: 1 means the main state found the whole runtime deadlocked (the
+** wait then returns a stop, conc_why_deadlock, and the message is in
+** cs->deadmsg); a thread that makes the count full wakes the main state
+** to look. The check itself (conc_deadlock_check) is the workers layer's:
+** it needs the list of workers. */
+void conc_cs_stuck(cstate *cs, int on);
+int conc_cs_sleeps(cstate *cs, _Atomic uint32_t *word, uint32_t val);
+extern int (*conc_deadlock_check)(cstate *cs);
+/* This process is a child of a conclua process: its shared objects may be
+** in its parent's and siblings' hands (no wait on one is stuck). */
+extern int conc_is_child;
 /* Raises the stop request (clearing an interrupt); only call when
 ** conc_cs_stopreason returned non-NULL, with no lock held. */
 int conc_cs_raisestop(lua_State *L, cstate *cs, const char *why);

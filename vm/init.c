@@ -391,6 +391,7 @@ static void init_once(void) {
     conc_names_register(prefix, kinds[i]->methods, 1);
   }
   conc_opener = conc_install;
+  conc_deadlock_check = conc_deadlock_find;
 }
 
 void conc_init(void) {

@@ -67,6 +67,7 @@ rt *conc_rt_new(void) {
   r = calloc(1, sizeof *r);
   if (r == NULL) return NULL;
   atomic_init(&r->refs, 1);
+  atomic_init(&r->nlive, 1);                 /* its main state */
   pthread_mutex_init(&r->mu, NULL);
   r->pid = getpid();
   conc_fork_register(&r->link, &r->mu);
@@ -117,6 +118,17 @@ rt *conc_rt_take_unexited(void) {
   return found;
 }
 
+/* How many runtimes of this process are open. */
+int conc_rt_count(void) {
+  int n = 0;
+  pthread_once(&all_once, all_init);
+  pthread_mutex_lock(&all_mu);
+  for (rt *r = all_head; r; r = r->allnext)
+    if (r->pid == conc_getpid() && !r->closed) n++;
+  pthread_mutex_unlock(&all_mu);
+  return n;
+}
+
 int64_t conc_rt_nextid(void) {
   static _Atomic int64_t next = 1;
   return atomic_fetch_add(&next, 1);
@@ -129,6 +141,7 @@ void conc_cs_init(cstate *cs, rt *r, struct worker *self) {
   cs->rt = r;
   if (r) conc_rt_retain(r);
   cs->self = self;
+  cs->ismain = self == NULL;
   conc_park_init(&cs->park);
   pthread_mutex_init(&cs->mu, NULL);
   atomic_init(&cs->blocked_word, NULL);
@@ -146,6 +159,7 @@ cstate *conc_cs_new(rt *r, struct worker *self) {
 
 /* Releases what cs owns; the state it served is closed already. */
 void conc_cs_fini(cstate *cs) {
+  free(cs->deadmsg);
   conc_msg_free_pending(cs);
   conc_mbuf_free(&cs->scratch);
   conc_park_destroy(&cs->park);
@@ -262,6 +276,44 @@ void conc_state_bind(lua_State *L, cstate *cs) {
 
 const char conc_why_cancelled[] = "cancelled";
 const char conc_why_interrupted[] = "interrupted!";
+const char conc_why_deadlock[] = "deadlock";
+
+/* ------------------------------------------------------------ deadlock */
+
+int (*conc_deadlock_check)(cstate *cs);
+int conc_is_child;
+
+void conc_cs_stuck(cstate *cs, int on) {
+  rt *r = cs->rt;
+  if (r == NULL) return;
+  atomic_store(&cs->sleep_word, NULL);
+  if (on) {
+    cs->stuck = 1;
+    if (cs->ismain) atomic_store(&r->main_stuck, cs);
+    atomic_fetch_add(&r->nstuck, 1);
+  } else {
+    atomic_fetch_sub(&r->nstuck, 1);
+    if (cs->ismain) atomic_store(&r->main_stuck, NULL);
+    cs->stuck = 0;
+  }
+  atomic_fetch_add(&r->stuck_epoch, 1);
+}
+
+int conc_cs_sleeps(cstate *cs, _Atomic uint32_t *word, uint32_t val) {
+  rt *r = cs->rt;
+  cstate *m;
+  unsigned e;
+  atomic_store(&cs->sleep_val, val);
+  atomic_store(&cs->sleep_word, word);
+  if (atomic_load(&r->nstuck) < atomic_load(&r->nlive)) return 0;
+  if (cs->ismain) return conc_deadlock_check && conc_deadlock_check(cs);
+  /* the count is full: the main state looks, once for this count */
+  e = atomic_load(&r->stuck_epoch);
+  if ((m = atomic_load(&r->main_stuck)) != NULL &&
+      atomic_exchange(&r->poked_epoch, e) != e)
+    conc_cs_wake(m);
+  return 0;
+}
 
 const char *conc_cs_stopreason(cstate *cs) {
   if (cs->cancel && atomic_load_explicit(cs->cancel, memory_order_acquire))
@@ -275,6 +327,13 @@ static void host_wait(cstate *cs, int on);
 static void host_settle(cstate *cs);
 
 int conc_cs_raisestop(lua_State *L, cstate *cs, const char *why) {
+  if (why == conc_why_deadlock) {
+    char *m = cs->deadmsg;
+    cs->deadmsg = NULL;
+    lua_pushstring(L, m ? m : "deadlock");
+    free(m);
+    return luaL_error(L, "%s", lua_tostring(L, -1));
+  }
   if (why == conc_why_interrupted) {
     atomic_store(&cs->interrupt, 0);
     lua_sethook(L, NULL, 0, 0);

@@ -350,6 +350,7 @@ static void job_run(job *j, lua_State *L) {
     conc_worker_finish(w, W_FAILED, NULL,
                   strdup("thread: not enough memory to start"));
     conc_cs_fini(cs);
+    atomic_fetch_sub(&w->rt->nlive, 1);
     return;
   }
   cs->light = 1;
@@ -416,6 +417,8 @@ static void job_run(job *j, lua_State *L) {
   /* before the end is seen: the exit may write the trace out then */
   if (conc_trace_on) conc_trace_event('E', w->id, "run", NULL, NULL, 0);
   conc_worker_finish(w, status, result, errmsg);
+  /* after the end is seen: a joiner is woken before the count drops */
+  atomic_fetch_sub(&w->rt->nlive, 1);
 }
 
 static void job_free(job *j) {
@@ -510,6 +513,7 @@ int conc_thread_spawn(lua_State *L) {
   j->w = w;                       /* the job's reference */
   j->m = m;
   j->paths = get_paths(L, cs);
+  atomic_fetch_add(&cs->rt->nlive, 1);   /* until its job ends */
   conc_worker_register(w);
   if (conc_trace_on) conc_worker_trace(cs, "spawn", w);
   conc_obj_push(L, cs, &w->obj);       /* the handle's reference */
@@ -517,6 +521,7 @@ int conc_thread_spawn(lua_State *L) {
   j->task.run = job_task;
   r = conc_threadpool_start(&j->task);
   if (r != 0) {                   /* job_free frees m */
+    atomic_fetch_sub(&cs->rt->nlive, 1);
     conc_worker_finish(w, W_FAILED, NULL, NULL);
     conc_worker_unregister(w);
     job_free(j);

@@ -244,9 +244,13 @@ int conc_worker_wait_end(parker *p, cstate *cs, worker *w, const deadline *d,
 
 int conc_worker_wait(lua_State *L, cstate *cs, worker *w, const deadline *d) {
   const char *why = NULL;
+  /* a thread's end only this process's threads can bring */
+  int stuck = d->forever && w->obj.kind == K_THREAD;
   int r;
   conc_cs_waiting_obj(cs, "join", &w->obj);
+  if (stuck) conc_cs_stuck(cs, 1);
   r = w->ops->wait(&cs->park, cs, w, d, &why);
+  if (stuck) conc_cs_stuck(cs, 0);
   conc_cs_waiting(cs, NULL);
   if (r < 0) conc_cs_raisestop(L, cs, why);
   return r;
@@ -462,6 +466,9 @@ void conc_worker_list(lua_State *L, cstate *cs) {
 /* In a forked child: the workers on the list are the parent's. */
 void conc_rt_forget_workers(rt *r) {
   r->head = NULL;                /* their records stay, as the parent's */
+  atomic_store(&r->nlive, 1);    /* the child's main state alone */
+  atomic_store(&r->nstuck, 0);
+  atomic_store(&r->main_stuck, NULL);
   r->hooks_running = 0;          /* so are the threads running hooks */
   r->pid = conc_getpid();
 }
