@@ -225,7 +225,8 @@ typedef struct cstate {
   ** saw there before it found its condition false (conc_cs_sleeps) */
   _Atomic(_Atomic uint32_t *) sleep_word;
   _Atomic uint32_t sleep_val;
-  char *deadmsg;               /* the deadlock it raises (malloc'd) */
+  char *_Atomic deadmsg;        /* the deadlock it raises (malloc'd) */
+  _Atomic int deadlocked;      /* a thread found it: raise deadmsg */
   mbuf scratch;                /* encode buffer, owned by the state */
   msg *pending;                /* messages being decoded (conc_msg_push) */
   int lazy;                    /* standard libraries not opened yet */
@@ -314,12 +315,15 @@ extern const char conc_why_deadlock[];
 ** 'stuck': conc_cs_stuck(cs, 1) before it, (cs, 0) after. Each time a
 ** stuck wait goes to sleep (after its condition was false) it calls
 ** conc_cs_sleeps with the word it sleeps on and the value it read there
-** first: 1 means the main state found the whole runtime deadlocked (the
-** wait then returns a stop, conc_why_deadlock, and the message is in
-** cs->deadmsg); a thread that makes the count full wakes the main state
-** to look. The check itself (conc_deadlock_check) is the workers layer's:
-** it needs the list of workers. */
+** first. When the count of stuck states is full, the state that sleeps
+** last checks (conc_deadlock_check, the workers layer's: it needs the
+** list of workers); a deadlock found puts the message in the main
+** state's deadmsg: conc_cs_sleeps returns 1 if cs is that state, else
+** it marks the main state deadlocked and wakes it, and its wait's
+** conc_cs_stopreason says conc_why_deadlock. */
 void conc_cs_stuck(cstate *cs, int on);
+/* A thread of r ended (after its end was seen): one live state less. */
+void conc_rt_live_drop(rt *r);
 int conc_cs_sleeps(cstate *cs, _Atomic uint32_t *word, uint32_t val);
 extern int (*conc_deadlock_check)(cstate *cs);
 /* This process is a child of a conclua process: its shared objects may be

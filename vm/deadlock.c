@@ -8,7 +8,7 @@
 ** adds itself to rt->nstuck, and each time it goes to sleep it says
 ** where (the word it sleeps on and the value it saw there before finding
 ** its condition false). When the count reaches the number of live states,
-** the main state runs this check, which is slow on purpose and errs
+** the state that sleeps last runs this check, which errs
 ** towards 'no': it gives up at once if another runtime is open in the
 ** process (its states could reach our objects), if a child process of the
 ** runtime runs (it could release a shared lock, or its end be waited
@@ -32,7 +32,6 @@
 
 #define WINDOW_STEPS 3
 #define STEP_NS 120000000L        /* 3 x 0.12 s: over a lock's 0.2 s */
-#define SETTLE_TRIES 20
 
 typedef struct sleeper {
   worker *w;                      /* NULL: the main state */
@@ -69,6 +68,7 @@ static int snapshot(rt *r, cstate *main, sleeper *v, int cap, int *n) {
   v[k].w = NULL;
   v[k].val = atomic_load(&main->sleep_val);
   v[k++].word = mw;
+  if (!still(main, mw, v[0].val)) return 0;       /* woken already */
   pthread_mutex_lock(&r->mu);
   for (worker *w = r->head; w && res == 1; w = w->next) {
     cstate *c;
@@ -156,32 +156,27 @@ static char *message(rt *r, cstate *main) {
 
 int conc_deadlock_find(cstate *cs) {
   rt *r = cs->rt;
-  int cap = atomic_load(&r->nlive) + 1, n = 0, res = 0;
+  int cap = atomic_load(&r->nlive) + 1, n = 0, res;
+  unsigned e0 = atomic_load(&r->stuck_epoch);
+  int live = atomic_load(&r->nlive);
   sleeper *v;
-  if (!cs->ismain || conc_rt_count() != 1) return 0;
+  char *m, *old;
+  if (!cs->ismain || atomic_load(&r->nstuck) < live || conc_rt_count() != 1)
+    return 0;
   v = malloc(sizeof *v * (size_t)cap);
   if (v == NULL) return 0;
-  for (int tries = 0; tries < SETTLE_TRIES && res == 0; tries++) {
-    unsigned e0 = atomic_load(&r->stuck_epoch);
-    int live = atomic_load(&r->nlive);
-    if (atomic_load(&r->nstuck) < live) break;
-    res = snapshot(r, cs, v, cap, &n);
-    if (res < 0) break;
-    if (res == 0 || n != live) {        /* someone is on the way */
+  /* a state not asleep yet, or woken, looks itself when it sleeps */
+  res = snapshot(r, cs, v, cap, &n);
+  if (res == 1 && n != live) res = 0;
+  for (int step = 0; step < WINDOW_STEPS && res == 1; step++) {
+    nap(STEP_NS);
+    if (atomic_load(&r->stuck_epoch) != e0 ||
+        atomic_load(&r->nlive) != live || !holds(r, cs, v, n))
       res = 0;
-      nap(STEP_NS / 12);
-      continue;
-    }
-    for (int step = 0; step < WINDOW_STEPS && res == 1; step++) {
-      nap(STEP_NS);
-      if (atomic_load(&r->stuck_epoch) != e0 ||
-          atomic_load(&r->nlive) != live || !holds(r, cs, v, n))
-        res = -1;
-    }
   }
   free(v);
-  if (res != 1) return 0;
-  free(cs->deadmsg);
-  cs->deadmsg = message(r, cs);
+  if (res != 1 || (m = message(r, cs)) == NULL) return 0;
+  old = atomic_exchange(&cs->deadmsg, m);   /* two found it: one message */
+  free(old);
   return 1;
 }

@@ -42,13 +42,14 @@ static int running_thread(worker *w) {
 static void deadlock_at_exit(rt *r, cstate *cs) {
   int n;
   worker **v = conc_rt_pick(r, running_thread, &n);
+  char *m = atomic_exchange(&cs->deadmsg, NULL);
+  atomic_store(&cs->deadlocked, 0);
   flockfile(stderr);
   fprintf(stderr, "conclua: at exit, %s: the threads are cancelled\n",
-          cs->deadmsg ? cs->deadmsg : "deadlock");
+          m ? m : "deadlock");
   fflush(stderr);
   funlockfile(stderr);
-  free(cs->deadmsg);
-  cs->deadmsg = NULL;
+  free(m);
   for (int i = 0; i < n; i++) {
     conc_thread_cancel(v[i]);
     conc_obj_release(&v[i]->obj);

@@ -159,7 +159,7 @@ cstate *conc_cs_new(rt *r, struct worker *self) {
 
 /* Releases what cs owns; the state it served is closed already. */
 void conc_cs_fini(cstate *cs) {
-  free(cs->deadmsg);
+  free(atomic_load(&cs->deadmsg));
   conc_msg_free_pending(cs);
   conc_mbuf_free(&cs->scratch);
   conc_park_destroy(&cs->park);
@@ -299,23 +299,35 @@ void conc_cs_stuck(cstate *cs, int on) {
   atomic_fetch_add(&r->stuck_epoch, 1);
 }
 
+void conc_rt_live_drop(rt *r) {
+  cstate *m;
+  atomic_fetch_sub(&r->nlive, 1);
+  /* the count may be full now, with everyone asleep: the main state
+  ** looks again */
+  if (atomic_load(&r->nstuck) >= atomic_load(&r->nlive) &&
+      (m = atomic_load(&r->main_stuck)) != NULL)
+    conc_cs_wake(m);
+}
+
 int conc_cs_sleeps(cstate *cs, _Atomic uint32_t *word, uint32_t val) {
   rt *r = cs->rt;
   cstate *m;
-  unsigned e;
   atomic_store(&cs->sleep_val, val);
   atomic_store(&cs->sleep_word, word);
   if (atomic_load(&r->nstuck) < atomic_load(&r->nlive)) return 0;
-  if (cs->ismain) return conc_deadlock_check && conc_deadlock_check(cs);
-  /* the count is full: the main state looks, once for this count */
-  e = atomic_load(&r->stuck_epoch);
-  if ((m = atomic_load(&r->main_stuck)) != NULL &&
-      atomic_exchange(&r->poked_epoch, e) != e)
-    conc_cs_wake(m);
+  /* the count is full: the last state to sleep looks */
+  if ((m = atomic_load(&r->main_stuck)) == NULL || conc_deadlock_check == NULL ||
+      !conc_deadlock_check(m))
+    return 0;
+  if (m == cs) return 1;
+  atomic_store(&m->deadlocked, 1);      /* the main state raises it */
+  conc_cs_wake(m);
   return 0;
 }
 
 const char *conc_cs_stopreason(cstate *cs) {
+  if (cs->stuck && atomic_load_explicit(&cs->deadlocked, memory_order_acquire))
+    return conc_why_deadlock;
   if (cs->cancel && atomic_load_explicit(cs->cancel, memory_order_acquire))
     return conc_why_cancelled;
   if (atomic_load_explicit(&cs->interrupt, memory_order_acquire))
@@ -328,8 +340,8 @@ static void host_settle(cstate *cs);
 
 int conc_cs_raisestop(lua_State *L, cstate *cs, const char *why) {
   if (why == conc_why_deadlock) {
-    char *m = cs->deadmsg;
-    cs->deadmsg = NULL;
+    char *m = atomic_exchange(&cs->deadmsg, NULL);
+    atomic_store(&cs->deadlocked, 0);
     lua_pushstring(L, m ? m : "deadlock");
     free(m);
     return luaL_error(L, "%s", lua_tostring(L, -1));

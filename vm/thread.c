@@ -350,7 +350,7 @@ static void job_run(job *j, lua_State *L) {
     conc_worker_finish(w, W_FAILED, NULL,
                   strdup("thread: not enough memory to start"));
     conc_cs_fini(cs);
-    atomic_fetch_sub(&w->rt->nlive, 1);
+    conc_rt_live_drop(w->rt);
     return;
   }
   cs->light = 1;
@@ -418,7 +418,7 @@ static void job_run(job *j, lua_State *L) {
   if (conc_trace_on) conc_trace_event('E', w->id, "run", NULL, NULL, 0);
   conc_worker_finish(w, status, result, errmsg);
   /* after the end is seen: a joiner is woken before the count drops */
-  atomic_fetch_sub(&w->rt->nlive, 1);
+  conc_rt_live_drop(w->rt);
 }
 
 static void job_free(job *j) {
