@@ -128,6 +128,15 @@ T.test("not a deadlock: a child process that will write, or release a lock", fun
   end
 end)
 
+T.test("not a deadlock: a lock that a dead child process held is taken over", function()
+  for _ = 1, 30 do
+    local l = conc.lock()
+    spawn_process(function(l) l:acquire() end, l):join()
+    local t = spawn_thread(function(l) l:acquire() l:release() return "took over" end, l)
+    T.eq(t:join(), "took over")
+  end
+end)
+
 T.test("not a deadlock: a worker inside os.execute", function()
   local ch = conc.channel()
   for _ = 1, 30 do
