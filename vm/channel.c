@@ -31,6 +31,7 @@ typedef struct cslot {
   msg *m;
   uint32_t n;
   char inl[SEL_INLINE];
+  uint64_t flow;                /* its trace flow id (trace.c), or 0 */
 } cslot;
 
 typedef struct chan {
@@ -58,6 +59,7 @@ typedef struct offer {
   msg *m;
   const char *p;
   uint32_t n;
+  uint64_t flow;
 } offer;
 
 static void chan_destroy(cobj *o) {
@@ -118,16 +120,18 @@ static int ring_room(chan *c) {
 }
 
 /* Copies an offer into a slot or a node (same layout of m, n, inl). */
-static void place(msg **m, uint32_t *n, char *inl, const offer *o) {
+static void place(msg **m, uint32_t *n, char *inl, uint64_t *flow,
+                  const offer *o) {
   *m = o->m;
   *n = o->n;
+  *flow = o->flow;
   if (o->m == NULL) memcpy(inl, o->p, o->n);
 }
 
 static void ring_push(chan *c, const offer *o) {
   size_t len = atomic_load_explicit(&c->len, memory_order_relaxed);
   cslot *s = &c->ring[(c->head + len) % c->ringsz];
-  place(&s->m, &s->n, s->inl, o);
+  place(&s->m, &s->n, s->inl, &s->flow, o);
   atomic_store_explicit(&c->len, len + 1, memory_order_release);
 }
 
@@ -146,7 +150,7 @@ static int hand_to_receiver(chan *c, const offer *o) {
   while ((n = c->recvq) != NULL) {
     conc_selq_remove(&c->recvq, n);
     if (conc_sel_claim(n->sw, n->index)) {
-      place(&n->m, &n->inln, n->inl, o);
+      place(&n->m, &n->inln, n->inl, &n->flow, o);
       conc_sel_deliver(n, SEL_VALUE);
       return 1;
     }
@@ -155,13 +159,15 @@ static int hand_to_receiver(chan *c, const offer *o) {
 }
 
 /* Moves the oldest waiting sender's value into node-like storage, or 0. */
-static int take_from_sender(chan *c, msg **m, uint32_t *n, char *inl) {
+static int take_from_sender(chan *c, msg **m, uint32_t *n, char *inl,
+                            uint64_t *flow) {
   selnode *s = c->sendq;
   if (s == NULL) return 0;
   conc_selq_remove(&c->sendq, s);
   conc_sel_claim(s->sw, 0);
   *m = s->m;
   *n = s->inln;
+  *flow = s->flow;
   if (s->m == NULL) memcpy(inl, s->inl, s->inln);
   s->m = NULL;
   conc_sel_deliver(s, SEL_TAKEN);
@@ -170,22 +176,23 @@ static int take_from_sender(chan *c, msg **m, uint32_t *n, char *inl) {
 
 /* Takes a value if there is one into (m, n, inl): 1, 0 none, -1 closed.
 ** With the lock held. A freed ring slot lets a waiting sender in. */
-static int take(chan *c, msg **m, uint32_t *n, char *inl) {
+static int take(chan *c, msg **m, uint32_t *n, char *inl, uint64_t *flow) {
   if (atomic_load_explicit(&c->len, memory_order_relaxed) > 0) {
     cslot *s = ring_pop(c);
     *m = s->m;
     *n = s->n;
+    *flow = s->flow;
     if (s->m == NULL) memcpy(inl, s->inl, s->n);
     if (c->sendq && ring_room(c) > 0) {
       cslot tmp;
-      if (take_from_sender(c, &tmp.m, &tmp.n, tmp.inl)) {
-        offer o = {tmp.m, tmp.inl, tmp.n};
+      if (take_from_sender(c, &tmp.m, &tmp.n, tmp.inl, &tmp.flow)) {
+        offer o = {tmp.m, tmp.inl, tmp.n, tmp.flow};
         ring_push(c, &o);
       }
     }
     return 1;
   }
-  if (take_from_sender(c, m, n, inl)) return 1;
+  if (take_from_sender(c, m, n, inl, flow)) return 1;
   return atomic_load_explicit(&c->closed, memory_order_relaxed) ? -1 : 0;
 }
 
@@ -232,6 +239,14 @@ static int chan_send(lua_State *L) {
   o.m = NULL;
   o.p = cs->scratch.p;
   o.n = (uint32_t)cs->scratch.n;
+  o.flow = 0;
+  if (conc_trace_on) {
+    char b[64];
+    snprintf(b, sizeof b, "send channel %lld",
+             (long long)conc_obj_number(&c->obj));
+    o.flow = conc_trace_flow();
+    conc_trace_event('s', cs->trace_tid, "message", "message", b, o.flow);
+  }
   if (cs->scratch.n > SEL_INLINE || cs->scratch.nrefs > 0) {
     o.m = conc_msg_seal(&cs->scratch);
     if (o.m == NULL) {
@@ -270,13 +285,15 @@ static int chan_send(lua_State *L) {
   }
   /* wait for a receiver to take it */
   conc_waiter_init(&sw, &n, &cs->park);
-  place(&n.m, &n.inln, n.inl, &o);
+  place(&n.m, &n.inln, n.inl, &n.flow, &o);
   conc_mbuf_reset(&cs->scratch);
   conc_selq_push(&c->sendq, &n);
   conc_cmutex_unlock(&c->mu);
   conc_deadline_in(&d, t);
-  conc_cs_waiting(cs, "send");
+  conc_cs_waiting_obj(cs, "send", &c->obj);
+  if (d.forever) conc_cs_stuck(cs, 1);
   conc_wait_until(&cs->park, cs, &d, node_done, &n, &why);
+  if (d.forever) conc_cs_stuck(cs, 0);
   conc_cs_waiting(cs, NULL);
   result = n.result;            /* set last by a receiver or a close */
   if (result == SEL_NONE) {
@@ -302,6 +319,7 @@ static int chan_send(lua_State *L) {
 static int chan_recv_d(lua_State *L, cstate *cs, chan *c, double t) {
   msg *m = NULL;
   uint32_t len = 0;
+  uint64_t flow = 0;
   char inl[SEL_INLINE];
   selwait sw;
   selnode n;
@@ -309,17 +327,21 @@ static int chan_recv_d(lua_State *L, cstate *cs, chan *c, double t) {
   const char *why = NULL;
   int r, result;
   conc_cmutex_lock(&c->mu);
-  r = take(c, &m, &len, inl);
+  r = take(c, &m, &len, inl, &flow);
   if (r == 0 && t != 0) {
     /* spin a little: a sender on another core may be just about to send */
     conc_cmutex_unlock(&c->mu);
     conc_spin(&c->spin, chan_ready, c);
     conc_cmutex_lock(&c->mu);
-    r = take(c, &m, &len, inl);
+    r = take(c, &m, &len, inl, &flow);
   }
   if (r != 0 || t == 0) {
     conc_cmutex_unlock(&c->mu);
-    if (r > 0) return conc_sel_push_value(L, cs, m, inl, len);
+    if (r > 0) {
+      if (flow) conc_trace_event('f', cs->trace_tid, "message", "message",
+                                 NULL, flow);
+      return conc_sel_push_value(L, cs, m, inl, len);
+    }
     lua_pushnil(L);
     lua_pushstring(L, r < 0 ? "closed" : "timeout");
     return 2;
@@ -328,8 +350,10 @@ static int chan_recv_d(lua_State *L, cstate *cs, chan *c, double t) {
   conc_selq_push(&c->recvq, &n);
   conc_cmutex_unlock(&c->mu);
   conc_deadline_in(&d, t);
-  conc_cs_waiting(cs, "recv");
+  conc_cs_waiting_obj(cs, "recv", &c->obj);
+  if (d.forever) conc_cs_stuck(cs, 1);
   conc_wait_until(&cs->park, cs, &d, node_done, &n, &why);
+  if (d.forever) conc_cs_stuck(cs, 0);
   conc_cs_waiting(cs, NULL);
   /* a sender that handed a value over unlinked the node, filled it, then
   ** set its result: nothing left to do under the lock (and the woken
@@ -397,7 +421,7 @@ cobj *conc_chan_make(void) {
 
 int conc_chan_put(cobj *o, msg *m) {
   chan *c = (chan *)o;
-  offer of = {m, m->data, (uint32_t)m->n};
+  offer of = {m, m->data, (uint32_t)m->n, 0};  /* no trace flow: not sent here */
   int room;
   conc_cmutex_lock(&c->mu);
   if (atomic_load_explicit(&c->closed, memory_order_relaxed)) {
@@ -421,10 +445,11 @@ void conc_chan_move(cobj *from, cobj *to) {
   for (;;) {
     msg *m = NULL;
     uint32_t n = 0;
+    uint64_t flow;                          /* 0: put from C (conc.mpi) */
     char inl[SEL_INLINE];
     int r;
     conc_cmutex_lock(&c->mu);
-    r = take(c, &m, &n, inl);
+    r = take(c, &m, &n, inl, &flow);
     conc_cmutex_unlock(&c->mu);
     if (r <= 0) return;
     if (m == NULL && (m = conc_msg_copy(inl, n)) == NULL) return;
@@ -529,7 +554,8 @@ static int chan_sel_try(cobj *o, selnode *n) {
   chan *c = (chan *)o;
   conc_cmutex_lock(&c->mu);
   if (atomic_load_explicit(&c->len, memory_order_relaxed) > 0 || c->sendq) {
-    if (conc_sel_claim(n->sw, n->index) && take(c, &n->m, &n->inln, n->inl) > 0)
+    if (conc_sel_claim(n->sw, n->index) &&
+        take(c, &n->m, &n->inln, n->inl, &n->flow) > 0)
       n->result = SEL_VALUE;
     conc_cmutex_unlock(&c->mu);
     return 1;

@@ -102,6 +102,10 @@ static int child_exit(lua_State *L) {
     conc_rt_shutdown(cs->rt);       /* its daemons: cancelled, or SIGTERM */
   }
   fflush(NULL);
+  if (conc_trace_on) {
+    conc_trace_event('i', 0, "worker", "os.exit", NULL, 0);
+    conc_trace_exit();
+  }
   _exit(code);
   return 0;
 }
@@ -138,7 +142,16 @@ void conc_child_run(lua_State *L, cstate *cs, worker *w, int fd, int first,
   /* this process's runtime: the parent's workers are not its own */
   conc_rt_forget_workers(cs->rt);
   cs->self = w;
+  cs->ismain = 1;
+  cs->stuck = 0;
+  conc_is_child = 1;
   w->owner = conc_getpid();
+  cs->trace_tid = 0;
+  if (conc_trace_on) {
+    char tn[96];
+    snprintf(tn, sizeof tn, "process %d (%s)", (int)getpid(), w->name);
+    conc_trace_process(tn);
+  }
   atomic_store(&cs->interrupt, 0);
   conc_tls_L = L;
   /* os.exit reports like a return would not: exit status only */
@@ -197,6 +210,11 @@ void conc_child_run(lua_State *L, cstate *cs, worker *w, int fd, int first,
     conc_rt_shutdown(cs->rt); /* its daemons: cancelled, or SIGTERM */
   }
   fflush(NULL);
+  if (conc_trace_on) {
+    conc_trace_event('i', 0, "worker", failed ? "failure" : "exit",
+                     failed ? lua_tostring(L, -1) : NULL, 0);
+    conc_trace_exit();
+  }
   _exit(failed ? 1 : 0);
 }
 
@@ -298,7 +316,11 @@ int conc_spawn_exec(lua_State *L, cstate *cs, worker *w, int fi, int n,
     sigfillset(&all);
     sigemptyset(&none);
     if (atomic_load(&children_ignore_sigint)) sigaddset(&none, SIGINT);
+    int tfds[2], nt = conc_trace_fds(tfds);
     posix_spawn_file_actions_init(&fa);
+    /* and, for a trace, its file and shared page (trace.c) */
+    for (int i = 0; i < nt; i++)
+      posix_spawn_file_actions_adddup2(&fa, tfds[i], tfds[i]);
     posix_spawn_file_actions_adddup2(&fa, jfd[0], jfd[0]);
     posix_spawn_file_actions_adddup2(&fa, rfd[1], rfd[1]);
     if (lfd >= 0) posix_spawn_file_actions_adddup2(&fa, lfd, lfd);

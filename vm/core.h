@@ -190,6 +190,14 @@ typedef struct rt {
   int stopped;                 /* a Ctrl-C stopped its workers (exit.c) */
   int sigint_exit;             /* ... and the run ends with status 130 */
   paths *paths;                /* the last paths handed to a worker */
+  /* deadlock detection (runtime.c): the states of the runtime alive in
+  ** this process (its main state and its threads), how many of them are
+  ** stuck (in a wait with no timeout that only this process's threads
+  ** could end), a count of every change of the latter, the one of them
+  ** the main state was last woken for, and the main state while stuck */
+  _Atomic int nlive, nstuck;
+  _Atomic unsigned stuck_epoch, poked_epoch;
+  struct cstate *_Atomic main_stuck;
   objlink link;
   struct rt *allnext;          /* the process's list of runtimes */
 } rt;
@@ -207,6 +215,20 @@ typedef struct cstate {
   int blocked_shared;
   _Atomic int interrupt;       /* Ctrl-C: set by a signal handler */
   const char *_Atomic waiting_on;  /* what the state blocks on, or NULL */
+  /* the object it blocks on (conc_cs_waiting_obj): its kind, or -1, and
+  ** number; wait_seq is odd while they change */
+  _Atomic int wait_kind;
+  _Atomic lua_Integer wait_num;
+  _Atomic uint32_t wait_seq;
+  int64_t trace_tid;           /* its track in a trace: a thread's id, or 0 */
+  int ismain;                  /* the main state of its process */
+  int stuck;                   /* counted in rt->nstuck (conc_cs_stuck) */
+  /* while stuck, where it last went to sleep: the word and the value it
+  ** saw there before it found its condition false (conc_cs_sleeps) */
+  _Atomic(_Atomic uint32_t *) sleep_word;
+  _Atomic uint32_t sleep_val;
+  char *_Atomic deadmsg;        /* the deadlock it raises (malloc'd) */
+  _Atomic int deadlocked;      /* a thread found it: raise deadmsg */
   mbuf scratch;                /* encode buffer, owned by the state */
   msg *pending;                /* messages being decoded (conc_msg_push) */
   int lazy;                    /* standard libraries not opened yet */
@@ -239,6 +261,10 @@ _Static_assert(LUA_EXTRASPACE >= sizeof(void *), "no room for the cstate");
 ** its way up and no catcher outside the unwinding took it yet. */
 extern CONC_TLS lua_State *volatile conc_tls_L;
 extern CONC_TLS volatile sig_atomic_t conc_tls_unwinding;
+/* What may wake a state later from outside every conc wait (a pending
+** timer: timer.c counts them). While there is any, no wait is a deadlock
+** (deadlock.c). */
+extern _Atomic int conc_wakers;
 /* Raises "cancelled" in L, a state of the calling (cancelled) worker. */
 int conc_raise_cancel(lua_State *L);
 /* Opens conc in a state (init.c's conc_install, which init.c sets here:
@@ -250,6 +276,7 @@ rt *conc_rt_new(void);
 ** marked as taken, with a reference; NULL when none is left. */
 rt *conc_rt_take_unexited(void);
 void conc_rt_retain(rt *r);
+int conc_rt_count(void);          /* the open runtimes of this process */
 void conc_rt_release(rt *r);
 int64_t conc_rt_nextid(void);
 
@@ -284,13 +311,40 @@ cstate *conc_cs_of(lua_State *L);
 /* The stop request pending for the state: "cancelled" for a cancelled
 ** worker, "interrupted!" after Ctrl-C; NULL when none. */
 const char *conc_cs_stopreason(cstate *cs);
-/* The two stop reasons it returns, told apart by address. */
+/* The two stop reasons it returns, told apart by address; and a third
+** that the waits themselves give (conc_cs_sleeps): a deadlock. */
 extern const char conc_why_cancelled[], conc_why_interrupted[];
+extern const char conc_why_deadlock[];
+/* Deadlock detection. A wait with no timeout that only the threads of
+** this process could end (a channel, a thread's join, a lock, a
+** semaphore, an event or a barrier of a process that is no child) is
+** 'stuck': conc_cs_stuck(cs, 1) before it, (cs, 0) after. Each time a
+** stuck wait goes to sleep (after its condition was false) it calls
+** conc_cs_sleeps with the word it sleeps on and the value it read there
+** first. When the count of stuck states is full, the state that sleeps
+** last checks (conc_deadlock_check, the workers layer's: it needs the
+** list of workers); a deadlock found puts the message in the main
+** state's deadmsg: conc_cs_sleeps returns 1 if cs is that state, else
+** it marks the main state deadlocked and wakes it, and its wait's
+** conc_cs_stopreason says conc_why_deadlock. */
+void conc_cs_stuck(cstate *cs, int on);
+/* A thread of r ended (after its end was seen): one live state less. */
+void conc_rt_live_drop(rt *r);
+int conc_cs_sleeps(cstate *cs, _Atomic uint32_t *word, uint32_t val);
+extern int (*conc_deadlock_check)(cstate *cs);
+/* This process is a child of a conclua process: its shared objects may be
+** in its parent's and siblings' hands (no wait on one is stuck). */
+extern int conc_is_child;
 /* Raises the stop request (clearing an interrupt); only call when
 ** conc_cs_stopreason returned non-NULL, with no lock held. */
 int conc_cs_raisestop(lua_State *L, cstate *cs, const char *why);
 /* Publishes what the state blocks on, for conc.workers(). */
 void conc_cs_waiting(cstate *cs, const char *what);
+/* The same, naming the object too ("recv" on channel 3; o may be NULL). */
+void conc_cs_waiting_obj(cstate *cs, const char *what, const cobj *o);
+/* What cs waits on, in words ("recv channel 3"), into buf; NULL when it
+** does not wait. Safe from another thread while cs lives. */
+const char *conc_cs_describe_wait(cstate *cs, char *buf, size_t n);
 /* Around a sleep on a shm futex word: lets a canceller wake it. */
 void conc_cs_block_on(cstate *cs, _Atomic uint32_t *word, int shared);
 void conc_cs_unblock(cstate *cs);
@@ -326,6 +380,23 @@ unsigned conc_interrupt_count(void);
 /* A catcher (pcall, resume) in L caught an error. */
 void conc_cs_caught(lua_State *L);
 
+/* ------------------------------------------------------------ trace.c */
+
+/* CONCLUA_TRACE (trace.c): 1 when a trace is being written. Every hook
+** tests it first: conc_trace_on && (conc_trace_event(...), 0). */
+extern int conc_trace_on;
+void conc_trace_init(void);                /* reads the environment, once */
+/* One event on track tid of this process: ph 'B' (begin a span named
+** name, of category cat), 'E' (end the innermost), 'i' (an instant,
+** detail in its args), 's' and 'f' (a flow's start and end, id). */
+void conc_trace_event(int ph, int64_t tid, const char *cat, const char *name,
+                      const char *detail, uint64_t id);
+uint64_t conc_trace_flow(void);        /* a new flow id, unique in the tree */
+void conc_trace_thread(int64_t tid, const char *name);  /* a track starts */
+void conc_trace_process(const char *name);    /* this process's track */
+void conc_trace_exit(void);                /* the process ends: written out */
+int conc_trace_fds(int fds[2]);            /* for an exec'd child: 2, or 0 */
+
 /* ------------------------------------------------------------ waitq.c */
 
 /* What a node got: a value, closed, done (select gives true), taken (a
@@ -355,6 +426,7 @@ typedef struct selnode {
                                 or offered by a blocked sender */
   uint32_t inln;             /* or, when m is NULL, a small value inline */
   char inl[SEL_INLINE];
+  uint64_t flow;             /* the value's trace flow id, or 0 */
 } selnode;
 
 /* A node n of a waiter that sleeps on p, not on any queue yet. */

@@ -32,15 +32,52 @@
 
 #define STOP_GRACE 1.0         /* seconds the stopped get before SIGKILL */
 
+static int running_thread(worker *w) {
+  return w->obj.kind == K_THREAD && w->owner == conc_getpid() &&
+         conc_worker_status(w) == W_RUNNING;
+}
+
+/* The exit found the threads it waits for deadlocked: says so, and
+** cancels every thread of the runtime (they end "cancelled"). */
+static void deadlock_at_exit(rt *r, cstate *cs) {
+  int n;
+  worker **v = conc_rt_pick(r, running_thread, &n);
+  char *m = atomic_exchange(&cs->deadmsg, NULL);
+  atomic_store(&cs->deadlocked, 0);
+  flockfile(stderr);
+  fprintf(stderr, "conclua: at exit, %s: the threads are cancelled\n",
+          m ? m : "deadlock");
+  fflush(stderr);
+  funlockfile(stderr);
+  free(m);
+  for (int i = 0; i < n; i++) {
+    conc_thread_cancel(v[i]);
+    conc_obj_release(&v[i]->obj);
+  }
+  free(v);
+}
+
 /* Waits for w until the deadline; cs (may be NULL) can interrupt it. 1
-** ended, 0 deadline, -1 interrupted. */
+** ended, 0 deadline, -1 interrupted (or, for cs, a deadlock: told). */
 static int wait_one(worker *w, cstate *cs, const deadline *d) {
-  const char *why;
+  const char *why = NULL;
   parker own, *p = cs ? &cs->park : &own;
+  /* the main state waiting for a thread for ever: a deadlock there is
+  ** told and the threads stopped (deadlock_at_exit), not waited for */
+  int stuck = cs && cs->ismain && d->forever && w->obj.kind == K_THREAD;
   int r;
   if (cs == NULL) conc_park_init(&own);
+  if (stuck) {
+    conc_cs_waiting_obj(cs, "join", &w->obj);
+    conc_cs_stuck(cs, 1);
+  }
   r = w->ops->wait(p, cs, w, d, &why);
+  if (stuck) {
+    conc_cs_stuck(cs, 0);
+    conc_cs_waiting(cs, NULL);
+  }
   if (cs == NULL) conc_park_destroy(&own);
+  if (r < 0 && why == conc_why_deadlock) deadlock_at_exit(w->rt, cs);
   return r;
 }
 
@@ -310,6 +347,7 @@ void conc_rt_exit_all(void) {
       conc_rt_shutdown(found);
       if (ctrlc == 2) {
         fflush(NULL);
+        conc_trace_exit();
         _exit(128 + SIGINT);
       }
     }

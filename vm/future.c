@@ -122,7 +122,7 @@ static int fut_await(lua_State *L, cstate *cs, future *f, double seconds) {
   conc_waiter_init(&sw, &n, &cs->park);
   if (fut_sel_try(&f->obj, &n)) return 1;
   conc_deadline_in(&d, seconds);
-  conc_cs_waiting(cs, "result");
+  conc_cs_waiting_obj(cs, "result", &f->obj);
   conc_wait_until(&cs->park, cs, &d, conc_waiter_won, &sw, &why);
   conc_cs_waiting(cs, NULL);
   fut_sel_delist(&f->obj, &n);

@@ -129,6 +129,48 @@ static int conc_workers(lua_State *L) {
   return 1;
 }
 
+/* Field k of the table at idx as text into buf ("" when absent). */
+static const char *top_field(lua_State *L, int idx, const char *k, char *buf,
+                             size_t n) {
+  lua_getfield(L, idx, k);
+  snprintf(buf, n, "%s", lua_isnil(L, -1) ? "" : luaL_tolstring(L, -1, NULL));
+  lua_settop(L, idx);
+  return buf;
+}
+
+/* conc.top(): conc.workers() as a table on stdout, a line a worker (id,
+** kind, pid, state, what it waits on, name); returns how many. What the
+** REPL shows of the workers, at one look. */
+static int conc_top(lua_State *L) {
+  char line[400], id[24], kind[16], pid[16], wait[100], name[200];
+  lua_Integer n;
+  int list;
+  lua_settop(L, 0);
+  conc_worker_list(L, conc_cs(L));
+  list = lua_gettop(L);
+  n = luaL_len(L, list);
+  snprintf(line, sizeof line, "%5s  %-7s  %7s  %-7s  %-24s  %s\n", "id",
+           "kind", "pid", "state", "waits on", "name");
+  fputs(line, stdout);
+  for (lua_Integer i = 1; i <= n; i++) {
+    int e;
+    lua_geti(L, list, i);
+    e = lua_gettop(L);
+    top_field(L, e, "id", id, sizeof id);
+    top_field(L, e, "kind", kind, sizeof kind);
+    top_field(L, e, "pid", pid, sizeof pid);
+    top_field(L, e, "waiting_on", wait, sizeof wait);
+    top_field(L, e, "name", name, sizeof name);
+    snprintf(line, sizeof line, "%5s  %-7s  %7s  %-7s  %-24s  %s\n", id, kind,
+             pid, *wait ? "waiting" : "running", wait, name);
+    fwrite(line, 1, strlen(line), stdout);
+    lua_settop(L, list);
+  }
+  fflush(stdout);
+  lua_pushinteger(L, n);
+  return 1;
+}
+
 /* conc._isatty(file or fd): whether it is a terminal (the pool's
 ** progress bar draws only on one). */
 static int conc_isatty(lua_State *L) {
@@ -240,6 +282,7 @@ const luaL_Reg conc_funcs[] = {
     {"type", conc_typef},
     {"on_worker", conc_on_worker},
     {"workers", conc_workers},
+    {"top", conc_top},
     {"_stats", conc_stats},
     {"_isatty", conc_isatty},
     {"_poolkit", conc_pool_kit},
@@ -441,6 +484,7 @@ static void init_once(void) {
     conc_names_register(prefix, kinds[i]->methods, 1);
   }
   conc_opener = conc_install;
+  conc_deadlock_check = conc_deadlock_find;
 }
 
 void conc_init(void) {

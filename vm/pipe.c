@@ -317,7 +317,7 @@ static int pipe_send(lua_State *L) {
     conc_mbuf_reset(&cs->scratch);
     return luaL_error(L, "send on a closed pipe");
   }
-  conc_cs_waiting(cs, "send");
+  conc_cs_waiting_obj(cs, "send", &e->obj);
   why = take_turn(e, cs, &e->writing, &d, &timedout);
   if (why || timedout) {
     pthread_mutex_unlock(&e->mu);
@@ -508,7 +508,7 @@ static int pipe_recv(lua_State *L) {
     lua_pushliteral(L, "closed");
     return 2;
   }
-  conc_cs_waiting(cs, "recv");
+  conc_cs_waiting_obj(cs, "recv", &e->obj);
   why = take_turn(e, cs, &e->reading, &d, &timedout);
   if (why == NULL && !timedout) {
     pthread_mutex_unlock(&e->mu);

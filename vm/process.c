@@ -173,6 +173,7 @@ int conc_process_spawn(lua_State *L) {
     return luaL_error(L, "cannot watch process: %s", strerror(e));
   }
   conc_worker_register(w);
+  if (conc_trace_on) conc_worker_trace(cs, "spawn", w);
   return 1;
 }
 
@@ -223,6 +224,7 @@ int conc_process_signal(worker *w, int sig) {
 static int proc_kill(lua_State *L) {
   worker *w = check_proc(L, 1);
   int r = conc_process_signal(w, signal_arg(L, 2));
+  if (conc_trace_on && r > 0) conc_worker_trace(conc_cs(L), "kill", w);
   if (r < 0 && r != -ESRCH)
     return luaL_error(L, "cannot signal process %d: %s", (int)w->pid,
                       strerror(-r));

@@ -333,7 +333,7 @@ static int qput(lua_State *L, queue *q, cstate *cs, const char *p, size_t n,
       conc_slock_unlock(&h->lock);
       return 0;
     }
-    conc_cs_waiting(cs, "send");
+    conc_cs_waiting_obj(cs, "send", conc_obj_test(L, cs, 1));
     r = qsleep(h, cs, &h->spaceseq, &h->spacenwait, seen, d, &why);
     conc_cs_waiting(cs, NULL);
     if (r < 0) {
@@ -474,7 +474,7 @@ static int qget(lua_State *L, qhdr *h, cstate *cs, const deadline *d, msg **m) {
       qlock(h);
       continue;
     }
-    conc_cs_waiting(cs, "recv");
+    conc_cs_waiting_obj(cs, "recv", conc_obj_test(L, cs, 1));
     r = qsleep(h, cs, &h->dataseq, &h->datanwait, seen, d, &why);
     conc_cs_waiting(cs, NULL);
     if (r < 0) {

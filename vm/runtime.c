@@ -40,6 +40,8 @@ CONC_TLS lua_State *volatile conc_tls_L;
 CONC_TLS volatile sig_atomic_t conc_tls_unwinding;
 void (*conc_opener)(lua_State *L, cstate *cs);
 
+_Atomic int conc_wakers;
+
 int conc_raise_cancel(lua_State *L) {
   conc_tls_unwinding = 1;
   lua_sethook(L, NULL, 0, 0);
@@ -63,9 +65,11 @@ rt *conc_rt_new(void) {
   /* the list lock is taken before runtime locks (conc_rt_exit_all), so the
   ** fork must lock it first too: it registers before any runtime */
   pthread_once(&all_once, all_init);
+  conc_trace_init();
   r = calloc(1, sizeof *r);
   if (r == NULL) return NULL;
   atomic_init(&r->refs, 1);
+  atomic_init(&r->nlive, 1);                 /* its main state */
   pthread_mutex_init(&r->mu, NULL);
   r->pid = getpid();
   conc_fork_register(&r->link, &r->mu);
@@ -121,6 +125,17 @@ rt *conc_rt_take_unexited(void) {
   return found;
 }
 
+/* How many runtimes of this process are open. */
+int conc_rt_count(void) {
+  int n = 0;
+  pthread_once(&all_once, all_init);
+  pthread_mutex_lock(&all_mu);
+  for (rt *r = all_head; r; r = r->allnext)
+    if (r->pid == conc_getpid() && !r->closed) n++;
+  pthread_mutex_unlock(&all_mu);
+  return n;
+}
+
 int64_t conc_rt_nextid(void) {
   static _Atomic int64_t next = 1;
   return atomic_fetch_add(&next, 1);
@@ -133,11 +148,13 @@ void conc_cs_init(cstate *cs, rt *r, struct worker *self) {
   cs->rt = r;
   if (r) conc_rt_retain(r);
   cs->self = self;
+  cs->ismain = self == NULL;
   conc_park_init(&cs->park);
   pthread_mutex_init(&cs->mu, NULL);
   atomic_init(&cs->blocked_word, NULL);
   atomic_init(&cs->interrupt, 0);
   atomic_init(&cs->waiting_on, NULL);
+  atomic_init(&cs->wait_kind, -1);
   conc_mbuf_init(&cs->scratch);
 }
 
@@ -149,6 +166,7 @@ cstate *conc_cs_new(rt *r, struct worker *self) {
 
 /* Releases what cs owns; the state it served is closed already. */
 void conc_cs_fini(cstate *cs) {
+  free(atomic_load(&cs->deadmsg));
   conc_msg_free_pending(cs);
   conc_mbuf_free(&cs->scratch);
   conc_park_destroy(&cs->park);
@@ -265,8 +283,58 @@ void conc_state_bind(lua_State *L, cstate *cs) {
 
 const char conc_why_cancelled[] = "cancelled";
 const char conc_why_interrupted[] = "interrupted!";
+const char conc_why_deadlock[] = "deadlock";
+
+/* ------------------------------------------------------------ deadlock */
+
+int (*conc_deadlock_check)(cstate *cs);
+int conc_is_child;
+
+void conc_cs_stuck(cstate *cs, int on) {
+  rt *r = cs->rt;
+  if (r == NULL) return;
+  atomic_store(&cs->sleep_word, NULL);
+  if (on) {
+    cs->stuck = 1;
+    if (cs->ismain) atomic_store(&r->main_stuck, cs);
+    atomic_fetch_add(&r->nstuck, 1);
+  } else {
+    atomic_fetch_sub(&r->nstuck, 1);
+    if (cs->ismain) atomic_store(&r->main_stuck, NULL);
+    cs->stuck = 0;
+  }
+  atomic_fetch_add(&r->stuck_epoch, 1);
+}
+
+void conc_rt_live_drop(rt *r) {
+  cstate *m;
+  atomic_fetch_sub(&r->nlive, 1);
+  /* the count may be full now, with everyone asleep: the main state
+  ** looks again */
+  if (atomic_load(&r->nstuck) >= atomic_load(&r->nlive) &&
+      (m = atomic_load(&r->main_stuck)) != NULL)
+    conc_cs_wake(m);
+}
+
+int conc_cs_sleeps(cstate *cs, _Atomic uint32_t *word, uint32_t val) {
+  rt *r = cs->rt;
+  cstate *m;
+  atomic_store(&cs->sleep_val, val);
+  atomic_store(&cs->sleep_word, word);
+  if (atomic_load(&r->nstuck) < atomic_load(&r->nlive)) return 0;
+  /* the count is full: the last state to sleep looks */
+  if ((m = atomic_load(&r->main_stuck)) == NULL || conc_deadlock_check == NULL ||
+      !conc_deadlock_check(m))
+    return 0;
+  if (m == cs) return 1;
+  atomic_store(&m->deadlocked, 1);      /* the main state raises it */
+  conc_cs_wake(m);
+  return 0;
+}
 
 const char *conc_cs_stopreason(cstate *cs) {
+  if (cs->stuck && atomic_load_explicit(&cs->deadlocked, memory_order_acquire))
+    return conc_why_deadlock;
   if (cs->cancel && atomic_load_explicit(cs->cancel, memory_order_acquire))
     return conc_why_cancelled;
   if (atomic_load_explicit(&cs->interrupt, memory_order_acquire))
@@ -278,6 +346,13 @@ static void host_wait(cstate *cs, int on);
 static void host_settle(cstate *cs);
 
 int conc_cs_raisestop(lua_State *L, cstate *cs, const char *why) {
+  if (why == conc_why_deadlock) {
+    char *m = atomic_exchange(&cs->deadmsg, NULL);
+    atomic_store(&cs->deadlocked, 0);
+    lua_pushstring(L, m ? m : "deadlock");
+    free(m);
+    return luaL_error(L, "%s", lua_tostring(L, -1));
+  }
   if (why == conc_why_interrupted) {
     atomic_store(&cs->interrupt, 0);
     lua_sethook(L, NULL, 0, 0);
@@ -289,9 +364,61 @@ int conc_cs_raisestop(lua_State *L, cstate *cs, const char *why) {
 
 /* Every blocking conc call says here when it starts and ends waiting: a
 ** host state's waits are where a host's Ctrl-C gets in (see Ctrl-C). */
-void conc_cs_waiting(cstate *cs, const char *what) {
-  atomic_store_explicit(&cs->waiting_on, what, memory_order_relaxed);
+static void set_waiting(cstate *cs, const char *what, int kind,
+                        lua_Integer num) {
+  if (what) {               /* only this thread writes: a seqlock's writer */
+    uint32_t s = atomic_load_explicit(&cs->wait_seq, memory_order_relaxed);
+    atomic_store_explicit(&cs->wait_seq, s + 1, memory_order_relaxed);
+    atomic_thread_fence(memory_order_release);
+    atomic_store_explicit(&cs->wait_kind, kind, memory_order_relaxed);
+    atomic_store_explicit(&cs->wait_num, num, memory_order_relaxed);
+    atomic_store_explicit(&cs->wait_seq, s + 2, memory_order_release);
+  }
+  atomic_store_explicit(&cs->waiting_on, what, memory_order_release);
+  if (conc_trace_on) {
+    if (what) {
+      char b[96];
+      conc_trace_event('B', cs->trace_tid, "wait",
+                       conc_cs_describe_wait(cs, b, sizeof b), NULL, 0);
+    } else {
+      conc_trace_event('E', cs->trace_tid, "wait", NULL, NULL, 0);
+    }
+  }
   if (cs->ishost && cs->self == NULL) host_wait(cs, what != NULL);
+}
+
+void conc_cs_waiting(cstate *cs, const char *what) {
+  set_waiting(cs, what, -1, 0);
+}
+
+void conc_cs_waiting_obj(cstate *cs, const char *what, const cobj *o) {
+  if (o) set_waiting(cs, what, o->kind, conc_obj_number(o));
+  else set_waiting(cs, what, -1, 0);
+}
+
+const char *conc_cs_describe_wait(cstate *cs, char *buf, size_t n) {
+  for (int tries = 0; tries < 100; tries++) {
+    uint32_t s = atomic_load_explicit(&cs->wait_seq, memory_order_acquire);
+    const char *what =
+        atomic_load_explicit(&cs->waiting_on, memory_order_acquire);
+    int kind = atomic_load_explicit(&cs->wait_kind, memory_order_relaxed);
+    lua_Integer num = atomic_load_explicit(&cs->wait_num, memory_order_relaxed);
+    atomic_thread_fence(memory_order_acquire);
+    if ((s & 1) || s != atomic_load_explicit(&cs->wait_seq,
+                                             memory_order_relaxed))
+      continue;                /* being changed: look again */
+    if (what == NULL) return NULL;
+    if (kind >= 0 && kind < K_NKINDS && conc_kinds[kind] &&
+        strcmp(what, conc_kinds[kind]->name) == 0)   /* "event 2" */
+      snprintf(buf, n, "%s %lld", what, (long long)num);
+    else if (kind >= 0 && kind < K_NKINDS && conc_kinds[kind])
+      snprintf(buf, n, "%s %s %lld", what, conc_kinds[kind]->name,
+               (long long)num);
+    else
+      snprintf(buf, n, "%s", what);
+    return buf;
+  }
+  return NULL;
 }
 
 void conc_cs_block_on(cstate *cs, _Atomic uint32_t *word, int shared) {

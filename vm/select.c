@@ -40,6 +40,10 @@ int conc_sel_push_value(lua_State *L, cstate *cs, msg *m, const char *inl,
 int conc_sel_push(lua_State *L, cstate *cs, selnode *n) {
   msg *m = n->m;
   n->m = NULL;
+  if (n->flow) {
+    conc_trace_event('f', cs->trace_tid, "message", "message", NULL, n->flow);
+    n->flow = 0;
+  }
   return conc_sel_push_value(L, cs, m, n->inl, n->inln);
 }
 
@@ -70,7 +74,7 @@ int conc_select(lua_State *L) {
   selwait sw;
   deadline d;
   lua_Integer n, i;
-  int nfd = 0, stop = 0, allclosed = 0;
+  int nfd = 0, stop = 0, allclosed = 0, stuck;
   const char *why = NULL;
   luaL_checktype(L, 1, LUA_TTABLE);
   conc_deadline_in(&d, conc_opttimeout(L, 2));
@@ -117,7 +121,13 @@ int conc_select(lua_State *L) {
   }
   sw.park = &cs->park;
   atomic_init(&sw.won, 0);
+  /* stuck when only this process's threads could end it: channels and
+  ** threads, no timeout */
+  stuck = d.forever;
+  for (i = 0; i < n && stuck; i++)
+    stuck = items[i].o->kind == K_CHANNEL || items[i].o->kind == K_THREAD;
   conc_cs_waiting(cs, "select");
+  if (stuck) conc_cs_stuck(cs, 1);
   for (;;) {
     int offer = 0;
     /* offer each item once (an object keeps an enlisted node until it
@@ -153,6 +163,11 @@ int conc_select(lua_State *L) {
           nfd++;
         }
       }
+      if (stuck && conc_cs_sleeps(cs, &cs->park.seq, seen)) {
+        why = conc_why_deadlock;
+        stop = 1;
+        break;
+      }
       if (nfd)
         conc_park_poll(&cs->park, seen, fds, nfd, &d);
       else
@@ -166,6 +181,7 @@ int conc_select(lua_State *L) {
   }
   for (i = 0; i < n; i++)
     if (items[i].k->sel_delist) items[i].k->sel_delist(items[i].o, &nodes[i]);
+  if (stuck) conc_cs_stuck(cs, 0);
   conc_cs_waiting(cs, NULL);
   if (atomic_load(&sw.won)) {
     int w = atomic_load(&sw.won) - 1;

@@ -127,6 +127,15 @@ int conc_sync_wait(cstate *cs, _Atomic uint32_t *seq, _Atomic uint32_t *nwait,
       break;
     }
     if (conc_deadline_passed(d)) break;
+    /* a stuck wait looks for a dead owner before every sleep, not after
+    ** a quiet slice only: the deadlock check must not take a lock that
+    ** its dead owner left for one that nobody will release */
+    if (cs->stuck && idle) idle(state, arg);
+    if (cs->stuck && conc_cs_sleeps(cs, seq, s)) {
+      *why = conc_why_deadlock;
+      r = -1;
+      break;
+    }
     conc_deadline_in(&slice, OWNER_CHECK);
     if (!d->forever && conc_deadline_left(d) < OWNER_CHECK) slice = *d;
     if (conc_futex_wait(seq, s, &slice, 1) == ETIMEDOUT && idle)

@@ -63,15 +63,19 @@ static int lock_acquire_d(lua_State *L, slock *s, double t) {
   cstate *cs = conc_cs(L);
   deadline d;
   const char *why = NULL;
+  int stuck;
   int r;
   if (conc_slock_try(s)) return 1;
   if (t == 0) return 0;
   conc_slock_owner_dead(s);
   conc_deadline_in(&d, t);
-  conc_cs_waiting(cs, "lock");
+  stuck = d.forever && !conc_is_child;   /* a child shares it */
+  if (stuck) conc_cs_stuck(cs, 1);
+  conc_cs_waiting_obj(cs, "lock", conc_obj_test(L, cs, 1));
   r = conc_sync_wait(cs, &s->seq, &s->nwait, &d, lock_try, lock_check_owner, s,
                 NULL, &why);
   conc_cs_waiting(cs, NULL);
+  if (stuck) conc_cs_stuck(cs, 0);
   if (r != 1 && atomic_load(&s->word) == 0 && atomic_load(&s->nwait))
     conc_bump(&s->seq, &s->nwait, 1); /* pass on a wake-up we may have eaten */
   if (r < 0) conc_cs_raisestop(L, cs, why);
@@ -173,6 +177,7 @@ static int sem_acquire(lua_State *L) {
   double t = opt_timeout(L, 2);
   deadline d;
   const char *why = NULL;
+  int stuck;
   int r;
   if (sem_try(s, NULL)) {
     lua_pushboolean(L, 1);
@@ -183,9 +188,12 @@ static int sem_acquire(lua_State *L) {
     return 1;
   }
   conc_deadline_in(&d, t);
-  conc_cs_waiting(cs, "semaphore");
+  stuck = d.forever && !conc_is_child;   /* a child shares it */
+  if (stuck) conc_cs_stuck(cs, 1);
+  conc_cs_waiting_obj(cs, "semaphore", conc_obj_test(L, cs, 1));
   r = conc_sync_wait(cs, &s->seq, &s->nwait, &d, sem_try, NULL, s, NULL, &why);
   conc_cs_waiting(cs, NULL);
+  if (stuck) conc_cs_stuck(cs, 0);
   if (r != 1 && atomic_load(&s->count) > 0 && atomic_load(&s->nwait))
     conc_bump(&s->seq, &s->nwait, 1);
   if (r < 0) return conc_cs_raisestop(L, cs, why);
@@ -267,16 +275,20 @@ static int event_wait(lua_State *L) {
   double t = opt_timeout(L, 2);
   deadline d;
   const char *why = NULL;
+  int stuck;
   int r;
   if (atomic_load(&e->flag) || t == 0) {
     lua_pushboolean(L, atomic_load(&e->flag) != 0);
     return 1;
   }
   conc_deadline_in(&d, t);
-  conc_cs_waiting(cs, "event");
+  stuck = d.forever && !conc_is_child;   /* a child shares it */
+  if (stuck) conc_cs_stuck(cs, 1);
+  conc_cs_waiting_obj(cs, "event", conc_obj_test(L, cs, 1));
   r = conc_sync_wait(cs, &e->seq, &e->nwait, &d, event_isset_fn, NULL, e, NULL,
                 &why);
   conc_cs_waiting(cs, NULL);
+  if (stuck) conc_cs_stuck(cs, 0);
   if (r < 0) return conc_cs_raisestop(L, cs, why);
   lua_pushboolean(L, r);
   return 1;
@@ -364,6 +376,7 @@ static int barrier_wait(lua_State *L) {
   uint32_t gen, idx;
   deadline d;
   const char *why = NULL;
+  int stuck;
   int r;
   conc_deadline_in(&d, t);
   for (;;) {                        /* arrive */
@@ -394,10 +407,13 @@ static int barrier_wait(lua_State *L) {
     lua_pushinteger(L, idx);
     return 1;
   }
-  conc_cs_waiting(cs, "barrier");
+  stuck = d.forever && !conc_is_child;   /* a child shares it */
+  if (stuck) conc_cs_stuck(cs, 1);
+  conc_cs_waiting_obj(cs, "barrier", conc_obj_test(L, cs, 1));
   r = conc_sync_wait(cs, &b->seq, &b->nwait, &d, barrier_passed, NULL, b, &gen,
                      &why);
   conc_cs_waiting(cs, NULL);
+  if (stuck) conc_cs_stuck(cs, 0);
   st = atomic_load(&b->state);
   if (r == 1 && B_GEN(st) == gen) {        /* broken: leave, and raise */
     if (!barrier_leave(b, gen, 0)) return luaL_error(L, "broken barrier");

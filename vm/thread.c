@@ -350,9 +350,16 @@ static void job_run(job *j, lua_State *L) {
     conc_worker_finish(w, W_FAILED, NULL,
                   strdup("thread: not enough memory to start"));
     conc_cs_fini(cs);
+    conc_rt_live_drop(w->rt);
     return;
   }
   cs->light = 1;
+  cs->trace_tid = w->id;
+  if (conc_trace_on) {
+    char tn[96];
+    snprintf(tn, sizeof tn, "thread %lld (%s)", (long long)w->id, w->name);
+    conc_trace_thread(w->id, tn);
+  }
   conc_state_bind(L, cs);
   conc_state_make_lazy(L, cs);
   /* set before the thread can be signalled (hastid): a cancel signal
@@ -407,7 +414,11 @@ static void job_run(job *j, lua_State *L) {
   lua_sethook(L, NULL, 0, 0);
   conc_state_close(L);
   conc_cs_fini(cs);
+  /* before the end is seen: the exit may write the trace out then */
+  if (conc_trace_on) conc_trace_event('E', w->id, "run", NULL, NULL, 0);
   conc_worker_finish(w, status, result, errmsg);
+  /* after the end is seen: a joiner is woken before the count drops */
+  conc_rt_live_drop(w->rt);
 }
 
 static void job_free(job *j) {
@@ -502,12 +513,15 @@ int conc_thread_spawn(lua_State *L) {
   j->w = w;                       /* the job's reference */
   j->m = m;
   j->paths = get_paths(L, cs);
+  atomic_fetch_add(&cs->rt->nlive, 1);   /* until its job ends */
   conc_worker_register(w);
+  if (conc_trace_on) conc_worker_trace(cs, "spawn", w);
   conc_obj_push(L, cs, &w->obj);       /* the handle's reference */
   conc_thread_cancel_install();
   j->task.run = job_task;
   r = conc_threadpool_start(&j->task);
   if (r != 0) {                   /* job_free frees m */
+    atomic_fetch_sub(&cs->rt->nlive, 1);
     conc_worker_finish(w, W_FAILED, NULL, NULL);
     conc_worker_unregister(w);
     job_free(j);
@@ -540,10 +554,12 @@ int conc_thread_launch(rt *r, const char *name, msg *m, paths *p) {
   j->w = w;
   j->m = m;
   j->paths = p;
+  atomic_fetch_add(&r->nlive, 1);        /* until its job ends */
   conc_worker_register(w);
   j->task.run = job_task;
   e = conc_threadpool_start(&j->task);
   if (e != 0) {
+    atomic_fetch_sub(&r->nlive, 1);
     conc_worker_finish(w, W_FAILED, NULL, NULL);
     conc_worker_unregister(w);
     job_free(j);
@@ -557,6 +573,7 @@ static int thread_cancel_m(lua_State *L) {
   worker *w = (worker *)conc_obj_check(L, 1, K_THREAD);
   if (w->owner != conc_getpid())
     luaL_error(L, conc_thread_ops.notmine, (LUAI_UACINT)w->id);
+  if (conc_trace_on) conc_worker_trace(conc_cs(L), "cancel", w);
   lua_pushboolean(L, conc_thread_cancel(w));
   return 1;
 }

@@ -168,7 +168,8 @@ static void *svc_main(void *arg) {
     }
     pthread_mutex_unlock(&svc.mu);
     if (due) {
-      if (due->call) run_call(due);
+      if (due->call) run_call(due);      /* its thread is live first */
+      atomic_fetch_sub(&conc_wakers, 1);
       conc_obj_release(&due->obj);
       continue;
     }
@@ -187,6 +188,7 @@ static int svc_add(timer *t) {
     pthread_t tid;
     pthread_attr_t attr;
     svc.n = 0;                        /* the parent's timers are not ours */
+    atomic_store(&conc_wakers, 0);
     pthread_attr_init(&attr);
     pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
     pthread_attr_setstacksize(&attr, 64 * 1024);
@@ -204,6 +206,7 @@ static int svc_add(timer *t) {
     }
   }
   if (e == 0) {
+    atomic_fetch_add(&conc_wakers, 1);   /* a deadlock is none meanwhile */
     svc.n++;
     heap_set(svc.n - 1, t);
     heap_up(svc.n - 1);
@@ -344,7 +347,10 @@ static int tm_cancel(lua_State *L) {
   if (t->state == T_PENDING) {
     was = 1;
     t->state = T_CANCELLED;
-    if (t->heapi >= 0) heap_remove(t);
+    if (t->heapi >= 0) {
+      heap_remove(t);
+      atomic_fetch_sub(&conc_wakers, 1);
+    }
     wake_waiters(t);
     m = t->call;
     p = t->paths;

@@ -35,6 +35,10 @@ int conc_wait_until(parker *p, cstate *cs, const deadline *d,
     int r;
     if ((r = done(arg)) != 0) return r;
     if (cs && (*why = conc_cs_stopreason(cs)) != NULL) return -1;
+    if (cs && cs->stuck && conc_cs_sleeps(cs, &p->seq, seen)) {
+      *why = conc_why_deadlock;
+      return -1;
+    }
     if (conc_park_sleep(p, seen, d) == ETIMEDOUT) return done(arg);
   }
 }

@@ -116,6 +116,26 @@ int conc_worker_isfailure(int st) {
 ** worker ran) decides the end, whatever the worker's code did after it:
 ** its results or error are dropped (outside the lock: dropping them may
 ** destroy objects, whose locks are not taken under another's). */
+void conc_worker_trace(cstate *cs, const char *verb, worker *w) {
+  char b[96];
+  snprintf(b, sizeof b, "%s %s %lld", verb, w->ops->name,
+           (long long)w->ops->number(w));
+  conc_trace_event('i', cs ? cs->trace_tid : 0, "worker", b, w->name, 0);
+}
+
+/* The end of w in a trace: on its own track for a thread, on the
+** parent's main track for a process (the reaper tells it). */
+static void trace_end(worker *w, int status, const char *errmsg) {
+  char b[96];
+  const char *verb = status == W_DONE ? "exit"
+                     : status == W_FAILED ? "failure"
+                     : status == W_CANCELLED ? "cancelled" : "killed";
+  snprintf(b, sizeof b, "%s %s %lld", verb, w->ops->name,
+           (long long)w->ops->number(w));
+  conc_trace_event('i', w->obj.kind == K_THREAD ? w->id : 0, "worker", b,
+                   errmsg ? errmsg : w->name, 0);
+}
+
 void conc_worker_finish(worker *w, int status, msg *result, char *errmsg) {
   msg *drop = NULL;
   char *droperr = NULL;
@@ -129,6 +149,8 @@ void conc_worker_finish(worker *w, int status, msg *result, char *errmsg) {
   }
   w->result = result;
   w->errmsg = errmsg;
+  /* before the end is seen: the exit may write the trace out then */
+  if (conc_trace_on) trace_end(w, status, errmsg);
   atomic_store_explicit(&w->status, status, memory_order_release);
   conc_selq_wake_all(&w->waiters, SEL_DONE);
   pthread_mutex_unlock(&w->mu);
@@ -222,9 +244,13 @@ int conc_worker_wait_end(parker *p, cstate *cs, worker *w, const deadline *d,
 
 int conc_worker_wait(lua_State *L, cstate *cs, worker *w, const deadline *d) {
   const char *why = NULL;
+  /* a thread's end only this process's threads can bring */
+  int stuck = d->forever && w->obj.kind == K_THREAD;
   int r;
-  conc_cs_waiting(cs, "join");
+  conc_cs_waiting_obj(cs, "join", &w->obj);
+  if (stuck) conc_cs_stuck(cs, 1);
   r = w->ops->wait(&cs->park, cs, w, d, &why);
+  if (stuck) conc_cs_stuck(cs, 0);
   conc_cs_waiting(cs, NULL);
   if (r < 0) conc_cs_raisestop(L, cs, why);
   return r;
@@ -353,7 +379,8 @@ typedef struct winfo {
   const workerops *ops;
   lua_Integer number;
   int status;
-  const char *waiting;
+  int waits;                   /* wait holds what it waits on */
+  char wait[96];
 } winfo;
 
 /* conc.workers(): the live threads and processes of the runtime. The
@@ -396,7 +423,8 @@ void conc_worker_list(lua_State *L, cstate *cs) {
         v[n].ops = w->ops;
         v[n].number = w->ops->number(w);
         v[n].status = st;
-        v[n].waiting = w->cs ? atomic_load(&w->cs->waiting_on) : NULL;
+        v[n].waits = w->cs && conc_cs_describe_wait(w->cs, v[n].wait,
+                                                   sizeof v[n].wait);
         if (v[n].name == NULL) oom = 1;
         else n++;
       }
@@ -425,8 +453,8 @@ void conc_worker_list(lua_State *L, cstate *cs) {
     }
     lua_pushstring(L, conc_worker_statusname(v[i].status));
     lua_setfield(L, -2, "status");
-    if (v[i].waiting) {
-      lua_pushstring(L, v[i].waiting);
+    if (v[i].waits) {
+      lua_pushstring(L, v[i].wait);
       lua_setfield(L, -2, "waiting_on");
     }
     lua_rawseti(L, -2, k);
@@ -438,6 +466,9 @@ void conc_worker_list(lua_State *L, cstate *cs) {
 /* In a forked child: the workers on the list are the parent's. */
 void conc_rt_forget_workers(rt *r) {
   r->head = NULL;                /* their records stay, as the parent's */
+  atomic_store(&r->nlive, 1);    /* the child's main state alone */
+  atomic_store(&r->nstuck, 0);
+  atomic_store(&r->main_stuck, NULL);
   r->hooks_running = 0;          /* so are the threads running hooks */
   r->pid = conc_getpid();
 }

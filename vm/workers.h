@@ -92,6 +92,12 @@ void conc_worker_unregister(worker *w);
 /* Marks the end (status, result/error owned by the worker now) and wakes
 ** every waiter. */
 void conc_worker_finish(worker *w, int status, msg *result, char *errmsg);
+/* deadlock.c: whether the runtime of cs, its main state, is deadlocked
+** (then 1, the message in cs->deadmsg); init.c registers it with the
+** core as conc_deadlock_check. */
+int conc_deadlock_find(cstate *cs);
+/* A trace's instant on the track of cs: "spawn thread 3" (verb, w). */
+void conc_worker_trace(cstate *cs, const char *verb, worker *w);
 /* Waits until the worker finished or the deadline passed; 1 finished, 0
 ** timeout, or raises the stop request of cs. */
 int conc_worker_wait(lua_State *L, cstate *cs, worker *w, const deadline *d);

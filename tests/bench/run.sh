@@ -8,10 +8,10 @@
 # BENCH_ROUNDS (rounds per figure, default 5), PYTHON (default python3),
 # PYTHON_MPI (the Python with mpi4py, default /usr/bin/python3: Debian's
 # python3-mpi4py). Figures named on the command line (spawn_thread, cpu,
-# idle, idle10k, chan, pingpong, pingpong_pinned, bigstr, bigtbl, pcall,
-# spawn_process, pipe, queue, pool_processes, pool_threads, shared_threads,
-# shared_procs, condition, rlock, timers, imap_processes, imap_threads,
-# mpi_map, mpi_latency, mpi_idle) select what runs.
+# idle, idle10k, chan, pingpong, trace, pingpong_pinned, bigstr, bigtbl,
+# pcall, spawn_process, pipe, queue, pool_processes, pool_threads,
+# shared_threads, shared_procs, condition, rlock, timers, imap_processes,
+# imap_threads, mpi_map, mpi_latency, mpi_idle) select what runs.
 #
 # Each figure runs conclua's script (bench_threads.lua, bench_procs.lua) and
 # its baselines (baseline.c built here, py_baseline.py) in turns, the order
@@ -95,7 +95,7 @@ selected() {
   return 1
 }
 wanted=("$@")
-figures=" spawn_thread cpu idle idle10k chan pingpong pingpong_pinned bigstr bigtbl pcall spawn_process pipe queue pool_processes pool_threads shared_threads shared_procs condition rlock timers imap_processes imap_threads mpi_map mpi_latency mpi_idle "
+figures=" spawn_thread cpu idle idle10k chan pingpong trace pingpong_pinned bigstr bigtbl pcall spawn_process pipe queue pool_processes pool_threads shared_threads shared_procs condition rlock timers imap_processes imap_threads mpi_map mpi_latency mpi_idle "
 for w in "${wanted[@]}"; do
   case $figures in
     *[[:space:]]"$w"[[:space:]]*) ;;
@@ -285,6 +285,19 @@ fi
 if selected pingpong; then
   measure pingpong "$rounds" conclua="$TH pingpong 20000" c="$BL pingpong 20000"
   row pingpong us_per_rt "ping-pong round trip, 2 cores (us)" us c "C" "ratio<=1.0"
+fi
+
+# The cost of CONCLUA_TRACE (docs/trace.md): the same two figures traced,
+# beside the untraced run of the same round.
+if selected trace; then
+  tf=$(q "$out/trace.json")
+  measure trace_chan "$rounds" conclua="env CONCLUA_TRACE=$tf $TH chan 200000" \
+    off="$TH chan 200000"
+  row trace_chan msgs_per_s "channel 1 -> 1 thread, traced (msg/s)" msg/s off "untraced" -
+  measure trace_pp "$rounds" conclua="env CONCLUA_TRACE=$tf $TH pingpong 20000" \
+    off="$TH pingpong 20000"
+  row trace_pp us_per_rt "ping-pong round trip, traced (us)" us off "untraced" -
+  rm -f "$out/trace.json"
 fi
 
 if selected pingpong_pinned && [ $have_taskset = 1 ]; then

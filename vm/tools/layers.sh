@@ -7,9 +7,9 @@
 # The layers, bottom up (docs/architecture.md says what each file is):
 LAYERS='
 os       fdio wait alloc fork owner shmheap lifeline
-core     object msg runtime waitq shm
+core     object msg runtime waitq shm trace
 values   names marshal parcel
-workers  worker thread threadpool process child reap exit
+workers  worker thread threadpool process child reap exit deadlock
 modules  channel pipe queue sync cond timer shared shtab select future pool mpiapi
 init     init stdlib_gen
 command  main repl pretty'
