@@ -339,7 +339,10 @@ test_if(have("man") and have("groff"), "the manual page",
                             "SEE ALSO"}) do
     T.ok(text:find("\n" .. section .. "\n", 1, true), "section " .. section)
   end
-  T.ok(text:find("LUA_INIT", 1, true), "names LUA_INIT")
+  for _, var in ipairs({"LUA_INIT", "LUA_PATH", "CONCLUA_TRACE",
+                        "OMPI_ALLOW_RUN_AS_ROOT"}) do
+    T.ok(text:find(var, 1, true), "names " .. var)
+  end
   T.eq(must("groff -ww -z -man " .. q(page) .. " 2>&1"), "")
   T.ok(slurp(page):find('"' .. conc.version .. '"', 1, true),
        "the page's version is " .. conc.version)
