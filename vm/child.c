@@ -143,7 +143,7 @@ void conc_child_run(lua_State *L, cstate *cs, worker *w, int fd, int first,
   conc_rt_forget_workers(cs->rt);
   cs->self = w;
   cs->ismain = 1;
-  cs->stuck = 0;
+  atomic_store(&cs->stuck, 0);
   conc_is_child = 1;
   w->owner = conc_getpid();
   cs->trace_tid = 0;

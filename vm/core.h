@@ -222,7 +222,7 @@ typedef struct cstate {
   _Atomic uint32_t wait_seq;
   int64_t trace_tid;           /* its track in a trace: a thread's id, or 0 */
   int ismain;                  /* the main state of its process */
-  int stuck;                   /* counted in rt->nstuck (conc_cs_stuck) */
+  _Atomic int stuck;           /* counted in rt->nstuck (conc_cs_stuck) */
   /* while stuck, where it last went to sleep: the word and the value it
   ** saw there before it found its condition false (conc_cs_sleeps) */
   _Atomic(_Atomic uint32_t *) sleep_word;

@@ -48,7 +48,7 @@ static void nap(long ns) {
 ** not woken since). With c alive. */
 static int still(cstate *c, _Atomic uint32_t *word, uint32_t val) {
   int same;
-  if (!c->stuck || atomic_load(&c->sleep_word) != word ||
+  if (!atomic_load(&c->stuck) || atomic_load(&c->sleep_word) != word ||
       atomic_load(&c->sleep_val) != val)
     return 0;
   if (word == &c->park.seq) return atomic_load(word) == val;
@@ -79,7 +79,7 @@ static int snapshot(rt *r, cstate *main, sleeper *v, int cap, int *n) {
         res = -1;                        /* a live child process */
       } else if ((c = w->cs) == NULL) {
         res = 0;                         /* starting, or ending */
-      } else if (!c->stuck) {
+      } else if (!atomic_load(&c->stuck)) {
         res = -1;
       } else if (atomic_load(&c->sleep_word) == NULL) {
         res = 0;                         /* not asleep yet */

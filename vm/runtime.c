@@ -295,13 +295,13 @@ void conc_cs_stuck(cstate *cs, int on) {
   if (r == NULL) return;
   atomic_store(&cs->sleep_word, NULL);
   if (on) {
-    cs->stuck = 1;
+    atomic_store(&cs->stuck, 1);
     if (cs->ismain) atomic_store(&r->main_stuck, cs);
     atomic_fetch_add(&r->nstuck, 1);
   } else {
     atomic_fetch_sub(&r->nstuck, 1);
     if (cs->ismain) atomic_store(&r->main_stuck, NULL);
-    cs->stuck = 0;
+    atomic_store(&cs->stuck, 0);
   }
   atomic_fetch_add(&r->stuck_epoch, 1);
 }
