@@ -474,4 +474,25 @@ T.test("condition: a notifier that waits next cannot swallow its own notify", fu
   T.eq(tostring(c), "<condition 0 waiting>")
 end)
 
+T.test("condition: the same ping-pong between processes, over an rlock", function()
+  local c, s = conc.condition(conc.rlock()), conc.shared()
+  s.turn = 0
+  local function side(me, other, n)
+    c:acquire()
+    for _ = 1, n do
+      while s.turn ~= me do
+        if not c:wait(5) then error("a lost wake-up") end
+      end
+      s.turn = other
+      c:notify()
+    end
+    c:release()
+    return true
+  end
+  local p = spawn_process(side, 1, 0, 2000)
+  T.eq(side(0, 1, 2000), true)
+  T.eq(p:join(), true)
+  T.eq(s.turn, 0)
+end)
+
 T.done()

@@ -568,6 +568,10 @@ static int chan_sel_try(cobj *o, selnode *n) {
   return 0;
 }
 
+static int chan_sel_ready(cobj *o) {
+  return atomic_load_explicit(&((chan *)o)->len, memory_order_relaxed) > 0;
+}
+
 static void chan_sel_delist(cobj *o, selnode *n) {
   chan *c = (chan *)o;
   conc_cmutex_lock(&c->mu);
@@ -590,5 +594,6 @@ const kindinfo conc_channel_kind = {
     .tostring = chan_tostring,
     .sel_try = chan_sel_try,
     .sel_delist = chan_sel_delist,
+    .sel_ready = chan_sel_ready,
     .pinned = 1};
 

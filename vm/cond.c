@@ -51,7 +51,8 @@ typedef struct scond {
   _Atomic uint64_t tickets;    /* handed out so far */
   _Atomic uint32_t hi;         /* slots below it may be in use */
   _Atomic uint32_t waiting;    /* slots waiting (for tostring) */
-  char pad[48];
+  _Atomic uint32_t spin;       /* conc_spin's budget for a waiter */
+  char pad[44];
   cslot slot[];
 } scond;
 _Static_assert(sizeof(scond) == 64, "scond: the header is 64 bytes");
@@ -244,6 +245,10 @@ static int slot_notified(void *state, void *arg) {
   return atomic_load(&((cslot *)state)->state) == W_NOTIFIED;
 }
 
+static int slot_ready(void *state) {
+  return slot_notified(state, NULL);
+}
+
 /* Marks the oldest waiting slot notified and wakes its waiter; 0 if
 ** none waits. Slots of waiters that died are freed on the way. */
 static int notify_one(scond *k) {
@@ -303,10 +308,16 @@ static int cond_wait_d(lua_State *L, condobj *c, double t) {
   }
   conc_slock_unlock(s);
   conc_deadline_in(&d, t);
-  conc_cs_waiting(cs, "condition");
-  r = conc_sync_wait(cs, &me->seq, &me->nwait, &d, slot_notified, NULL, me,
-                     NULL, &why);
-  conc_cs_waiting(cs, NULL);
+  /* a notify from another core often comes within microseconds (the
+  ** notifier's turn is short): spin for it before sleeping */
+  if (conc_spin(&k->spin, slot_ready, me)) {
+    r = 1;
+  } else {
+    conc_cs_waiting(cs, "condition");
+    r = conc_sync_wait(cs, &me->seq, &me->nwait, &d, slot_notified, NULL, me,
+                       NULL, &why);
+    conc_cs_waiting(cs, NULL);
+  }
   if (r != 1) {                 /* give the slot back, unless notified */
     if (atomic_compare_exchange_strong(&me->state, &expect, W_FREE))
       atomic_fetch_sub(&k->waiting, 1);

@@ -68,6 +68,9 @@ typedef struct kindinfo {
   ** told; see waitq.c for the protocol. */
   int (*sel_try)(cobj *o, struct selnode *n);
   void (*sel_delist)(cobj *o, struct selnode *n);
+  /* a look without a lock, or NULL: nonzero if sel_try would likely take
+  ** a value now, 0 if it would likely enlist (a hint: sel_try decides) */
+  int (*sel_ready)(cobj *o);
   /* fds to poll for it (0 to 2 of them, in fds) instead of enlisting */
   int (*sel_fds)(cobj *o, int fds[2]);
   /* adds to the kind's metatable (on top of the stack), or NULL */

@@ -114,13 +114,31 @@ int conc_select(lua_State *L) {
                            "item %d: %s belongs to another process", (int)i + 1,
                            what));
     if (!stand_in) lua_pop(L, 1);
-    memset(&nodes[i], 0, sizeof nodes[i]);
-    offered[i] = 0;
-    nodes[i].index = (int)i;
+    /* field by field: the inline bytes are read only up to inln */
+    nodes[i].prev = nodes[i].next = NULL;
     nodes[i].sw = &sw;
+    nodes[i].index = (int)i;
+    nodes[i].linked = 0;
+    atomic_init(&nodes[i].result, 0);
+    nodes[i].flags = 0;
+    nodes[i].m = NULL;
+    nodes[i].inln = 0;
+    nodes[i].flow = 0;
+    offered[i] = 0;
   }
   sw.park = &cs->park;
   atomic_init(&sw.won, 0);
+  /* the common case, an item that has a value already: look without
+  ** locks along the list, so that the items before it are not enlisted
+  ** and delisted for nothing. The look stops at the first item that
+  ** cannot be looked at this way (the first ready item must win). */
+  for (i = 0; i < n; i++) {
+    if (items[i].k->sel_ready == NULL) break;
+    if (!items[i].k->sel_ready(items[i].o)) continue;
+    offered[i] = 1;
+    if (items[i].k->sel_try(items[i].o, &nodes[i])) break;
+  }
+  if (i < n && atomic_load(&sw.won)) goto done;
   /* stuck when only this process's threads could end it: channels and
   ** threads, no timeout */
   stuck = d.forever;
@@ -179,10 +197,12 @@ int conc_select(lua_State *L) {
     }
     if (!offer) break;
   }
-  for (i = 0; i < n; i++)
-    if (items[i].k->sel_delist) items[i].k->sel_delist(items[i].o, &nodes[i]);
   if (stuck) conc_cs_stuck(cs, 0);
   conc_cs_waiting(cs, NULL);
+done:
+  for (i = 0; i < n; i++)   /* an item never offered was never enlisted */
+    if (offered[i] && items[i].k->sel_delist)
+      items[i].k->sel_delist(items[i].o, &nodes[i]);
   if (atomic_load(&sw.won)) {
     int w = atomic_load(&sw.won) - 1;
     lua_rawgeti(L, 1, w + 1);

@@ -52,6 +52,10 @@ static int lock_try(void *state, void *arg) {
   return conc_slock_try(state);
 }
 
+static int lock_try_now(void *state) {
+  return conc_slock_try(state);
+}
+
 static int lock_check_owner(void *state, void *arg) {
   CONC_UNUSED(arg);
   conc_slock_owner_dead(state);
@@ -65,8 +69,11 @@ static int lock_acquire_d(lua_State *L, slock *s, double t) {
   const char *why = NULL;
   int stuck;
   int r;
+  static _Thread_local _Atomic uint32_t spin;   /* conc_spin's budget */
   if (conc_slock_try(s)) return 1;
   if (t == 0) return 0;
+  /* a lock held across cores is often let go within microseconds */
+  if (conc_spin(&spin, lock_try_now, s)) return 1;
   conc_slock_owner_dead(s);
   conc_deadline_in(&d, t);
   stuck = d.forever && !conc_is_child;   /* a child shares it */

@@ -8,6 +8,10 @@
 --   spawn N       spawn_process(trivial function):join()          us_per_op
 --   pipebw MB     MB strings of 1 MiB from a child over conc.pipe  mb_per_s
 --   queue M       M small integers from a child over conc.queue   msgs_per_s
+--   queue1k M     M strings of 1 KiB from a child over conc.queue msgs_per_s
+--   submit_threads N    N p:submit(f, i):result() round trips, one
+--                       at a time, on pool.threads(2)            us_per_rt
+--   submit_processes N  the same on pool.processes(2)            us_per_rt
 --   pool_processes M   pool.processes(2):map over M trivial items items_per_s
 --   pool_threads M     pool.threads(2):map, the same              items_per_s
 --   imap_processes M   pool.processes(2):imap_unordered, the same items_per_s
@@ -66,7 +70,42 @@ function modes.queue(count)
   report{msgs_per_s = common.stream(spawn_process, q, conc.queue(), count)}
 end
 
+function modes.queue1k(count)
+  local q = need("conc.queue", conc.queue)
+  local start = conc.queue()
+  local worker = spawn_process(function()
+    local msg = string.rep("x", 1023) .. "\n"
+    start:recv()
+    for _ = 1, count do q:send(msg) end
+  end)
+  local t0 = now()
+  start:send(true)
+  local bytes = 0
+  for _ = 1, count do bytes = bytes + #q:recv() end
+  local dt = now() - t0
+  worker:join()
+  assert(bytes == count * 1024, "lost messages")
+  report{msgs_per_s = count / dt}
+end
+
 local function incr(x) return x + 1 end
+
+-- One task at a time: the latency a caller of submit(...):result() feels.
+local function submit_rt(kind, count)
+  local pool = need("conc.pool", require, "conc.pool")
+  local p = pool[kind](2)
+  for i = 1, 50 do assert(p:submit(incr, i):result() == i + 1) end
+  local t0 = now()
+  for i = 1, count do
+    if p:submit(incr, i):result() ~= i + 1 then error("wrong result") end
+  end
+  local dt = now() - t0
+  p:close()
+  report{us_per_rt = dt / count * 1e6}
+end
+
+function modes.submit_threads(count) submit_rt("threads", count) end
+function modes.submit_processes(count) submit_rt("processes", count) end
 
 local function pool_rate(kind, count)
   local pool = need("conc.pool", require, "conc.pool")
@@ -109,7 +148,8 @@ end
 
 local defaults = {spawn = 300, pipebw = 256, queue = 50000,
                   pool_processes = 20000, pool_threads = 20000, imap_processes = 20000,
-                  shared_incr = 200000, shared_rw = 200000}
+                  shared_incr = 200000, shared_rw = 200000, queue1k = 50000,
+                  submit_threads = 5000, submit_processes = 5000}
 if not modes[mode] then
   io.stderr:write("bench_procs.lua: unknown mode ", tostring(mode), "\n")
   os.exit(2)

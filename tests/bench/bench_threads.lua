@@ -199,6 +199,33 @@ function modes.cond(rounds)
   report{us_per_rt = (now() - t0) / rounds * 1e6}
 end
 
+-- A value that is already there, taken with conc.select from a list of
+-- 8 channels (the 5th ready) or with the channel's own recv.
+local function take(count, how)
+  local chans = {}
+  for i = 1, 8 do chans[i] = conc.channel(1) end
+  local ch = chans[5]
+  for i = 1, 1000 do ch:send(i) how(chans, ch) end
+  local t0 = now()
+  for i = 1, count do
+    ch:send(i)
+    local v = how(chans, ch)
+    if v ~= i then error("wrong value") end
+  end
+  return (now() - t0) / count * 1e9
+end
+
+function modes.select8(count)
+  report{ns_per_op = take(count, function(chans)
+    local _, v = conc.select(chans)
+    return v
+  end)}
+end
+
+function modes.recv1(count)
+  report{ns_per_op = take(count, function(_, ch) return ch:recv() end)}
+end
+
 function modes.rlock(count)
   local r = conc.rlock()
   for _ = 1, 1000 do r:acquire() r:release() end
@@ -235,7 +262,8 @@ end
 local defaults = {spawn = 1000, cpu = 60000000, idle = 1000, chan = 200000,
                   pingpong = 20000, bigstr = 15, bigtbl = 15, pcall = 3000000,
                   shared_incr = 400000, shared_rw = 400000, cond = 20000,
-                  rlock = 2000000, timers = 10000, imap_threads = 20000}
+                  rlock = 2000000, timers = 10000, imap_threads = 20000,
+                  select8 = 500000, recv1 = 500000}
 if not modes[mode] then
   io.stderr:write("bench_threads.lua: unknown mode ", tostring(mode), "\n")
   os.exit(2)

@@ -27,13 +27,17 @@ threading and multiprocessing (always the 'fork' start method):
             the last fired                                       bytes_each, s
   mpimapu   Pool(2).imap_unordered(f, range(N), chunksize=1)     items_per_s
   tpemap    ThreadPoolExecutor(2).map(f, range(N))               items_per_s
+  mpqueue1k N strings of 1 KiB from a child process through mp.Queue msgs_per_s
+  tpesubmit N ex.submit(f, i).result(), one at a time, on a
+            ThreadPoolExecutor(2)                                us_per_rt
+  ppesubmit the same on a ProcessPoolExecutor(2) (fork)          us_per_rt
 """
 import multiprocessing
 import queue
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from multiprocessing.pool import ThreadPool
 
 FORK = multiprocessing.get_context("fork")
@@ -301,6 +305,49 @@ def mpimapu(n):
     report(items_per_s=n / dt)
 
 
+def produce1k(q, start, n):
+    msg = "x" * 1023 + "\n"
+    start.get()
+    for _ in range(n):
+        q.put(msg)
+
+
+def mpqueue1k(n):
+    q, start = FORK.Queue(), FORK.Queue()
+    p = FORK.Process(target=produce1k, args=(q, start, n))
+    p.start()
+    t0 = clock()
+    start.put(True)
+    total = 0
+    for _ in range(n):
+        total += len(q.get())
+    dt = clock() - t0
+    p.join()
+    if total != n * 1024:
+        raise RuntimeError("lost messages")
+    report(msgs_per_s=n / dt)
+
+
+def submit_rt(ex, n):
+    with ex:
+        for i in range(50):
+            ex.submit(incr, i).result()
+        t0 = clock()
+        for i in range(n):
+            if ex.submit(incr, i).result() != i + 1:
+                raise RuntimeError("wrong result")
+        dt = clock() - t0
+    report(us_per_rt=dt / n * 1e6)
+
+
+def tpesubmit(n):
+    submit_rt(ThreadPoolExecutor(2), n)
+
+
+def ppesubmit(n):
+    submit_rt(ProcessPoolExecutor(2, mp_context=FORK), n)
+
+
 def tpemap(n):
     with ThreadPoolExecutor(2) as ex:
         list(ex.map(incr, range(8)))
@@ -330,6 +377,9 @@ MODES = {
     "timers": (timers, 10000),
     "mpimapu": (mpimapu, 20000),
     "tpemap": (tpemap, 20000),
+    "mpqueue1k": (mpqueue1k, 50000),
+    "tpesubmit": (tpesubmit, 5000),
+    "ppesubmit": (ppesubmit, 5000),
 }
 
 if __name__ == "__main__":

@@ -95,7 +95,7 @@ selected() {
   return 1
 }
 wanted=("$@")
-figures=" spawn_thread cpu idle idle10k chan pingpong trace pingpong_pinned bigstr bigtbl pcall spawn_process pipe queue pool_processes pool_threads shared_threads shared_procs condition rlock timers imap_processes imap_threads mpi_map mpi_latency mpi_idle "
+figures=" spawn_thread cpu idle idle10k chan pingpong trace pingpong_pinned bigstr bigtbl pcall spawn_process pipe queue queue1k pool_processes pool_threads shared_threads shared_procs condition rlock timers imap_processes imap_threads submit_threads submit_processes select mpi_map mpi_latency mpi_idle "
 for w in "${wanted[@]}"; do
   case $figures in
     *[[:space:]]"$w"[[:space:]]*) ;;
@@ -259,7 +259,7 @@ fi
 
 if selected cpu; then
   measure cpu "$rounds" conclua="$TH cpu 60000000" c="$BL cpu 60000000"
-  row cpu speedup "2 CPU-bound threads: speedup (x)" x c "C" "value>=1.9"
+  row cpu speedup "2 CPU-bound threads: speedup (x)" x c "C" "ratio>=0.98"
 fi
 
 if selected idle; then
@@ -339,6 +339,11 @@ if selected queue; then
   row queue msgs_per_s "conc.queue process -> process (msg/s)" msg/s py "Py" "ratio>=4"
 fi
 
+if selected queue1k; then
+  measure queue1k "$rounds" conclua="$PR queue1k 50000" py="$PY mpqueue1k 50000"
+  row queue1k msgs_per_s "conc.queue 1 KiB process -> process (msg/s)" msg/s py "Py" "ratio>=4"
+fi
+
 if selected pool_processes; then
   measure pool_processes "$rounds" conclua="$PR pool_processes 20000" \
     py="$PY mppool 20000"
@@ -377,6 +382,24 @@ if selected imap_threads; then
   measure imap_threads "$rounds" conclua="$TH imap_threads 20000" \
     py="$PY tpemap 20000"
   row imap_threads items_per_s "pool.threads(2):imap_unordered (items/s)" items/s py "Py TPE.map" "ratio>=2"
+fi
+
+if selected submit_threads; then
+  measure submit_threads "$rounds" conclua="$PR submit_threads 5000" \
+    py="$PY tpesubmit 5000"
+  row submit_threads us_per_rt "pool.threads(2) submit -> result (us)" us py "Py TPE" "ratio<=0.5"
+fi
+
+if selected submit_processes; then
+  measure submit_processes "$rounds" conclua="$PR submit_processes 5000" \
+    py="$PY ppesubmit 5000"
+  row submit_processes us_per_rt "pool.processes(2) submit -> result (us)" us py "Py PPE" "ratio<=0.5"
+fi
+
+# conc.select over 8 channels, one ready, against the same channel's recv
+if selected select; then
+  measure select "$rounds" conclua="$TH select8 500000" recv="$TH recv1 500000"
+  row select ns_per_op "conc.select of 8, one ready (ns)" ns recv "ch:recv" "ratio<=2"
 fi
 
 if selected shared_threads; then
