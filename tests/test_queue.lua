@@ -63,6 +63,35 @@ T.test("messages far beyond PIPE_BUF", function()
   for i = 1, #sizes do ps[i]:join() T.ok(got[sizes[i]]) end
 end)
 
+T.test("a queue emptied again and again (it starts over at its front) keeps every message whole and in order", function()
+  -- each round: a few messages of mixed sizes (one of them big enough to
+  -- give its pages back at once), then, every other round, the producer
+  -- waits until the queue is empty, which moves the ring's start
+  local q, ack = conc.queue(), conc.queue()
+  local rounds = 150
+  local function body(r, i) return string.rep(string.char(65 + (r + i) % 26), (r * 131 + i * 977) % 9000) end
+  local p = spawn_process(function()
+    for r = 1, rounds do
+      for i = 1, 4 do q:send({r = r, i = i, s = body(r, i)}) end
+      if r % 10 == 0 then q:send({r = r, i = 5, s = string.rep("B", 80000)}) end
+      if r % 2 == 0 then ack:recv(10) end
+    end
+  end)
+  local last = 0
+  for r = 1, rounds do
+    for i = 1, r % 10 == 0 and 5 or 4 do
+      local m = q:recv(10)
+      T.eq(m.r * 10 + m.i, r * 10 + i)
+      T.ok(m.s == (i == 5 and string.rep("B", 80000) or body(r, i)), "message " .. r .. "." .. i .. " is whole")
+      last = last + 1
+    end
+    if r % 2 == 0 then T.eq(q:len(), 0) ack:send(true) end
+  end
+  p:join()
+  T.eq(last, rounds * 4 + rounds // 10)
+  T.eq(select(2, q:recv(0)), "timeout")
+end)
+
 T.test("capacity bounds what is queued", function()
   local q = conc.queue(2)
   T.eq(q:send(1), true)

@@ -28,8 +28,14 @@
 ** holds is corrupt: the queue is then closed and emptied, never read
 ** past its end. A consumer allocates what it copies into before it takes
 ** a slot, so running out of memory leaves the message queued. Pages the
-** ring no longer needs are given back
-** (MADV_REMOVE), so a long-lived queue keeps little memory. Waiters sleep
+** ring no longer needs are given back (MADV_REMOVE, in batches: each
+** give-back flushes the TLBs of every process mapping the queue), so a
+** long-lived queue keeps little memory; whenever the queue is empty with
+** no slot reserved or taken, position 'base' moves up to the head and the
+** ring starts again at offset 0, whose first pages are never given back,
+** so a queue kept nearly empty writes the same warm pages. Each process
+** maps the pages just ahead of where it writes or reads in one call
+** (MADV_POPULATE_WRITE) instead of one fault per page. Waiters sleep
 ** on shared sequence words (futexes); select polls an eventfd doorbell,
 ** rung by producers while a select waits. 'unfinished' counts the values
 ** sent and not yet marked done (task_done, join): a value dropped with a
@@ -49,6 +55,9 @@
 #define PAGE 4096u
 #define SLOT_ALIGN 32u
 #define HOT (1u << 20)          /* ring kept reserved ahead of the head */
+/* freed pages are given back in batches this big: each give-back makes
+** the kernel flush the TLBs of every process mapping the queue */
+#define PUNCH_BATCH (256u * PAGE)
 
 enum { S_RESERVED = 1, S_READY, S_TAKEN, S_FREE };
 
@@ -71,6 +80,10 @@ typedef struct qhdr {
   int64_t cap;                             /* -1: unbounded */
   uint64_t ringsz;
   uint64_t punched;                        /* pages below: given back */
+  /* position base is at ring offset 0: moved up to the head whenever the
+  ** queue is empty with nothing reserved (rebase), so that a queue kept
+  ** nearly empty writes the same few pages again and again */
+  uint64_t base;
   _Atomic uint32_t spin;                   /* conc_spin's budget */
   /* task_done and join: values sent and not yet marked done; joiners
   ** sleep on joinseq */
@@ -92,6 +105,11 @@ static void qundone(qhdr *h, int64_t n) {
 typedef struct queue {
   shmobj so;
   int efd;                      /* the doorbell, inherited by fork */
+  /* this process's page tables map the ring up to these positions, for
+  ** sending and for receiving (ring_ahead); fpid: the process they are
+  ** of (a forked child starts again from 0) */
+  _Atomic uint64_t wfront, rfront;
+  _Atomic uint32_t fpid;
 } queue;
 
 #define RING(h) ((char *)(h) + PAGE)
@@ -100,13 +118,19 @@ static uint64_t slot_size(uint64_t len) {
   return (sizeof(qslot) + len + SLOT_ALIGN - 1) & ~(uint64_t)(SLOT_ALIGN - 1);
 }
 
+/* The ring offset of a position. The base moves only while no slot is
+** reserved or taken, so a position a thread holds keeps its offset. */
+static uint64_t off_of(const qhdr *h, uint64_t pos) {
+  return (pos - h->base) % h->ringsz;
+}
+
 static qslot *slot_at(qhdr *h, uint64_t pos) {
-  return (qslot *)(void *)(RING(h) + pos % h->ringsz);
+  return (qslot *)(void *)(RING(h) + off_of(h, pos));
 }
 
 /* Copies between a private buffer and the ring at pos, wrapping. */
 static void ring_put(qhdr *h, uint64_t pos, const char *p, size_t n) {
-  uint64_t off = pos % h->ringsz, first = h->ringsz - off;
+  uint64_t off = off_of(h, pos), first = h->ringsz - off;
   if (first >= n) {
     memcpy(RING(h) + off, p, n);
   } else {
@@ -116,7 +140,7 @@ static void ring_put(qhdr *h, uint64_t pos, const char *p, size_t n) {
 }
 
 static void ring_get(qhdr *h, uint64_t pos, char *p, size_t n) {
-  uint64_t off = pos % h->ringsz, first = h->ringsz - off;
+  uint64_t off = off_of(h, pos), first = h->ringsz - off;
   if (first >= n) {
     memcpy(p, RING(h) + off, n);
   } else {
@@ -125,14 +149,61 @@ static void ring_get(qhdr *h, uint64_t pos, char *p, size_t n) {
   }
 }
 
-/* Gives back the pages of positions [from, to) of the ring. */
+/* Gives back the pages of positions [from, to) of the ring, but for the
+** first KEEP bytes of the ring, where a rebased queue writes again. */
+#define KEEP (64u * PAGE)
+
 static void ring_punch(qhdr *h, uint64_t from, uint64_t to) {
-  from = (from + PAGE - 1) & ~(uint64_t)(PAGE - 1);
-  to &= ~(uint64_t)(PAGE - 1);
+  if (from < h->base) from = h->base;
+  from = h->base + ((from - h->base + PAGE - 1) & ~(uint64_t)(PAGE - 1));
+  to = h->base + ((to - h->base) & ~(uint64_t)(PAGE - 1));
   while (from < to) {
-    uint64_t off = from % h->ringsz, n = to - from;
+    uint64_t off = off_of(h, from), n = to - from;
     if (n > h->ringsz - off) n = h->ringsz - off;
-    madvise(RING(h) + off, (size_t)n, MADV_REMOVE);
+    if (off + n > KEEP) {
+      uint64_t skip = off < KEEP ? KEEP - off : 0;
+      madvise(RING(h) + off + skip, (size_t)(n - skip), MADV_REMOVE);
+    }
+    from += n;
+  }
+}
+
+/* Before this process touches the ring at positions [pos, end): maps the
+** pages from there to AHEAD past end in one call, where touching them
+** would fault once per page. On a VM a fault costs microseconds, and
+** with 1 KiB messages each process would take one every four messages
+** (the ring is 1 GiB of positions; pages behind the head are given
+** back, so each page is new when written). MADV_POPULATE_WRITE (Linux
+** 5.14) changes no byte; without it the pages fault in as before. */
+#define AHEAD (64u * 1024u)
+
+static _Atomic int populate_off;
+
+static void ring_ahead(queue *q, _Atomic uint64_t *front, uint64_t pos,
+                       uint64_t end) {
+  qhdr *h = q->so.shm;
+  uint32_t me = (uint32_t)conc_getpid();
+  uint64_t from, to, f;
+  if (atomic_load_explicit(&populate_off, memory_order_relaxed)) return;
+  if (atomic_load(&q->fpid) != me) {      /* first use in this process */
+    atomic_store(&q->wfront, 0);
+    atomic_store(&q->rfront, 0);
+    atomic_store(&q->fpid, me);
+  }
+  f = atomic_load(front);
+  if (end <= f) return;
+  from = (pos > f ? pos : f) & ~(uint64_t)(PAGE - 1);
+  to = (end + AHEAD + PAGE - 1) & ~(uint64_t)(PAGE - 1);
+  if (to - from > h->ringsz) to = from + h->ringsz;
+  atomic_store(front, to);                /* racing threads: both map */
+  while (from < to) {
+    uint64_t off = off_of(h, from) & ~(uint64_t)(PAGE - 1), n = to - from;
+    if (n > h->ringsz - off) n = h->ringsz - off;
+    if (madvise(RING(h) + off, (size_t)n, MADV_POPULATE_WRITE) != 0 &&
+        (errno == EINVAL || errno == ENOSYS)) {
+      atomic_store(&populate_off, 1);     /* an older kernel */
+      return;
+    }
     from += n;
   }
 }
@@ -172,9 +243,16 @@ static void advance_head(qhdr *h) {
     ** qfinish for a big message) */
     uint64_t from = h->punched;
     if (h->head >= HOT && from < h->head - HOT) from = h->head - HOT;
-    if (h->head - from >= 16 * PAGE) {
+    int empty = h->head == h->rnext && h->head == atomic_load(&h->tail);
+    if (h->head - from >= PUNCH_BATCH || (empty && h->head - h->base > KEEP)) {
       ring_punch(h, from, h->head);
-      h->punched = h->head & ~(uint64_t)(PAGE - 1);
+      h->punched = h->head;
+    }
+    if (empty && h->head != h->base) {
+      /* nothing reserved or taken: start again at offset 0 (punched
+      ** first: a punch never looks below the base) */
+      h->punched = h->head;
+      h->base = h->head;
     }
     conc_bump(&h->spaceseq, &h->spacenwait, INT32_MAX);
   }
@@ -351,6 +429,7 @@ static int qput(lua_State *L, queue *q, cstate *cs, const char *p, size_t n,
   atomic_store(&h->tail, pos + need);
   atomic_fetch_add(&h->count, 1);
   conc_slock_unlock(&h->lock);
+  ring_ahead(q, &q->wfront, pos, pos + need);
   ring_put(h, pos + sizeof(qslot), p, n);
   atomic_store_explicit(&s->state, S_READY, memory_order_release);
   conc_bump(&h->dataseq, &h->datanwait, 1);
@@ -432,9 +511,11 @@ static int qtake_locked(qhdr *h, uint64_t *pos, msg **m) {
 }
 
 /* Copies the taken slot at pos out into m, and frees the slot. */
-static void qfinish(qhdr *h, uint64_t pos, msg *m) {
+static void qfinish(queue *q, uint64_t pos, msg *m) {
+  qhdr *h = q->so.shm;
   qslot *s = slot_at(h, pos);
   size_t n = (size_t)s->len;
+  ring_ahead(q, &q->rfront, pos, pos + slot_size(n));
   ring_get(h, pos + sizeof(qslot), m->inl, n);
   if (n >= 16 * PAGE)         /* a big payload: give its pages back now */
     ring_punch(h, pos + sizeof(qslot), pos + sizeof(qslot) + n);
@@ -456,7 +537,9 @@ static int queue_moved(void *arg) {
 
 /* Gets a message, waiting until the deadline: Q_GOT (*m), Q_EMPTY at the
 ** deadline, Q_CLOSED; raises a stop request or a corrupt queue. */
-static int qget(lua_State *L, qhdr *h, cstate *cs, const deadline *d, msg **m) {
+static int qget(lua_State *L, queue *q, cstate *cs, const deadline *d,
+                msg **m) {
+  qhdr *h = q->so.shm;
   const char *why = NULL;
   uint64_t pos;
   int r, spun = 0;
@@ -490,7 +573,7 @@ static int qget(lua_State *L, qhdr *h, cstate *cs, const deadline *d, msg **m) {
   if (r == Q_CORRUPT) luaL_error(L, "corrupt message on queue");
   if (r == Q_NOMEM) conc_nomem(L);          /* the message stays queued */
   if (r != Q_GOT) return r;
-  qfinish(h, pos, *m);
+  qfinish(q, pos, *m);
   return Q_GOT;
 }
 
@@ -505,7 +588,7 @@ static int queue_recv_d(lua_State *L, double t) {
   msg *m = NULL;
   int r;
   conc_deadline_in(&d, t);
-  r = qget(L, q->so.shm, cs, &d, &m);
+  r = qget(L, q, cs, &d, &m);
   if (r == Q_GOT) return push_msg(L, cs, m);
   lua_pushnil(L);
   lua_pushstring(L, r == Q_CLOSED ? "closed" : "timeout");
@@ -634,7 +717,7 @@ static int queue_sel_try(cobj *o, selnode *n) {
     }
     qnext_locked(h, &pos, 1);        /* the same slot: the lock was held */
     conc_slock_unlock(&h->lock);
-    qfinish(h, pos, m);
+    qfinish(q, pos, m);
     n->m = m;
     n->result = SEL_VALUE;
     return 1;
