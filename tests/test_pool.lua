@@ -63,6 +63,20 @@ for _, kind in ipairs({"threads", "processes"}) do
     p:close()
   end)
 
+  T.test(kind .. ": a map whose ranges all fail leaves the pool able to close", function()
+    -- each worker's range fails: the second failure reaches a map already
+    -- dropped, which must still be seen to be over, or close waits for it
+    for round = 1, 5 do
+      local p = pool[kind](2)
+      T.raises("bad", p.map, p, function() error("bad", 0) end, {1, 2})
+      T.raises("bad", p.starmap, p, function() error("bad", 0) end, {{1}, {2}, {3}, {4}})
+      T.raises("bad", p.map, p, function() conc.sleep(0.01) error("bad", 0) end, {1, 2, 3, 4, 5, 6})
+      local closer = spawn_thread(function(q) q:close() end, p)
+      T.ok(closer:wait(10), "close returns (round " .. round .. ")")
+      closer:join()
+    end
+  end)
+
   T.test(kind .. ": submit, futures, result, done, wait", function()
     local p = pool[kind](2)
     local f = p:submit(function(a, b) return a + b, nil, "three" end, 1, 2)

@@ -396,8 +396,10 @@ end
 
 -- The map is dropped (failed, or its submitter gave up): what was not
 -- sent never will be; if 'packed' (an error value), its reply says so.
+-- Dropped already (a second range failed, or the submitter's drop came
+-- after a failure), it may be over now.
 local function map_drop(P, m, packed)
-  if m.dropped then return end
+  if m.dropped then return map_check(P, m) end
   m.dropped = true
   if packed then m.reply:send({err = packed}) end
   unlist(P, m)
@@ -1018,8 +1020,9 @@ local function map_finish(M, ok, err, level)
   end
 end
 
-function Pool:map(fn, list, opts)
-  local M = map_begin(self, "map", fn, list, opts, CALLER + 1)
+-- Gathers the results of a map begun (M) into a list, in order; called by
+-- map and starmap, whose caller is CALLER + 1 from here.
+local function map_gather(M)
   local out = {n = M.n}
   if M.n == 0 then return out end
   local ok, err = pcall(function()
@@ -1028,8 +1031,13 @@ function Pool:map(fn, list, opts)
       table.move(vals, 1, count, first, out)
     end
   end)
-  map_finish(M, ok, err, CALLER)
+  map_finish(M, ok, err, CALLER + 1)
   return out
+end
+
+function Pool:map(fn, list, opts)
+  local M = map_begin(self, "map", fn, list, opts, CALLER + 1)
+  return (map_gather(M))
 end
 
 -- starmap: map with fn(table.unpack(args)) for each list of arguments.
@@ -1044,16 +1052,7 @@ function Pool:starmap(fn, list, opts)
   end
   local call = function(args) return (fn(table.unpack(args, 1, args.n or #args))) end
   local M = map_begin(self, "starmap", call, list, opts, CALLER + 1)
-  local out = {n = M.n}
-  if M.n == 0 then return out end
-  local ok, err = pcall(function()
-    while M.done < M.n do
-      local first, count, vals = map_next(M)
-      table.move(vals, 1, count, first, out)
-    end
-  end)
-  map_finish(M, ok, err, CALLER)
-  return out
+  return (map_gather(M))
 end
 
 -- imap and imap_unordered: an iterator of i, result (and a closing value
