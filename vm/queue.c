@@ -56,8 +56,11 @@
 #define SLOT_ALIGN 32u
 #define HOT (1u << 20)          /* ring kept reserved ahead of the head */
 /* freed pages are given back in batches this big: each give-back makes
-** the kernel flush the TLBs of every process mapping the queue */
-#define PUNCH_BATCH (256u * PAGE)
+** the kernel flush the TLBs of every process mapping the queue. Below HOT:
+** a punch looks back at most HOT (advance_head), so a batch of HOT or more
+** would skip the pages between the last punch and head - HOT for ever */
+#define PUNCH_BATCH (128u * PAGE)
+_Static_assert(PUNCH_BATCH <= HOT / 2, "a punch batch must fit well in HOT");
 
 enum { S_RESERVED = 1, S_READY, S_TAKEN, S_FREE };
 
@@ -246,7 +249,8 @@ static void advance_head(qhdr *h) {
     int empty = h->head == h->rnext && h->head == atomic_load(&h->tail);
     if (h->head - from >= PUNCH_BATCH || (empty && h->head - h->base > KEEP)) {
       ring_punch(h, from, h->head);
-      h->punched = h->head;
+      /* the page of the head is in use still: the next punch takes it */
+      h->punched = h->base + ((h->head - h->base) & ~(uint64_t)(PAGE - 1));
     }
     if (empty && h->head != h->base) {
       /* nothing reserved or taken: start again at offset 0 (punched

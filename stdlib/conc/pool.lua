@@ -1021,7 +1021,8 @@ local function map_finish(M, ok, err, level)
 end
 
 -- Gathers the results of a map begun (M) into a list, in order; called by
--- map and starmap, whose caller is CALLER + 1 from here.
+-- map and starmap, whose caller is CALLER + 1 from here (they call it in
+-- parentheses, which is not a tail call, so that frame stays counted).
 local function map_gather(M)
   local out = {n = M.n}
   if M.n == 0 then return out end
