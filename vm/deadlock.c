@@ -48,7 +48,7 @@ static void nap(long ns) {
 ** not woken since). With c alive. */
 static int still(cstate *c, _Atomic uint32_t *word, uint32_t val) {
   int same;
-  if (!atomic_load(&c->stuck) || atomic_load(&c->sleep_word) != word ||
+  if (word == NULL || !atomic_load(&c->stuck) || atomic_load(&c->sleep_word) != word ||
       atomic_load(&c->sleep_val) != val)
     return 0;
   if (word == &c->park.seq) return atomic_load(word) == val;
@@ -72,6 +72,7 @@ static int snapshot(rt *r, cstate *main, sleeper *v, int cap, int *n) {
   pthread_mutex_lock(&r->mu);
   for (worker *w = r->head; w && res == 1; w = w->next) {
     cstate *c;
+    _Atomic uint32_t *word;
     if (w->owner != conc_getpid()) continue;
     pthread_mutex_lock(&w->mu);
     if (w->status == W_RUNNING) {
@@ -81,15 +82,16 @@ static int snapshot(rt *r, cstate *main, sleeper *v, int cap, int *n) {
         res = 0;                         /* starting, or ending */
       } else if (!atomic_load(&c->stuck)) {
         res = -1;
-      } else if (atomic_load(&c->sleep_word) == NULL) {
-        res = 0;                         /* not asleep yet */
+      } else if ((word = atomic_load(&c->sleep_word)) == NULL) {
+        res = 0;                         /* not asleep yet, or woken */
       } else if (k == cap) {
         res = -1;
       } else {
+        /* one read of the word: the state may wake (and clear it) now */
         v[k].w = w;
         v[k].val = atomic_load(&c->sleep_val);
-        v[k].word = atomic_load(&c->sleep_word);
-        if (!still(c, v[k].word, v[k].val)) res = 0;
+        v[k].word = word;
+        if (!still(c, word, v[k].val)) res = 0;
         k++;
       }
     }
