@@ -127,6 +127,35 @@ for _, kind in ipairs({"threads", "processes"}) do
     p:close()                               -- twice is fine
   end)
 
+  -- a thread pool's submits go straight to its workers: from many threads
+  -- at once, with cancels and a close racing them, every future settles
+  T.test(kind .. ": submitters in several threads, cancels, then close", function()
+    local p = pool[kind](2)
+    local function submitter(p, t)
+      local fs, cancelled = {}, 0
+      for i = 1, 200 do
+        fs[i] = p:submit(function(a, b) return a * 1000 + b end, t, i)
+        if i % 7 == 0 and fs[i]:cancel() then cancelled = cancelled + 1 end
+      end
+      for i = 1, 200 do
+        if fs[i]:cancelled() then
+          assert(not pcall(fs[i].result, fs[i]))
+        else
+          assert(fs[i]:result() == t * 1000 + i, "wrong result")
+        end
+      end
+      return cancelled
+    end
+    local ts = {}
+    for t = 1, 4 do ts[t] = spawn_thread(submitter, p, t) end
+    local late = {}
+    for i = 1, 50 do late[i] = p:submit(function(x) return -x end, i) end
+    for t = 1, 4 do T.ok(ts[t]:join() >= 0) end
+    p:close()
+    for i = 1, 50 do T.eq(late[i]:result(), -i) end
+    T.raises("pool is closed", p.submit, p, print)
+  end)
+
   T.test(kind .. ": terminate stops now; pending work fails", function()
     local p = pool[kind](2)
     local fs = {}
