@@ -41,7 +41,6 @@ typedef struct pool {
   char *kind, *name;
   _Atomic int state;           /* P_*; only ever grows */
   cobj *requests;              /* the manager's channel */
-  cobj *calls;                 /* a thread pool's calls, to its workers */
   cobj *lifeline;              /* a future: settled when the pool goes */
   cobj *manager;               /* the manager's thread; under pools_mu */
   int exiting;                 /* pool_exit took it; under pools_mu */
@@ -72,7 +71,6 @@ static void pool_destroy(cobj *o) {
   conc_future_settle(p->lifeline, 1, NULL);  /* nobody can submit any more */
   conc_obj_release(p->lifeline);
   conc_obj_release(p->requests);
-  conc_obj_release(p->calls);
   conc_obj_release(p->manager);
   conc_rt_release(p->rt);
   free(p->kind);
@@ -84,9 +82,7 @@ static pool *check_pool(lua_State *L, int arg) {
   return (pool *)conc_obj_check(L, arg, K_POOL);
 }
 
-/* kit.pool(kind, n, name, requests, lifeline [, calls]) -> a new open
-** pool. calls: the channel its submitters hand calls to, straight to the
-** workers (thread pools), served newest receiver first. */
+/* kit.pool(kind, n, name, requests, lifeline) -> a new open pool. */
 static int pool_new(lua_State *L) {
   cstate *cs = conc_cs(L);
   const char *kind = luaL_checkstring(L, 1);
@@ -94,7 +90,6 @@ static int pool_new(lua_State *L) {
   const char *name = luaL_optstring(L, 3, NULL);
   cobj *requests = conc_obj_check(L, 4, K_CHANNEL);
   cobj *lifeline = conc_obj_check(L, 5, K_FUTURE);
-  cobj *calls = lua_isnoneornil(L, 6) ? NULL : conc_obj_check(L, 6, K_CHANNEL);
   static _Atomic int64_t next = 1;
   pool *p = calloc(1, sizeof *p);
   if (p == NULL || (p->kind = strdup(kind)) == NULL ||
@@ -112,10 +107,6 @@ static int pool_new(lua_State *L) {
   conc_obj_retain(requests);
   p->lifeline = lifeline;
   conc_obj_retain(lifeline);
-  if ((p->calls = calls) != NULL) {
-    conc_chan_lifo(calls);
-    conc_obj_retain(calls);
-  }
   p->rt = cs->rt;
   conc_rt_retain(p->rt);
   pthread_mutex_lock(&pools_mu);
@@ -156,15 +147,11 @@ static int pool_manager(lua_State *L) {
   return 1;
 }
 
-/* kit.requests(p) -> the manager's channel, and the channel of calls
-** (or nil). */
+/* kit.requests(p) -> the manager's channel. */
 static int pool_requests(lua_State *L) {
   pool *p = check_pool(L, 1);
-  cstate *cs = conc_cs(L);
-  conc_obj_push(L, cs, p->requests);
-  if (p->calls == NULL) return 1;
-  conc_obj_push(L, cs, p->calls);
-  return 2;
+  conc_obj_push(L, conc_cs(L), p->requests);
+  return 1;
 }
 
 /* kit.mark(p, state) -> the state before, and whether it changed: a pool is
