@@ -127,8 +127,8 @@ for _, kind in ipairs({"threads", "processes"}) do
     p:close()                               -- twice is fine
   end)
 
-  -- a thread pool's submits go straight to its workers: from many threads
-  -- at once, with cancels and a close racing them, every future settles
+  -- submits from many threads at once, with cancels and a close racing
+  -- them: every future settles, each with its own call's result
   T.test(kind .. ": submitters in several threads, cancels, then close", function()
     local p = pool[kind](2)
     local function submitter(p, t)

@@ -45,10 +45,10 @@ static void nap(long ns) {
 }
 
 /* Whether c still sleeps where it said, on the value it said (and so was
-** not woken since). With c alive. */
+** not woken since). With c alive; word not NULL. */
 static int still(cstate *c, _Atomic uint32_t *word, uint32_t val) {
   int same;
-  if (word == NULL || !atomic_load(&c->stuck) || atomic_load(&c->sleep_word) != word ||
+  if (!atomic_load(&c->stuck) || atomic_load(&c->sleep_word) != word ||
       atomic_load(&c->sleep_val) != val)
     return 0;
   if (word == &c->park.seq) return atomic_load(word) == val;
