@@ -9,7 +9,8 @@
 ** it was. A sender first hands its message straight to the oldest waiting
 ** receiver (claiming that receiver's selwait: a receiver in a select may
 ** have been served by another item already, and is then skipped); only if
-** there is none does the message go into the ring. Capacity 0 makes a
+** there is none does the message go into the ring (a pool's channel of
+** calls serves its newest receiver instead: conc_chan_lifo). Capacity 0 makes a
 ** rendezvous channel: every send waits until a receiver takes the value.
 ** close() wakes every waiter; what is buffered can still be received, then
 ** recv gives nil, "closed". Every wait is a cancellation point and is
@@ -38,6 +39,7 @@ typedef struct chan {
   cobj obj;
   objlink link;
   _Atomic uint32_t spin;        /* conc_spin's budget */
+  int lifo;                    /* receivers newest first (conc_chan_lifo) */
   int64_t unfinished;          /* sent, not marked done (under mu) */
   selnode *joinq;              /* join's waiters (under mu) */
   /* everything a send or a recv touches but the slot, on one cache line:
@@ -96,6 +98,15 @@ int conc_chan_new(lua_State *L) {
 
 static chan *check_chan(lua_State *L) {
   return (chan *)conc_obj_check(L, 1, K_CHANNEL);
+}
+
+static void enlist_receiver(chan *c, selnode *n) {
+  if (c->lifo) conc_selq_push_front(&c->recvq, n);
+  else conc_selq_push(&c->recvq, n);
+}
+
+void conc_chan_lifo(cobj *o) {
+  ((chan *)o)->lifo = 1;
 }
 
 /* Whether the ring has room for one more message; grows it if needed.
@@ -347,7 +358,7 @@ static int chan_recv_d(lua_State *L, cstate *cs, chan *c, double t) {
     return 2;
   }
   conc_waiter_init(&sw, &n, &cs->park);
-  conc_selq_push(&c->recvq, &n);
+  enlist_receiver(c, &n);
   conc_cmutex_unlock(&c->mu);
   conc_deadline_in(&d, t);
   conc_cs_waiting_obj(cs, "recv", &c->obj);
@@ -563,7 +574,7 @@ static int chan_sel_try(cobj *o, selnode *n) {
   if (atomic_load_explicit(&c->closed, memory_order_relaxed))
     n->result = SEL_CLOSED;
   else
-    conc_selq_push(&c->recvq, n);
+    enlist_receiver(c, n);
   conc_cmutex_unlock(&c->mu);
   return 0;
 }

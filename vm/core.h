@@ -448,6 +448,8 @@ int conc_sel_claim(selwait *sw, int index);
 ** node's fields (n->m...) only before. */
 void conc_sel_deliver(selnode *n, int result);
 void conc_selq_push(struct selnode **head, selnode *n);
+/* Newest first: the waiter that came last is served first. */
+void conc_selq_push_front(struct selnode **head, selnode *n);
 void conc_selq_remove(struct selnode **head, selnode *n);
 /* Claims and wakes every node of q with 'result' (SEL_DONE, SEL_SELF),
 ** under the lock that guards q. */

@@ -49,6 +49,10 @@ cobj *conc_chan_make(void);
 int conc_chan_put(cobj *o, msg *m);
 void conc_chan_shut(cobj *o);
 size_t conc_chan_count(cobj *o);
+/* Its receivers are served newest first (a pool's workers: the one that
+** just finished, still spinning, takes the next call). Before the channel
+** is shared. */
+void conc_chan_lifo(cobj *o);
 void conc_chan_move(cobj *from, cobj *to);  /* what is queued, in order */
 
 /* ------------------------------------------------------------ mpiapi.c */

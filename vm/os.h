@@ -85,6 +85,7 @@ typedef struct parker {
   _Atomic int polling;      /* the owner sleeps in conc_park_poll */
   _Atomic int wakers;       /* conc_sel_deliver calls still touching it */
   _Atomic int sleeping;     /* the owner is in (or entering) conc_futex_wait */
+  uint32_t spin_ns;         /* how long the owner spins before it sleeps */
 } parker;
 
 /* Spins (adaptively, and only with two CPUs or more) until ready(arg);

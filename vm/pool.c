@@ -41,6 +41,7 @@ typedef struct pool {
   char *kind, *name;
   _Atomic int state;           /* P_*; only ever grows */
   cobj *requests;              /* the manager's channel */
+  cobj *calls;                 /* a thread pool's calls, to its workers */
   cobj *lifeline;              /* a future: settled when the pool goes */
   cobj *manager;               /* the manager's thread; under pools_mu */
   int exiting;                 /* pool_exit took it; under pools_mu */
@@ -71,6 +72,7 @@ static void pool_destroy(cobj *o) {
   conc_future_settle(p->lifeline, 1, NULL);  /* nobody can submit any more */
   conc_obj_release(p->lifeline);
   conc_obj_release(p->requests);
+  conc_obj_release(p->calls);
   conc_obj_release(p->manager);
   conc_rt_release(p->rt);
   free(p->kind);
@@ -82,7 +84,9 @@ static pool *check_pool(lua_State *L, int arg) {
   return (pool *)conc_obj_check(L, arg, K_POOL);
 }
 
-/* kit.pool(kind, n, name, requests, lifeline) -> a new open pool. */
+/* kit.pool(kind, n, name, requests, lifeline [, calls]) -> a new open
+** pool. calls: the channel its submitters hand calls to, straight to the
+** workers (thread pools), served newest receiver first. */
 static int pool_new(lua_State *L) {
   cstate *cs = conc_cs(L);
   const char *kind = luaL_checkstring(L, 1);
@@ -90,6 +94,7 @@ static int pool_new(lua_State *L) {
   const char *name = luaL_optstring(L, 3, NULL);
   cobj *requests = conc_obj_check(L, 4, K_CHANNEL);
   cobj *lifeline = conc_obj_check(L, 5, K_FUTURE);
+  cobj *calls = lua_isnoneornil(L, 6) ? NULL : conc_obj_check(L, 6, K_CHANNEL);
   static _Atomic int64_t next = 1;
   pool *p = calloc(1, sizeof *p);
   if (p == NULL || (p->kind = strdup(kind)) == NULL ||
@@ -107,6 +112,10 @@ static int pool_new(lua_State *L) {
   conc_obj_retain(requests);
   p->lifeline = lifeline;
   conc_obj_retain(lifeline);
+  if ((p->calls = calls) != NULL) {
+    conc_chan_lifo(calls);
+    conc_obj_retain(calls);
+  }
   p->rt = cs->rt;
   conc_rt_retain(p->rt);
   pthread_mutex_lock(&pools_mu);
@@ -147,11 +156,15 @@ static int pool_manager(lua_State *L) {
   return 1;
 }
 
-/* kit.requests(p) -> the manager's channel. */
+/* kit.requests(p) -> the manager's channel, and the channel of calls
+** (or nil). */
 static int pool_requests(lua_State *L) {
   pool *p = check_pool(L, 1);
-  conc_obj_push(L, conc_cs(L), p->requests);
-  return 1;
+  cstate *cs = conc_cs(L);
+  conc_obj_push(L, cs, p->requests);
+  if (p->calls == NULL) return 1;
+  conc_obj_push(L, cs, p->calls);
+  return 2;
 }
 
 /* kit.mark(p, state) -> the state before, and whether it changed: a pool is
@@ -316,13 +329,35 @@ static int pool_kstate(lua_State *L) {
   return 1;
 }
 
+/* kit.take(guard, calls, list [, timeout]) -> what conc.select(list,
+** timeout) gives. A call it takes from calls (a {f, p} from a submitter)
+** is the worker's in the same C step: guard.f is its future before any
+** Lua instruction or hook runs, so that a cancel (terminate) arriving
+** next fails the future in guard's __close instead of losing it. */
+static int pool_take(lua_State *L) {
+  int n;
+  luaL_checktype(L, 1, LUA_TTABLE);
+  lua_settop(L, 4);
+  lua_rotate(L, 1, 2);                  /* list, timeout, guard, calls */
+  n = conc_select(L);                   /* the same upvalue: our cstate */
+  if (n >= 2 && lua_rawequal(L, -n, 4) && lua_type(L, -n + 1) == LUA_TTABLE) {
+    lua_pushliteral(L, "f");
+    lua_rawget(L, -n);                  /* the message, one slot lower now */
+    lua_pushliteral(L, "f");
+    lua_insert(L, -2);
+    lua_rawset(L, 3);
+  }
+  return n;
+}
+
 /* conc._poolkit() -> the functions conc.pool is built on. */
 int conc_pool_kit(lua_State *L) {
   static const luaL_Reg kit[] = {
       {"pool", pool_new},          {"state", pool_kstate},
       {"mark", pool_mark},         {"requests", pool_requests},
       {"manager", pool_manager},   {"setmanager", pool_setmanager},
-      {"register", pool_register}, {NULL, NULL}};
+      {"register", pool_register}, {"take", pool_take},
+      {NULL, NULL}};
   cstate *cs = conc_cs(L);
   lua_createtable(L, 0, 8);
   conc_cs_setfuncs(L, cs, kit);

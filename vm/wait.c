@@ -96,12 +96,39 @@ void conc_futex_wake(_Atomic uint32_t *w, int n, int shared) {
   errno = saved;
 }
 
+/* How many CPUs this process may run on: with one, spinning only delays
+** the thread it waits for. */
+static int usable_cpus(void) {
+  static _Atomic int n;
+  int v = atomic_load_explicit(&n, memory_order_relaxed);
+  if (v == 0) {
+    cpu_set_t set;
+    v = sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set) : 1;
+    if (v < 1) v = 1;
+    atomic_store_explicit(&n, v, memory_order_relaxed);
+  }
+  return v;
+}
+
+static void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#endif
+}
+
+/* A parker's spin before it sleeps, in nanoseconds: a wake-up from sleep
+** costs tens of microseconds on a VM (the other vCPU halted), far more
+** than spinning through a short wait. */
+#define PARK_SPIN_MIN 2000
+#define PARK_SPIN_MAX 60000
+
 void conc_park_init(parker *p) {
   atomic_init(&p->seq, 0);
   atomic_init(&p->efd, -1);
   atomic_init(&p->polling, 0);
   atomic_init(&p->wakers, 0);
   atomic_init(&p->sleeping, 0);
+  p->spin_ns = PARK_SPIN_MIN;
 }
 
 /* A waker may still be inside conc_park_wake after its waiter saw the news
@@ -117,8 +144,45 @@ uint32_t conc_park_seq(parker *p) {
   return atomic_load(&p->seq);
 }
 
+static int64_t mono_ns(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
+}
+
+/* Spins until seq moves from 'seen' or p->spin_ns pass (not past the
+** deadline): 1 if it moved. */
+static int park_spin(parker *p, uint32_t seen, const deadline *d, int64_t t0) {
+  int64_t end = t0 + p->spin_ns;
+  if (d && !d->forever) {
+    int64_t at = (int64_t)d->at.tv_sec * 1000000000 + d->at.tv_nsec;
+    if (at < end) end = at;
+  }
+  for (;;) {
+    for (int i = 0; i < 8; i++) {
+      if (atomic_load_explicit(&p->seq, memory_order_acquire) != seen) return 1;
+      for (int k = 0; k < 8; k++) cpu_relax();
+    }
+    if (mono_ns() >= end) return 0;
+  }
+}
+
+/* The owner's spin learns from its waits: one that a spin ended, or that
+** a wake-up ended soon after the spin gave up, makes the next spin long
+** enough to cover it (up to PARK_SPIN_MAX); a longer one, or a timeout,
+** halves it. Only the owner reads and writes spin_ns. */
 int conc_park_sleep(parker *p, uint32_t seen, const deadline *d) {
   int r;
+  int64_t t0 = 0;
+  if (usable_cpus() > 1) {
+    t0 = mono_ns();
+    if (park_spin(p, seen, d, t0)) {
+      int64_t took = mono_ns() - t0;
+      if (2 * took > p->spin_ns)
+        p->spin_ns = (uint32_t)(2 * took < PARK_SPIN_MAX ? 2 * took : PARK_SPIN_MAX);
+      return 0;
+    }
+  }
   /* say we sleep before the last look at seq: a waker that bumps seq
   ** after our look sees the flag and makes the system call */
   atomic_store(&p->sleeping, 1);
@@ -128,7 +192,17 @@ int conc_park_sleep(parker *p, uint32_t seen, const deadline *d) {
   }
   r = conc_futex_wait(&p->seq, seen, d, 0);
   atomic_store(&p->sleeping, 0);
-  if (r == ETIMEDOUT && atomic_load(&p->seq) == seen) return ETIMEDOUT;
+  if (r == ETIMEDOUT && atomic_load(&p->seq) == seen) {
+    if (t0) p->spin_ns = p->spin_ns / 2 > PARK_SPIN_MIN ? p->spin_ns / 2 : PARK_SPIN_MIN;
+    return ETIMEDOUT;
+  }
+  if (t0) {
+    int64_t took = mono_ns() - t0;
+    if (took < PARK_SPIN_MAX)
+      p->spin_ns = (uint32_t)(took + took / 2 < PARK_SPIN_MAX ? took + took / 2 : PARK_SPIN_MAX);
+    else
+      p->spin_ns = p->spin_ns / 2 > PARK_SPIN_MIN ? p->spin_ns / 2 : PARK_SPIN_MIN;
+  }
   return 0;  /* woken, changed already (EAGAIN) or a signal: re-test */
 }
 
@@ -192,26 +266,6 @@ void conc_mutex_init(pthread_mutex_t *mu) {
 }
 
 /* ------------------------------------------------------------ spinning */
-
-/* How many CPUs this process may run on: with one, spinning only delays
-** the thread it waits for. */
-static int usable_cpus(void) {
-  static _Atomic int n;
-  int v = atomic_load_explicit(&n, memory_order_relaxed);
-  if (v == 0) {
-    cpu_set_t set;
-    v = sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set) : 1;
-    if (v < 1) v = 1;
-    atomic_store_explicit(&n, v, memory_order_relaxed);
-  }
-  return v;
-}
-
-static void cpu_relax(void) {
-#if defined(__x86_64__) || defined(__i386__)
-  __builtin_ia32_pause();
-#endif
-}
 
 #define SPIN_MIN 64
 #define SPIN_MAX 16384

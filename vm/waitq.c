@@ -76,6 +76,14 @@ void conc_selq_push(selnode **head, selnode *n) {
   n->linked = 1;
 }
 
+void conc_selq_push_front(selnode **head, selnode *n) {
+  n->next = *head;
+  n->prev = *head ? (*head)->prev : n;
+  if (*head) (*head)->prev = n;
+  *head = n;
+  n->linked = 1;
+}
+
 void conc_selq_remove(selnode **head, selnode *n) {
   if (!n->linked) return;
   if (*head == n) {

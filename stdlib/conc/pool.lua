@@ -84,7 +84,11 @@ local BATCH = 16                -- ranges per message after the first
 -- {wid, id, ok, p = the packed results or error value}. A call may come
 -- with its future f (a thread worker's: one hop less back to whoever
 -- waits): the worker settles it and answers {wid, id, ok, direct}.
-local function worker_loop(inbox, results, wid, name, remote, poolid, cfg)
+-- A thread pool's worker also takes calls {f, p} straight from their
+-- submitters, on the pool's channel of calls: it starts the future,
+-- settles it, and the manager never hears of it; drain (the calls are
+-- closed: take what is left of them) is answered {wid, callsdone}.
+local function worker_loop(inbox, results, wid, name, remote, poolid, cfg, calls)
   cfg = cfg or {}                        -- a rank's worker has no options
   debug.getregistry()["conc.pool worker of"] = poolid
   -- the pool's initializer first: a worker whose initializer fails ends
@@ -117,27 +121,79 @@ local function worker_loop(inbox, results, wid, name, remote, poolid, cfg)
       results:send(a)
     end
   end
+  -- runs a packed call: ok, and its packed results or error
+  local function run(packed)
+    local okd, t = pcall(function() return tpack(unpack(packed)) end)
+    local r = okd and tpack(xpcall(call, traceback, t)) or
+              {false, "the call cannot be received: " .. tostring(t)}
+    if not r[1] then return false, failed(r[2]) end
+    local p, err = pack(remote, "results[%d]", tunpack(r, 2, r.n))
+    if not p then return false, pack(remote, "error", err) end
+    return true, p
+  end
+  -- a task is over: true when this worker has done its share
+  local function counted()
+    tasks = tasks + 1
+    return maxtasks ~= nil and tasks >= maxtasks
+  end
+  -- a call from its submitter. kit.take makes it this worker's (guard.f)
+  -- in the step that takes it; whatever ends the worker before the call
+  -- is settled (a cancel: terminate) fails its future in guard's __close,
+  -- which the unwinding of a cancel runs to its end
+  local guard <close> = setmetatable({}, {__close = function(g, e)
+    local f = g.f
+    g.f = nil
+    if f == nil or f:done() then return end
+    local why = e == "cancelled" and "pool terminated" or
+                "pool worker died: " .. name .. ": " .. tostring(e)
+    kit.settle(f, false, pack(remote, "error", why))
+  end})
+  local function direct(m)
+    if kit.start(m.f) then                 -- else cancelled before it ran
+      local ok, p = run(m.p)
+      conc.sleep(0)             -- a cancel raises here, not in the settle
+      kit.settle(m.f, ok, p)
+    end
+    guard.f = nil
+  end
+  local take = kit.take
+  local sel, drain = calls and {inbox, calls}, calls and {calls}
   while true do
-    local m = inbox:recv()
-    if m == nil or m.op == "stop" then return end
-    local op = m.op
-    if op == "def" then
+    local m
+    if sel then
+      local item, v = take(guard, calls, sel)
+      if item == calls then
+        direct(v)
+        if counted() then return end
+      elseif item == nil then            -- both closed
+        return
+      else
+        m = v
+      end
+    else
+      m = inbox:recv()
+      if m == nil then return end
+    end
+    local op = m and m.op
+    if m == nil then                    -- a call, run above
+    elseif op == "stop" then
+      return
+    elseif op == "drain" then
+      sel = nil
+      while true do
+        local item, v = take(guard, calls, drain, 0)
+        if item ~= calls then break end
+        direct(v)
+        if counted() then return end
+      end
+      answer({wid = wid, callsdone = true})
+    elseif op == "def" then
       local ok, fn = pcall(unpack, m.fn)
       defs[m.k] = ok and fn or function() error(fn, 0) end
     elseif op == "undef" then
       defs[m.k] = nil
     elseif op == "call" then
-      local okd, t = pcall(function() return tpack(unpack(m.p)) end)
-      local r = okd and tpack(xpcall(call, traceback, t)) or
-                {false, "the call cannot be received: " .. tostring(t)}
-      local ok, p = r[1], nil
-      if ok then
-        local err
-        p, err = pack(remote, "results[%d]", tunpack(r, 2, r.n))
-        if not p then ok, p = false, pack(remote, "error", err) end
-      else
-        p = failed(r[2])
-      end
+      local ok, p = run(m.p)
       if m.f then                -- settled here; the manager hears it is done
         -- a worker being cancelled (terminate) raises here instead of
         -- settling with its 'cancelled': the manager says terminated
@@ -147,8 +203,7 @@ local function worker_loop(inbox, results, wid, name, remote, poolid, cfg)
       else
         answer({wid = wid, id = m.id, ok = ok, p = p})
       end
-      tasks = tasks + 1
-      if maxtasks and tasks >= maxtasks then return end   -- replaced now
+      if counted() then return end                 -- replaced now
     else                        -- a range of a map: one value per item
       local fn, vals, err = defs[m.k], {}, nil
       local ok, items = pcall(unpack, m.items)
@@ -180,8 +235,7 @@ local function worker_loop(inbox, results, wid, name, remote, poolid, cfg)
         end
       end
       answer({wid = wid, id = m.id, ok = err == nil, p = p or err})
-      tasks = tasks + 1
-      if maxtasks and tasks >= maxtasks then return end
+      if counted() then return end
     end
   end
 end
@@ -211,7 +265,7 @@ local function local_workers(kind, box, spawn, kill)
       local inbox = box()
       local name = P.prefix .. "-" .. kind .. "-" .. slot
       local h = spawn({name = name, daemon = true}, worker_loop, inbox, P.results,
-                      slot, name, remote, P.id, P.cfg)
+                      slot, name, remote, P.id, P.cfg, P.callsch)
       return {slot = slot, h = h, inbox = inbox, name = name}
     end,
     send = function(w, m) w.inbox:send(m) end,
@@ -351,7 +405,27 @@ local function new_worker(P, slot)
   w.count, w.inflight, w.defs = 0, {}, {}
   P.workers[slot] = w
   P.sel = nil
+  if P.callsshut then pcall(P.T.send, w, {op = "drain"}) end
   return w
+end
+
+-- A thread pool's calls go straight to its workers (P.callsch). Closed
+-- once the pool closes: a submitter then goes through the manager, and
+-- each worker finishes what is left and says so (callsdone).
+local function shut_calls(P)
+  if P.callsch == nil or P.callsshut then return end
+  P.callsshut = true
+  P.callsch:close()
+  for _, w in pairs(P.workers) do pcall(P.T.send, w, {op = "drain"}) end
+end
+
+local function calls_done(P)
+  if P.callsch == nil then return true end
+  if not P.callsshut then return false end
+  for _, w in pairs(P.workers) do
+    if not w.callsdone then return false end
+  end
+  return P.callsch:len() == 0
 end
 
 local function select_list(P)
@@ -481,6 +555,10 @@ end
 -- An answer from a worker.
 local function take(P, a)
   local w = P.workers[a.wid]
+  if a.callsdone then
+    if w then w.callsdone = true end
+    return
+  end
   if w and w.inflight[a.id] then
     w.inflight[a.id] = nil
     w.count = w.count - 1
@@ -526,11 +604,24 @@ local function requeue(P, r)
 end
 
 local function idle(P)
-  return P.calls[P.chead] == nil and next(P.bykey) == nil and next(P.work) == nil
+  return P.calls[P.chead] == nil and next(P.bykey) == nil and next(P.work) == nil and
+         calls_done(P)
+end
+
+-- The calls no worker took fail with e.
+local function refuse_calls(P, e)
+  if P.callsch == nil then return end
+  shut_calls(P)
+  while true do
+    local c = P.callsch:recv(0)
+    if c == nil then return end
+    kit.settle(c.f, false, packed_error(e))
+  end
 end
 
 -- Everything not finished fails with e.
 local function fail_all(P, e)
+  refuse_calls(P, e)
   for id, r in pairs(P.work) do
     P.work[id] = nil
     fail_work(P, r, e)
@@ -619,8 +710,10 @@ local function request(P, r)
     if m then map_drop(P, m) end
   elseif op == "close" then
     P.closing = true
+    shut_calls(P)
   elseif op == "terminate" then
     P.closing, P.terminating = true, true
+    shut_calls(P)
   end
 end
 
@@ -645,6 +738,7 @@ local function run(P)
     elseif item == P.lifeline then
       P.closing = true
       P.sel = nil
+      shut_calls(P)
     else
       for _, w in pairs(P.workers) do
         if w.h == item then
@@ -658,9 +752,9 @@ end
 
 -- The manager's thread: starts the workers, tells 'ready' how that went,
 -- then runs the pool until it is closed, collected or terminated.
-function pool._manage(id, kind, n, requests, lifeline, ready, cfg)
+function pool._manage(id, kind, n, requests, lifeline, ready, cfg, calls)
   local P = {id = id, kind = kind, n = n, T = transports[kind], requests = requests,
-             lifeline = lifeline, prefix = cfg.name or "pool", cfg = cfg,
+             lifeline = lifeline, callsch = calls, prefix = cfg.name or "pool", cfg = cfg,
              workers = {}, calls = {},
              chead = 1, ctail = 0, maps = {}, bykey = {}, work = {},
              nextid = 0, nextk = 0}
@@ -686,6 +780,7 @@ function pool._manage(id, kind, n, requests, lifeline, ready, cfg)
   end
   if P.T.finish then pcall(P.T.finish, P) end
   -- what came in meanwhile, or comes from now on, is refused
+  refuse_calls(P, P.terminating and "pool terminated" or "pool is closed")
   requests:close()
   while true do
     local r = requests:recv(0)
@@ -736,11 +831,12 @@ local function new_pool(kind, n, extra)
     argerror(1, kind, "positive integer expected, got " .. tostring(n), 3)
   end
   local requests, lifeline, ready = conc.channel(), kit.future(), conc.channel()
-  local p = kit.pool(kind, n, cfg.name, requests, lifeline)
+  local calls = transports[kind].direct and conc.channel() or nil
+  local p = kit.pool(kind, n, cfg.name, requests, lifeline, calls)
   local ok, h = pcall(spawn_thread,
                       {name = (cfg.name or "pool-" .. p.id) .. "-manager", daemon = true},
                       function(...) return require("conc.pool")._manage(...) end,
-                      p.id, kind, n, requests, lifeline, ready, cfg)
+                      p.id, kind, n, requests, lifeline, ready, cfg, calls)
   if not ok then
     kit.mark(p, "terminated")
     error(string.format("%s: cannot start the pool: %s", kind, tostring(h)), 3)
@@ -825,8 +921,9 @@ local info_of = setmetatable({}, {__mode = "k"})
 local function info(p)
   local i = info_of[p]
   if i == nil then
-    i = {remote = p.kind == "mpi" and "rank" or p.kind ~= "threads", requests = kit.requests(p),
-         n = p.n}
+    local requests, calls = kit.requests(p)
+    i = {remote = p.kind == "mpi" and "rank" or p.kind ~= "threads", requests = requests,
+         calls = calls, n = p.n}
     info_of[p] = i
   end
   return i
@@ -859,7 +956,12 @@ function Pool:submit(fn, ...)
     kit.settle(f, false, packed_error(err))
     return f
   end
-  send(self, {op = "call", f = f, p = p})
+  -- straight to a worker (a thread pool), else (or once its calls are
+  -- closed) through the manager
+  local calls = info(self).calls
+  if calls == nil or not pcall(calls.send, calls, {f = f, p = p}) then
+    send(self, {op = "call", f = f, p = p})
+  end
   return f
 end
 
