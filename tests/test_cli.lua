@@ -134,6 +134,30 @@ T.test("the exit waits for non-daemon threads, not daemons", function()
   os.remove(s)
 end)
 
+-- The last threads end while the main state waits for them at exit: the
+-- main state leaves and is freed at once, and a thread that read it as
+-- the stuck main state must not wake it after that (an ASan build saw it).
+T.test("threads ending just as the script ends, 200 runs: each exits 0", function()
+  local s = T.tmpfile([[
+    local jobs, results = conc.channel(), conc.channel()
+    for _ = 1, 2 do
+      spawn_thread(function()
+        for n in jobs:iter() do results:send(n * n) end
+      end)
+    end
+    for n = 1, 5 do jobs:send(n) end
+    jobs:close()
+    local sum = 0
+    for _ = 1, 5 do sum = sum + results:recv() end
+    print(sum)
+  ]])
+  local out, code = T.sh("for i in $(seq 200); do " .. exe .. " " .. s ..
+                         " || { echo \"run $i failed: $?\"; exit 1; }; done")
+  T.eq(code, 0, out)
+  T.eq(out, string.rep("55\n", 200))
+  os.remove(s)
+end)
+
 T.test("os.exit still waits for the workers", function()
   local s = T.tmpfile([[
     spawn_thread(function() conc.sleep(0.2) print("worker done") end)

@@ -201,6 +201,7 @@ typedef struct rt {
   _Atomic int nlive, nstuck;
   _Atomic unsigned stuck_epoch, poked_epoch;
   struct cstate *_Atomic main_stuck;
+  _Atomic int main_users;      /* threads using main_stuck's state now */
   objlink link;
   struct rt *allnext;          /* the process's list of runtimes */
 } rt;

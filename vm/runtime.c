@@ -19,6 +19,7 @@
 */
 
 #include <errno.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -300,10 +301,29 @@ void conc_cs_stuck(cstate *cs, int on) {
     atomic_fetch_add(&r->nstuck, 1);
   } else {
     atomic_fetch_sub(&r->nstuck, 1);
-    if (cs->ismain) atomic_store(&r->main_stuck, NULL);
+    if (cs->ismain) {
+      /* a thread that read main_stuck may still wake it: the main state
+      ** may end (its cstate freed) once it is out of this wait */
+      atomic_store(&r->main_stuck, NULL);
+      while (atomic_load(&r->main_users) > 0) sched_yield();
+    }
     atomic_store(&cs->stuck, 0);
   }
   atomic_fetch_add(&r->stuck_epoch, 1);
+}
+
+/* The main state while it is stuck, kept from leaving its wait until
+** main_unuse: NULL when it is not stuck. */
+static cstate *main_use(rt *r) {
+  cstate *m;
+  atomic_fetch_add(&r->main_users, 1);
+  if ((m = atomic_load(&r->main_stuck)) == NULL)
+    atomic_fetch_sub(&r->main_users, 1);
+  return m;
+}
+
+static void main_unuse(rt *r) {
+  atomic_fetch_sub(&r->main_users, 1);
 }
 
 void conc_rt_live_drop(rt *r) {
@@ -312,8 +332,10 @@ void conc_rt_live_drop(rt *r) {
   /* the count may be full now, with everyone asleep: the main state
   ** looks again */
   if (atomic_load(&r->nstuck) >= atomic_load(&r->nlive) &&
-      (m = atomic_load(&r->main_stuck)) != NULL)
+      (m = main_use(r)) != NULL) {
     conc_cs_wake(m);
+    main_unuse(r);
+  }
 }
 
 int conc_cs_sleeps(cstate *cs, _Atomic uint32_t *word, uint32_t val) {
@@ -323,12 +345,16 @@ int conc_cs_sleeps(cstate *cs, _Atomic uint32_t *word, uint32_t val) {
   atomic_store(&cs->sleep_word, word);
   if (atomic_load(&r->nstuck) < atomic_load(&r->nlive)) return 0;
   /* the count is full: the last state to sleep looks */
-  if ((m = atomic_load(&r->main_stuck)) == NULL || conc_deadlock_check == NULL ||
-      !conc_deadlock_check(m))
-    return 0;
-  if (m == cs) return 1;
-  atomic_store(&m->deadlocked, 1);      /* the main state raises it */
-  conc_cs_wake(m);
+  if (conc_deadlock_check == NULL || (m = main_use(r)) == NULL) return 0;
+  if (m == cs) {                        /* the main state itself looks */
+    main_unuse(r);
+    return conc_deadlock_check(m);
+  }
+  if (conc_deadlock_check(m)) {
+    atomic_store(&m->deadlocked, 1);    /* the main state raises it */
+    conc_cs_wake(m);
+  }
+  main_unuse(r);
   return 0;
 }
 

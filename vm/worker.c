@@ -469,6 +469,7 @@ void conc_rt_forget_workers(rt *r) {
   atomic_store(&r->nlive, 1);    /* the child's main state alone */
   atomic_store(&r->nstuck, 0);
   atomic_store(&r->main_stuck, NULL);
+  atomic_store(&r->main_users, 0);  /* the parent's threads are not here */
   r->hooks_running = 0;          /* so are the threads running hooks */
   r->pid = conc_getpid();
 }
