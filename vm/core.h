@@ -69,7 +69,9 @@ typedef struct kindinfo {
   int (*sel_try)(cobj *o, struct selnode *n);
   void (*sel_delist)(cobj *o, struct selnode *n);
   /* a look without a lock, or NULL: nonzero if sel_try would likely take
-  ** a value now, 0 if it would likely enlist (a hint: sel_try decides) */
+  ** a value now, 0 if it would likely enlist (a hint: sel_try decides).
+  ** A kind that has it never enlists a node its sel_try returns 1 for,
+  ** and keeps nothing to undo for it: select does not delist that node */
   int (*sel_ready)(cobj *o);
   /* fds to poll for it (0 to 2 of them, in fds) instead of enlisting */
   int (*sel_fds)(cobj *o, int fds[2]);
@@ -94,7 +96,15 @@ void conc_obj_push(lua_State *L, struct cstate *cs, cobj *o);
 cobj *conc_obj_check(lua_State *L, int arg, int kind);
 /* The object behind any conc handle at idx, or NULL. */
 cobj *conc_obj_test(lua_State *L, struct cstate *cs, int idx);
+/* The same for item 'slot' (< CONC_OBJCACHE) of a list that is looked at
+** again and again (conc.select's): a channel handle seen in that slot
+** before is known by its address (a registry reference keeps it), with
+** no metatable look. */
+cobj *conc_obj_test_slot(lua_State *L, struct cstate *cs, int idx, int slot);
 void conc_obj_newmetatable(lua_State *L, struct cstate *cs, int kind);
+static inline uint32_t conc_obj_home(const cobj *o) {
+  return (uint32_t)(o->uid >> 32);     /* the process that made it */
+}
 /* A pinned object (of a kind that means nothing outside the process that
 ** made it: object.c's table) of another process, a forked child's copy
 ** of its parent's: 1, with "channel 3" (kind and id) in buf. */
@@ -151,6 +161,7 @@ int conc_nomem(lua_State *L);
 /* What conc_marshal_encode and conc_marshal_decode return when memory
 ** ran out (the message then says so too). */
 #define CONC_ENOMEM (-2)
+#define CONC_OBJCACHE 8          /* conc_obj_test_slot's slots */
 /* Raises a failure of conc_marshal_encode or conc_marshal_decode (its
 ** return code and message): out of memory as conc_nomem does, anything
 ** else like luaL_error. */
@@ -238,6 +249,7 @@ typedef struct cstate {
   int lazy;                    /* standard libraries not opened yet */
   paths *paths;                /* package paths, applied when opened */
   const void *mt[K_NKINDS];    /* metatables of handle kinds, or NULL */
+  void *objcache[CONC_OBJCACHE];  /* conc_obj_test_slot's handles */
   int ishost;                  /* a host or main state (cstate in a box) */
   int gone;                    /* its box was finalized: calls raise */
   int ctrlc_uncaught;          /* a host's Ctrl-C raised "interrupted!" in

@@ -56,13 +56,10 @@ void conc_obj_retain(cobj *o) {
 }
 
 /* The process that made o, from its uid (conc_obj_newuid). */
-static uint32_t obj_home(const cobj *o) {
-  return (uint32_t)(o->uid >> 32);
-}
 
 void conc_obj_release(cobj *o) {
   if (o && atomic_fetch_sub_explicit(&o->refs, 1, memory_order_acq_rel) == 1) {
-    if (conc_kinds[o->kind]->pinned && obj_home(o) != (uint32_t)conc_getpid())
+    if (conc_kinds[o->kind]->pinned && conc_obj_home(o) != (uint32_t)conc_getpid())
       return;                   /* a child's copy of a parent's object */
     conc_kinds[o->kind]->destroy(o);
   }
@@ -70,7 +67,7 @@ void conc_obj_release(cobj *o) {
 
 int conc_obj_foreign(const cobj *o, char *buf, size_t n) {
   const kindinfo *k = conc_kinds[o->kind];
-  if (!k->pinned || obj_home(o) == (uint32_t)conc_getpid()) return 0;
+  if (!k->pinned || conc_obj_home(o) == (uint32_t)conc_getpid()) return 0;
   snprintf(buf, n, "%s %lld", k->name, (long long)conc_obj_number(o));
   return 1;
 }
@@ -122,7 +119,7 @@ static int handle_tostring(lua_State *L) {
     return 1;
   }
   if (conc_obj_foreign(h->o, what, sizeof what)) {   /* printing is no use */
-    lua_pushfstring(L, "<%s of process %d>", what, (int)obj_home(h->o));
+    lua_pushfstring(L, "<%s of process %d>", what, (int)conc_obj_home(h->o));
     return 1;
   }
   k = conc_kinds[h->o->kind];
@@ -216,14 +213,14 @@ cobj *conc_obj_check(lua_State *L, int arg, int kind) {
     if (mt == cs->mt[kind] && lua_type(L, arg) == LUA_TUSERDATA) {
       h = lua_touserdata(L, arg);
       if (h->o == NULL) luaL_argerror(L, arg, "handle already released");
-      if (conc_kinds[kind]->pinned && obj_home(h->o) != (uint32_t)conc_getpid())
+      if (conc_kinds[kind]->pinned && conc_obj_home(h->o) != (uint32_t)conc_getpid())
         conc_obj_checkhome(L, h->o);
       return h->o;
     }
   }
   h = luaL_checkudata(L, arg, conc_kinds[kind]->tname);
   if (h->o == NULL) luaL_argerror(L, arg, "handle already released");
-  if (conc_kinds[kind]->pinned && obj_home(h->o) != (uint32_t)conc_getpid())
+  if (conc_kinds[kind]->pinned && conc_obj_home(h->o) != (uint32_t)conc_getpid())
     conc_obj_checkhome(L, h->o);
   return h->o;
 }
@@ -242,4 +239,30 @@ cobj *conc_obj_test(lua_State *L, cstate *cs, int idx) {
     }
   }
   return NULL;
+}
+
+/* The registry key of the table whose slot i + 1 holds the handle of
+** cs->objcache[i], so that its address stays that handle's. */
+static const char objcache_key = 0;
+
+cobj *conc_obj_test_slot(lua_State *L, cstate *cs, int idx, int slot) {
+  void *u = lua_touserdata(L, idx);
+  cobj *o;
+  if (u != NULL && u == cs->objcache[slot] && (o = ((handle *)u)->o) != NULL)
+    return o;
+  o = conc_obj_test(L, cs, idx);
+  if (o == NULL || o->kind != K_CHANNEL) return o;  /* channels only: no
+                                                   fds kept open by it */
+  idx = lua_absindex(L, idx);
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &objcache_key) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    lua_createtable(L, CONC_OBJCACHE, 0);
+    lua_pushvalue(L, -1);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &objcache_key);
+  }
+  lua_pushvalue(L, idx);
+  lua_rawseti(L, -2, slot + 1);
+  lua_pop(L, 1);
+  cs->objcache[slot] = u;
+  return o;
 }

@@ -49,6 +49,18 @@ int conc_sel_push(lua_State *L, cstate *cs, selnode *n) {
 
 #define SMALL 8
 
+/* A node's first offer: it belongs to sw, as item i. */
+static void node_init(selnode *n, selwait *sw, lua_Integer i) {
+  n->prev = n->next = NULL;
+  n->sw = sw;
+  n->index = (int)i;
+  n->linked = 0;
+  n->flags = 0;
+  n->m = NULL;
+  n->inln = 0;
+  n->flow = 0;
+}
+
 typedef struct selitem {
   cobj *o;
   const kindinfo *k;
@@ -76,11 +88,14 @@ int conc_select(lua_State *L) {
   lua_Integer n, i;
   int nfd = 0, stop = 0, allclosed = 0, stuck;
   const char *why = NULL;
+  char what[64];
+  uint32_t pid = (uint32_t)conc_getpid();
   luaL_checktype(L, 1, LUA_TTABLE);
   conc_deadline_in(&d, conc_opttimeout(L, 2));
   n = luaL_len(L, 1);
   luaL_argcheck(L, n > 0, 1, "empty list");
   luaL_argcheck(L, n <= 100000, 1, "too many items");
+  if (n <= SMALL) luaL_checkstack(L, (int)n + 8, "too many items");
   if (n > SMALL) {   /* boxes that the GC frees, even if we raise */
     items = lua_newuserdatauv(L, sizeof *items * (size_t)n, 0);
     nodes = lua_newuserdatauv(L, sizeof *nodes * (size_t)n, 0);
@@ -89,41 +104,37 @@ int conc_select(lua_State *L) {
   }
   for (i = 0; i < n; i++) {
     int stand_in = 0;
+    cobj *o;
     lua_rawgeti(L, 1, i + 1);
-    char what[64];
-    items[i].o = conc_obj_test(L, cs, -1);
+    items[i].o = o = i < CONC_OBJCACHE ? conc_obj_test_slot(L, cs, -1, (int)i)
+                                       : conc_obj_test(L, cs, -1);
     /* an item of a module built on conc objects (conc.mpi's ends) names
     ** the object to wait on with a __select metamethod; it stays on the
     ** stack while the select runs, and the item is what select returns */
-    if (items[i].o == NULL && luaL_getmetafield(L, -1, "__select") != LUA_TNIL) {
+    if (o == NULL && luaL_getmetafield(L, -1, "__select") != LUA_TNIL) {
       luaL_checkstack(L, 4, "too many items");
       lua_insert(L, -2);
       lua_call(L, 1, 1);
-      items[i].o = conc_obj_test(L, cs, -1);
-      stand_in = items[i].o != NULL;
+      items[i].o = o = conc_obj_test(L, cs, -1);
+      stand_in = o != NULL;
     }
-    if (items[i].o == NULL || conc_kinds[items[i].o->kind]->sel_try == NULL)
+    if (o == NULL || conc_kinds[o->kind]->sel_try == NULL)
       return luaL_argerror(L, 1, lua_pushfstring(L,
                         "item %d is a %s, not a channel, pipe end, queue, "
                         "thread, process, timer or future", (int)i + 1,
-                        items[i].o ? conc_kinds[items[i].o->kind]->tname
+                        o ? conc_kinds[o->kind]->tname
                                    : luaL_typename(L, -1)));
-    items[i].k = conc_kinds[items[i].o->kind];
-    if (conc_obj_foreign(items[i].o, what, sizeof what))
+    items[i].k = conc_kinds[o->kind];
+    if (items[i].k->pinned && conc_obj_home(o) != pid &&
+        conc_obj_foreign(o, what, sizeof what))
       return luaL_argerror(L, 1, lua_pushfstring(L,
                            "item %d: %s belongs to another process", (int)i + 1,
                            what));
-    if (!stand_in) lua_pop(L, 1);
-    /* field by field: the inline bytes are read only up to inln */
-    nodes[i].prev = nodes[i].next = NULL;
-    nodes[i].sw = &sw;
-    nodes[i].index = (int)i;
-    nodes[i].linked = 0;
+    /* a short list stays on the stack (one pop less per item); a long
+    ** one does not, but for its stand-ins */
+    if (!stand_in && n > SMALL) lua_pop(L, 1);
+    /* the rest of the node when it is first offered (offer) */
     atomic_init(&nodes[i].result, 0);
-    nodes[i].flags = 0;
-    nodes[i].m = NULL;
-    nodes[i].inln = 0;
-    nodes[i].flow = 0;
     offered[i] = 0;
   }
   sw.park = &cs->park;
@@ -135,8 +146,12 @@ int conc_select(lua_State *L) {
   for (i = 0; i < n; i++) {
     if (items[i].k->sel_ready == NULL) break;
     if (!items[i].k->sel_ready(items[i].o)) continue;
+    node_init(&nodes[i], &sw, i);
     offered[i] = 1;
-    if (items[i].k->sel_try(items[i].o, &nodes[i])) break;
+    if (items[i].k->sel_try(items[i].o, &nodes[i])) {
+      offered[i] = 2;     /* answered at once: never enlisted (sel_ready) */
+      break;
+    }
   }
   if (i < n && atomic_load(&sw.won)) goto done;
   /* stuck when only this process's threads could end it: channels and
@@ -154,6 +169,7 @@ int conc_select(lua_State *L) {
     each_open(i) {
       if (atomic_load(&sw.won)) break;
       if (offered[i] && !items[i].k->sel_fds) continue;
+      if (!offered[i]) node_init(&nodes[i], &sw, i);
       offered[i] = 1;
       if (items[i].k->sel_try(items[i].o, &nodes[i])) break;
     }
@@ -201,7 +217,7 @@ int conc_select(lua_State *L) {
   conc_cs_waiting(cs, NULL);
 done:
   for (i = 0; i < n; i++)   /* an item never offered was never enlisted */
-    if (offered[i] && items[i].k->sel_delist)
+    if (offered[i] == 1 && items[i].k->sel_delist)
       items[i].k->sel_delist(items[i].o, &nodes[i]);
   if (atomic_load(&sw.won)) {
     int w = atomic_load(&sw.won) - 1;
