@@ -92,7 +92,12 @@ int conc_select(lua_State *L) {
   uint32_t pid = (uint32_t)conc_getpid();
   luaL_checktype(L, 1, LUA_TTABLE);
   conc_deadline_in(&d, conc_opttimeout(L, 2));
-  n = luaL_len(L, 1);
+  if (lua_getmetatable(L, 1)) {      /* a __len to respect */
+    lua_pop(L, 1);
+    n = luaL_len(L, 1);
+  } else {
+    n = (lua_Integer)lua_rawlen(L, 1);
+  }
   luaL_argcheck(L, n > 0, 1, "empty list");
   luaL_argcheck(L, n <= 100000, 1, "too many items");
   if (n <= SMALL) luaL_checkstack(L, (int)n + 8, "too many items");
