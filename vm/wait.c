@@ -151,17 +151,24 @@ static int64_t mono_ns(void) {
 }
 
 /* Spins until seq moves from 'seen' or p->spin_ns pass (not past the
-** deadline): 1 if it moved. */
-static int park_spin(parker *p, uint32_t seen, const deadline *d, int64_t t0) {
+** deadline): 1 if it moved. With fds (nfds of them), looks at them too,
+** every few microseconds (a poll that does not wait): then their count,
+** when some are ready. */
+static int park_spin(parker *p, uint32_t seen, const deadline *d, int64_t t0,
+                     struct pollfd *fds, int nfds) {
   int64_t end = t0 + p->spin_ns;
   if (d && !d->forever) {
     int64_t at = (int64_t)d->at.tv_sec * 1000000000 + d->at.tv_nsec;
     if (at < end) end = at;
   }
-  for (;;) {
+  for (int round = 1;; round++) {
     for (int i = 0; i < 8; i++) {
       if (atomic_load_explicit(&p->seq, memory_order_acquire) != seen) return 1;
       for (int k = 0; k < 8; k++) cpu_relax();
+    }
+    if (nfds && round % 2 == 0) {
+      int r = poll(fds, (nfds_t)nfds, 0);
+      if (r > 0) return r;
     }
     if (mono_ns() >= end) return 0;
   }
@@ -171,15 +178,26 @@ static int park_spin(parker *p, uint32_t seen, const deadline *d, int64_t t0) {
 ** a wake-up ended soon after the spin gave up, makes the next spin long
 ** enough to cover it (up to PARK_SPIN_MAX); a longer one, or a timeout,
 ** halves it. Only the owner reads and writes spin_ns. */
+static void spin_learn_spun(parker *p, int64_t took) {
+  if (2 * took > p->spin_ns)
+    p->spin_ns = (uint32_t)(2 * took < PARK_SPIN_MAX ? 2 * took : PARK_SPIN_MAX);
+}
+
+static void spin_learn_slept(parker *p, int64_t t0, int timedout) {
+  int64_t took = mono_ns() - t0;
+  if (!timedout && took < PARK_SPIN_MAX)
+    p->spin_ns = (uint32_t)(took + took / 2 < PARK_SPIN_MAX ? took + took / 2 : PARK_SPIN_MAX);
+  else
+    p->spin_ns = p->spin_ns / 2 > PARK_SPIN_MIN ? p->spin_ns / 2 : PARK_SPIN_MIN;
+}
+
 int conc_park_sleep(parker *p, uint32_t seen, const deadline *d) {
   int r;
   int64_t t0 = 0;
   if (usable_cpus() > 1) {
     t0 = mono_ns();
-    if (park_spin(p, seen, d, t0)) {
-      int64_t took = mono_ns() - t0;
-      if (2 * took > p->spin_ns)
-        p->spin_ns = (uint32_t)(2 * took < PARK_SPIN_MAX ? 2 * took : PARK_SPIN_MAX);
+    if (park_spin(p, seen, d, t0, NULL, 0)) {
+      spin_learn_spun(p, mono_ns() - t0);
       return 0;
     }
   }
@@ -193,16 +211,10 @@ int conc_park_sleep(parker *p, uint32_t seen, const deadline *d) {
   r = conc_futex_wait(&p->seq, seen, d, 0);
   atomic_store(&p->sleeping, 0);
   if (r == ETIMEDOUT && atomic_load(&p->seq) == seen) {
-    if (t0) p->spin_ns = p->spin_ns / 2 > PARK_SPIN_MIN ? p->spin_ns / 2 : PARK_SPIN_MIN;
+    if (t0) spin_learn_slept(p, t0, 1);
     return ETIMEDOUT;
   }
-  if (t0) {
-    int64_t took = mono_ns() - t0;
-    if (took < PARK_SPIN_MAX)
-      p->spin_ns = (uint32_t)(took + took / 2 < PARK_SPIN_MAX ? took + took / 2 : PARK_SPIN_MAX);
-    else
-      p->spin_ns = p->spin_ns / 2 > PARK_SPIN_MIN ? p->spin_ns / 2 : PARK_SPIN_MIN;
-  }
+  if (t0) spin_learn_slept(p, t0, 0);
   return 0;  /* woken, changed already (EAGAIN) or a signal: re-test */
 }
 
@@ -224,10 +236,19 @@ int conc_park_poll(parker *p, uint32_t seen, struct pollfd *fds, int nfds,
               const deadline *d) {
   int efd = atomic_load(&p->efd);
   int ms, r;
+  int64_t t0 = 0;
   if (efd < 0) {
     efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (efd < 0) return -1;
     atomic_store(&p->efd, efd);
+  }
+  if (usable_cpus() > 1) {
+    t0 = mono_ns();
+    if ((r = park_spin(p, seen, d, t0, fds, nfds)) != 0) {
+      spin_learn_spun(p, mono_ns() - t0);
+      /* seq moved (re-test), or r fds ready */
+      return atomic_load(&p->seq) != seen ? 0 : r;
+    }
   }
   atomic_store(&p->polling, 1);
   if (atomic_load(&p->seq) != seen) {
@@ -245,6 +266,7 @@ int conc_park_poll(parker *p, uint32_t seen, struct pollfd *fds, int nfds,
   }
   r = poll(fds, (nfds_t)nfds + 1, ms);
   atomic_store(&p->polling, 0);
+  if (t0) spin_learn_slept(p, t0, r == 0 && atomic_load(&p->seq) == seen);
   if (r < 0 && errno == EINTR) return 0;
   if (r > 0 && fds[nfds].revents) {
     uint64_t v;
