@@ -35,7 +35,21 @@ local function range(n, f)
   return t
 end
 
+-- The tests that run on both kinds of pool take their T from here: under
+-- make tsan, the process pools' are left to make test and make asan for
+-- the reason above. A thread pool's workers take their calls at once, so
+-- more threads are busy while a process worker forks: a child stuck in
+-- the sanitizer was seen in 2 of 12 runs of test_pool under tsan (gdb: the same
+-- refillAndAlloc).
+local T0 = T
+local function tests_for(kind)
+  if kind ~= "processes" or T0.sanitizer ~= "tsan" then return T0 end
+  return setmetatable({test = function(name) T0.skip(name, "under tsan (fork in its runtime)") end},
+                      {__index = T0})
+end
+
 for _, kind in ipairs({"threads", "processes"}) do
+  local T = tests_for(kind)
   T.test(kind .. ": map keeps the input order, chunksize too", function()
     local p = pool[kind](2)
     local list = {}
@@ -712,6 +726,7 @@ T.test("a program that shares one pool between its threads (as a user would)", f
 end)
 
 for _, kind in ipairs({"threads", "processes"}) do
+  local T = tests_for(kind)
   T.test(kind .. ": imap in input order, imap_unordered as they finish", function()
     local p = pool[kind](2)
     local list = {4, 1, 3, 2}
