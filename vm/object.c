@@ -55,8 +55,6 @@ void conc_obj_retain(cobj *o) {
   atomic_fetch_add_explicit(&o->refs, 1, memory_order_relaxed);
 }
 
-/* The process that made o, from its uid (conc_obj_newuid). */
-
 void conc_obj_release(cobj *o) {
   if (o && atomic_fetch_sub_explicit(&o->refs, 1, memory_order_acq_rel) == 1) {
     if (conc_kinds[o->kind]->pinned && conc_obj_home(o) != (uint32_t)conc_getpid())

@@ -138,7 +138,7 @@ int conc_select(lua_State *L) {
     /* a short list stays on the stack (one pop less per item); a long
     ** one does not, but for its stand-ins */
     if (!stand_in && n > SMALL) lua_pop(L, 1);
-    /* the rest of the node when it is first offered (offer) */
+    /* the rest of the node when it is first offered (node_init) */
     atomic_init(&nodes[i].result, 0);
     offered[i] = 0;
   }
