@@ -235,7 +235,7 @@ void conc_park_wake(parker *p) {
 int conc_park_poll(parker *p, uint32_t seen, struct pollfd *fds, int nfds,
               const deadline *d) {
   int efd = atomic_load(&p->efd);
-  int ms, r;
+  int ms, r, err;
   int64_t t0 = 0;
   if (efd < 0) {
     efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
@@ -265,9 +265,11 @@ int conc_park_poll(parker *p, uint32_t seen, struct pollfd *fds, int nfds,
     ms = left > INT_MAX / 1000 ? INT_MAX : (int)ceil(left * 1000);
   }
   r = poll(fds, (nfds_t)nfds + 1, ms);
+  err = errno;
   atomic_store(&p->polling, 0);
   if (t0) spin_learn_slept(p, t0, r == 0 && atomic_load(&p->seq) == seen);
-  if (r < 0 && errno == EINTR) return 0;
+  if (r < 0 && err == EINTR) return 0;
+  errno = err;
   if (r > 0 && fds[nfds].revents) {
     uint64_t v;
     ssize_t rr = read(efd, &v, sizeof v);  /* drain: the seq says why */

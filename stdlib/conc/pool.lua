@@ -14,7 +14,11 @@
 -- a handle that crosses between threads by reference, holding the
 -- manager's request channel, so any number of threads submit and map at
 -- once. A submit sends the manager a future (vm/future.c, a one-shot slot
--- any thread can wait on) with the packed call; a map sends its ranges of
+-- any thread can wait on) with the packed call; a thread pool's submit
+-- sends it instead on the pool's channel of calls, which every worker
+-- selects on beside its inbox (newest receiver first): the worker that
+-- takes it settles the future, and a close or terminate shuts that
+-- channel and has the workers drain it (shut_calls). A map sends its ranges of
 -- items, packed, with a reply channel of its own, and gathers the
 -- results that come back there. Arguments and results are packed once
 -- where they are made and unpacked once where they are used (vm/parcel.c):
