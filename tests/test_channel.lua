@@ -280,4 +280,117 @@ T.test("task_done and join (Python's JoinableQueue)", function()
   T.raises("non-negative", c2.join, c2, -1)
 end)
 
+-- A string of 256 KiB or more sent to a receiver that waits already is
+-- copied once, from the sender's bytes (docs/values.md, "Cost").
+local function bigstring(n, seed)
+  local unit = {}
+  for i = 1, 251 do unit[i] = string.char((i * 7 + seed) % 256) end
+  local s = table.concat(unit)
+  return (s:rep(n // #s + 1)):sub(1, n - 2) .. "<" .. string.char(seed % 256)
+end
+
+T.test("big strings arrive whole, to a receiver waiting or not", function()
+  local sizes = {256 * 1024 - 1, 256 * 1024, 1024 * 1024 + 3, 4 << 20}
+  local ch, ready = conc.channel(), conc.channel()
+  local t = spawn_thread(function()
+    local got = {}
+    for i = 1, #sizes do
+      ready:send(i)
+      got[i] = ch:recv()                          -- waiting before the send
+    end
+    for i = 1, #sizes do
+      ready:send(i)
+      local _, v = conc.select{ch}                -- waiting in a select
+      got[#sizes + i] = v
+    end
+    ready:send("buffered")
+    conc.sleep(0.05)
+    for i = 1, #sizes do got[2 * #sizes + i] = ch:recv() end
+    return got, collectgarbage("isrunning")
+  end)
+  for i = 1, #sizes do
+    ready:recv()
+    conc.sleep(0.01)
+    T.eq(ch:send(bigstring(sizes[i], i)), true)
+  end
+  for i = 1, #sizes do
+    ready:recv()
+    conc.sleep(0.01)
+    ch:send(bigstring(sizes[i], 10 + i))
+  end
+  ready:recv()
+  for i = 1, #sizes do ch:send(bigstring(sizes[i], 20 + i)) end
+  local got, running = t:join()
+  for k = 0, 2 do
+    for i = 1, #sizes do
+      local want = bigstring(sizes[i], 10 * k + i)
+      T.ok(got[k * #sizes + i] == want, "string " .. (k * #sizes + i))
+    end
+  end
+  T.eq(running, true)                             -- the collector goes on
+end)
+
+T.test("a big string's receiver keeps a stopped collector stopped", function()
+  local ch, ready = conc.channel(), conc.channel()
+  local t = spawn_thread(function()
+    collectgarbage("stop")
+    ready:send(true)
+    local v = ch:recv()
+    return #v, collectgarbage("isrunning")
+  end)
+  ready:recv()
+  conc.sleep(0.01)
+  ch:send(bigstring(1 << 20, 3))
+  local n, running = t:join()
+  T.eq(n, 1 << 20)
+  T.eq(running, false)
+end)
+
+T.test("big strings from many senders, to receivers that come and go", function()
+  local ch, out = conc.channel(2), conc.channel()
+  local senders = {}
+  for s = 1, 3 do
+    senders[s] = spawn_thread(function()
+      for i = 1, 15 do ch:send(bigstring(300000 + s * 1000 + i, s * 31 + i)) end
+    end)
+  end
+  local receivers = {}
+  for r = 1, 2 do
+    receivers[r] = spawn_thread(function()
+      local bad = 0
+      for v in ch:iter() do
+        local n = #v
+        local s, i = (n - 300000) // 1000, (n - 300000) % 1000
+        if v ~= bigstring(n, s * 31 + i) then bad = bad + 1 end
+        out:send(n)
+      end
+      return bad
+    end)
+  end
+  for s = 1, 3 do senders[s]:join() end
+  ch:close()
+  T.eq(receivers[1]:join() + receivers[2]:join(), 0)
+  T.eq(out:len(), 45)
+end)
+
+T.test("a big string's receiver cancelled meanwhile: the sender goes on", function()
+  local big = bigstring(1 << 20, 5)
+  for round = 1, 40 do
+    local ch, ready = conc.channel(1), conc.channel()
+    local t = spawn_thread(function()
+      ready:send(true)
+      return #ch:recv()
+    end)
+    ready:recv()
+    if round % 2 == 0 then conc.sleep(0.001) end
+    t:cancel()
+    T.eq(ch:send(big, 5), true)
+    local ok, n = pcall(t.join, t)
+    T.ok(ok and n == #big or not ok and tostring(n):find("cancelled"),
+         tostring(n))
+    -- a value the receiver did not take is still there
+    if not ok and ch:len() == 1 then T.eq(#ch:recv(), #big) end
+  end
+end)
+
 T.done()

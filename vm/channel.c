@@ -231,6 +231,41 @@ static void unsent(chan *c) {
   conc_cmutex_unlock(&c->mu);
 }
 
+/* A big string at index 2 lent to a receiver that is waiting already
+** (loan in core.h): 1 once it has its copy, -1 the channel is closed, 0
+** no receiver took it, or no memory for the message (the encoding path
+** then says so). */
+static int send_lent(lua_State *L, cstate *cs, chan *c, uint64_t flow) {
+  size_t len;
+  const char *s = lua_tolstring(L, 2, &len);
+  loan ln;
+  deadline d;
+  offer o;
+  int taken;
+  if (len < CONC_LOAN_MIN) return 0;
+  if ((o.m = conc_msg_lend(s, len, &ln, &cs->park)) == NULL) return 0;
+  o.p = NULL;
+  o.n = 0;
+  o.flow = flow;
+  conc_cmutex_lock(&c->mu);
+  if (atomic_load_explicit(&c->closed, memory_order_relaxed)) {
+    conc_cmutex_unlock(&c->mu);
+    conc_msg_free(o.m);
+    return -1;
+  }
+  c->unfinished++;              /* before a receiver can see it */
+  taken = hand_to_receiver(c, &o);
+  if (!taken) undone_locked(c);
+  conc_cmutex_unlock(&c->mu);
+  if (!taken) {
+    conc_msg_free(o.m);
+    return 0;
+  }
+  conc_deadline_in(&d, -1);
+  conc_wait_until(&cs->park, NULL, &d, conc_loan_done, &ln, NULL);
+  return 1;
+}
+
 static int chan_send(lua_State *L) {
   cstate *cs = conc_cs(L);
   chan *c = check_chan(L);
@@ -244,12 +279,6 @@ static int chan_send(lua_State *L) {
   int result, room, r;
   luaL_argcheck(L, !lua_isnoneornil(L, 2), 2, "cannot send nil");
   t = conc_opttimeout(L, 3);
-  if ((r = conc_marshal_encode(L, cs, 2, 1, &cs->scratch, 0, "value", err,
-                               sizeof err)) != 0)
-    return conc_msg_raise(L, r, err);
-  o.m = NULL;
-  o.p = cs->scratch.p;
-  o.n = (uint32_t)cs->scratch.n;
   o.flow = 0;
   if (conc_trace_on) {
     char b[64];
@@ -258,6 +287,17 @@ static int chan_send(lua_State *L) {
     o.flow = conc_trace_flow();
     conc_trace_event('s', cs->trace_tid, "message", "message", b, o.flow);
   }
+  if (lua_type(L, 2) == LUA_TSTRING && (r = send_lent(L, cs, c, o.flow)) != 0) {
+    if (r < 0) return luaL_error(L, "send on a closed channel");
+    lua_pushboolean(L, 1);
+    return 1;
+  }
+  if ((r = conc_marshal_encode(L, cs, 2, 1, &cs->scratch, 0, "value", err,
+                               sizeof err)) != 0)
+    return conc_msg_raise(L, r, err);
+  o.m = NULL;
+  o.p = cs->scratch.p;
+  o.n = (uint32_t)cs->scratch.n;
   if (cs->scratch.n > SEL_INLINE || cs->scratch.nrefs > 0) {
     o.m = conc_msg_seal(&cs->scratch);
     if (o.m == NULL) {

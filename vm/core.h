@@ -133,9 +133,29 @@ typedef struct msg {
   int nrefs;
   cobj **refs;
   char *data;             /* points into 'inl' or to a separate block */
-  int owndata;            /* data is a block of its own */
+  int owndata;            /* MSG_INLINE, MSG_OWN or MSG_LOAN */
+  struct loan *loan;      /* MSG_LOAN's lender (not set otherwise) */
   _Alignas(void *) char inl[];  /* refs first: pointer-aligned */
 } msg;
+
+enum { MSG_INLINE, MSG_OWN, MSG_LOAN };
+
+/* A big string handed over in one copy. A sender whose receiver is
+** already waiting lends it the bytes of its Lua string (anchored on the
+** sender's stack) in a message of kind MSG_LOAN, which holds no encoding:
+** data and n are the string itself. The receiver builds its string from
+** them, and pushing or freeing the message sets 'done' and wakes the
+** sender, which waits for that (not interruptibly: it is one memcpy away)
+** before its bytes may go. */
+typedef struct loan {
+  _Atomic int done;
+  parker *park;           /* the lender's */
+} loan;
+
+#define CONC_LOAN_MIN (256 * 1024)   /* smaller strings are copied twice */
+
+msg *conc_msg_lend(const char *p, size_t n, loan *ln, parker *park);
+int conc_loan_done(void *ln);        /* a done for conc_wait_until */
 
 void conc_mbuf_init(mbuf *b);
 void conc_mbuf_free(mbuf *b);          /* releases the refs it holds */

@@ -1245,9 +1245,37 @@ msg *conc_msg_encode(lua_State *L, cstate *cs, int first, int n,
 ** allocation of the decoder may decode messages of its own, stacked
 ** above m; one cut short by a Lua error (out of memory) stays there, and
 ** is freed when the decode below it ends, or with the state. */
+static int loan_copy(lua_State *L) {
+  msg *m = lua_touserdata(L, 1);
+  lua_pushlstring(L, m->data, m->n);
+  return 1;
+}
+
+/* A loan's one copy. The lender waits for it, so nothing in between may
+** wait on anything: the collector is held (no finalizer runs), and an
+** error (out of memory, a cancel's hook) is caught to let the lender go
+** before it is raised again. */
+static int push_loan(lua_State *L, msg *m) {
+  int gc, st;
+  if (!lua_checkstack(L, 3)) {
+    conc_msg_free(m);
+    return conc_nomem(L);
+  }
+  gc = lua_gc(L, LUA_GCISRUNNING);      /* -1 inside a finalizer: held */
+  if (gc == 1) lua_gc(L, LUA_GCSTOP);
+  lua_pushcfunction(L, loan_copy);
+  lua_pushlightuserdata(L, m);
+  st = lua_pcall(L, 1, 1, 0);
+  if (gc == 1) lua_gc(L, LUA_GCRESTART);
+  conc_msg_free(m);
+  if (st != LUA_OK) return lua_error(L);
+  return 1;
+}
+
 int conc_msg_push(lua_State *L, cstate *cs, msg *m) {
   char err[160];
   int n;
+  if (m->owndata == MSG_LOAN) return push_loan(L, m);
   m->next = cs->pending;
   cs->pending = m;
   n = conc_marshal_decode(L, cs, m->data, m->n, m->refs, m->nrefs, err,

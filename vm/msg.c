@@ -157,12 +157,12 @@ msg *conc_msg_seal(mbuf *b) {
   b->nrefs = 0;                 /* the message owns those references now */
   if (b->n <= SEAL_COPY_MAX) {
     m->data = m->inl + refsz;
-    m->owndata = 0;
+    m->owndata = MSG_INLINE;
     if (b->n) memcpy(m->data, b->p, b->n);
     b->n = 0;
   } else {
     m->data = b->p;
-    m->owndata = 1;
+    m->owndata = MSG_OWN;
     b->p = NULL;
     b->cap = b->n = 0;
   }
@@ -172,8 +172,35 @@ msg *conc_msg_seal(mbuf *b) {
 void conc_msg_free(msg *m) {
   if (m == NULL) return;
   for (int i = 0; i < m->nrefs; i++) conc_obj_release(m->refs[i]);
-  if (m->owndata) free(m->data);
+  if (m->owndata == MSG_OWN) free(m->data);
+  if (m->owndata == MSG_LOAN) {
+    /* the lender may return (and its stack go) once done is set */
+    parker *p = m->loan->park;
+    atomic_fetch_add(&p->wakers, 1);
+    atomic_store(&m->loan->done, 1);
+    conc_park_wake(p);
+    atomic_fetch_sub(&p->wakers, 1);
+  }
   free(m);
+}
+
+msg *conc_msg_lend(const char *p, size_t n, loan *ln, parker *park) {
+  msg *m = malloc(sizeof *m);
+  if (m == NULL) return NULL;
+  atomic_init(&ln->done, 0);
+  ln->park = park;
+  m->next = NULL;
+  m->n = n;
+  m->nrefs = 0;
+  m->refs = NULL;
+  m->data = (char *)p;
+  m->owndata = MSG_LOAN;
+  m->loan = ln;
+  return m;
+}
+
+int conc_loan_done(void *ln) {
+  return atomic_load(&((loan *)ln)->done);
 }
 
 /* A message with room for n bytes of data inline, not filled yet. */
@@ -184,7 +211,7 @@ msg *conc_msg_alloc(size_t n) {
   m->n = n;
   m->nrefs = 0;
   m->refs = NULL;
-  m->owndata = 0;
+  m->owndata = MSG_INLINE;
   m->data = m->inl;
   return m;
 }
@@ -198,7 +225,7 @@ msg *conc_msg_new(size_t n, int nrefs) {
   m->nrefs = 0;
   m->refs = (cobj **)(void *)m->inl;
   m->data = m->inl + refsz;
-  m->owndata = 0;
+  m->owndata = MSG_INLINE;
   return m;
 }
 
@@ -221,7 +248,7 @@ msg *conc_msg_dup(const msg *m) {
     conc_obj_retain(c->refs[i]);
   }
   c->data = c->inl + refsz;
-  c->owndata = 0;
+  c->owndata = MSG_INLINE;
   memcpy(c->data, m->data, m->n);
   return c;
 }
