@@ -33,7 +33,9 @@ MPI_BENCH_DEBS = python3-mpi4py
 
 LUA_CFLAGS = $(shell pkg-config --cflags lua5.4) $(if $(LUA_INCDIR),-I$(LUA_INCDIR))
 LUA_LIBS = $(shell pkg-config --libs lua5.4)
-RL_LIBS = $(shell pkg-config --libs readline 2>/dev/null || echo -lreadline)
+# readline is not linked: the REPL loads it (dlopen) by this name
+RL_SONAME = $(or $(shell readelf -d "$$($(CC) -print-file-name=libreadline.so)" \
+              2>/dev/null | sed -n 's/.*SONAME.*\[\(.*\)\]/\1/p'),libreadline.so.8)
 
 # conc.mpi is built when pkg-config finds an MPI (Open MPI, else MPICH);
 # only the module links it, never conclua or libconclua
@@ -65,6 +67,8 @@ all: $(BUILD)/conclua $(BUILD)/libconclua.a $(BUILD)/libconclua.so \
 
 $(BUILD)/obj/%.o: vm/%.c $(HEADERS) | $(BUILD)/obj
 	$(CC) $(CFLAGS) -c $< -o $@
+
+$(BUILD)/obj/repl.o: CFLAGS += -DCONC_RL_SONAME='"$(RL_SONAME)"'
 
 $(BUILD)/obj/stdlib_gen.o: $(BUILD)/stdlib_gen.c $(HEADERS)
 	$(CC) $(CFLAGS) -Ivm -c $< -o $@
@@ -105,7 +109,7 @@ $(BUILD)/conc/mpi.so: vm/mpi/mpi.c vm/mpiapi.h
 # -z now: a forked child does not fault in lazy symbol bindings
 $(BUILD)/conclua: $(BIN_OBJ) $(BUILD)/libconclua.a
 	$(CC) -o $@ -Wl,-z,now $(BIN_OBJ) $(BUILD)/libconclua.a $(LDFLAGS) $(LUA_LIBS) \
-	  $(RL_LIBS) -ldl -lm
+	  -ldl -lm
 
 $(BUILD)/tests/%: tests/c/%.c $(BUILD)/libconclua.a $(HEADERS) \
                   $(wildcard tests/c/*.h)

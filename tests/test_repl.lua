@@ -613,6 +613,17 @@ end)
 
 -- ------------------------------------------------------------ history
 
+T.test("without readline the REPL still runs, saying so", function()
+  session({env = "CONCLUA_READLINE=libno-such-readline.so.0"}, function(t)
+    has(t:screen(), "conclua: no line editing: libno-such-readline.so.0")
+    T.eq(t:run("1 + 41"), "42")
+    T.eq(t:run("x = 5"), "")
+    T.eq(t:run("x * 2"), "10")
+    t:keys("C-d")
+    t:wait("[exit 0]")
+  end)
+end)
+
 T.test("history is kept across sessions, a chunk as one entry", function()
   local hist = dir .. "/shared-history"
   os.remove(hist)

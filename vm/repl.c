@@ -53,6 +53,8 @@
 #include <readline/history.h>
 #include <readline/readline.h>
 
+#include <dlfcn.h>
+
 #include "init.h"
 
 int conc_pretty_push(lua_State *L, int idx, int width, int col); /* pretty.c */
@@ -67,8 +69,67 @@ enum { CHUNK_EOF = -1, CHUNK_INTR = -2 };          /* besides LUA_OK... */
 
 static lua_State *repl_L;     /* for completion and notices */
 static int tty;               /* stdin is a terminal: readline, prompts */
+static int echo = 1;          /* plain_line shows the line it read */
 static int sigfd[2] = {-1, -1};   /* self-pipe of the prompt's handlers */
 static char *histpath;        /* NULL: no history file */
+
+/* ------------------------------------------------------------ readline */
+
+/* GNU readline is loaded when a terminal needs it, not linked: a program
+** that shows no prompt does not map it (nor libtinfo), and each of its
+** spawn_process forks a smaller address space. Its functions and
+** variables are used through rl, as RL(name). */
+#define RL_SYMBOLS(X) \
+  X(add_history) X(using_history) X(stifle_history) X(clear_history) \
+  X(history_get) X(history_length) X(history_base) X(rl_outstream) \
+  X(rl_eof_found) X(rl_callback_handler_install) \
+  X(rl_callback_handler_remove) X(rl_callback_read_char) \
+  X(rl_callback_sigcleanup) X(rl_redisplay) X(rl_prep_term_function) \
+  X(rl_deprep_term_function) X(rl_variable_value) X(rl_resize_terminal) \
+  X(rl_reset_screen_size) X(rl_replace_line) X(rl_readline_name) \
+  X(rl_point) X(rl_end) X(rl_on_new_line) X(rl_line_buffer) \
+  X(rl_free_line_state) X(rl_forced_update_display) \
+  X(rl_completion_matches) X(rl_completion_append_character) \
+  X(rl_completer_word_break_characters) X(rl_clear_visible_line) \
+  X(rl_change_environment) X(rl_catch_sigwinch) X(rl_catch_signals) \
+  X(rl_attempted_completion_over) X(rl_attempted_completion_function)
+
+static struct {
+#define RL_FIELD(s) __typeof__(&s) s;
+  RL_SYMBOLS(RL_FIELD)
+#undef RL_FIELD
+} rl;
+
+#define RL(s) (*rl.s)
+
+#ifndef CONC_RL_SONAME
+#define CONC_RL_SONAME "libreadline.so.8"
+#endif
+
+/* Loads readline once (CONCLUA_READLINE names another library to load):
+** NULL, or why it cannot be had. */
+static const char *rl_load(void) {
+  static char why[256];
+  static int loaded;
+  const char *name = getenv("CONCLUA_READLINE");
+  void *h;
+  if (loaded) return NULL;
+  if (name == NULL || *name == '\0') name = CONC_RL_SONAME;
+  if ((h = dlopen(name, RTLD_NOW | RTLD_LOCAL)) == NULL) {
+    snprintf(why, sizeof why, "%s", dlerror());
+    return why;
+  }
+#define RL_LOOK(s)                                                   \
+  if ((*(void **)&rl.s = dlsym(h, #s)) == NULL) {                   \
+    snprintf(why, sizeof why, "%s has no %s", name, #s);             \
+    dlclose(h);                                                      \
+    return why;                                                      \
+  }
+  RL_SYMBOLS(RL_LOOK)
+#undef RL_LOOK
+  loaded = 1;
+  return NULL;
+}
 
 /* ------------------------------------------------------------ signals */
 
@@ -111,13 +172,13 @@ static int drain_signals(void) {
     for (ssize_t i = 0; i < n; i++) {
       if (b[i] == 'i') intr = 1;
       else if (b[i] == 'c') cont = 1;
-      else rl_resize_terminal();
+      else RL(rl_resize_terminal)();
     }
   }
   if (cont && !intr) {
-    if (rl_deprep_term_function) (*rl_deprep_term_function)();
-    if (rl_prep_term_function) (*rl_prep_term_function)(1);
-    rl_forced_update_display();
+    if (RL(rl_deprep_term_function)) (*RL(rl_deprep_term_function))();
+    if (RL(rl_prep_term_function)) (*RL(rl_prep_term_function))(1);
+    RL(rl_forced_update_display)();
   }
   return intr;
 }
@@ -279,13 +340,13 @@ static void hist_free(char **v, size_t n) {
 static void hist_load(void) {
   size_t n;
   char **v;
-  stifle_history(HISTORY_MAX);
+  RL(stifle_history)(HISTORY_MAX);
   if (histpath == NULL) return;
   v = hist_read(&n);
   hist_trim(v, n);
   for (size_t i = n > HISTORY_MAX ? n - HISTORY_MAX : 0; i < n; i++) {
     hist_decode(v[i]);
-    if (v[i][0]) add_history(v[i]);
+    if (v[i][0]) RL(add_history)(v[i]);
   }
   hist_free(v, n);
 }
@@ -306,10 +367,11 @@ static void hist_add(const char *entry, int keep) {
   const char *p = entry;
   while (*p == ' ' || *p == '\t' || *p == '\n') p++;
   if (!tty || *p == '\0') return;
-  last = history_length > 0 ? history_get(history_base + history_length - 1)
-                            : NULL;
+  last = RL(history_length) > 0
+             ? RL(history_get)(RL(history_base) + RL(history_length) - 1)
+             : NULL;
   if (last && strcmp(last->line, entry) == 0) return;
-  add_history(entry);
+  RL(add_history)(entry);
   if (keep && histpath) {
     char *line = hist_encode(entry);
     int fd = open(histpath, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
@@ -328,32 +390,32 @@ static int rl_started;        /* readline has been initialized */
 static void on_line(char *line) {
   got_line = line;
   got_done = 1;
-  rl_callback_handler_remove();     /* no prompt again until asked */
+  RL(rl_callback_handler_remove)();     /* no prompt again until asked */
 }
 
 /* Ctrl-C while editing: show ^C after the text, drop the line. */
 static void cancel_line(void) {
-  rl_point = rl_end;
-  rl_redisplay();
-  fputs("^C", rl_outstream);     /* before the terminal is restored: that */
-  fflush(rl_outstream);          /* may return the cursor to column 0 */
-  rl_free_line_state();
-  rl_callback_sigcleanup();
-  rl_replace_line("", 0);
-  rl_callback_handler_remove();
-  fputs("\n", rl_outstream);
-  fflush(rl_outstream);
-  using_history();
+  RL(rl_point) = RL(rl_end);
+  RL(rl_redisplay)();
+  fputs("^C", RL(rl_outstream));     /* before the terminal is restored: that */
+  fflush(RL(rl_outstream));          /* may return the cursor to column 0 */
+  RL(rl_free_line_state)();
+  RL(rl_callback_sigcleanup)();
+  RL(rl_replace_line)("", 0);
+  RL(rl_callback_handler_remove)();
+  fputs("\n", RL(rl_outstream));
+  fflush(RL(rl_outstream));
+  RL(using_history)();
 }
 
 /* Failures reported while a line is being edited go above it. */
 static void notice_at_prompt(lua_State *L) {
   if (!failures_pending(L)) return;
-  rl_clear_visible_line();
-  fflush(rl_outstream);
+  RL(rl_clear_visible_line)();
+  fflush(RL(rl_outstream));
   report_failures(L);
-  rl_on_new_line();
-  rl_redisplay();
+  RL(rl_on_new_line)();
+  RL(rl_redisplay)();
 }
 
 /* The prompt watches the running children that no thread watches (a
@@ -434,9 +496,9 @@ static int tty_line(lua_State *L, const char *prompt, char **out) {
   got_done = 0;
   fflush(stdout);
   fflush(stderr);
-  if (rl_started) rl_reset_screen_size();  /* it may have changed since */
+  if (rl_started) RL(rl_reset_screen_size)();  /* it may have changed since */
   rl_started = 1;
-  rl_callback_handler_install(prompt, on_line);
+  RL(rl_callback_handler_install)(prompt, on_line);
   while (!got_done) {
     watchset ws;
     int r, e, ended, in, sig;
@@ -449,7 +511,7 @@ static int tty_line(lua_State *L, const char *prompt, char **out) {
     sig = ws.fds[1].revents;
     ended = watch_end(&ws);
     if (r < 0 && e != EINTR) {
-      rl_callback_handler_remove();
+      RL(rl_callback_handler_remove)();
       return IN_EOF;
     }
     if (r == 0 || ended) notice_at_prompt(L);
@@ -458,17 +520,17 @@ static int tty_line(lua_State *L, const char *prompt, char **out) {
       cancel_line();
       return IN_INTR;
     }
-    if (in & (POLLIN | POLLHUP | POLLERR)) rl_callback_read_char();
+    if (in & (POLLIN | POLLHUP | POLLERR)) RL(rl_callback_read_char)();
   }
-  using_history();
+  RL(using_history)();
   if (got_line == NULL) {          /* Ctrl-D: end the line on the screen */
-    const char *bp = rl_variable_value("enable-bracketed-paste");
+    const char *bp = RL(rl_variable_value)("enable-bracketed-paste");
     /* readline 8 ends it itself when it leaves bracketed-paste mode, and
     ** keeps doing so after every line until rl_eof_found is reset */
-    if (!rl_eof_found || !bp || strcmp(bp, "on") != 0)
-      fputc('\n', rl_outstream);
-    rl_eof_found = 0;
-    fflush(rl_outstream);
+    if (!RL(rl_eof_found) || !bp || strcmp(bp, "on") != 0)
+      fputc('\n', RL(rl_outstream));
+    RL(rl_eof_found) = 0;
+    fflush(RL(rl_outstream));
     return IN_EOF;
   }
   *out = got_line;
@@ -489,9 +551,11 @@ static int plain_line(const char *prompt, char **out) {
     return IN_EOF;
   }
   if (n > 0 && line[n - 1] == '\n') line[--n] = '\0';
-  fwrite(line, 1, (size_t)n, stdout);
-  fputc('\n', stdout);
-  fflush(stdout);
+  if (echo) {
+    fwrite(line, 1, (size_t)n, stdout);
+    fputc('\n', stdout);
+    fflush(stdout);
+  }
   *out = line;
   return IN_LINE;
 }
@@ -1037,14 +1101,14 @@ static char **complete(const char *text, int start, int end) {
   char sep[2] = {0, 0};
   int top = lua_gettop(L);
   CONC_UNUSED(end);
-  rl_attempted_completion_over = 1;     /* never file names */
-  rl_completion_append_character = '\0';
+  RL(rl_attempted_completion_over) = 1;     /* never file names */
+  RL(rl_completion_append_character) = '\0';
   free_cand();
   while ((cut = strstr(word, "..")) != NULL) word = cut + 2;   /* a..b */
   for (const char *p = word; *p; p++)
     if (*p == '.' || *p == ':') sepp = p;
   if (sepp == word) {                   /* after "(...)": a call's result? */
-    what = before_sep(rl_line_buffer, start + (int)(word - text), &path);
+    what = before_sep(RL(rl_line_buffer), start + (int)(word - text), &path);
     if (what == NULL) return NULL;      /* never the globals */
     sep[0] = *sepp;
   } else if (sepp) {
@@ -1084,18 +1148,18 @@ static char **complete(const char *text, int start, int end) {
   }
   lua_settop(L, top);
   if (ncand == 0) return NULL;
-  return rl_completion_matches(text, gen_cand);
+  return RL(rl_completion_matches)(text, gen_cand);
 }
 
 /* ------------------------------------------------------------ the loop */
 
 static void tty_open(void) {
-  rl_readline_name = "conclua";
-  rl_catch_signals = 0;
-  rl_catch_sigwinch = 0;
-  rl_change_environment = 0;
-  rl_attempted_completion_function = complete;
-  rl_completer_word_break_characters =
+  RL(rl_readline_name) = "conclua";
+  RL(rl_catch_signals) = 0;
+  RL(rl_catch_sigwinch) = 0;
+  RL(rl_change_environment) = 0;
+  RL(rl_attempted_completion_function) = complete;
+  RL(rl_completer_word_break_characters) =
       (char *)" \t\n\"'`@$><=;|&{(,+-*/%^#~[]!)}";
   histpath = hist_pathname();
   hist_load();
@@ -1119,13 +1183,18 @@ static void tty_close(void) {
   free(histpath);
   histpath = NULL;
   free_cand();
-  clear_history();
+  RL(clear_history)();
 }
 
 int conclua_repl(lua_State *L) {
+  const char *why;
   int st;
   repl_L = L;
   tty = isatty(STDIN_FILENO);
+  if (tty && (why = rl_load()) != NULL) {     /* a terminal that echoes */
+    fprintf(stderr, "conclua: no line editing: %s\n", why);
+    tty = echo = 0;
+  }
   if (tty) tty_open();
   lua_settop(L, 0);
   for (;;) {
