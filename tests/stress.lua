@@ -235,6 +235,68 @@ scenario("fork_hammer", 200, function(run)
 end)
 
 -- Processes and threads through one queue, whole messages, once each.
+-- Streams of small messages (the ring goes back to its start while the
+-- last ones are still queued, and runs past them when its consumers fall
+-- behind), with a big one now and then, two producers and two consumers
+-- that pause at random: every message once, whole, in each producer's
+-- order; every fifth run a producer is killed mid-stream, and what it
+-- sent before arrives all the same.
+scenario("queue_stream", 100, function(run)
+  local q, out = conc.queue(run % 4 == 0 and 32 or nil), conc.queue()
+  local per = 1500
+  local function body(k, j)
+    local n = j % 151 == 0 and 70000 or 700 + (j * 37 + k) % 2000
+    return string.rep(string.char(96 + k), n)
+  end
+  local ps = {}
+  for k = 1, 2 do
+    ps[k] = spawn_process(function()
+      for j = 1, per do q:send(k .. ":" .. j .. ":" .. body(k, j)) end
+    end)
+  end
+  local cs = {}
+  for c = 1, 2 do
+    cs[c] = spawn_process(function()
+      local last, bad = {0, 0}, 0
+      for m in q:iter() do
+        local k, j, b = m:match("^(%d):(%d+):(.*)$")
+        k, j = tonumber(k), tonumber(j)
+        if not k or b ~= body(k, j) or j <= last[k] then bad = bad + 1 end
+        last[k] = j
+        out:send(k * 100000 + j)
+        if math.random(400) == 1 then conc.sleep(math.random() * 0.01) end
+      end
+      return bad
+    end)
+  end
+  local killed = run % 5 == 0
+  if killed then
+    conc.sleep(math.random() * 0.05)
+    ps[2]:kill("KILL")
+  end
+  ps[1]:join()
+  if killed then pcall(ps[2].join, ps[2]) else ps[2]:join() end
+  q:close()
+  for c = 1, 2 do assert(cs[c]:join() == 0, "a message out of order or not whole") end
+  out:close()
+  local seen, n, top = {}, 0, {0, 0}
+  for v in out:iter() do
+    assert(not seen[v], "duplicated message " .. v)
+    seen[v] = true
+    n = n + 1
+    local k, j = v // 100000, v % 100000
+    if j > top[k] then top[k] = j end
+  end
+  -- each producer's messages up to the last one seen all arrived (a
+  -- killed one may have lost only the message it was writing)
+  for k = 1, 2 do
+    local missing = 0
+    for j = 1, top[k] do if not seen[k * 100000 + j] then missing = missing + 1 end end
+    assert(missing <= (killed and k == 2 and 1 or 0), "lost messages: " .. missing)
+  end
+  assert(killed or n == 2 * per, "lost messages: " .. n)
+end)
+
 scenario("queue", 200, function(run)
   local q = conc.queue(16)
   local out = conc.queue()

@@ -118,6 +118,69 @@ T.test("a queue that carries far more than it holds gives its pages back", funct
   T.ok(kept < 1500, "resident after 600 MB went through: " .. kept .. " KB")
 end)
 
+T.test("a stream the consumer keeps up with, falls behind on and catches up with: whole and in order", function()
+  -- a consumer that keeps up lets the ring go back to its start while the
+  -- last messages are still queued; one that falls behind makes that run
+  -- into them and go on past them; big messages come in between
+  local n = 30000
+  local function msg(i)
+    local len = i % 97 == 0 and 70000 or 1000 + i % 50
+    return string.format("%08d", i) .. string.rep(string.char(97 + i % 26), len)
+  end
+  for _, cap in ipairs({false, 64}) do
+    local q = cap and conc.queue(cap) or conc.queue()
+    local p = spawn_process(function()
+      for i = 1, n do q:send(msg(i)) end
+    end)
+    local bad = 0
+    for i = 1, n do
+      local m = q:recv(10)
+      if m ~= msg(i) then bad = bad + 1 end
+      if i % 3000 == 0 then conc.sleep(0.02) end      -- behind
+      if i % 7000 == 0 then conc.sleep(0.002) end
+    end
+    p:join()
+    T.eq(bad, 0)
+    T.eq(select(2, q:recv(0)), "timeout")
+  end
+end)
+
+T.test("two producers and two consumers streaming: each message once, whole", function()
+  local q, out = conc.queue(), conc.queue()
+  local n = 8000
+  local ps, cs = {}, {}
+  for k = 1, 2 do
+    ps[k] = spawn_process(function()
+      for i = 1, n do q:send(string.format("%d:%06d:", k, i) .. string.rep("z", 900 + i % 200)) end
+    end)
+  end
+  for c = 1, 2 do
+    cs[c] = spawn_process(function()
+      local got, bad = 0, 0
+      for m in q:iter() do
+        local k, i, body = m:match("^(%d):(%d+):(z*)$")
+        if not k or #body ~= 900 + tonumber(i) % 200 then bad = bad + 1 end
+        out:send(k * 1000000 + tonumber(i))
+        got = got + 1
+        if got % 1500 == 0 then conc.sleep(0.01) end
+      end
+      return bad
+    end)
+  end
+  for k = 1, 2 do ps[k]:join() end
+  q:close()
+  T.eq(cs[1]:join() + cs[2]:join(), 0)
+  local seen, count = {}, 0
+  while true do
+    local v = out:recv(0)
+    if v == nil then break end
+    T.ok(not seen[v], "twice: " .. v)
+    seen[v] = true
+    count = count + 1
+  end
+  T.eq(count, 2 * n)
+end)
+
 T.test("capacity bounds what is queued", function()
   local q = conc.queue(2)
   T.eq(q:send(1), true)

@@ -33,7 +33,13 @@
 ** long-lived queue keeps little memory; whenever the queue is empty with
 ** no slot reserved or taken, position 'base' moves up to the head and the
 ** ring starts again at offset 0, whose first pages are never given back,
-** so a queue kept nearly empty writes the same warm pages. Each process
+** so a queue kept nearly empty writes the same warm pages. A stream that
+** its consumers keep up with is seldom empty, so it goes back to offset 0
+** while its last slots are still queued: positions from there on form a
+** second segment, mapped from offset 0, that grows up to the first one's
+** head; one that would run into it starts a third where the first ends
+** (ring_room, retire). A segment starts before its first slot and goes
+** once its last slot is freed, so a slot keeps its offset. Each process
 ** maps the pages just ahead of where it writes or reads in one call
 ** (MADV_POPULATE_WRITE) instead of one fault per page. Waiters sleep
 ** on shared sequence words (futexes); select polls an eventfd doorbell,
@@ -92,6 +98,13 @@ typedef struct qhdr {
   ** sleep on joinseq */
   _Atomic int64_t unfinished;
   _Atomic uint32_t joinseq, joinnwait;
+  /* a stream that the consumers keep up with goes back to offset 0 while
+  ** its last slots are still queued (ring_room): positions from segb on
+  ** are at offset pos - segb, and, if that second segment runs into the
+  ** first one's head, from segc on at offc + pos - segc; 0: none. Set and
+  ** cleared under the lock, before (after) any slot of theirs is used */
+  _Atomic uint64_t segb, segc;
+  uint64_t offc;
 } qhdr;
 
 /* n values will never be marked done (dropped with a dead producer or
@@ -112,6 +125,9 @@ typedef struct queue {
   ** sending and for receiving (ring_ahead); fpid: the process they are
   ** of (a forked child starts again from 0) */
   _Atomic uint64_t wfront, rfront;
+  /* and the ring's first pages, offsets below kfront (< KEEP: never given
+  ** back, so mapped for good) */
+  _Atomic uint64_t kfront;
   _Atomic uint32_t fpid;
 } queue;
 
@@ -122,8 +138,14 @@ static uint64_t slot_size(uint64_t len) {
 }
 
 /* The ring offset of a position. The base moves only while no slot is
-** reserved or taken, so a position a thread holds keeps its offset. */
+** reserved or taken, or (retire) no slot below the new base is, and a
+** segment starts before its first slot is reserved: a position a thread
+** holds keeps its offset. */
 static uint64_t off_of(const qhdr *h, uint64_t pos) {
+  uint64_t s = atomic_load_explicit(&h->segc, memory_order_acquire);
+  if (s && pos >= s) return (h->offc + (pos - s)) % h->ringsz;
+  s = atomic_load_explicit(&h->segb, memory_order_acquire);
+  if (s && pos >= s) return pos - s;
   return (pos - h->base) % h->ringsz;
 }
 
@@ -156,18 +178,66 @@ static void ring_get(qhdr *h, uint64_t pos, char *p, size_t n) {
 ** first KEEP bytes of the ring, where a rebased queue writes again. */
 #define KEEP (64u * PAGE)
 
+/* Gives back the whole pages of [from, to), positions of one segment. */
+static void punch_piece(qhdr *h, uint64_t from, uint64_t to) {
+  uint64_t off = off_of(h, from), n = to - from;
+  while (n > 0) {
+    uint64_t k = n < h->ringsz - off ? n : h->ringsz - off;
+    uint64_t lo = (off + PAGE - 1) & ~(uint64_t)(PAGE - 1);
+    uint64_t hi = (off + k) & ~(uint64_t)(PAGE - 1);
+    if (lo < KEEP) lo = KEEP;
+    if (hi > lo) madvise(RING(h) + lo, (size_t)(hi - lo), MADV_REMOVE);
+    n -= k;
+    off = (off + k) % h->ringsz;
+  }
+}
+
 static void ring_punch(qhdr *h, uint64_t from, uint64_t to) {
   if (from < h->base) from = h->base;
-  from = h->base + ((from - h->base + PAGE - 1) & ~(uint64_t)(PAGE - 1));
-  to = h->base + ((to - h->base) & ~(uint64_t)(PAGE - 1));
   while (from < to) {
-    uint64_t off = off_of(h, from), n = to - from;
-    if (n > h->ringsz - off) n = h->ringsz - off;
-    if (off + n > KEEP) {
-      uint64_t skip = off < KEEP ? KEEP - off : 0;
-      madvise(RING(h) + off + skip, (size_t)(n - skip), MADV_REMOVE);
+    uint64_t lim = to, b = atomic_load(&h->segb), c = atomic_load(&h->segc);
+    if (b > from && b < lim) lim = b;
+    if (c > from && c < lim) lim = c;
+    punch_piece(h, from, lim);
+    from = lim;
+  }
+}
+
+/* The position where the page of pos starts, in pos's segment. */
+static uint64_t page_start(const qhdr *h, uint64_t pos) {
+  uint64_t p = pos - off_of(h, pos) % PAGE;
+  uint64_t b = atomic_load(&h->segb), c = atomic_load(&h->segc);
+  if (c && pos >= c && p < c) p = c;
+  else if (b && pos >= b && p < b) p = b;
+  return p;
+}
+
+/* With the lock held: a segment whose slots are all freed goes, and the
+** next one is then reached from the base (the same offsets). The first
+** segment's freed pages go back then, but for those the second one
+** spans already (it wrote them again). */
+static void retire(qhdr *h) {
+  uint64_t b = atomic_load(&h->segb), c = atomic_load(&h->segc);
+  if (b && h->head >= b) {
+    uint64_t from = h->punched, bend = (c ? c : atomic_load(&h->tail)) - b;
+    if (h->head >= HOT && from < h->head - HOT) from = h->head - HOT;
+    if (from < h->base) from = h->base;
+    if (from < b && off_of(h, from) + (b - from) != (b - h->base) % h->ringsz)
+      from = b - (b - h->base) % h->ringsz;  /* from where this lap began */
+    if (from < b && off_of(h, from) < bend) {
+      uint64_t skip = bend - off_of(h, from);
+      from = skip < b - from ? from + skip : b;
     }
-    from += n;
+    ring_punch(h, from, b);
+    h->base = b;
+    h->punched = b;
+    atomic_store_explicit(&h->segb, 0, memory_order_release);
+    b = 0;
+  }
+  if (!b && c && h->head >= c) {
+    h->base = c - h->offc;
+    h->punched = c;
+    atomic_store_explicit(&h->segc, 0, memory_order_release);
   }
 }
 
@@ -191,8 +261,10 @@ static void ring_ahead(queue *q, _Atomic uint64_t *front, uint64_t pos,
   if (atomic_load(&q->fpid) != me) {      /* first use in this process */
     atomic_store(&q->wfront, 0);
     atomic_store(&q->rfront, 0);
+    atomic_store(&q->kfront, 0);
     atomic_store(&q->fpid, me);
   }
+  if (off_of(h, pos) + (end - pos) <= atomic_load(&q->kfront)) return;
   f = atomic_load(front);
   if (end <= f) return;
   from = (pos > f ? pos : f) & ~(uint64_t)(PAGE - 1);
@@ -207,6 +279,8 @@ static void ring_ahead(queue *q, _Atomic uint64_t *front, uint64_t pos,
       atomic_store(&populate_off, 1);     /* an older kernel */
       return;
     }
+    if (off <= atomic_load(&q->kfront) && off < KEEP)
+      atomic_store(&q->kfront, off + n < KEEP ? off + n : KEEP);
     from += n;
   }
 }
@@ -240,6 +314,7 @@ static void advance_head(qhdr *h) {
     h->head += slot_size(s->len);
   }
   if (h->head != old) {
+    retire(h);
     /* producers may reserve up to head + ringsz - HOT, so the freed
     ** positions from head - HOT on cannot be in use again yet: their
     ** pages can go (older ones were handled by an earlier call, or by
@@ -247,10 +322,14 @@ static void advance_head(qhdr *h) {
     uint64_t from = h->punched;
     if (h->head >= HOT && from < h->head - HOT) from = h->head - HOT;
     int empty = h->head == h->rnext && h->head == atomic_load(&h->tail);
-    if (h->head - from >= PUNCH_BATCH || (empty && h->head - h->base > KEEP)) {
+    /* (not while a second segment runs: it writes the first one's freed
+    ** pages again) */
+    if (!atomic_load(&h->segb) &&
+        (h->head - from >= PUNCH_BATCH ||
+         (empty && h->head - h->base > KEEP))) {
       ring_punch(h, from, h->head);
       /* the page of the head is in use still: the next punch takes it */
-      h->punched = h->base + ((h->head - h->base) & ~(uint64_t)(PAGE - 1));
+      h->punched = page_start(h, h->head);
     }
     if (empty && h->head != h->base) {
       /* nothing reserved or taken: start again at offset 0 (punched
@@ -260,6 +339,40 @@ static void advance_head(qhdr *h) {
     }
     conc_bump(&h->spaceseq, &h->spacenwait, INT32_MAX);
   }
+}
+
+/* With the lock held: whether a slot of need bytes fits at the tail.
+** With one segment, a slot that would run past KEEP goes to offset 0
+** instead when the queued slots (one run, not across the ring's end)
+** leave room there: a second segment begins, so a stream that the
+** consumers keep up with writes the same warm pages over and over, where
+** running on would take a fresh page every few messages and give one
+** back. The second segment grows up to the first one's head; if it would
+** run into it, a third begins where the first ends and runs on through
+** fresh pages (a consumer that fell behind), never past the ring's end
+** while the second is in use. */
+static int ring_room(qhdr *h, uint64_t need) {
+  uint64_t tail = atomic_load(&h->tail), b, c, toff, hoff;
+  if (tail + need - h->head > h->ringsz - HOT) return 0;
+  retire(h);
+  b = atomic_load(&h->segb);
+  c = atomic_load(&h->segc);
+  if (c) return h->offc + (tail - c) + need <= h->ringsz;
+  if (b) {
+    uint64_t aend = (b - h->base) % h->ringsz;   /* the first one's end */
+    if ((tail - b) + need <= off_of(h, h->head)) return 1;
+    if (aend + need > h->ringsz) return 0;
+    h->offc = aend;
+    atomic_store_explicit(&h->segc, tail, memory_order_release);
+    return 1;
+  }
+  toff = off_of(h, tail);
+  hoff = off_of(h, h->head);
+  if (toff + need > KEEP && need <= KEEP / 4 && h->head < tail &&
+      tail - h->head <= KEEP && hoff >= need &&
+      hoff + (tail - h->head) == toff)
+    atomic_store_explicit(&h->segb, tail, memory_order_release);
+  return 1;
 }
 
 /* With the lock held: drops the slots of producers that died while
@@ -401,7 +514,7 @@ static int qput(lua_State *L, queue *q, cstate *cs, const char *p, size_t n,
       return luaL_error(L, "send on a closed queue");
     }
     if ((h->cap < 0 || atomic_load(&h->count) < h->cap) &&
-        atomic_load(&h->tail) + need - h->head <= h->ringsz - HOT)
+        ring_room(h, need))
       break;
     advance_head(h);
     if (atomic_load(&h->spaceseq) != seen) continue;
