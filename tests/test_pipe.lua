@@ -68,6 +68,26 @@ T.test("big messages arrive whole", function()
   b:close()
 end)
 
+T.test("a recv that waits for ever is a cancellation point", function()
+  local a, b = conc.pipe()
+  for _, first in ipairs({false, true}) do
+    local t = spawn_thread(function()
+      if first then b:send("warm") b:recv() end     -- short waits first
+      return b:recv()
+    end)
+    if first then T.eq(a:recv(), "warm") a:send("ok") end
+    conc.sleep(0.05)
+    local t0 = conc.now()
+    t:cancel()
+    T.raises("cancelled", t.join, t)
+    T.ok(conc.now() - t0 < 1, "cancelled in " .. (conc.now() - t0) .. " s")
+  end
+  -- the pipe still works
+  local t = spawn_thread(function() return b:recv() end)
+  a:send(42)
+  T.eq(t:join(), 42)
+end)
+
 T.test("recv timeout", function()
   local a, b = conc.pipe()
   local v, why = a:recv(0.05)

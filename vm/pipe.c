@@ -6,8 +6,12 @@
 ** DESIGN. The ends are the two sockets of an AF_UNIX stream socketpair
 ** (duplex, and faster than pipe(2)), with close-on-exec. They block,
 ** but a call returns after a slice at most (SO_SNDTIMEO, SO_RCVTIMEO) or
-** at once on a signal, so a wait still sees a stop; a send or recv with
-** a deadline tries without blocking (MSG_DONTWAIT) and polls instead.
+** at once on a signal, so a wait still sees a stop; a send with a
+** deadline tries without blocking (MSG_DONTWAIT) and polls instead. A
+** recv waiting for a frame to begin polls too, deadline or not, after a
+** spin (conc_park_poll): a peer that answers at once is seen at once, not
+** after the wake-ups of a blocking recv; only the rest of a big frame is
+** read blocking.
 ** A message is a frame: a u64 length, then marshal's remote form of the
 ** value. Threads of one process may share an end: a send holds the end's
 ** writer turn for a whole frame, a recv its reader turn, so frames never
@@ -437,6 +441,12 @@ static int fill(pend *e, int wait) {
 
 enum { GOT, EMPTY, CLOSED, CUT, CORRUPT, NOMEM, STOP };
 
+/* Whether the frame being read has more than a chunk still to come. */
+static int frame_big(pend *e) {
+  int64_t len = frame_len(e);
+  return len >= 0 && FRAME_HEAD + (size_t)len > e->inlen + READ_CHUNK;
+}
+
 /* Gets a whole frame into the buffer, waiting until the deadline. With
 ** the reader turn held. */
 static int get_frame(pend *e, cstate *cs, const deadline *d, const char **why) {
@@ -451,9 +461,12 @@ static int get_frame(pend *e, cstate *cs, const deadline *d, const char **why) {
     if (r < 0) continue;                  /* eof: reported above */
     if ((*why = conc_cs_stopreason(cs)) != NULL) return STOP;
     if (atomic_load(&e->closed)) return CLOSED;
-    if (d == NULL || d->forever) {
+    if ((d == NULL || d->forever) && frame_big(e)) {
       fill(e, 1);                         /* block: a slice at most */
     } else {
+      /* the next frame: spun for, then polled (with the parker, which a
+      ** stop request wakes): a peer that answers at once is seen at once,
+      ** not after two wake-ups of a blocking recv */
       struct pollfd pf[2];       /* conc_park_poll adds its eventfd */
       if (conc_deadline_passed(d)) return EMPTY;
       pf[0].fd = e->fd;

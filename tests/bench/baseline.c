@@ -27,6 +27,8 @@
 **               and writes its result on a pipe, parent reads and waitpids
 **   pipebw MB   fork, the child writes MB MiB in 1 MiB writes to a pipe,
 **               the parent reads it
+**   pipepp R    fork, R round trips of an int64 through two pipes (the
+**               child echoes what it reads)
 **   pcall N     the Lua loop of bench_threads.lua's pcall mode in a stock
 **               state: the standard pcall, N calls that return and N/10
 **               that raise
@@ -495,6 +497,50 @@ static void mode_pipebw(long mb) {
   free(buf);
 }
 
+/* ------------------------------------------------------------ pipepp */
+
+static void mode_pipepp(long r) {
+  const long warm = 200;
+  int to[2], from[2], st;
+  int64_t v;
+  double t0;
+  pid_t pid;
+  if (pipe2(to, O_CLOEXEC) != 0 || pipe2(from, O_CLOEXEC) != 0) fail("pipe");
+  pid = fork();
+  if (pid < 0) fail("fork");
+  if (pid == 0) {
+    close(to[1]);
+    close(from[0]);
+    for (long i = 0; i < r + warm; i++) {
+      get_all(to[0], &v, sizeof v);
+      put_all(from[1], &v, sizeof v);
+    }
+    _exit(0);
+  }
+  close(to[0]);
+  close(from[1]);
+  for (long i = 0; i < warm; i++) {
+    v = i;
+    put_all(to[1], &v, sizeof v);
+    get_all(from[0], &v, sizeof v);
+  }
+  t0 = clock_s();
+  for (long i = 0; i < r; i++) {
+    v = i;
+    put_all(to[1], &v, sizeof v);
+    get_all(from[0], &v, sizeof v);
+    if (v != i) {
+      fprintf(stderr, "baseline: wrong echo\n");
+      exit(1);
+    }
+  }
+  printf("RESULT us_per_rt=%.3f\n", (clock_s() - t0) / (double)r * 1e6);
+  close(to[1]);
+  close(from[0]);
+  while (waitpid(pid, &st, 0) < 0)
+    if (errno != EINTR) fail("waitpid");
+}
+
 /* ------------------------------------------------------------ pcall */
 
 /* The same loop as bench_threads.lua's (now: a clock in seconds). */
@@ -540,6 +586,7 @@ static const struct {
     {"pingpong", 20000, mode_pingpong},
     {"fork", 300, mode_fork},
     {"pipebw", 256, mode_pipebw},
+    {"pipepp", 20000, mode_pipepp},
     {"pcall", 3000000, mode_pcall},
 };
 

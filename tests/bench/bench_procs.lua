@@ -7,6 +7,8 @@
 -- in this build (run.sh shows that row as not implemented).
 --   spawn N       spawn_process(trivial function):join()          us_per_op
 --   pipebw MB     MB strings of 1 MiB from a child over conc.pipe  mb_per_s
+--   pipepp R      R round trips of an integer to a child that echoes it
+--                 over conc.pipe                                  us_per_rt
 --   queue M       M small integers from a child over conc.queue   msgs_per_s
 --   queue1k M     M strings of 1 KiB from a child over conc.queue msgs_per_s
 --   submit_threads N    N p:submit(f, i):result() round trips, one
@@ -63,6 +65,23 @@ function modes.pipebw(mb)
   child:join()
   assert(got == mb * 1024 * 1024, "lost bytes")
   report{mb_per_s = mb / dt}
+end
+
+function modes.pipepp(rounds)
+  local a, b = need("conc.pipe", conc.pipe)
+  local warm = 200
+  local echo = spawn_process(function()
+    for v in b:iter() do b:send(v) end
+  end)
+  for i = 1, warm do a:send(i) a:recv() end
+  local t0 = now()
+  for i = 1, rounds do
+    a:send(i)
+    if a:recv() ~= i then error("wrong echo") end
+  end
+  report{us_per_rt = (now() - t0) / rounds * 1e6}
+  a:close()
+  echo:join()
 end
 
 function modes.queue(count)

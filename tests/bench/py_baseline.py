@@ -359,6 +359,29 @@ def tpemap(n):
     report(items_per_s=n / dt)
 
 
+def echo_conn(conn, n):
+    for _ in range(n):
+        conn.send(conn.recv())
+
+
+def mppipe(n):
+    warm = 200
+    a, b = FORK.Pipe()
+    p = FORK.Process(target=echo_conn, args=(b, n + warm))
+    p.start()
+    for i in range(warm):
+        a.send(i)
+        a.recv()
+    t0 = clock()
+    for i in range(n):
+        a.send(i)
+        if a.recv() != i:
+            raise RuntimeError("wrong echo")
+    dt = clock() - t0
+    p.join()
+    report(us_per_rt=dt / n * 1e6)
+
+
 MODES = {
     "spawn": (spawn, 1000),
     "idle": (idle, 1000),
@@ -380,6 +403,7 @@ MODES = {
     "mpqueue1k": (mpqueue1k, 50000),
     "tpesubmit": (tpesubmit, 5000),
     "ppesubmit": (ppesubmit, 5000),
+    "mppipe": (mppipe, 20000),
 }
 
 if __name__ == "__main__":

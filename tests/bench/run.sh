@@ -9,7 +9,7 @@
 # PYTHON_MPI (the Python with mpi4py, default /usr/bin/python3: Debian's
 # python3-mpi4py). Figures named on the command line (spawn_thread, cpu,
 # idle, idle10k, chan, pingpong, trace, pingpong_pinned, bigstr, bigtbl,
-# pcall, spawn_process, pipe, queue, pool_processes, pool_threads,
+# pcall, spawn_process, pipe, pipepp, queue, pool_processes, pool_threads,
 # shared_threads, shared_procs, condition, rlock, timers, imap_processes,
 # imap_threads, mpi_map, mpi_latency, mpi_idle) select what runs.
 #
@@ -95,7 +95,7 @@ selected() {
   return 1
 }
 wanted=("$@")
-figures=" spawn_thread cpu idle idle10k chan pingpong trace pingpong_pinned bigstr bigtbl pcall spawn_process pipe queue queue1k pool_processes pool_threads shared_threads shared_procs condition rlock timers imap_processes imap_threads submit_threads submit_processes select mpi_map mpi_latency mpi_idle "
+figures=" spawn_thread cpu idle idle10k chan pingpong trace pingpong_pinned bigstr bigtbl pcall spawn_process pipe pipepp queue queue1k pool_processes pool_threads shared_threads shared_procs condition rlock timers imap_processes imap_threads submit_threads submit_processes select mpi_map mpi_latency mpi_idle "
 for w in "${wanted[@]}"; do
   case $figures in
     *[[:space:]]"$w"[[:space:]]*) ;;
@@ -332,6 +332,13 @@ fi
 if selected pipe; then
   measure pipe "$rounds" conclua="$PR pipebw 256" c="$BL pipebw 256"
   row pipe mb_per_s "1 MiB strings over conc.pipe (MB/s)" MB/s c "C" "ratio>=0.8"
+fi
+
+if selected pipepp; then
+  measure pipepp "$rounds" conclua="$PR pipepp 20000" c="$BL pipepp 20000" \
+    py="$PY mppipe 20000"
+  row pipepp us_per_rt "process ping-pong over conc.pipe (us)" us c "C pipes" "ratio<=1.2"
+  row pipepp us_per_rt "  vs Python mp.Pipe" us py "Py" -
 fi
 
 if selected queue; then
