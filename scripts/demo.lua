@@ -17,10 +17,13 @@ local function median(xs)
 end
 
 -- A measure: the median of several runs, and the lowest and highest (the
--- noise of this machine right now).
+-- noise of this machine right now); of five runs or more, the fastest
+-- and the slowest are left out of that range, so that one run that the
+-- machine stalled does not make two figures look alike.
 local function measure(times)
   table.sort(times)
-  return {med = median(times), lo = times[1], hi = times[#times]}
+  local cut = #times >= 5 and 1 or 0
+  return {med = median(times), lo = times[1 + cut], hi = times[#times - cut]}
 end
 
 -- Runs f(rounds) a few times: the time per round, in seconds.
@@ -96,9 +99,11 @@ local function thread_roundtrip(n)
   local t = spawn_thread(function()
     for v in ping:iter() do pong:send(v) end
   end)
-  local cost = timeit(function(k)
+  local function rounds(k)
     for i = 1, k do ping:send(i) pong:recv() end
-  end, n)
+  end
+  rounds(200)          -- warm: the echo thread started, the waits learned
+  local cost = timeit(rounds, n)
   ping:close()
   t:join()
   return cost
@@ -109,9 +114,11 @@ local function process_roundtrip(n)
   local p = spawn_process(function()
     for v in b:iter() do b:send(v) end
   end)
-  local cost = timeit(function(k)
+  local function rounds(k)
     for i = 1, k do a:send(i) a:recv() end
-  end, n)
+  end
+  rounds(200)          -- warm, as for threads
+  local cost = timeit(rounds, n)
   a:close()
   p:join()
   b:close()
@@ -200,7 +207,10 @@ local function row(name, a, b)
   print(string.format("  %-28s %16s %16s", name, a, b))
 end
 
-local function us(m) return string.format("%.0f us", m.med * 1e6) end
+local function us(m)
+  local x = m.med * 1e6
+  return string.format(x < 10 and "%.1f us" or "%.0f us", x)
+end
 local function kb(k) return string.format("%.0f KB", k) end
 local function secs(m) return string.format("%.2f s", m.med) end
 
