@@ -47,17 +47,23 @@ static const char *signame(int sig, char *buf, size_t n) {
 ** result must not make it touch a big buffer. Out of memory, the result
 ** is given up (w->nomem: its join says so) and the rest read and dropped,
 ** so that the child can finish writing and exit. */
-static int drain(worker *w) {
+/* Reads and drops what w sends (drain, out of memory). Its own frame:
+** a sink on drain's would reach a stack page deeper on every drain. */
+static __attribute__((noinline)) int drop_rest(worker *w) {
   char sink[4096];
   for (;;) {
+    ssize_t r = read(w->rfd, sink, sizeof sink);
+    if (r > 0) continue;
+    if (r == 0) return 1;
+    if (errno == EINTR) continue;
+    return errno != EAGAIN;
+  }
+}
+
+static int drain(worker *w) {
+  for (;;) {
     ssize_t r;
-    if (w->nomem) {
-      r = read(w->rfd, sink, sizeof sink);
-      if (r > 0) continue;
-      if (r == 0) return 1;
-      if (errno == EINTR) continue;
-      return errno != EAGAIN;
-    }
+    if (w->nomem) return drop_rest(w);
     if (w->inbuf.cap == w->inbuf.n) {
       size_t cap = w->inbuf.cap ? w->inbuf.cap * 2 : 1024;
       char *np = realloc(w->inbuf.p, cap);
