@@ -1240,11 +1240,6 @@ msg *conc_msg_encode(lua_State *L, cstate *cs, int first, int n,
   return m;
 }
 
-/* Decodes m onto L's stack and frees it.
-** Meanwhile m is on the state's pending list: a finalizer run by an
-** allocation of the decoder may decode messages of its own, stacked
-** above m; one cut short by a Lua error (out of memory) stays there, and
-** is freed when the decode below it ends, or with the state. */
 static int loan_copy(lua_State *L) {
   msg *m = lua_touserdata(L, 1);
   lua_pushlstring(L, m->data, m->n);
@@ -1272,6 +1267,11 @@ static int push_loan(lua_State *L, msg *m) {
   return 1;
 }
 
+/* Decodes m onto L's stack and frees it.
+** Meanwhile m is on the state's pending list: a finalizer run by an
+** allocation of the decoder may decode messages of its own, stacked
+** above m; one cut short by a Lua error (out of memory) stays there, and
+** is freed when the decode below it ends, or with the state. */
 int conc_msg_push(lua_State *L, cstate *cs, msg *m) {
   char err[160];
   int n;
