@@ -55,17 +55,23 @@ void conc_obj_retain(cobj *o) {
   atomic_fetch_add_explicit(&o->refs, 1, memory_order_relaxed);
 }
 
+/* Whether o is pinned to a process other than this one (a child's copy
+** of a parent's object). */
+static int away(const cobj *o) {
+  return conc_kinds[o->kind]->pinned &&
+         conc_obj_home(o) != (uint32_t)conc_getpid();
+}
+
 void conc_obj_release(cobj *o) {
   if (o && atomic_fetch_sub_explicit(&o->refs, 1, memory_order_acq_rel) == 1) {
-    if (conc_kinds[o->kind]->pinned && conc_obj_home(o) != (uint32_t)conc_getpid())
-      return;                   /* a child's copy of a parent's object */
+    if (away(o)) return;        /* a child's copy of a parent's object */
     conc_kinds[o->kind]->destroy(o);
   }
 }
 
 int conc_obj_foreign(const cobj *o, char *buf, size_t n) {
   const kindinfo *k = conc_kinds[o->kind];
-  if (!k->pinned || conc_obj_home(o) == (uint32_t)conc_getpid()) return 0;
+  if (!away(o)) return 0;
   snprintf(buf, n, "%s %lld", k->name, (long long)conc_obj_number(o));
   return 1;
 }
@@ -211,15 +217,13 @@ cobj *conc_obj_check(lua_State *L, int arg, int kind) {
     if (mt == cs->mt[kind] && lua_type(L, arg) == LUA_TUSERDATA) {
       h = lua_touserdata(L, arg);
       if (h->o == NULL) luaL_argerror(L, arg, "handle already released");
-      if (conc_kinds[kind]->pinned && conc_obj_home(h->o) != (uint32_t)conc_getpid())
-        conc_obj_checkhome(L, h->o);
+      if (away(h->o)) conc_obj_checkhome(L, h->o);
       return h->o;
     }
   }
   h = luaL_checkudata(L, arg, conc_kinds[kind]->tname);
   if (h->o == NULL) luaL_argerror(L, arg, "handle already released");
-  if (conc_kinds[kind]->pinned && conc_obj_home(h->o) != (uint32_t)conc_getpid())
-    conc_obj_checkhome(L, h->o);
+  if (away(h->o)) conc_obj_checkhome(L, h->o);
   return h->o;
 }
 

@@ -178,17 +178,21 @@ static int park_spin(parker *p, uint32_t seen, const deadline *d, int64_t t0,
 ** a wake-up ended soon after the spin gave up, makes the next spin long
 ** enough to cover it (up to PARK_SPIN_MAX); a longer one, or a timeout,
 ** halves it. Only the owner reads and writes spin_ns. */
+static uint32_t spin_clamp(int64_t ns) {
+  return (uint32_t)(ns < PARK_SPIN_MIN ? PARK_SPIN_MIN
+                    : ns > PARK_SPIN_MAX ? PARK_SPIN_MAX : ns);
+}
+
 static void spin_learn_spun(parker *p, int64_t took) {
-  if (2 * took > p->spin_ns)
-    p->spin_ns = (uint32_t)(2 * took < PARK_SPIN_MAX ? 2 * took : PARK_SPIN_MAX);
+  if (2 * took > p->spin_ns) p->spin_ns = spin_clamp(2 * took);
 }
 
 static void spin_learn_slept(parker *p, int64_t t0, int timedout) {
   int64_t took = mono_ns() - t0;
   if (!timedout && took < PARK_SPIN_MAX)
-    p->spin_ns = (uint32_t)(took + took / 2 < PARK_SPIN_MAX ? took + took / 2 : PARK_SPIN_MAX);
+    p->spin_ns = spin_clamp(took + took / 2);
   else
-    p->spin_ns = p->spin_ns / 2 > PARK_SPIN_MIN ? p->spin_ns / 2 : PARK_SPIN_MIN;
+    p->spin_ns = spin_clamp(p->spin_ns / 2);
 }
 
 int conc_park_sleep(parker *p, uint32_t seen, const deadline *d) {
