@@ -53,13 +53,50 @@ mkdir -p "$build"
 echo "conformance: Lua 5.4.4's test suite from $suite, run in $tmp"
 failed=0
 
+# main.lua's "testing Ctrl C" starts a script with `prog -e "..." & echo $!`
+# and reads the pid, then the script's first line ("12", later "15"). The
+# two writers race: when the shell is descheduled after its fork, the
+# script prints first, the test takes "12" for the pid and fails its next
+# assert (main.lua:501 or :512) with "pid 12)" or "pid 15)" in its log.
+# Stock lua5.4 loses that race as often (1 run in 100 on this 2-core
+# machine with three busy loops beside it), so a failure with exactly that
+# signature is the suite's, not conclua's: run main.lua again, at most
+# twice, and say so.
+lost_pid_race() {
+  grep -Eq 'background, pid (12|15)\)' "$1" &&
+    grep -Eq 'main\.lua:(501|512): assertion failed!' "$1"
+}
+
+# The script of a lost race keeps running in the background (a loop that
+# waited for the Ctrl-C sent to the wrong pid): kill it.
+kill_race_leftovers() {
+  local d cmd
+  for d in /proc/[0-9]*; do
+    [ "$(readlink "$d/exe" 2>/dev/null)" = "$conclua" ] || continue
+    cmd=$(tr '\0' ' ' < "$d/cmdline" 2>/dev/null) || continue
+    case $cmd in
+      *"print(12); while true do end"* | *"print(15); string.find"*)
+        kill -KILL "${d#/proc/}" 2>/dev/null ;;
+    esac
+  done
+}
+
 # run NAME EXPECTED-LAST-LINE ARGS...: one file of the suite under conclua.
 run() {
   local name=$1 want=$2 log="$build/conformance-$1.log" start end rc last
+  local tries=0
   shift 2
   start=$(date +%s)
-  (cd "$tmp" && "$conclua" "$@" < /dev/null > "$log" 2>&1)
-  rc=$?
+  while :; do
+    (cd "$tmp" && "$conclua" "$@" < /dev/null > "$log" 2>&1)
+    rc=$?
+    [ "$rc" -ne 0 ] && lost_pid_race "$log" || break
+    kill_race_leftovers
+    [ "$tries" -lt 2 ] || break
+    tries=$((tries + 1))
+    printf '  %-9s lost the suite'"'"'s pid race (see lost_pid_race); again\n' \
+      "$name"
+  done
   end=$(date +%s)
   last=$(grep -v '^[[:space:]]*$' "$log" | grep -v '>>> closing state <<<' |
          tail -n 1)
