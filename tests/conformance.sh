@@ -70,9 +70,10 @@ lost_pid_race() {
 # The script of a lost race keeps running in the background (a loop that
 # waited for the Ctrl-C sent to the wrong pid): kill it.
 kill_race_leftovers() {
-  local d cmd
+  local d cmd exe
+  exe=$(readlink -f "$conclua")   # /proc/N/exe has no symbolic links
   for d in /proc/[0-9]*; do
-    [ "$(readlink "$d/exe" 2>/dev/null)" = "$conclua" ] || continue
+    [ "$(readlink "$d/exe" 2>/dev/null)" = "$exe" ] || continue
     cmd=$(tr '\0' ' ' < "$d/cmdline" 2>/dev/null) || continue
     case $cmd in
       *"print(12); while true do end"* | *"print(15); string.find"*)
