@@ -61,7 +61,7 @@ failed=0
 # Stock lua5.4 loses that race as often (1 run in 100 on this 2-core
 # machine with three busy loops beside it), so a failure with exactly that
 # signature is the suite's, not conclua's: run main.lua again, at most
-# twice, and say so.
+# twice more, and say so.
 lost_pid_race() {
   grep -Eq 'background, pid (12|15)\)' "$1" &&
     grep -Eq 'main\.lua:(501|512): assertion failed!' "$1"
@@ -95,7 +95,7 @@ run() {
     kill_race_leftovers
     [ "$tries" -lt 2 ] || break
     tries=$((tries + 1))
-    printf '  %-9s lost the suite'"'"'s pid race (see lost_pid_race); again\n' \
+    printf "  %-9s lost the suite's own pid race (tests/conformance.sh); again\n" \
       "$name"
   done
   end=$(date +%s)
